@@ -1,0 +1,162 @@
+"""The campaign spec: YAML validated by Pydantic; a wrong spec fails before anything is sent."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.records import Category, ChannelName
+
+
+class SpecError(ValueError):
+    """A campaign spec that cannot be used; the message names the file and the field."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ButtonSpec(_Spec):
+    sub_type: Literal["quick_reply", "url"]
+    # quick_reply buttons carry a fixed payload; url buttons a Jinja2 text for the URL suffix.
+    payload: str | None = None
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _one_value(self) -> ButtonSpec:
+        if self.sub_type == "quick_reply" and not self.payload:
+            raise ValueError("a quick_reply button needs 'payload'")
+        if self.sub_type == "url" and not self.text:
+            raise ValueError("a url button needs 'text'")
+        return self
+
+
+class TemplateSpec(_Spec):
+    """An approved provider template and how to fill it.
+
+    `text` is the approved body as Jinja2 over the campaign's variables (used for the preview,
+    SMS/email bodies and cost estimates); `header`/`body` list the template's positional
+    parameters ({{1}}, {{2}}, ...) as Jinja2 expressions over the same variables.
+    """
+
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    category: Category
+    text: str = Field(min_length=1)
+    header: list[str] = Field(default_factory=list)
+    body: list[str] = Field(default_factory=list)
+    buttons: list[ButtonSpec] = Field(default_factory=list, max_length=10)
+
+
+class RateSpec(_Spec):
+    max_per_second: float = Field(default=80.0, gt=0, le=1000)
+    concurrency: int = Field(default=16, ge=1, le=512)
+
+
+class RetrySpec(_Spec):
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    base_delay_s: float = Field(default=0.5, gt=0)
+    max_delay_s: float = Field(default=30.0, gt=0)
+    deadline_s: float = Field(default=600.0, gt=0)
+
+
+class ProviderSpec(_Spec):
+    base_url: str = "https://graph.facebook.com"
+    api_version: str = Field(default="v23.0", pattern=r"^v\d+\.\d+$")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class CredentialsSpec(_Spec):
+    """Names of environment variables, never the secrets themselves."""
+
+    access_token_env: str = "WHATSAPP_ACCESS_TOKEN"
+    app_secret_env: str = "WHATSAPP_APP_SECRET"
+    verify_token_env: str = "WHATSAPP_VERIFY_TOKEN"
+
+    @field_validator("*")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    def secret(self, field: str) -> str:
+        name = getattr(self, field)
+        value = os.environ.get(name)
+        if not value:
+            raise SpecError(f"credentials.{field}: environment variable {name} is not set")
+        return value
+
+
+class CampaignSpec(_Spec):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    audience: Path
+    channel: ChannelName
+    sender: str = Field(min_length=1, description="WhatsApp phone-number-id of the sending number")
+    template: TemplateSpec
+    # template variable -> CSV column it is read from
+    variables: dict[str, str] = Field(default_factory=dict)
+    rate_limit: RateSpec = RateSpec()
+    retry: RetrySpec = RetrySpec()
+    provider: ProviderSpec = ProviderSpec()
+    credentials: CredentialsSpec = CredentialsSpec()
+    # ISO 3166 alpha-2 codes; None means the channel's policy file decides.
+    blocked_countries: list[str] | None = None
+    service_fee_usd: float | None = Field(default=None, ge=0)
+    receipts_wait_s: float = Field(default=60.0, ge=0)
+
+    @field_validator("variables")
+    @classmethod
+    def _variable_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a valid template variable name")
+        return value
+
+    @field_validator("blocked_countries")
+    @classmethod
+    def _countries(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        bad = [c for c in value if not re.fullmatch(r"[A-Z]{2}", c)]
+        if bad:
+            raise ValueError(f"not ISO 3166 alpha-2 codes: {bad}")
+        return value
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_spec(data: object, source: str = "<spec>", base_dir: Path | None = None) -> CampaignSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a campaign spec must be a YAML mapping")
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise SpecError(f"{source}: invalid campaign spec: {problems}") from None
+    if base_dir is not None and not spec.audience.is_absolute():
+        # Paths in a spec are relative to the project root (the working directory) first,
+        # then to the spec's own folder.
+        if not spec.audience.exists() and (base_dir / spec.audience).exists():
+            spec = spec.model_copy(update={"audience": base_dir / spec.audience})
+    return spec
+
+
+def load_spec(path: Path | str) -> CampaignSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read campaign spec: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data, str(path), base_dir=path.parent)

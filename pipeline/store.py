@@ -1,0 +1,154 @@
+"""The DuckDB system of record: schema, connection, and small shared helpers.
+
+One file, one writer process at a time (DuckDB's rule). The webhook receiver never writes
+here: it appends to spool files that the receipts stage ingests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+DEFAULT_DB = Path("data/campaigns.duckdb")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    campaign_id VARCHAR PRIMARY KEY,
+    name        VARCHAR NOT NULL,
+    channel     VARCHAR NOT NULL,
+    template    VARCHAR NOT NULL,
+    category    VARCHAR NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL,
+    spec_json   VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    campaign_id    VARCHAR NOT NULL,
+    row_number     BIGINT NOT NULL,
+    recipient_key  VARCHAR NOT NULL,   -- the address the channel sends to (E.164 for phones)
+    phone_e164     VARCHAR,
+    country        VARCHAR,            -- ISO 3166 alpha-2 region of the number
+    number_type    VARCHAR,
+    variables_json VARCHAR,
+    text           VARCHAR,            -- the rendered preview text
+    PRIMARY KEY (campaign_id, row_number)
+);
+CREATE TABLE IF NOT EXISTS rejects (
+    campaign_id VARCHAR NOT NULL,
+    row_number  BIGINT NOT NULL,
+    reason      VARCHAR NOT NULL,
+    detail      VARCHAR
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id          VARCHAR PRIMARY KEY,  -- uuid5(campaign, recipient, channel): re-runs find it
+    campaign_id         VARCHAR NOT NULL,
+    recipient_key       VARCHAR NOT NULL,
+    channel             VARCHAR NOT NULL,
+    sender              VARCHAR NOT NULL,
+    country             VARCHAR,
+    category            VARCHAR,
+    payload_json        VARCHAR NOT NULL,
+    state               VARCHAR NOT NULL,     -- queued | sending | sent | failed | deferred | unknown
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    provider_message_id VARCHAR,
+    error_code          VARCHAR,
+    error_detail        VARCHAR,
+    queued_at           TIMESTAMPTZ NOT NULL,
+    sent_at             TIMESTAMPTZ,
+    updated_at          TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS events (
+    event_id            VARCHAR PRIMARY KEY,  -- hash of the normalised receipt: replays add nothing
+    provider            VARCHAR NOT NULL,
+    provider_message_id VARCHAR NOT NULL,
+    message_id          VARCHAR,
+    status              VARCHAR NOT NULL,     -- sent | delivered | read | failed
+    error_code          VARCHAR,
+    error_title         VARCHAR,
+    category            VARCHAR,
+    pricing_type        VARCHAR,
+    recipient           VARCHAR,
+    occurred_at         TIMESTAMPTZ NOT NULL,
+    received_at         TIMESTAMPTZ,
+    raw_json            VARCHAR
+);
+CREATE TABLE IF NOT EXISTS inbound (
+    event_id    VARCHAR PRIMARY KEY,
+    provider    VARCHAR NOT NULL,
+    sender      VARCHAR NOT NULL,
+    text        VARCHAR,
+    occurred_at TIMESTAMPTZ NOT NULL,
+    raw_json    VARCHAR
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    spool_file  VARCHAR NOT NULL,
+    line_number BIGINT NOT NULL,
+    reason      VARCHAR NOT NULL,
+    raw         VARCHAR,
+    PRIMARY KEY (spool_file, line_number)
+);
+CREATE TABLE IF NOT EXISTS spool_files (
+    name        VARCHAR PRIMARY KEY,
+    bytes       BIGINT NOT NULL,
+    events      BIGINT NOT NULL,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS suppressions (
+    channel VARCHAR NOT NULL,
+    address VARCHAR NOT NULL,
+    reason  VARCHAR NOT NULL,
+    source  VARCHAR,
+    since   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (channel, address)
+);
+CREATE TABLE IF NOT EXISTS prices (
+    channel          VARCHAR NOT NULL,
+    market           VARCHAR NOT NULL,
+    category         VARCHAR NOT NULL,
+    platform_fee_usd DECIMAL(12, 6) NOT NULL,
+    service_fee_usd  DECIMAL(12, 6) NOT NULL,
+    effective_from   DATE NOT NULL,
+    source           VARCHAR,
+    PRIMARY KEY (channel, market, category, effective_from)
+);
+CREATE TABLE IF NOT EXISTS markets (
+    channel VARCHAR NOT NULL,
+    region  VARCHAR NOT NULL,   -- ISO 3166 alpha-2, as libphonenumber names it
+    market  VARCHAR NOT NULL,
+    PRIMARY KEY (channel, region)
+);
+-- The current delivery status of each message, whatever order its receipts arrived in:
+-- failed is terminal, otherwise the highest of read > delivered > sent.
+CREATE OR REPLACE VIEW message_status AS
+SELECT
+    message_id,
+    any_value(provider_message_id) AS provider_message_id,
+    CASE WHEN bool_or(status = 'failed') THEN 'failed'
+         WHEN bool_or(status = 'read') THEN 'read'
+         WHEN bool_or(status = 'delivered') THEN 'delivered'
+         ELSE 'sent' END AS status,
+    max(error_code) FILTER (WHERE status = 'failed') AS error_code,
+    max(category) AS billed_category,
+    max(pricing_type) AS pricing_type,
+    min(occurred_at) FILTER (WHERE status IN ('delivered', 'read')) AS delivered_at,
+    max(occurred_at) AS last_event_at
+FROM events
+WHERE message_id IS NOT NULL
+GROUP BY message_id;
+"""
+
+
+def connect(path: Path | str = DEFAULT_DB, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Opens (and on first use creates) the database file with every table in place."""
+    path = Path(path)
+    if read_only:
+        return duckdb.connect(str(path), read_only=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    con.execute(SCHEMA)
+    return con
+
+
+def suppressed_addresses(con: duckdb.DuckDBPyConnection, channel: str) -> set[str]:
+    rows = con.execute("SELECT address FROM suppressions WHERE channel = ?", [channel]).fetchall()
+    return {r[0] for r in rows}
