@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS rejects (
 CREATE TABLE IF NOT EXISTS outbox (
     message_id          VARCHAR PRIMARY KEY,  -- uuid5(campaign, recipient, channel): re-runs find it
     campaign_id         VARCHAR NOT NULL,
+    seq                 BIGINT,               -- send order within the campaign; ranges of it are claimed
     recipient_key       VARCHAR NOT NULL,
     channel             VARCHAR NOT NULL,
     sender              VARCHAR NOT NULL,
@@ -152,3 +153,10 @@ def connect(path: Path | str = DEFAULT_DB, *, read_only: bool = False) -> duckdb
 def suppressed_addresses(con: duckdb.DuckDBPyConnection, channel: str) -> set[str]:
     rows = con.execute("SELECT address FROM suppressions WHERE channel = ?", [channel]).fetchall()
     return {r[0] for r in rows}
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):  # noqa: ANN201
+    """The single value of a query, with the result fully read (DuckDB 2 blocks a connection
+    that still holds an unread result)."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0][0] if rows else None

@@ -1,0 +1,138 @@
+"""WhatsApp Cloud API (Meta Graph API): template sends and the classification of Meta's answers.
+
+Wire format: POST {base}/{version}/{phone-number-id}/messages with a Bearer token; see
+PROVIDERS.md §1. Webhook parsing and signatures live in `whatsapp_webhooks.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from pipeline.channels.base import SendOutcome, SendRequest
+from pipeline.spec import TemplateSpec
+
+# Meta's error codes by what the dispatcher should do about them (PROVIDERS.md §1.5).
+THROTTLE_CODES = frozenset({4, 80007, 130429, 131056})
+RETRYABLE_CODES = frozenset({1, 2, 131000, 131016, 131057, 133004}) | THROTTLE_CODES
+# Errors that concern the whole account, number or template: continuing would only fail again
+# (or harm the number's quality), so the channel stops and everything unsent stays queued.
+STOP_CODES = frozenset({0, 3, 10, 190, 368, 131031, 131042, 131048, 131064, 132015, 132016}) | frozenset(
+    range(200, 300)
+)
+# 131049 (per-user marketing limit): Meta says resending within 24 h just fails again.
+DEFERRED_CODES = {131049: 24 * 3600.0}
+
+
+def error_meaning(code: int) -> str:
+    return _MEANINGS.get(code, "")
+
+
+_MEANINGS = {
+    130429: "Cloud API throughput reached",
+    131026: "Message undeliverable",
+    131047: "Re-engagement message (over 24 h since last reply)",
+    131049: "Not delivered to maintain ecosystem engagement (per-user marketing limit)",
+    131050: "User stopped marketing messages",
+    131056: "Pair rate limit (too many to the same user)",
+    132001: "Template does not exist or is not approved",
+    132015: "Template paused",
+    132016: "Template disabled",
+    190: "Access token expired or invalid",
+    368: "Account restricted for policy violation",
+}
+
+
+class WhatsAppChannel:
+    name = "whatsapp"
+
+    def __init__(self, *, base_url: str, api_version: str, phone_number_id: str, access_token: str) -> None:
+        self.url = f"{base_url.rstrip('/')}/{api_version}/{phone_number_id}/messages"
+        # Built once: every request of a campaign carries the same headers.
+        self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
+
+    def build_payload(
+        self, *, to: str, template: TemplateSpec, params: dict[str, list[str]], message_id: str
+    ) -> dict[str, Any]:
+        components: list[dict[str, Any]] = []
+        for kind in ("header", "body"):
+            values = params.get(kind) or []
+            if values:
+                components.append(
+                    {"type": kind, "parameters": [{"type": "text", "text": v} for v in values]}
+                )
+        button_values = params.get("buttons") or []
+        for index, button in enumerate(template.buttons):
+            if button.sub_type == "quick_reply":
+                parameter = {"type": "payload", "payload": button.payload}
+            else:
+                parameter = {"type": "text", "text": button_values[index] if index < len(button_values) else ""}
+            components.append(
+                {"type": "button", "sub_type": button.sub_type, "index": str(index), "parameters": [parameter]}
+            )
+        return {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to.lstrip("+"),
+            "type": "template",
+            "template": {
+                "name": template.name,
+                # The spec marks `policy` required; "deterministic" is its only value.
+                "language": {"code": template.language, "policy": "deterministic"},
+                "components": components,
+            },
+            # Echoed on every status webhook: how receipts find our message after a crash.
+            "biz_opaque_callback_data": message_id,
+        }
+
+    def request_for(self, payload_json: str) -> SendRequest:
+        return SendRequest(url=self.url, headers=self._headers, content=payload_json.encode())
+
+    def classify_response(self, status_code: int, body: bytes, headers: dict[str, str]) -> SendOutcome:
+        retry_after = _retry_after(headers)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if status_code == 200 and isinstance(data, dict):
+            messages = data.get("messages")
+            if isinstance(messages, list) and messages and isinstance(messages[0], dict) and messages[0].get("id"):
+                return SendOutcome(kind="sent", provider_message_id=str(messages[0]["id"]))
+        error = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(error, dict) or not isinstance(error.get("code"), int):
+            # A malformed answer: the message may or may not have gone out. 5xx is Meta's own
+            # trouble and retried; anything else is recorded, not guessed at.
+            kind = "retry" if status_code >= 500 or status_code == 429 else "permanent"
+            return SendOutcome(
+                kind=kind, error_code=f"http_{status_code}", error_detail="malformed provider response",
+                retry_after_s=retry_after, throttled=status_code == 429,
+            )
+        code = error["code"]
+        details = (error.get("error_data") or {}).get("details") or error.get("message") or ""
+        detail = f"{error_meaning(code) or error.get('message', '')}: {details}".strip(": ")
+        if code in STOP_CODES:
+            kind = "stop"
+        elif code in RETRYABLE_CODES or status_code >= 500:
+            kind = "retry"
+        else:
+            kind = "permanent"
+        if code in DEFERRED_CODES:
+            return SendOutcome(kind="retry", error_code=str(code), error_detail=detail,
+                               retry_after_s=DEFERRED_CODES[code])
+        return SendOutcome(kind=kind, error_code=str(code), error_detail=detail,
+                           retry_after_s=retry_after, throttled=code in THROTTLE_CODES)
+
+    def classify_exception(self, exc: Exception) -> SendOutcome:
+        if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+            return SendOutcome(kind="retry", error_code="network", error_detail=type(exc).__name__)
+        return SendOutcome(kind="permanent", error_code="client_error", error_detail=type(exc).__name__)
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

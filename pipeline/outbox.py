@@ -1,0 +1,109 @@
+"""Turns prepared recipients into outbox rows: one deterministic message id per recipient."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import duckdb
+import polars as pl
+
+from pipeline.channels.base import Channel
+from pipeline.spec import CampaignSpec
+from pipeline.store import scalar
+
+# Fixed namespace: the same campaign, recipient and channel always give the same message id,
+# so a re-run after a crash finds the messages it already queued or sent.
+MESSAGE_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4e0b-9a59-3f7b1d2c4e10")
+
+
+def message_id_for(campaign_id: str, recipient_key: str, channel: str) -> str:
+    return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{campaign_id}|{recipient_key}|{channel}"))
+
+
+def register_campaign(con: duckdb.DuckDBPyConnection, spec: CampaignSpec, campaign_id: str) -> None:
+    con.execute(
+        """
+        INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (campaign_id) DO UPDATE SET spec_json = excluded.spec_json
+        """,
+        [campaign_id, spec.name, spec.channel, spec.template.name, spec.template.category,
+         datetime.now(UTC), spec.model_dump_json()],
+    )
+
+
+def store_preparation(
+    con: duckdb.DuckDBPyConnection, campaign_id: str, accepted: pl.DataFrame, rejects: pl.DataFrame
+) -> None:
+    """Recipients and rejects of this preparation replace any earlier preparation's rows."""
+    recipients = accepted.select(
+        pl.lit(campaign_id).alias("campaign_id"),
+        pl.col("row_number").cast(pl.Int64),
+        pl.col("phone_e164").alias("recipient_key"),
+        pl.col("phone_e164"),
+        pl.col("region").alias("country"),
+        pl.col("number_type"),
+        pl.col("params_json").alias("variables_json") if "params_json" in accepted.columns else pl.lit(None),
+        pl.col("text") if "text" in accepted.columns else pl.lit(None).alias("text"),
+    )
+    reject_rows = rejects.select(
+        pl.lit(campaign_id).alias("campaign_id"), pl.col("row_number").cast(pl.Int64), "reason", "detail"
+    )
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM recipients WHERE campaign_id = ?", [campaign_id])
+        con.execute("DELETE FROM rejects WHERE campaign_id = ?", [campaign_id])
+        con.register("_recipients", recipients)
+        con.register("_rejects", reject_rows)
+        con.execute("INSERT INTO recipients BY NAME SELECT * FROM _recipients")
+        con.execute("INSERT INTO rejects BY NAME SELECT * FROM _rejects")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("_recipients")
+        con.unregister("_rejects")
+
+
+def enqueue_messages(
+    con: duckdb.DuckDBPyConnection, spec: CampaignSpec, campaign_id: str, channel: Channel, accepted: pl.DataFrame
+) -> int:
+    """Queues one message per accepted recipient; messages already in the outbox are left as they are.
+
+    Returns how many new messages were queued.
+    """
+    first_seq = scalar(con, "SELECT coalesce(max(seq), -1) + 1 FROM outbox WHERE campaign_id = ?", [campaign_id])
+    ids, payloads = [], []
+    for to, params_json in accepted.select("phone_e164", "params_json").iter_rows():
+        message_id = message_id_for(campaign_id, to, channel.name)
+        params = json.loads(params_json) if params_json else {}
+        payload = channel.build_payload(to=to, template=spec.template, params=params, message_id=message_id)
+        ids.append(message_id)
+        payloads.append(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+    rows = pl.DataFrame(
+        {
+            "message_id": ids,
+            "recipient_key": accepted["phone_e164"],
+            "country": accepted["region"],
+            "payload_json": payloads,
+        }
+    ).with_columns(
+        pl.lit(campaign_id).alias("campaign_id"),
+        (pl.int_range(pl.len(), dtype=pl.Int64) + first_seq).alias("seq"),
+        pl.lit(channel.name).alias("channel"),
+        pl.lit(spec.sender).alias("sender"),
+        pl.lit(spec.template.category).alias("category"),
+        pl.lit("queued").alias("state"),
+        pl.lit(0, dtype=pl.Int32).alias("attempts"),
+        pl.lit(datetime.now(UTC)).alias("queued_at"),
+    )
+    count_sql = "SELECT count(*) FROM outbox WHERE campaign_id = ?"
+    before = scalar(con, count_sql, [campaign_id])
+    con.register("_queue", rows)
+    try:
+        con.execute("INSERT OR IGNORE INTO outbox BY NAME SELECT * FROM _queue")
+    finally:
+        con.unregister("_queue")
+    return scalar(con, count_sql, [campaign_id]) - before
