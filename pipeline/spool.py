@@ -1,0 +1,242 @@
+"""The durable webhook spool: a group-commit, fsync-before-ack appender of JSON lines.
+
+The receiver writes here (never DuckDB); the receipts stage ingests files once they are closed,
+and a closed file is one renamed from `*.open` to `spool-<utc>-<seq>.jsonl`. One spool directory
+has one writing process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+OPEN_SUFFIX = ".open"
+CLOSED_GLOB = "spool-*.jsonl"
+
+
+class SpoolClosed(RuntimeError):
+    """append() after close(): the caller must not answer 200."""
+
+
+def encode_record(provider: str, raw_body: bytes, received_at: datetime | None = None) -> bytes:
+    """One spool line (without its newline) for one webhook body.
+
+    ASCII-escaped JSON with `surrogateescape`, so even a body that is not UTF-8 round-trips
+    byte for byte (`decode_body`) and lands in quarantine instead of being lost.
+    """
+    received_at = received_at or datetime.now(UTC)
+    record = {
+        "provider": provider,
+        "received_at": received_at.isoformat(),
+        "body": raw_body.decode("utf-8", errors="surrogateescape"),
+    }
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def decode_body(body: str) -> bytes:
+    """The raw bytes a spool line's `body` was made from (inverse of `encode_record`)."""
+    return body.encode("utf-8", errors="surrogateescape")
+
+
+def closed_files(directory: Path | str) -> list[Path]:
+    """Closed spool files, oldest first (names start with the UTC time the file was opened)."""
+    return sorted(p for p in Path(directory).glob(CLOSED_GLOB) if p.is_file())
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A create or rename is durable only once the directory entry itself is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Appends records to the open spool file; many concurrent appends share one write + fsync."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        rotate_after_s: float = 1.0,
+        rotate_after_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.rotate_after_s = rotate_after_s
+        self.rotate_after_bytes = rotate_after_bytes
+        # Counters for tests, benchmarks and /healthz.
+        self.appends = 0
+        self.writes = 0
+        self.fsyncs = 0
+        self.rotations = 0
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._rotator: asyncio.Task[None] | None = None
+        self._closed = False
+        # Guards the file between worker threads (a batch write vs. a timed rotation).
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._opened_at = 0.0
+        self._size = 0
+        self._seq = 0
+        self.recover()
+
+    # ---- synchronous file work (runs in worker threads) -------------------------------------
+
+    def recover(self) -> list[Path]:
+        """Closes `*.open` files left by a crashed writer, so their acknowledged records get ingested.
+
+        A torn last line (crash mid-write, never acknowledged) is left in place: ingest quarantines it.
+        """
+        recovered = []
+        with self._lock:
+            for path in sorted(self.directory.glob(f"spool-*.jsonl{OPEN_SUFFIX}")):
+                if path == self._path:
+                    continue
+                if path.stat().st_size == 0:
+                    path.unlink()
+                    continue
+                target = path.with_name(path.name.removesuffix(OPEN_SUFFIX))
+                path.rename(target)
+                recovered.append(target)
+            if recovered:
+                _fsync_dir(self.directory)
+                log.warning("spool: recovered %d unclosed file(s) in %s", len(recovered), self.directory)
+        return recovered
+
+    def _open(self) -> None:
+        now = datetime.now(UTC)
+        self._seq += 1
+        stem = f"spool-{now:%Y%m%dT%H%M%S.%f}Z-{self._seq:06d}.jsonl"
+        self._path = self.directory / (stem + OPEN_SUFFIX)
+        self._file = open(self._path, "xb")  # noqa: SIM115 - lives until rotation
+        _fsync_dir(self.directory)
+        self._opened_at = time.monotonic()
+        self._size = 0
+
+    def _fsync(self, file: IO[bytes]) -> None:
+        os.fsync(file.fileno())
+        self.fsyncs += 1
+
+    def _rotate_locked(self) -> Path | None:
+        if self._file is None or self._path is None:
+            return None
+        self._file.flush()
+        self._fsync(self._file)
+        self._file.close()
+        closed = self._path.with_name(self._path.name.removesuffix(OPEN_SUFFIX))
+        self._path.rename(closed)
+        _fsync_dir(self.directory)
+        self._file, self._path, self._size = None, None, 0
+        self.rotations += 1
+        return closed
+
+    def _write_batch(self, data: bytes) -> None:
+        with self._lock:
+            if self._file is None:
+                self._open()
+            assert self._file is not None
+            self._file.write(data)
+            self._file.flush()
+            self._fsync(self._file)
+            self.writes += 1
+            self._size += len(data)
+            if self._size >= self.rotate_after_bytes:
+                self._rotate_locked()
+
+    def rotate(self) -> Path | None:
+        """Closes the open file now (if any); returns the closed file's path."""
+        with self._lock:
+            return self._rotate_locked()
+
+    def rotate_if_due(self) -> Path | None:
+        with self._lock:
+            if self._file is None or self._size == 0:
+                return None
+            if time.monotonic() - self._opened_at < self.rotate_after_s:
+                return None
+            return self._rotate_locked()
+
+    # ---- asyncio side -----------------------------------------------------------------------
+
+    async def append(self, record: bytes) -> None:
+        """Appends one record (a line without its newline); returns once it is written and fsynced."""
+        if self._closed:
+            raise SpoolClosed("spool is closed")
+        if b"\n" in record:
+            raise ValueError("a spool record must be a single line")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        self.appends += 1
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop())
+        await future
+
+    async def _flush_loop(self) -> None:
+        # Whatever queued up while the previous batch was in fsync goes out as the next batch:
+        # the more concurrent appends, the bigger each batch (group commit).
+        while self._pending:
+            batch, self._pending = self._pending, []
+            data = b"".join(record + b"\n" for record, _ in batch)
+            try:
+                await asyncio.to_thread(self._write_batch, data)
+            except BaseException as exc:  # the disk said no: every waiter must hear it (no false 200)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else OSError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    def start(self) -> None:
+        """Starts the periodic rotation task (call from the running event loop)."""
+        if self._rotator is None:
+            self._rotator = asyncio.create_task(self._rotate_periodically())
+
+    async def _rotate_periodically(self) -> None:
+        interval = max(0.01, min(self.rotate_after_s / 4, 0.5))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                closed = await asyncio.to_thread(self.rotate_if_due)
+            except OSError:
+                log.exception("spool: timed rotation failed; will retry")
+                continue
+            if closed is not None:
+                log.debug("spool: closed %s", closed.name)
+
+    async def close(self) -> None:
+        """Stops taking appends, drains what is queued, and closes the open file."""
+        self._closed = True
+        if self._rotator is not None:
+            self._rotator.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotator
+            self._rotator = None
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.to_thread(self.rotate)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "appends": self.appends,
+            "writes": self.writes,
+            "fsyncs": self.fsyncs,
+            "rotations": self.rotations,
+            "pending": len(self._pending),
+        }
