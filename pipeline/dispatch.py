@@ -132,11 +132,7 @@ class _Dispatch:
         self.result.released += len(items)
 
     async def _worker(self, index: int) -> None:
-        # One client with a one-connection pool per worker: a shared pool makes httpx's waiters
-        # spin (encode/httpx#3215); this is the fastest httpx set-up measured.
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        timeout = httpx.Timeout(self.timeout_s)
-        async with httpx.AsyncClient(limits=limits, timeout=timeout, transport=self.transport) as client:
+        async with self.channel.open_session(self.timeout_s, self.transport) as session:
             while True:
                 item = await self.queue.get()
                 if item is None:
@@ -144,18 +140,13 @@ class _Dispatch:
                 if self.stop.is_set():
                     await self._release([item])
                     continue
-                await self._send(client, item)
+                await self._send(session, item)
 
-    async def _send(self, client: httpx.AsyncClient, item: Pending) -> None:
-        request = self.channel.request_for(item.payload_json)
+    async def _send(self, session: Any, item: Pending) -> None:
         attempts = item.attempts + 1
         while True:
             await self.limiter.acquire()
-            try:
-                response = await client.post(request.url, content=request.content, headers=request.headers)
-                outcome = self.channel.classify_response(response.status_code, response.content, response.headers)
-            except Exception as exc:  # translated at the edge into retry / permanent
-                outcome = self.channel.classify_exception(exc)
+            outcome = (await self.channel.send(session, [item.payload_json]))[0]
             if outcome.throttled:
                 self.result.throttled += 1
                 self.limiter.throttled(outcome.retry_after_s)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import duckdb
 import polars as pl
 
-from pipeline.channels.base import Channel
+from pipeline.channels.base import Channel, Outgoing
 from pipeline.spec import CampaignSpec
 from pipeline.store import scalar
 
@@ -76,10 +76,14 @@ def enqueue_messages(
     """
     first_seq = scalar(con, "SELECT coalesce(max(seq), -1) + 1 FROM outbox WHERE campaign_id = ?", [campaign_id])
     ids, payloads = [], []
-    for to, params_json in accepted.select("phone_e164", "params_json").iter_rows():
+    text = accepted["text"] if "text" in accepted.columns else pl.Series([None] * accepted.height)
+    columns = accepted.select("phone_e164", "region", "params_json").with_columns(text.alias("text"))
+    for to, country, params_json, body in columns.iter_rows():
         message_id = message_id_for(campaign_id, to, channel.name)
         params = json.loads(params_json) if params_json else {}
-        payload = channel.build_payload(to=to, template=spec.template, params=params, message_id=message_id)
+        message = Outgoing(message_id=message_id, to=to, country=country, text=body, params=params,
+                           template=spec.template)
+        payload = channel.build_payload(message)
         ids.append(message_id)
         payloads.append(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
     rows = pl.DataFrame(

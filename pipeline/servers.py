@@ -31,7 +31,9 @@ def serve_in_thread(app: Any, host: str = LOOPBACK, port: int = 0) -> Iterator[s
 
     Port 0 binds a free port first, so parallel tests never collide.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: with protocol 0 asyncio never sets TCP_NODELAY on accepted
+    # connections, and each response then waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]

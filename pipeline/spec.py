@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,31 +66,19 @@ class RetrySpec(_Spec):
 
 
 class ProviderSpec(_Spec):
-    base_url: str = "https://graph.facebook.com"
-    api_version: str = Field(default="v23.0", pattern=r"^v\d+\.\d+$")
+    """Where and how to reach the provider; unset values take the channel's defaults."""
+
+    base_url: str | None = None
+    api_version: str | None = Field(default=None, pattern=r"^v\d+\.\d+$")
     timeout_s: float = Field(default=10.0, gt=0)
+    # Channel-specific settings (e.g. an SMS sender id per country, an e-mail From address).
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
-class CredentialsSpec(_Spec):
-    """Names of environment variables, never the secrets themselves."""
-
-    access_token_env: str = "WHATSAPP_ACCESS_TOKEN"
-    app_secret_env: str = "WHATSAPP_APP_SECRET"
-    verify_token_env: str = "WHATSAPP_VERIFY_TOKEN"
-
-    @field_validator("*")
-    @classmethod
-    def _env_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
-            raise ValueError(f"{value!r} is not an environment variable name")
-        return value
-
-    def secret(self, field: str) -> str:
-        name = getattr(self, field)
-        value = os.environ.get(name)
-        if not value:
-            raise SpecError(f"credentials.{field}: environment variable {name} is not set")
-        return value
+def _env_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
 
 
 class CampaignSpec(_Spec):
@@ -104,7 +92,9 @@ class CampaignSpec(_Spec):
     rate_limit: RateSpec = RateSpec()
     retry: RetrySpec = RetrySpec()
     provider: ProviderSpec = ProviderSpec()
-    credentials: CredentialsSpec = CredentialsSpec()
+    # credential role -> name of the environment variable holding it (never the secret itself);
+    # roles not listed take the channel's default variable names.
+    credentials: dict[str, str] = Field(default_factory=dict)
     # ISO 3166 alpha-2 codes; None means the channel's policy file decides.
     blocked_countries: list[str] | None = None
     service_fee_usd: float | None = Field(default=None, ge=0)
@@ -116,6 +106,21 @@ class CampaignSpec(_Spec):
         for name in value:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"{name!r} is not a valid template variable name")
+        return value
+
+    @field_validator("credentials")
+    @classmethod
+    def _credential_env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            _env_name(name)
+        return value
+
+    def secret(self, role: str, default_env: str) -> str:
+        """The credential for `role`, read from the environment variable the spec names."""
+        name = self.credentials.get(role, default_env)
+        value = os.environ.get(name)
+        if not value:
+            raise SpecError(f"credentials.{role}: environment variable {name} is not set")
         return value
 
     @field_validator("blocked_countries")

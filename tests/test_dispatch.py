@@ -172,7 +172,8 @@ def test_in_flight_messages_are_reconciled_from_receipts_not_resent(con):
     assert result.reconciled_sent == 1 and result.unknown == 1 and result.sent == 2
     assert sorted(seen) == sorted(ids[2:])
     assert con.execute("SELECT state FROM outbox WHERE message_id = ?", [ids[1]]).fetchone()[0] == "unknown"
-    assert con.execute("SELECT provider_message_id FROM outbox WHERE message_id = ?", [ids[0]]).fetchone()[0] == "wamid.X"
+    pid = con.execute("SELECT provider_message_id FROM outbox WHERE message_id = ?", [ids[0]]).fetchone()[0]
+    assert pid == "wamid.X"
 
 
 @pytest.mark.parametrize("rate", [200.0])

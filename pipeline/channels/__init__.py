@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-from pipeline.channels.base import Channel, SendOutcome, SendRequest
+from pipeline.channels.base import Channel, HttpChannel, Outgoing, SendOutcome, SendRequest
 from pipeline.channels.whatsapp import WhatsAppChannel
 from pipeline.spec import CampaignSpec, SpecError
 
-__all__ = ["Channel", "SendOutcome", "SendRequest", "WhatsAppChannel", "channel_for"]
+__all__ = ["Channel", "HttpChannel", "Outgoing", "SendOutcome", "SendRequest", "WhatsAppChannel", "channel_for"]
 
 
 def _whatsapp(spec: CampaignSpec, base_url: str | None) -> Channel:
+    env = WhatsAppChannel.credentials
     return WhatsAppChannel(
-        base_url=base_url or spec.provider.base_url,
-        api_version=spec.provider.api_version,
+        base_url=base_url or spec.provider.base_url or "https://graph.facebook.com",
+        api_version=spec.provider.api_version or "v23.0",
         phone_number_id=spec.sender,
-        access_token=spec.credentials.secret("access_token_env"),
+        access_token=spec.secret("access_token", env["access_token"]),
     )
 
 
-_REGISTRY = {"whatsapp": _whatsapp}
+_REGISTRY: dict[str, Callable[[CampaignSpec, str | None], Channel]] = {"whatsapp": _whatsapp}
+
+
+def available_channels() -> list[str]:
+    return sorted(_REGISTRY)
 
 
 def channel_for(spec: CampaignSpec, *, base_url: str | None = None) -> Channel:
     """The channel a spec sends through; `base_url` (or CAMPAIGN_PROVIDER_BASE_URL) points it elsewhere."""
     factory = _REGISTRY.get(spec.channel)
     if factory is None:
-        raise SpecError(f"channel: {spec.channel!r} is not available yet (available: {sorted(_REGISTRY)})")
+        raise SpecError(f"channel: {spec.channel!r} is not available yet (available: {available_channels()})")
     return factory(spec, base_url or os.environ.get("CAMPAIGN_PROVIDER_BASE_URL"))

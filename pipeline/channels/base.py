@@ -1,19 +1,23 @@
-"""What every channel provides: build its wire request, classify its answers, parse its receipts.
+"""What every channel provides: build its wire request, send a batch, classify the answers.
 
 Providers never sleep and never retry; the dispatcher owns rate limits, retries and backoff.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
+import httpx
 from pydantic import BaseModel, ConfigDict
+
+from pipeline.spec import TemplateSpec
 
 OutcomeKind = Literal["sent", "retry", "permanent", "stop"]
 
 
 class SendOutcome(BaseModel):
-    """The classified answer to one send request."""
+    """The classified answer to one message's send request."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -25,8 +29,21 @@ class SendOutcome(BaseModel):
     throttled: bool = False  # a rate-limit answer: slow the sender down, never a failure
 
 
+class Outgoing(BaseModel):
+    """One rendered message, as the channel needs it to build the provider's payload."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str
+    to: str  # the channel's address: E.164 phone, PSID, e-mail address, ...
+    country: str | None = None
+    text: str | None = None  # the rendered preview / body
+    params: dict[str, list[str]] = {}
+    template: TemplateSpec
+
+
 class SendRequest(BaseModel):
-    """Everything the dispatcher needs to POST one message; built once, at enqueue time."""
+    """One HTTP request to the provider."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -37,19 +54,56 @@ class SendRequest(BaseModel):
 
 class Channel(Protocol):
     name: str
+    max_batch: int  # messages per provider call (1 for per-message APIs)
 
-    def build_payload(
-        self, *, to: str, template: Any, params: dict[str, list[str]], message_id: str
-    ) -> dict[str, Any]:
-        """The provider's JSON body for one rendered message (stored in the outbox)."""
+    def build_payload(self, message: Outgoing) -> dict[str, Any]:
+        """The provider's body for one message; stored in the outbox so a resend is identical."""
         ...
+
+    def open_session(
+        self, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
+    ) -> AbstractAsyncContextManager[Any]:
+        """A connection for one dispatcher worker (an HTTP client, an SMTP connection, ...)."""
+        ...
+
+    async def send(self, session: Any, payloads: list[str]) -> list[SendOutcome]:
+        """Sends up to `max_batch` stored payloads; one outcome per payload, in order."""
+        ...
+
+
+class HttpChannel:
+    """Base for providers with one HTTP request per message: subclasses build and classify."""
+
+    name = "http"
+    max_batch = 1
+
+    def open_session(
+        self, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        # One client with a one-connection pool per worker: a shared pool makes httpx's waiters
+        # spin (encode/httpx#3215); this is the fastest httpx set-up measured.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s), transport=transport)
+
+    async def send(self, session: httpx.AsyncClient, payloads: list[str]) -> list[SendOutcome]:
+        outcomes = []
+        for payload in payloads:
+            request = self.request_for(payload)
+            try:
+                response = await session.post(request.url, content=request.content, headers=request.headers)
+                outcome = self.classify_response(response.status_code, response.content, response.headers)
+            except Exception as exc:  # translated at the edge into retry / permanent
+                outcome = self.classify_exception(exc)
+            outcomes.append(outcome)
+        return outcomes
 
     def request_for(self, payload_json: str) -> SendRequest:
-        """The HTTP request that sends a stored payload."""
-        ...
+        raise NotImplementedError  # each HTTP provider defines its request
 
-    def classify_response(self, status_code: int, body: bytes, headers: dict[str, str]) -> SendOutcome:
-        ...
+    def classify_response(self, status_code: int, body: bytes, headers: Any) -> SendOutcome:
+        raise NotImplementedError  # each HTTP provider classifies its own answers
 
     def classify_exception(self, exc: Exception) -> SendOutcome:
-        ...
+        if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+            return SendOutcome(kind="retry", error_code="network", error_detail=type(exc).__name__)
+        return SendOutcome(kind="permanent", error_code="client_error", error_detail=type(exc).__name__)

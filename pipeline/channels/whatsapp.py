@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
-from pipeline.channels.base import SendOutcome, SendRequest
-from pipeline.spec import TemplateSpec
+from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest
 
 # Meta's error codes by what the dispatcher should do about them (PROVIDERS.md §1.5).
 THROTTLE_CODES = frozenset({4, 80007, 130429, 131056})
@@ -45,17 +42,19 @@ _MEANINGS = {
 }
 
 
-class WhatsAppChannel:
+class WhatsAppChannel(HttpChannel):
     name = "whatsapp"
+    max_batch = 1
+    credentials = {"access_token": "WHATSAPP_ACCESS_TOKEN", "app_secret": "WHATSAPP_APP_SECRET",
+                   "verify_token": "WHATSAPP_VERIFY_TOKEN"}
 
     def __init__(self, *, base_url: str, api_version: str, phone_number_id: str, access_token: str) -> None:
         self.url = f"{base_url.rstrip('/')}/{api_version}/{phone_number_id}/messages"
         # Built once: every request of a campaign carries the same headers.
         self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
 
-    def build_payload(
-        self, *, to: str, template: TemplateSpec, params: dict[str, list[str]], message_id: str
-    ) -> dict[str, Any]:
+    def build_payload(self, message: Outgoing) -> dict[str, Any]:
+        template, params = message.template, message.params
         components: list[dict[str, Any]] = []
         for kind in ("header", "body"):
             values = params.get(kind) or []
@@ -75,7 +74,7 @@ class WhatsAppChannel:
         return {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
-            "to": to.lstrip("+"),
+            "to": message.to.lstrip("+"),
             "type": "template",
             "template": {
                 "name": template.name,
@@ -84,13 +83,13 @@ class WhatsAppChannel:
                 "components": components,
             },
             # Echoed on every status webhook: how receipts find our message after a crash.
-            "biz_opaque_callback_data": message_id,
+            "biz_opaque_callback_data": message.message_id,
         }
 
     def request_for(self, payload_json: str) -> SendRequest:
         return SendRequest(url=self.url, headers=self._headers, content=payload_json.encode())
 
-    def classify_response(self, status_code: int, body: bytes, headers: dict[str, str]) -> SendOutcome:
+    def classify_response(self, status_code: int, body: bytes, headers: Any) -> SendOutcome:
         retry_after = _retry_after(headers)
         try:
             data = json.loads(body)
@@ -124,14 +123,9 @@ class WhatsAppChannel:
         return SendOutcome(kind=kind, error_code=str(code), error_detail=detail,
                            retry_after_s=retry_after, throttled=code in THROTTLE_CODES)
 
-    def classify_exception(self, exc: Exception) -> SendOutcome:
-        if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
-            return SendOutcome(kind="retry", error_code="network", error_detail=type(exc).__name__)
-        return SendOutcome(kind="permanent", error_code="client_error", error_detail=type(exc).__name__)
 
-
-def _retry_after(headers: dict[str, str]) -> float | None:
-    value = headers.get("retry-after") or headers.get("Retry-After")
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after")
     try:
         return float(value) if value is not None else None
     except ValueError:

@@ -1,0 +1,34 @@
+# One command each: `make demo` (set-up + the main job), `make test` (set-up + the suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PREFECT_UI_PORT ?= 4200
+
+.PHONY: install demo test ui serve lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/campaign demo
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check pipeline flows tests benchmarks
+
+ui: install
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_UI_PORT)
+
+serve: install
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_UI_PORT)/api $(BIN)/python -m flows.serve
+
+clean:
+	rm -rf data/demo reports/*/ spool prepared

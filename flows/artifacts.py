@@ -1,0 +1,44 @@
+"""Prefect artifacts of a campaign run: reject summary, cost table, link to the HTML report."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import duckdb
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from pipeline.costs import cost_report
+from pipeline.prepare import Prepared
+
+
+def artifact_key(campaign_id: str, what: str) -> str:
+    # Prefect keys allow lowercase letters, digits and dashes only.
+    return re.sub(r"[^a-z0-9-]+", "-", f"{campaign_id}-{what}".lower()).strip("-")
+
+
+def publish_rejects(campaign_id: str, prepared: Prepared) -> None:
+    rows = [{"reason": reason, "rows": n} for reason, n in sorted(prepared.counts.items(), key=lambda kv: -kv[1])]
+    create_table_artifact(
+        rows or [{"reason": "(none)", "rows": 0}], key=artifact_key(campaign_id, "rejects"),
+        description=f"Rejected rows by reason: {prepared.rejects.height} of {prepared.rows_read} rows",
+    )
+
+
+def publish_report(con: duckdb.DuckDBPyConnection, campaign_id: str, summary: dict[str, Any], files: Any) -> None:
+    table = cost_report(con, campaign_id)
+    create_table_artifact(
+        [{k: (float(v) if hasattr(v, "as_tuple") else v) for k, v in row.items()} for row in table.to_dicts()],
+        key=artifact_key(campaign_id, "costs"), description="Cost by country and category (USD)",
+    )
+    create_markdown_artifact(
+        "\n".join([
+            f"# Campaign {campaign_id}",
+            f"- rows read {summary['rows_read']}, accepted {summary['accepted']}, rejected {summary['rejected']}",
+            f"- sent {summary['sent']}, delivered {summary['delivered']}, read {summary['read']}, "
+            f"failed {summary['failed']}",
+            f"- cost USD {summary['cost_usd']:.4f}",
+            f"- HTML report: [{files.html}](file://{files.html.resolve()})",
+        ]),
+        key=artifact_key(campaign_id, "summary"), description="Campaign summary",
+    )

@@ -1,0 +1,123 @@
+"""The campaign flow: a table of contents over pipeline/ stages, one Prefect task per stage."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import publish_rejects, publish_report
+from pipeline import store
+from pipeline.channels import channel_for
+from pipeline.collect import collect_receipts
+from pipeline.costs import estimate_cost, load_prices
+from pipeline.dispatch import DispatchResult, dispatch_campaign
+from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
+from pipeline.policy import blocked_policy
+from pipeline.prepare import Prepared, prepare_audience
+from pipeline.report import write_report
+from pipeline.spec import CampaignSpec, load_spec
+from pipeline.summary import campaign_summary
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare(spec: CampaignSpec, db_path: Path, out_dir: Path) -> Prepared:
+    with store.connect(db_path) as con:
+        suppressed = store.suppressed_addresses(con, spec.channel)
+    return prepare_audience(
+        spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
+        variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
+        suppressed=suppressed, out_dir=out_dir,
+    )
+
+
+@task(name="queue", cache_policy=NO_CACHE)
+def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, db_path: Path, base_url: str | None) -> int:
+    with store.connect(db_path) as con:
+        register_campaign(con, spec, campaign_id)
+        store_preparation(con, campaign_id, prepared.accepted, prepared.rejects)
+        return enqueue_messages(con, spec, campaign_id, channel_for(spec, base_url=base_url), prepared.accepted)
+
+
+@task(name="estimate", cache_policy=NO_CACHE)
+def estimate(spec: CampaignSpec, campaign_id: str, db_path: Path) -> dict[str, Any]:
+    with store.connect(db_path) as con:
+        load_prices(con, service_fee_usd=spec.service_fee_usd if spec.service_fee_usd is not None else 0.005)
+        result = estimate_cost(con, campaign_id)
+    totals = {"messages": result.messages, "total_usd": float(result.total_usd)}
+    get_run_logger().info("estimate: %d messages, USD %.4f", totals["messages"], totals["total_usd"])
+    return totals
+
+
+@task(name="dispatch", cache_policy=NO_CACHE)
+def dispatch(spec: CampaignSpec, campaign_id: str, db_path: Path, base_url: str | None) -> DispatchResult:
+    logger = get_run_logger()
+    progress_id = create_progress_artifact(0.0, key=f"{campaign_id}-progress", description="Messages dispatched")
+
+    def on_progress(info: dict[str, Any]) -> None:
+        # Every few seconds, never per message: progress in the logs and one artifact updated.
+        logger.info("dispatch: %(sent)d sent, %(failed)d failed of %(total)d (%(per_s).0f/s)", info)
+        update_progress_artifact(
+            progress_id, min(100.0, 100.0 * info["fraction"]),
+            description=f"{info['sent']} sent, {info['failed']} failed of {info['total']} ({info['per_s']}/s)",
+        )
+
+    with store.connect(db_path) as con:
+        result = asyncio.run(dispatch_campaign(
+            con, campaign_id, channel_for(spec, base_url=base_url), rate=spec.rate_limit, retry=spec.retry,
+            on_progress=on_progress, timeout_s=spec.provider.timeout_s,
+        ))
+    if result.stopped_reason:
+        logger.error("channel stopped: %s; unsent messages stay queued", result.stopped_reason)
+    return result
+
+
+@task(name="receipts", cache_policy=NO_CACHE)
+def receipts(spec: CampaignSpec, campaign_id: str, db_path: Path, spool_dir: Path) -> dict[str, int]:
+    with store.connect(db_path) as con:
+        return collect_receipts(con, spool_dir, campaign_id, wait_s=spec.receipts_wait_s)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report(campaign_id: str, db_path: Path, out_dir: Path, prepared: Prepared) -> dict[str, Any]:
+    with store.connect(db_path) as con:
+        summary = campaign_summary(con, campaign_id, rows_read=prepared.rows_read)
+        files = write_report(con, campaign_id, out_dir, summary=summary)
+        publish_report(con, campaign_id, summary, files)
+    return {**summary, "report_html": str(files.html), "report_csv": str(files.csv)}
+
+
+@flow(name="campaign", log_prints=False)
+def campaign_flow(
+    spec_path: str,
+    campaign_id: str | None = None,
+    db_path: str = str(store.DEFAULT_DB),
+    spool_dir: str = "spool",
+    reports_dir: str = "reports",
+    provider_base_url: str | None = None,
+) -> dict[str, Any]:
+    """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec."""
+    spec = load_spec(spec_path)
+    campaign_id = campaign_id or spec.name
+    db, out = Path(db_path), Path(reports_dir) / campaign_id
+    prepared = prepare(spec, db, out)
+    publish_rejects(campaign_id, prepared)
+    queued = queue(spec, campaign_id, prepared, db, provider_base_url)
+    get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
+    estimate(spec, campaign_id, db)
+    result = dispatch(spec, campaign_id, db, provider_base_url)
+    receipts(spec, campaign_id, db, Path(spool_dir))
+    summary = report(campaign_id, db, out, prepared)
+    if result.stopped_reason:
+        create_markdown_artifact(f"**Channel stopped:** {result.stopped_reason}", key=f"{campaign_id}-stopped")
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    campaign_flow(sys.argv[1])

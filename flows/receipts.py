@@ -1,0 +1,21 @@
+"""Receipt collection: ingest the webhook spool into DuckDB (an interval deployment)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from pipeline import store
+from pipeline.receipts import ingest_spool
+
+
+@flow(name="collect-receipts")
+def receipts_flow(db_path: str = str(store.DEFAULT_DB), spool_dir: str = "spool") -> dict[str, int]:
+    with store.connect(db_path) as con:
+        result = ingest_spool(con, Path(spool_dir))
+    get_run_logger().info(
+        "%d spool files: %d events, %d inbound, %d quarantined",
+        result.files, result.events_added, result.inbound_added, result.quarantined,
+    )
+    return {"files": result.files, "events": result.events_added, "quarantined": result.quarantined}

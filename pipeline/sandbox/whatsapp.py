@@ -1,0 +1,259 @@
+"""A loopback stand-in for Meta's WhatsApp Cloud API send endpoint (`POST /{version}/{id}/messages`):
+same bodies, errors and signed status webhooks, with a seeded, predictable outcome per recipient."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import itertools
+import json
+import random
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pipeline.records import Category
+from pipeline.sandbox.outcomes import Outcome, Pricing, outcome_for, plan_statuses, wa_id
+from pipeline.sandbox.schema import validate_message
+from pipeline.sandbox.webhooks import PosterSettings, WebhookPoster
+
+_VERSION = re.compile(r"v\d+\.\d+")
+
+
+class SandboxConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    access_token: str = Field(min_length=1)
+    app_secret: str = Field(min_length=1, description="signs status webhooks")
+    webhook_url: str | None = Field(default=None, description="where status webhooks are POSTed")
+    throughput_per_s: float = Field(default=1000.0, gt=0, description="per phone-number-id")
+    # None: any template name is accepted and billed as marketing; a dict: unknown names -> 132001.
+    templates: dict[str, Category] | None = None
+    fail_rate: float = Field(default=0.04, ge=0, le=1)
+    read_rate: float = Field(default=0.6, ge=0, le=1)
+    out_of_order_rate: float = Field(default=0.1, ge=0, le=1)
+    webhook_delay_s: tuple[float, float] = (0.05, 0.3)  # spread between consecutive statuses
+    webhook_batch: int = Field(default=50, ge=1, le=1000)
+    webhook_retry_base_s: float = Field(default=0.2, gt=0)
+    webhook_retry_max_s: float = Field(default=10.0, gt=0)
+    webhook_concurrency: int = Field(default=8, ge=1)
+    seed: int = 0
+    waba_id: str = "102290129340398"
+    display_phone_number: str = "15550783881"
+
+    def outcome(self, to: str) -> Outcome:
+        """The fate the sandbox gives every message to `to` under this config."""
+        return outcome_for(
+            self.seed, to, fail_rate=self.fail_rate, read_rate=self.read_rate,
+            out_of_order_rate=self.out_of_order_rate,
+        )
+
+
+def meta_error(code: int, message: str, details: str | None = None, subcode: int | None = None) -> dict:
+    """Meta's error body (PROVIDERS.md §1.4)."""
+    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
+    if details is not None:
+        error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    error["fbtrace_id"] = secrets.token_urlsafe(17)
+    return {"error": error}
+
+
+class _Throttle:
+    """Token bucket per phone-number-id: `rate` per second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._buckets: dict[str, tuple[float, float]] = {}  # id -> (tokens, last refill)
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, body: dict) -> None:
+        self.status, self.body = status, body
+
+
+class Sandbox:
+    """State and handlers behind one app: counters, accepted messages and the webhook poster."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self._auth = f"Bearer {config.access_token}".encode()
+        self._throttle = _Throttle(config.throughput_per_s)
+        self._rng = random.Random(config.seed)
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(5).upper()
+        self.accepted = 0
+        self.rejected: Counter[int] = Counter()
+        self.messages: list[dict[str, Any]] = []
+        self._callback_seen: set[str] = set()
+        self.duplicate_callback_data = 0
+        self.poster = self._make_poster(config)
+
+    @staticmethod
+    def _make_poster(config: SandboxConfig) -> WebhookPoster | None:
+        if not config.webhook_url:
+            return None
+        return WebhookPoster(PosterSettings(
+            url=config.webhook_url, app_secret=config.app_secret, waba_id=config.waba_id,
+            display_phone_number=config.display_phone_number, batch=config.webhook_batch,
+            retry_base_s=config.webhook_retry_base_s, retry_max_s=config.webhook_retry_max_s,
+            concurrency=config.webhook_concurrency,
+        ))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        if self.poster:
+            await self.poster.start()
+        try:
+            yield
+        finally:
+            if self.poster:
+                await self.poster.stop()
+
+    # ------------------------------------------------------------------ POST /{version}/{id}/messages
+
+    async def send(self, request: Request) -> JSONResponse:
+        try:
+            body = await self._checked_body(request)
+            phone_number_id = request.path_params["phone_number_id"]
+            pricing = self._pricing(body)
+            if not self._throttle.allow(phone_number_id):
+                raise _Rejected(429, meta_error(
+                    130429, "(#130429) Rate limit hit", "Cloud API message throughput has been reached.",
+                    subcode=2494055,
+                ))
+        except _Rejected as rejected:
+            self.rejected[rejected.body["error"]["code"]] += 1
+            return JSONResponse(rejected.body, status_code=rejected.status)
+        return JSONResponse(self._accept(body, phone_number_id, pricing))
+
+    async def _checked_body(self, request: Request) -> dict[str, Any]:
+        """Auth, path and body checks in Meta's order: 401/190, then 400/2500, then 400/100."""
+        token = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(token, self._auth):
+            raise _Rejected(401, meta_error(190, "Invalid OAuth access token - Cannot parse access token"))
+        version = request.path_params["version"]
+        if not _VERSION.fullmatch(version):
+            raise _Rejected(400, meta_error(2500, f"Unknown path components: /{version}"))
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _Rejected(400, _invalid_parameter(f"Request body is not valid JSON: {exc}")) from None
+        problems = validate_message(body)
+        if problems:
+            raise _Rejected(400, _invalid_parameter("; ".join(problems[:10])))
+        return body
+
+    def _pricing(self, body: dict[str, Any]) -> Pricing:
+        if body["type"] != "template":
+            # Free-form messages only go out inside a customer service window, which is free.
+            return Pricing("service", "free_customer_service", billable=False)
+        template = body["template"]
+        templates = self.config.templates
+        if templates is None:
+            return Pricing("marketing", "regular", billable=True)
+        if template["name"] not in templates:
+            code = template["language"]["code"]
+            raise _Rejected(404, meta_error(
+                132001, "(#132001) Template name does not exist in the translation",
+                f"template name ({template['name']}) does not exist in {code}",
+            ))
+        return Pricing(templates[template["name"]], "regular", billable=True)
+
+    def _accept(self, body: dict[str, Any], phone_number_id: str, pricing: Pricing) -> dict[str, Any]:
+        to, callback_data = body["to"], body.get("biz_opaque_callback_data")
+        wamid = f"wamid.HBgL{self._id_prefix}{next(self._ids):012d}"
+        outcome = self.config.outcome(to)
+        recipient = wa_id(to)
+        self.accepted += 1
+        if callback_data is not None:
+            if callback_data in self._callback_seen:
+                self.duplicate_callback_data += 1
+            self._callback_seen.add(callback_data)
+        self.messages.append({
+            "wamid": wamid, "to": to, "biz_opaque_callback_data": callback_data,
+            "outcome": outcome.final, "error_code": outcome.error_code,
+        })
+        if self.poster:
+            planned = plan_statuses(
+                outcome, wamid=wamid, recipient_id=recipient, callback_data=callback_data, pricing=pricing,
+                accepted_at=time.time(), delay_s=self.config.webhook_delay_s, rng=self._rng,
+            )
+            for item in planned:
+                self.poster.schedule(item.post_after_s, phone_number_id, item.status)
+        message: dict[str, Any] = {"id": wamid}
+        if body["type"] == "template":  # Meta reports message_status for template sends only
+            message["message_status"] = "accepted"
+        return {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": recipient}],
+            "messages": [message],
+        }
+
+    # ------------------------------------------------------------------ /_sandbox
+
+    def snapshot(self, with_messages: bool = True) -> dict[str, Any]:
+        poster = self.poster
+        stats: dict[str, Any] = {
+            "accepted": self.accepted,
+            "rejected": {str(code): n for code, n in sorted(self.rejected.items())},
+            "throttled": self.rejected[130429],
+            "duplicate_callback_data": self.duplicate_callback_data,
+            "webhooks_scheduled": poster.scheduled if poster else 0,
+            "webhooks_pending": poster.pending if poster else 0,
+            "webhooks_acknowledged": poster.acknowledged if poster else 0,
+            "webhook_posts": poster.posts if poster else 0,
+            "webhook_post_failures": poster.failed_posts if poster else 0,
+            "statuses_acknowledged": dict(poster.acknowledged_by_status) if poster else {},
+        }
+        if with_messages:
+            stats["messages"] = self.messages
+        return stats
+
+    async def stats(self, request: Request) -> JSONResponse:
+        with_messages = request.query_params.get("messages", "1").lower() not in ("0", "false", "no")
+        return JSONResponse(self.snapshot(with_messages))
+
+    async def drain(self, request: Request) -> JSONResponse:
+        """Waits (up to `?timeout=` seconds, default 30) until every webhook is acknowledged."""
+        try:
+            timeout = float(request.query_params.get("timeout", "30"))
+        except ValueError:
+            return JSONResponse(meta_error(100, "(#100) Invalid parameter", "timeout must be a number"), 400)
+        drained = await self.poster.drain(timeout) if self.poster else True
+        return JSONResponse({"drained": drained, **self.snapshot(with_messages=False)})
+
+
+def _invalid_parameter(details: str) -> dict:
+    return meta_error(100, "(#100) Invalid parameter", details)
+
+
+def create_app(config: SandboxConfig) -> Starlette:
+    """The sandbox as an ASGI app; `app.state.sandbox` gives tests direct access to its state."""
+    sandbox = Sandbox(config)
+    routes = [
+        Route("/{version}/{phone_number_id}/messages", sandbox.send, methods=["POST"]),
+        Route("/_sandbox/stats", sandbox.stats, methods=["GET"]),
+        Route("/_sandbox/drain", sandbox.drain, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=sandbox.lifespan)
+    app.state.sandbox = sandbox
+    return app
