@@ -12,16 +12,20 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish_rejects, publish_report
 from pipeline import store
+from pipeline.budget import check_budget, price_queued_messages
 from pipeline.channels import channel_for
 from pipeline.collect import collect_receipts
 from pipeline.costs import estimate_cost, load_prices
-from pipeline.dispatch import DispatchResult, dispatch_campaign
+from pipeline.dispatch import dispatch_campaign
+from pipeline.dispatch_policy import DispatchResult, Guards
 from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.policy import blocked_policy
 from pipeline.prepare import Prepared, prepare_audience
+from pipeline.receipts import ingest_spool
 from pipeline.report import write_report
 from pipeline.spec import CampaignSpec, load_spec
 from pipeline.summary import campaign_summary
+from pipeline.timezones import recipient_timezones
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
@@ -37,24 +41,39 @@ def prepare(spec: CampaignSpec, db_path: Path, out_dir: Path) -> Prepared:
 
 @task(name="queue", cache_policy=NO_CACHE)
 def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, db_path: Path, base_url: str | None) -> int:
+    accepted = prepared.accepted
+    if spec.send_window is not None:
+        accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
     with store.connect(db_path) as con:
         register_campaign(con, spec, campaign_id)
         store_preparation(con, campaign_id, prepared.accepted, prepared.rejects)
-        return enqueue_messages(con, spec, campaign_id, channel_for(spec, base_url=base_url), prepared.accepted)
+        return enqueue_messages(
+            con, spec, campaign_id, channel_for(spec, base_url=base_url), accepted, senders=spec.all_senders
+        )
 
 
 @task(name="estimate", cache_policy=NO_CACHE)
 def estimate(spec: CampaignSpec, campaign_id: str, db_path: Path) -> dict[str, Any]:
     with store.connect(db_path) as con:
         load_prices(con, service_fee_usd=spec.service_fee_usd if spec.service_fee_usd is not None else 0.005)
+        price_queued_messages(con, campaign_id)
         result = estimate_cost(con, campaign_id)
     totals = {"messages": result.messages, "total_usd": float(result.total_usd)}
     get_run_logger().info("estimate: %d messages, USD %.4f", totals["messages"], totals["total_usd"])
+    # The budget guard refuses before anything is sent.
+    check_budget(totals["total_usd"], spec.budget_usd, campaign_id)
     return totals
 
 
+def control_paths(db_path: Path, campaign_id: str) -> tuple[Path, Path]:
+    """The pause flag and the status file of a campaign, beside its ledger."""
+    return db_path.parent / "control" / f"{campaign_id}.pause", db_path.parent / "status" / f"{campaign_id}.json"
+
+
 @task(name="dispatch", cache_policy=NO_CACHE)
-def dispatch(spec: CampaignSpec, campaign_id: str, db_path: Path, base_url: str | None) -> DispatchResult:
+def dispatch(
+    spec: CampaignSpec, campaign_id: str, db_path: Path, base_url: str | None, spool_dir: Path
+) -> DispatchResult:
     logger = get_run_logger()
     progress_id = create_progress_artifact(0.0, key=f"{campaign_id}-progress", description="Messages dispatched")
 
@@ -66,13 +85,20 @@ def dispatch(spec: CampaignSpec, campaign_id: str, db_path: Path, base_url: str 
             description=f"{info['sent']} sent, {info['failed']} failed of {info['total']} ({info['per_s']}/s)",
         )
 
+    pause_file, status_file = control_paths(db_path, campaign_id)
+    guards = Guards(
+        budget_usd=spec.budget_usd, send_window=spec.send_window, pause_file=pause_file,
+        messaging_limit=spec.messaging_limit if spec.channel == "whatsapp" else None,
+    )
+    channels = {sender: channel_for(spec, base_url=base_url, sender=sender) for sender in spec.all_senders}
     with store.connect(db_path) as con:
         result = asyncio.run(dispatch_campaign(
-            con, campaign_id, channel_for(spec, base_url=base_url), rate=spec.rate_limit, retry=spec.retry,
-            on_progress=on_progress, timeout_s=spec.provider.timeout_s,
+            con, campaign_id, channels, rate=spec.rate_limit, retry=spec.retry, guards=guards,
+            reconcile=lambda: ingest_spool(con, spool_dir), on_progress=on_progress,
+            timeout_s=spec.provider.timeout_s, status_file=status_file,
         ))
     if result.stopped_reason:
-        logger.error("channel stopped: %s; unsent messages stay queued", result.stopped_reason)
+        logger.error("dispatch stopped: %s; unsent messages stay queued", result.stopped_reason)
     return result
 
 
@@ -109,7 +135,7 @@ def campaign_flow(
     queued = queue(spec, campaign_id, prepared, db, provider_base_url)
     get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
     estimate(spec, campaign_id, db)
-    result = dispatch(spec, campaign_id, db, provider_base_url)
+    result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
     receipts(spec, campaign_id, db, Path(spool_dir))
     summary = report(campaign_id, db, out, prepared)
     if result.stopped_reason:

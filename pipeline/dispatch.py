@@ -1,7 +1,7 @@
-"""Sends a campaign's queued messages: rate limit, concurrency cap, retries, batched ledger.
+"""Sends a campaign's queued messages: per-sender lanes, rate limits, retries, group-committed ledger.
 
-The engine owns policy (rate, retries, backoff, when to stop); channels only build requests and
-classify answers. Every outcome is written to the outbox ledger in batches.
+The engine owns policy (rate, retries, backoff, budget, limits, when to stop); channels only build
+requests and classify answers. Each sender is a lane with its own limiter and workers.
 """
 
 from __future__ import annotations
@@ -12,147 +12,214 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import httpx
 
 from pipeline.channels.base import Channel, SendOutcome
-from pipeline.ledger import Ledger, Pending
+from pipeline.dispatch_policy import DispatchResult, Guards, backoff_delay, write_status
+from pipeline.ledger import Ledger, Outcome, Pending
 from pipeline.ratelimit import SlotLimiter
 from pipeline.spec import RateSpec, RetrySpec
 
 log = logging.getLogger("pipeline.dispatch")
 
 FLUSH_EVERY_S = 0.2
-FLUSH_AT = 1000
+PAGE = 2_000
 
 
-@dataclass
-class DispatchResult:
-    sent: int = 0
-    failed: int = 0
-    retries: int = 0
-    throttled: int = 0
-    reconciled_sent: int = 0
-    unknown: int = 0
-    released: int = 0
-    stopped_reason: str | None = None
-    seconds: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
+class _Writer:
+    """Group commits on the one thread that owns the DuckDB connection."""
+
+    def __init__(self, ledger: Ledger, run_db: Callable[..., Any]) -> None:
+        self.ledger = ledger
+        self.run_db = run_db
+        self.claims: list[tuple[int, asyncio.Future[None]]] = []
+        self.outcomes: list[Outcome] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    async def claim(self, seq: int) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.claims.append((seq, future))
+        self.wake.set()
+        await future
+
+    def record(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    async def flush(self) -> None:
+        claims, self.claims = self.claims, []
+        outcomes, self.outcomes = self.outcomes, []
+        if not claims and not outcomes:
+            return
+        try:
+            await self.run_db(self.ledger.commit, [seq for seq, _ in claims], outcomes)
+        except BaseException as exc:
+            for _, future in claims:
+                future.set_exception(exc)
+            raise
+        for _, future in claims:
+            future.set_result(None)
+
+    async def run(self) -> None:
+        # Claims are committed as soon as possible (a worker waits on them); outcomes ride along
+        # or go every FLUSH_EVERY_S. While one commit runs, the next batch gathers.
+        while not self.closed:
+            try:
+                await asyncio.wait_for(self.wake.wait(), FLUSH_EVERY_S)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            await self.flush()
+
+
+class _Lane:
+    def __init__(self, sender: str, channel: Channel, rate: RateSpec) -> None:
+        self.sender = sender
+        self.channel = channel
+        self.limiter = SlotLimiter(rate.max_per_second)
+        self.queue: asyncio.Queue[tuple[Pending, int]] = asyncio.Queue(maxsize=rate.concurrency * 2)
+        self.outstanding = 0
+        self.fed_all = False
 
     @property
-    def per_second(self) -> float:
-        return self.sent / self.seconds if self.seconds else 0.0
-
-
-def backoff_delay(attempt: int, retry: RetrySpec, outcome: SendOutcome, rng: random.Random) -> float:
-    """Exponential backoff with full jitter; the provider's Retry-After wins when longer."""
-    exp = min(retry.max_delay_s, retry.base_delay_s * 2 ** (attempt - 1))
-    delay = rng.uniform(exp / 2, exp)
-    return max(delay, outcome.retry_after_s or 0.0)
+    def done(self) -> bool:
+        return self.fed_all and self.outstanding == 0
 
 
 class _Dispatch:
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, campaign_id: str, channel: Channel, rate: RateSpec,
-        retry: RetrySpec, on_progress: Callable[[dict[str, Any]], None] | None, progress_every_s: float,
-        transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 10.0,
+        self, con: duckdb.DuckDBPyConnection, campaign_id: str, channels: dict[str, Channel] | Channel, *,
+        rate: RateSpec, retry: RetrySpec, guards: Guards, reconcile: Callable[[], Any] | None,
+        on_progress: Callable[[dict[str, Any]], None] | None, progress_every_s: float,
+        transport: httpx.AsyncBaseTransport | None, timeout_s: float, status_file: Path | None,
     ) -> None:
-        self.transport = transport
-        self.timeout_s = timeout_s
         self.ledger = Ledger(con, campaign_id)
-        self.channel = channel
-        self.rate = rate
-        self.retry = retry
-        self.limiter = SlotLimiter(rate.max_per_second)
-        self.on_progress = on_progress
-        self.progress_every_s = progress_every_s
+        self.campaign_id = campaign_id
+        self.channels = channels
+        self.rate, self.retry, self.guards = rate, retry, guards
+        self.reconcile_fn = reconcile
+        self.on_progress, self.progress_every_s = on_progress, progress_every_s
+        self.transport, self.timeout_s, self.status_file = transport, timeout_s, status_file
         self.result = DispatchResult()
-        self.queue: asyncio.Queue[Pending | None] = asyncio.Queue(maxsize=rate.concurrency * 2)
-        self.outcomes: list[tuple] = []
         self.stop = asyncio.Event()
         self.rng = random.Random()
-        # One thread owns the DuckDB connection, so ledger writes never block the event loop.
+        # One thread owns the DuckDB connection: ledger work never blocks the event loop.
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self.writer = _Writer(self.ledger, self._db)
+        self.lanes: list[_Lane] = []
+        self.uncertain: dict[str, tuple[_Lane, Pending, int, float]] = {}  # timed out: maybe sent
+        self.leftovers: dict[str, float] = {}  # in flight at an earlier crash
         self.started = time.monotonic()
         self.deadline = self.started + retry.deadline_s
-        self.total = 0
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
 
+    def _channel(self, sender: str) -> Channel:
+        if isinstance(self.channels, dict):
+            return self.channels[sender]
+        return self.channels
+
     async def run(self) -> DispatchResult:
         try:
-            sent, unknown = await self._db(self.ledger.reconcile_in_flight)
-            self.result.reconciled_sent, self.result.unknown = sent, unknown
-            if unknown:
-                log.warning("%d messages were in flight at a crash and have no receipt: state 'unknown', "
-                            "not resent automatically", unknown)
+            await self._recover()
             counts = await self._db(self.ledger.counts)
-            self.total = counts.get("queued", 0)
-            workers = [asyncio.create_task(self._worker(i)) for i in range(self.rate.concurrency)]
-            flusher = asyncio.create_task(self._flusher())
-            await self._feed()
-            for _ in workers:
-                await self.queue.put(None)
-            await asyncio.gather(*workers)
-            flusher.cancel()
-            await self._flush()
+            self.result.total = counts.get("queued", 0)
+            await self._db(self.guards.prepare, self.ledger, self._channel_name())
+            senders = await self._db(self.ledger.senders)
+            self.lanes = [_Lane(s, self._channel(s), self.rate) for s in senders]
+            tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self._ticker())]
+            if self.reconcile_fn:
+                tasks.append(asyncio.create_task(self._reconciler()))
+            for lane in self.lanes:
+                tasks.append(asyncio.create_task(self._feed(lane)))
+                tasks += [asyncio.create_task(self._worker(lane)) for _ in range(self.rate.concurrency)]
+            # Done when every lane has fed and settled everything (uncertain sends count as
+            # outstanding until a receipt or the grace settles them) and crash leftovers are settled.
+            while not (all(lane.done for lane in self.lanes) and not self.leftovers):
+                await asyncio.sleep(0.02)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._give_up_uncertain()
+            await self.writer.flush()
             self.result.seconds = time.monotonic() - self.started
+            self.result.states = await self._db(self.ledger.counts)
             self._progress(final=True)
             return self.result
         finally:
             self.db.shutdown(wait=True)
 
-    async def _feed(self) -> None:
+    def _channel_name(self) -> str:
+        channel = next(iter(self.channels.values())) if isinstance(self.channels, dict) else self.channels
+        return channel.name
+
+    async def _recover(self) -> None:
+        """Before sending anything: receipts first, then what an earlier crash left in flight."""
+        grace = self.retry.reconcile_grace_s if self.reconcile_fn else 0.0
+        if self.reconcile_fn:
+            await self._db(self.reconcile_fn)
+        reconciled, unknown = await self._db(lambda: self.ledger.reconcile_in_flight(older_than_s=grace))
+        self.result.reconciled_sent, self.result.unknown = reconciled, unknown
+        if unknown:
+            log.warning("%d messages were in flight at a crash and no receipt names them: state 'unknown', "
+                        "resent only with `campaign resend-unknown`", unknown)
+        # Younger ones may still get their receipt: wait for it (up to the grace) during this run.
+        ages = await self._db(self.ledger.in_flight_ages)
+        now = time.monotonic()
+        self.leftovers = {message_id: now - age for message_id, age in ages.items()}
+
+    async def _feed(self, lane: _Lane) -> None:
         last_seq = -1
-        while not self.stop.is_set():
-            page = await self._db(self.ledger.pending, last_seq, 10_000)
-            if not page:
-                return
-            last_seq = page[-1].seq
-            step = self.rate.concurrency
-            for start in range(0, len(page), step):
-                if self.stop.is_set():
+        try:
+            while not self.stop.is_set():
+                page = await self._db(self.ledger.pending, lane.sender, last_seq, PAGE, datetime.now(UTC))
+                if not page:
                     return
-                chunk = page[start : start + step]
-                # Committed before any of these requests leaves: the crash-safety contract.
-                await self._db(self.ledger.claim, chunk[0].seq, chunk[-1].seq)
-                for item in chunk:
+                last_seq = page[-1].seq
+                for item in page:
                     if self.stop.is_set():
-                        await self._release([item])
-                        continue
-                    await self.queue.put(item)
+                        return
+                    verdict = self.guards.admit(item)
+                    if verdict == "wait":
+                        continue  # outside its send window: stays queued for a later run
+                    if verdict is not None:
+                        # A guard (budget, messaging limit) stops the feeding only: what it already
+                        # admitted fits and still goes out.
+                        if not self.result.stopped_reason:
+                            self.result.stopped_reason = verdict
+                            log.warning("dispatch halted: %s", verdict)
+                        return
+                    lane.outstanding += 1
+                    await lane.queue.put((item, item.attempts + 1))
+        finally:
+            lane.fed_all = True
 
-    async def _release(self, items: list[Pending]) -> None:
-        await self._db(self.ledger.release, [i.seq for i in items])
-        self.result.released += len(items)
-
-    async def _worker(self, index: int) -> None:
-        async with self.channel.open_session(self.timeout_s, self.transport) as session:
+    async def _worker(self, lane: _Lane) -> None:
+        async with lane.channel.open_session(self.timeout_s, self.transport) as session:
             while True:
-                item = await self.queue.get()
-                if item is None:
-                    return
+                item, attempts = await lane.queue.get()
                 if self.stop.is_set():
-                    await self._release([item])
+                    lane.outstanding -= 1  # never claimed: still queued in the ledger
                     continue
-                await self._send(session, item)
+                await self.writer.claim(item.seq)  # committed before the request leaves
+                await self._send(lane, session, item, attempts)
 
-    async def _send(self, session: Any, item: Pending) -> None:
-        attempts = item.attempts + 1
+    async def _send(self, lane: _Lane, session: Any, item: Pending, attempts: int) -> None:
         while True:
-            await self.limiter.acquire()
-            outcome = (await self.channel.send(session, [item.payload_json]))[0]
+            await lane.limiter.acquire()
+            outcome = (await lane.channel.send(session, [item.payload_json]))[0]
             if outcome.throttled:
                 self.result.throttled += 1
-                self.limiter.throttled(outcome.retry_after_s)
+                lane.limiter.throttled(outcome.retry_after_s)
             elif outcome.kind == "sent":
-                self.limiter.recover()
-            if outcome.kind == "retry" and not self.stop.is_set():
+                lane.limiter.recover()
+            if outcome.kind == "retry" and not self.stop.is_set() and (outcome.retry_after_s or 0) < 3600:
                 delay = backoff_delay(attempts, self.retry, outcome, self.rng)
                 if attempts < self.retry.max_attempts and time.monotonic() + delay < self.deadline:
                     self.result.retries += 1
@@ -160,67 +227,118 @@ class _Dispatch:
                     attempts += 1
                     continue
             break
-        self._record(item, outcome, attempts)
+        if outcome.kind == "unknown" and self.reconcile_fn and attempts < self.retry.max_attempts:
+            # It may have reached the provider: wait for a receipt before sending it again.
+            self.uncertain[item.message_id] = (lane, item, attempts, time.monotonic())
+            return
+        self._finish(lane, item, outcome, attempts)
 
-    def _record(self, item: Pending, outcome: SendOutcome, attempts: int) -> None:
+    def _finish(self, lane: _Lane, item: Pending, outcome: SendOutcome, attempts: int) -> None:
+        lane.outstanding -= 1
+        now = datetime.now(UTC)
+        state, sent_at, not_before, retryable = "failed", None, None, None
         if outcome.kind == "sent":
-            state, sent_at = "sent", datetime.now(UTC)
+            state, sent_at = "sent", now
             self.result.sent += 1
+            self.guards.spent(item)
         elif outcome.kind == "stop":
-            state, sent_at = "queued", None  # not sent; stays queued for when the cause is fixed
-            attempts -= 1
-            if not self.stop.is_set():
-                self.result.stopped_reason = f"{outcome.error_code}: {outcome.error_detail}"
-                log.error("channel %s stopped: %s; everything unsent stays queued",
-                          self.channel.name, self.result.stopped_reason)
-                self.stop.set()
+            state, attempts = "queued", attempts - 1  # not sent: stays queued until the cause is fixed
+            self._stop(f"{outcome.error_code}: {outcome.error_detail}")
+        elif outcome.kind == "unknown":
+            state = "unknown"
+            self.result.unknown += 1
+        elif outcome.kind == "retry" and (outcome.retry_after_s or 0) >= 3600:
+            # A per-user deferral (131049): scheduled, never retried at once.
+            state, not_before, retryable = "deferred", now + timedelta(seconds=outcome.retry_after_s or 0), True
+            self.result.deferred += 1
         else:
-            # Retries exhausted are failures too; the code says which kind.
-            state, sent_at = "failed", None
+            retryable = outcome.kind == "retry"  # retries exhausted: `campaign retry-failed` may try again
             self.result.failed += 1
-            self.result.errors[outcome.error_code or "?"] = self.result.errors.get(outcome.error_code or "?", 0) + 1
-        self.outcomes.append(
-            (item.seq, state, outcome.provider_message_id, outcome.error_code, outcome.error_detail, sent_at, attempts)
-        )
+            key = outcome.error_code or "?"
+            self.result.errors[key] = self.result.errors.get(key, 0) + 1
+        self.writer.record(Outcome(item.seq, state, outcome.provider_message_id, outcome.error_code,
+                                   outcome.error_detail, sent_at, attempts, not_before, retryable))
 
-    async def _flush(self) -> None:
-        batch, self.outcomes = self.outcomes, []
-        if batch:
-            await self._db(self.ledger.record, batch)
+    def _stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.result.stopped_reason = reason
+            log.error("channel stopped: %s; everything unsent stays queued", reason)
+            self.stop.set()
 
-    async def _flusher(self) -> None:
-        last_progress = time.monotonic()
+    async def _reconciler(self) -> None:
+        assert self.reconcile_fn is not None
+        grace = self.retry.reconcile_grace_s
         while True:
-            await asyncio.sleep(FLUSH_EVERY_S)
-            await self._flush()
-            if time.monotonic() - last_progress >= self.progress_every_s:
-                last_progress = time.monotonic()
+            await asyncio.sleep(1.0)
+            if not self.uncertain and not self.leftovers:
+                continue
+            await self._db(self.reconcile_fn)
+            found = await self._db(self.ledger.with_receipt, [*self.uncertain, *self.leftovers])
+            now = time.monotonic()
+            for message_id, (lane, item, attempts, since) in list(self.uncertain.items()):
+                if message_id in found:
+                    del self.uncertain[message_id]
+                    self.result.reconciled_sent += 1
+                    self._finish(lane, item, SendOutcome(kind="sent", provider_message_id=found[message_id]), attempts)
+                elif now - since >= grace:
+                    del self.uncertain[message_id]
+                    if self.stop.is_set():
+                        self._finish(lane, item, SendOutcome(kind="unknown", error_code="timeout",
+                                                             error_detail="no answer and no receipt"), attempts)
+                    else:  # no receipt within the grace: the request never reached the provider
+                        self.result.resent_after_timeout += 1
+                        await lane.queue.put((item, attempts + 1))
+            settled = {m: found[m] for m in self.leftovers if m in found}
+            expired = [m for m, since in self.leftovers.items() if m not in found and now - since >= grace]
+            if settled or expired:
+                await self._db(self.ledger.settle, settled, expired)
+                for message_id in (*settled, *expired):
+                    del self.leftovers[message_id]
+                self.result.reconciled_sent += len(settled)
+                self.result.unknown += len(expired)
+
+    def _give_up_uncertain(self) -> None:
+        for lane, item, attempts, _ in self.uncertain.values():
+            self._finish(lane, item, SendOutcome(kind="unknown", error_code="timeout",
+                                                 error_detail="no answer and no receipt"), attempts)
+        self.uncertain.clear()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.5, self.progress_every_s))
+            reason = self.guards.paused()
+            if reason:
+                self._stop(reason)
+            if time.monotonic() - self.result.last_progress >= self.progress_every_s:
                 self._progress()
 
     def _progress(self, final: bool = False) -> None:
-        done = self.result.sent + self.result.failed
-        elapsed = time.monotonic() - self.started
-        info = {
-            "sent": self.result.sent, "failed": self.result.failed, "total": self.total,
-            "throttled": self.result.throttled, "per_s": round(done / elapsed, 1) if elapsed else 0.0,
-            "fraction": (done / self.total) if self.total else 1.0, "final": final,
-        }
+        self.result.last_progress = time.monotonic()
+        info = self.result.progress(time.monotonic() - self.started, final=final)
+        info.update(self.guards.describe())
         log.info("dispatch: %(sent)d sent, %(failed)d failed of %(total)d (%(per_s).0f/s)", info)
+        if self.status_file:
+            write_status(self.status_file, self.campaign_id, info)
         if self.on_progress:
             self.on_progress(info)
 
 
 async def dispatch_campaign(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, channel: Channel, *, rate: RateSpec | None = None,
-    retry: RetrySpec | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
+    con: duckdb.DuckDBPyConnection, campaign_id: str, channels: dict[str, Channel] | Channel, *,
+    rate: RateSpec | None = None, retry: RetrySpec | None = None, guards: Guards | None = None,
+    reconcile: Callable[[], Any] | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
     progress_every_s: float = 3.0, transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 10.0,
+    status_file: Path | None = None,
 ) -> DispatchResult:
-    """Sends every queued message of the campaign; returns counts. Safe to call again after a crash.
+    """Sends every queued message of the campaign; safe to call again after a crash.
 
-    `transport` replaces the network (an `httpx.MockTransport` in tests).
+    `channels` maps each sender to its channel (one channel serves all senders when given alone);
+    `reconcile` ingests receipts (called on the ledger's thread) so timed-out and crashed sends are
+    matched to receipts before any resend; `transport` replaces the network in tests.
     """
     run = _Dispatch(
-        con, campaign_id, channel, rate or RateSpec(), retry or RetrySpec(), on_progress, progress_every_s,
-        transport, timeout_s,
+        con, campaign_id, channels, rate=rate or RateSpec(), retry=retry or RetrySpec(), guards=guards or Guards(),
+        reconcile=reconcile, on_progress=on_progress, progress_every_s=progress_every_s, transport=transport,
+        timeout_s=timeout_s, status_file=status_file,
     )
     return await run.run()

@@ -1,124 +1,206 @@
-"""The outbox ledger: claims messages before they are sent and records outcomes, in batches.
+"""The outbox ledger: every message's transitions, written in group commits.
 
-A message is marked `sending` (committed) before its request leaves, and its outcome is
-recorded after; so after a crash every message is either still `queued` (never sent),
-`sending` (in flight: reconciled from receipts), or has its outcome.
+A message is marked `sending` (committed) just before its request leaves, and its outcome is
+recorded after. So after a crash every message is `queued` (never sent), has its outcome, or is
+`sending` (in flight at the crash: reconciled from receipts before anything is resent).
+States: queued -> sending -> sent | failed | deferred | unknown.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import duckdb
-import polars as pl
+
+from pipeline.store import scalar
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
     seq: int
     message_id: str
+    sender: str
+    recipient_key: str
     payload_json: str
     attempts: int
+    timezone: str | None = None
+    est_cost_usd: float = 0.0
 
 
-OUTCOME_SCHEMA = {
-    "seq": pl.Int64(),
-    "state": pl.String(),
-    "provider_message_id": pl.String(),
-    "error_code": pl.String(),
-    "error_detail": pl.String(),
-    "sent_at": pl.Datetime("us", "UTC"),
-    "attempts": pl.Int32(),
-}
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    seq: int
+    state: str  # sent | failed | deferred | queued (given back) | unknown
+    provider_message_id: str | None
+    error_code: str | None
+    error_detail: str | None
+    sent_at: datetime | None
+    attempts: int
+    not_before: datetime | None = None
+    retryable: bool | None = None
 
 
 class Ledger:
-    """All outbox writes of one dispatch; the caller serialises calls (one DuckDB writer)."""
+    """All outbox reads and writes of one dispatch; the caller serialises calls (one DuckDB writer)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, campaign_id: str) -> None:
         self.con = con
         self.campaign_id = campaign_id
 
-    def reconcile_in_flight(self) -> tuple[int, int]:
-        """Messages left `sending` by a crash: `sent` if a receipt carries our id, else `unknown`.
+    def in_flight(self) -> int:
+        return scalar(
+            self.con, "SELECT count(*) FROM outbox WHERE campaign_id = ? AND state = 'sending'", [self.campaign_id]
+        )
 
-        Unknown ones are never resent automatically: the request may have reached the provider.
-        """
+    def reconcile_in_flight(self, *, older_than_s: float = 0.0) -> tuple[int, int]:
+        """Messages left `sending` by a crash: `sent` if a receipt carries our id; otherwise, once
+        `older_than_s` has passed without one, `unknown` (resent only when the operator asks,
+        since the request may have reached the provider)."""
         now = datetime.now(UTC)
-        with_receipt = self.con.execute(
+        reconciled = self.con.execute(
             """
             UPDATE outbox SET state = 'sent', provider_message_id = s.provider_message_id,
                    sent_at = coalesce(outbox.sent_at, s.first_at), updated_at = ?
             FROM (SELECT message_id, any_value(provider_message_id) AS provider_message_id,
                          min(occurred_at) AS first_at
                   FROM events WHERE message_id IS NOT NULL GROUP BY message_id) AS s
-            WHERE outbox.campaign_id = ? AND outbox.state = 'sending' AND outbox.message_id = s.message_id
+            WHERE outbox.campaign_id = ? AND outbox.state IN ('sending', 'unknown')
+              AND outbox.message_id = s.message_id
             """,
             [now, self.campaign_id],
-        ).fetchall()
+        ).fetchall()[0][0]
         unknown = self.con.execute(
-            "UPDATE outbox SET state = 'unknown', updated_at = ? WHERE campaign_id = ? AND state = 'sending'",
-            [now, self.campaign_id],
-        ).fetchall()
-        return with_receipt[0][0], unknown[0][0]
+            """
+            UPDATE outbox SET state = 'unknown', updated_at = ?
+            WHERE campaign_id = ? AND state = 'sending' AND coalesce(updated_at, queued_at) <= ?
+            """,
+            [now, self.campaign_id, now - timedelta(seconds=older_than_s)],
+        ).fetchall()[0][0]
+        return reconciled, unknown
 
-    def pending(self, after_seq: int, limit: int) -> list[Pending]:
+    def in_flight_ages(self) -> dict[str, float]:
+        """Messages still `sending` and how many seconds ago they were claimed."""
         rows = self.con.execute(
             """
-            SELECT seq, message_id, payload_json, attempts FROM outbox
-            WHERE campaign_id = ? AND state = 'queued' AND seq > ?
+            SELECT message_id, epoch(now() - coalesce(updated_at, queued_at)) FROM outbox
+            WHERE campaign_id = ? AND state = 'sending'
+            """,
+            [self.campaign_id],
+        ).fetchall()
+        return {message_id: float(age) for message_id, age in rows}
+
+    def settle(self, with_receipt: dict[str, str], without: list[str]) -> None:
+        """Crash leftovers: `sent` where a receipt named them, `unknown` where the grace ran out."""
+        now = datetime.now(UTC)
+        if with_receipt:
+            self.con.execute(
+                """
+                UPDATE outbox SET state = 'sent', provider_message_id = r.pid, sent_at = coalesce(sent_at, ?),
+                       updated_at = ?
+                FROM (SELECT unnest(?) AS message_id, unnest(?) AS pid) AS r
+                WHERE outbox.message_id = r.message_id AND outbox.state = 'sending'
+                """,
+                [now, now, list(with_receipt), list(with_receipt.values())],
+            )
+        if without:
+            self.con.execute(
+                "UPDATE outbox SET state = 'unknown', updated_at = ? "
+                "WHERE state = 'sending' AND list_contains(?, message_id)",
+                [now, without],
+            )
+
+    def with_receipt(self, message_ids: list[str]) -> dict[str, str]:
+        """Of these messages, those a receipt has named: message id -> provider message id."""
+        if not message_ids:
+            return {}
+        rows = self.con.execute(
+            """
+            SELECT message_id, any_value(provider_message_id) FROM events
+            WHERE list_contains(?, message_id) GROUP BY message_id
+            """,
+            [message_ids],
+        ).fetchall()
+        return dict(rows)
+
+    def pending(self, sender: str, after_seq: int, limit: int, now: datetime) -> list[Pending]:
+        rows = self.con.execute(
+            """
+            SELECT seq, message_id, sender, recipient_key, payload_json, attempts, timezone,
+                   coalesce(est_cost_usd, 0)::DOUBLE
+            FROM outbox
+            WHERE campaign_id = ? AND sender = ? AND state = 'queued' AND seq > ?
+              AND (not_before IS NULL OR not_before <= ?)
             ORDER BY seq LIMIT ?
             """,
-            [self.campaign_id, after_seq, limit],
+            [self.campaign_id, sender, after_seq, now, limit],
         ).fetchall()
         return [Pending(*row) for row in rows]
 
-    def claim(self, first_seq: int, last_seq: int) -> None:
-        # `seq` grows in insertion order, so DuckDB's zone maps make this range update cheap.
-        self.con.execute(
-            """
-            UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?
-            WHERE campaign_id = ? AND state = 'queued' AND seq BETWEEN ? AND ?
-            """,
-            [datetime.now(UTC), self.campaign_id, first_seq, last_seq],
-        )
+    def senders(self) -> list[str]:
+        rows = self.con.execute(
+            "SELECT DISTINCT sender FROM outbox WHERE campaign_id = ? AND state = 'queued' ORDER BY 1",
+            [self.campaign_id],
+        ).fetchall()
+        return [r[0] for r in rows]
 
-    def release(self, seqs: list[int]) -> None:
-        """Claimed but never sent (the channel stopped): back to the queue, attempt not counted."""
-        if not seqs:
-            return
-        self.con.execute(
-            """
-            UPDATE outbox SET state = 'queued', attempts = greatest(attempts - 1, 0), updated_at = ?
-            WHERE campaign_id = ? AND state = 'sending' AND list_contains(?, seq)
-            """,
-            [datetime.now(UTC), self.campaign_id, seqs],
-        )
-
-    def record(self, outcomes: list[tuple]) -> None:
-        """Writes many outcomes in one statement; tuples follow OUTCOME_SCHEMA's order."""
-        if not outcomes:
-            return
-        frame = pl.DataFrame(outcomes, schema=OUTCOME_SCHEMA, orient="row")
-        self.con.register("_outcomes", frame)
+    def commit(self, claims: list[int], outcomes: list[Outcome]) -> None:
+        """One group commit: the claims (queued -> sending) and the outcomes gathered since the last."""
+        now = datetime.now(UTC)
+        self.con.execute("BEGIN")
         try:
-            self.con.execute(
-                """
-                UPDATE outbox SET state = o.state,
-                       provider_message_id = coalesce(o.provider_message_id, outbox.provider_message_id),
-                       error_code = o.error_code, error_detail = o.error_detail,
-                       sent_at = coalesce(o.sent_at, outbox.sent_at), attempts = o.attempts, updated_at = ?
-                FROM _outcomes AS o
-                WHERE outbox.campaign_id = ? AND outbox.seq = o.seq
-                """,
-                [datetime.now(UTC), self.campaign_id],
-            )
-        finally:
-            self.con.unregister("_outcomes")
+            if claims:
+                # `seq` grows in insertion order: the range lets DuckDB's zone maps skip most rows.
+                self.con.execute(
+                    """
+                    UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?
+                    WHERE campaign_id = ? AND state = 'queued' AND seq BETWEEN ? AND ? AND list_contains(?, seq)
+                    """,
+                    [now, self.campaign_id, min(claims), max(claims), claims],
+                )
+            if outcomes:
+                self._record(outcomes, now)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def _record(self, outcomes: list[Outcome], now: datetime) -> None:
+        columns = list(zip(*(
+            (o.seq, o.state, o.provider_message_id, o.error_code, o.error_detail, o.sent_at, o.attempts,
+             o.not_before, o.retryable)
+            for o in outcomes
+        ), strict=True))
+        seqs = list(columns[0])
+        self.con.execute(
+            """
+            UPDATE outbox SET state = o.state,
+                   provider_message_id = coalesce(o.pid, outbox.provider_message_id),
+                   error_code = o.code, error_detail = o.detail,
+                   sent_at = coalesce(o.sent_at, outbox.sent_at), attempts = o.attempts,
+                   not_before = o.not_before, retryable = o.retryable, updated_at = ?
+            FROM (SELECT unnest(?) AS seq, unnest(?) AS state, unnest(?) AS pid, unnest(?) AS code,
+                         unnest(?) AS detail, unnest(?::TIMESTAMPTZ[]) AS sent_at, unnest(?) AS attempts,
+                         unnest(?::TIMESTAMPTZ[]) AS not_before, unnest(?::BOOLEAN[]) AS retryable) AS o
+            WHERE outbox.campaign_id = ? AND outbox.seq = o.seq AND outbox.seq BETWEEN ? AND ?
+            """,
+            [now, *[list(c) for c in columns], self.campaign_id, min(seqs), max(seqs)],
+        )
 
     def counts(self) -> dict[str, int]:
         rows = self.con.execute(
             "SELECT state, count(*) FROM outbox WHERE campaign_id = ? GROUP BY state", [self.campaign_id]
         ).fetchall()
         return {state: n for state, n in rows}
+
+    def recently_messaged(self, channel: str, window: timedelta, now: datetime) -> tuple[int, datetime | None]:
+        """Unique recipients sent to on `channel` (any campaign) within `window`, and when the
+        oldest of those sends leaves the window."""
+        row = self.con.execute(
+            """
+            SELECT count(DISTINCT recipient_key), min(sent_at) FROM outbox
+            WHERE channel = ? AND state IN ('sent', 'sending', 'unknown') AND sent_at > ?
+            """,
+            [channel, now - window],
+        ).fetchall()[0]
+        return row[0], (row[1] + window if row[1] else None)

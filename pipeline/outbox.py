@@ -68,12 +68,15 @@ def store_preparation(
 
 
 def enqueue_messages(
-    con: duckdb.DuckDBPyConnection, spec: CampaignSpec, campaign_id: str, channel: Channel, accepted: pl.DataFrame
+    con: duckdb.DuckDBPyConnection, spec: CampaignSpec, campaign_id: str, channel: Channel, accepted: pl.DataFrame,
+    *, senders: list[str] | None = None,
 ) -> int:
     """Queues one message per accepted recipient; messages already in the outbox are left as they are.
 
-    Returns how many new messages were queued.
+    With several senders, recipients are spread over them in turn. A `timezone` column of
+    `accepted` (IANA names) is kept for send windows. Returns how many new messages were queued.
     """
+    senders = senders or [spec.sender]
     first_seq = scalar(con, "SELECT coalesce(max(seq), -1) + 1 FROM outbox WHERE campaign_id = ?", [campaign_id])
     ids, payloads = [], []
     text = accepted["text"] if "text" in accepted.columns else pl.Series([None] * accepted.height)
@@ -97,7 +100,9 @@ def enqueue_messages(
         pl.lit(campaign_id).alias("campaign_id"),
         (pl.int_range(pl.len(), dtype=pl.Int64) + first_seq).alias("seq"),
         pl.lit(channel.name).alias("channel"),
-        pl.lit(spec.sender).alias("sender"),
+        pl.lit(pl.Series(senders)).gather(pl.int_range(pl.len()) % len(senders)).alias("sender")
+        if len(senders) > 1 else pl.lit(senders[0]).alias("sender"),
+        (accepted["timezone"] if "timezone" in accepted.columns else pl.lit(None, dtype=pl.String)).alias("timezone"),
         pl.lit(spec.template.category).alias("category"),
         pl.lit("queued").alias("state"),
         pl.lit(0, dtype=pl.Int32).alias("attempts"),

@@ -63,6 +63,17 @@ class RetrySpec(_Spec):
     base_delay_s: float = Field(default=0.5, gt=0)
     max_delay_s: float = Field(default=30.0, gt=0)
     deadline_s: float = Field(default=600.0, gt=0)
+    # A request that timed out may have reached the provider: wait this long for a receipt
+    # carrying our id before sending it again.
+    reconcile_grace_s: float = Field(default=30.0, ge=0)
+
+
+class SendWindow(_Spec):
+    """Recipients' local hours in which messages may go out; outside them they wait."""
+
+    start: str = Field(default="09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(default="21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    timezone_column: str = "timezone"  # used when the audience has it; else the number's zone
 
 
 class ProviderSpec(_Spec):
@@ -86,6 +97,8 @@ class CampaignSpec(_Spec):
     audience: Path
     channel: ChannelName
     sender: str = Field(min_length=1, description="WhatsApp phone-number-id of the sending number")
+    # More sending numbers of the same account: the work is spread across all of them.
+    senders: list[str] = Field(default_factory=list)
     template: TemplateSpec
     # template variable -> CSV column it is read from
     variables: dict[str, str] = Field(default_factory=dict)
@@ -98,6 +111,11 @@ class CampaignSpec(_Spec):
     # ISO 3166 alpha-2 codes; None means the channel's policy file decides.
     blocked_countries: list[str] | None = None
     service_fee_usd: float | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(default=None, gt=0)
+    send_window: SendWindow | None = None
+    # WhatsApp's unique business-initiated recipients per rolling 24 h (per portfolio);
+    # None = unlimited.
+    messaging_limit: Literal[250, 2000, 10000, 100000] | None = None
     receipts_wait_s: float = Field(default=60.0, ge=0)
 
     @field_validator("variables")
@@ -114,6 +132,10 @@ class CampaignSpec(_Spec):
         for name in value.values():
             _env_name(name)
         return value
+
+    @property
+    def all_senders(self) -> list[str]:
+        return [self.sender, *(s for s in self.senders if s != self.sender)]
 
     def secret(self, role: str, default_env: str) -> str:
         """The credential for `role`, read from the environment variable the spec names."""

@@ -56,7 +56,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     error_detail        VARCHAR,
     queued_at           TIMESTAMPTZ NOT NULL,
     sent_at             TIMESTAMPTZ,
-    updated_at          TIMESTAMPTZ
+    updated_at          TIMESTAMPTZ,
+    not_before          TIMESTAMPTZ,          -- deferred (e.g. 131049: not before 24 h)
+    retryable           BOOLEAN,              -- a failure worth `campaign retry-failed`
+    timezone            VARCHAR,              -- recipient's IANA zone, for quiet hours
+    est_cost_usd        DECIMAL(12, 6)        -- estimated cost, for the budget guard
 );
 CREATE TABLE IF NOT EXISTS events (
     event_id            VARCHAR PRIMARY KEY,  -- hash of the normalised receipt: replays add nothing

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.spec import TemplateSpec
 
-OutcomeKind = Literal["sent", "retry", "permanent", "stop"]
+# unknown: the request may have reached the provider (a timeout after it left): never resent
+# before receipts have had their chance to name it.
+OutcomeKind = Literal["sent", "retry", "permanent", "stop", "unknown"]
 
 
 class SendOutcome(BaseModel):
@@ -104,6 +106,9 @@ class HttpChannel:
         raise NotImplementedError  # each HTTP provider classifies its own answers
 
     def classify_exception(self, exc: Exception) -> SendOutcome:
-        if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+            # The request never left: safe to send again.
             return SendOutcome(kind="retry", error_code="network", error_detail=type(exc).__name__)
+        if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+            return SendOutcome(kind="unknown", error_code="timeout", error_detail=type(exc).__name__)
         return SendOutcome(kind="permanent", error_code="client_error", error_detail=type(exc).__name__)
