@@ -18,6 +18,7 @@ from pipeline.collect import collect_receipts
 from pipeline.costs import estimate_cost, load_prices
 from pipeline.dispatch import dispatch_campaign
 from pipeline.dispatch_policy import DispatchResult, Guards
+from pipeline.operations import control_paths
 from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.policy import blocked_policy
 from pipeline.prepare import Prepared, prepare_audience
@@ -63,11 +64,6 @@ def estimate(spec: CampaignSpec, campaign_id: str, db_path: Path) -> dict[str, A
     # The budget guard refuses before anything is sent.
     check_budget(totals["total_usd"], spec.budget_usd, campaign_id)
     return totals
-
-
-def control_paths(db_path: Path, campaign_id: str) -> tuple[Path, Path]:
-    """The pause flag and the status file of a campaign, beside its ledger."""
-    return db_path.parent / "control" / f"{campaign_id}.pause", db_path.parent / "status" / f"{campaign_id}.json"
 
 
 @task(name="dispatch", cache_policy=NO_CACHE)

@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the counts")
     p.set_defaults(func=cmd_prepare)
 
+    from pipeline.cli_ops import add_ops_commands
+
+    add_ops_commands(sub, with_store)
+
     p = with_store(sub.add_parser("receipts", help="ingest closed webhook spool files into DuckDB"))
     p.set_defaults(func=cmd_receipts)
 
