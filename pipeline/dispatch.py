@@ -7,6 +7,7 @@ requests and classify answers. Each sender is a lane with its own limiter and wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -28,6 +29,7 @@ from pipeline.spec import RateSpec, RetrySpec
 log = logging.getLogger("pipeline.dispatch")
 
 FLUSH_EVERY_S = 0.2
+LATE_S = 0.02
 PAGE = 2_000
 
 
@@ -83,6 +85,7 @@ class _Lane:
         self.channel = channel
         self.limiter = SlotLimiter(rate.max_per_second)
         self.queue: asyncio.Queue[tuple[Pending, int]] = asyncio.Queue(maxsize=rate.concurrency * 2)
+        self.sessions: asyncio.Queue[Any] = asyncio.Queue()
         self.outstanding = 0
         self.fed_all = False
 
@@ -116,6 +119,10 @@ class _Dispatch:
         self.leftovers: dict[str, float] = {}  # in flight at an earlier crash
         self.started = time.monotonic()
         self.deadline = self.started + retry.deadline_s
+        # More messages in the claim -> slot -> send pipeline than sessions: each waits ~one group
+        # commit (~10 ms with the WAL's fsync) before it may leave, and that wait must not idle
+        # the connections. At most `concurrency` requests are ever in flight per sender.
+        self.pipeline_depth = min(512, max(2 * rate.concurrency, rate.concurrency + int(rate.max_per_second * 0.05)))
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
@@ -136,9 +143,13 @@ class _Dispatch:
             tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self._ticker())]
             if self.reconcile_fn:
                 tasks.append(asyncio.create_task(self._reconciler()))
+            sessions = contextlib.AsyncExitStack()
             for lane in self.lanes:
+                for _ in range(self.rate.concurrency):
+                    session = lane.channel.open_session(self.timeout_s, self.transport)
+                    lane.sessions.put_nowait(await sessions.enter_async_context(session))
                 tasks.append(asyncio.create_task(self._feed(lane)))
-                tasks += [asyncio.create_task(self._worker(lane)) for _ in range(self.rate.concurrency)]
+                tasks += [asyncio.create_task(self._worker(lane)) for _ in range(self.pipeline_depth)]
             # Done when every lane has fed and settled everything (uncertain sends count as
             # outstanding until a receipt or the grace settles them) and crash leftovers are settled.
             while not (all(lane.done for lane in self.lanes) and not self.leftovers):
@@ -146,6 +157,7 @@ class _Dispatch:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await sessions.aclose()
             self._give_up_uncertain()
             await self.writer.flush()
             self.result.seconds = time.monotonic() - self.started
@@ -201,18 +213,34 @@ class _Dispatch:
             lane.fed_all = True
 
     async def _worker(self, lane: _Lane) -> None:
-        async with lane.channel.open_session(self.timeout_s, self.transport) as session:
-            while True:
-                item, attempts = await lane.queue.get()
-                if self.stop.is_set():
-                    lane.outstanding -= 1  # never claimed: still queued in the ledger
-                    continue
-                await self.writer.claim(item.seq)  # committed before the request leaves
+        while True:
+            item, attempts = await lane.queue.get()
+            if self.stop.is_set():
+                lane.outstanding -= 1  # never claimed: still queued in the ledger
+                continue
+            # Take the rate slot first and claim while it comes up: the group commit's latency
+            # then hides inside the wait instead of costing slots.
+            slot_at = time.monotonic() + lane.limiter.reserve()
+            await self.writer.claim(item.seq)  # committed before the request leaves
+            wait = slot_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -LATE_S:
+                # The claim outlasted the slot: sending now would bunch up with the sends behind
+                # it and overshoot the rate, so take the next free slot instead.
+                await lane.limiter.acquire()
+            session = await lane.sessions.get()  # the concurrency cap: one session per request in flight
+            try:
                 await self._send(lane, session, item, attempts)
+            finally:
+                lane.sessions.put_nowait(session)
 
     async def _send(self, lane: _Lane, session: Any, item: Pending, attempts: int) -> None:
+        first = True
         while True:
-            await lane.limiter.acquire()
+            if not first:  # the first attempt's slot was taken before the claim
+                await lane.limiter.acquire()
+            first = False
             outcome = (await lane.channel.send(session, [item.payload_json]))[0]
             if outcome.throttled:
                 self.result.throttled += 1

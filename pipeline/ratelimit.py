@@ -24,14 +24,15 @@ class SlotLimiter:
         self._last_throttle = 0.0
         self.throttles = 0
 
-    def _reserve(self) -> float:
+    def reserve(self) -> float:
+        """Takes the next free slot; returns the seconds until it (0 when it is already due)."""
         now = time.monotonic()
         slot = max(self._next, now - self._burst_s)
         self._next = slot + 1.0 / self.per_second
-        return slot - now
+        return max(0.0, slot - now)
 
     async def acquire(self) -> None:
-        delay = self._reserve()
+        delay = self.reserve()
         if delay > 0:
             await asyncio.sleep(delay)
 
