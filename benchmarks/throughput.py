@@ -1,0 +1,109 @@
+"""Unthrottled dispatch, end to end with the ledger on, against the sandbox (its own process) on
+loopback — compared in the same run with (a) the bare ceiling: the same httpx set-up posting the
+same requests at the same concurrency with no ledger, limiter or retries, and (b) the
+straightforward way: one POST awaited after another with a DuckDB insert per message.
+
+    .venv/bin/python benchmarks/throughput.py [--messages 20000] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import duckdb  # noqa: E402
+import httpx  # noqa: E402
+
+from benchmarks._dispatch_kit import ENV, SECRET, TOKEN, emit, queue_campaign, whatsapp  # noqa: E402
+from pipeline import store  # noqa: E402
+from pipeline.dispatch import dispatch_campaign  # noqa: E402
+from pipeline.sandbox.process import sandbox_process  # noqa: E402
+from pipeline.sandbox.whatsapp import SandboxConfig  # noqa: E402
+from pipeline.spec import RateSpec, RetrySpec  # noqa: E402
+
+
+def payloads(db: Path, n: int) -> list[bytes]:
+    with store.connect(db) as con:
+        rows = con.execute("SELECT payload_json FROM outbox ORDER BY seq LIMIT ?", [n]).fetchall()
+    return [r[0].encode() for r in rows]
+
+
+async def ceiling(base_url: str, bodies: list[bytes], concurrency: int) -> float:
+    channel = whatsapp(base_url)
+    request = channel.request_for("{}")
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+
+    async def worker() -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            while not queue.empty():
+                body = queue.get_nowait()
+                response = await client.post(request.url, content=body, headers=request.headers)
+                assert response.status_code == 200, response.text
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(bodies) / (time.perf_counter() - started)
+
+
+async def straightforward(base_url: str, bodies: list[bytes], db: Path) -> float:
+    channel = whatsapp(base_url)
+    request = channel.request_for("{}")
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE sent (i INTEGER, status INTEGER, body VARCHAR)")
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i, body in enumerate(bodies):
+            response = await client.post(request.url, content=body, headers=request.headers)
+            con.execute("INSERT INTO sent VALUES (?, ?, ?)", [i, response.status_code, response.text])
+    seconds = time.perf_counter() - started
+    con.close()
+    return len(bodies) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--baseline-messages", type=int, default=2_000)
+    args = parser.parse_args()
+    os.environ.update(ENV)
+    config = SandboxConfig(access_token=TOKEN, app_secret=SECRET, throughput_per_s=1_000_000)
+    with tempfile.TemporaryDirectory() as tmp, sandbox_process(config) as base_url:
+        work = Path(tmp)
+        db = work / "ours.duckdb"
+        queue_campaign(db, args.messages)
+        bodies = payloads(db, args.messages)
+        ceiling_per_s = asyncio.run(ceiling(base_url, bodies, args.concurrency))
+        print(f"bare ceiling: {ceiling_per_s:,.0f}/s", flush=True)
+        with store.connect(db) as con:
+            started = time.perf_counter()
+            result = asyncio.run(dispatch_campaign(
+                con, "bench", whatsapp(base_url),
+                # Unthrottled: the spec caps a WhatsApp number at 1,000/s, this measures the engine.
+                rate=RateSpec.model_construct(max_per_second=1e9, concurrency=args.concurrency),
+                retry=RetrySpec(max_attempts=3), progress_every_s=60))
+            seconds = time.perf_counter() - started
+            states = dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY 1").fetchall())
+        assert result.sent == args.messages and states == {"sent": args.messages}, states
+        per_s = args.messages / seconds
+        print(f"ours (ledger on): {per_s:,.0f}/s", flush=True)
+        baseline_per_s = asyncio.run(straightforward(base_url, bodies[: args.baseline_messages], work / "b.duckdb"))
+        print(f"straightforward: {baseline_per_s:,.0f}/s", flush=True)
+    emit({"name": "throughput", "messages": args.messages, "seconds": round(seconds, 3), "per_s": round(per_s, 1),
+          "ceiling_per_s": round(ceiling_per_s, 1), "ratio_to_ceiling": round(per_s / ceiling_per_s, 3),
+          "baseline_per_s": round(baseline_per_s, 1), "ratio": round(per_s / baseline_per_s, 2),
+          "concurrency": args.concurrency})
+
+
+if __name__ == "__main__":
+    main()

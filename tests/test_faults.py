@@ -1,0 +1,18 @@
+"""With 5xx, timeouts (before and after the provider accepted) and a 429 burst injected by the
+sandbox, every message ends delivered or with a permanent error, and none is sent twice —
+counted by the sandbox. The same run as benchmarks/faults.py, smaller."""
+
+from __future__ import annotations
+
+from benchmarks.faults import run
+
+
+def test_faults_end_delivered_or_permanent_and_never_twice():
+    figures = run(300, client_timeout_s=0.5, grace_s=3.0, rate=300)
+    assert figures["duplicates"] == 0
+    assert figures["unaccounted"] == 0 and figures["delivered"] + figures["permanent"] == 300
+    assert figures["delivered"] > 250
+    # The faults really happened and were handled as their kind asks.
+    assert figures["faults"].get("5xx", 0) > 0 and figures["throttled"] > 0
+    assert figures["faults"].get("timeout_after_accept", 0) == figures["reconciled_after_timeout"]
+    assert figures["faults"].get("timeout_drop", 0) == figures["resent_after_timeout"]
