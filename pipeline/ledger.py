@@ -158,8 +158,17 @@ class Ledger:
                     """,
                     [now, self.campaign_id, min(claims), max(claims), claims],
                 )
+                self.con.execute(
+                    "INSERT INTO outbox_transitions SELECT ?, unnest(?), 'sending', NULL, ?",
+                    [self.campaign_id, claims, now],
+                )
             if outcomes:
                 self._record(outcomes, now)
+                self.con.execute(
+                    "INSERT INTO outbox_transitions SELECT ?, unnest(?), unnest(?), unnest(?), ?",
+                    [self.campaign_id, [o.seq for o in outcomes], [o.state for o in outcomes],
+                     [o.error_code for o in outcomes], now],
+                )
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")

@@ -62,6 +62,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     timezone            VARCHAR,              -- recipient's IANA zone, for quiet hours
     est_cost_usd        DECIMAL(12, 6)        -- estimated cost, for the budget guard
 );
+-- Every transition of every message, appended in the same group commit as the outbox update:
+-- the audit trail of what happened to a message and when.
+CREATE TABLE IF NOT EXISTS outbox_transitions (
+    campaign_id VARCHAR NOT NULL,
+    seq         BIGINT NOT NULL,
+    state       VARCHAR NOT NULL,
+    error_code  VARCHAR,
+    changed_at  TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     event_id            VARCHAR PRIMARY KEY,  -- hash of the normalised receipt: replays add nothing
     provider            VARCHAR NOT NULL,

@@ -189,3 +189,19 @@ def test_rate_limit_is_held(con, rate):
     _run(con, handler, rate=rate, concurrency=8)
     # 60 sends at 200/s cannot take less than 59 slot intervals.
     assert stamps[-1] - stamps[0] >= 59 / rate * 0.95
+
+
+def test_the_ledger_keeps_every_transition(con):
+    _queue(con, 3)
+    calls = {"n": 0}
+
+    def handler(request):
+        calls["n"] += 1
+        return _error(131000, 500) if calls["n"] == 1 else _ok(request)
+
+    _run(con, handler, concurrency=1)
+    rows = con.execute("SELECT seq, state FROM outbox_transitions ORDER BY changed_at, seq, state").fetchall()
+    by_seq: dict[int, list[str]] = {}
+    for seq, state in rows:
+        by_seq.setdefault(seq, []).append(state)
+    assert by_seq == {0: ["sending", "sent"], 1: ["sending", "sent"], 2: ["sending", "sent"]}

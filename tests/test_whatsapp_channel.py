@@ -59,7 +59,7 @@ def _error(code: int, status: int = 400, headers: dict | None = None):
     ("code", "status", "kind", "throttled"),
     [
         (130429, 429, "retry", True),
-        (131056, 400, "retry", True),
+        (131056, 400, "retry", False),
         (131000, 500, "retry", False),
         (131026, 400, "permanent", False),
         (131050, 400, "permanent", False),
@@ -71,6 +71,11 @@ def _error(code: int, status: int = 400, headers: dict | None = None):
 def test_meta_error_codes_are_classified(code, status, kind, throttled):
     outcome = _error(code, status)
     assert (outcome.kind, outcome.throttled, outcome.error_code) == (kind, throttled, str(code))
+
+
+def test_131056_waits_for_that_recipient_only():
+    outcome = _error(131056)
+    assert outcome.kind == "retry" and not outcome.throttled and outcome.retry_after_s >= 6
 
 
 def test_131049_is_deferred_a_day_and_retry_after_is_honoured():

@@ -12,8 +12,12 @@ from typing import Any
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest
 
 # Meta's error codes by what the dispatcher should do about them (PROVIDERS.md §1.5).
-THROTTLE_CODES = frozenset({4, 80007, 130429, 131056})
-RETRYABLE_CODES = frozenset({1, 2, 131000, 131016, 131057, 133004}) | THROTTLE_CODES
+THROTTLE_CODES = frozenset({4, 80007, 130429})
+# 131056: too many messages to the same recipient; other recipients are unaffected, so only that
+# message waits (~1 per 6 s per user is the public figure) and the sender keeps its pace.
+PAIR_LIMIT_CODE = 131056
+PAIR_LIMIT_WAIT_S = 6.0
+RETRYABLE_CODES = frozenset({1, 2, 131000, 131016, 131057, 133004, PAIR_LIMIT_CODE}) | THROTTLE_CODES
 # Errors that concern the whole account, number or template: continuing would only fail again
 # (or harm the number's quality), so the channel stops and everything unsent stays queued.
 STOP_CODES = frozenset({0, 3, 10, 190, 368, 131031, 131042, 131048, 131064, 132015, 132016}) | frozenset(
@@ -117,6 +121,9 @@ class WhatsAppChannel(HttpChannel):
             kind = "retry"
         else:
             kind = "permanent"
+        if code == PAIR_LIMIT_CODE:
+            return SendOutcome(kind="retry", error_code=str(code), error_detail=detail,
+                               retry_after_s=max(PAIR_LIMIT_WAIT_S, retry_after or 0.0))
         if code in DEFERRED_CODES:
             return SendOutcome(kind="retry", error_code=str(code), error_detail=detail,
                                retry_after_s=DEFERRED_CODES[code])
