@@ -39,14 +39,14 @@ class _Writer:
     def __init__(self, ledger: Ledger, run_db: Callable[..., Any]) -> None:
         self.ledger = ledger
         self.run_db = run_db
-        self.claims: list[tuple[int, asyncio.Future[None]]] = []
+        self.claims: list[tuple[list[int], asyncio.Future[None]]] = []
         self.outcomes: list[Outcome] = []
         self.wake = asyncio.Event()
         self.closed = False
 
-    async def claim(self, seq: int) -> None:
+    async def claim(self, seqs: list[int]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.claims.append((seq, future))
+        self.claims.append((seqs, future))
         self.wake.set()
         await future
 
@@ -59,7 +59,7 @@ class _Writer:
         if not claims and not outcomes:
             return
         try:
-            await self.run_db(self.ledger.commit, [seq for seq, _ in claims], outcomes)
+            await self.run_db(self.ledger.commit, [seq for seqs, _ in claims for seq in seqs], outcomes)
         except BaseException as exc:
             for _, future in claims:
                 future.set_exception(exc)
@@ -84,7 +84,9 @@ class _Lane:
         self.sender = sender
         self.channel = channel
         self.limiter = SlotLimiter(rate.max_per_second)
-        self.queue: asyncio.Queue[tuple[Pending, int]] = asyncio.Queue(maxsize=rate.concurrency * 2)
+        self.queue: asyncio.Queue[tuple[Pending, int]] = asyncio.Queue(
+            maxsize=max(rate.concurrency, channel.max_batch) * 2
+        )
         self.sessions: asyncio.Queue[Any] = asyncio.Queue()
         self.outstanding = 0
         self.fed_all = False
@@ -214,14 +216,17 @@ class _Dispatch:
 
     async def _worker(self, lane: _Lane) -> None:
         while True:
-            item, attempts = await lane.queue.get()
+            batch = [await lane.queue.get()]
+            # Batch APIs (max_batch > 1) take what is already waiting, never wait to fill up.
+            while len(batch) < lane.channel.max_batch and not lane.queue.empty():
+                batch.append(lane.queue.get_nowait())
             if self.stop.is_set():
-                lane.outstanding -= 1  # never claimed: still queued in the ledger
+                lane.outstanding -= len(batch)  # never claimed: still queued in the ledger
                 continue
-            # Take the rate slot first and claim while it comes up: the group commit's latency
+            # Take the rate slots first and claim while they come up: the group commit's latency
             # then hides inside the wait instead of costing slots.
-            slot_at = time.monotonic() + lane.limiter.reserve()
-            await self.writer.claim(item.seq)  # committed before the request leaves
+            slot_at = time.monotonic() + max(lane.limiter.reserve() for _ in batch)
+            await self.writer.claim([item.seq for item, _ in batch])  # committed before the request leaves
             wait = slot_at - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -231,35 +236,40 @@ class _Dispatch:
                 await lane.limiter.acquire()
             session = await lane.sessions.get()  # the concurrency cap: one session per request in flight
             try:
-                await self._send(lane, session, item, attempts)
+                await self._send(lane, session, batch)
             finally:
                 lane.sessions.put_nowait(session)
 
-    async def _send(self, lane: _Lane, session: Any, item: Pending, attempts: int) -> None:
+    async def _send(self, lane: _Lane, session: Any, batch: list[tuple[Pending, int]]) -> None:
         first = True
-        while True:
-            if not first:  # the first attempt's slot was taken before the claim
-                await lane.limiter.acquire()
+        while batch:
+            if not first:  # the first attempt's slots were taken before the claim
+                await asyncio.sleep(max(lane.limiter.reserve() for _ in batch))
             first = False
-            outcome = (await lane.channel.send(session, [item.payload_json]))[0]
-            if outcome.throttled:
-                self.result.throttled += 1
-                lane.limiter.throttled(outcome.retry_after_s)
-            elif outcome.kind == "sent":
-                lane.limiter.recover()
-            if outcome.kind == "retry" and not self.stop.is_set() and (outcome.retry_after_s or 0) < 3600:
-                delay = backoff_delay(attempts, self.retry, outcome, self.rng)
-                if attempts < self.retry.max_attempts and time.monotonic() + delay < self.deadline:
-                    self.result.retries += 1
-                    await asyncio.sleep(delay)
-                    attempts += 1
+            outcomes = await lane.channel.send(session, [item.payload_json for item, _ in batch])
+            again: list[tuple[Pending, int]] = []
+            delay = 0.0
+            for (item, attempts), outcome in zip(batch, outcomes, strict=True):
+                if outcome.throttled:
+                    self.result.throttled += 1
+                    lane.limiter.throttled(outcome.retry_after_s)
+                elif outcome.kind == "sent":
+                    lane.limiter.recover()
+                if outcome.kind == "retry" and not self.stop.is_set() and (outcome.retry_after_s or 0) < 3600:
+                    wait = backoff_delay(attempts, self.retry, outcome, self.rng)
+                    if attempts < self.retry.max_attempts and time.monotonic() + wait < self.deadline:
+                        self.result.retries += 1
+                        again.append((item, attempts + 1))
+                        delay = max(delay, wait)
+                        continue
+                if outcome.kind == "unknown" and self.reconcile_fn and attempts < self.retry.max_attempts:
+                    # It may have reached the provider: wait for a receipt before sending it again.
+                    self.uncertain[item.message_id] = (lane, item, attempts, time.monotonic())
                     continue
-            break
-        if outcome.kind == "unknown" and self.reconcile_fn and attempts < self.retry.max_attempts:
-            # It may have reached the provider: wait for a receipt before sending it again.
-            self.uncertain[item.message_id] = (lane, item, attempts, time.monotonic())
-            return
-        self._finish(lane, item, outcome, attempts)
+                self._finish(lane, item, outcome, attempts)
+            if again:
+                await asyncio.sleep(delay)
+            batch = again
 
     def _finish(self, lane: _Lane, item: Pending, outcome: SendOutcome, attempts: int) -> None:
         lane.outstanding -= 1

@@ -185,3 +185,24 @@ def test_an_operator_pause_stops_and_keeps_the_rest_queued(con, tmp_path):
     assert "paused" in result.stopped_reason
     st = states(con)
     assert st["sent"] == result.sent and st["queued"] == 400 - result.sent and st.get("sending", 0) == 0
+
+
+def test_batch_channels_get_batches_and_retry_only_what_failed(con):
+    from pipeline.testing import FakeChannel
+
+    fake = FakeChannel(max_batch=25, transient_rate=0.2, fail_rate=0.05, seed=4)
+    spec = parse_spec(SPEC)
+    register_campaign(con, spec, "t")
+    n = 300
+    frame = pl.DataFrame({
+        "row_number": list(range(2, n + 2)), "phone_e164": [f"+4477009{i:05d}" for i in range(n)],
+        "region": ["GB"] * n, "number_type": ["mobile"] * n, "text": ["Hi"] * n, "params_json": ["{}"] * n,
+    })
+    enqueue_messages(con, spec, "t", fake, frame)
+    result = asyncio.run(dispatch_campaign(
+        con, "t", fake, rate=RateSpec(max_per_second=1000, concurrency=2),
+        retry=RetrySpec(max_attempts=8, base_delay_s=0.01, max_delay_s=0.02)))
+    assert max(len(c) for c in fake.calls) > 1 and max(len(c) for c in fake.calls) <= 25
+    assert len(fake.accepted) == len(set(fake.accepted)) == result.sent
+    assert result.sent + result.failed == n and states(con) == {"sent": result.sent, "failed": result.failed}
+    assert result.retries > 0
