@@ -1,8 +1,11 @@
 """A loopback stand-in for Meta's WhatsApp Cloud API send endpoint (`POST /{version}/{id}/messages`):
-same bodies, errors and signed status webhooks, with a seeded, predictable outcome per recipient."""
+same bodies, errors and signed status webhooks, with a seeded, predictable outcome per recipient,
+and optional injected faults (pipeline/sandbox/faults.py). `/_sandbox/stats`, `/_sandbox/accepted_ids`
+and `/_sandbox/drain` let tests and benchmarks count what the sandbox itself saw."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import itertools
@@ -15,13 +18,14 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.records import Category
+from pipeline.sandbox.faults import THROUGHPUT_ERROR, Fault, FaultInjector
 from pipeline.sandbox.outcomes import Outcome, Pricing, outcome_for, plan_statuses, wa_id
 from pipeline.sandbox.schema import validate_message
 from pipeline.sandbox.webhooks import PosterSettings, WebhookPoster
@@ -49,6 +53,30 @@ class SandboxConfig(BaseModel):
     seed: int = 0
     waba_id: str = "102290129340398"
     display_phone_number: str = "15550783881"
+    # Injected faults (pipeline/sandbox/faults.py), all off by default. The three rates are
+    # fractions of well-formed send requests, drawn from (seed, request number).
+    fault_5xx_rate: float = Field(default=0.0, ge=0, le=1, description="503/code 2 or 500/code 131000, not sent")
+    timeout_drop_rate: float = Field(default=0.0, ge=0, le=1, description="held past the client timeout, not sent")
+    timeout_after_accept_rate: float = Field(
+        default=0.0, ge=0, le=1, description="accepted, but the answer is held past the client timeout")
+    timeout_delay_s: float = Field(default=15.0, gt=0, description="how long a timeout fault holds its answer")
+    burst_429_at_s: float | None = Field(
+        default=None, ge=0, description="start of a 429/130429 window, seconds after the first send")
+    burst_429_for_s: float = Field(default=0.0, ge=0, description="length of that window")
+
+    @model_validator(mode="after")
+    def _fault_rates_fit(self) -> SandboxConfig:
+        total = self.fault_5xx_rate + self.timeout_drop_rate + self.timeout_after_accept_rate
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault_5xx_rate + timeout_drop_rate + timeout_after_accept_rate is {total:g} > 1")
+        return self
+
+    def fault_injector(self) -> FaultInjector:
+        return FaultInjector(
+            seed=self.seed, fault_5xx_rate=self.fault_5xx_rate, timeout_drop_rate=self.timeout_drop_rate,
+            timeout_after_accept_rate=self.timeout_after_accept_rate, burst_429_at_s=self.burst_429_at_s,
+            burst_429_for_s=self.burst_429_for_s,
+        )
 
     def outcome(self, to: str) -> Outcome:
         """The fate the sandbox gives every message to `to` under this config."""
@@ -85,6 +113,11 @@ class _Throttle:
         return allowed
 
 
+def _fault_error(fault: Fault) -> dict:
+    subcode = 2494055 if fault.code == THROUGHPUT_ERROR[1] else None
+    return meta_error(fault.code, fault.message, fault.details, subcode=subcode)
+
+
 class _Rejected(Exception):
     def __init__(self, status: int, body: dict) -> None:
         self.status, self.body = status, body
@@ -100,10 +133,14 @@ class Sandbox:
         self._rng = random.Random(config.seed)
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(5).upper()
+        self.faults = config.fault_injector()
         self.accepted = 0
+        self.throttled = 0  # by the throughput limit (a burst_429 fault is counted in `faults`)
+        self.held = 0  # requests a timeout fault is holding right now
         self.rejected: Counter[int] = Counter()
-        self.messages: list[dict[str, Any]] = []
-        self._callback_seen: set[str] = set()
+        # (wamid, to, biz_opaque_callback_data, final outcome, error code) per accepted message
+        self.messages: list[tuple[str, str, str | None, str, int | None]] = []
+        self._callbacks: dict[str, None] = {}  # distinct callback data, in first-acceptance order
         self.duplicate_callback_data = 0
         self.poster = self._make_poster(config)
 
@@ -130,12 +167,23 @@ class Sandbox:
 
     # ------------------------------------------------------------------ POST /{version}/{id}/messages
 
-    async def send(self, request: Request) -> JSONResponse:
+    async def send(self, request: Request) -> Response:
+        fault: Fault | None = None
         try:
             body = await self._checked_body(request)
             phone_number_id = request.path_params["phone_number_id"]
             pricing = self._pricing(body)
+            if self.faults.enabled:
+                fault = self.faults.draw()
+                if fault is not None and fault.kind != "timeout_after_accept":
+                    self.faults.injected(fault)
+                    if fault.kind == "timeout_drop":
+                        self.rejected[fault.code] += 1
+                        await self._hold(request)
+                        return JSONResponse(_fault_error(fault), status_code=fault.status)
+                    raise _Rejected(fault.status, _fault_error(fault))
             if not self._throttle.allow(phone_number_id):
+                self.throttled += 1
                 raise _Rejected(429, meta_error(
                     130429, "(#130429) Rate limit hit", "Cloud API message throughput has been reached.",
                     subcode=2494055,
@@ -143,7 +191,26 @@ class Sandbox:
         except _Rejected as rejected:
             self.rejected[rejected.body["error"]["code"]] += 1
             return JSONResponse(rejected.body, status_code=rejected.status)
-        return JSONResponse(self._accept(body, phone_number_id, pricing))
+        answer = self._accept(body, phone_number_id, pricing)
+        if fault is not None:  # timeout_after_accept: accepted above, answered late
+            self.faults.injected(fault)
+            await self._hold(request)
+        return Response(answer, media_type="application/json")
+
+    async def _hold(self, request: Request) -> None:
+        """Holds a request for `timeout_delay_s`, or until its client hangs up (a client that timed
+        out has closed its connection, so nothing keeps the server busy after that)."""
+
+        async def hung_up() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        self.held += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hung_up(), self.config.timeout_delay_s)
+        finally:
+            self.held -= 1
 
     async def _checked_body(self, request: Request) -> dict[str, Any]:
         """Auth, path and body checks in Meta's order: 401/190, then 400/2500, then 400/100."""
@@ -178,20 +245,18 @@ class Sandbox:
             ))
         return Pricing(templates[template["name"]], "regular", billable=True)
 
-    def _accept(self, body: dict[str, Any], phone_number_id: str, pricing: Pricing) -> dict[str, Any]:
+    def _accept(self, body: dict[str, Any], phone_number_id: str, pricing: Pricing) -> bytes:
         to, callback_data = body["to"], body.get("biz_opaque_callback_data")
         wamid = f"wamid.HBgL{self._id_prefix}{next(self._ids):012d}"
         outcome = self.config.outcome(to)
         recipient = wa_id(to)
         self.accepted += 1
         if callback_data is not None:
-            if callback_data in self._callback_seen:
+            if callback_data in self._callbacks:
                 self.duplicate_callback_data += 1
-            self._callback_seen.add(callback_data)
-        self.messages.append({
-            "wamid": wamid, "to": to, "biz_opaque_callback_data": callback_data,
-            "outcome": outcome.final, "error_code": outcome.error_code,
-        })
+            else:
+                self._callbacks[callback_data] = None
+        self.messages.append((wamid, to, callback_data, outcome.final, outcome.error_code))
         if self.poster:
             planned = plan_statuses(
                 outcome, wamid=wamid, recipient_id=recipient, callback_data=callback_data, pricing=pricing,
@@ -199,24 +264,29 @@ class Sandbox:
             )
             for item in planned:
                 self.poster.schedule(item.post_after_s, phone_number_id, item.status)
-        message: dict[str, Any] = {"id": wamid}
-        if body["type"] == "template":  # Meta reports message_status for template sends only
-            message["message_status"] = "accepted"
-        return {
-            "messaging_product": "whatsapp",
-            "contacts": [{"input": to, "wa_id": recipient}],
-            "messages": [message],
-        }
+        # Meta's answer (PROVIDERS.md §1.3), formatted directly: a third of the cost of json.dumps.
+        # message_status is reported for template sends only.
+        status = ',"message_status":"accepted"' if body["type"] == "template" else ""
+        return (
+            f'{{"messaging_product":"whatsapp","contacts":[{{"input":{json.dumps(to, ensure_ascii=False)},'
+            f'"wa_id":"{recipient}"}}],"messages":[{{"id":"{wamid}"{status}}}]}}'
+        ).encode()
 
     # ------------------------------------------------------------------ /_sandbox
 
     def snapshot(self, with_messages: bool = True) -> dict[str, Any]:
+        """Counters: `accepted` counts every acceptance (a re-send of the same callback data too, which
+        also counts in `duplicate_callback_data`); `rejected` counts every other answer by error code,
+        injected faults included (a timeout_drop as code 2, its late answer); `faults` by kind."""
         poster = self.poster
         stats: dict[str, Any] = {
             "accepted": self.accepted,
             "rejected": {str(code): n for code, n in sorted(self.rejected.items())},
-            "throttled": self.rejected[130429],
+            "throttled": self.throttled,
+            "faults": dict(self.faults.counts),
+            "held": self.held,
             "duplicate_callback_data": self.duplicate_callback_data,
+            "unique_callback_data": len(self._callbacks),
             "webhooks_scheduled": poster.scheduled if poster else 0,
             "webhooks_pending": poster.pending if poster else 0,
             "webhooks_acknowledged": poster.acknowledged if poster else 0,
@@ -225,12 +295,22 @@ class Sandbox:
             "statuses_acknowledged": dict(poster.acknowledged_by_status) if poster else {},
         }
         if with_messages:
-            stats["messages"] = self.messages
+            stats["messages"] = [
+                {"wamid": wamid, "to": to, "biz_opaque_callback_data": data, "outcome": final, "error_code": code}
+                for wamid, to, data, final, code in self.messages
+            ]
         return stats
+
+    def accepted_callback_data(self) -> list[str]:
+        """Distinct `biz_opaque_callback_data` of accepted messages, in first-acceptance order."""
+        return list(self._callbacks)
 
     async def stats(self, request: Request) -> JSONResponse:
         with_messages = request.query_params.get("messages", "1").lower() not in ("0", "false", "no")
         return JSONResponse(self.snapshot(with_messages))
+
+    async def accepted_ids(self, _request: Request) -> JSONResponse:
+        return JSONResponse(self.accepted_callback_data())
 
     async def drain(self, request: Request) -> JSONResponse:
         """Waits (up to `?timeout=` seconds, default 30) until every webhook is acknowledged."""
@@ -252,6 +332,7 @@ def create_app(config: SandboxConfig) -> Starlette:
     routes = [
         Route("/{version}/{phone_number_id}/messages", sandbox.send, methods=["POST"]),
         Route("/_sandbox/stats", sandbox.stats, methods=["GET"]),
+        Route("/_sandbox/accepted_ids", sandbox.accepted_ids, methods=["GET"]),
         Route("/_sandbox/drain", sandbox.drain, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=sandbox.lifespan)
