@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PREFECT_UI_PORT ?= 4200
 
-.PHONY: install demo test ui serve lint bench clean
+.PHONY: install browser demo test ui serve lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium for the browser tests (HTML report, upload page, Prefect UI): Debian's package.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 demo: install
 	$(BIN)/campaign demo
 
-test: install
+test: install browser
 	$(BIN)/pytest
 
 lint: install
