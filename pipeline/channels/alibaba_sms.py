@@ -1,0 +1,196 @@
+"""Alibaba Cloud SMS (dysmsapi 2017-05-25): SendBatchSms, up to 100 numbers a call, V2-signed; and the
+classification of its answers (PROVIDERS.md §6.1).
+
+One outbox payload per message; `send` groups a batch by template into SendBatchSms calls. The call's
+OutId is the message id of its first message and each sent message records "<BizId>:<phone>", which is
+how SmsReport receipts find their messages (see `alibaba_sms_webhooks`). Billed per segment.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from pipeline.channels.alibaba_rpc import encode_form, signed_params
+from pipeline.channels.alibaba_sms_webhooks import provider_message_id
+from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome
+from pipeline.sms_segments import count_segments
+from pipeline.spec import CampaignSpec, SpecError
+
+VERSION = "2017-05-25"
+DEFAULT_BASE_URL = "https://dysmsapi.aliyuncs.com"
+MAX_NUMBERS = 100  # SendBatchSms's documented limit
+
+THROTTLE_CODES = frozenset({"isv.BUSINESS_LIMIT_CONTROL", "Throttling.User", "Throttling", "Throttling.Api"})
+RETRYABLE_CODES = frozenset({"isp.SYSTEM_ERROR", "isp.GATEWAY_ERROR", "ServiceUnavailable", "InternalError",
+                             "SignatureNonceUsed"}) | THROTTLE_CODES
+# Account, key, signature or template problems: every further call would fail the same way.
+STOP_CODES = frozenset({
+    "isv.ACCOUNT_NOT_EXISTS", "isv.ACCOUNT_ABNORMAL", "isv.OUT_OF_SERVICE", "isv.AMOUNT_NOT_ENOUGH",
+    "InvalidAccessKeyId.NotFound", "InvalidAccessKeyId.Inactive", "SignatureDoesNotMatch",
+    "InvalidTimeStamp.Expired",  # we sign just before sending, so this is a skewed clock
+    "isv.SMS_SIGNATURE_ILLEGAL", "isv.SMS_TEMPLATE_ILLEGAL", "Forbidden.RAM", "isp.RAM_PERMISSION_DENY",
+})
+# Codes about one number of the call. Alibaba refuses the whole call for it, so nothing was sent:
+# `send` splits the batch to find the number(s) and sends the rest.
+PER_NUMBER_CODES = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.DAY_LIMIT_CONTROL"})
+
+
+def alibaba_segments(sign_name: str, text: str, country: str | None) -> int:
+    """Parts as Alibaba bills them: the signature with its brackets counts; mainland China is
+    70 single / 67 per part whatever the characters, elsewhere GSM-7 160/153 or UCS-2 70/67."""
+    if country == "CN":
+        length = len(f"【{sign_name}】{text}")
+        return 1 if length <= 70 else -(-length // 67)
+    return count_segments(f"[{sign_name}]{text}").segments
+
+
+class AlibabaSmsChannel(HttpChannel):
+    name = "sms"
+    provider = "alibaba_sms"
+    max_batch = MAX_NUMBERS
+    pricing_unit = "segment"
+    credentials = {"access_key_id": "ALIBABA_CLOUD_ACCESS_KEY_ID",
+                   "access_key_secret": "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+                   "report_token": "ALIBABA_SMS_REPORT_TOKEN"}
+
+    def __init__(
+        self, *, base_url: str, access_key_id: str, access_key_secret: str, sign_name: str,
+        template_code: str, sign_names: dict[str, str] | None = None, param_names: list[str] | None = None,
+        region_id: str = "cn-hangzhou", max_batch: int = MAX_NUMBERS,
+    ) -> None:
+        if not 1 <= max_batch <= MAX_NUMBERS:
+            raise SpecError(f"provider.options.max_batch: 1 to {MAX_NUMBERS} numbers per call, not {max_batch}")
+        self.max_batch = max_batch  # fewer numbers per call: a refused call holds back fewer messages
+        self.url = base_url.rstrip("/") + "/"
+        self.access_key_id, self._secret = access_key_id, access_key_secret
+        self.sign_name, self.sign_names = sign_name, dict(sign_names or {})
+        self.template_code, self.param_names = template_code, list(param_names or [])
+        self.region_id = region_id
+
+    def build_payload(self, message: Outgoing) -> dict[str, Any]:
+        sign_name = self.sign_names.get(message.country or "", self.sign_name)
+        values = message.params.get("body") or []
+        names = self.param_names or [f"p{i + 1}" for i in range(len(values))]
+        text = message.text if message.text is not None else message.template.text
+        return {
+            # Country code and number, no "+": the international form dysmsapi takes (mainland too).
+            "phone": "".join(ch for ch in message.to if ch.isdigit()),
+            "sign_name": sign_name,
+            "template_code": self.template_code,
+            "template_param": dict(zip(names, values, strict=False)) or None,
+            "out_id": message.message_id,
+            "segments": alibaba_segments(sign_name, text, message.country),
+        }
+
+    @staticmethod
+    def segments(payload: dict[str, Any]) -> int:
+        return int(payload.get("segments") or 1)
+
+    def request_params(self, items: list[dict[str, Any]]) -> dict[str, str]:
+        """The signed SendBatchSms parameters for up to 100 stored payloads of one template."""
+        dumps = _json
+        params = {
+            "RegionId": self.region_id,
+            "PhoneNumberJson": dumps([item["phone"] for item in items]),
+            "SignNameJson": dumps([item["sign_name"] for item in items]),
+            "TemplateCode": items[0]["template_code"],
+            "OutId": items[0]["out_id"],
+        }
+        if any(item.get("template_param") for item in items):
+            params["TemplateParamJson"] = dumps([item.get("template_param") or {} for item in items])
+        return signed_params("SendBatchSms", params, access_key_id=self.access_key_id,
+                             access_key_secret=self._secret, version=VERSION)
+
+    async def send(self, session: httpx.AsyncClient, payloads: list[str]) -> list[SendOutcome]:
+        items = [json.loads(p) for p in payloads]
+        outcomes: list[SendOutcome | None] = [None] * len(items)
+        by_template: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            by_template.setdefault(item["template_code"], []).append(index)
+        for indexes in by_template.values():
+            for start in range(0, len(indexes), MAX_NUMBERS):
+                chunk = indexes[start : start + MAX_NUMBERS]
+                for index, outcome in zip(chunk, await self._send_call(session, [items[i] for i in chunk]),
+                                          strict=True):
+                    outcomes[index] = outcome
+        return [o for o in outcomes if o is not None]
+
+    async def _send_call(self, session: httpx.AsyncClient, items: list[dict[str, Any]]) -> list[SendOutcome]:
+        headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "Accept": "application/json"}
+        try:
+            response = await session.post(self.url, content=encode_form(self.request_params(items)), headers=headers)
+            verdict = self.classify_response(response.status_code, response.content, response.headers)
+        except Exception as exc:  # translated at the edge into retry / permanent
+            verdict = self.classify_exception(exc)
+        if verdict.kind == "sent":
+            biz_id = verdict.provider_message_id or ""
+            return [SendOutcome(kind="sent", provider_message_id=provider_message_id(biz_id, item["phone"]))
+                    for item in items]
+        if verdict.error_code in PER_NUMBER_CODES and len(items) > 1:
+            # Nothing of this call was sent, so halving it repeats nothing: log2(100) rounds at most
+            # isolate each bad number while the others go out.
+            middle = len(items) // 2
+            return await self._send_call(session, items[:middle]) + await self._send_call(session, items[middle:])
+        return [verdict] * len(items)
+
+    def classify_response(self, status_code: int, body: bytes, headers: Any) -> SendOutcome:
+        """One verdict for the whole call; a sent verdict carries the call's BizId."""
+        retry_after = _retry_after(headers)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        code = data.get("Code") if isinstance(data, dict) else None
+        if code == "OK" and status_code == 200 and isinstance(data, dict) and data.get("BizId"):
+            return SendOutcome(kind="sent", provider_message_id=str(data["BizId"]))
+        if not isinstance(code, str) or code == "OK":
+            # Malformed, or "OK" without a BizId: the numbers may have been sent. 5xx is retried;
+            # anything else is recorded, and receipts (OutId + phone) can still find the messages.
+            kind = "retry" if status_code >= 500 or status_code == 429 else "permanent"
+            return SendOutcome(kind=kind, error_code=f"http_{status_code}", error_detail="malformed provider response",
+                               retry_after_s=retry_after, throttled=status_code == 429)
+        detail = str(data.get("Message") or "") if isinstance(data, dict) else ""
+        throttled = code in THROTTLE_CODES
+        if code in STOP_CODES:
+            kind = "stop"
+        elif code in RETRYABLE_CODES or status_code >= 500:
+            kind = "retry"
+        else:
+            kind = "permanent"
+        return SendOutcome(kind=kind, error_code=code, error_detail=detail,
+                           retry_after_s=retry_after if kind == "retry" else None, throttled=throttled)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def from_spec(spec: CampaignSpec, base_url: str | None = None, sender: str | None = None) -> AlibabaSmsChannel:
+    """`sender` (default `spec.sender`) is the sign name where no per-country one applies."""
+    env, options = AlibabaSmsChannel.credentials, spec.provider.options
+    sign_names = options.get("sender_ids") or {}
+    if not isinstance(sign_names, dict) or not all(isinstance(v, str) for v in sign_names.values()):
+        raise SpecError("provider.options.sender_ids: expected a mapping of country code -> sign name")
+    param_names = options.get("param_names") or []
+    if not isinstance(param_names, list) or not all(isinstance(v, str) for v in param_names):
+        raise SpecError("provider.options.param_names: expected a list of template variable names")
+    return AlibabaSmsChannel(
+        base_url=base_url or spec.provider.base_url or DEFAULT_BASE_URL,
+        access_key_id=spec.secret("access_key_id", env["access_key_id"]),
+        access_key_secret=spec.secret("access_key_secret", env["access_key_secret"]),
+        sign_name=sender or spec.sender, sign_names={str(k).upper(): v for k, v in sign_names.items()},
+        template_code=str(options.get("template_code") or spec.template.name), param_names=param_names,
+        region_id=str(options.get("region_id") or "cn-hangzhou"),
+        max_batch=int(options.get("max_batch") or MAX_NUMBERS),
+    )

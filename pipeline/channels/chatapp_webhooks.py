@@ -1,0 +1,125 @@
+"""Alibaba ChatApp status callbacks (ChatAppStatus, PROVIDERS.md §3.4): a JSON array of reports -> Receipts.
+
+Alibaba documents no signature for HTTP push. Our own protection: the callback URL is configured
+with a shared token that every push carries in the `X-Campaign-Token` header (the sandbox sends it;
+for the real service, put it in front as a header-adding proxy or allow-list Alibaba's addresses).
+`TaskId` is our message id; a mass send's shared TaskId (`mass-…`) instead names the recipient's
+message as `<TaskId>:<To>`, the provider id the channel stored, with `message_id` left empty.
+Viber `subscribe`/`unsubscribe` reports become Inbound items with text SUBSCRIBE/UNSUBSCRIBE.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.channels.chatapp import MASS_PREFIX, mass_provider_id
+from pipeline.records import Inbound, Receipt
+
+PROVIDER = "chatapp"
+TOKEN_HEADER = "X-Campaign-Token"
+_STATUSES = {"sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed"}
+_SUBSCRIPTIONS = {"subscribe": "SUBSCRIBE", "unsubscribe": "UNSUBSCRIBE"}
+_CATEGORIES = frozenset({"marketing", "utility", "authentication", "service"})
+
+
+class MalformedPayload(ValueError):
+    """Not a ChatAppStatus array we understand; ingest quarantines it."""
+
+
+def verify(raw_body: bytes, headers: Mapping[str, str], secret: str) -> bool:
+    """True when the push carries our shared token (constant-time compare; the body is not signed)."""
+    received = _header(headers, TOKEN_HEADER)
+    if not received or not secret:
+        return False
+    return hmac.compare_digest(received.strip().encode("utf-8"), secret.encode("utf-8"))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
+def _str(value: Any, where: str) -> str:
+    if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+        return str(value)
+    raise MalformedPayload(f"{where}: expected a non-empty string")
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _millis(value: Any, where: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise MalformedPayload(f"{where}: timestamp {value!r} is not unix milliseconds") from None
+
+
+def _report(item: Any, where: str) -> Receipt | Inbound | None:
+    if not isinstance(item, dict):
+        raise MalformedPayload(f"{where}: expected an object, got {type(item).__name__}")
+    raw_status = _str(item.get("Status"), f"{where}.Status")
+    occurred = _millis(item.get("Timestamp"), f"{where}.Timestamp")
+    raw_json = json.dumps(item, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    lowered = raw_status.lower()
+    if lowered in _SUBSCRIPTIONS:
+        # A status report names the user in `To` (From is our sender); fall back to From.
+        user = item.get("To") or item.get("From")
+        return Inbound(provider=PROVIDER, sender=_str(user, f"{where}.To"),
+                       text=_SUBSCRIPTIONS[lowered], occurred_at=occurred, raw_json=raw_json)
+    if lowered == "deleted":
+        return None  # the user deleted the message: not a delivery status
+    if lowered not in _STATUSES:
+        raise MalformedPayload(f"{where}.Status: unknown status {raw_status!r}")
+    message_id = _str(item.get("MessageId"), f"{where}.MessageId")
+    task_id, to = _opt(item.get("TaskId")), _opt(item.get("To"))
+    provider_id, ours = message_id, task_id
+    if task_id and task_id.startswith(MASS_PREFIX):
+        if not to:
+            raise MalformedPayload(f"{where}.To: a mass-send report needs the recipient")
+        provider_id, ours = mass_provider_id(task_id, to), None
+    elif task_id == message_id:
+        ours = None  # Alibaba echoes its own MessageId when no TaskId was sent: not one of ours
+    category = _opt(item.get("ConversationType"))
+    return Receipt(
+        provider=PROVIDER,
+        provider_message_id=provider_id,
+        message_id=ours,
+        status=_STATUSES[lowered],  # type: ignore[arg-type]  # a DeliveryStatus by construction
+        error_code=_opt(item.get("ErrorCode")) if lowered == "failed" else None,
+        error_title=_opt(item.get("ErrorDescription") or item.get("StatusDescription")) if lowered == "failed"
+        else None,
+        category=category.lower() if category and category.lower() in _CATEGORIES else None,
+        recipient=to,
+        occurred_at=occurred,
+        raw_json=raw_json,
+    )
+
+
+def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
+    """Every report in one push; anything that is not an array of ChatAppStatus objects raises."""
+    try:
+        doc = json.loads(raw_body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedPayload(f"not JSON: {exc}") from None
+    if isinstance(doc, dict):
+        doc = [doc]  # MNS and some pushes deliver a single report
+    if not isinstance(doc, list):
+        raise MalformedPayload(f"body: expected an array of reports, got {type(doc).__name__}")
+    receipts: list[Receipt] = []
+    inbound: list[Inbound] = []
+    for i, item in enumerate(doc):
+        parsed = _report(item, f"[{i}]")
+        if isinstance(parsed, Receipt):
+            receipts.append(parsed)
+        elif isinstance(parsed, Inbound):
+            inbound.append(parsed)
+    return receipts, inbound

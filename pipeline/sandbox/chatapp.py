@@ -1,0 +1,235 @@
+"""A loopback stand-in for Alibaba ChatApp (`cams` 2020-06-06) `SendChatappMessage` / `SendChatappMassMessage`:
+ACS3-HMAC-SHA256 verified with its own code (not the client's), Alibaba's error bodies (signature,
+Throttling.User, Missing*/InvalidParameter.*), a seeded fate per recipient and ChatAppStatus pushes
+(JSON arrays) carrying our shared `X-Campaign-Token`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import random
+import re
+import time
+import urllib.parse
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pipeline.records import Category
+from pipeline.sandbox.common import Ledger, delays, fate_for
+from pipeline.sandbox.kit import PosterSettings, Throttle
+
+VERSION = "2020-06-06"
+ACTIONS = frozenset({"SendChatappMessage", "SendChatappMassMessage"})
+CHANNEL_TYPES = frozenset({"whatsapp", "viber", "messenger", "instagram", "telegram", "line"})
+REQUIRED_SIGNED = ("host", "x-acs-action", "x-acs-content-sha256", "x-acs-date", "x-acs-signature-nonce",
+                   "x-acs-version")
+MAX_SKEW_S = 15 * 60
+_AUTH = re.compile(r"ACS3-HMAC-SHA256 Credential=([^,]+),SignedHeaders=([^,]+),Signature=([0-9a-f]{64})")
+# Upstream failure codes a Failed report carries, by channel (Meta's for WhatsApp, §3.5).
+FAILURE_CODES = {"whatsapp": ("131026", "131049", "131047"), "viber": ("11", "5"), "messenger": ("551",),
+                 "instagram": ("551",)}
+
+
+class ChatAppSandboxConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    access_key_id: str = Field(min_length=1)
+    access_key_secret: str = Field(min_length=1)
+    callback_token: str = Field(min_length=1, description="sent as X-Campaign-Token on every status push")
+    webhook_url: str | None = None
+    throughput_per_s: float = Field(default=250.0, gt=0, description="API calls per second per AccessKey")
+    fail_rate: float = Field(default=0.04, ge=0, le=1)
+    read_rate: float = Field(default=0.6, ge=0, le=1)
+    invalid_recipients: frozenset[str] = Field(default=frozenset(), description="answered PhoneNumberError")
+    templates: dict[str, Category] | None = Field(default=None, description="ConversationType by template name")
+    malformed: bool = Field(default=False, description="answer every call with an HTML page (a broken proxy)")
+    webhook_delay_s: tuple[float, float] = (0.05, 0.3)
+    webhook_batch: int = Field(default=50, ge=1, le=1000)
+    webhook_retry_base_s: float = Field(default=0.2, gt=0)
+    webhook_retry_max_s: float = Field(default=10.0, gt=0)
+    seed: int = 0
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+
+
+def _pct(value: str) -> str:
+    return urllib.parse.quote(value, safe="-_.~")
+
+
+class ChatAppSandbox:
+    def __init__(self, config: ChatAppSandboxConfig) -> None:
+        self.config = config
+        self._throttle = Throttle(config.throughput_per_s)
+        self._rng = random.Random(config.seed)
+        self._ids = itertools.count(1)
+        self._nonces: dict[str, float] = {}
+        settings = PosterSettings(batch=config.webhook_batch, retry_base_s=config.webhook_retry_base_s,
+                                  retry_max_s=config.webhook_retry_max_s)
+        self.ledger = Ledger("Throttling.User", config.webhook_url, self._render, settings)
+
+    def _render(self, _url: str, reports: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(reports, separators=(",", ":"), ensure_ascii=False).encode()
+        return body, {"Content-Type": "application/json", "X-Campaign-Token": self.config.callback_token}
+
+    async def call(self, request: Request) -> Response:
+        request_id = str(uuid.uuid4()).upper()
+        try:
+            body = await request.body()
+            action = self._authenticate(request, body)
+            if not self._throttle.allow(self.config.access_key_id):
+                raise _Refused(429, "Throttling.User", "Request was denied due to user flow control.")
+            if self.config.malformed:
+                return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
+            params = dict(urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+            params.update(request.query_params)
+            answer = self._send(action, params)
+        except _Refused as refused:
+            self.ledger.rejected[refused.code] += 1
+            return JSONResponse({"RequestId": request_id, "Code": refused.code, "Message": refused.message,
+                                 "HostId": request.headers.get("host", "")}, status_code=refused.status)
+        return JSONResponse({"RequestId": request_id, "Code": "OK", "Message": "SUCCESS", **answer})
+
+    # ------------------------------------------------------------------ ACS3, verified independently
+
+    def _authenticate(self, request: Request, body: bytes) -> str:
+        match = _AUTH.fullmatch(request.headers.get("authorization", "").strip())
+        if not match:
+            raise _Refused(400, "IncompleteSignature", "The request signature does not conform to Aliyun standards.")
+        key_id, signed, received = match.groups()
+        if key_id != self.config.access_key_id:
+            raise _Refused(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+        names = signed.split(";")
+        if any(name not in names for name in REQUIRED_SIGNED) or names != sorted(names):
+            raise _Refused(400, "IncompleteSignature", "SignedHeaders must list host and the x-acs-* headers, sorted.")
+        headers = request.headers
+        if any(name not in headers for name in names):
+            raise _Refused(400, "IncompleteSignature", "A signed header is missing from the request.")
+        if headers["x-acs-content-sha256"] != hashlib.sha256(body).hexdigest():
+            raise _Refused(400, "IncompleteSignature", "x-acs-content-sha256 does not match the request body.")
+        try:
+            signed_at = datetime.strptime(headers["x-acs-date"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            raise _Refused(400, "InvalidTimeStamp.Format", "Specified x-acs-date is not valid.") from None
+        if abs(time.time() - signed_at.timestamp()) > MAX_SKEW_S:
+            raise _Refused(400, "InvalidTimeStamp.Expired", "Specified time stamp or date value is expired.")
+        pairs = sorted((_pct(k), _pct(v)) for k, v in request.query_params.multi_items())
+        query = "&".join(f"{k}={v}" for k, v in pairs)
+        lines = [request.method, _pct(request.url.path).replace("%2F", "/") or "/", query,
+                 "".join(f"{name}:{headers[name].strip()}\n" for name in names), signed,
+                 headers["x-acs-content-sha256"]]
+        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        expected = hmac.new(self.config.access_key_secret.encode(), f"ACS3-HMAC-SHA256\n{digest}".encode(),
+                            hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, received):
+            raise _Refused(400, "SignatureDoesNotMatch", "Specified signature is not matched with our calculation.")
+        nonce, now = headers["x-acs-signature-nonce"], time.time()
+        if self._nonces.get(nonce, 0) > now - MAX_SKEW_S:
+            raise _Refused(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
+        if len(self._nonces) > 100_000:  # bounded: nonces older than the allowed skew cannot be replayed
+            self._nonces = {n: t for n, t in self._nonces.items() if t > now - MAX_SKEW_S}
+        self._nonces[nonce] = now
+        if headers["x-acs-version"] != VERSION:
+            raise _Refused(400, "InvalidVersion", "Specified parameter Version is not valid.")
+        if headers["x-acs-action"] not in ACTIONS:
+            raise _Refused(404, "InvalidAction.NotFound", "Specified api is not found, please check your url.")
+        return headers["x-acs-action"]
+
+    # ------------------------------------------------------------------ the send
+
+    def _send(self, action: str, params: dict[str, str]) -> dict[str, Any]:
+        mass = action == "SendChatappMassMessage"
+        required = ["ChannelType", "Type", "From"] + (["SenderList"] if mass else ["To"])
+        for name in required:
+            if not params.get(name):
+                raise _Refused(400, f"Missing{name}", f"{name} is mandatory for this action.")
+        channel = params["ChannelType"]
+        if channel not in CHANNEL_TYPES:
+            raise _Refused(400, "InvalidParameter", f"ChannelType {channel!r} is not supported.")
+        if params["Type"] not in ("template", "message"):
+            raise _Refused(400, "InvalidParameter", f"Type {params['Type']!r} is not supported.")
+        if params["Type"] == "template" and not (params.get("TemplateCode") or params.get("TemplateName")):
+            raise _Refused(400, "MissingTemplateCode", "TemplateCode or TemplateName is mandatory for a template.")
+        for name in ("MessageType", "Content") if params["Type"] == "message" else ():
+            if not params.get(name):
+                raise _Refused(400, f"Missing{name}", f"{name} is mandatory for a free-form message.")
+        if mass:
+            recipients = self._json(params["SenderList"], list, "SenderList")
+            if not 1 <= len(recipients) <= 1000 or not all(isinstance(r, dict) and r.get("To") for r in recipients):
+                raise _Refused(400, "InvalidParameter", "SenderList must hold 1 to 1000 items, each with To.")
+        else:
+            self._json(params.get("TemplateParams") or "{}", dict, "TemplateParams")
+            if params["To"] in self.config.invalid_recipients:
+                raise _Refused(200, "InvalidParameter.PhoneNumberError", "The phone number is invalid.")
+            recipients = [{"To": params["To"]}]
+        self.ledger.calls += 1
+        task_id = params.get("TaskId")
+        message_ids = [self._accept(channel, params, str(r["To"]), task_id, mass) for r in recipients]
+        if mass:
+            return {"GroupMessageId": f"{8900000100020000 + next(self._ids)}"}
+        return {"MessageId": message_ids[0]}
+
+    @staticmethod
+    def _json(raw: str, kind: type, name: str) -> Any:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if not isinstance(value, kind):
+            raise _Refused(400, "InvalidParameter", f"{name} must be a JSON {kind.__name__}.")
+        return value
+
+    def _accept(self, channel: str, params: dict[str, str], to: str, task_id: str | None, mass: bool) -> str:
+        message_id = f"{uuid.UUID(int=self._rng.getrandbits(128)).hex[:24]}"
+        invalid = to in self.config.invalid_recipients  # in a mass send: accepted, then reported Failed
+        fate = fate_for(self.config.seed, to, fail_rate=self.config.fail_rate, read_rate=self.config.read_rate)
+        final = "failed" if invalid else fate.final
+        codes = FAILURE_CODES.get(channel, ("131026",))
+        error = None
+        if invalid:
+            error = "InvalidParameter.PhoneNumberError"
+        elif final == "failed":
+            error = codes[int(fate.pick * len(codes))]
+        key = f"{task_id}:{to}" if mass and task_id else task_id
+        self.ledger.accept(message_id, to, task_id, final, error, dedupe_key=key, new_call=False)
+        if self.ledger.poster:
+            name = params.get("TemplateName") or params.get("TemplateCode") or ""
+            conversation = (self.config.templates or {}).get(name, "marketing")
+            steps = {"failed": ["Sent", "Failed"], "delivered": ["Sent", "Delivered"],
+                     "read": ["Sent", "Delivered", "Read"]}[final]
+            if invalid:
+                steps = ["Failed"]
+            now_ms = int(time.time() * 1000)
+            for step, offset in zip(steps, delays(len(steps), self.config.webhook_delay_s, self._rng), strict=True):
+                report: dict[str, Any] = {
+                    "MessageId": message_id, "TaskId": task_id or message_id, "From": params["From"], "To": to,
+                    "Status": step, "Timestamp": now_ms + int(offset * 1000), "MsgFrameType": params["Type"],
+                    "Type": "TEMPLATE", "ConversationType": conversation,
+                    "TemplateName": params.get("TemplateName"), "TemplateCode": params.get("TemplateCode"),
+                    "Language": params.get("Language"),
+                }
+                if step == "Failed":
+                    report["ErrorCode"] = error
+                    report["ErrorDescription"] = f"{error}:Message undeliverable"
+                self.ledger.schedule(offset, report, step)
+        return message_id
+
+
+def create_chatapp_app(config: ChatAppSandboxConfig) -> Starlette:
+    """The sandbox as an ASGI app; `app.state.sandbox` gives tests its state (`.ledger`)."""
+    sandbox = ChatAppSandbox(config)
+    routes = [Route("/", sandbox.call, methods=["POST", "GET"]), *sandbox.ledger.routes()]
+    app = Starlette(routes=routes, lifespan=sandbox.ledger.lifespan)
+    app.state.sandbox = sandbox
+    return app
