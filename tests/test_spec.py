@@ -78,3 +78,42 @@ def test_missing_secret_names_the_env_var(monkeypatch):
     monkeypatch.delenv("WHATSAPP_ACCESS_TOKEN")
     with pytest.raises(SpecError, match="credentials.access_token: environment variable WHATSAPP_ACCESS_TOKEN"):
         spec.secret("access_token", "WHATSAPP_ACCESS_TOKEN")
+
+
+@pytest.mark.parametrize(
+    ("channel", "options", "env", "cls"),
+    [
+        ("whatsapp", {}, {}, "WhatsAppChannel"),
+        ("messenger", {}, {"MESSENGER_PAGE_ACCESS_TOKEN": "x"}, "MessengerChannel"),
+        ("instagram", {}, {"INSTAGRAM_ACCESS_TOKEN": "x"}, "InstagramChannel"),
+        ("viber", {}, {"VIBER_AUTH_TOKEN": "x"}, "ViberChannel"),
+        ("sms", {}, {"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "x"}, "TwilioSmsChannel"),
+        ("sms", {"provider": "alibaba_sms"},
+         {"ALIBABA_CLOUD_ACCESS_KEY_ID": "k", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "s"}, "AlibabaSmsChannel"),
+        ("email", {"from_address": "news@example.com"}, {"EMAIL_UNSUBSCRIBE_SECRET": "u"}, "EmailChannel"),
+        ("chatapp", {"channel_type": "whatsapp"},
+         {"ALIBABA_CLOUD_ACCESS_KEY_ID": "k", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "s"}, "ChatAppChannel"),
+    ],
+)
+def test_the_registry_builds_every_channel_from_a_spec(monkeypatch, channel, options, env, cls):
+    from pipeline.channels import channel_for
+    from pipeline.spec import parse_spec
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    data = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
+    data["channel"] = channel
+    data["provider"] = {"options": options}
+    base_url = "smtp://127.0.0.1:1" if channel == "email" else "http://127.0.0.1:1"
+    built = channel_for(parse_spec(data), base_url=base_url)
+    assert type(built).__name__ == cls
+
+
+def test_an_unknown_sms_provider_is_named():
+    from pipeline.channels import channel_for
+    from pipeline.spec import parse_spec
+
+    data = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
+    data.update(channel="sms", provider={"options": {"provider": "carrier-pigeon"}})
+    with pytest.raises(SpecError, match="provider.options.provider"):
+        channel_for(parse_spec(data))
