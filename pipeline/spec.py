@@ -92,6 +92,18 @@ def _env_name(value: str) -> str:
     return value
 
 
+class FallbackSpec(_Spec):
+    """A second channel for recipients the first could not reach (e.g. WhatsApp -> SMS)."""
+
+    channel: ChannelName
+    sender: str = Field(min_length=1)
+    # Also fall back when a message was sent but not delivered within this many seconds.
+    after_s: float = Field(default=600.0, gt=0)
+    provider: ProviderSpec = ProviderSpec()
+    credentials: dict[str, str] = Field(default_factory=dict)
+    rate_limit: RateSpec = RateSpec()
+
+
 class CampaignSpec(_Spec):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     audience: Path
@@ -117,6 +129,7 @@ class CampaignSpec(_Spec):
     # None = unlimited.
     messaging_limit: Literal[250, 2000, 10000, 100000] | None = None
     receipts_wait_s: float = Field(default=60.0, ge=0)
+    fallback: FallbackSpec | None = None
 
     @field_validator("variables")
     @classmethod
@@ -132,6 +145,16 @@ class CampaignSpec(_Spec):
         for name in value.values():
             _env_name(name)
         return value
+
+    def fallback_leg(self) -> CampaignSpec:
+        """The spec of the fallback leg: same audience and template, the fallback's channel."""
+        if self.fallback is None:
+            raise SpecError("fallback: this campaign has no fallback channel")
+        fb = self.fallback
+        return self.model_copy(update={
+            "name": f"{self.name}-fallback"[:64], "channel": fb.channel, "sender": fb.sender, "senders": [],
+            "provider": fb.provider, "credentials": fb.credentials, "rate_limit": fb.rate_limit, "fallback": None,
+        })
 
     @property
     def all_senders(self) -> list[str]:
