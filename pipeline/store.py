@@ -149,6 +149,47 @@ SELECT
 FROM events
 WHERE message_id IS NOT NULL
 GROUP BY message_id;
+-- Costs (pipeline/pricing.py, billing.py, costs.py, points.py): pricing rules, fees and tiers as dated data,
+-- SMS parts per message, receipts folded per message and counted per campaign and price key, estimates, points.
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS segments INTEGER;  -- SMS parts; the provider's count wins
+CREATE TABLE IF NOT EXISTS pricing_rules (
+    rule VARCHAR NOT NULL, channel VARCHAR NOT NULL, category VARCHAR NOT NULL, pricing_type VARCHAR NOT NULL,
+    billable BOOLEAN NOT NULL, rate_category VARCHAR, basis VARCHAR NOT NULL, tiered BOOLEAN NOT NULL,
+    effective_from DATE NOT NULL, source VARCHAR, PRIMARY KEY (channel, category, pricing_type, effective_from)
+);
+CREATE TABLE IF NOT EXISTS service_fees (
+    channel VARCHAR NOT NULL, fee_points DECIMAL(12, 2) NOT NULL, effective_from DATE NOT NULL, source VARCHAR,
+    PRIMARY KEY (channel, effective_from)
+);
+CREATE TABLE IF NOT EXISTS price_tiers (
+    channel VARCHAR NOT NULL, market VARCHAR NOT NULL, category VARCHAR NOT NULL, from_messages BIGINT NOT NULL,
+    to_messages BIGINT, platform_fee_usd DECIMAL(12, 6) NOT NULL, effective_from DATE NOT NULL, source VARCHAR,
+    PRIMARY KEY (channel, market, category, effective_from, from_messages)
+);
+CREATE TABLE IF NOT EXISTS billing_messages (  -- message_status as a table, one row per message_id
+    message_id VARCHAR NOT NULL, status_rank TINYINT, billed_category VARCHAR, pricing_type VARCHAR,
+    receipt_error VARCHAR, error_title VARCHAR, delivered_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS billing_sync (
+    source VARCHAR PRIMARY KEY, position BIGINT, row_count BIGINT, fingerprint VARCHAR, synced_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS cost_estimates (
+    campaign_id VARCHAR NOT NULL, estimated_at TIMESTAMPTZ NOT NULL, priced_on DATE NOT NULL,
+    channel VARCHAR, country VARCHAR, market VARCHAR, category VARCHAR, pricing_type VARCHAR,
+    messages BIGINT, segments BIGINT, platform_fee_usd DECIMAL(18, 6), service_fee_usd DECIMAL(18, 6),
+    total_usd DECIMAL(18, 6), unpriced BIGINT
+);
+CREATE TABLE IF NOT EXISTS points_ledger (
+    entry_id VARCHAR PRIMARY KEY, booked_at TIMESTAMPTZ NOT NULL, kind VARCHAR NOT NULL, bucket VARCHAR NOT NULL,
+    points DECIMAL(18, 2) NOT NULL, campaign_id VARCHAR, note VARCHAR
+);
+CREATE TABLE IF NOT EXISTS billing_groups (  -- outbox + billing_messages counted per campaign and price key
+    campaign_id VARCHAR NOT NULL, channel VARCHAR, country VARCHAR, category VARCHAR, sent_category VARCHAR,
+    pricing_type VARCHAR, price_day DATE, error_code VARCHAR, error_title VARCHAR,
+    sent BIGINT, delivered BIGINT, "read" BIGINT, failed BIGINT, sent_segments BIGINT
+);
+-- Meta's own market for a country it prices on its own, used once a card has it (else `market`, its group).
+ALTER TABLE markets ADD COLUMN IF NOT EXISTS own_market VARCHAR;
 """
 
 
