@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import duckdb
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.costs import cost_report
 from pipeline.prepare import Prepared
+from pipeline.report import report_artifacts
 
 
 def artifact_key(campaign_id: str, what: str) -> str:
@@ -26,19 +27,20 @@ def publish_rejects(campaign_id: str, prepared: Prepared) -> None:
 
 
 def publish_report(con: duckdb.DuckDBPyConnection, campaign_id: str, summary: dict[str, Any], files: Any) -> None:
-    table = cost_report(con, campaign_id)
+    data = report_artifacts(con, campaign_id)
     create_table_artifact(
-        [{k: (float(v) if hasattr(v, "as_tuple") else v) for k, v in row.items()} for row in table.to_dicts()],
-        key=artifact_key(campaign_id, "costs"), description="Cost by country and category (USD)",
+        data["table"] or [{"country": "(none)"}], key=artifact_key(campaign_id, "costs"),
+        description="Cost by channel, country and category (USD)",
     )
+    if data["failures"]:
+        create_table_artifact(data["failures"], key=artifact_key(campaign_id, "failures"),
+                              description="Failures by error code, with meaning")
     create_markdown_artifact(
         "\n".join([
-            f"# Campaign {campaign_id}",
+            data["markdown"],
+            "",
             f"- rows read {summary['rows_read']}, accepted {summary['accepted']}, rejected {summary['rejected']}",
-            f"- sent {summary['sent']}, delivered {summary['delivered']}, read {summary['read']}, "
-            f"failed {summary['failed']}",
-            f"- cost USD {summary['cost_usd']:.4f}",
-            f"- HTML report: [{files.html}](file://{files.html.resolve()})",
+            f"- HTML report: [{files.html}](file://{Path(files.html).resolve()})",
         ]),
-        key=artifact_key(campaign_id, "summary"), description="Campaign summary",
+        key=artifact_key(campaign_id, "summary"), description="Campaign summary and cost",
     )

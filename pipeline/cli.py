@@ -88,18 +88,6 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline import store
-    from pipeline.report import write_report
-    from pipeline.summary import campaign_summary, format_summary
-
-    with store.connect(args.db) as con:
-        summary = campaign_summary(con, args.campaign)
-        files = write_report(con, args.campaign, Path(args.reports_dir) / args.campaign, summary=summary)
-    _print_result({**summary, "report_html": str(files.html), "report_csv": str(files.csv)}, format_summary)
-    return 0
-
-
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from pipeline.sandbox.whatsapp import SandboxConfig, create_app
     from pipeline.servers import serve_forever
@@ -172,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_store(sub.add_parser("receipts", help="ingest closed webhook spool files into DuckDB"))
     p.set_defaults(func=cmd_receipts)
 
-    p = with_store(sub.add_parser("report", help="write a campaign's cost report (CSV + HTML)"))
-    p.add_argument("--campaign", required=True, help="campaign id")
-    p.set_defaults(func=cmd_report)
+    from pipeline.cli_costs import add_cost_commands
+
+    add_cost_commands(sub)
 
     p = sub.add_parser("sandbox", help="serve the WhatsApp Cloud API sandbox on loopback")
     p.add_argument("--host", default="127.0.0.1")
