@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PREFECT_UI_PORT ?= 4200
+PREFECT_LOCAL   := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_UI_PORT)/api
 
-.PHONY: install browser demo test ui serve lint bench clean
+.PHONY: install browser demo test ui serve worker lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +34,15 @@ lint: install
 ui: install
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_UI_PORT)
 
+# The deployments of prefect.yaml against the server of `make ui`, served by one process...
 serve: install
-	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_UI_PORT)/api $(BIN)/python -m flows.serve
+	$(PREFECT_LOCAL) $(BIN)/python -m flows.serve
+
+# ...or through a process work pool: pool + zombie automation, register the deployments, start a worker.
+worker: install
+	$(PREFECT_LOCAL) $(BIN)/python -m flows.serve --setup
+	PWD=$(CURDIR) $(PREFECT_LOCAL) $(BIN)/prefect --no-prompt deploy --all
+	$(PREFECT_LOCAL) $(BIN)/prefect worker start --pool local-process
 
 clean:
 	rm -rf data/demo reports/*/ spool prepared

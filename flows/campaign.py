@@ -9,8 +9,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from flows.artifacts import publish_rejects, publish_report
+from flows.logging_mask import install_log_masking
 from pipeline import store
 from pipeline.budget import check_budget, price_queued_messages
 from pipeline.channels import channel_for
@@ -18,6 +20,7 @@ from pipeline.collect import collect_receipts
 from pipeline.costs import estimate_cost, load_prices
 from pipeline.dispatch import dispatch_campaign
 from pipeline.dispatch_policy import DispatchResult, Guards
+from pipeline.locks import campaign_lock
 from pipeline.operations import control_paths
 from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.policy import blocked_policy
@@ -27,6 +30,8 @@ from pipeline.report import write_report
 from pipeline.spec import CampaignSpec, load_spec
 from pipeline.summary import campaign_summary
 from pipeline.timezones import recipient_timezones
+
+install_log_masking()
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
@@ -123,17 +128,21 @@ def campaign_flow(
     provider_base_url: str | None = None,
 ) -> dict[str, Any]:
     """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec."""
+    install_log_masking()  # again: a worker's subprocess may have reconfigured logging since import
     spec = load_spec(spec_path)
     campaign_id = campaign_id or spec.name
     db, out = Path(db_path), Path(reports_dir) / campaign_id
-    prepared = prepare(spec, db, out)
-    publish_rejects(campaign_id, prepared)
-    queued = queue(spec, campaign_id, prepared, db, provider_base_url)
-    get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
-    estimate(spec, campaign_id, db)
-    result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
-    receipts(spec, campaign_id, db, Path(spool_dir))
-    summary = report(campaign_id, db, out, prepared)
+    # One run per campaign: a second one refuses here, naming the running one, before it touches the
+    # ledger or the report folder (pipeline/locks.py; a crash releases the lock).
+    with campaign_lock(db, campaign_id, flow_run_id=flow_run.id, flow_run_name=flow_run.name):
+        prepared = prepare(spec, db, out)
+        publish_rejects(campaign_id, prepared)
+        queued = queue(spec, campaign_id, prepared, db, provider_base_url)
+        get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
+        estimate(spec, campaign_id, db)
+        result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
+        receipts(spec, campaign_id, db, Path(spool_dir))
+        summary = report(campaign_id, db, out, prepared)
     if result.stopped_reason:
         create_markdown_artifact(f"**Channel stopped:** {result.stopped_reason}", key=f"{campaign_id}-stopped")
     return summary
