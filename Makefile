@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff check pipeline flows tests benchmarks
 
 ui: install
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_UI_PORT)
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_UI_PORT)/api $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_UI_PORT)
 
 # The deployments of prefect.yaml against the server of `make ui`, served by one process...
 serve: install

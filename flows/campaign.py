@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.artifacts import publish_rejects, publish_report
+from flows.artifacts import artifact_key, publish_rejects, publish_report
 from flows.logging_mask import install_log_masking
 from pipeline import store
 from pipeline.budget import check_budget, price_queued_messages
@@ -76,7 +76,9 @@ def dispatch(
     spec: CampaignSpec, campaign_id: str, db_path: Path, base_url: str | None, spool_dir: Path
 ) -> DispatchResult:
     logger = get_run_logger()
-    progress_id = create_progress_artifact(0.0, key=f"{campaign_id}-progress", description="Messages dispatched")
+    progress_id = create_progress_artifact(
+        0.0, key=artifact_key(campaign_id, "progress"), description="Messages dispatched"
+    )
 
     def on_progress(info: dict[str, Any]) -> None:
         # Every few seconds, never per message: progress in the logs and one artifact updated.
@@ -144,7 +146,9 @@ def campaign_flow(
         receipts(spec, campaign_id, db, Path(spool_dir))
         summary = report(campaign_id, db, out, prepared)
     if result.stopped_reason:
-        create_markdown_artifact(f"**Channel stopped:** {result.stopped_reason}", key=f"{campaign_id}-stopped")
+        create_markdown_artifact(
+            f"**Channel stopped:** {result.stopped_reason}", key=artifact_key(campaign_id, "stopped")
+        )
     return summary
 
 

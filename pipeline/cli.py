@@ -190,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # bad input gets a message naming file, row and field, not a traceback
         from pipeline.audience import AudienceError
+        from pipeline.locks import CampaignLocked
         from pipeline.policy import PolicyError
         from pipeline.templates import TemplateProblem
 
-        if isinstance(exc, AudienceError | PolicyError | TemplateProblem):
+        if isinstance(exc, AudienceError | PolicyError | TemplateProblem | CampaignLocked):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
