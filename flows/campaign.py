@@ -25,11 +25,13 @@ from pipeline.operations import control_paths
 from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.policy import blocked_policy
 from pipeline.prepare import Prepared, prepare_audience
+from pipeline.prepare_ids import prepare_ids, uses_ids
 from pipeline.receipts import ingest_spool
 from pipeline.report import write_report
 from pipeline.spec import CampaignSpec, load_spec
 from pipeline.summary import campaign_summary
 from pipeline.timezones import recipient_timezones
+from pipeline.windows import last_inbound_times
 
 install_log_masking()
 
@@ -38,6 +40,13 @@ install_log_masking()
 def prepare(spec: CampaignSpec, db_path: Path, out_dir: Path) -> Prepared:
     with store.connect(db_path) as con:
         suppressed = store.suppressed_addresses(con, spec.channel)
+        last_inbound = last_inbound_times(con, spec.channel) if uses_ids(spec.channel) else {}
+    if uses_ids(spec.channel):  # PSIDs, Viber ids, e-mail addresses
+        return prepare_ids(
+            spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
+            variables=spec.variables, suppressed=suppressed, last_inbound=last_inbound,
+            message_tag=spec.provider.options.get("message_tag"), out_dir=out_dir,
+        )
     return prepare_audience(
         spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
@@ -48,7 +57,7 @@ def prepare(spec: CampaignSpec, db_path: Path, out_dir: Path) -> Prepared:
 @task(name="queue", cache_policy=NO_CACHE)
 def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, db_path: Path, base_url: str | None) -> int:
     accepted = prepared.accepted
-    if spec.send_window is not None:
+    if spec.send_window is not None and not uses_ids(spec.channel):
         accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
     with store.connect(db_path) as con:
         register_campaign(con, spec, campaign_id)

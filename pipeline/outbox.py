@@ -22,6 +22,14 @@ def message_id_for(campaign_id: str, recipient_key: str, channel: str) -> str:
     return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{campaign_id}|{recipient_key}|{channel}"))
 
 
+def _key(accepted: pl.DataFrame) -> pl.Expr:
+    """The address a channel sends to: `recipient_key` (an id or e-mail) when the preparation set
+    one, else the E.164 number."""
+    if "recipient_key" in accepted.columns:
+        return pl.col("recipient_key")
+    return pl.col("phone_e164").alias("recipient_key")
+
+
 def register_campaign(con: duckdb.DuckDBPyConnection, spec: CampaignSpec, campaign_id: str) -> None:
     con.execute(
         """
@@ -37,10 +45,10 @@ def store_preparation(
     con: duckdb.DuckDBPyConnection, campaign_id: str, accepted: pl.DataFrame, rejects: pl.DataFrame
 ) -> None:
     """Recipients and rejects of this preparation replace any earlier preparation's rows."""
-    recipients = accepted.select(
+    recipients = accepted.with_columns(_key(accepted)).select(
         pl.lit(campaign_id).alias("campaign_id"),
         pl.col("row_number").cast(pl.Int64),
-        pl.col("phone_e164").alias("recipient_key"),
+        pl.col("recipient_key"),
         pl.col("phone_e164"),
         pl.col("region").alias("country"),
         pl.col("number_type"),
@@ -79,8 +87,9 @@ def enqueue_messages(
     senders = senders or [spec.sender]
     first_seq = scalar(con, "SELECT coalesce(max(seq), -1) + 1 FROM outbox WHERE campaign_id = ?", [campaign_id])
     ids, payloads = [], []
+    accepted = accepted.with_columns(_key(accepted))
     text = accepted["text"] if "text" in accepted.columns else pl.Series([None] * accepted.height)
-    columns = accepted.select("phone_e164", "region", "params_json").with_columns(text.alias("text"))
+    columns = accepted.select("recipient_key", "region", "params_json").with_columns(text.alias("text"))
     for to, country, params_json, body in columns.iter_rows():
         message_id = message_id_for(campaign_id, to, channel.name)
         params = json.loads(params_json) if params_json else {}
@@ -92,7 +101,7 @@ def enqueue_messages(
     rows = pl.DataFrame(
         {
             "message_id": ids,
-            "recipient_key": accepted["phone_e164"],
+            "recipient_key": accepted["recipient_key"],
             "country": accepted["region"],
             "payload_json": payloads,
         }
