@@ -1,41 +1,58 @@
-"""`campaign demo`: the sandbox and the receiver on loopback, the sample campaign through the flow."""
+"""`campaign demo [--channel NAME]`: the channel's sandbox and the receiver on loopback, the channel's
+sample campaign through the flow, receipts ingested, the summary and the report printed."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 from pathlib import Path
 
+import yaml
+
 from flows.campaign import campaign_flow
 from pipeline.receiver import create_receiver_app, secrets_from_env
-from pipeline.sandbox.whatsapp import SandboxConfig, create_app
+from pipeline.sandbox.registry import start_sandbox
 from pipeline.servers import serve_in_thread
 from pipeline.spec import load_spec
 from pipeline.summary import format_summary
+from pipeline.webhook_routes import add_provider_routes
 
-DEMO_SPECS = {"whatsapp": Path("campaigns/welcome.yaml")}
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_SPECS = {
+    "whatsapp": "campaigns/welcome.yaml",
+    "messenger": "campaigns/messenger.yaml",
+    "instagram": "campaigns/instagram.yaml",
+    "viber": "campaigns/viber.yaml",
+    "sms": "campaigns/sms.yaml",
+    "email": "campaigns/email.yaml",
+    "chatapp": "campaigns/chatapp.yaml",
+}
 
 
 def run_demo(channel: str = "whatsapp", workdir: Path = Path("data/demo")) -> int:
-    spec_path = DEMO_SPECS[channel]
+    spec_path = ROOT / DEMO_SPECS[channel]
     spec = load_spec(spec_path)
     # A fresh ledger each time: the demo always shows a whole campaign, never a resumed one.
+    workdir = workdir / channel if channel != "whatsapp" else workdir
     shutil.rmtree(workdir, ignore_errors=True)
     spool = workdir / "spool"
     spool.mkdir(parents=True)
-    secrets = secrets_from_env()
-    with serve_in_thread(create_receiver_app(spool, secrets)) as receiver_url:
-        config = SandboxConfig(
-            access_token=os.environ["WHATSAPP_ACCESS_TOKEN"], app_secret=secrets["whatsapp_app_secret"],
-            webhook_url=f"{receiver_url}/webhooks/whatsapp", templates={spec.template.name: spec.template.category},
-            seed=7,
+    receiver = create_receiver_app(spool, secrets_from_env())
+    add_provider_routes(receiver)
+    with contextlib.ExitStack() as stack:
+        receiver_url = stack.enter_context(serve_in_thread(receiver))
+        base_url, options = start_sandbox(spec, receiver_url, stack)
+        # The sample spec, pointed at the loopback receiver (status callbacks, unsubscribe links).
+        data = yaml.safe_load(spec_path.read_text())
+        data["audience"] = str((ROOT / data["audience"]).resolve())
+        data.setdefault("provider", {}).setdefault("options", {}).update(options)
+        local_spec = workdir / spec_path.name
+        local_spec.write_text(yaml.safe_dump(data, sort_keys=False))
+        print(f"{channel} sandbox on {base_url}; webhook receiver on {receiver_url}", flush=True)
+        summary = campaign_flow(
+            str(local_spec), campaign_id=spec.name, db_path=str(workdir / "campaigns.duckdb"), spool_dir=str(spool),
+            reports_dir="reports", provider_base_url=base_url,
         )
-        with serve_in_thread(create_app(config)) as sandbox_url:
-            print(f"sandbox (WhatsApp Cloud API) on {sandbox_url}; webhook receiver on {receiver_url}", flush=True)
-            summary = campaign_flow(
-                str(spec_path), db_path=str(workdir / "campaigns.duckdb"), spool_dir=str(spool),
-                reports_dir="reports", provider_base_url=sandbox_url,
-            )
     print()
     print(format_summary(summary))
     print(f"\nreport: {summary['report_html']}\n        {summary['report_csv']}")

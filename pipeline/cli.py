@@ -11,13 +11,6 @@ from typing import Any
 
 from pipeline.spec import SpecError, load_spec
 
-DEMO_SECRETS = {
-    # Demo-only values for the loopback sandbox; real runs read real secrets from the environment.
-    "WHATSAPP_ACCESS_TOKEN": "demo-access-token",
-    "WHATSAPP_APP_SECRET": "demo-app-secret",
-    "WHATSAPP_VERIFY_TOKEN": "demo-verify-token",
-}
-
 
 def _prefect_env() -> None:
     # Before Prefect is imported: our own loggers show in the run's logs and the UI.
@@ -43,8 +36,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
+    from pipeline.sandbox.registry import DEMO_ENV
 
-    for name, value in DEMO_SECRETS.items():
+    for name, value in DEMO_ENV.items():
         os.environ.setdefault(name, value)
     _prefect_env()
     return run_demo(channel=args.channel, workdir=args.workdir)
@@ -141,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="start the sandbox and receiver on loopback and run the sample campaign")
-    p.add_argument("--channel", default="whatsapp", choices=["whatsapp"])
+    p.add_argument("--channel", default="whatsapp",
+                   choices=["whatsapp", "messenger", "instagram", "viber", "sms", "email", "chatapp"])
     p.add_argument("--workdir", type=Path, default=Path("data/demo"), help="recreated on every demo run")
     p.set_defaults(func=cmd_demo)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-_PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+# A phone number in free text: international with a + (separators allowed), or a bare run of 9 to
+# 15 digits (a wa_id, an E.164 without its +). Counts, rates and times ("2607 (354/s)") stay legible.
+_PHONE = re.compile(r"\+\d[\d\s().-]{6,}\d|(?<![\d.])\d{9,15}(?![\d.])")
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
 
