@@ -51,11 +51,9 @@ def get_json(port: int, path: str) -> dict:
         conn.close()
 
 
-def start_receiver(spool_dir: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+def start_receiver(spool_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "WHATSAPP_APP_SECRET": SECRET, "WHATSAPP_VERIFY_TOKEN": "bench-verify"}
     cmd = [sys.executable, "-m", "pipeline.receiver", "--port", str(port), "--spool-dir", str(spool_dir)]
-    if workers > 1:
-        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -96,13 +94,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="stop sending after this long")
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections per client")
-    parser.add_argument("--server-workers", type=int, default=1)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-receiver-") as tmp:
         spool_dir = Path(tmp) / "spool"
         port = free_port()
-        server = start_receiver(spool_dir, port, args.server_workers)
+        server = start_receiver(spool_dir, port)
         print(f"receiver pid {server.pid} on 127.0.0.1:{port}, spool {spool_dir}", flush=True)
         try:
             last = [0.0]

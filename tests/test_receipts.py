@@ -212,26 +212,24 @@ def test_stop_keywords(text: str | None, expected: bool) -> None:
     assert is_stop_keyword(text) is expected
 
 
-def test_a_failing_file_is_rolled_back_whole(
+def test_a_failing_batch_is_rolled_back_whole(
     con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool_dir = tmp_path / "sp"
     write_spool(spool_dir, "1", [line(body([status("wamid.A", "sent", T0)],
                                            [inbound("16505551234", "STOP", "wamid.in")]))])
-    real_insert = receipts_mod._insert
-
-    def crash_on_inbound(con_, table, sql, rows, schema):  # type: ignore[no-untyped-def]
-        if table == "inbound":
-            raise RuntimeError("simulated crash mid-file")
-        return real_insert(con_, table, sql, rows, schema)
-
-    monkeypatch.setattr(receipts_mod, "_insert", crash_on_inbound)
-    with pytest.raises(RuntimeError):
+    write_spool(spool_dir, "2", [line(body([status("wamid.B", "sent", T0)]))])
+    # The events are written, then the inbound INSERT fails: nothing of the batch may remain.
+    monkeypatch.setattr(receipts_mod, "_INBOUND_SQL", "SELECT error('simulated crash mid-batch')")
+    with pytest.raises(duckdb.Error, match="simulated crash"):
         ingest_spool(con, spool_dir)
-    assert (count(con, "events"), count(con, "spool_files")) == (0, 0)
-    monkeypatch.setattr(receipts_mod, "_insert", real_insert)
+    assert (count(con, "events"), count(con, "inbound"), count(con, "suppressions"), count(con, "spool_files")) \
+        == (0, 0, 0, 0)
+    assert con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name LIKE '%stage%'").fetchall() \
+        == [(0,)]
+    monkeypatch.undo()
     result = ingest_spool(con, spool_dir)
-    assert (result.events_added, result.inbound_added, result.suppressions_added) == (1, 1, 1)
+    assert (result.files, result.events_added, result.inbound_added, result.suppressions_added) == (2, 2, 1, 1)
 
 
 def test_event_ids_are_stable_and_distinguish_statuses() -> None:
@@ -245,3 +243,19 @@ def test_event_ids_are_stable_and_distinguish_statuses() -> None:
     ids = [receipts_mod.event_id(r) for r in (a, b, c, d, e)]
     assert ids[0] == ids[1]  # same status report, whatever else the payload carried
     assert len(set(ids)) == 4
+
+
+def test_ingest_restores_the_storage_settings_and_leaves_no_stage(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    write_spool(tmp_path / "sp", "1", [line(body([status("wamid.A", "sent", T0)]))])
+    write_spool(tmp_path / "sp", "2", [line(body([status("wamid.B", "read", T0)]))])
+    result = ingest_spool(con, tmp_path / "sp", batch_bytes=1)  # two batches, overlapped
+    assert (result.files, result.events_added) == (2, 2)
+    assert con.execute("SELECT current_setting('disabled_compression_methods'),"
+                       " current_setting('zstd_min_string_length')").fetchall() == [("", 4096)]
+    databases = {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    assert not any("stage" in d for d in databases)
+    assert count(con, "spool_files") == 2
+    write_spool(tmp_path / "sp", "3", [line(body([status("wamid.C", "read", T0)]))])
+    assert ingest_spool(con, tmp_path / "sp", compact=True).events_added == 1

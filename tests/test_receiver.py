@@ -12,9 +12,9 @@ import pytest
 from pipeline import store
 from pipeline.channels.whatsapp_webhooks import sign
 from pipeline.receipts import ingest_spool
-from pipeline.receiver import create_receiver_app, main, secrets_from_env
+from pipeline.receiver import create_receiver_app, main, secrets_from_env, server_config
 from pipeline.servers import serve_in_thread
-from pipeline.spool import closed_files
+from pipeline.spool import closed_files, decode_record
 
 SECRETS = {"whatsapp_app_secret": "s3cret-app", "whatsapp_verify_token": "verify-me"}
 URL = "/webhooks/whatsapp"
@@ -128,3 +128,51 @@ def test_main_refuses_to_start_without_secrets(
     assert "WHATSAPP_APP_SECRET" in err and "tok-value" not in err
     assert secrets_from_env({"WHATSAPP_APP_SECRET": "a", "WHATSAPP_VERIFY_TOKEN": "b"}) == {
         "whatsapp_app_secret": "a", "whatsapp_verify_token": "b"}
+
+
+def test_the_spooled_record_holds_the_body_byte_for_byte(tmp_path: Path) -> None:
+    body = b'{"object":"whatsapp_business_account", "entry": [], "note": "\xe9\x80\x80\xe8\xae\xa2 \\u00e9"}'
+    app = create_receiver_app(tmp_path, SECRETS)
+    with serve_in_thread(app) as base:
+        assert httpx.post(base + URL, content=body, headers=signed(body)).status_code == 200
+    (line,) = b"".join(p.read_bytes() for p in closed_files(tmp_path)).splitlines()
+    provider, received_at, raw = decode_record(line)
+    assert (provider, raw) == ("whatsapp", body)
+    assert received_at is not None and received_at.tzinfo is not None
+
+
+def test_streamed_oversized_body_other_methods_and_paths(tmp_path: Path) -> None:
+    app = create_receiver_app(tmp_path, SECRETS)
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(40):
+            yield b" " * 32768
+
+    with serve_in_thread(app) as base:
+        assert httpx.post(base + URL, content=chunks(), headers=signed(b"")).status_code == 413
+        assert httpx.put(base + URL, content=b"{}").status_code == 405
+        assert httpx.post(base + "/webhooks/other", content=b"{}").status_code == 404
+        assert app.state.spool.appends == 0
+        assert any(getattr(r, "path", None) == "/healthz" for r in app.routes)  # Starlette's attributes
+    assert spooled_lines(tmp_path) == 0
+
+
+def test_no_200_when_the_spool_cannot_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_receiver_app(tmp_path, SECRETS)
+    body = status_body(1)
+
+    async def disk_full(record: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    with serve_in_thread(app) as base:
+        monkeypatch.setattr(app.state.spool, "append", disk_full)
+        response = httpx.post(base + URL, content=body, headers=signed(body))
+    assert response.status_code == 503  # Meta retries; nothing was acknowledged
+
+
+def test_server_config_is_loopback_only(tmp_path: Path) -> None:
+    app = create_receiver_app(tmp_path, SECRETS)
+    config = server_config(app, "127.0.0.1", 0)
+    assert (config.http, config.proxy_headers) == ("httptools", False)
+    with pytest.raises(ValueError):
+        server_config(app, "0.0.0.0", 8802)

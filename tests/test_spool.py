@@ -5,12 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import pytest
 
-from pipeline.spool import Spool, SpoolClosed, closed_files, decode_body, encode_record
+from pipeline.spool import (
+    Spool,
+    SpoolClosed,
+    batches_of,
+    closed_files,
+    decode_body,
+    decode_record,
+    encode_record,
+    lines_table,
+)
 
 
 def lines_of(paths: list[Path]) -> list[bytes]:
@@ -153,18 +163,71 @@ def test_records_must_be_single_lines(tmp_path: Path) -> None:
         asyncio.run(Spool(tmp_path).append(b"a\nb"))
 
 
-def test_record_format_round_trips_any_body() -> None:
-    body = '{"text": "退订 ✓"}'.encode() + b"\xff"  # not valid UTF-8 at the end
+def test_a_utf8_body_is_spooled_verbatim() -> None:
+    body = '{"object":"whatsapp_business_account","text":"退订 ✓","e":"\\ud83d\\ude00"}'.encode()
+    at = datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=UTC)
+    line = encode_record("whatsapp", body, at)
+    assert line == b"v2 2026-11-25T10:00:00.123456Z whatsapp " + body  # the body's bytes, as received
+    assert decode_record(line) == ("whatsapp", at, body)
+    now = decode_record(encode_record("whatsapp", b"{}"))[1]
+    assert now is not None and abs((datetime.now(UTC) - now).total_seconds()) < 5
+    assert encode_record("whatsapp", b"{}", datetime(2026, 1, 1, tzinfo=UTC)).startswith(
+        b"v2 2026-01-01T00:00:00.000000Z whatsapp ")  # fixed width, whatever the microseconds
+
+
+@pytest.mark.parametrize("body", [
+    '{"text": "退订 ✓"}'.encode() + b"\xff",  # not valid UTF-8 at the end
+    b'{"a":\n1}',  # a newline would split the record
+    b"{\x00}",
+])
+def test_other_bodies_become_json_records_that_round_trip(body: bytes) -> None:
     line = encode_record("whatsapp", body)
-    assert b"\n" not in line
+    assert b"\n" not in line and line.isascii()
     record = json.loads(line)
     assert set(record) == {"provider", "received_at", "body"}
     assert record["provider"] == "whatsapp"
     assert record["received_at"].endswith("+00:00")
     assert decode_body(record["body"]) == body
+    provider, received_at, raw = decode_record(line)
+    assert (provider, raw) == ("whatsapp", body) and received_at is not None and received_at.tzinfo is not None
+
+
+def test_decode_record_reads_old_json_records_and_refuses_junk() -> None:
+    old = b'{"provider":"whatsapp","received_at":"2025-06-16T00:00:00","body":"{}"}'  # naive time: UTC
+    assert decode_record(old) == ("whatsapp", datetime(2025, 6, 16, tzinfo=UTC), b"{}")
+    assert decode_record(b'{"provider":"whatsapp","body":"{}"}') == ("whatsapp", None, b"{}")
+    for junk in [b"{torn", b"[1]", b'{"provider":"x"}', b'{"body":"{}"}', b"v2 nonsense",
+                 b"v2 2026-11-25T10:00:00.123456 whatsapp {}", b"v2 2026-13-25T10:00:00.123456Z whatsapp {}"]:
+        with pytest.raises(ValueError):
+            decode_record(junk)
 
 
 def test_closed_files_ignores_open_and_foreign_files(tmp_path: Path) -> None:
     for name in ["spool-2-000002.jsonl", "spool-1-000001.jsonl", "spool-3-000003.jsonl.open", "notes.txt"]:
         (tmp_path / name).write_text("x")
     assert [p.name for p in closed_files(tmp_path)] == ["spool-1-000001.jsonl", "spool-2-000002.jsonl"]
+
+
+def test_lines_table_numbers_lines_like_split_and_refuses_non_utf8() -> None:
+    data = b'v2 first\n\n{"b": "\xc3\xa9"}\nlast without newline'
+    table = lines_table(7, data)
+    assert table is not None
+    assert table.column("file_idx").to_pylist() == [7, 7, 7, 7]
+    assert table.column("line_no").to_pylist() == [1, 2, 3, 4]
+    assert table.column("line").to_pylist() == [x.decode() for x in data.split(b"\n")]
+    ended = lines_table(0, b"a\nb\n")
+    assert ended is not None and ended.column("line").to_pylist() == ["a", "b", ""]  # as bytes.split gives
+    assert lines_table(0, b"ok\n\xff\xfe torn\n") is None
+
+
+def test_batches_of_groups_files_by_size_with_a_small_first_batch(tmp_path: Path) -> None:
+    paths = []
+    for i in range(10):
+        path = tmp_path / f"spool-{i:02d}.jsonl"
+        path.write_bytes(b"x" * 100)
+        paths.append(path)
+    groups = list(batches_of(paths, 400))
+    assert [len(g) for g in groups] == [1, 4, 4, 1]  # a quarter first, then up to 400 bytes each
+    assert [p for g in groups for p in g] == paths
+    assert [len(g) for g in batches_of(paths[:2], 10)] == [1, 1]  # a file larger than the limit: alone
+    assert list(batches_of([], 400)) == []

@@ -176,3 +176,37 @@ def test_malformed_payloads_raise_a_value_error_subclass(body: bytes) -> None:
     with pytest.raises(MalformedPayload):
         parse_webhook(body)
     assert issubclass(MalformedPayload, ValueError)
+
+
+# ---- the JSON rules shared with the bulk (DuckDB) path ------------------------------------------
+
+def test_raw_json_keeps_member_order_and_the_first_of_duplicate_keys_wins() -> None:
+    body = (b'{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{"statuses":'
+            b'[{"timestamp":"1750030073","id":"wamid.D","status":"sent","status":"read","z":{"b":1,"a":2}}]}}]}]}')
+    (r,), _ = parse_webhook(body)
+    assert r.status == "sent"  # the first "status", as DuckDB's reader sees it
+    assert r.raw_json == '{"timestamp":"1750030073","id":"wamid.D","status":"sent","status":"read","z":{"b":1,"a":2}}'
+
+
+def test_raw_json_prints_numbers_as_duckdb_does() -> None:
+    body = (b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":[{"id":"wamid.N",'
+            b'"status":"sent","timestamp":1750030073,"f":[1.5e-07,1e5,0.1,-0.0,1e16,1e21,2.5E+3],"big":'
+            b'123456789012345678901234567890,"n":NaN,"i":-Infinity,"o":1e400}]}}]}]}')
+    (r,), _ = parse_webhook(body)
+    assert r.raw_json == ('{"id":"wamid.N","status":"sent","timestamp":1750030073,"f":[1.5e-7,100000.0,0.1,-0.0,'
+                          '10000000000000000.0,1e21,2500.0],"big":123456789012345678901234567890,"n":NaN,'
+                          '"i":-Infinity,"o":1e400}')
+    assert r.occurred_at == datetime.fromtimestamp(1750030073, tz=UTC)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":[{"id":"\\ud800",'
+    b'"status":"sent","timestamp":"1"}]}}]}]}',  # a lone surrogate: no database can store it as text
+    b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":[{"id":"x",'
+    b'"status":"sent","timestamp":"1","deep":' + b"[" * 100_000 + b"]" * 100_000 + b"}]}}]}]}",
+    b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":[{"id":"x",'
+    b'"status":"sent","timestamp":"1","deep":' + b"[" * 600 + b"]" * 600 + b"}]}}]}]}",  # parses; too deep to print
+])
+def test_unstorable_or_absurd_bodies_are_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedPayload):
+        parse_webhook(body)
