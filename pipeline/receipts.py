@@ -32,6 +32,15 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from pipeline.channels import (
+    alibaba_sms_webhooks,
+    chatapp_webhooks,
+    email_webhooks,
+    messenger_webhooks,
+    twilio_webhooks,
+    unsubscribe_webhooks,
+    viber_webhooks,
+)
 from pipeline.channels.whatsapp_webhooks import BULK_CANDIDATE, bulk_statuses_sql, inbound_message_id, parse_webhook
 from pipeline.records import Inbound, Receipt
 from pipeline.spool import batches_of, closed_files, decode_record, lines_table
@@ -40,7 +49,34 @@ log = logging.getLogger(__name__)
 
 Parser = Callable[[bytes], tuple[list[Receipt], list[Inbound]]]
 # provider -> webhook body parser; a new provider adds one entry (and a route in the receiver).
-PARSERS: dict[str, Parser] = {"whatsapp": parse_webhook}
+# One parser per provider whose webhooks the receiver spools (pipeline/webhook_routes.py).
+PARSERS: dict[str, Parser] = {
+    "whatsapp": parse_webhook,
+    "messenger": messenger_webhooks.parse,
+    "instagram": messenger_webhooks.parse,
+    "viber": viber_webhooks.parse,
+    "chatapp": chatapp_webhooks.parse,
+    "twilio": twilio_webhooks.parse,
+    "alibaba_sms": alibaba_sms_webhooks.parse,
+    "email": email_webhooks.parse,
+    "unsubscribe": unsubscribe_webhooks.parse,
+}
+# The channel a provider's opt-outs suppress, and how it writes addresses.
+SUPPRESSION_CHANNEL = {"twilio": "sms", "alibaba_sms": "sms", "unsubscribe": "email"}
+_ID_CHANNELS = frozenset({"messenger", "instagram", "viber"})
+
+
+def suppression_key(provider: str, sender: str | None) -> tuple[str, str | None]:
+    """(channel, address) an opt-out from `sender` on `provider` suppresses: phone channels by E.164,
+    e-mail by lower-cased address, Messenger/Instagram/Viber by their user id."""
+    channel = SUPPRESSION_CHANNEL.get(provider, provider)
+    if not sender:
+        return channel, None
+    if channel == "email":
+        return channel, sender.strip().lower()
+    if channel in _ID_CHANNELS:
+        return channel, sender.strip()
+    return channel, _address(sender)
 
 STOP_KEYWORDS = frozenset({"stop", "unsubscribe", "stopall", "end", "cancel", "quit", "退订"})
 OPT_OUT_ERROR_CODES = frozenset({"131050"})  # recipient stopped marketing messages from this business
@@ -61,7 +97,7 @@ QUARANTINE_SCHEMA: dict[str, Any] = {
     "spool_file": pl.String, "line_number": pl.Int64, "reason": pl.String, "raw": pl.String,
 }
 STOP_SCHEMA: dict[str, Any] = {
-    **_ORDER, "channel": pl.String, "address": pl.String, "source": pl.String, "since": _TS,
+    **_ORDER, "channel": pl.String, "address": pl.String, "reason": pl.String, "source": pl.String, "since": _TS,
 }
 
 
@@ -152,8 +188,10 @@ class _Staged:
                 **order, "pos": pos, "event_id": inbound_event_id(m), "provider": m.provider,
                 "sender": m.sender, "text": m.text, "occurred_at": m.occurred_at, "raw_json": m.raw_json,
             })
-            if is_stop_keyword(m.text) and _address(m.sender):
-                self.stops.append({**order, "pos": pos, "channel": provider, "address": _address(m.sender),
+            channel, address = suppression_key(provider, m.sender)
+            if is_stop_keyword(m.text) and address:
+                reason = "unsubscribe" if provider == "unsubscribe" else "stop_reply"
+                self.stops.append({**order, "pos": pos, "channel": channel, "address": address, "reason": reason,
                                    "source": inbound_message_id(m), "since": m.occurred_at})
 
 
@@ -194,7 +232,7 @@ FROM (
         FROM _staged_events
         WHERE status = 'failed' AND error_code IN ({', '.join(repr(c) for c in sorted(OPT_OUT_ERROR_CODES))})
         UNION ALL
-        SELECT channel, address, NULL, 'stop_reply', source, since, file_idx, line_no, pos FROM _py_stops
+        SELECT channel, address, NULL, reason, source, since, file_idx, line_no, pos FROM _py_stops
     ) s LEFT JOIN outbox o ON o.message_id = s.message_id
 )
 WHERE address IS NOT NULL
@@ -377,8 +415,24 @@ def ingest_spool(
         finally:  # also after a failure: the pool has finished any batch it was staging
             cur.close()
             con.execute(f"DETACH DATABASE IF EXISTS {stage}")
+    if result.files:
+        link_receipts(con)
     log.info("receipts: ingested %s", result.as_dict())
     return result
+
+
+def link_receipts(con: duckdb.DuckDBPyConnection) -> int:
+    """Names the message of receipts that came without our id (Viber's `message_token`, Messenger's
+    `mid`, Twilio's SID, Alibaba's `BizId:phone`) through the provider id the send recorded."""
+    linked = alibaba_sms_webhooks.resolve_message_ids(con)
+    rows = con.execute(
+        """
+        UPDATE events SET message_id = o.message_id
+        FROM outbox o
+        WHERE events.message_id IS NULL AND o.provider_message_id = events.provider_message_id
+        """
+    ).fetchall()
+    return linked + (rows[0][0] if rows else 0)
 
 
 def current_statuses(con: duckdb.DuckDBPyConnection, campaign_id: str) -> dict[str, int]:
