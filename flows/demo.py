@@ -29,7 +29,7 @@ DEMO_SPECS = {
 }
 
 
-def run_demo(channel: str = "whatsapp", workdir: Path = Path("data/demo")) -> int:
+def run_demo(channel: str = "whatsapp", workdir: Path = Path("data/demo"), reports_dir: Path = Path("reports")) -> int:
     spec_path = ROOT / DEMO_SPECS[channel]
     spec = load_spec(spec_path)
     # A fresh ledger each time: the demo always shows a whole campaign, never a resumed one.
@@ -51,7 +51,7 @@ def run_demo(channel: str = "whatsapp", workdir: Path = Path("data/demo")) -> in
         print(f"{channel} sandbox on {base_url}; webhook receiver on {receiver_url}", flush=True)
         summary = campaign_flow(
             str(local_spec), campaign_id=spec.name, db_path=str(workdir / "campaigns.duckdb"), spool_dir=str(spool),
-            reports_dir="reports", provider_base_url=base_url,
+            reports_dir=str(reports_dir), provider_base_url=base_url,
         )
     print()
     print(format_summary(summary))
