@@ -20,6 +20,7 @@ from pipeline.collect import collect_receipts
 from pipeline.costs import estimate_cost, load_prices
 from pipeline.dispatch import dispatch_campaign
 from pipeline.dispatch_policy import DispatchResult, Guards
+from pipeline.fallback import fallback_leg_id, send_fallback
 from pipeline.locks import campaign_lock
 from pipeline.operations import control_paths
 from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
@@ -129,6 +130,25 @@ def report(campaign_id: str, db_path: Path, out_dir: Path, prepared: Prepared) -
     return {**summary, "report_html": str(files.html), "report_csv": str(files.csv)}
 
 
+@task(name="fallback", cache_policy=NO_CACHE)
+def fallback(
+    spec: CampaignSpec, campaign_id: str, db_path: Path, base_url: str | None, spool_dir: Path, reports_dir: Path
+) -> dict[str, Any]:
+    """The second channel for recipients the first could not reach, then its receipts and report."""
+    leg_spec, leg_id = spec.fallback_leg(), fallback_leg_id(campaign_id)
+    with store.connect(db_path) as con:
+        counts = send_fallback(con, spec, campaign_id, channel_for(leg_spec, base_url=base_url),
+                               reconcile=lambda: ingest_spool(con, spool_dir))
+        if counts["sent"]:
+            collect_receipts(con, spool_dir, leg_id, wait_s=leg_spec.receipts_wait_s)
+        leg = campaign_summary(con, leg_id, rows_read=counts["selected"])
+        files = write_report(con, leg_id, reports_dir / leg_id, summary=leg)
+    get_run_logger().info(
+        "fallback over %s: %d selected, %d sent", leg_spec.channel, counts["selected"], counts["sent"]
+    )
+    return {**leg, "channel": leg_spec.channel, "report_html": str(files.html)}
+
+
 @flow(name="campaign", log_prints=False)
 def campaign_flow(
     spec_path: str,
@@ -137,8 +157,10 @@ def campaign_flow(
     spool_dir: str = "spool",
     reports_dir: str = "reports",
     provider_base_url: str | None = None,
+    fallback_base_url: str | None = None,
 ) -> dict[str, Any]:
-    """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec."""
+    """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec
+    (and, when the spec names one, the fallback leg for recipients the first channel missed)."""
     install_log_masking()  # again: a worker's subprocess may have reconfigured logging since import
     spec = load_spec(spec_path)
     campaign_id = campaign_id or spec.name
@@ -154,6 +176,8 @@ def campaign_flow(
         result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
         receipts(spec, campaign_id, db, Path(spool_dir))
         summary = report(campaign_id, db, out, prepared)
+        if spec.fallback is not None:
+            summary["fallback"] = fallback(spec, campaign_id, db, fallback_base_url, Path(spool_dir), Path(reports_dir))
     if result.stopped_reason:
         create_markdown_artifact(
             f"**Channel stopped:** {result.stopped_reason}", key=artifact_key(campaign_id, "stopped")

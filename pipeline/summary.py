@@ -74,6 +74,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("service fee (USD)", f"{summary['service_fee_usd']:.4f}"),
         ("cost (USD)", f"{summary['cost_usd']:.4f}"),
     ]
+    leg = summary.get("fallback")
+    if leg:
+        rows += [
+            (f"fallback over {leg['channel']}", f"{leg['rows_read']:,}"),
+            ("  sent", f"{leg['sent']:,}"),
+            ("  delivered", f"{leg['delivered']:,}"),
+            ("  failed", f"{leg['failed']:,}"),
+            ("  cost (USD)", f"{leg['cost_usd']:.4f}"),
+            ("both legs (USD)", f"{summary['cost_usd'] + leg['cost_usd']:.4f}"),
+        ]
     width = max(len(label) for label, _ in rows) + 2
     value_width = max(len(value) for _, value in rows)
     lines += [f"  {label:<{width}}{value:>{value_width}}" for label, value in rows]

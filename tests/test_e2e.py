@@ -140,3 +140,44 @@ def test_forged_webhook_is_rejected_and_leaves_no_event(tmp_path, services):
         ids = [r[0] for r in con.execute("SELECT provider_message_id FROM events").fetchall()]
     # Only the genuine copy landed; the forged one left nothing.
     assert ids == ["wamid.forged"]
+
+
+def test_whatsapp_to_sms_fallback_reaches_the_undeliverable_once(tmp_path, harness, monkeypatch):
+    from flows.campaign import campaign_flow
+    from pipeline.sandbox.registry import DEMO_ENV
+    from pipeline.sandbox.twilio import TwilioSandboxConfig, create_twilio_app
+    from pipeline.webhook_routes import add_provider_routes
+
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
+        monkeypatch.setenv(name, DEMO_ENV[name])
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    receiver = create_receiver_app(spool, secrets_from_env())
+    assert "twilio" in add_provider_routes(receiver)
+    with serve_in_thread(receiver) as receiver_url:
+        wa = SandboxConfig(access_token="test-token", app_secret="test-app-secret", seed=11, fail_rate=0.2,
+                           webhook_url=f"{receiver_url}/webhooks/whatsapp", webhook_delay_s=(0.01, 0.05))
+        sms = TwilioSandboxConfig(account_sid=DEMO_ENV["TWILIO_ACCOUNT_SID"], auth_token=DEMO_ENV["TWILIO_AUTH_TOKEN"],
+                                  throughput_per_s=1000, refuse_rate=0, seed=3, webhook_delay_s=(0.01, 0.05))
+        with serve_in_thread(create_app(wa)) as wa_url, serve_in_thread(create_twilio_app(sms)) as sms_url:
+            spec = _spec(tmp_path, 200)
+            data = yaml.safe_load(spec.read_text())
+            data["fallback"] = {"channel": "sms", "sender": "+15005550006", "after_s": 3600,
+                                "provider": {"options": {"status_callback": f"{receiver_url}/webhooks/twilio"}}}
+            spec.write_text(yaml.safe_dump(data))
+            db = tmp_path / "fb.duckdb"
+            summary = campaign_flow(str(spec), db_path=str(db), spool_dir=str(spool),
+                                    reports_dir=str(tmp_path / "reports"), provider_base_url=wa_url,
+                                    fallback_base_url=sms_url)
+            wa_stats = httpx.get(f"{wa_url}/_sandbox/stats").json()
+            sms_stats = httpx.get(f"{sms_url}/_sandbox/stats").json()
+    undeliverable = {m["to"] for m in wa_stats["messages"] if m["error_code"] == 131026}
+    assert undeliverable, "the sandbox should have failed some as 131026"
+    sms_to = [m["to"].lstrip("+") for m in sms_stats["messages"]]
+    # Exactly the 131026 recipients got the SMS, each once; the other failures (opt-outs) did not.
+    assert sorted(sms_to) == sorted(undeliverable) and len(set(sms_to)) == len(sms_to)
+    leg = summary["fallback"]
+    assert leg["channel"] == "sms" and leg["sent"] == len(undeliverable) and leg["delivered"] > 0
+    with store.connect(db) as con:
+        legs = dict(con.execute("SELECT campaign_id, count(*) FROM outbox GROUP BY 1").fetchall())
+    assert legs == {"welcome": summary["sent"], "welcome-fallback": len(undeliverable)}
