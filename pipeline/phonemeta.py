@@ -14,6 +14,11 @@ import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumberType, ValidationResult
 from phonenumbers import phonenumberutil as _util
 
+try:  # the regex parser, for the lengths a pattern can match
+    from re import _parser  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_parse as _parser  # type: ignore[no-redef]
+
 # Length verdicts of phonenumbers' _test_number_length, looked up by length (clipped to this).
 MAX_LENGTH = 32
 TOO_SHORT = ValidationResult.TOO_SHORT
@@ -49,7 +54,7 @@ class Desc:
     """One PhoneNumberDesc: a number matches when its length is possible and the regex matches."""
 
     pattern: str  # anchored, whole match
-    lengths: tuple[int, ...]  # empty: no length check
+    lengths: tuple[int, ...]  # empty: no length check (none given, or none needed)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,11 @@ class RegionMeta:
 def _desc(desc) -> Desc | None:  # noqa: ANN001 - phonenumbers' PhoneNumberDesc
     if desc is None or not desc.national_number_pattern:
         return None
-    return Desc(anchored(desc.national_number_pattern), tuple(desc.possible_length or ()))
+    lengths = tuple(desc.possible_length or ())
+    low, high = _parser.parse(desc.national_number_pattern).getwidth()
+    if lengths and set(range(low, high + 1)) <= set(lengths):
+        lengths = ()  # every match has a possible length already: checking it again changes nothing
+    return Desc(anchored(desc.national_number_pattern), lengths)
 
 
 def _lengths(metadata: PhoneMetadata, kind: int) -> tuple[int, ...]:

@@ -67,15 +67,14 @@ class BlockedPolicy:
     def detail_expr(self, e164: str = "phone_e164", region: str = "region") -> pl.Expr:
         """A String expression: the block detail for each row, null when not blocked."""
         result: pl.Expr = pl.lit(None, dtype=pl.String)
-        # Built from the lowest precedence up, so country entries win over prefixes.
-        for prefix, entry in reversed(self._longest_first()):
-            result = (
-                pl.when(pl.col(e164).str.strip_prefix("+").str.starts_with(prefix))
-                .then(pl.lit(entry.describe(self.channel)))
-                .otherwise(result)
-            )
+        prefixes = self._longest_first()
+        if prefixes:
+            # One regex for every prefix; longest first, so the longest matching entry wins.
+            found = pl.col(e164).str.extract("^\\+(" + "|".join(p for p, _ in prefixes) + ")", 1)
+            details = {p: entry.describe(self.channel) for p, entry in prefixes}
+            result = found.replace_strict(details, default=None, return_dtype=pl.String)
         countries = {code: e.describe(self.channel) for code, e in self.countries.items()}
-        if countries:
+        if countries:  # country entries win over prefixes
             by_country = pl.col(region).replace_strict(countries, default=None, return_dtype=pl.String)
             result = pl.coalesce(by_country, result)
         return result

@@ -1,33 +1,46 @@
-"""The preparation chain (load → validate → suppress → dedupe → render) and its output files:
-accepted.parquet, rejects.parquet and a spreadsheet-safe rejects.csv."""
+"""The preparation chain (load → validate → suppress → frequency cap → dedupe → render → SMS
+segments), batch by batch, and its output files: accepted.parquet, rejects.parquet and a
+spreadsheet-safe rejects.csv. Batches carry the dedupe state, so any batch size gives the same
+output as one pass."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import polars as pl
+import pyarrow.parquet as pq
 
-from pipeline.audience import load_audience
-from pipeline.numbers import validate_numbers
+from pipeline.audience import DEFAULT_BATCH_BYTES, AudienceReader
+from pipeline.consent import DEFAULT_OPT_IN_MAX_AGE
+from pipeline.frequency import DEFAULT_FREQUENCY_WINDOW
+from pipeline.numbers import Carry, drop_duplicates, validate_numbers
 from pipeline.policy import BlockedPolicy, blocked_policy
 from pipeline.records import REJECTS_SCHEMA
+from pipeline.segments import with_segments
 from pipeline.spec import TemplateSpec
 from pipeline.templates import TemplateProblem, check_template, render_messages
 
 # Cells starting with these are formulas to Excel/LibreOffice/Sheets (CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-REJECTS_COLUMNS = [*REJECTS_SCHEMA, "phone"]
+REJECTS_COLUMNS = list(REJECTS_SCHEMA)  # then the row's original columns, as written
 
 
 @dataclass(frozen=True)
 class Prepared:
-    accepted: pl.DataFrame  # row_number, CSV columns, phone_e164, region, number_type[, text, params_json]
-    rejects: pl.DataFrame  # row_number, reason, detail, phone (as written in the CSV)
+    # row_number, CSV columns, phone_e164, region, number_type[, text, params_json, segments, encoding]
+    accepted: pl.DataFrame
+    rejects: pl.DataFrame  # row_number, reason, detail, then the row's CSV columns as written
     rows_read: int
     counts: dict[str, int]  # rejects by reason
+    accepted_rows: int = 0  # = accepted.height, also when the frames were not kept
+    fallback_rows: int = 0  # rows phonenumbers classified itself (inputs the vectorised path leaves to it)
+    paths: dict[str, Path] = field(default_factory=dict)
 
 
 def escape_formulas(frame: pl.DataFrame) -> pl.DataFrame:
@@ -40,6 +53,52 @@ def escape_formulas(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+class _Outputs:
+    """accepted.parquet, rejects.parquet and rejects.csv, appended batch by batch under temporary
+    names and renamed into place only when the whole file was prepared."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.paths = {
+            "accepted": out_dir / "accepted.parquet",
+            "rejects": out_dir / "rejects.parquet",
+            "rejects_csv": out_dir / "rejects.csv",
+        }
+        self._partial = {k: p.with_name(p.name + ".partial") for k, p in self.paths.items()}
+        self._parquet: dict[str, pq.ParquetWriter] = {}
+        self._csv: IO[bytes] | None = None
+
+    def write(self, accepted: pl.DataFrame, rejects: pl.DataFrame) -> None:
+        for key, frame in (("accepted", accepted), ("rejects", rejects)):
+            table = frame.to_arrow()
+            if key not in self._parquet:  # lz4: ≈ 2× faster to write than snappy, about as small
+                self._parquet[key] = pq.ParquetWriter(self._partial[key], table.schema, compression="lz4")
+            self._parquet[key].write_table(table)
+        header = self._csv is None
+        if self._csv is None:
+            self._csv = self._partial["rejects_csv"].open("wb")
+        escape_formulas(rejects).write_csv(self._csv, include_header=header)
+
+    def close(self, *, keep: bool) -> None:
+        for writer in self._parquet.values():
+            writer.close()
+        if self._csv is not None:
+            self._csv.close()
+        for key, partial in self._partial.items():
+            if keep:
+                partial.replace(self.paths[key])
+            else:
+                partial.unlink(missing_ok=True)
+
+
+def _with_originals(rejects: pl.DataFrame, rows: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Rejects in row order, each with its row's values as read (`rows`: the batch, in order)."""
+    rejects = rejects.sort("row_number")
+    first = rows["row_number"][0] if rows.height else 0
+    originals = rows.select(columns).gather(rejects["row_number"] - first)
+    return rejects.select(REJECTS_COLUMNS).hstack(originals)
+
+
 def prepare_audience(
     path: Path | str,
     *,
@@ -49,58 +108,101 @@ def prepare_audience(
     variables: dict[str, str] | None = None,
     policy: BlockedPolicy | None = None,
     suppressed: Iterable[str] = frozenset(),
+    recently_messaged: Iterable[str] = frozenset(),
+    frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW,
+    opt_in_max_age: timedelta | None = DEFAULT_OPT_IN_MAX_AGE,
+    now: datetime | None = None,
     out_dir: Path | str | None = None,
     default_country: str | None = None,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    keep_frames: bool = True,
 ) -> Prepared:
     """Runs every preparation stage over one audience file; raises AudienceError for an unusable
-    file and TemplateProblem for a template that cannot fit this audience."""
-    loaded = load_audience(path)
+    file and TemplateProblem for a template that cannot fit this audience.
+
+    `suppressed` and `recently_messaged` are addresses (any notation) from the suppression
+    table and the outbox (frequency.recently_messaged); `keep_frames=False` keeps only counts
+    in memory (with `out_dir`, for files larger than memory)."""
     variables = dict(variables or {})
-    if template is not None:
-        problems = check_template(template, variables, loaded.frame.columns)
-        if problems:
-            raise TemplateProblem(f"{path}: " + "; ".join(problems))
-    accepted, number_rejects = validate_numbers(
-        loaded.frame,
-        channel=channel,
-        category=category,
-        policy=policy if policy is not None else blocked_policy(channel),
-        suppressed=suppressed,
-        default_country=default_country,
+    policy = policy if policy is not None else blocked_policy(channel)
+    suppressed, recently_messaged = frozenset(suppressed), frozenset(recently_messaged)
+    reader = AudienceReader(path, batch_bytes=batch_bytes)
+    outputs: _Outputs | None = None
+    try:
+        if template is not None:
+            problems = check_template(template, variables, reader.columns)
+            if problems:
+                raise TemplateProblem(f"{path}: " + "; ".join(problems))
+        outputs = _Outputs(Path(out_dir)) if out_dir is not None else None
+        carry = Carry()
+        counts: Counter[str] = Counter()
+        kept: list[tuple[pl.DataFrame, pl.DataFrame]] = []
+        rows_read = accepted_rows = 0
+        for loaded in reader:
+            accepted, number_rejects = validate_numbers(
+                loaded.frame, channel=channel, category=category, policy=policy, suppressed=suppressed,
+                default_country=default_country, recently_messaged=recently_messaged,
+                frequency_window=frequency_window, opt_in_max_age=opt_in_max_age, now=now, carry=carry,
+                dedupe=False,
+            )  # fmt: skip
+            parts = [loaded.rejects, number_rejects]
+            if template is not None:
+                # Rendered before deduplication: a row that cannot be sent does not hide a later one.
+                accepted, render_rejects = render_messages(accepted, template, variables)
+                parts.append(render_rejects)
+            accepted, duplicates = drop_duplicates(accepted, carry)
+            parts.append(duplicates)
+            if template is not None:
+                accepted = with_segments(accepted)
+            # Every row read lands in exactly one of accepted / rejects, with its values as written.
+            rejects = _with_originals(pl.concat(parts), loaded.rows, reader.columns)
+            if accepted.height + rejects.height != loaded.rows_read:
+                raise RuntimeError(  # a stage dropped or duplicated rows: never send on that
+                    f"{path}: {loaded.rows_read} rows read but {accepted.height} accepted + {rejects.height} rejected"
+                )
+            rows_read += loaded.rows_read
+            accepted_rows += accepted.height
+            counts.update(dict(rejects["reason"].value_counts().iter_rows()))
+            if outputs is not None:
+                outputs.write(accepted, rejects)
+            if keep_frames:
+                kept.append((accepted, rejects))
+            elif not kept:  # empty frames of the right schema only
+                kept.append((accepted.clear(), rejects.clear()))
+        if not kept:  # a header-only file
+            accepted, rejects = _empty_outputs(reader.columns, template is not None)
+            kept.append((accepted, rejects))
+            if outputs is not None:
+                outputs.write(accepted, rejects)
+    except BaseException:
+        if outputs is not None:
+            outputs.close(keep=False)
+        reader.close()
+        raise
+    if outputs is not None:
+        outputs.close(keep=True)
+    return Prepared(
+        accepted=pl.concat([a for a, _ in kept]),
+        rejects=pl.concat([r for _, r in kept]),
+        rows_read=rows_read,
+        counts=dict(sorted(counts.items())),
+        accepted_rows=accepted_rows,
+        fallback_rows=carry.fallback_rows,
+        paths=outputs.paths if outputs is not None else {},
     )
-    parts = [loaded.rejects, number_rejects]
-    if template is not None:
-        accepted, render_rejects = render_messages(accepted, template, variables)
-        parts.append(render_rejects)
-
-    # Every row read lands in exactly one of accepted / rejects, with the phone as written.
-    phones = pl.concat([loaded.frame.select("row_number", "phone"), _phone_column(loaded.rejected_rows)])
-    rejects = pl.concat(parts).join(phones, on="row_number", how="left").sort("row_number").select(REJECTS_COLUMNS)
-    counts = dict(sorted(rejects.group_by("reason").len().iter_rows()))
-    if accepted.height + rejects.height != loaded.rows_read:
-        raise RuntimeError(  # a stage dropped or duplicated rows: never send on that
-            f"{path}: {loaded.rows_read} rows read but {accepted.height} accepted + {rejects.height} rejected"
-        )
-    prepared = Prepared(accepted=accepted, rejects=rejects, rows_read=loaded.rows_read, counts=counts)
-    if out_dir is not None:
-        write_outputs(prepared, Path(out_dir))
-    return prepared
 
 
-def _phone_column(rows: pl.DataFrame) -> pl.DataFrame:
-    if rows.is_empty() or "phone" not in rows.columns:
-        return pl.DataFrame(schema={"row_number": pl.Int64, "phone": pl.String})
-    return rows.select(pl.col("row_number").cast(pl.Int64), pl.col("phone").cast(pl.String))
+def _empty_outputs(columns: list[str], rendered: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    text = dict.fromkeys(columns, pl.String)
+    accepted = {"row_number": pl.Int64, **text, "phone_e164": pl.String, "region": pl.String, "number_type": pl.String}
+    if rendered:
+        accepted |= {"text": pl.String, "params_json": pl.String, "segments": pl.Int64, "encoding": pl.String}
+    return pl.DataFrame(schema=accepted), pl.DataFrame(schema={**REJECTS_SCHEMA, **text})
 
 
 def write_outputs(prepared: Prepared, out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "accepted": out_dir / "accepted.parquet",
-        "rejects": out_dir / "rejects.parquet",
-        "rejects_csv": out_dir / "rejects.csv",
-    }
-    prepared.accepted.write_parquet(paths["accepted"])
-    prepared.rejects.write_parquet(paths["rejects"])
-    escape_formulas(prepared.rejects).write_csv(paths["rejects_csv"])
-    return paths
+    """Writes a Prepared's frames (prepare_audience(out_dir=…) writes them as it goes)."""
+    outputs = _Outputs(out_dir)
+    outputs.write(prepared.accepted, prepared.rejects)
+    outputs.close(keep=True)
+    return outputs.paths

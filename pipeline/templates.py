@@ -3,6 +3,7 @@ with a missing value is rejected on its own, and template/column mistakes are ca
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from pipeline.records import REJECTS_SCHEMA, empty_rejects
+from pipeline.render_fast import FastTemplate, NotCompilable
 from pipeline.spec import TemplateSpec
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -100,24 +102,77 @@ def render_messages(
     frame: pl.DataFrame, template: TemplateSpec, variables: dict[str, str]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rendered, rejects): rendered rows gain `text` and `params_json`; a row whose template
-    needs a value it lacks (empty or null cell) is rejected missing_variable, naming it."""
+    needs a value it lacks (empty or null cell) is rejected missing_variable, naming it.
+
+    Templates render_fast can compile are rendered as Polars expressions; the rest, and the odd
+    row the compiled form is unsure about, by Jinja2 per row — with the same bytes either way."""
     problems = check_template(template, variables, frame.columns)
     if problems:
         raise TemplateProblem("; ".join(problems))
     compiled = CompiledTemplate.compile(template)
-    names = list(variables)
-    columns = [variables[n] for n in names]
+    # Values are stripped; an empty or whitespace-only cell is left out of the context, so
+    # StrictUndefined turns it into an error for this row only (while `default` still works).
+    columns = list(dict.fromkeys(variables.values()))
+    cells = frame.select(
+        [pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in columns]
+    ).with_row_index("_i")
+    try:
+        fast: FastTemplate | None = FastTemplate.compile(_ENV, template, variables)
+    except NotCompilable:
+        fast = None
+    if fast is None:
+        out = _render_rows(cells, compiled, template, variables)
+    else:
+        done = fast.render(cells)
+        missing, empty = pl.col("_missing"), pl.col("_empty")
+        ok = missing.is_null() & empty.is_null()
+        out = done.select(
+            text=pl.when(ok).then("text"),
+            params_json=pl.when(ok).then("params_json"),
+            _reason=pl.when(~ok).then(pl.lit("missing_variable")),
+            _detail=pl.when(missing.is_not_null())
+            .then(missing.replace_strict(_missing_details(variables), default=None))
+            .otherwise(empty),
+        )
+        unsure = done["_unsure"]
+        if unsure.any():  # rows the compiled form is unsure about: Jinja2 renders them
+            where = unsure.arg_true()
+            again = _render_rows(cells.filter(unsure), compiled, template, variables)
+            out = out.with_columns(
+                out[c].scatter(where, again[c]) for c in ("text", "params_json", "_reason", "_detail")
+            )
+        out = out.with_row_index("_i")
+    out = frame.hstack(out.drop("_i"))
+    rendered = out.filter(pl.col("_reason").is_null()).drop("_reason", "_detail")
+    failed = out.filter(pl.col("_reason").is_not_null())
+    rejects = (
+        failed.select(
+            pl.col("row_number").cast(pl.Int64),
+            pl.col("_reason").alias("reason"),
+            pl.col("_detail").alias("detail"),
+        )
+        if failed.height
+        else empty_rejects()
+    )
+    return rendered, rejects.cast(REJECTS_SCHEMA)
 
+
+def _missing_details(variables: dict[str, str]) -> dict[str, str]:
+    return {name: _missing_detail(f"'{name}' is undefined", variables) for name in variables}
+
+
+def _render_rows(
+    cells: pl.DataFrame, compiled: CompiledTemplate, template: TemplateSpec, variables: dict[str, str]
+) -> pl.DataFrame:
+    """Jinja2 per row: _i, text, params_json, _reason, _detail."""
+    names = list(variables)
     texts: list[str | None] = []
     params_json: list[str | None] = []
     reasons: list[str | None] = []
     details: list[str | None] = []
-    # Values are stripped; an empty or whitespace-only cell is left out of the context, so
-    # StrictUndefined turns it into an error for this row only (while `default` still works).
-    cells = frame.select([pl.col(c).cast(pl.String).str.strip_chars() for c in dict.fromkeys(columns)])
     position = {c: i for i, c in enumerate(cells.columns)}
     for row in cells.iter_rows():
-        context = {n: row[position[c]] for n, c in zip(names, columns, strict=True) if row[position[c]]}
+        context = {n: row[position[variables[n]]] for n in names if row[position[variables[n]]]}
         reason, detail, text, params = None, None, None, None
         try:
             text, params = compiled.render(context)
@@ -133,25 +188,13 @@ def render_messages(
         details.append(detail)
         texts.append(None if reason else text)
         params_json.append(None if reason else json.dumps(params, ensure_ascii=False))
-
-    out = frame.with_columns(
-        pl.Series("text", texts, dtype=pl.String),
-        pl.Series("params_json", params_json, dtype=pl.String),
-        pl.Series("_reason", reasons, dtype=pl.String),
-        pl.Series("_detail", details, dtype=pl.String),
-    )
-    rendered = out.filter(pl.col("_reason").is_null()).drop("_reason", "_detail")
-    failed = out.filter(pl.col("_reason").is_not_null())
-    rejects = (
-        failed.select(
-            pl.col("row_number").cast(pl.Int64),
-            pl.col("_reason").alias("reason"),
-            pl.col("_detail").alias("detail"),
-        )
-        if failed.height
-        else empty_rejects()
-    )
-    return rendered, rejects.cast(REJECTS_SCHEMA)
+    if any(reasons):
+        gc.collect()  # exceptions caught above may hold this call's frames (and frames) in cycles
+    return pl.DataFrame(
+        {"_i": cells["_i"], "text": texts, "params_json": params_json, "_reason": reasons, "_detail": details},
+        schema={"_i": pl.UInt32, "text": pl.String, "params_json": pl.String, "_reason": pl.String,
+                "_detail": pl.String},
+    )  # fmt: skip
 
 
 def _missing_detail(message: str, variables: dict[str, str]) -> str:

@@ -148,3 +148,71 @@ def test_quoted_fields_with_commas_and_newlines_count_as_one_row(tmp_path: Path)
     assert loaded.frame["row_number"].to_list() == [2, 3, 5]
     assert loaded.frame["city"].to_list() == ["London, UK", "two\nlines", "Leeds"]
     assert loaded.rejects.rows() == [(4, "bad_row", "row has 2 field(s), the header has 3")]
+
+
+def test_batches_of_any_size_give_the_same_rows(tmp_path: Path) -> None:
+    content = (
+        "phone,opt_in,city\n"
+        '+447911123456,yes,"London, UK"\n'
+        '+447911123457,yes,"two\nlines\nhere"\n'
+        "\n"
+        "+447911123458,yes\n"
+        ",yes,Leeds\n"
+        + "".join(f"+4479111234{i:02d},no,Town {i}\r\n" for i in range(60))
+        + '+447911123459,y,"ends ""quoted"""'
+    )
+    path = write(tmp_path, content)
+    whole = load_audience(path)
+    for size in (1, 7, 64, 300):
+        batched = load_audience(path, batch_bytes=size)
+        assert batched.frame.equals(whole.frame), size
+        assert batched.rejects.equals(whole.rejects), size
+        assert batched.rejected_rows.equals(whole.rejected_rows), size
+        assert batched.rows_read == whole.rows_read == 66
+    assert whole.frame.filter(pl.col("row_number") == 3)["city"].item() == "two\nlines\nhere"
+    assert whole.frame["city"].to_list()[-1] == 'ends "quoted"'
+    assert dict(whole.rejects.select("row_number", "reason").iter_rows()) == {4: "bad_row", 5: "bad_row", 6: "bad_row"}
+
+
+def test_non_utf8_line_is_named_in_any_batch(tmp_path: Path) -> None:
+    lines = ["phone,opt_in,name"] + [f"+4479111234{i:02d},yes,Ann" for i in range(40)] + ["+447911123499,yes,Jos\xe9"]
+    path = write(tmp_path, ("\n".join(lines) + "\n").encode("latin-1"))
+    for size in (16, 1 << 20):
+        with pytest.raises(AudienceError, match=r"line 42 is not valid UTF-8 \(byte 0xE9 at column 22\)"):
+            load_audience(path, batch_bytes=size)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("phone\topt_in\n+447911123456\tyes\n", "separator"),  # tab-separated
+        ("+447911123456,yes\n+447911123457,no\n", "header row"),  # no header
+        ("phone,opt_in\n", None),  # header only: no rows, no error
+    ],
+)
+def test_hostile_files(tmp_path: Path, content: str, message: str | None) -> None:
+    path = write(tmp_path, content)
+    if message is None:
+        assert load_audience(path).rows_read == 0
+        return
+    with pytest.raises(AudienceError, match=message):
+        load_audience(path)
+
+
+def test_a_quote_in_mid_field_is_counted_like_the_csv_module(tmp_path: Path) -> None:
+    # 5'11" written in a field: quotes are only special at the start of a field.
+    path = write(tmp_path, 'phone,opt_in,note\n+447911123456,yes,"5\'11"""\n+447911123457,yes,x,extra\n')
+    loaded = load_audience(path)
+    assert loaded.frame["note"].to_list() == ["5'11\""]
+    assert loaded.rejects.rows() == [(3, "bad_row", "row has 4 field(s), the header has 3")]
+
+
+def test_reader_gives_the_columns_before_reading_rows(tmp_path: Path) -> None:
+    from pipeline.audience import AudienceReader
+
+    path = write(tmp_path, "phone,opt_in,first_name\n" + "+447911123456,yes,Ann\n" * 50)
+    with AudienceReader(path, batch_bytes=64) as reader:
+        assert reader.columns == ["phone", "opt_in", "first_name"]
+        batches = list(reader)
+    assert len(batches) > 5
+    assert [b.frame["row_number"].min() for b in batches][:2] == [2, 2 + batches[0].rows_read]

@@ -4,6 +4,7 @@ phonenumbers called directly."""
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import phonenumbers
@@ -215,7 +216,7 @@ def test_missing_opt_in_column_is_an_error() -> None:
         run(audience([(GB_MOBILE,)], ("phone",)))
 
 
-def test_phonenumbers_is_called_once_per_unique_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_phonenumbers_is_called_only_for_unusual_inputs_once_per_unique_pair(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, str]] = []
     real = numbers.classify_number
 
@@ -224,10 +225,16 @@ def test_phonenumbers_is_called_once_per_unique_pair(monkeypatch: pytest.MonkeyP
         return real(phone, country)
 
     monkeypatch.setattr(numbers, "classify_number", counting)
+    # Plain numbers take the vectorised path: phonenumbers is not called at all.
     rows = [(f"+4474001234{i % 10:02d}", "GB" if i % 2 else "", "yes") for i in range(1000)]
     accepted, rejects = run(audience(rows))
-    assert len(calls) == len(set(calls)) == 10  # 10 numbers, each always with the same country
+    assert calls == []
     assert accepted.height == 10 and rejects.height == 990
+    # Letters (a vanity number, an extension) are phonenumbers' own business, once per unique pair.
+    rows = [(f"+44 7400 1234{i % 5:02d} ext. 7", "GB", "yes") for i in range(100)]
+    accepted, rejects = run(audience(rows))
+    assert len(calls) == len(set(calls)) == 5
+    assert accepted["phone_e164"].to_list() == [f"+4474001234{i:02d}" for i in range(5)]
 
 
 def _sample_numbers(count: int) -> list[tuple[str, str]]:
@@ -296,3 +303,13 @@ def test_policy_file_rows_and_errors(tmp_path: Path) -> None:
         load_policy_file(bad)
     with pytest.raises(PolicyError, match="alpha-2"):
         blocked_policy("whatsapp", ["Iran"])
+
+
+def test_policy_file_entries_are_dated_and_sourced() -> None:
+    policies = load_policy_file()
+    assert {"whatsapp", "chatapp"} <= set(policies)
+    for entries in policies.values():
+        for entry in entries:
+            assert entry.source and re.fullmatch(r"\d{4}-\d{2}-\d{2}", entry.date), entry
+    assert not blocked_policy("sms").entries  # a channel the file does not name blocks nothing
+    assert blocked_policy("whatsapp").reason("+380621234567", "UA") is not None
