@@ -21,6 +21,7 @@ from pipeline.costs import estimate_cost, load_prices
 from pipeline.dispatch import dispatch_campaign
 from pipeline.dispatch_policy import DispatchResult, Guards
 from pipeline.fallback import fallback_leg_id, send_fallback
+from pipeline.frequency import recently_messaged
 from pipeline.locks import campaign_lock
 from pipeline.operations import control_paths
 from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
@@ -38,9 +39,11 @@ install_log_masking()
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare(spec: CampaignSpec, db_path: Path, out_dir: Path) -> Prepared:
+def prepare(spec: CampaignSpec, campaign_id: str, db_path: Path, out_dir: Path) -> Prepared:
     with store.connect(db_path) as con:
         suppressed = store.suppressed_addresses(con, spec.channel)
+        # The campaign's own sends don't count: a resumed campaign must not cap itself.
+        capped = recently_messaged(con, spec.channel, exclude_campaign=campaign_id)
         last_inbound = last_inbound_times(con, spec.channel) if uses_ids(spec.channel) else {}
     if uses_ids(spec.channel):  # PSIDs, Viber ids, e-mail addresses
         return prepare_ids(
@@ -51,7 +54,7 @@ def prepare(spec: CampaignSpec, db_path: Path, out_dir: Path) -> Prepared:
     return prepare_audience(
         spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
-        suppressed=suppressed, out_dir=out_dir,
+        suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
     )
 
 
@@ -168,7 +171,7 @@ def campaign_flow(
     # One run per campaign: a second one refuses here, naming the running one, before it touches the
     # ledger or the report folder (pipeline/locks.py; a crash releases the lock).
     with campaign_lock(db, campaign_id, flow_run_id=flow_run.id, flow_run_name=flow_run.name):
-        prepared = prepare(spec, db, out)
+        prepared = prepare(spec, campaign_id, db, out)
         publish_rejects(campaign_id, prepared)
         queued = queue(spec, campaign_id, prepared, db, provider_base_url)
         get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)

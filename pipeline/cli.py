@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -42,33 +41,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
     _prefect_env()
     return run_demo(channel=args.channel, workdir=args.workdir)
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from pipeline.policy import blocked_policy
-    from pipeline.prepare import prepare_audience
-
-    template = variables = None
-    channel, category = args.channel, args.category
-    path = Path(args.source)
-    if path.suffix in (".yaml", ".yml"):
-        spec = load_spec(path)
-        path, channel, category = spec.audience, spec.channel, spec.template.category
-        template, variables = spec.template, spec.variables
-    prepared = prepare_audience(
-        path, channel=channel, category=category, template=template, variables=variables,
-        policy=blocked_policy(channel, None), out_dir=Path(args.out),
-    )
-    counts = {"rows": prepared.rows_read, "accepted": prepared.accepted.height, **prepared.counts}
-    if args.json:
-        print(json.dumps(counts))
-    else:
-        print(f"{prepared.rows_read:,} rows read, {prepared.accepted.height:,} accepted, "
-              f"{prepared.rejects.height:,} rejected")
-        for reason, n in sorted(prepared.counts.items(), key=lambda kv: -kv[1]):
-            print(f"  {reason:<18}{n:>10,}")
-        print(f"wrote {args.out}/accepted.parquet, rejects.csv, rejects.parquet")
-    return 0
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
@@ -140,13 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("data/demo"), help="recreated on every demo run")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("prepare", help="load, validate, dedupe and render an audience without sending")
-    p.add_argument("source", help="AUDIENCE.csv or SPEC.yaml")
-    p.add_argument("--channel", default="whatsapp")
-    p.add_argument("--category", default="marketing", choices=["marketing", "utility", "authentication", "service"])
-    p.add_argument("--out", default="prepared")
-    p.add_argument("--json", action="store_true", help="last line: one JSON object with the counts")
-    p.set_defaults(func=cmd_prepare)
+    from pipeline.cli_prepare import add_prepare_command
+
+    add_prepare_command(sub)
 
     from pipeline.cli_ops import add_ops_commands
 
