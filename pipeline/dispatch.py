@@ -234,7 +234,10 @@ class _Dispatch:
                 # The claim outlasted the slot: sending now would bunch up with the sends behind
                 # it and overshoot the rate, so take the next free slot instead.
                 await lane.limiter.acquire()
+                slot_at = time.monotonic()
             session = await lane.sessions.get()  # the concurrency cap: one session per request in flight
+            if time.monotonic() - slot_at > LATE_S:
+                await lane.limiter.acquire()  # the same, when every session was busy for a while
             try:
                 await self._send(lane, session, batch)
             finally:
