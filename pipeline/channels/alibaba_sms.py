@@ -15,7 +15,7 @@ import httpx
 
 from pipeline.channels.alibaba_rpc import encode_form, signed_params
 from pipeline.channels.alibaba_sms_webhooks import provider_message_id
-from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome
+from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, retry_after_s
 from pipeline.sms_segments import count_segments
 from pipeline.spec import CampaignSpec, SpecError
 
@@ -138,7 +138,7 @@ class AlibabaSmsChannel(HttpChannel):
 
     def classify_response(self, status_code: int, body: bytes, headers: Any) -> SendOutcome:
         """One verdict for the whole call; a sent verdict carries the call's BizId."""
-        retry_after = _retry_after(headers)
+        retry_after = retry_after_s(headers)
         try:
             data = json.loads(body)
         except ValueError:
@@ -167,13 +167,6 @@ class AlibabaSmsChannel(HttpChannel):
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def from_spec(spec: CampaignSpec, base_url: str | None = None, sender: str | None = None) -> AlibabaSmsChannel:

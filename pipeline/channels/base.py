@@ -73,6 +73,15 @@ class Channel(Protocol):
         ...
 
 
+def retry_after_s(headers: Any) -> float | None:
+    """The provider's Retry-After in seconds, when it sent a readable one."""
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 class HttpChannel:
     """Base for providers with one HTTP request per message: subclasses build and classify."""
 

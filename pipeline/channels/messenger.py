@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest
+from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
 from pipeline.spec import CampaignSpec, SpecError
 
 # Outside the window only these tags may be sent, and only for non-promotional content.
@@ -94,7 +94,7 @@ class MessengerChannel(HttpChannel):
         else:
             kind = "permanent"  # 551 unavailable, 100 invalid parameter / no matching user, ...
         return SendOutcome(kind=kind, error_code=error_code, error_detail=detail,
-                           retry_after_s=_retry_after(headers), throttled=code in THROTTLE_CODES)
+                           retry_after_s=retry_after_s(headers), throttled=code in THROTTLE_CODES)
 
 
 class InstagramChannel(MessengerChannel):
@@ -105,13 +105,6 @@ class InstagramChannel(MessengerChannel):
     max_text = 1000
     message_tags = frozenset({"HUMAN_AGENT"})  # the only tag Instagram messaging accepts
 
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("retry-after") if headers is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _build(cls: type[MessengerChannel], spec: CampaignSpec, base_url: str | None) -> MessengerChannel:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest
+from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
 from pipeline.channels.twilio_webhooks import CORRELATION_PARAM
 from pipeline.sms_segments import count_segments
 from pipeline.spec import CampaignSpec, SpecError
@@ -83,7 +83,7 @@ class TwilioSmsChannel(HttpChannel):
         return SendRequest(url=self.url, headers=self._headers, content=urlencode(payload).encode("ascii"))
 
     def classify_response(self, status_code: int, body: bytes, headers: Any) -> SendOutcome:
-        retry_after = _retry_after(headers)
+        retry_after = retry_after_s(headers)
         try:
             data = json.loads(body)
         except ValueError:
@@ -118,13 +118,6 @@ def callback_url(base: str, message_id: str) -> str:
     query.append((CORRELATION_PARAM, message_id))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _options(spec: CampaignSpec) -> tuple[dict[str, str], str | None]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest
+from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
 
 # Meta's error codes by what the dispatcher should do about them (PROVIDERS.md §1.5).
 THROTTLE_CODES = frozenset({4, 80007, 130429})
@@ -94,7 +94,7 @@ class WhatsAppChannel(HttpChannel):
         return SendRequest(url=self.url, headers=self._headers, content=payload_json.encode())
 
     def classify_response(self, status_code: int, body: bytes, headers: Any) -> SendOutcome:
-        retry_after = _retry_after(headers)
+        retry_after = retry_after_s(headers)
         try:
             data = json.loads(body)
         except ValueError:
@@ -130,10 +130,3 @@ class WhatsAppChannel(HttpChannel):
         return SendOutcome(kind=kind, error_code=str(code), error_detail=detail,
                            retry_after_s=retry_after, throttled=code in THROTTLE_CODES)
 
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
