@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PREFECT_UI_PORT ?= 4200
 PREFECT_LOCAL   := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_UI_PORT)/api
 
-.PHONY: install browser demo test ui serve worker lint bench clean
+.PHONY: install browser demo test ui serve worker upload lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ worker: install
 	$(PREFECT_LOCAL) $(BIN)/python -m flows.serve --setup
 	PWD=$(CURDIR) $(PREFECT_LOCAL) $(BIN)/prefect --no-prompt deploy --all
 	$(PREFECT_LOCAL) $(BIN)/prefect worker start --pool local-process
+
+# The webhook receiver with the upload page on 127.0.0.1:8802/upload (needs UPLOAD_TOKEN), against `make ui`.
+upload: install
+	$(PREFECT_LOCAL) $(BIN)/campaign upload-server
 
 clean:
 	rm -rf data/demo reports/*/ spool prepared

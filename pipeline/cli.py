@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cost_commands(sub)
 
+    from pipeline.cli_upload import add_upload_command
+
+    add_upload_command(sub)
+
     p = sub.add_parser("sandbox", help="serve the WhatsApp Cloud API sandbox on loopback")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8801)

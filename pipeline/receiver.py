@@ -206,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"receiver: set {', '.join(missing)} in the environment", file=sys.stderr)
         return 2
     app = create_receiver_app(args.spool_dir, secrets, rotate_after_s=args.rotate_after_s)
+    from pipeline.upload import install_from_env  # only here: the hot path never needs it
+
+    if install_from_env(app) is not None:
+        log.info("upload page on http://%s:%d/upload (UPLOAD_TOKEN set)", args.host, args.port)
     log.info("receiver on %s:%d, spooling to %s", args.host, args.port, args.spool_dir)
     uvicorn.Server(server_config(app, args.host, args.port)).run()
     return 0
