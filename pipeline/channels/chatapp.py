@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from pipeline.channels.acs3 import percent_encode, sign_request
-from pipeline.channels.base import Outgoing, SendOutcome
+from pipeline.channels.base import Outgoing, SendOutcome, http_session
 from pipeline.spec import CampaignSpec, SpecError
 
 API_VERSION = "2020-06-06"
@@ -133,8 +133,7 @@ class ChatAppChannel:
     def open_session(
         self, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
     ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s), transport=transport)
+        return http_session(timeout_s, transport)
 
     async def send(self, session: httpx.AsyncClient, payloads: list[str]) -> list[SendOutcome]:
         """One outcome per payload, in order: single sends one by one, same-shaped batches as mass sends."""
