@@ -145,56 +145,59 @@ class Ledger:
         return [r[0] for r in rows]
 
     def commit(self, claims: list[int], outcomes: list[Outcome]) -> None:
-        """One group commit: the claims (queued -> sending) and the outcomes gathered since the last."""
+        """One group commit: the claims (queued -> sending) and the outcomes gathered since the last.
+
+        One UPDATE and one INSERT whatever the mix: each statement costs DuckDB ~1 ms to plan and
+        run however few rows it touches, and at 1,000+ messages/s the ledger's commits share two
+        cores with the event loop and the provider."""
+        if not claims and not outcomes:
+            return
         now = datetime.now(UTC)
+        seqs = [*claims, *(o.seq for o in outcomes)]
+        states = [*(["sending"] * len(claims)), *(o.state for o in outcomes)]
+        codes = [*([None] * len(claims)), *(o.error_code for o in outcomes)]
         self.con.execute("BEGIN")
         try:
-            if claims:
-                # `seq` grows in insertion order: the range lets DuckDB's zone maps skip most rows.
-                self.con.execute(
-                    """
-                    UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?
-                    WHERE campaign_id = ? AND state = 'queued' AND seq BETWEEN ? AND ? AND list_contains(?, seq)
-                    """,
-                    [now, self.campaign_id, min(claims), max(claims), claims],
-                )
-                self.con.execute(
-                    "INSERT INTO outbox_transitions SELECT ?, unnest(?), 'sending', NULL, ?",
-                    [self.campaign_id, claims, now],
-                )
-            if outcomes:
-                self._record(outcomes, now)
-                self.con.execute(
-                    "INSERT INTO outbox_transitions SELECT ?, unnest(?), unnest(?), unnest(?), ?",
-                    [self.campaign_id, [o.seq for o in outcomes], [o.state for o in outcomes],
-                     [o.error_code for o in outcomes], now],
-                )
+            self.con.execute(
+                """
+                UPDATE outbox SET
+                    state = o.state,
+                    attempts = CASE WHEN o.claim THEN outbox.attempts + 1 ELSE o.attempts END,
+                    provider_message_id = coalesce(o.pid, outbox.provider_message_id),
+                    error_code = CASE WHEN o.claim THEN outbox.error_code ELSE o.code END,
+                    error_detail = CASE WHEN o.claim THEN outbox.error_detail ELSE o.detail END,
+                    sent_at = coalesce(o.sent_at, outbox.sent_at),
+                    not_before = CASE WHEN o.claim THEN outbox.not_before ELSE o.not_before END,
+                    retryable = CASE WHEN o.claim THEN outbox.retryable ELSE o.retryable END,
+                    updated_at = ?
+                FROM (SELECT unnest(?) AS seq, unnest(?) AS state, unnest(?::BOOLEAN[]) AS claim,
+                             unnest(?) AS pid, unnest(?) AS code, unnest(?) AS detail,
+                             unnest(?::TIMESTAMPTZ[]) AS sent_at, unnest(?::INTEGER[]) AS attempts,
+                             unnest(?::TIMESTAMPTZ[]) AS not_before, unnest(?::BOOLEAN[]) AS retryable) AS o
+                WHERE outbox.campaign_id = ? AND outbox.seq = o.seq AND outbox.seq BETWEEN ? AND ?
+                  AND (NOT o.claim OR outbox.state = 'queued')  -- a claim takes only what is still queued
+                """,
+                [now, seqs, states, [True] * len(claims) + [False] * len(outcomes),
+                 *self._columns(len(claims), outcomes), self.campaign_id, min(seqs), max(seqs)],
+            )
+            self.con.execute(
+                "INSERT INTO outbox_transitions SELECT ?, unnest(?), unnest(?), unnest(?::VARCHAR[]), ?",
+                [self.campaign_id, seqs, states, codes, now],
+            )
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
 
-    def _record(self, outcomes: list[Outcome], now: datetime) -> None:
-        columns = list(zip(*(
-            (o.seq, o.state, o.provider_message_id, o.error_code, o.error_detail, o.sent_at, o.attempts,
-             o.not_before, o.retryable)
-            for o in outcomes
-        ), strict=True))
-        seqs = list(columns[0])
-        self.con.execute(
-            """
-            UPDATE outbox SET state = o.state,
-                   provider_message_id = coalesce(o.pid, outbox.provider_message_id),
-                   error_code = o.code, error_detail = o.detail,
-                   sent_at = coalesce(o.sent_at, outbox.sent_at), attempts = o.attempts,
-                   not_before = o.not_before, retryable = o.retryable, updated_at = ?
-            FROM (SELECT unnest(?) AS seq, unnest(?) AS state, unnest(?) AS pid, unnest(?) AS code,
-                         unnest(?) AS detail, unnest(?::TIMESTAMPTZ[]) AS sent_at, unnest(?) AS attempts,
-                         unnest(?::TIMESTAMPTZ[]) AS not_before, unnest(?::BOOLEAN[]) AS retryable) AS o
-            WHERE outbox.campaign_id = ? AND outbox.seq = o.seq AND outbox.seq BETWEEN ? AND ?
-            """,
-            [now, *[list(c) for c in columns], self.campaign_id, min(seqs), max(seqs)],
-        )
+    @staticmethod
+    def _columns(claims: int, outcomes: list[Outcome]) -> list[list[object]]:
+        """The outcome columns of the commit's UPDATE, with nulls in the claims' places."""
+        pad: list[object] = [None] * claims
+        return [
+            [*pad, *(getattr(o, name) for o in outcomes)]
+            for name in ("provider_message_id", "error_code", "error_detail", "sent_at", "attempts", "not_before",
+                         "retryable")
+        ]
 
     def counts(self) -> dict[str, int]:
         rows = self.con.execute(
