@@ -3,12 +3,20 @@
 Each send takes the next free slot (`next += 1/rate`), so the long-run rate is exact and no
 1-second window runs ahead of it; a token bucket with capacity = rate sends 2x in its first
 second (MEASUREMENTS.md). Throttling answers halve the rate; quiet seconds restore it.
+
+A slot its send reached too late to use (the event loop or the ledger held it up) is forfeited
+rather than used late, which would bunch sends; the time it stood for is made up over the next
+slots, spaced at most CATCH_UP faster than the rate, so the long-run rate stays on target and
+no 1-second window exceeds it by more than CATCH_UP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+CATCH_UP = 0.02
+MAX_OWED_S = 0.5  # after a long stall, not more than this is made up
 
 
 class SlotLimiter:
@@ -22,14 +30,24 @@ class SlotLimiter:
         self._burst_s = (burst - 1) / max_per_second
         self._next = time.monotonic()
         self._last_throttle = 0.0
+        self._owed_s = 0.0  # forfeited slot time still to make up
         self.throttles = 0
 
     def reserve(self) -> float:
         """Takes the next free slot; returns the seconds until it (0 when it is already due)."""
         now = time.monotonic()
         slot = max(self._next, now - self._burst_s)
-        self._next = slot + 1.0 / self.per_second
+        step = 1.0 / self.per_second
+        if self._owed_s > 0:
+            fast = step / (1.0 + CATCH_UP)
+            self._owed_s -= step - fast
+            step = fast
+        self._next = slot + step
         return max(0.0, slot - now)
+
+    def forfeit(self) -> None:
+        """A reserved slot went unused: make its time up over the following slots."""
+        self._owed_s = min(MAX_OWED_S, self._owed_s + 1.0 / self.per_second)
 
     async def acquire(self) -> None:
         delay = self.reserve()
@@ -40,6 +58,7 @@ class SlotLimiter:
         """The provider said 'too fast': halve the rate (at most once per 0.5 s) and pause."""
         now = time.monotonic()
         self.throttles += 1
+        self._owed_s = 0.0  # the provider wants less, not a catch-up
         if now - self._last_throttle > 0.5:
             self.per_second = max(self.min_per_second, self.per_second / 2)
             self._last_throttle = now
