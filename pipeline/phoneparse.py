@@ -91,15 +91,20 @@ def _strip_national_prefix(column: pl.Expr, m: RegionMeta) -> pl.Expr:
 
 
 @cache
-def calling_code(name: str) -> pl.Expr:
-    """_extract_country_code: the shortest leading 1-3 digits that are a known calling code."""
-    column = pl.col(name)
+def _code_of_head() -> dict[str, str]:
+    """Every string of 1-3 digits -> the shortest known calling code it starts with."""
     codes = {str(code) for code in metadata().by_code}
-    found = pl.lit(None, dtype=pl.String)
-    for size in (3, 2, 1):
-        head = column.str.slice(0, size)
-        found = pl.when(head.is_in(sorted(c for c in codes if len(c) == size))).then(head).otherwise(found)
-    return found
+    heads = (f"{n:0{size}d}" for size in (1, 2, 3) for n in range(10**size))
+    found = {head: next((head[:k] for k in (1, 2, 3) if head[:k] in codes), None) for head in heads}
+    return {head: code for head, code in found.items() if code is not None}
+
+
+@cache
+def calling_code(name: str) -> pl.Expr:
+    """_extract_country_code: the shortest leading 1-3 digits that are a known calling code (one
+    lookup of the first three digits: cheaper than testing each length)."""
+    head = pl.col(name).str.slice(0, 3)
+    return head.replace_strict(_code_of_head(), default=None, return_dtype=pl.String)
 
 
 @cache
