@@ -230,51 +230,61 @@ class AudienceReader:
             self.close()
 
     def _batch(self, block: bytes, first_row: int, first_line: int) -> Loaded:
-        names = self.columns
-        try:
-            frame = pl.read_csv(
-                self._header_bytes + block, has_header=True, new_columns=names, infer_schema=False,
-                truncate_ragged_lines=True,  # ragged rows are counted below and rejected one by one
-                raise_if_empty=False,
-            )  # fmt: skip
-        except pl.exceptions.PolarsError as exc:  # Polars checks UTF-8 too; we name the line
-            problem = _csv_problem(_decode(self.path, block, first_line), str(exc), first_line)
-            raise AudienceError(f"{self.path}: not a readable CSV file: {problem}") from None
-        if frame.width != len(names):
-            raise AudienceError(f"{self.path}: expected {len(names)} columns, the CSV reader found {frame.width}")
-        counts = _field_counts(block)
-        if len(counts) != frame.height:
-            # Quotes in mid-field ("5'11"") defeat the vectorised count: ask the csv module.
-            text = io.StringIO(block.decode("utf-8"), newline="")
-            counts = pl.Series([len(r) for r in csv.reader(text)], dtype=pl.Int64)
-        if len(counts) != frame.height:
-            raise AudienceError(
-                f"{self.path}: malformed CSV after line {first_line - 1} (found {len(counts)} records but read "
-                f"{frame.height} rows); check for unbalanced quotes"
-            )
-        frame = frame.with_columns(
-            pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias("row_number"),
-            counts.alias("_fields"),
-        ).select("row_number", *names, "_fields")
-        # First matching problem wins: a blank line, a ragged row, then an empty phone.
-        width = len(names)
-        problem = (
-            pl.when(pl.col("_fields") == 0)
-            .then(pl.lit("row is empty"))
-            .when(pl.col("_fields") != width)
-            .then(pl.format("row has {} field(s), the header has " + str(width), pl.col("_fields")))
+        header = self._header_bytes
+        return read_block(self.path, self.columns, header, block, first_row=first_row, first_line=first_line)
+
+
+def read_block(
+    path: Path, columns: Sequence[str], header: bytes, block: bytes, *, first_row: int, first_line: int
+) -> Loaded:
+    """The records of `block` (whole records of `path`, cut where _blocks cuts), rows numbered
+    from `first_row`; `header` is the file's header line (it fixes the number of columns) and
+    `first_line` the block's first line in the file, for error messages."""
+    names = list(columns)
+    try:
+        frame = pl.read_csv(
+            header + block, has_header=True, new_columns=names, infer_schema=False,
+            truncate_ragged_lines=True,  # ragged rows are counted below and rejected one by one
+            raise_if_empty=False,
+        )  # fmt: skip
+    except pl.exceptions.PolarsError as exc:  # Polars checks UTF-8 too; we name the line
+        problem = _csv_problem(_decode(path, block, first_line), str(exc), first_line)
+        raise AudienceError(f"{path}: not a readable CSV file: {problem}") from None
+    if frame.width != len(names):
+        raise AudienceError(f"{path}: expected {len(names)} columns, the CSV reader found {frame.width}")
+    counts = _field_counts(block)
+    if len(counts) != frame.height:
+        # Quotes in mid-field ("5'11"") defeat the vectorised count: ask the csv module.
+        text = io.StringIO(block.decode("utf-8"), newline="")
+        counts = pl.Series([len(r) for r in csv.reader(text)], dtype=pl.Int64)
+    if len(counts) != frame.height:
+        raise AudienceError(
+            f"{path}: malformed CSV after line {first_line - 1} (found {len(counts)} records but read "
+            f"{frame.height} rows); check for unbalanced quotes"
         )
-        if "phone" in names:
-            problem = problem.when(pl.col("phone").str.strip_chars().fill_null("") == "").then(pl.lit("phone is empty"))
-        frame = frame.with_columns(problem.otherwise(None).alias("_problem")).drop("_fields")
-        bad = frame.filter(pl.col("_problem").is_not_null())
-        return Loaded(
-            frame=frame.filter(pl.col("_problem").is_null()).drop("_problem"),
-            rejects=make_rejects(bad, "bad_row", pl.col("_problem")) if bad.height else empty_rejects(),
-            rows_read=frame.height,
-            rejected_rows=bad.drop("_problem"),
-            rows=frame.drop("_problem"),
-        )
+    frame = frame.with_columns(
+        pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64).alias("row_number"),
+        counts.alias("_fields"),
+    ).select("row_number", *names, "_fields")
+    # First matching problem wins: a blank line, a ragged row, then an empty phone.
+    width = len(names)
+    problem = (
+        pl.when(pl.col("_fields") == 0)
+        .then(pl.lit("row is empty"))
+        .when(pl.col("_fields") != width)
+        .then(pl.format("row has {} field(s), the header has " + str(width), pl.col("_fields")))
+    )
+    if "phone" in names:
+        problem = problem.when(pl.col("phone").str.strip_chars().fill_null("") == "").then(pl.lit("phone is empty"))
+    frame = frame.with_columns(problem.otherwise(None).alias("_problem")).drop("_fields")
+    bad = frame.filter(pl.col("_problem").is_not_null())
+    return Loaded(
+        frame=frame.filter(pl.col("_problem").is_null()).drop("_problem"),
+        rejects=make_rejects(bad, "bad_row", pl.col("_problem")) if bad.height else empty_rejects(),
+        rows_read=frame.height,
+        rejected_rows=bad.drop("_problem"),
+        rows=frame.drop("_problem"),
+    )
 
 
 def load_audience(

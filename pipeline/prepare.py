@@ -16,7 +16,7 @@ from typing import IO
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.audience import DEFAULT_BATCH_BYTES, AudienceReader
+from pipeline.audience import DEFAULT_BATCH_BYTES, AudienceReader, Loaded
 from pipeline.consent import DEFAULT_OPT_IN_MAX_AGE
 from pipeline.frequency import DEFAULT_FREQUENCY_WINDOW
 from pipeline.numbers import Carry, drop_duplicates, validate_numbers
@@ -99,6 +99,115 @@ def _with_originals(rejects: pl.DataFrame, rows: pl.DataFrame, columns: list[str
     return rejects.select(REJECTS_COLUMNS).hstack(originals)
 
 
+@dataclass(frozen=True)
+class Stages:
+    """The checks and rendering every batch goes through, with their settings. Plain data, so a
+    chunk worker in another process gets its own copy (pipeline/prepare_chunks.py)."""
+
+    channel: str
+    category: str
+    template: TemplateSpec | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    policy: BlockedPolicy | None = None
+    suppressed: frozenset[str] = frozenset()
+    recently_messaged: frozenset[str] = frozenset()
+    frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW
+    opt_in_max_age: timedelta | None = DEFAULT_OPT_IN_MAX_AGE
+    now: datetime | None = None
+    default_country: str | None = None
+
+    def check_template(self, path: Path | str, columns: list[str]) -> None:
+        """Raises TemplateProblem when the template cannot fit this audience, before any row is read."""
+        if self.template is not None:
+            problems = check_template(self.template, self.variables, columns)
+            if problems:
+                raise TemplateProblem(f"{path}: " + "; ".join(problems))
+
+    def candidates(self, loaded: Loaded, columns: list[str], carry: Carry) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(the rows sendable but for duplicates, rendered and with their SMS segments; the batch's
+        other rejects in row order, with their values as written). Row by row, so any split of
+        a file into batches gives the same rows; only drop_repeats needs what came before."""
+        accepted, number_rejects = validate_numbers(
+            loaded.frame, channel=self.channel, category=self.category, policy=self.policy,
+            suppressed=self.suppressed, default_country=self.default_country,
+            recently_messaged=self.recently_messaged, frequency_window=self.frequency_window,
+            opt_in_max_age=self.opt_in_max_age, now=self.now, carry=carry, dedupe=False,
+        )  # fmt: skip
+        parts = [loaded.rejects, number_rejects]
+        if self.template is not None:
+            # Rendered before deduplication: a row that cannot be sent does not hide a later one.
+            accepted, render_rejects = render_messages(accepted, self.template, self.variables)
+            parts.append(render_rejects)
+            accepted = with_segments(accepted)
+        return accepted, _with_originals(pl.concat(parts), loaded.rows, columns)
+
+
+def drop_repeats(
+    candidates: pl.DataFrame, rejects: pl.DataFrame, columns: list[str], carry: Carry
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(accepted, rejects): candidates whose number an earlier row had (in this batch or one
+    `carry` has seen) join the rejects as duplicates, in row order with their values as written."""
+    accepted, duplicates = drop_duplicates(candidates, carry)
+    if duplicates.height == 0:
+        return accepted, rejects
+    # Same order on both sides: drop_duplicates keeps the candidates' order.
+    originals = candidates.filter(pl.col("row_number").is_in(duplicates["row_number"].implode())).select(columns)
+    return accepted, pl.concat([rejects, duplicates.hstack(originals)]).sort("row_number")
+
+
+class Collector:
+    """Each batch's accepted rows and rejects, in file order: checked (every row read lands in
+    exactly one of them), counted, written to `out_dir` and kept in memory when asked. Leaving
+    the `with` block on an exception removes the partial files."""
+
+    def __init__(self, path: Path | str, out_dir: Path | str | None, *, keep_frames: bool = True) -> None:
+        self.path, self.keep_frames = path, keep_frames
+        self.outputs = _Outputs(Path(out_dir)) if out_dir is not None else None
+        self.counts: Counter[str] = Counter()
+        self.kept: list[tuple[pl.DataFrame, pl.DataFrame]] = []
+        self.rows_read = self.accepted_rows = 0
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None and self.outputs is not None:
+            self.outputs.close(keep=False)
+
+    def add(self, accepted: pl.DataFrame, rejects: pl.DataFrame, rows_read: int) -> None:
+        if accepted.height + rejects.height != rows_read:
+            raise RuntimeError(  # a stage dropped or duplicated rows: never send on that
+                f"{self.path}: {rows_read} rows read but {accepted.height} accepted + {rejects.height} rejected"
+            )
+        self.rows_read += rows_read
+        self.accepted_rows += accepted.height
+        self.counts.update(dict(rejects["reason"].value_counts().iter_rows()))
+        if self.outputs is not None:
+            self.outputs.write(accepted, rejects)
+        if self.keep_frames:
+            self.kept.append((accepted, rejects))
+        elif not self.kept:  # empty frames of the right schema only
+            self.kept.append((accepted.clear(), rejects.clear()))
+
+    def finish(self, columns: list[str], *, rendered: bool, fallback_rows: int) -> Prepared:
+        if not self.kept:  # a header-only file
+            accepted, rejects = _empty_outputs(columns, rendered)
+            self.kept.append((accepted, rejects))
+            if self.outputs is not None:
+                self.outputs.write(accepted, rejects)
+        if self.outputs is not None:
+            self.outputs.close(keep=True)
+        return Prepared(
+            accepted=pl.concat([a for a, _ in self.kept]),
+            rejects=pl.concat([r for _, r in self.kept]),
+            rows_read=self.rows_read,
+            counts=dict(sorted(self.counts.items())),
+            accepted_rows=self.accepted_rows,
+            fallback_rows=fallback_rows,
+            paths=self.outputs.paths if self.outputs is not None else {},
+        )
+
+
 def prepare_audience(
     path: Path | str,
     *,
@@ -123,73 +232,36 @@ def prepare_audience(
     `suppressed` and `recently_messaged` are addresses (any notation) from the suppression
     table and the outbox (frequency.recently_messaged); `keep_frames=False` keeps only counts
     in memory (with `out_dir`, for files larger than memory)."""
-    variables = dict(variables or {})
-    policy = policy if policy is not None else blocked_policy(channel)
-    suppressed, recently_messaged = frozenset(suppressed), frozenset(recently_messaged)
+    stages = make_stages(
+        channel=channel, category=category, template=template, variables=variables, policy=policy,
+        suppressed=suppressed, recently_messaged=recently_messaged, frequency_window=frequency_window,
+        opt_in_max_age=opt_in_max_age, now=now, default_country=default_country,
+    )  # fmt: skip
     reader = AudienceReader(path, batch_bytes=batch_bytes)
-    outputs: _Outputs | None = None
     try:
-        if template is not None:
-            problems = check_template(template, variables, reader.columns)
-            if problems:
-                raise TemplateProblem(f"{path}: " + "; ".join(problems))
-        outputs = _Outputs(Path(out_dir)) if out_dir is not None else None
-        carry = Carry()
-        counts: Counter[str] = Counter()
-        kept: list[tuple[pl.DataFrame, pl.DataFrame]] = []
-        rows_read = accepted_rows = 0
-        for loaded in reader:
-            accepted, number_rejects = validate_numbers(
-                loaded.frame, channel=channel, category=category, policy=policy, suppressed=suppressed,
-                default_country=default_country, recently_messaged=recently_messaged,
-                frequency_window=frequency_window, opt_in_max_age=opt_in_max_age, now=now, carry=carry,
-                dedupe=False,
-            )  # fmt: skip
-            parts = [loaded.rejects, number_rejects]
-            if template is not None:
-                # Rendered before deduplication: a row that cannot be sent does not hide a later one.
-                accepted, render_rejects = render_messages(accepted, template, variables)
-                parts.append(render_rejects)
-            accepted, duplicates = drop_duplicates(accepted, carry)
-            parts.append(duplicates)
-            if template is not None:
-                accepted = with_segments(accepted)
-            # Every row read lands in exactly one of accepted / rejects, with its values as written.
-            rejects = _with_originals(pl.concat(parts), loaded.rows, reader.columns)
-            if accepted.height + rejects.height != loaded.rows_read:
-                raise RuntimeError(  # a stage dropped or duplicated rows: never send on that
-                    f"{path}: {loaded.rows_read} rows read but {accepted.height} accepted + {rejects.height} rejected"
-                )
-            rows_read += loaded.rows_read
-            accepted_rows += accepted.height
-            counts.update(dict(rejects["reason"].value_counts().iter_rows()))
-            if outputs is not None:
-                outputs.write(accepted, rejects)
-            if keep_frames:
-                kept.append((accepted, rejects))
-            elif not kept:  # empty frames of the right schema only
-                kept.append((accepted.clear(), rejects.clear()))
-        if not kept:  # a header-only file
-            accepted, rejects = _empty_outputs(reader.columns, template is not None)
-            kept.append((accepted, rejects))
-            if outputs is not None:
-                outputs.write(accepted, rejects)
+        stages.check_template(path, reader.columns)
     except BaseException:
-        if outputs is not None:
-            outputs.close(keep=False)
         reader.close()
         raise
-    if outputs is not None:
-        outputs.close(keep=True)
-    return Prepared(
-        accepted=pl.concat([a for a, _ in kept]),
-        rejects=pl.concat([r for _, r in kept]),
-        rows_read=rows_read,
-        counts=dict(sorted(counts.items())),
-        accepted_rows=accepted_rows,
-        fallback_rows=carry.fallback_rows,
-        paths=outputs.paths if outputs is not None else {},
-    )
+    with reader, Collector(path, out_dir, keep_frames=keep_frames) as collector:
+        carry = Carry()
+        for loaded in reader:
+            candidates, rejects = stages.candidates(loaded, reader.columns, carry)
+            collector.add(*drop_repeats(candidates, rejects, reader.columns, carry), loaded.rows_read)
+        return collector.finish(reader.columns, rendered=template is not None, fallback_rows=carry.fallback_rows)
+
+
+def make_stages(
+    *, channel: str, category: str, template: TemplateSpec | None = None, variables: dict[str, str] | None = None,
+    policy: BlockedPolicy | None = None, suppressed: Iterable[str] = frozenset(),
+    recently_messaged: Iterable[str] = frozenset(), **settings: object,
+) -> Stages:  # fmt: skip
+    """prepare_audience's settings as Stages (the channel's blocked-country policy by default)."""
+    return Stages(
+        channel=channel, category=category, template=template, variables=dict(variables or {}),
+        policy=policy if policy is not None else blocked_policy(channel), suppressed=frozenset(suppressed),
+        recently_messaged=frozenset(recently_messaged), **settings,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 def _empty_outputs(columns: list[str], rendered: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
