@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import artifact_key, publish_rejects, publish_report
 from flows.logging_mask import install_log_masking
+from flows.prepare_parallel import audience_preparer
 from pipeline import store
 from pipeline.budget import check_budget, price_queued_messages
 from pipeline.channels import channel_for
@@ -26,7 +27,7 @@ from pipeline.locks import campaign_lock
 from pipeline.operations import control_paths
 from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.policy import blocked_policy
-from pipeline.prepare import Prepared, prepare_audience
+from pipeline.prepare import Prepared
 from pipeline.prepare_ids import prepare_ids, uses_ids
 from pipeline.receipts import ingest_spool
 from pipeline.report import write_report
@@ -51,7 +52,8 @@ def prepare(spec: CampaignSpec, campaign_id: str, db_path: Path, out_dir: Path) 
             variables=spec.variables, suppressed=suppressed, last_inbound=last_inbound,
             message_tag=spec.provider.options.get("message_tag"), out_dir=out_dir,
         )
-    return prepare_audience(
+    # In this process, or in chunks on a Dask cluster when the spec's `prepare.runner` says so.
+    return audience_preparer(spec)(
         spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
         suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,

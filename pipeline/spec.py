@@ -104,6 +104,16 @@ class FallbackSpec(_Spec):
     rate_limit: RateSpec = RateSpec()
 
 
+class PrepareSpec(_Spec):
+    """How the audience is prepared: in this process, or cut into chunks of about `chunk_mb`
+    prepared by `workers` Dask worker processes (same output; pipeline/prepare_chunks.py).
+    CAMPAIGN_PREPARE_RUNNER / _WORKERS / _CHUNK_MB in the environment override these."""
+
+    runner: Literal["single", "dask"] = "single"
+    workers: int = Field(default=2, ge=1, le=256)
+    chunk_mb: float = Field(default=64.0, gt=0)
+
+
 class CampaignSpec(_Spec):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     audience: Path
@@ -130,6 +140,7 @@ class CampaignSpec(_Spec):
     messaging_limit: Literal[250, 2000, 10000, 100000] | None = None
     receipts_wait_s: float = Field(default=60.0, ge=0)
     fallback: FallbackSpec | None = None
+    prepare: PrepareSpec = PrepareSpec()
 
     @field_validator("variables")
     @classmethod
