@@ -296,7 +296,7 @@ def _as_text(structure: str) -> str:
 
 
 def _sql_is_str(x: str) -> str:
-    return f"left({x}, 1) = '\"'"
+    return f"starts_with({x}, '\"')"
 
 
 def _sql_str(x: str) -> str:
@@ -310,14 +310,14 @@ def _sql_null_or_str(x: str) -> str:
 
 
 _STATUS_OK = " AND ".join([
-    "left(s, 1) = '{'", _sql_is_str("j.id"), "j.id <> '\"\"'",
+    "starts_with(s, '{')", _sql_is_str("j.id"), "j.id <> '\"\"'",
     "j.status IN ('\"sent\"', '\"delivered\"', '\"read\"', '\"failed\"', '\"played\"')",
     "regexp_full_match(j.timestamp, '\"[0-9]{1,11}\"|[0-9]{1,11}')",
-    _sql_null_or_str("j.recipient_id"), "(j.pricing IS NULL OR left(j.pricing, 1) = '{')",
+    _sql_null_or_str("j.recipient_id"), "(j.pricing IS NULL OR starts_with(j.pricing, '{'))",
     _sql_null_or_str("p.category"), _sql_null_or_str("p.type"),
     # errors: absent, null, or a list whose first element (if any) is an object
-    "(j.errors IS NULL OR j.errors = '[]' OR left(errors[1], 1) = '{')",
-    "(e.code IS NULL OR left(e.code, 1) = '\"' OR regexp_full_match(e.code, '-?[0-9]+'))",
+    "(j.errors IS NULL OR j.errors = '[]' OR starts_with(errors[1], '{'))",
+    "(e.code IS NULL OR starts_with(e.code, '\"') OR regexp_full_match(e.code, '-?[0-9]+'))",
     _sql_null_or_str("e.title"), _sql_null_or_str("e.message"),
 ])
 
@@ -326,8 +326,8 @@ WITH docs AS (
     SELECT file_idx, line_no,
            CASE WHEN regexp_full_match(substr(line, 4, 27), '{_STAMP}')
                 THEN try_cast(substr(line, 4, 27) AS TIMESTAMPTZ) END AS received_at,
-           try(json_transform(substr(line, 41), '{_ENVELOPE}')) AS doc,
-           regexp_matches(substr(line, 41), '{_TRAILING_COMMA}') AS risky
+           try(json_transform({{BODY}}, '{_ENVELOPE}')) AS doc,
+           regexp_matches({{BODY}}, '{_TRAILING_COMMA}') AS risky
     FROM {{LINES}} WHERE {BULK_CANDIDATE}
 ), lines AS (
     SELECT file_idx, line_no, received_at, doc,
@@ -357,14 +357,15 @@ WITH docs AS (
 ), fields AS (
     SELECT *, try(json_transform(s, '{_STATUS}'))::{_as_text(_STATUS)} AS j FROM statuses
 ), lists AS (
-    SELECT *, CASE WHEN left(j.errors, 1) = '[' THEN try(json_transform(j.errors, '["JSON"]'))::VARCHAR[] END AS errors
+    SELECT *,
+           CASE WHEN starts_with(j.errors, '[') THEN try(json_transform(j.errors, '["JSON"]'))::VARCHAR[] END AS errors
     FROM fields
 ), nested AS (
     -- pricing on about one status in three, errors only on failed ones: parsed only where present
     SELECT *,
-           CASE WHEN left(j.pricing, 1) = '{{'
+           CASE WHEN starts_with(j.pricing, '{{')
                 THEN try(json_transform(j.pricing, '{_PRICING}'))::{_as_text(_PRICING)} END AS p,
-           CASE WHEN left(errors[1], 1) = '{{'
+           CASE WHEN starts_with(errors[1], '{{')
                 THEN try(json_transform(errors[1], '{_ERROR}'))::{_as_text(_ERROR)} END AS e
     FROM lists
 ), checked AS (
@@ -386,8 +387,12 @@ FROM checked
 """
 
 
-def bulk_statuses_sql(lines: str) -> str:
+def bulk_statuses_sql(lines: str, body: str = "substr(line, 41)") -> str:
     """A query over the relation `lines` (file_idx, line_no, line): one row per status of each line
     matching BULK_CANDIDATE (`pos` orders a line's statuses), with `ok = false` rows marking the lines
-    that must go to `parse_webhook` instead; event columns as pipeline.receipts stages them."""
-    return _BULK_SQL.replace("{LINES}", lines)
+    that must go to `parse_webhook` instead; event columns as pipeline.receipts stages them.
+
+    `body` is the SQL of a candidate's body (after its 40-character header); a relation that has
+    it as a column (pipeline.spool.lines_table's `body`) spares a character-counting substr per line.
+    """
+    return _BULK_SQL.replace("{LINES}", lines).replace("{BODY}", body)
