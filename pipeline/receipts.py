@@ -16,14 +16,13 @@ is kept; a receipt already in `events` always stays as it is.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,10 @@ from pipeline.channels import (
     viber_webhooks,
 )
 from pipeline.channels.whatsapp_webhooks import BULK_CANDIDATE, bulk_statuses_sql, inbound_message_id, parse_webhook
+from pipeline.event_ids import EVENT_ID_SQL, _hash, event_id
+from pipeline.receipt_links import apply_watermarks, link_receipts
 from pipeline.records import Inbound, Receipt
-from pipeline.spool import batches_of, closed_files, decode_record, lines_table
+from pipeline.spool import batches_of, closed_files, decode_record, lines_table, read_spool_file
 
 log = logging.getLogger(__name__)
 
@@ -109,31 +110,10 @@ class IngestResult:
     quarantined: int = 0
     skipped_files: int = 0  # closed files already recorded in spool_files
     suppressions_added: int = 0
+    derived_events: int = 0  # per-message receipts added for Messenger/Instagram watermarks
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def _hash(*parts: str | None) -> str:
-    # Unit separator between parts, so ("ab", "c") and ("a", "bc") cannot collide.
-    joined = "\x1f".join("" if p is None else p for p in parts)
-    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:32]
-
-
-def event_id(receipt: Receipt) -> str:
-    """Stable across replays: the same status report from the provider always hashes the same."""
-    occurred = receipt.occurred_at.astimezone(UTC).isoformat()
-    return _hash(receipt.provider, receipt.provider_message_id, receipt.status, occurred, receipt.error_code)
-
-
-# `event_id` in SQL, for rows the bulk parser stages (isoformat drops a zero microsecond part).
-# make_timestamp(epoch_us(...)) is the UTC wall time without a time-zone lookup per row.
-_UTC = "make_timestamp(epoch_us(occurred_at))"
-EVENT_ID_SQL = (
-    f"substr(sha256(concat_ws(chr(31), provider, provider_message_id, status, strftime({_UTC}, '%Y-%m-%dT%H:%M:%S')"
-    f" || CASE WHEN epoch_us(occurred_at) % 1000000 = 0 THEN '' ELSE strftime({_UTC}, '.%f') END || '+00:00',"
-    " coalesce(error_code, ''))), 1, 32)"
-)
 
 
 def inbound_event_id(item: Inbound) -> str:
@@ -191,8 +171,10 @@ class _Staged:
             channel, address = suppression_key(provider, m.sender)
             if is_stop_keyword(m.text) and address:
                 reason = "unsubscribe" if provider == "unsubscribe" else "stop_reply"
+                source = (unsubscribe_webhooks.suppression_source(m) if provider == unsubscribe_webhooks.PROVIDER
+                          else inbound_message_id(m))
                 self.stops.append({**order, "pos": pos, "channel": channel, "address": address, "reason": reason,
-                                   "source": inbound_message_id(m), "since": m.occurred_at})
+                                   "source": source, "since": m.occurred_at})
 
 
 # Receipts new to `events`; of copies within the batch the first (file, line, position) wins:
@@ -218,7 +200,7 @@ _QUARANTINE_SQL = "INSERT OR IGNORE INTO quarantine (spool_file, line_number, re
 # Opt-outs: failed receipts with an opt-out code, and STOP replies. A receipt without recipient_id
 # still names our message: the address then comes from the outbox. The earliest opt-out per address
 # wins (ties: file order); an address already suppressed keeps its first reason.
-_SUPPRESSIONS_SQL = f"""
+_SUPPRESSIONS_SQL = """
 INSERT OR IGNORE INTO suppressions (channel, address, reason, source, since)
 SELECT channel, address, arg_min(reason, (since, file_idx, line_no, reason, pos)),
        arg_min(source, (since, file_idx, line_no, reason, pos)), min(since)
@@ -226,11 +208,7 @@ FROM (
     SELECT s.channel, coalesce(s.address, o.recipient_key) AS address, s.reason, s.source, s.since,
            s.file_idx, s.line_no, s.pos
     FROM (
-        SELECT provider AS channel, '+' || nullif(regexp_replace(coalesce(recipient, ''), '[^0-9]', '', 'g'), '')
-                   AS address, message_id, 'marketing_opt_out' AS reason, provider_message_id AS source,
-               occurred_at AS since, file_idx, line_no, pos
-        FROM _staged_events
-        WHERE status = 'failed' AND error_code IN ({', '.join(repr(c) for c in sorted(OPT_OUT_ERROR_CODES))})
+        SELECT * FROM _staged_opt_outs
         UNION ALL
         SELECT channel, address, NULL, reason, source, since, file_idx, line_no, pos FROM _py_stops
     ) s LEFT JOIN outbox o ON o.message_id = s.message_id
@@ -238,10 +216,20 @@ FROM (
 WHERE address IS NOT NULL
 GROUP BY channel, address
 """
+# The batch's failed receipts with an opt-out code, as _SUPPRESSIONS_SQL reads them (few rows: the
+# stage keeps them, so the write does not scan the batch's receipts for them).
+_OPT_OUTS_SQL = f"""
+SELECT provider AS channel, '+' || nullif(regexp_replace(coalesce(recipient, ''), '[^0-9]', '', 'g'), '') AS address,
+       message_id, 'marketing_opt_out' AS reason, provider_message_id AS source, occurred_at AS since,
+       file_idx, line_no, pos
+FROM ({{events}})
+WHERE status = 'failed' AND error_code IN ({', '.join(repr(c) for c in sorted(OPT_OUT_ERROR_CODES))})
+"""
 # Each ingest attaches an in-memory database of its own: every connection of the instance sees it.
 _STAGE_PREFIX = "_receipts_stage_"
 _VIEWS = ("_py_inbound", "_py_quarantine", "_py_stops", "_new_spool_files")
 _COLUMNS = "file_idx, line_no, pos, " + ", ".join(EVENT_COLUMNS)
+_STAGE_TABLES = ("bulk", "bad", "py", "dups", "opt_outs")
 
 
 @dataclass
@@ -252,6 +240,8 @@ class _Batch:
     sizes: list[int]
     staged: _Staged  # rows the reference parser gave
     bulk: bool  # whether the stage database holds bulk_<number> and bad_<number>
+    per_file: dict[int, int] = field(default_factory=dict)  # receipts and inbound per file index
+    time_range: tuple[datetime | None, datetime | None] = (None, None)  # of the batch's receipts
 
     def table(self, kind: str) -> str:
         return f"{self.stage}.{kind}_{self.number}"
@@ -264,45 +254,68 @@ class _Batch:
         return f"{bulk}SELECT {_COLUMNS} FROM {self.table('py')}"
 
 
-def _stage(cur: duckdb.DuckDBPyConnection, stage: str, number: int, paths: list[Path], bulk: bool) -> _Batch:
-    """Parses one batch into the stage database (bulk SQL) and a _Staged (everything else).
-
-    Runs on a cursor (its own connection), in a worker thread while the previous batch is written.
-    """
-    staged, sizes, tables = _Staged(), [], []
+def _read_lines(paths: list[Path], staged: _Staged, bulk: bool) -> tuple[list[int], list[pa.Table]]:
+    """(file sizes, line tables of the files DuckDB parses); lines of any other file go to `staged`."""
+    sizes, tables = [], []
     for idx, path in enumerate(paths):
-        data = path.read_bytes()
+        data = read_spool_file(path)
         sizes.append(len(data))
         table = lines_table(idx, data) if bulk else None
         if table is None:
-            for line_no, line in enumerate(data.split(b"\n"), start=1):
+            for line_no, line in enumerate(data[:].split(b"\n"), start=1):
                 staged.add_line(idx, path.name, line_no, line)
         else:
             tables.append(table)
+    return sizes, tables
+
+
+def _parse_bulk(cur: duckdb.DuckDBPyConnection, batch: _Batch, tables: list[pa.Table]) -> None:
+    """The bulk parser over the batch's lines into bulk_<n> / bad_<n>; the lines it leaves (other
+    providers, inbound messages, anything odd) go through the reference parser into `batch.staged`."""
+    statuses, bad = batch.table("bulk"), batch.table("bad")
+    cur.register("_spool_lines", pa.concat_tables(tables))
+    try:
+        cur.execute(f"""CREATE TABLE {statuses} AS SELECT CASE WHEN ok THEN {EVENT_ID_SQL} END AS event_id, *
+                        FROM ({bulk_statuses_sql('_spool_lines', body='body')})""")
+        cur.execute(f"CREATE TABLE {bad} AS SELECT DISTINCT file_idx, line_no FROM {statuses} WHERE NOT ok")
+        leftovers = cur.execute(f"""
+            SELECT file_idx, line_no, line FROM _spool_lines l
+            WHERE line <> '' AND (NOT ({BULK_CANDIDATE})
+                  OR EXISTS (SELECT 1 FROM {bad} b WHERE b.file_idx = l.file_idx AND b.line_no = l.line_no))
+            ORDER BY file_idx, line_no""").fetchall()
+    finally:
+        cur.unregister("_spool_lines")
+    for idx, line_no, line in leftovers:
+        batch.staged.add_line(idx, batch.paths[idx].name, line_no, line.encode("utf-8"))
+
+
+def _stage(cur: duckdb.DuckDBPyConnection, stage: str, number: int, paths: list[Path], bulk: bool) -> _Batch:
+    """Parses one batch into the stage database (bulk SQL) and a _Staged (everything else), with
+    what the write needs to know about it: repeated receipts, opt-outs, counts per file, time range.
+
+    Runs on a cursor (its own connection), in a worker thread while the previous batch is written.
+    """
+    staged = _Staged()
+    sizes, tables = _read_lines(paths, staged, bulk)
     batch = _Batch(stage, number, paths, sizes, staged, bulk=bool(tables))
     if tables:
-        statuses, bad = batch.table("bulk"), batch.table("bad")
-        cur.register("_spool_lines", pa.concat_tables(tables))
-        try:
-            cur.execute(f"""CREATE TABLE {statuses} AS SELECT CASE WHEN ok THEN {EVENT_ID_SQL} END AS event_id, *
-                            FROM ({bulk_statuses_sql('_spool_lines')})""")
-            cur.execute(f"CREATE TABLE {bad} AS SELECT DISTINCT file_idx, line_no FROM {statuses} WHERE NOT ok")
-            leftovers = cur.execute(f"""
-                SELECT file_idx, line_no, line FROM _spool_lines l
-                WHERE line <> '' AND (NOT ({BULK_CANDIDATE})
-                      OR EXISTS (SELECT 1 FROM {bad} b WHERE b.file_idx = l.file_idx AND b.line_no = l.line_no))
-                ORDER BY file_idx, line_no""").fetchall()
-        finally:
-            cur.unregister("_spool_lines")
-        for idx, line_no, line in leftovers:
-            staged.add_line(idx, paths[idx].name, line_no, line.encode("utf-8"))
+        _parse_bulk(cur, batch, tables)
     cur.register("_py_events", pl.DataFrame(staged.events, schema=EVENT_SCHEMA).to_arrow())
     try:
         cur.execute(f"CREATE TABLE {batch.table('py')} AS SELECT {_COLUMNS} FROM _py_events")
     finally:
         cur.unregister("_py_events")
+    events = batch.events_sql()
     cur.execute(f"""CREATE TABLE {batch.table('dups')} AS SELECT event_id, min((file_idx, line_no, pos)) AS first
-                    FROM ({batch.events_sql()}) GROUP BY event_id HAVING count(*) > 1""")
+                    FROM ({events}) GROUP BY event_id HAVING count(*) > 1""")
+    cur.execute(f"CREATE TABLE {batch.table('opt_outs')} AS {_OPT_OUTS_SQL.format(events=events)}")
+    rows = cur.execute(f"SELECT file_idx, count(*), min(occurred_at), max(occurred_at) FROM ({events}) GROUP BY ALL"
+                       ).fetchall()
+    batch.per_file = {idx: n for idx, n, _, _ in rows}
+    for row in staged.inbound:
+        batch.per_file[row["file_idx"]] = batch.per_file.get(row["file_idx"], 0) + 1
+    if rows:
+        batch.time_range = (min(r[2] for r in rows), max(r[3] for r in rows))
     return batch
 
 
@@ -313,21 +326,19 @@ def _write(con: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult) 
                                ("_py_quarantine", staged.quarantine, QUARANTINE_SCHEMA),
                                ("_py_stops", staged.stops, STOP_SCHEMA)):
         con.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
+    con.register("_new_spool_files", pa.table({
+        "name": [p.name for p in batch.paths], "bytes": batch.sizes,
+        "events": [batch.per_file.get(i, 0) for i in range(len(batch.paths))],
+        "ingested_at": pa.array([datetime.now(UTC)] * len(batch.paths), pa.timestamp("us", "UTC")),
+    }))
     try:
         # Views, not copies: the INSERTs read them, each only the columns it needs.
         con.execute(f"CREATE OR REPLACE TEMP VIEW _staged_events AS {batch.events_sql()}")
-        con.execute(f"CREATE OR REPLACE TEMP VIEW _staged_dups AS SELECT * FROM {batch.table('dups')}")
-        per_file = dict(con.execute("SELECT file_idx, count(*) FROM _staged_events GROUP BY ALL").fetchall())
-        for row in staged.inbound:
-            per_file[row["file_idx"]] = per_file.get(row["file_idx"], 0) + 1
-        con.register("_new_spool_files", pa.table({
-            "name": [p.name for p in batch.paths], "bytes": batch.sizes,
-            "events": [per_file.get(i, 0) for i in range(len(batch.paths))],
-            "ingested_at": pa.array([datetime.now(UTC)] * len(batch.paths), pa.timestamp("us", "UTC")),
-        }))
+        for kind in ("dups", "opt_outs"):
+            con.execute(f"CREATE OR REPLACE TEMP VIEW _staged_{kind} AS SELECT * FROM {batch.table(kind)}")
         con.begin()
         try:
-            lo, hi = con.execute("SELECT min(occurred_at), max(occurred_at) FROM _staged_events").fetchall()[0]
+            lo, hi = batch.time_range
             added = [int(con.execute(_EVENTS_SQL, {"lo": lo, "hi": hi}).fetchall()[0][0])]
             added += [int(con.execute(sql).fetchall()[0][0]) for sql in (_INBOUND_SQL, _QUARANTINE_SQL,
                                                                           _SUPPRESSIONS_SQL)]
@@ -337,11 +348,11 @@ def _write(con: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult) 
             con.rollback()
             raise
     finally:
-        con.execute("DROP VIEW IF EXISTS _staged_events")
-        con.execute("DROP VIEW IF EXISTS _staged_dups")
+        for view in ("_staged_events", "_staged_dups", "_staged_opt_outs"):
+            con.execute(f"DROP VIEW IF EXISTS {view}")
         for view in _VIEWS:
             con.unregister(view)
-        for kind in ("bulk", "bad", "py", "dups"):
+        for kind in _STAGE_TABLES:
             con.execute(f"DROP TABLE IF EXISTS {batch.table(kind)}")
     result.files += len(batch.paths)
     result.events_added += added[0]
@@ -415,24 +426,12 @@ def ingest_spool(
         finally:  # also after a failure: the pool has finished any batch it was staging
             cur.close()
             con.execute(f"DETACH DATABASE IF EXISTS {stage}")
-    if result.files:
-        link_receipts(con)
+    # Every call, not only when files came: a receipt may have arrived before the dispatcher recorded
+    # the provider id (or, for a watermark, the messages) it names.
+    link_receipts(con)
+    result.derived_events = apply_watermarks(con)
     log.info("receipts: ingested %s", result.as_dict())
     return result
-
-
-def link_receipts(con: duckdb.DuckDBPyConnection) -> int:
-    """Names the message of receipts that came without our id (Viber's `message_token`, Messenger's
-    `mid`, Twilio's SID, Alibaba's `BizId:phone`) through the provider id the send recorded."""
-    linked = alibaba_sms_webhooks.resolve_message_ids(con)
-    rows = con.execute(
-        """
-        UPDATE events SET message_id = o.message_id
-        FROM outbox o
-        WHERE events.message_id IS NULL AND o.provider_message_id = events.provider_message_id
-        """
-    ).fetchall()
-    return linked + (rows[0][0] if rows else 0)
 
 
 def current_statuses(con: duckdb.DuckDBPyConnection, campaign_id: str) -> dict[str, int]:

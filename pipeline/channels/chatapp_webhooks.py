@@ -4,7 +4,8 @@ Alibaba documents no signature for HTTP push. Our own protection: the callback U
 with a shared token that every push carries in the `X-Campaign-Token` header (the sandbox sends it;
 for the real service, put it in front as a header-adding proxy or allow-list Alibaba's addresses).
 `TaskId` is our message id; a mass send's shared TaskId (`mass-…`) instead names the recipient's
-message as `<TaskId>:<To>`, the provider id the channel stored, with `message_id` left empty.
+message as `<TaskId>:<To>`, the provider id the channel stored, with `message_id` left empty: ingest
+resolves it through the outbox (pipeline/receipt_links.py), also when the report came first.
 Viber `subscribe`/`unsubscribe` reports become Inbound items with text SUBSCRIBE/UNSUBSCRIBE.
 """
 
@@ -85,7 +86,8 @@ def _report(item: Any, where: str) -> Receipt | Inbound | None:
     if task_id and task_id.startswith(MASS_PREFIX):
         if not to:
             raise MalformedPayload(f"{where}.To: a mass-send report needs the recipient")
-        provider_id, ours = mass_provider_id(task_id, to), None
+        # As the send named the recipient (digits for phones; a report may add "+" or spaces).
+        provider_id, ours = mass_provider_id(task_id, to.strip().lstrip("+")), None
     elif task_id == message_id:
         ours = None  # Alibaba echoes its own MessageId when no TaskId was sent: not one of ours
     category = _opt(item.get("ConversationType"))

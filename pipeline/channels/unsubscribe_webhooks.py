@@ -6,8 +6,9 @@ A record is our own JSON, written only after the token was verified:
      "at": "2026-10-01T08:00:00+00:00"}
 
 `parse` turns it into an Inbound from that address with the text "UNSUBSCRIBE", so ingest records it
-like a STOP reply: a suppressions row (channel email, the address, reason 'unsubscribe') that every
-later campaign honours. `verify` checks the token again at ingest, with the same secret.
+like a STOP reply: a suppressions row (channel email, the address, reason 'unsubscribe', source the
+link's token: `suppression_source`) that every later campaign honours. `verify` checks the token
+again at ingest, with the same secret.
 """
 
 from __future__ import annotations
@@ -68,3 +69,12 @@ def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
         raw_json=json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
     )
     return [], [inbound]
+
+
+def suppression_source(item: Inbound) -> str | None:
+    """What the suppression made from a record cites: the token of the one-click link that was used."""
+    try:
+        token = json.loads(item.raw_json).get("token")
+    except (ValueError, AttributeError):
+        return None
+    return f"list-unsubscribe:{token}" if isinstance(token, str) and token else None
