@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -128,32 +127,19 @@ class Stages:
         """(the rows sendable but for duplicates, rendered and with their SMS segments; the batch's
         other rejects in row order, with their values as written). Row by row, so any split of
         a file into batches gives the same rows; only drop_repeats needs what came before."""
-        with ThreadPoolExecutor(1) as pool:
-            # The text needs only the row's own cells: it is rendered for every row on the other
-            # core while the numbers are checked (Polars leaves the GIL), and the rows that pass
-            # keep theirs. Rendered before deduplication: a row that cannot be sent does not hide
-            # a later one.
-            rendering = pool.submit(self._render, loaded.frame) if self.template is not None else None
-            accepted, number_rejects = validate_numbers(
-                loaded.frame, channel=self.channel, category=self.category, policy=self.policy,
-                suppressed=self.suppressed, default_country=self.default_country,
-                recently_messaged=self.recently_messaged, frequency_window=self.frequency_window,
-                opt_in_max_age=self.opt_in_max_age, now=self.now, carry=carry, dedupe=False,
-            )  # fmt: skip
-            parts = [loaded.rejects, number_rejects]
-            if rendering is not None:
-                rendered, render_rejects = rendering.result()
-                passed = accepted["row_number"].implode()
-                parts.append(render_rejects.filter(pl.col("row_number").is_in(passed)))
-                accepted = accepted.join(rendered, on="row_number", how="inner", maintain_order="left")
+        accepted, number_rejects = validate_numbers(
+            loaded.frame, channel=self.channel, category=self.category, policy=self.policy,
+            suppressed=self.suppressed, default_country=self.default_country,
+            recently_messaged=self.recently_messaged, frequency_window=self.frequency_window,
+            opt_in_max_age=self.opt_in_max_age, now=self.now, carry=carry, dedupe=False,
+        )  # fmt: skip
+        parts = [loaded.rejects, number_rejects]
+        if self.template is not None:
+            # Rendered before deduplication: a row that cannot be sent does not hide a later one.
+            accepted, render_rejects = render_messages(accepted, self.template, self.variables)
+            parts.append(render_rejects)
+            accepted = with_segments(accepted)
         return accepted, _with_originals(pl.concat(parts), loaded.rows, columns)
-
-    def _render(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """(row_number + text, params_json, segments, encoding of the rows that render; rejects)."""
-        assert self.template is not None
-        rendered, rejects = render_messages(frame, self.template, self.variables)
-        added = [c for c in rendered.columns if c not in frame.columns]
-        return with_segments(rendered.select("row_number", *added)), rejects
 
 
 def drop_repeats(
