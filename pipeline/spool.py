@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import mmap
 import os
 import struct
@@ -191,15 +192,19 @@ def read_spool_file(path: Path) -> bytes | mmap.mmap:
 
 
 def batches_of(paths: list[Path], batch_bytes: int) -> Iterator[list[Path]]:
-    """Consecutive groups of files of at most `batch_bytes` (or one file); the first group is a
-    quarter of that, so a reader that parses one group while writing the previous starts sooner."""
+    """Consecutive groups of files, each at most `batch_bytes` (or one larger file), as even as the
+    files allow: each group is one transaction of the receipts stage, and every commit into the keyed
+    `events` table merges and stores its index again, so fewer groups of like size beat a small first
+    one (which used to let the next group's parsing start sooner)."""
+    sizes = [path.stat().st_size for path in paths]
+    share = sum(sizes) / max(1, math.ceil(sum(sizes) / max(1, batch_bytes)))
     batch: list[Path] = []
-    size, limit = 0, max(1, batch_bytes // 4)
-    for path in paths:
-        length = path.stat().st_size
-        if batch and size + length > limit:
+    size = start = groups = 0  # bytes in this group, bytes before it, groups yielded
+    for path, length in zip(paths, sizes, strict=True):
+        # A file goes to the next group once its middle lies past this group's share of the total.
+        if batch and (size + length > batch_bytes or start + size + length / 2 > share * (groups + 1)):
             yield batch
-            batch, size, limit = [], 0, batch_bytes
+            batch, start, size, groups = [], start + size, 0, groups + 1
         batch.append(path)
         size += length
     if batch:

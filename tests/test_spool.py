@@ -220,14 +220,14 @@ def test_lines_table_numbers_lines_like_split_and_refuses_non_utf8() -> None:
     assert lines_table(0, b"ok\n\xff\xfe torn\n") is None
 
 
-def test_batches_of_groups_files_by_size_with_a_small_first_batch(tmp_path: Path) -> None:
+def test_batches_of_groups_files_evenly_by_size(tmp_path: Path) -> None:
     paths = []
     for i in range(10):
         path = tmp_path / f"spool-{i:02d}.jsonl"
         path.write_bytes(b"x" * 100)
         paths.append(path)
     groups = list(batches_of(paths, 400))
-    assert [len(g) for g in groups] == [1, 4, 4, 1]  # a quarter first, then up to 400 bytes each
+    assert [len(g) for g in groups] == [3, 4, 3]  # 1,000 bytes: three groups of about a third, none over 400
     assert [p for g in groups for p in g] == paths
     assert [len(g) for g in batches_of(paths[:2], 10)] == [1, 1]  # a file larger than the limit: alone
     assert list(batches_of([], 400)) == []
