@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -405,6 +406,18 @@ def ingest_spool(
     ingest (see _FAST_STORAGE). Receipts are linked to their messages and watermarks applied on every
     call, also when no file is new.
     """
+    # One ingest at a time in this process (DuckDB keeps other processes out of the file): two at
+    # once could each find an event missing and both add it, since `events` has no key index.
+    with _ONE_AT_A_TIME:
+        return _ingest(con, spool_dir, bulk=bulk, batch_bytes=batch_bytes, compact=compact)
+
+
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def _ingest(
+    con: duckdb.DuckDBPyConnection, spool_dir: Path | str, *, bulk: bool, batch_bytes: int, compact: bool
+) -> IngestResult:
     result = IngestResult()
     done = {row[0] for row in con.execute("SELECT name FROM spool_files").fetchall()}
     pending = []

@@ -63,9 +63,10 @@ def receipts_for(con, accepted: set[str]):
     """A reconcile function that ingests 'receipts' for the messages the provider accepted."""
     def reconcile():
         for message_id in list(accepted):
-            con.execute("INSERT OR IGNORE INTO events (event_id, provider, provider_message_id, message_id, status, "
-                        "occurred_at) VALUES (?, 'whatsapp', ?, ?, 'sent', ?)",
-                        [message_id, f"wamid.{message_id}", message_id, datetime.now(UTC)])
+            con.execute("INSERT INTO events (event_id, provider, provider_message_id, message_id, status, "
+                        "occurred_at) SELECT ?, 'whatsapp', ?, ?, 'sent', ? "
+                        "WHERE NOT EXISTS (SELECT 1 FROM events WHERE event_id = ?)",
+                        [message_id, f"wamid.{message_id}", message_id, datetime.now(UTC), message_id])
     return reconcile
 
 
