@@ -45,9 +45,9 @@ class SlotLimiter:
         self._next = slot + step
         return max(0.0, slot - now)
 
-    def forfeit(self) -> None:
-        """A reserved slot went unused: make its time up over the following slots."""
-        self._owed_s = min(MAX_OWED_S, self._owed_s + 1.0 / self.per_second)
+    def forfeit(self, slots: int = 1) -> None:
+        """Reserved slots went unused: make their time up over the following slots."""
+        self._owed_s = min(MAX_OWED_S, self._owed_s + slots / self.per_second)
 
     async def acquire(self) -> None:
         delay = self.reserve()

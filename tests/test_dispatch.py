@@ -10,6 +10,7 @@ import httpx
 import polars as pl
 import pytest
 
+from pipeline import dispatch as dispatch_module
 from pipeline.channels.whatsapp import WhatsAppChannel
 from pipeline.dispatch import dispatch_campaign
 from pipeline.outbox import enqueue_messages, register_campaign
@@ -205,3 +206,15 @@ def test_the_ledger_keeps_every_transition(con):
     for seq, state in rows:
         by_seq.setdefault(seq, []).append(state)
     assert by_seq == {0: ["sending", "sent"], 1: ["sending", "sent"], 2: ["sending", "sent"]}
+
+
+@pytest.mark.timeout(30)  # before the fix this waited forever
+def test_a_bug_in_a_worker_fails_the_run_instead_of_hanging_it(con, monkeypatch):
+    _queue(con, 5)
+
+    def broken(self, lane, item, outcome, attempts):
+        raise KeyError("a bookkeeping bug")
+
+    monkeypatch.setattr(dispatch_module._Dispatch, "_finish", broken)
+    with pytest.raises(KeyError, match="a bookkeeping bug"):
+        _run(con, _ok)
