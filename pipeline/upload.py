@@ -274,16 +274,21 @@ def _status(config: UploadConfig, staged: upload_check.Staged) -> dict[str, Any]
         status["waiting"] = "Waiting for the inbox watcher (the audience-inbox deployment checks every minute)"
         status["final"] = outcome is not None
         return status
+    watcher_done = True  # no watcher run of ours to wait for (the schedule picked the file up)
     if status.get("watcher_run_id"):
         status["watcher_run_url"] = runs.url(status["watcher_run_id"])
         state = runs.state(status["watcher_run_id"])
         status["watcher_state"] = state[0] if state else None
+        watcher_done = bool(state and state[1])
     campaign_run = outcome.get("flow_run_id") if outcome else None
     campaign_state = runs.state(campaign_run) if campaign_run else None
     if campaign_run:
         status["campaign_run_url"] = runs.url(campaign_run)
         status["campaign_state"] = campaign_state[0] if campaign_state else None
-    # Final once the watcher refused the file, or the campaign run ended (or ran inside the watcher's run).
+    # Final once the watcher refused the file, or the campaign run ended. A "started" outcome without a
+    # run id is final only when the watcher's run has ended (the campaign ran inside it): the watcher
+    # writes its decision before it starts the campaign's deployment run and adds the run id after.
     status["final"] = outcome is not None and (
-        outcome["outcome"] == "failed" or not campaign_run or bool(campaign_state and campaign_state[1]))
+        outcome["outcome"] == "failed"
+        or (bool(campaign_state and campaign_state[1]) if campaign_run else watcher_done))
     return status

@@ -318,7 +318,11 @@ def test_start_hands_the_file_and_its_spec_to_the_drop_folder_once(page: Page):
     # The watcher decides: the campaign id carries the upload id, and the page links the campaign's run.
     claimed = inbox.claim(ready, folders)
     assert claimed is not None and upload_id in claimed.campaign_id
-    inbox.finish(claimed, folders, "started", details={"flow_run_id": "campaign-run-1"})
+    # The watcher writes its decision before it starts the campaign's run: not the end yet.
+    moved = inbox.finish(claimed, folders, "started", details={})
+    deciding = page.client.get(str(checked.url))
+    assert '<meta http-equiv="refresh"' in deciding.text
+    inbox.finish(moved, folders, "started", details={"flow_run_id": "campaign-run-1"})
     page.config.runs.states["campaign-run-1"] = ("Running", False)  # type: ignore[union-attr]
     running = page.client.get(str(checked.url))
     assert f"Campaign {claimed.campaign_id} : started" in _text(running.text)
