@@ -12,7 +12,6 @@ no 1-second window exceeds it by more than CATCH_UP.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 CATCH_UP = 0.02
@@ -48,11 +47,6 @@ class SlotLimiter:
     def forfeit(self, slots: int = 1) -> None:
         """Reserved slots went unused: make their time up over the following slots."""
         self._owed_s = min(MAX_OWED_S, self._owed_s + slots / self.per_second)
-
-    async def acquire(self) -> None:
-        delay = self.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)
 
     def throttled(self, retry_after_s: float | None = None) -> None:
         """The provider said 'too fast': halve the rate (at most once per 0.5 s) and pause."""
