@@ -21,7 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 
 from benchmarks._dispatch_kit import (  # noqa: E402
-    ENV, SECRET, TOKEN, emit, queue_campaign, receiver_process, whatsapp,
+    ENV,
+    SECRET,
+    TOKEN,
+    emit,
+    queue_campaign,
+    receiver_process,
+    whatsapp,
 )
 from pipeline import store  # noqa: E402
 from pipeline.channels.whatsapp import RETRYABLE_CODES  # noqa: E402
