@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from pipeline.channels.alibaba_rpc import encode_form, signed_params
 from pipeline.channels.alibaba_sms_webhooks import provider_message_id
-from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, retry_after_s
+from pipeline.channels.base import HttpChannel, HttpSession, Outgoing, SendOutcome, retry_after_s
 from pipeline.sms_segments import count_segments
 from pipeline.spec import CampaignSpec, SpecError
 
@@ -104,7 +102,7 @@ class AlibabaSmsChannel(HttpChannel):
         return signed_params("SendBatchSms", params, access_key_id=self.access_key_id,
                              access_key_secret=self._secret, version=VERSION)
 
-    async def send(self, session: httpx.AsyncClient, payloads: list[str]) -> list[SendOutcome]:
+    async def send(self, session: HttpSession, payloads: list[str]) -> list[SendOutcome]:
         items = [json.loads(p) for p in payloads]
         outcomes: list[SendOutcome | None] = [None] * len(items)
         by_template: dict[str, list[int]] = {}
@@ -118,7 +116,7 @@ class AlibabaSmsChannel(HttpChannel):
                     outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
 
-    async def _send_call(self, session: httpx.AsyncClient, items: list[dict[str, Any]]) -> list[SendOutcome]:
+    async def _send_call(self, session: HttpSession, items: list[dict[str, Any]]) -> list[SendOutcome]:
         headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "Accept": "application/json"}
         try:
             response = await session.post(self.url, content=encode_form(self.request_params(items)), headers=headers)

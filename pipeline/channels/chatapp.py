@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from pipeline.channels.acs3 import percent_encode, sign_request
-from pipeline.channels.base import Outgoing, SendOutcome, http_session
+from pipeline.channels.base import HttpSession, Outgoing, SendOutcome, http_session
 from pipeline.spec import CampaignSpec, SpecError
 
 API_VERSION = "2020-06-06"
@@ -132,10 +132,10 @@ class ChatAppChannel:
 
     def open_session(
         self, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
-    ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    ) -> AbstractAsyncContextManager[HttpSession]:
         return http_session(timeout_s, transport)
 
-    async def send(self, session: httpx.AsyncClient, payloads: list[str]) -> list[SendOutcome]:
+    async def send(self, session: HttpSession, payloads: list[str]) -> list[SendOutcome]:
         """One outcome per payload, in order: single sends one by one, same-shaped batches as mass sends."""
         parsed = [json.loads(p) for p in payloads]
         outcomes: list[SendOutcome | None] = [None] * len(parsed)
@@ -154,13 +154,13 @@ class ChatAppChannel:
                         outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
 
-    async def _send_one(self, session: httpx.AsyncClient, params: dict[str, Any]) -> SendOutcome:
+    async def _send_one(self, session: HttpSession, params: dict[str, Any]) -> SendOutcome:
         outcome, data = await self._call(session, "SendChatappMessage", params)
         if data is None:
             return outcome
         return SendOutcome(kind="sent", provider_message_id=str(data.get("MessageId") or data.get("GroupMessageId")))
 
-    async def _send_mass(self, session: httpx.AsyncClient, batch: list[dict[str, Any]]) -> list[SendOutcome]:
+    async def _send_mass(self, session: HttpSession, batch: list[dict[str, Any]]) -> list[SendOutcome]:
         task_id = mass_task_id([p["TaskId"] for p in batch])
         params = {k: v for k, v in batch[0].items() if k not in _PER_RECIPIENT}
         params["TaskId"] = task_id
@@ -171,7 +171,7 @@ class ChatAppChannel:
         return [SendOutcome(kind="sent", provider_message_id=mass_provider_id(task_id, p["To"])) for p in batch]
 
     async def _call(
-        self, session: httpx.AsyncClient, action: str, params: dict[str, Any]
+        self, session: HttpSession, action: str, params: dict[str, Any]
     ) -> tuple[SendOutcome, dict[str, Any] | None]:
         body = encode_form(params)
         headers = sign_request(method="POST", host=self.host, action=action, version=API_VERSION,
