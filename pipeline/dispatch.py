@@ -44,14 +44,15 @@ class _Writer:
     def __init__(self, ledger: Ledger, run_db: Callable[..., Any]) -> None:
         self.ledger = ledger
         self.run_db = run_db
-        self.claims: list[tuple[list[int], asyncio.Future[None]]] = []
+        self.claims: list[tuple[list[int], list[str | None] | None, asyncio.Future[None]]] = []
         self.outcomes: list[Outcome] = []
         self.wake = asyncio.Event()
         self.closed = False
+        self.inflight: asyncio.Future[None] | None = None
 
-    async def claim(self, seqs: list[int]) -> None:
+    async def claim(self, seqs: list[int], pids: list[str | None] | None = None) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.claims.append((seqs, future))
+        self.claims.append((seqs, pids, future))
         self.wake.set()
         await future
 
@@ -59,17 +60,31 @@ class _Writer:
         self.outcomes.append(outcome)
 
     async def flush(self) -> None:
+        if self.inflight is not None and not self.inflight.done():
+            await asyncio.wait([self.inflight])
+            self.inflight.result()  # a failed commit fails the run, as it would have in the writer
         claims, self.claims = self.claims, []
         outcomes, self.outcomes = self.outcomes, []
         if not claims and not outcomes:
             return
+        pids = None
+        if any(planned for _, planned, _ in claims):
+            pids = [pid for seqs, planned, _ in claims for pid in (planned or [None] * len(seqs))]
+        # Shielded: cancelling the writer (the run ending) must not cancel a commit that has taken
+        # its outcomes off the list (a commit cancelled before the ledger thread starts it never
+        # runs); the final flush waits for it first.
+        self.inflight = asyncio.ensure_future(
+            self.run_db(self.ledger.commit, [seq for seqs, _, _ in claims for seq in seqs], outcomes, pids)
+        )
         try:
-            await self.run_db(self.ledger.commit, [seq for seqs, _ in claims for seq in seqs], outcomes)
+            await asyncio.shield(self.inflight)
+        except asyncio.CancelledError:
+            raise
         except BaseException as exc:
-            for _, future in claims:
+            for _, _, future in claims:
                 future.set_exception(exc)
             raise
-        for _, future in claims:
+        for _, _, future in claims:
             future.set_result(None)
 
     async def run(self) -> None:
@@ -244,7 +259,7 @@ class _Dispatch:
             # Claimed (committed) before the slot is taken: the claim's wait for the next group
             # commit then never makes a send miss its slot; enough claimed workers queue for slots
             # (pipeline_depth) that the rate does not wait for commits either.
-            await self.writer.claim([item.seq for item, _ in batch])
+            await self.writer.claim([item.seq for item, _ in batch], _planned_ids(lane.channel, batch))
             slot_at = time.monotonic() + max(lane.limiter.reserve() for _ in batch)
             wait = slot_at - time.monotonic()
             if wait > 0:
@@ -271,6 +286,9 @@ class _Dispatch:
         first = True
         while batch:
             if not first:  # the first attempt's slots were taken before the claim
+                planned = _planned_ids(lane.channel, batch)
+                if planned:  # a smaller batch goes by new provider ids: on record before it leaves
+                    await self.writer.claim([item.seq for item, _ in batch], planned)
                 await asyncio.sleep(max(lane.limiter.reserve() for _ in batch))
             first = False
             outcomes = await lane.channel.send(session, [item.payload_json for item, _ in batch])
@@ -386,6 +404,16 @@ class _Dispatch:
             write_status(self.status_file, self.campaign_id, info)
         if self.on_progress:
             self.on_progress(info)
+
+
+def _planned_ids(channel: Channel, batch: list[tuple[Pending, int]]) -> list[str | None] | None:
+    """The provider ids the batch's messages will be known by before the provider answers, when the
+    channel names them itself (ChatApp mass sends); None when every receipt carries our own id."""
+    plan = getattr(channel, "planned_provider_ids", None)
+    if plan is None:
+        return None
+    planned = plan([item.payload_json for item, _ in batch])
+    return planned if any(planned) else None
 
 
 async def dispatch_campaign(

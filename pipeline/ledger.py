@@ -144,8 +144,13 @@ class Ledger:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def commit(self, claims: list[int], outcomes: list[Outcome]) -> None:
+    def commit(self, claims: list[int], outcomes: list[Outcome], claim_pids: list[str | None] | None = None) -> None:
         """One group commit: the claims (queued -> sending) and the outcomes gathered since the last.
+
+        `claim_pids` (one per claim, or None) are the provider ids a send will be known by before it
+        is answered (a ChatApp mass send's `<TaskId>:<To>`): stored with the claim, so a receipt
+        resolves to the message even when the answer never comes (a timeout, a crash). A resend of a
+        message still `sending` claims again with its new batch's ids.
 
         One UPDATE and one INSERT whatever the mix: each statement costs DuckDB ~1 ms to plan and
         run however few rows it touches, and at 1,000+ messages/s the ledger's commits share two
@@ -175,10 +180,12 @@ class Ledger:
                              unnest(?::TIMESTAMPTZ[]) AS sent_at, unnest(?::INTEGER[]) AS attempts,
                              unnest(?::TIMESTAMPTZ[]) AS not_before, unnest(?::BOOLEAN[]) AS retryable) AS o
                 WHERE outbox.campaign_id = ? AND outbox.seq = o.seq AND outbox.seq BETWEEN ? AND ?
-                  AND (NOT o.claim OR outbox.state = 'queued')  -- a claim takes only what is still queued
+                  -- a claim takes only what is still queued, or re-names a resend still in flight
+                  AND (NOT o.claim OR outbox.state = 'queued' OR (outbox.state = 'sending' AND o.pid IS NOT NULL))
                 """,
                 [now, seqs, states, [True] * len(claims) + [False] * len(outcomes),
-                 *self._columns(len(claims), outcomes), self.campaign_id, min(seqs), max(seqs)],
+                 *self._columns(claim_pids or [None] * len(claims), outcomes), self.campaign_id, min(seqs),
+                 max(seqs)],
             )
             self.con.execute(
                 "INSERT INTO outbox_transitions SELECT ?, unnest(?), unnest(?), unnest(?::VARCHAR[]), ?",
@@ -190,11 +197,11 @@ class Ledger:
             raise
 
     @staticmethod
-    def _columns(claims: int, outcomes: list[Outcome]) -> list[list[object]]:
-        """The outcome columns of the commit's UPDATE, with nulls in the claims' places."""
-        pad: list[object] = [None] * claims
+    def _columns(claim_pids: list[str | None], outcomes: list[Outcome]) -> list[list[object]]:
+        """The outcome columns of the commit's UPDATE: the claims' planned provider ids, else nulls."""
+        pad: list[object] = [None] * len(claim_pids)
         return [
-            [*pad, *(getattr(o, name) for o in outcomes)]
+            [*(claim_pids if name == "provider_message_id" else pad), *(getattr(o, name) for o in outcomes)]
             for name in ("provider_message_id", "error_code", "error_detail", "sent_at", "attempts", "not_before",
                          "retryable")
         ]

@@ -4,15 +4,19 @@ receiver's spool and ingest into DuckDB."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import duckdb
+import httpx
 
 from pipeline.channels import chatapp_webhooks
 from pipeline.channels.chatapp import MASS_PREFIX
+from pipeline.dispatch import dispatch_campaign
 from pipeline.receipts import ingest_spool
 from pipeline.sandbox.chatapp import create_chatapp_app
 from pipeline.servers import serve_in_thread
+from pipeline.spec import RateSpec, RetrySpec
 from pipeline.spool import encode_record
 from tests.spooling_receiver import spooling_receiver
 from tests.test_channel_chatapp import TOKEN, _channel, _config, _credentials, _drain, _queue, _run  # noqa: F401
@@ -81,3 +85,47 @@ def test_reports_that_arrive_before_the_send_is_recorded_resolve_on_a_later_inge
                 [f"{task}:6591000001"])
     ingest_spool(con, tmp_path / "sp")
     assert con.execute("SELECT message_id, status FROM message_status").fetchall() == [("m-1", "delivered")]
+
+
+class _AnswerLostOnce(httpx.AsyncBaseTransport):
+    """The real network to the sandbox, except that the first mass send's answer is lost: the
+    sandbox accepted it, the client sees a read timeout (as when a proxy drops the response)."""
+
+    def __init__(self) -> None:
+        self.network = httpx.AsyncHTTPTransport()
+        self.lost: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.network.handle_async_request(request)
+        if request.headers.get("x-acs-action") == "SendChatappMassMessage" and not self.lost:
+            await response.aread()
+            self.lost.append(response.json()["GroupMessageId"])
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+
+def test_a_mass_send_whose_answer_is_lost_is_settled_from_receipts_not_sent_twice(
+    con: duckdb.DuckDBPyConnection, tmp_path
+) -> None:
+    spool = tmp_path / "spool"
+    transport = _AnswerLostOnce()
+    with spooling_receiver(spool, {"CHATAPP_CALLBACK_TOKEN": TOKEN}) as receiver:
+        app = create_chatapp_app(_config(webhook_url=f"{receiver}/webhooks/chatapp", read_rate=0.0))
+        with serve_in_thread(app) as url:
+            channel = _channel(url, **MASS)
+            _queue(con, channel, 40)
+            result = asyncio.run(dispatch_campaign(
+                con, "t", channel, rate=RateSpec(max_per_second=1000, concurrency=2), timeout_s=5,
+                retry=RetrySpec(max_attempts=5, base_delay_s=0.02, deadline_s=60, reconcile_grace_s=20),
+                reconcile=lambda: ingest_spool(con, spool), transport=transport))
+            _drain(url)
+    stats = app.state.sandbox.ledger.snapshot()
+    assert transport.lost  # a mass send's answer was lost ...
+    # ... yet every recipient got exactly one message, and the lost batch was settled by its receipts.
+    sent_to = [m["to"] for m in stats["messages"]]
+    assert len(sent_to) == 40 and len(set(sent_to)) == 40
+    assert result.sent == 40 and result.reconciled_sent >= 2 and result.resent_after_timeout == 0
+    states = dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY 1").fetchall())
+    assert states == {"sent": 40}
+    ingest_spool(con, spool)
+    assert con.execute("SELECT count(*) FROM events WHERE message_id IS NULL").fetchall()[0][0] == 0

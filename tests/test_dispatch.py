@@ -218,3 +218,40 @@ def test_a_bug_in_a_worker_fails_the_run_instead_of_hanging_it(con, monkeypatch)
     monkeypatch.setattr(dispatch_module._Dispatch, "_finish", broken)
     with pytest.raises(KeyError, match="a bookkeeping bug"):
         _run(con, _ok)
+
+
+def test_outcomes_taken_by_a_commit_survive_the_writer_being_cancelled() -> None:
+    """The run ends by cancelling the writer; a commit it had started but the ledger thread had not
+    yet run must still land before the final flush (it once vanished: sent messages stayed 'sending')."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.ledger import Outcome
+
+    committed: list[list[int]] = []
+
+    class Ledger:
+        def commit(self, claims, outcomes, pids=None) -> None:
+            committed.append([o.seq for o in outcomes])
+
+    async def scenario() -> None:
+        pool = ThreadPoolExecutor(1)
+        busy = threading.Event()
+        pool.submit(busy.wait, 5)  # the ledger thread is busy: the commit below queues behind it
+
+        async def run_db(fn, *args):
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+        writer = dispatch_module._Writer(Ledger(), run_db)  # type: ignore[arg-type]
+        writer.record(Outcome(7, "sent", "wamid.7", None, None, None, 1, None, None))
+        flushing = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0.05)
+        flushing.cancel()
+        await asyncio.gather(flushing, return_exceptions=True)
+        busy.set()
+        writer.record(Outcome(8, "sent", "wamid.8", None, None, None, 1, None, None))
+        await writer.flush()
+        pool.shutdown(wait=True)
+
+    asyncio.run(scenario())
+    assert committed == [[7], [8]]

@@ -179,9 +179,14 @@ class HttpChannel:
         raise NotImplementedError  # each HTTP provider classifies its own answers
 
     def classify_exception(self, exc: Exception) -> SendOutcome:
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-            # The request never left: safe to send again.
-            return SendOutcome(kind="retry", error_code="network", error_detail=type(exc).__name__)
-        if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
-            return SendOutcome(kind="unknown", error_code="timeout", error_detail=type(exc).__name__)
-        return SendOutcome(kind="permanent", error_code="client_error", error_detail=type(exc).__name__)
+        return classify_exception(exc)
+
+
+def classify_exception(exc: Exception) -> SendOutcome:
+    """httpx's errors as outcomes: retry only what surely never reached the provider."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        # The request never left: safe to send again.
+        return SendOutcome(kind="retry", error_code="network", error_detail=type(exc).__name__)
+    if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+        return SendOutcome(kind="unknown", error_code="timeout", error_detail=type(exc).__name__)
+    return SendOutcome(kind="permanent", error_code="client_error", error_detail=type(exc).__name__)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from pipeline.channels.acs3 import percent_encode, sign_request
-from pipeline.channels.base import HttpSession, Outgoing, SendOutcome, http_session
+from pipeline.channels.base import HttpSession, Outgoing, SendOutcome, classify_exception, http_session
 from pipeline.spec import CampaignSpec, SpecError
 
 API_VERSION = "2020-06-06"
@@ -139,20 +139,27 @@ class ChatAppChannel:
         """One outcome per payload, in order: single sends one by one, same-shaped batches as mass sends."""
         parsed = [json.loads(p) for p in payloads]
         outcomes: list[SendOutcome | None] = [None] * len(parsed)
-        groups: dict[str, list[int]] = {}
-        for index, params in enumerate(parsed):
-            shared = {k: v for k, v in params.items() if k not in _PER_RECIPIENT}
-            groups.setdefault(json.dumps(shared, sort_keys=True), []).append(index)
-        for indices in groups.values():
-            for start in range(0, len(indices), MAX_MASS):
-                chunk = indices[start : start + MAX_MASS]
-                if len(chunk) == 1:
-                    outcomes[chunk[0]] = await self._send_one(session, parsed[chunk[0]])
-                else:
-                    for index, outcome in zip(chunk, await self._send_mass(session, [parsed[i] for i in chunk]),
-                                              strict=True):
-                        outcomes[index] = outcome
+        for chunk in _calls(parsed):
+            if len(chunk) == 1:
+                outcomes[chunk[0]] = await self._send_one(session, parsed[chunk[0]])
+            else:
+                for index, outcome in zip(chunk, await self._send_mass(session, [parsed[i] for i in chunk]),
+                                          strict=True):
+                    outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
+
+    def planned_provider_ids(self, payloads: list[str]) -> list[str | None]:
+        """What each message of a mass send will be called in its receipts (`<TaskId>:<To>`), known
+        before the call: the dispatcher records it with the claim, so receipts still resolve to our
+        messages when the call's answer is lost. None for single sends, whose TaskId is our id."""
+        parsed = [json.loads(p) for p in payloads]
+        planned: list[str | None] = [None] * len(parsed)
+        for chunk in _calls(parsed):
+            if len(chunk) > 1:
+                task_id = mass_task_id([parsed[i]["TaskId"] for i in chunk])
+                for i in chunk:
+                    planned[i] = mass_provider_id(task_id, parsed[i]["To"])
+        return planned
 
     async def _send_one(self, session: HttpSession, params: dict[str, Any]) -> SendOutcome:
         outcome, data = await self._call(session, "SendChatappMessage", params)
@@ -179,11 +186,22 @@ class ChatAppChannel:
         headers["content-type"] = "application/x-www-form-urlencoded"
         try:
             response = await session.post(self.url, content=body, headers=headers)
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            return SendOutcome(kind="retry", error_code="network", error_detail=type(exc).__name__), None
         except Exception as exc:  # translated at the edge, never leaks into the dispatcher
-            return SendOutcome(kind="permanent", error_code="client_error", error_detail=type(exc).__name__), None
+            # A timeout after the call left may have sent it: `unknown`, settled from receipts (which
+            # name our TaskId, or the mass send's planned ids) before any resend.
+            return classify_exception(exc), None
         return classify(response.status_code, response.content)
+
+
+def _calls(parsed: list[dict[str, Any]]) -> list[list[int]]:
+    """The provider calls a batch goes out as, by index: same-shaped messages (all but the
+    recipient's own fields equal) share mass sends of up to MAX_MASS; a lone one is a single send."""
+    groups: dict[str, list[int]] = {}
+    for index, params in enumerate(parsed):
+        shared = {k: v for k, v in params.items() if k not in _PER_RECIPIENT}
+        groups.setdefault(json.dumps(shared, sort_keys=True), []).append(index)
+    return [indices[start : start + MAX_MASS] for indices in groups.values()
+            for start in range(0, len(indices), MAX_MASS)]
 
 
 def encode_form(params: dict[str, Any]) -> bytes:
