@@ -7,6 +7,7 @@ unique (phone, country). The details of invalid numbers are worded the same eith
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,8 @@ from pipeline.phoneparse import FALLBACK, ICC, LONG, NAN, SHORT, length, parse_f
 # What the fast path models exactly: leading junk phonenumbers skips, at most one leading +,
 # then ASCII digits, spaces, dashes, dots and parentheses (all in its VALID_PUNCTUATION).
 FAST_INPUT = r"^[ '(.\-]*\+?[0-9 ().\-]*$"
+
+SWITCH_INTERVAL_S = 0.0001
 
 Classified = tuple[str | None, str | None, str | None, str | None]  # e164, region, type, why invalid
 Fallback = Callable[[str, str], Classified]
@@ -157,13 +160,21 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
     frame = frame.with_columns(_fast=pl.col("_fast") & (pl.col("_D").str.len_bytes() >= 3))
     fast = frame.filter(pl.col("_fast")).select("_i", "_D", "_plus", "_R", "_country")
     slow = frame.filter(~pl.col("_fast")).select("_i", "_phone", "_country")
-    with ThreadPoolExecutor(1) as pool:
-        # phonenumbers works through the unusual inputs while Polars (without the GIL) does the rest.
-        answered = pool.submit(_ask, fallback, slow)
-        first = _fast_path(fast, size)
-        handed_back = (first["_err"] == FALLBACK).fill_null(False)
-        late = first.filter(handed_back).select("_i").join(frame.select("_i", "_phone", "_country"), on="_i")
-        slow = pl.concat([answered.result(), _ask(fallback, late)])
+    switch = sys.getswitchinterval()
+    # The fast path hands the GIL back and forth with many short calls (one plan per region);
+    # with the default 5 ms switch interval each of them can wait that long behind the
+    # phonenumbers thread.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # phonenumbers works through the unusual inputs while Polars (without the GIL) does the rest.
+            answered = pool.submit(_ask, fallback, slow)
+            first = _fast_path(fast, size)
+            handed_back = (first["_err"] == FALLBACK).fill_null(False)
+            late = first.filter(handed_back).select("_i").join(frame.select("_i", "_phone", "_country"), on="_i")
+            slow = pl.concat([answered.result(), _ask(fallback, late)])
+    finally:
+        sys.setswitchinterval(switch)
     # phonenumbers keeps each exception it retries past in a reference cycle with its frame, and so
     # every frame above it until the cyclic collector runs: collect now rather than hold memory.
     gc.collect()

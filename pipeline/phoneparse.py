@@ -28,7 +28,7 @@ from pipeline.phonemeta import (
 ICC, NAN, SHORT, LONG = "invalid_country_code", "not_a_number", "too_short", "too_long"
 FALLBACK = "fallback"  # not modelled here: ask phonenumbers
 
-Stage = Callable[[pl.LazyFrame, RegionMeta], pl.LazyFrame]
+Stage = Callable[[pl.DataFrame, RegionMeta], pl.LazyFrame]  # one partition -> its plan
 _LITERAL = re.compile(r"\(\?-u\)\^\(\?:(\d+)\)")
 
 
@@ -37,10 +37,10 @@ def _by(frame: pl.DataFrame, key: str, stage: Stage) -> pl.DataFrame:
     collect so that Polars runs the partitions in parallel."""
     meta = metadata()
     if frame.height == 0:
-        return stage(frame.lazy(), next(iter(meta.regions.values()))).collect().clear()
+        return stage(frame, next(iter(meta.regions.values()))).collect().clear()
     parts = frame.partition_by(key, as_dict=True).items()
-    plans = [stage(part.lazy(), meta.regions[value]) for (value,), part in parts]
-    return pl.concat(plans, how="vertical_relaxed", parallel=True).collect(engine="in-memory")
+    plans = [stage(part, meta.regions[value]) for (value,), part in parts]
+    return pl.concat(plans, how="vertical_relaxed", parallel=True).collect(engine="in-memory").rechunk()
 
 
 def _lengths_where(verdicts: tuple[int, ...], wanted: set[int]) -> list[int]:
@@ -124,10 +124,12 @@ def _apply(frame: pl.LazyFrame, steps: Steps) -> pl.LazyFrame:
 
 
 @cache
-def _national_steps(key: str) -> Steps:
+def _national_steps(key: str, own_code_rows: bool = True) -> Steps:
     """_maybe_extract_country_code for digits written without a +, read in region `key`: an
     international prefix then a calling code, or the region's own code written without +, or
-    a national number. (Expressions are built once per region and process.)"""
+    a national number. (Expressions are built once per region and process.) Without
+    `own_code_rows` (no row starts with the region's calling code) the own-code branch, whose
+    general-pattern regexes are the costliest part to compile, is left out: it could not apply."""
     meta = metadata()
     m = meta.regions[key]
     digits = pl.col("_D")
@@ -140,24 +142,29 @@ def _national_steps(key: str) -> Steps:
         first = {"_after": pl.lit(None, dtype=pl.String), "_idd": pl.lit(False)}
     # Regexes skip null values: the own-code checks only look at digits starting with the code.
     starts = pl.when(digits.str.starts_with(own)).then(digits)
-    second = {"_idd_cc": calling_code("_after"), "_without": _strip_national_prefix(starts.str.slice(len(own)), m)}
-    too_long = length(digits).is_in(_lengths_where(m.length_any, {TOO_LONG}))
-    own_code = starts.is_not_null() & ((~_general(starts, m) & _general(pl.col("_without"), m)) | too_long)
+    second = {"_idd_cc": calling_code("_after")}
+    own_code: pl.Expr = pl.lit(False)
+    if own_code_rows:
+        second["_without"] = _strip_national_prefix(starts.str.slice(len(own)), m)
+        too_long = length(digits).is_in(_lengths_where(m.length_any, {TOO_LONG}))
+        own_code = starts.is_not_null() & ((~_general(starts, m) & _general(pl.col("_without"), m)) | too_long)
     idd, after, code = pl.col("_idd"), pl.col("_after"), pl.col("_idd_cc")
     last = {
         "_err": pl.when(idd & (after.str.len_bytes() <= MIN_NSN_LENGTH)).then(pl.lit(SHORT))
         .when(idd & code.is_null()).then(pl.lit(ICC)),
         "_cc": pl.when(idd).then(code).otherwise(pl.lit(own)),
         "_nat": pl.when(idd).then(after.str.slice(code.str.len_bytes()))
-        .when(own_code).then(pl.col("_without")).otherwise(digits),
+        .when(own_code).then(pl.col("_without") if own_code_rows else digits).otherwise(digits),
         "_meta": pl.when(idd).then(main_key("_idd_cc"))
         .when(own_code).then(pl.lit(meta.main_key[m.country_code])).otherwise(pl.lit(m.key)),
     }  # fmt: skip
     return first, second, last
 
 
-def _parse_national(frame: pl.LazyFrame, m: RegionMeta) -> pl.LazyFrame:
-    return _apply(frame, _national_steps(m.key)).drop("_after", "_idd", "_idd_cc", "_without")
+def _parse_national(frame: pl.DataFrame, m: RegionMeta) -> pl.LazyFrame:
+    own_code_rows = bool(frame["_D"].str.starts_with(str(m.country_code)).any())
+    steps = _national_steps(m.key, own_code_rows)
+    return _apply(frame.lazy(), steps).drop("_after", "_idd", "_idd_cc", "_without", strict=False)
 
 
 @cache
@@ -177,8 +184,8 @@ def _finish_steps(key: str) -> Steps:
     return tuple(steps)
 
 
-def _finish_national_number(frame: pl.LazyFrame, m: RegionMeta) -> pl.LazyFrame:
-    return _apply(frame, _finish_steps(m.key)).drop("_short", "_pot", strict=False)
+def _finish_national_number(frame: pl.DataFrame, m: RegionMeta) -> pl.LazyFrame:
+    return _apply(frame.lazy(), _finish_steps(m.key)).drop("_short", "_pot", strict=False)
 
 
 def _number_type(m: RegionMeta, prefix: str) -> tuple[dict[str, pl.Expr], pl.Expr]:
@@ -208,10 +215,10 @@ def _type_exprs(key: str) -> tuple[dict[str, pl.Expr], pl.Expr]:
     return _number_type(metadata().regions[key], "_t_")
 
 
-def _type_in_region(frame: pl.LazyFrame, m: RegionMeta) -> pl.LazyFrame:
+def _type_in_region(frame: pl.DataFrame, m: RegionMeta) -> pl.LazyFrame:
     """number_type in region `m` (the number is valid when it is not UNKNOWN)."""
     checks, kind = _type_exprs(m.key)
-    return frame.with_columns(**checks).with_columns(_type=kind).drop(list(checks))
+    return frame.lazy().with_columns(**checks).with_columns(_type=kind).drop(list(checks))
 
 
 @cache
@@ -243,9 +250,9 @@ def _choose_steps(key: str) -> tuple[Steps, list[str]]:
     return steps, [*checks, *types]
 
 
-def _choose_region(frame: pl.LazyFrame, m: RegionMeta) -> pl.LazyFrame:
+def _choose_region(frame: pl.DataFrame, m: RegionMeta) -> pl.LazyFrame:
     steps, temporary = _choose_steps(m.key)
-    return _apply(frame, steps).drop(temporary)
+    return _apply(frame.lazy(), steps).drop(temporary)
 
 
 @cache
