@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 
 from pipeline import store
@@ -35,14 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         senders = [r[0] for r in con.execute("SELECT DISTINCT sender FROM outbox ORDER BY 1").fetchall()]
         channels = {s: channel_for(spec, base_url=args.provider_base_url, sender=s) for s in senders}
         spool = args.spool_dir
+        cpu = time.process_time()
         result = asyncio.run(dispatch_campaign(
             con, args.campaign_id, channels, rate=spec.rate_limit, retry=spec.retry,
             guards=Guards(send_window=spec.send_window),
             reconcile=(lambda: ingest_spool(con, spool)) if spool else None,
             timeout_s=spec.provider.timeout_s, progress_every_s=30,
         ))
+        cpu = time.process_time() - cpu  # every thread of this process, while it dispatched
     print(json.dumps({"senders": senders, "sent": result.sent, "failed": result.failed, "seconds": result.seconds,
-                      "stopped_reason": result.stopped_reason}), flush=True)
+                      "cpu_seconds": round(cpu, 3), "stopped_reason": result.stopped_reason}), flush=True)
     return 0
 
 
