@@ -6,9 +6,15 @@ Nothing here is a hand-written table, so upgrading phonenumbers keeps the fast p
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
+from typing import Any
 
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumberType, ValidationResult
@@ -133,7 +139,61 @@ class Metadata:
 
 @cache
 def metadata() -> Metadata:
-    """Every region's metadata, loaded once per process (≈ 0.3 s)."""
+    """Every region's metadata, once per process: from the cache file when this version of
+    phonenumbers has been read before (≈ 10 ms), else built (≈ 0.15 s) and cached."""
+    path = cache_path()
+    try:
+        return _from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or unreadable: build it
+    built = build_metadata()
+    with contextlib.suppress(OSError):  # a read-only home only costs the rebuild next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(_to_json(built)), encoding="utf-8")
+        partial.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
+    return built
+
+
+def cache_path() -> Path:
+    """Where the extracted metadata is kept: $CAMPAIGN_CACHE_DIR, else the user's cache folder;
+    one file per phonenumbers version (and layout of ours), so an upgrade rebuilds it."""
+    root = os.environ.get("CAMPAIGN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "campaign-pipeline"
+    )
+    return Path(root) / f"phonemeta-{phonenumbers.__version__}-{_LAYOUT}.json"
+
+
+_LAYOUT = 1  # bump when RegionMeta or Desc change
+
+
+def _to_json(meta: Metadata) -> dict[str, Any]:
+    return {"regions": [dataclasses.asdict(r) for r in meta.regions.values()],
+            "by_code": {str(code): keys for code, keys in meta.by_code.items()},
+            "main_key": {str(code): key for code, key in meta.main_key.items()},
+            "supported_regions": sorted(meta.supported_regions)}  # fmt: skip
+
+
+def _from_json(data: dict[str, Any]) -> Metadata:
+    def desc(value: dict[str, Any] | None) -> Desc | None:
+        return None if value is None else Desc(value["pattern"], tuple(value["lengths"]))
+
+    regions = {}
+    for r in data["regions"]:
+        region = RegionMeta(**{
+            **r, "general_desc": desc(r["general_desc"]), "fixed_line": desc(r["fixed_line"]),
+            "mobile": desc(r["mobile"]), "special": tuple((name, desc(d)) for name, d in r["special"]),
+            "length_any": tuple(r["length_any"]), "length_mobile": tuple(r["length_mobile"]),
+        })  # fmt: skip
+        regions[region.key] = region
+    return Metadata(
+        regions, {int(code): tuple(keys) for code, keys in data["by_code"].items()},
+        {int(code): key for code, key in data["main_key"].items()}, frozenset(data["supported_regions"]),
+    )
+
+
+def build_metadata() -> Metadata:
+    """Every region's metadata, read from phonenumbers."""
     regions: dict[str, RegionMeta] = {}
     by_code: dict[int, tuple[str, ...]] = {}
     for code, names in _util.COUNTRY_CODE_TO_REGION_CODE.items():

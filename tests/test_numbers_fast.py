@@ -3,6 +3,7 @@ of every type in every region of libphonenumber's metadata, written every way, a
 
 from __future__ import annotations
 
+import json
 import random
 
 import phonenumbers
@@ -145,3 +146,26 @@ def test_empty_input() -> None:
         pl.Series([], dtype=pl.String), pl.Series([], dtype=pl.String), classify_number
     )
     assert got.height == 0 and fallback_rows == 0 and got.columns == ["phone_e164", "region", "number_type", "_invalid"]
+
+
+def test_metadata_is_cached_per_phonenumbers_version_and_a_bad_cache_is_rebuilt(tmp_path, monkeypatch) -> None:
+    from pipeline import phonemeta
+
+    monkeypatch.setenv("CAMPAIGN_CACHE_DIR", str(tmp_path / "cache"))
+    built = phonemeta.build_metadata()
+    try:
+        phonemeta.metadata.cache_clear()
+        assert phonemeta.metadata() == built  # built, and written
+        path = phonemeta.cache_path()
+        assert path.parent == tmp_path / "cache" and phonenumbers.__version__ in path.name and path.exists()
+        phonemeta.metadata.cache_clear()
+        assert phonemeta.metadata() == built  # read back: the same, field for field
+        path.write_text('{"regions": [{"key": "GB"', encoding="utf-8")  # cut short
+        phonemeta.metadata.cache_clear()
+        assert phonemeta.metadata() == built
+        assert len(json.loads(path.read_text(encoding="utf-8"))["regions"]) == len(built.regions)  # rewritten whole
+        monkeypatch.setenv("CAMPAIGN_CACHE_DIR", "/proc/no-such-dir")  # cannot be written
+        phonemeta.metadata.cache_clear()
+        assert phonemeta.metadata() == built
+    finally:
+        phonemeta.metadata.cache_clear()
