@@ -235,11 +235,13 @@ def validate_numbers(
 def drop_duplicates(accepted: pl.DataFrame, carry: Carry) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(accepted, duplicate rejects): the first row (spreadsheet order) with each E.164 number
     wins, across the batches `carry` has seen; later ones are rejected naming it."""
-    earlier = pl.col("phone_e164").is_in(carry.first_seen["phone_e164"].implode())
-    first = ~earlier & pl.col("phone_e164").is_first_distinct()
-    winners = accepted.filter(first)
+    first = pl.col("phone_e164").is_first_distinct()
+    if carry.first_seen.height:  # numbers an earlier batch had
+        first = first & ~pl.col("phone_e164").is_in(carry.first_seen["phone_e164"].implode())
+    winning = accepted.select(first).to_series()  # once: both filters below use it
+    winners = accepted.filter(winning)
     carry.first_seen = pl.concat([carry.first_seen, winners.select("phone_e164", _first=pl.col("row_number"))])
-    duplicates = accepted.filter(~first).select("row_number", "phone_e164")
+    duplicates = accepted.filter(~winning).select("row_number", "phone_e164")
     duplicates = duplicates.join(carry.first_seen, on="phone_e164", how="left", maintain_order="left").select(
         pl.col("row_number").cast(pl.Int64),
         pl.lit("duplicate").alias("reason"),
