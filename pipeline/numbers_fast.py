@@ -160,11 +160,13 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
     frame = frame.with_columns(_fast=pl.col("_fast") & (pl.col("_D").str.len_bytes() >= 3))
     fast = frame.filter(pl.col("_fast")).select("_i", "_D", "_plus", "_R", "_country")
     slow = frame.filter(~pl.col("_fast")).select("_i", "_phone", "_country")
-    switch = sys.getswitchinterval()
+    switch, collecting = sys.getswitchinterval(), gc.isenabled()
     # The fast path hands the GIL back and forth with many short calls (one plan per region);
     # with the default 5 ms switch interval each of them can wait that long behind the
-    # phonenumbers thread.
+    # phonenumbers thread. The cyclic collector, which phonenumbers' garbage sets off again and
+    # again, runs once at the end instead (below).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.disable()
     try:
         with ThreadPoolExecutor(1) as pool:
             # phonenumbers works through the unusual inputs while Polars (without the GIL) does the rest.
@@ -175,6 +177,8 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
             slow = pl.concat([answered.result(), _ask(fallback, late)])
     finally:
         sys.setswitchinterval(switch)
+        if collecting:
+            gc.enable()
     # phonenumbers keeps each exception it retries past in a reference cycle with its frame, and so
     # every frame above it until the cyclic collector runs: collect now rather than hold memory.
     gc.collect()

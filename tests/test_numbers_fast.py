@@ -169,3 +169,21 @@ def test_metadata_is_cached_per_phonenumbers_version_and_a_bad_cache_is_rebuilt(
         assert phonemeta.metadata() == built
     finally:
         phonemeta.metadata.cache_clear()
+
+
+def test_the_interpreter_settings_changed_while_classifying_are_put_back() -> None:
+    import gc
+    import sys
+
+    switch = sys.getswitchinterval()
+    phones = pl.Series(["+44 7400 123456", "tel: +44 7400 12345x", "n/a"], dtype=pl.String)
+    got, fallback_rows = classify_numbers(phones, pl.Series(["", "", ""], dtype=pl.String), classify_number)
+    assert got["phone_e164"].to_list()[0] == "+447400123456" and fallback_rows == 2
+    assert gc.isenabled() and sys.getswitchinterval() == switch
+    # ... also when classifying fails.
+    def broken(phone: str, country: str) -> tuple:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        classify_numbers(phones, pl.Series(["", "", ""], dtype=pl.String), broken)
+    assert gc.isenabled() and sys.getswitchinterval() == switch
