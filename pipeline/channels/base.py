@@ -101,7 +101,7 @@ class HttpSession:
 
     `AsyncClient.post` spends as much CPU on its layers (URL merging, cookie, auth and redirect
     handling) as on the request itself; provider sends use none of them, and one process sends
-    1.3-1.5x as many messages through the transport (benchmarks/throughput.py). A shared pool
+    1.3-1.6x as many messages through the transport (benchmarks/throughput.py). A shared pool
     makes httpx's waiters spin (encode/httpx#3215), hence one connection per worker. The proxy
     from the environment (HTTPS_PROXY / NO_PROXY ...) is honoured as AsyncClient would.
     """
