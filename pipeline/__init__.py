@@ -8,6 +8,4 @@ import os as _os
 # kernel only to fault them in again a moment later (a quarter of the CPU time of preparing
 # 1M rows went to the kernel), and one arena per thread kept memory freed on one thread from
 # being reused on another. A 5 s decay still returns the memory after a run.
-_os.environ.setdefault(
-    "_RJEM_MALLOC_CONF", f"narenas:{_os.cpu_count() or 1},dirty_decay_ms:5000,muzzy_decay_ms:5000"
-)
+_os.environ.setdefault("_RJEM_MALLOC_CONF", f"narenas:{_os.cpu_count() or 1},dirty_decay_ms:5000,muzzy_decay_ms:5000")
