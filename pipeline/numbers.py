@@ -20,6 +20,7 @@ from pipeline.frequency import DEFAULT_FREQUENCY_WINDOW
 from pipeline.numbers_fast import (
     FAST_INPUT,
     ICC,
+    LETTERS,
     LONG,
     NAN,
     NEEDS_COUNTRY,
@@ -77,7 +78,7 @@ def _judge(parsed: Parsed, raw: str, country: str, region: str | None) -> Classi
     elif _SCIENTIFIC.fullmatch(text):
         why = "in scientific notation (a spreadsheet turned it into a number)"
     elif any(ch.isalpha() for ch in text):
-        why = "contains letters"
+        why = LETTERS
     elif number is None:
         plus = "+" in raw or "\uff0b" in raw
         if error == NumberParseException.INVALID_COUNTRY_CODE and not plus and region is None:

@@ -16,9 +16,17 @@ import polars as pl
 from pipeline.phonemeta import MAX_INPUT_LENGTH, MAX_LENGTH, TOO_LONG, TOO_SHORT, Metadata, metadata
 from pipeline.phoneparse import FALLBACK, ICC, LONG, NAN, SHORT, length, parse_fast
 
-# What the fast path models exactly: leading junk phonenumbers skips, at most one leading +,
-# then ASCII digits, spaces, dashes, dots and parentheses (all in its VALID_PUNCTUATION).
-FAST_INPUT = r"^[ '(.\-]*\+?[0-9 ().\-]*$"
+# What the fast path models exactly: leading junk phonenumbers skips, leading +s (it strips them
+# all: "++44…" is "+44…"), then ASCII digits, spaces, dashes, dots, slashes and parentheses (all
+# in its VALID_PUNCTUATION, removed alike; a slash only starts a second number before an x).
+FAST_INPUT = r"^[ '(.\-]*\+*[0-9 ().\-/]*$"
+
+# A number wrapped in letters phonenumbers reads past: an RFC 3966 "tel:" in front (skipped as
+# leading junk) and an " ext. 123" extension behind (split off; the extension is not part of the
+# number). Inside is a plain input, parsed the same way; were it invalid, the letters are the reason
+# given (as numbers._judge words it), and the 00 rule, which only reads plain inputs, does not apply.
+WRAPPERS = r"^tel:|[ ]ext\. [0-9]{1,20}$"
+LETTERS = "contains letters"
 
 SWITCH_INTERVAL_S = 0.0001
 
@@ -118,11 +126,25 @@ def _ask(fallback: Fallback, rows: pl.DataFrame) -> pl.DataFrame:
     return rows.join(lookup, on=["_phone", "_country"], how="left").select("_i", *_NAMES)
 
 
+def _unwrapped(text: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """(the input, unwrapped where WRAPPERS held a plain input; whether it is plain now; whether
+    it was unwrapped). Only the few rows not plain as written are looked at."""
+    plain = text.str.contains(FAST_INPUT).fill_null(False)
+    lettered = pl.repeat(False, len(text), dtype=pl.Boolean, eager=True)
+    where = (~plain).arg_true()
+    if len(where):
+        inner = text.gather(where).str.replace_all(WRAPPERS, "")
+        found = (inner != text.gather(where)) & inner.str.contains(FAST_INPUT)
+        where, inner = where.filter(found), inner.filter(found)
+        text, plain, lettered = text.scatter(where, inner), plain.scatter(where, True), lettered.scatter(where, True)
+    return text, plain, lettered
+
+
 def _fast_path(fast: pl.DataFrame, size: int) -> pl.DataFrame:
     """parse_fast over the fast rows, with the 00 rule's second attempt where the first fails."""
-    retry = fast.filter(~pl.col("_plus") & pl.col("_D").str.starts_with("00")).select(
+    retry = fast.filter(~pl.col("_plus") & ~pl.col("_lettered") & pl.col("_D").str.starts_with("00")).select(
         pl.col("_i") + size, pl.col("_D").str.slice(2), _plus=pl.lit(True), _R=pl.lit(None, pl.String),
-        _country=pl.lit(""),
+        _country=pl.lit(""), _lettered=pl.lit(False),
     )  # fmt: skip
     viable = retry["_D"].str.len_bytes() >= 3  # "+d" and "+dd" are not viable phone numbers
     attempts = _attempt(pl.concat([fast, retry.filter(viable)]))
@@ -150,15 +172,16 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
     meta = metadata()
     size = len(phone)
     frame = pl.DataFrame({"_phone": phone.fill_null(""), "_country": country.fill_null("")}).with_row_index("_i")
-    frame = frame.with_columns(_t=pl.col("_phone").str.strip_chars()).with_columns(
+    text, plain, lettered = _unwrapped(frame["_phone"].str.strip_chars())
+    frame = frame.with_columns(text.alias("_t"), lettered.alias("_lettered")).with_columns(
         # a fast-path input holds no other characters than these and digits
-        _D=pl.col("_t").str.replace_many([" ", "'", "(", ")", ".", "-", "+"], [""] * 7),
+        _D=pl.col("_t").str.replace_many([" ", "'", "(", ")", ".", "-", "/", "+"], [""] * 8),
         _plus=pl.col("_t").str.contains("+", literal=True),
         _R=pl.when(pl.col("_country").is_in(sorted(meta.supported_regions))).then(pl.col("_country")),
-        _fast=pl.col("_t").str.contains(FAST_INPUT) & (pl.col("_phone").str.len_chars() <= MAX_INPUT_LENGTH),
+        _fast=pl.lit(plain) & (pl.col("_phone").str.len_chars() <= MAX_INPUT_LENGTH),
     )
     frame = frame.with_columns(_fast=pl.col("_fast") & (pl.col("_D").str.len_bytes() >= 3))
-    fast = frame.filter(pl.col("_fast")).select("_i", "_D", "_plus", "_R", "_country")
+    fast = frame.filter(pl.col("_fast")).select("_i", "_D", "_plus", "_R", "_country", "_lettered")
     slow = frame.filter(~pl.col("_fast")).select("_i", "_phone", "_country")
     switch, collecting = sys.getswitchinterval(), gc.isenabled()
     # The fast path hands the GIL back and forth with many short calls (one plan per region);
@@ -171,7 +194,7 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
         with ThreadPoolExecutor(1) as pool:
             # phonenumbers works through the unusual inputs while Polars (without the GIL) does the rest.
             answered = pool.submit(_ask, fallback, slow)
-            first = _fast_path(fast, size)
+            first = _fast_path(fast, size).hstack([fast["_lettered"]])
             handed_back = (first["_err"] == FALLBACK).fill_null(False)
             late = first.filter(handed_back).select("_i").join(frame.select("_i", "_phone", "_country"), on="_i")
             slow = pl.concat([answered.result(), _ask(fallback, late)])
@@ -188,7 +211,7 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
         pl.when(valid).then(pl.concat_str(pl.lit("+"), "_cc", "_nat")).alias("phone_e164"),
         pl.when(valid).then(pl.col("_region")).alias("region"),
         pl.when(valid).then(pl.col("_type")).alias("number_type"),
-        pl.when(valid).then(None).otherwise(pl.col("_invalid")).alias("_invalid"),
+        pl.when(valid).then(None).when("_lettered").then(pl.lit(LETTERS)).otherwise("_invalid").alias("_invalid"),
     )
     # Every row is in exactly one of the two parts: putting them back in order is a sort on _i
     # (scattering string columns into a frame of nulls costs several times more).

@@ -230,8 +230,17 @@ def test_phonenumbers_is_called_only_for_unusual_inputs_once_per_unique_pair(mon
     accepted, rejects = run(audience(rows))
     assert calls == []
     assert accepted.height == 10 and rejects.height == 990
-    # Letters (a vanity number, an extension) are phonenumbers' own business, once per unique pair.
-    rows = [(f"+44 7400 1234{i % 5:02d} ext. 7", "GB", "yes") for i in range(100)]
+    # So are numbers in a "tel:" URI or with an " ext. 7" extension: phonenumbers reads past both.
+    rows = [(f"tel:+4474001234{i % 10:02d}", "", "yes") for i in range(50)]
+    rows += [(f"+44 7400 1234{i % 10:02d} ext. 7", "GB", "yes") for i in range(50)]
+    rows += [("tel:+447400", "", "yes"), ("0044 7400 123456 ext. 7", "US", "yes")]
+    accepted, rejects = run(audience(rows))
+    assert calls == []
+    assert accepted.height == 10
+    assert rejects.filter(pl.col("reason") == "invalid_number")["detail"].to_list() == ["contains letters"] * 2
+    # Other letters (a vanity number, other ways to write an extension) are phonenumbers' own
+    # business, once per unique pair.
+    rows = [(f"+44 7400 1234{i % 5:02d} x 7", "GB", "yes") for i in range(100)]
     accepted, rejects = run(audience(rows))
     assert len(calls) == len(set(calls)) == 5
     assert accepted["phone_e164"].to_list() == [f"+4474001234{i:02d}" for i in range(5)]

@@ -38,6 +38,16 @@ def _forms(region: str, code: int, nsn: str, rng: random.Random) -> list[tuple[s
         (f"+{code}{nsn[:-2]}", own),  # too short
         (f"+{code}{nsn}{rng.randint(0, 999)}", ""),  # too long
         (f" ({national}) ", own),
+        (f"++{code}{nsn}", ""),  # phonenumbers strips every leading +
+        (f"++{code}{nsn[:-2]}", own),
+        (f"+{code} / {nsn}", ""),  # a slash is punctuation like a dot or a dash
+        (f"{national[:3]}/{national[3:]}", own),
+        (f"tel:{international}", ""),  # phonenumbers skips the scheme, and reads past an extension
+        (f"tel:{national}", own),
+        (f"tel:00{code}{nsn}", other),  # letters: not read by the 00 rule
+        (f"{national} ext. {rng.randint(1, 99999)}", own),
+        (f"tel:+{code}{nsn[:-2]} ext. 1", ""),
+        (f"+{code}{nsn} ext. {'9' * 21}", ""),  # too long for an extension
     ]
 
 
