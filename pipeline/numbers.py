@@ -25,6 +25,7 @@ from pipeline.numbers_fast import (
     NAN,
     NEEDS_COUNTRY,
     PARSE_ERRORS,
+    SCIENTIFIC_DETAIL,
     SHORT,
     Classified,
     classify_numbers,
@@ -76,7 +77,7 @@ def _judge(parsed: Parsed, raw: str, country: str, region: str | None) -> Classi
     if not text:
         why = "phone is empty"
     elif _SCIENTIFIC.fullmatch(text):
-        why = "in scientific notation (a spreadsheet turned it into a number)"
+        why = SCIENTIFIC_DETAIL
     elif any(ch.isalpha() for ch in text):
         why = LETTERS
     elif number is None:

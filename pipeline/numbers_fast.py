@@ -26,7 +26,14 @@ FAST_INPUT = r"^[ '(.\-]*\+*[0-9 ().\-/]*$"
 # number). Inside is a plain input, parsed the same way; were it invalid, the letters are the reason
 # given (as numbers._judge words it), and the 00 rule, which only reads plain inputs, does not apply.
 WRAPPERS = r"^tel:|[ ]ext\. [0-9]{1,20}$"
+# One letter after the third digit is dropped (fewer than three letters are not a vanity number);
+# not x (an extension follows) nor e (the detail given is scientific notation).
+ONE_LETTER = r"^(\+?[0-9]{3,})[A-DF-WYZa-df-wyz]([0-9]*)$"
 LETTERS = "contains letters"
+# What a spreadsheet makes of a long number in a numeric cell (4.47911E+11): never a number to
+# phonenumbers, since its patterns allow no + after the first digit.
+SCIENTIFIC = r"^[0-9]+([.,][0-9]+)?[eE]\+[0-9]+$"
+SCIENTIFIC_DETAIL = "in scientific notation (a spreadsheet turned it into a number)"
 
 SWITCH_INTERVAL_S = 0.0001
 
@@ -127,13 +134,13 @@ def _ask(fallback: Fallback, rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _unwrapped(text: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
-    """(the input, unwrapped where WRAPPERS held a plain input; whether it is plain now; whether
-    it was unwrapped). Only the few rows not plain as written are looked at."""
+    """(the input, unwrapped where WRAPPERS or ONE_LETTER held a plain input; whether it is plain
+    now; whether it was unwrapped). Only the few rows not plain as written are looked at."""
     plain = text.str.contains(FAST_INPUT).fill_null(False)
     lettered = pl.repeat(False, len(text), dtype=pl.Boolean, eager=True)
     where = (~plain).arg_true()
     if len(where):
-        inner = text.gather(where).str.replace_all(WRAPPERS, "")
+        inner = text.gather(where).str.replace_all(WRAPPERS, "").str.replace(ONE_LETTER, "${1}${2}")
         found = (inner != text.gather(where)) & inner.str.contains(FAST_INPUT)
         where, inner = where.filter(found), inner.filter(found)
         text, plain, lettered = text.scatter(where, inner), plain.scatter(where, True), lettered.scatter(where, True)
@@ -182,7 +189,11 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
     )
     frame = frame.with_columns(_fast=pl.col("_fast") & (pl.col("_D").str.len_bytes() >= 3))
     fast = frame.filter(pl.col("_fast")).select("_i", "_D", "_plus", "_R", "_country", "_lettered")
-    slow = frame.filter(~pl.col("_fast")).select("_i", "_phone", "_country")
+    slow = frame.filter(~pl.col("_fast")).select("_i", "_phone", "_country", "_t")
+    scientific = slow["_t"].str.contains(SCIENTIFIC)
+    known = slow.filter(scientific).select("_i", *(pl.lit(None, pl.String).alias(n) for n in _NAMES[:3]),
+                                           _invalid=pl.lit(SCIENTIFIC_DETAIL))  # fmt: skip
+    slow = slow.filter(~scientific).drop("_t")
     switch, collecting = sys.getswitchinterval(), gc.isenabled()
     # The fast path hands the GIL back and forth with many short calls (one plan per region);
     # with the default 5 ms switch interval each of them can wait that long behind the
@@ -197,7 +208,7 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
             first = _fast_path(fast, size).hstack([fast["_lettered"]])
             handed_back = (first["_err"] == FALLBACK).fill_null(False)
             late = first.filter(handed_back).select("_i").join(frame.select("_i", "_phone", "_country"), on="_i")
-            slow = pl.concat([answered.result(), _ask(fallback, late)])
+            asked = pl.concat([answered.result(), _ask(fallback, late)])
     finally:
         sys.setswitchinterval(switch)
         if collecting:
@@ -213,10 +224,10 @@ def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -
         pl.when(valid).then(pl.col("_type")).alias("number_type"),
         pl.when(valid).then(None).when("_lettered").then(pl.lit(LETTERS)).otherwise("_invalid").alias("_invalid"),
     )
-    # Every row is in exactly one of the two parts: putting them back in order is a sort on _i
+    # Every row is in exactly one of the parts: putting them back in order is a sort on _i
     # (scattering string columns into a frame of nulls costs several times more).
-    parts = [part.select("_i", *(pl.col(n).cast(pl.String) for n in _NAMES)) for part in (done, slow)]
+    parts = [part.select("_i", *(pl.col(n).cast(pl.String) for n in _NAMES)) for part in (done, asked, known)]
     result = pl.concat(parts).sort("_i")
     if not (result["_i"].cast(pl.Int64) == pl.int_range(0, size, eager=True)).all() or result.height != size:
         raise RuntimeError(f"classify_numbers: {result.height} results for {size} rows")  # never silently
-    return result.drop("_i"), slow.height
+    return result.drop("_i"), asked.height

@@ -48,6 +48,13 @@ def _forms(region: str, code: int, nsn: str, rng: random.Random) -> list[tuple[s
         (f"{national} ext. {rng.randint(1, 99999)}", own),
         (f"tel:+{code}{nsn[:-2]} ext. 1", ""),
         (f"+{code}{nsn} ext. {'9' * 21}", ""),  # too long for an extension
+        (f"+{code}{nsn[:-1]}Q{nsn[-1]}", ""),  # one letter: dropped
+        (f"{nsn[:3]}k{nsn[3:]}", own),
+        (f"0{code}{nsn[:-2]}b", own),
+        (f"+{code}{nsn[:-1]}x{nsn[-1]}", ""),  # x: an extension follows
+        (f"{code}{nsn[:2]}E{nsn[2:]}", own),  # e: scientific notation, to phonenumbers' eyes a number
+        (f"{float(f'{code}{nsn}'):.4E}", own),  # a spreadsheet's way
+        (f"{float(f'{code}{nsn}'):.5e}".replace(".", ","), ""),
     ]
 
 
