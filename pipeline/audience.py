@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -200,12 +201,13 @@ class AudienceReader:
             raise AudienceError(f"{self.path}: the file is empty (expected a header row and data rows)")
         self.columns = _header(self.path, header, required)
         self._header_bytes = first[:head_end].rstrip(b"\r\n") + b"\n"
-        self._first = first[head_end:]
+        # The first block is read with its own header line: no copy of a block of up to batch_bytes.
+        self._first, self._has_rows = first, len(first) > head_end
 
     def _peek(self) -> bool:
         block = next(self._blocks, b"")
         if block:
-            self._blocks = iter([block, *self._blocks])
+            self._blocks = itertools.chain([block], self._blocks)
         return bool(block.strip())
 
     def close(self) -> None:
@@ -218,32 +220,34 @@ class AudienceReader:
         self.close()
 
     def __iter__(self) -> Iterator[Loaded]:
-        row, line = 2, 2
+        row, line = 2, 1
         first, self._first = self._first, b""
+        blocks: Iterator[tuple[bytes | None, bytes]] = ((self._header_bytes, block) for block in self._blocks)
+        if self._has_rows:
+            blocks = itertools.chain([(None, first)], blocks)
+        else:
+            line += first.count(b"\n")
         try:
-            for block in (first, *self._blocks) if first else self._blocks:
-                loaded = self._batch(block, row, line)
+            for header, block in blocks:  # one at a time: a file larger than memory streams through
+                loaded = read_block(self.path, self.columns, header, block, first_row=row, first_line=line)
                 row += loaded.rows_read
                 line += block.count(b"\n")
                 yield loaded
         finally:
             self.close()
 
-    def _batch(self, block: bytes, first_row: int, first_line: int) -> Loaded:
-        header = self._header_bytes
-        return read_block(self.path, self.columns, header, block, first_row=first_row, first_line=first_line)
-
 
 def read_block(
-    path: Path, columns: Sequence[str], header: bytes, block: bytes, *, first_row: int, first_line: int
+    path: Path, columns: Sequence[str], header: bytes | None, block: bytes, *, first_row: int, first_line: int
 ) -> Loaded:
     """The records of `block` (whole records of `path`, cut where _blocks cuts), rows numbered
     from `first_row`; `header` is the file's header line (it fixes the number of columns) and
-    `first_line` the block's first line in the file, for error messages."""
+    `first_line` the block's first line in the file, for error messages. With `header` None the
+    block starts with the file's header line itself."""
     names = list(columns)
     try:
         frame = pl.read_csv(
-            header + block, has_header=True, new_columns=names, infer_schema=False,
+            block if header is None else header + block, has_header=True, new_columns=names, infer_schema=False,
             truncate_ragged_lines=True,  # ragged rows are counted below and rejected one by one
             raise_if_empty=False,
         )  # fmt: skip
@@ -252,14 +256,15 @@ def read_block(
         raise AudienceError(f"{path}: not a readable CSV file: {problem}") from None
     if frame.width != len(names):
         raise AudienceError(f"{path}: expected {len(names)} columns, the CSV reader found {frame.width}")
-    counts = _field_counts(block)
+    skip = int(header is None)  # the header line's own count
+    counts = _field_counts(block).slice(skip)
     if len(counts) != frame.height:
         # Quotes in mid-field ("5'11"") defeat the vectorised count: ask the csv module.
         text = io.StringIO(block.decode("utf-8"), newline="")
-        counts = pl.Series([len(r) for r in csv.reader(text)], dtype=pl.Int64)
+        counts = pl.Series([len(r) for r in csv.reader(text)], dtype=pl.Int64).slice(skip)
     if len(counts) != frame.height:
         raise AudienceError(
-            f"{path}: malformed CSV after line {first_line - 1} (found {len(counts)} records but read "
+            f"{path}: malformed CSV after line {first_line - 1 + skip} (found {len(counts)} records but read "
             f"{frame.height} rows); check for unbalanced quotes"
         )
     frame = frame.with_columns(

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.audience import AudienceError, load_audience
+from pipeline.audience import AudienceError, AudienceReader, load_audience
 from pipeline.records import REJECTS_SCHEMA
 
 
@@ -208,11 +208,24 @@ def test_a_quote_in_mid_field_is_counted_like_the_csv_module(tmp_path: Path) -> 
 
 
 def test_reader_gives_the_columns_before_reading_rows(tmp_path: Path) -> None:
-    from pipeline.audience import AudienceReader
-
     path = write(tmp_path, "phone,opt_in,first_name\n" + "+447911123456,yes,Ann\n" * 50)
     with AudienceReader(path, batch_bytes=64) as reader:
         assert reader.columns == ["phone", "opt_in", "first_name"]
         batches = list(reader)
     assert len(batches) > 5
     assert [b.frame["row_number"].min() for b in batches][:2] == [2, 2 + batches[0].rows_read]
+
+
+def test_batches_are_read_one_at_a_time(tmp_path: Path) -> None:
+    """A file larger than memory streams: the next batch is read only when it is wanted (rows
+    appended meanwhile are still found)."""
+    path = write(tmp_path, "phone,opt_in\n" + "".join(f"+4479111234{i:02d},yes\n" for i in range(50)))
+    with AudienceReader(path, batch_bytes=256) as reader:
+        batches = iter(reader)
+        first = next(batches)
+        with path.open("a") as handle:
+            handle.write("+447911123499,yes\n")
+        rest = list(batches)
+    assert first.rows_read < 50
+    assert first.rows_read + sum(b.rows_read for b in rest) == 51
+    assert rest[-1].frame["phone"].to_list()[-1] == "+447911123499"
