@@ -192,10 +192,16 @@ class FastTemplate:
             pl.lit('], "body": ['), *_json_list([json_string(v.expr) for v in self.body]),
             pl.lit('], "buttons": ['), *_json_list(buttons), pl.lit("]}"),
         )  # fmt: skip
-        return cells.select(
-            text=self.text.expr,
-            params_json=params,
-            _missing=pl.coalesce(missing) if missing else pl.lit(None, dtype=pl.String),
-            _empty=pl.coalesce(blank) if blank else pl.lit(None, dtype=pl.String),
-            _unsure=unsure.fill_null(False),
+        # The streaming engine renders slices of rows on every core; the in-memory one computes each
+        # of these few long expressions on one core (1M rows: 0.18 s against 0.32 s on two cores).
+        return (
+            cells.lazy()
+            .select(
+                text=self.text.expr,
+                params_json=params,
+                _missing=pl.coalesce(missing) if missing else pl.lit(None, dtype=pl.String),
+                _empty=pl.coalesce(blank) if blank else pl.lit(None, dtype=pl.String),
+                _unsure=unsure.fill_null(False),
+            )
+            .collect(engine="streaming")
         )
