@@ -30,8 +30,8 @@ def _options(env: dict[str, str]) -> dict[str, str]:
 def test_polars_runs_with_our_allocator_settings() -> None:
     env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
     options = _options(env)
-    assert options["opt.dirty_decay_ms"] == "5000"
-    assert options["opt.muzzy_decay_ms"] == "5000"
+    assert options["opt.dirty_decay_ms"] == "1000"
+    assert options["opt.muzzy_decay_ms"] == "0"
     assert options["opt.narenas"] == str(os.cpu_count())
 
 
