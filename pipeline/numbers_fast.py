@@ -1,8 +1,10 @@
 """Classifying a column of phone numbers exactly as phonenumbers does (parse + is_valid_number +
 number_type + region_code_for_number), vectorised: pipeline/phoneparse.py models parse() for
-the plain inputs nearly every upload consists of; anything else — letters, extensions, other
-punctuation or digit scripts, fewer than three digits — goes to phonenumbers itself, once per
-unique (phone, country). The details of invalid numbers are worded the same either way."""
+the plain inputs nearly every upload consists of, also when phonenumbers reads them out of a
+"tel:", an " ext. 123" or one stray letter; anything else — vanity letters, other extension
+styles, other punctuation or digit scripts, fewer than three digits — goes to phonenumbers
+itself, once per unique (phone, country). The details of invalid numbers are worded the same
+either way."""
 
 from __future__ import annotations
 
