@@ -12,9 +12,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._dispatch_kit import whatsapp  # noqa: E402
-from pipeline import operations, store  # noqa: E402
-from pipeline.dispatch import dispatch_campaign  # noqa: E402
-from pipeline.receipts import ingest_spool  # noqa: E402
+from pipeline import store  # noqa: E402
+from pipeline.dispatch import operations  # noqa: E402
+from pipeline.dispatch.engine import dispatch_campaign  # noqa: E402
+from pipeline.receipts.ingest import ingest_spool  # noqa: E402
 from pipeline.spec import RateSpec, RetrySpec  # noqa: E402
 
 

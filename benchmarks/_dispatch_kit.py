@@ -19,7 +19,7 @@ import polars as pl
 
 from pipeline import store
 from pipeline.channels.whatsapp import WhatsAppChannel
-from pipeline.outbox import enqueue_messages, register_campaign
+from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.spec import parse_spec
 
 TOKEN, SECRET, VERIFY = "bench-token", "bench-app-secret", "bench-verify"
@@ -86,7 +86,7 @@ def receiver_process(spool_dir: Path) -> Iterator[str]:
     """The webhook receiver as its own process (as in production), on a free loopback port."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.receiver", "--port", str(port), "--spool-dir", str(spool_dir)],
+        [sys.executable, "-m", "pipeline.receipts.receiver", "--port", str(port), "--spool-dir", str(spool_dir)],
         env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"

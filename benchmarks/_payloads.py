@@ -1,6 +1,6 @@
 """Realistic, seeded WhatsApp status webhook bodies for the receiver and ingest benchmarks.
 
-Shapes follow PROVIDERS.md §1.9 (v23 status objects: conversation + pricing on one of sent or
+Shapes follow docs/providers.md §1.9 (v23 status objects: conversation + pricing on one of sent or
 delivered, errors on failed). Bodies are built from string templates rather than json.dumps,
 so generating a million statuses takes seconds, not the benchmark's budget.
 """

@@ -27,7 +27,7 @@ import httpx  # noqa: E402
 
 from benchmarks._dispatch_kit import ENV, SECRET, TOKEN, emit, queue_campaign, receiver_process  # noqa: E402
 from pipeline import store  # noqa: E402
-from pipeline.receipts import ingest_spool  # noqa: E402
+from pipeline.receipts.ingest import ingest_spool  # noqa: E402
 from pipeline.sandbox.process import sandbox_process  # noqa: E402
 from pipeline.sandbox.whatsapp import SandboxConfig  # noqa: E402
 

@@ -31,9 +31,9 @@ from benchmarks._dispatch_kit import (  # noqa: E402
 )
 from pipeline import store  # noqa: E402
 from pipeline.channels.whatsapp import RETRYABLE_CODES  # noqa: E402
-from pipeline.collect import collect_receipts  # noqa: E402
-from pipeline.dispatch import dispatch_campaign  # noqa: E402
-from pipeline.receipts import ingest_spool  # noqa: E402
+from pipeline.dispatch.engine import dispatch_campaign  # noqa: E402
+from pipeline.receipts.collect import collect_receipts  # noqa: E402
+from pipeline.receipts.ingest import ingest_spool  # noqa: E402
 from pipeline.sandbox.process import sandbox_process  # noqa: E402
 from pipeline.sandbox.whatsapp import SandboxConfig  # noqa: E402
 from pipeline.spec import RateSpec, RetrySpec  # noqa: E402

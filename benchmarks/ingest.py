@@ -24,8 +24,8 @@ from pathlib import Path
 import _payloads
 
 from pipeline import store
-from pipeline.receipts import ingest_spool
-from pipeline.spool import encode_record
+from pipeline.receipts.ingest import ingest_spool
+from pipeline.receipts.spool import encode_record
 
 T0 = 1_764_000_000
 RECEIVED = datetime(2026, 11, 25, tzinfo=UTC)

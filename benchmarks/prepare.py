@@ -46,7 +46,7 @@ BAD = ["maybe", "", "ja", "2"]
 
 
 def make_corpus(path: Path, rows: int, seed: int) -> None:
-    from pipeline.phonecorpus import sample, written
+    from pipeline.audience.phonecorpus import sample, written
 
     rng = random.Random(seed)
     blocked = [r for r in sample(max(1, rows // 50), seed + 1, mistakes=0.0) if r[2] in BLOCKED]
@@ -91,7 +91,7 @@ def run_ours(corpus: Path, out_dir: Path | None) -> dict:
     """One cold preparation in this process (called in a subprocess); with `out_dir`, also writing
     the output files (as `campaign prepare` does), else keeping the frames in memory."""
     started = time.perf_counter()
-    from pipeline.prepare import prepare_audience
+    from pipeline.render.prepare import prepare_audience
     from pipeline.spec import load_spec
 
     spec = load_spec(ROOT / "campaigns" / "welcome.yaml")
@@ -157,7 +157,7 @@ def run_baseline(corpus: Path, limit: int) -> tuple[int, float]:
 def _reference(chunk: list[tuple[str, str]]) -> list[tuple]:
     import phonenumbers
 
-    from pipeline.numbers import classify_number
+    from pipeline.audience.numbers import classify_number
 
     out = []
     for phone, country in chunk:
@@ -175,8 +175,8 @@ def disagreements(corpus: Path) -> tuple[int, int]:
     """(rows where our classification differs from per-row phonenumbers, rows the 00 rule changes)."""
     import polars as pl
 
-    from pipeline.numbers import classify_number
-    from pipeline.numbers_fast import classify_numbers
+    from pipeline.audience.numbers import classify_number
+    from pipeline.audience.numbers_fast import classify_numbers
 
     frame = pl.read_csv(corpus, infer_schema=False)
     country = frame["country"].str.strip_chars().str.to_uppercase().fill_null("")

@@ -1,6 +1,6 @@
 """Benchmark: signed WhatsApp status webhooks POSTed to the real receiver on loopback.
 
-The receiver runs as its own process (`python -m pipeline.receiver`, uvicorn + httptools) with a
+The receiver runs as its own process (`python -m pipeline.receipts.receiver`, uvicorn + httptools) with a
 temporary spool directory; load comes from separate processes (benchmarks/_load.py), so client
 and server never share a GIL. Bounded: at most --requests POSTs or --seconds of load.
 
@@ -53,7 +53,7 @@ def get_json(port: int, path: str) -> dict:
 
 def start_receiver(spool_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "WHATSAPP_APP_SECRET": SECRET, "WHATSAPP_VERIFY_TOKEN": "bench-verify"}
-    cmd = [sys.executable, "-m", "pipeline.receiver", "--port", str(port), "--spool-dir", str(spool_dir)]
+    cmd = [sys.executable, "-m", "pipeline.receipts.receiver", "--port", str(port), "--spool-dir", str(spool_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

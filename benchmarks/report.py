@@ -30,9 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import costs, store  # noqa: E402
-from pipeline.billing import refresh_billing  # noqa: E402
-from pipeline.report import write_report  # noqa: E402
+from pipeline import store
+from pipeline.costs import costing as costs  # noqa: E402
+from pipeline.costs.billing import refresh_billing  # noqa: E402
+from pipeline.costs.report import write_report  # noqa: E402
 
 COUNTRIES = ["GB", "DE", "US", "DO", "IN", "BR", "MX", "ID", "NG", "ZA", "KE", "FR", "ES", "IT", "NL", "TR", "SA",
              "AE", "EG", "PK"]
@@ -67,7 +68,7 @@ SELECT md5(message_id || status), 'whatsapp', provider_message_id, message_id, s
     sent_at + INTERVAL 70 SECOND, '{}'
 FROM (
     SELECT o.*, s.status,
-        -- pricing rides on one of sent / delivered (PROVIDERS.md 1.9)
+        -- pricing rides on one of sent / delivered (docs/providers.md 1.9)
         (s.status = 'sent') = (v < 0.5) AND s.status IN ('sent', 'delivered') AS priced,
         CASE WHEN category = 'marketing' AND v < 0.02 THEN 'utility' ELSE category END AS billed,
         CASE WHEN w < 0.01 THEN 'free_entry_point'

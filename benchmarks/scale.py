@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._dispatch_kit import ENV, SECRET, TOKEN, emit, queue_campaign  # noqa: E402
-from pipeline import shards, store  # noqa: E402
+from pipeline import store
+from pipeline.dispatch import shards  # noqa: E402
 from pipeline.sandbox.process import sandbox_process, started_pids  # noqa: E402
 from pipeline.sandbox.whatsapp import SandboxConfig  # noqa: E402
 

@@ -27,7 +27,7 @@ import httpx  # noqa: E402
 from benchmarks._dispatch_kit import ENV, SECRET, TOKEN, emit, queue_campaign, whatsapp  # noqa: E402
 from pipeline import store  # noqa: E402
 from pipeline.channels.base import http_session  # noqa: E402
-from pipeline.dispatch import dispatch_campaign  # noqa: E402
+from pipeline.dispatch.engine import dispatch_campaign  # noqa: E402
 from pipeline.sandbox.process import sandbox_process  # noqa: E402
 from pipeline.sandbox.whatsapp import SandboxConfig  # noqa: E402
 from pipeline.spec import RateSpec, RetrySpec  # noqa: E402

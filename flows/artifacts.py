@@ -9,8 +9,8 @@ from typing import Any
 import duckdb
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.prepare import Prepared
-from pipeline.report import report_artifacts
+from pipeline.costs.report import report_artifacts
+from pipeline.render.prepare import Prepared
 
 
 def artifact_key(campaign_id: str, what: str) -> str:

@@ -15,26 +15,26 @@ from flows.artifacts import artifact_key, publish_rejects, publish_report
 from flows.logging_mask import install_log_masking
 from flows.prepare_parallel import audience_preparer
 from pipeline import store
-from pipeline.budget import check_budget, price_queued_messages
+from pipeline.audience.frequency import recently_messaged
+from pipeline.audience.policy import blocked_policy
+from pipeline.audience.timezones import recipient_timezones
+from pipeline.audience.windows import last_inbound_times
 from pipeline.channels import channel_for
-from pipeline.collect import collect_receipts
-from pipeline.costs import estimate_cost, load_prices
-from pipeline.dispatch import dispatch_campaign
-from pipeline.dispatch_policy import DispatchResult, Guards
-from pipeline.fallback import fallback_leg_id, send_fallback
-from pipeline.frequency import recently_messaged
-from pipeline.locks import campaign_lock
-from pipeline.operations import control_paths
-from pipeline.outbox import enqueue_messages, register_campaign, store_preparation
-from pipeline.policy import blocked_policy
-from pipeline.prepare import Prepared
-from pipeline.prepare_ids import prepare_ids, uses_ids
-from pipeline.receipts import ingest_spool
-from pipeline.report import write_report
+from pipeline.costs.costing import estimate_cost, load_prices
+from pipeline.costs.report import write_report
+from pipeline.costs.summary import campaign_summary
+from pipeline.dispatch.budget import check_budget, price_queued_messages
+from pipeline.dispatch.engine import dispatch_campaign
+from pipeline.dispatch.fallback import fallback_leg_id, send_fallback
+from pipeline.dispatch.locks import campaign_lock
+from pipeline.dispatch.operations import control_paths
+from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
+from pipeline.dispatch.policy import DispatchResult, Guards
+from pipeline.receipts.collect import collect_receipts
+from pipeline.receipts.ingest import ingest_spool
+from pipeline.render.prepare import Prepared
+from pipeline.render.prepare_ids import prepare_ids, uses_ids
 from pipeline.spec import CampaignSpec, load_spec
-from pipeline.summary import campaign_summary
-from pipeline.timezones import recipient_timezones
-from pipeline.windows import last_inbound_times
 
 install_log_masking()
 
@@ -171,7 +171,7 @@ def campaign_flow(
     campaign_id = campaign_id or spec.name
     db, out = Path(db_path), Path(reports_dir) / campaign_id
     # One run per campaign: a second one refuses here, naming the running one, before it touches the
-    # ledger or the report folder (pipeline/locks.py; a crash releases the lock).
+    # ledger or the report folder (pipeline/dispatch/locks.py; a crash releases the lock).
     with campaign_lock(db, campaign_id, flow_run_id=flow_run.id, flow_run_name=flow_run.name):
         prepared = prepare(spec, campaign_id, db, out)
         publish_rejects(campaign_id, prepared)

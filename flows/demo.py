@@ -10,12 +10,12 @@ from pathlib import Path
 import yaml
 
 from flows.campaign import campaign_flow
-from pipeline.receiver import create_receiver_app, secrets_from_env
+from pipeline.costs.summary import format_summary
+from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
+from pipeline.receipts.routes import add_provider_routes
 from pipeline.sandbox.registry import start_sandbox
 from pipeline.servers import serve_in_thread
 from pipeline.spec import load_spec
-from pipeline.summary import format_summary
-from pipeline.webhook_routes import add_provider_routes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SPECS = {

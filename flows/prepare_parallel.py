@@ -1,6 +1,6 @@
 """Chunk-parallel audience preparation as a Prefect subflow on Dask (prefect-dask's DaskTaskRunner):
 one task run per chunk on a local cluster of worker processes, the merge back in the calling
-process (pipeline/prepare_chunks.py cuts, prepares and merges; this module only runs the chunks)."""
+process (pipeline/render/prepare_chunks.py cuts, prepares and merges; this module only runs the chunks)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
-from pipeline.prepare import Prepared, prepare_audience
-from pipeline.prepare_chunks import ChunkJob, ChunkResult, prepare_chunk, prepare_in_chunks, prepare_settings
+from pipeline.render.prepare import Prepared, prepare_audience
+from pipeline.render.prepare_chunks import ChunkJob, ChunkResult, prepare_chunk, prepare_in_chunks, prepare_settings
 from pipeline.spec import CampaignSpec
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from pipeline import store
-from pipeline.receipts import ingest_spool
+from pipeline.receipts.ingest import ingest_spool
 
 
 @flow(name="collect-receipts")

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import artifact_key
 from flows.logging_mask import install_log_masking
 from pipeline import store
-from pipeline.report import report_artifacts, write_period_report, write_report
+from pipeline.costs.report import report_artifacts, write_period_report, write_report
 
 # Campaign ids start with a letter or digit (pipeline/spec.py), so this folder never clashes with one.
 PERIOD_DIR = "_daily"

@@ -1,6 +1,6 @@
 """`campaign upload-server` (`make upload`): the webhook receiver with the upload page, wired to Prefect.
 
-The page (pipeline/upload.py) hands a checked upload to the drop folder; with a Prefect server
+The page (pipeline/upload/routes.py) hands a checked upload to the drop folder; with a Prefect server
 (PREFECT_API_URL), `PrefectRuns` then starts the inbox watcher deployment at once rather than at its next
 minute, and gives the page the runs' states and their Prefect UI links. Without a server the page still works:
 the `audience-inbox` deployment's schedule takes the file.
@@ -17,14 +17,14 @@ from prefect import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import get_current_settings
 
-from pipeline.receiver import APP_SECRET, SECRET_ENV, create_receiver_app, secrets_from_env
+from pipeline.receipts.receiver import APP_SECRET, SECRET_ENV, create_receiver_app, secrets_from_env
+from pipeline.receipts.routes import add_provider_routes
 from pipeline.servers import serve_forever
-from pipeline.upload import WATCHER_DEPLOYMENT, UploadConfig, add_upload_routes
-from pipeline.webhook_routes import add_provider_routes
+from pipeline.upload.routes import WATCHER_DEPLOYMENT, UploadConfig, add_upload_routes
 
 
 class PrefectRuns:
-    """pipeline.upload.Runs over the Prefect API."""
+    """pipeline.upload.routes.Runs over the Prefect API."""
 
     def __init__(self, watcher_deployment: str = WATCHER_DEPLOYMENT, ui_url: str | None = None) -> None:
         self.watcher_deployment = watcher_deployment

@@ -1,6 +1,6 @@
 """The audience drop folder watcher (a deployment running every minute): each new CSV in `audiences/inbox/`
 is claimed, checked (spec + preparation), and started as its own campaign; the file ends in `processed/` or
-`failed/` with a reason file beside it. The folder logic is pipeline/inbox.py.
+`failed/` with a reason file beside it. The folder logic is pipeline/upload/inbox.py.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.logging_mask import install_log_masking
-from pipeline import inbox, store
-from pipeline.audience import AudienceError
-from pipeline.policy import PolicyError, blocked_policy
-from pipeline.prepare import prepare_audience
+from pipeline import store
+from pipeline.audience.load import AudienceError
+from pipeline.audience.policy import PolicyError, blocked_policy
+from pipeline.render.prepare import prepare_audience
+from pipeline.render.templates import TemplateProblem
 from pipeline.spec import SpecError
-from pipeline.templates import TemplateProblem
+from pipeline.upload import inbox
 
 
 class NoEligibleRecipients(ValueError):

@@ -106,7 +106,7 @@ class FallbackSpec(_Spec):
 
 class PrepareSpec(_Spec):
     """How the audience is prepared: in this process, or cut into chunks of about `chunk_mb`
-    prepared by `workers` Dask worker processes (same output; pipeline/prepare_chunks.py).
+    prepared by `workers` Dask worker processes (same output; pipeline/render/prepare_chunks.py).
     CAMPAIGN_PREPARE_RUNNER / _WORKERS / _CHUNK_MB in the environment override these."""
 
     runner: Literal["single", "dask"] = "single"

@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS outbox_transitions (
     changed_at  TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
-    -- Hash of the normalised receipt: ingest (one at a time, pipeline/receipts.py) skips ids already
+    -- Hash of the normalised receipt: ingest (one at a time, pipeline/receipts/ingest.py) skips ids already
     -- here, so replays add nothing. No key index: maintaining it was a third of a 1M-event ingest
     -- and every checkpoint rewrites it whole (duckdb#24848).
     event_id            VARCHAR NOT NULL,
@@ -152,7 +152,7 @@ SELECT
 FROM events
 WHERE message_id IS NOT NULL
 GROUP BY message_id;
--- Costs (pipeline/pricing.py, billing.py, costs.py, points.py): pricing rules, fees and tiers as dated data,
+-- Costs (pipeline/costs/pricing.py, billing.py, costs.py, points.py): pricing rules, fees and tiers as dated data,
 -- SMS parts per message, receipts folded per message and counted per campaign and price key, estimates, points.
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS segments INTEGER;  -- SMS parts; the provider's count wins
 CREATE TABLE IF NOT EXISTS pricing_rules (

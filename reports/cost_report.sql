@@ -1,6 +1,6 @@
 -- Counts a campaign's messages by everything a price depends on: its outbox rows joined with their folded
--- receipts (billing_messages, see pipeline/billing.py), stored in billing_groups for the reports to price.
--- The WHERE condition is filled in by pipeline/billing.py (`o.campaign_id = $c`).
+-- receipts (billing_messages, see pipeline/costs/billing.py), stored in billing_groups for the reports to price.
+-- The WHERE condition is filled in by pipeline/costs/billing.py (`o.campaign_id = $c`).
 -- Counting rules:
 --   sent       outbox state 'sent' (the provider accepted the message)
 --   delivered  current receipt status delivered or read (read implies delivered; failed is terminal)

@@ -1,6 +1,6 @@
 -- The forecast of one campaign before sending: every outbox message (any state) as if delivered, at the
 -- template's current category, its SMS parts, and the windows known at $at from the recipients' inbound
--- messages: a free entry point (a click-to-WhatsApp ad referral within 72 h, PROVIDERS.md 1.10 — approximated
+-- messages: a free entry point (a click-to-WhatsApp ad referral within 72 h, docs/providers.md 1.10 — approximated
 -- from the inbound message, as the business reply that opens it is not recorded) or a customer-service
 -- window (any inbound message within 24 h). Feeds reports/price_groups.sql.
 WITH windows AS (

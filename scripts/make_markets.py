@@ -52,7 +52,7 @@ OWN_MARKETS: dict[str, tuple[str, str]] = {
     "QA": ("Qatar", "Rest of Middle East"),
     "RO": ("Romania", "Rest of Central & Eastern Europe"),
     "SG": ("Singapore", "Rest of Asia Pacific"),
-    # Own markets from 1 Oct 2026 (PROVIDERS.md 2.4); their rates are not in our transcription of the card.
+    # Own markets from 1 Oct 2026 (docs/providers.md 2.4); their rates are not in our transcription of the card.
     "BD": ("Bangladesh", "Rest of Asia Pacific"),
     "IQ": ("Iraq", "Rest of Middle East"),
     "NP": ("Nepal", "Rest of Asia Pacific"),

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import store
 
-# As the CLI does (pipeline/cli.py): no telemetry write racing the test server's start-up.
+# As the CLI does (pipeline/cli/run.py): no telemetry write racing the test server's start-up.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 

@@ -1,4 +1,6 @@
-"""The channel registry: one module per provider, listed explicitly (no directory scanning)."""
+"""The channels: one module per provider that builds its real wire request, classifies its answers
+(retry, permanent, stop) and parses its receipts with their signature checks; this module is the
+registry, listing them explicitly (no directory scanning). Used by dispatch, receipts and the sandbox."""
 
 from __future__ import annotations
 

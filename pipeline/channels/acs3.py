@@ -1,4 +1,4 @@
-"""ACS3-HMAC-SHA256: Alibaba Cloud's V3 request signature (PROVIDERS.md §3.7), as pure functions.
+"""ACS3-HMAC-SHA256: Alibaba Cloud's V3 request signature (docs/providers.md §3.7), as pure functions.
 
 CanonicalRequest -> StringToSign -> hex HMAC-SHA256 keyed with the AccessKey secret, sent in the
 `Authorization` header. Used by the ChatApp channel; the sandbox verifies with its own code.

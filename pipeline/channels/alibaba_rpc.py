@@ -1,7 +1,7 @@
 """Alibaba Cloud RPC-style request signing, V2 (`SignatureVersion=1.0`, HMAC-SHA1), as dysmsapi uses it.
 
 StringToSign = METHOD & pct("/") & pct(sorted, percent-encoded `k=v&...`); the key is
-`AccessKeySecret + "&"`; the signature is Base64 of the HMAC-SHA1 digest (PROVIDERS.md §3.7).
+`AccessKeySecret + "&"`; the signature is Base64 of the HMAC-SHA1 digest (docs/providers.md §3.7).
 """
 
 from __future__ import annotations

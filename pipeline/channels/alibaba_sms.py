@@ -1,5 +1,5 @@
 """Alibaba Cloud SMS (dysmsapi 2017-05-25): SendBatchSms, up to 100 numbers a call, V2-signed; and the
-classification of its answers (PROVIDERS.md §6.1).
+classification of its answers (docs/providers.md §6.1).
 
 One outbox payload per message; `send` groups a batch by template into SendBatchSms calls. The call's
 OutId is the message id of its first message and each sent message records "<BizId>:<phone>", which is
@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.channels.alibaba_rpc import encode_form, signed_params
 from pipeline.channels.alibaba_sms_webhooks import provider_message_id
 from pipeline.channels.base import HttpChannel, HttpSession, Outgoing, SendOutcome, retry_after_s
-from pipeline.sms_segments import count_segments
+from pipeline.render.segments import count_segments
 from pipeline.spec import CampaignSpec, SpecError
 
 VERSION = "2017-05-25"

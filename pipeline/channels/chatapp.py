@@ -1,5 +1,5 @@
 """Alibaba Cloud ChatApp (`cams`, 2020-06-06): template sends to WhatsApp, Viber, Messenger or Instagram
-through one RPC API, signed with ACS3-HMAC-SHA256 (PROVIDERS.md §3).
+through one RPC API, signed with ACS3-HMAC-SHA256 (docs/providers.md §3).
 
 One message: `SendChatappMessage` with `TaskId` = our message id (echoed in every ChatAppStatus
 callback). A batch: `SendChatappMassMessage` with a `SenderList` of up to 1,000 recipients; its one
@@ -30,7 +30,7 @@ MAX_MASS = 1000
 # Per-recipient parameters of a stored payload; everything else is shared by a mass send.
 _PER_RECIPIENT = ("To", "TemplateParams", "TaskId")
 
-# Codes (PROVIDERS.md §3.5 and Alibaba's gateway codes) by what the dispatcher should do.
+# Codes (docs/providers.md §3.5 and Alibaba's gateway codes) by what the dispatcher should do.
 _STOP_PREFIXES = ("Authentication.", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                   "IncompleteSignature", "InvalidTimeStamp", "ERR-OPERATION-MAAP-0060", "ERR-OPERATION-MAAP-0065")
 _RETRY_CODES = frozenset({"999999", "CHAT.APIError", "ERR-COMMON-001", "InternalError", "ServiceUnavailable",

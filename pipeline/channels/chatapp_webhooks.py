@@ -1,11 +1,11 @@
-"""Alibaba ChatApp status callbacks (ChatAppStatus, PROVIDERS.md §3.4): a JSON array of reports -> Receipts.
+"""Alibaba ChatApp status callbacks (ChatAppStatus, docs/providers.md §3.4): a JSON array of reports -> Receipts.
 
 Alibaba documents no signature for HTTP push. Our own protection: the callback URL is configured
 with a shared token that every push carries in the `X-Campaign-Token` header (the sandbox sends it;
 for the real service, put it in front as a header-adding proxy or allow-list Alibaba's addresses).
 `TaskId` is our message id; a mass send's shared TaskId (`mass-…`) instead names the recipient's
 message as `<TaskId>:<To>`, the provider id the channel stored, with `message_id` left empty: ingest
-resolves it through the outbox (pipeline/receipt_links.py), also when the report came first.
+resolves it through the outbox (pipeline/receipts/links.py), also when the report came first.
 Viber `subscribe`/`unsubscribe` reports become Inbound items with text SUBSCRIBE/UNSUBSCRIBE.
 """
 

@@ -1,9 +1,9 @@
 """E-mail over SMTP: multipart text + HTML with RFC 8058 one-click unsubscribe, one SMTP connection per
-dispatcher worker, and the classification of SMTP replies (PROVIDERS.md §7).
+dispatcher worker, and the classification of SMTP replies (docs/providers.md §7).
 
 The correlation id is our message id, as the local part of the Message-ID (`<message_id@from-domain>`),
 which bounce reports quote back. Unsubscribe links carry an opaque per-recipient token that the
-receiver's `/unsubscribe/{token}` endpoint (pipeline/unsubscribe.py) turns back into the address.
+receiver's `/unsubscribe/{token}` endpoint (pipeline/receipts/unsubscribe.py) turns back into the address.
 """
 
 from __future__ import annotations

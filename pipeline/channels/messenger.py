@@ -1,10 +1,10 @@
 """Messenger and Instagram messaging (Meta Send API): text sends to a PSID / IGSID and the classification
-of Meta's answers (PROVIDERS.md §5).
+of Meta's answers (docs/providers.md §5).
 
 Messenger: POST {base}/{version}/{PAGE_ID}/messages with the Page token; Instagram (Instagram Login):
 POST {base}/{version}/{IG_ID}/messages with the Instagram user token. The Send API takes no
 correlation id: the returned `message_id` is stored and receipts join on it. Who may be sent to
-(the 24-hour window) is decided before sending by `pipeline.windows`.
+(the 24-hour window) is decided before sending by `pipeline.audience.windows`.
 """
 
 from __future__ import annotations

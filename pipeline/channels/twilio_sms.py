@@ -1,6 +1,6 @@
 """Twilio Programmable Messaging (SMS): form-encoded sends with Basic auth and the classification of Twilio's answers.
 
-Wire format: POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json (PROVIDERS.md §6.2). Twilio has
+Wire format: POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json (docs/providers.md §6.2). Twilio has
 no correlation field, so our message id rides in the StatusCallback URL (`?mid=`); the callbacks are
 parsed in `twilio_webhooks.py`. Billed per segment (§6.3).
 """
@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
 from pipeline.channels.twilio_webhooks import CORRELATION_PARAM
-from pipeline.sms_segments import count_segments
+from pipeline.render.segments import count_segments
 from pipeline.spec import CampaignSpec, SpecError
 
 API_VERSION = "2010-04-01"

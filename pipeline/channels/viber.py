@@ -1,4 +1,4 @@
-"""Viber REST Bot API: `send_message` text sends and the classification of Viber's answers (PROVIDERS.md §4.1).
+"""Viber REST Bot API: `send_message` text sends and the classification of Viber's answers (docs/providers.md §4.1).
 
 POST {base}/pa/send_message with `X-Viber-Auth-Token`. Viber answers HTTP 200 even on errors: the
 outcome is the `status` inside the body. `tracking_data` carries our message id.

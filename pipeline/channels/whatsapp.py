@@ -1,7 +1,7 @@
 """WhatsApp Cloud API (Meta Graph API): template sends and the classification of Meta's answers.
 
 Wire format: POST {base}/{version}/{phone-number-id}/messages with a Bearer token; see
-PROVIDERS.md §1. Webhook parsing and signatures live in `whatsapp_webhooks.py`.
+docs/providers.md §1. Webhook parsing and signatures live in `whatsapp_webhooks.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
 
-# Meta's error codes by what the dispatcher should do about them (PROVIDERS.md §1.5).
+# Meta's error codes by what the dispatcher should do about them (docs/providers.md §1.5).
 THROTTLE_CODES = frozenset({4, 80007, 130429})
 # 131056: too many messages to the same recipient; other recipients are unaffected, so only that
 # message waits (~1 per 6 s per user is the public figure) and the sender keeps its pace.

@@ -2,7 +2,7 @@
 
 Pure functions over raw bytes: the receiver verifies, the receipts stage parses (much later, from the spool).
 `parse_webhook` is the reference parser, one body at a time; `whatsapp_bulk.sql` (used by
-pipeline.receipts for large spools) must give identical rows, so two choices here follow DuckDB's
+pipeline.receipts.ingest for large spools) must give identical rows, so two choices here follow DuckDB's
 JSON reader: of duplicate keys the first wins, and `raw_json` is the object re-serialised compactly
 with its members in their original order (duplicates kept), which is what DuckDB writes back.
 """
@@ -268,7 +268,7 @@ def inbound_message_id(item: Inbound) -> str | None:
 # Meta's envelope with statuses only, each value read of a JSON type `parse_webhook` maps the same
 # way, and no trailing commas (DuckDB's reader accepts them, Python's does not).
 # Every other line (inbound messages, other providers, JSON records, anything odd or malformed) is
-# marked `ok = false` or never matched, and pipeline.receipts hands it, whole, to `parse_webhook`.
+# marked `ok = false` or never matched, and pipeline.receipts.ingest hands it, whole, to `parse_webhook`.
 # Known gap: a status nested hundreds of levels deep is quarantined by parse_webhook (recursion
 # limit) but would be parsed here; Meta sends nothing like it.
 # A level that cannot be trusted unnests to a single NULL marker, so the marker survives to the end.
@@ -390,9 +390,9 @@ FROM checked
 def bulk_statuses_sql(lines: str, body: str = "substr(line, 41)") -> str:
     """A query over the relation `lines` (file_idx, line_no, line): one row per status of each line
     matching BULK_CANDIDATE (`pos` orders a line's statuses), with `ok = false` rows marking the lines
-    that must go to `parse_webhook` instead; event columns as pipeline.receipts stages them.
+    that must go to `parse_webhook` instead; event columns as pipeline.receipts.ingest stages them.
 
     `body` is the SQL of a candidate's body (after its 40-character header); a relation that has
-    it as a column (pipeline.spool.lines_table's `body`) spares a character-counting substr per line.
+    it as a column (pipeline.receipts.spool.lines_table's `body`) spares a character-counting substr per line.
     """
     return _BULK_SQL.replace("{LINES}", lines).replace("{BODY}", body)

@@ -26,7 +26,7 @@ from typing import Literal
 FaultKind = Literal["5xx", "timeout_drop", "timeout_after_accept", "burst_429"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("5xx", "timeout_drop", "timeout_after_accept", "burst_429")
 
-# (HTTP status, code, message, details); public tables map 131000 to 500 and 2 to 503 (PROVIDERS.md §1.4).
+# (HTTP status, code, message, details); public tables map 131000 to 500 and 2 to 503 (docs/providers.md §1.4).
 SERVER_ERRORS: tuple[tuple[int, int, str, str], ...] = (
     (503, 2, "(#2) Service temporarily unavailable", "Temporary due to downtime or due to being overloaded."),
     (500, 131000, "(#131000) Something went wrong", "Message failed to send due to an unknown error."),

@@ -25,8 +25,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pipeline.channels.twilio_webhooks import CORRELATION_PARAM, sign
+from pipeline.render.segments import count_segments
 from pipeline.sandbox.kit import CallbackPoster, PosterSettings, Render, Tally, Throttle, draws, pick
-from pipeline.sms_segments import count_segments
 
 API_VERSION = "2010-04-01"
 _E164 = re.compile(r"\+[1-9]\d{6,14}")

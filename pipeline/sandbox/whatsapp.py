@@ -87,7 +87,7 @@ class SandboxConfig(BaseModel):
 
 
 def meta_error(code: int, message: str, details: str | None = None, subcode: int | None = None) -> dict:
-    """Meta's error body (PROVIDERS.md §1.4)."""
+    """Meta's error body (docs/providers.md §1.4)."""
     error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
     if details is not None:
         error["error_data"] = {"messaging_product": "whatsapp", "details": details}
@@ -264,7 +264,7 @@ class Sandbox:
             )
             for item in planned:
                 self.poster.schedule(item.post_after_s, phone_number_id, item.status)
-        # Meta's answer (PROVIDERS.md §1.3), formatted directly: a third of the cost of json.dumps.
+        # Meta's answer (docs/providers.md §1.3), formatted directly: a third of the cost of json.dumps.
         # message_status is reported for template sends only.
         status = ',"message_status":"accepted"' if body["type"] == "template" else ""
         return (

@@ -1,0 +1,258 @@
+"""Validating the audience's phone numbers and consent: E.164, valid, mobile, allowed country,
+opted in, not suppressed, not frequency-capped, not a duplicate. phonenumbers is the authority on
+numbers: numbers_fast reproduces its answers vectorised over its own metadata, and hands the
+inputs it does not model to classify_number (phonenumbers itself, once per unique pair)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import phonenumbers
+import polars as pl
+from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType, phonenumberutil
+
+from pipeline.audience.consent import (
+    DEFAULT_OPT_IN_MAX_AGE,
+    OPT_IN_VALUES,
+    consent_columns,
+    consent_rules,
+    parse_opt_in,
+)
+from pipeline.audience.frequency import DEFAULT_FREQUENCY_WINDOW
+from pipeline.audience.numbers_fast import (
+    FAST_INPUT,
+    ICC,
+    LETTERS,
+    LONG,
+    NAN,
+    NEEDS_COUNTRY,
+    PARSE_ERRORS,
+    SCIENTIFIC_DETAIL,
+    SHORT,
+    Classified,
+    classify_numbers,
+    invalid_detail,
+    unknown_country,
+)
+from pipeline.audience.policy import BlockedPolicy, blocked_policy
+from pipeline.records import REJECTS_SCHEMA, empty_rejects
+
+# Keep every compiled metadata regex: over all regions they overflow the re module's cache of
+# 512 and phonenumbers recompiles on every call (10× slower). Older releases lack the switch.
+getattr(phonenumbers, "enable_pattern_cache", lambda: None)()
+
+TYPE_NAMES: dict[int, str] = {v: k.lower() for k, v in vars(PhoneNumberType).items() if k.isupper()}
+MOBILE_TYPES = ("mobile", "fixed_line_or_mobile")
+__all__ = ["OPT_IN_VALUES", "Carry", "classify_number", "parse_opt_in", "validate_numbers"]
+
+_PARSE_ERRORS = {
+    NumberParseException.INVALID_COUNTRY_CODE: PARSE_ERRORS[ICC],
+    NumberParseException.NOT_A_NUMBER: PARSE_ERRORS[NAN],
+    NumberParseException.TOO_SHORT_AFTER_IDD: PARSE_ERRORS[SHORT],
+    NumberParseException.TOO_SHORT_NSN: PARSE_ERRORS[SHORT],
+    NumberParseException.TOO_LONG: PARSE_ERRORS[LONG],
+}
+# What a spreadsheet makes of a long number typed into a numeric cell: 4.47911E+11.
+_SCIENTIFIC = re.compile(r"\d+([.,]\d+)?[eE]\+?\d+")
+_FAST_INPUT = re.compile(FAST_INPUT)
+
+Parsed = tuple[phonenumbers.PhoneNumber | None, int | None]  # the number, or the parse error type
+
+
+def _parse(text: str, region: str | None) -> Parsed:
+    try:
+        return phonenumbers.parse(text, region), None
+    except NumberParseException as exc:
+        return None, exc.error_type
+
+
+def _judge(parsed: Parsed, raw: str, country: str, region: str | None) -> Classified:
+    number, error = parsed
+    if number is not None and phonenumbers.is_valid_number(number):
+        return (
+            phonenumbers.format_number(number, PhoneNumberFormat.E164),
+            phonenumbers.region_code_for_number(number),
+            TYPE_NAMES.get(phonenumbers.number_type(number), "unknown"),
+            None,
+        )
+    text = raw.strip().lstrip("'").strip()
+    if not text:
+        why = "phone is empty"
+    elif _SCIENTIFIC.fullmatch(text):
+        why = SCIENTIFIC_DETAIL
+    elif any(ch.isalpha() for ch in text):
+        why = LETTERS
+    elif number is None:
+        plus = "+" in raw or "\uff0b" in raw
+        if error == NumberParseException.INVALID_COUNTRY_CODE and not plus and region is None:
+            why = unknown_country(country) if country else NEEDS_COUNTRY
+        else:
+            why = _PARSE_ERRORS.get(error, PARSE_ERRORS[NAN])
+    else:
+        why = _invalid_detail(number, region)
+    return None, None, None, why
+
+
+def _invalid_detail(number: phonenumbers.PhoneNumber, region: str | None) -> str:
+    cc = number.country_code
+    if region is None or phonenumbers.country_code_for_region(region) != cc:
+        region = phonenumbers.region_code_for_country_code(cc)
+    nsn = phonenumbers.national_significant_number(number)
+    main = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        cc, phonenumbers.region_code_for_country_code(cc)
+    )
+    if main is None:
+        return f"unknown country calling code +{cc}"
+    return invalid_detail(
+        phonenumberutil._test_number_length(nsn, main, PhoneNumberType.UNKNOWN),
+        phonenumberutil._test_number_length(nsn, main, PhoneNumberType.MOBILE),
+        region,
+    )
+
+
+def _after_00(raw: str) -> str | None:
+    """The digits after 00 when `raw` is written as 00<digits> (no +), else None."""
+    text = raw.strip()
+    if "+" in text or not _FAST_INPUT.fullmatch(text):
+        return None
+    digits = re.sub(r"[^0-9]", "", text)
+    return digits[2:] if digits.startswith("00") else None
+
+
+def classify_number(phone: str, country: str) -> Classified:
+    """(E.164, region, number type, None) for a valid number, else (None, None, None, why): what
+    phonenumbers.parse(phone, country) + is_valid_number + number_type + region_code_for_number
+    say, with one rule of ours: a number written 00<digits> that is not valid as read (say the
+    country dials 011) is read as +<digits>.
+
+    `country` is the row's upper-case ISO 3166 alpha-2 code ("" when unknown); it only matters
+    for numbers written without an international prefix. This is the per-row reference the
+    vectorised path (numbers_fast) agrees with, and its fallback for unusual inputs.
+    """
+    raw = phone or ""
+    region = country if country in phonenumbers.SUPPORTED_REGIONS else None
+    found = _judge(_parse(raw, region), raw, country, region)
+    if found[3] is None:
+        return found
+    digits = _after_00(raw)
+    if digits is None:
+        return found
+    return _judge(_parse("+" + digits, None), "+" + digits, "", None)
+
+
+def _normalise_addresses(addresses: Iterable[str]) -> list[str]:
+    digits = (re.sub(r"\D", "", a) for a in addresses)
+    return sorted({"+" + d for d in digits if d})
+
+
+@dataclass
+class Carry:
+    """What one batch of an audience hands the next: the numbers accepted so far with the row
+    that had each first (so a duplicate in a later batch names it), and how many rows were
+    classified by phonenumbers itself rather than the vectorised path."""
+
+    first_seen: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"phone_e164": pl.String, "_first": pl.Int64})
+    )
+    fallback_rows: int = 0
+
+
+def validate_numbers(
+    frame: pl.DataFrame,
+    *,
+    channel: str,
+    category: str,
+    policy: BlockedPolicy | None = None,
+    suppressed: Iterable[str] = frozenset(),
+    default_country: str | None = None,
+    recently_messaged: Iterable[str] = frozenset(),
+    frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW,
+    opt_in_max_age: timedelta | None = DEFAULT_OPT_IN_MAX_AGE,
+    now: datetime | None = None,
+    carry: Carry | None = None,
+    dedupe: bool = True,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(accepted, rejects). Accepted rows gain phone_e164, region and number_type; each rejected
+    row gets the first reason of: bad_row (opt_in, opt_in_at), invalid_number, not_mobile,
+    blocked_country, no_opt_in and stale_opt_in (marketing only), suppressed, frequency_capped
+    (marketing only: `recently_messaged` got a marketing message on this channel within
+    `frequency_window`), duplicate (the first accepted row wins, across batches via `carry`;
+    `dedupe=False` leaves that to drop_duplicates, after later stages have had their say)."""
+    for needed in ("row_number", "phone", "opt_in"):
+        if needed not in frame.columns:
+            raise ValueError(f"validate_numbers: the audience has no {needed!r} column")
+    if policy is None:
+        policy = blocked_policy(channel)
+    carry = carry if carry is not None else Carry()
+    columns = frame.columns
+    default = (default_country or "").strip().upper()
+
+    country = (
+        pl.col("country").str.strip_chars().str.to_uppercase().fill_null("")
+        if "country" in columns
+        else pl.lit("", dtype=pl.String)
+    )
+    keyed = frame.with_columns(pl.when(country == "").then(pl.lit(default)).otherwise(country).alias("_country"))
+    # Vectorised over phonenumbers' metadata; unusual inputs go to phonenumbers once per unique pair.
+    found, fallback_rows = classify_numbers(keyed["phone"], keyed["_country"], classify_number)
+    carry.fallback_rows += fallback_rows
+    checked = keyed.drop("_country").hstack(found)
+    checked = checked.with_columns(_blocked=policy.detail_expr(), **consent_columns(columns, category=category))
+
+    bad_values, no_consent = consent_rules(columns, category=category, max_age=opt_in_max_age, now=now)
+    marketing = category == "marketing"
+    window_h = f"{frequency_window.total_seconds() / 3600:g} h"
+    rules = [
+        *bad_values,
+        ("invalid_number", pl.col("_invalid").is_not_null(), pl.col("_invalid")),
+        ("not_mobile", ~pl.col("number_type").is_in(MOBILE_TYPES),
+         pl.format("number type is {}, not mobile", pl.col("number_type"))),
+        ("blocked_country", pl.col("_blocked").is_not_null(), pl.col("_blocked")),
+        *no_consent,
+        ("suppressed", pl.col("phone_e164").is_in(_normalise_addresses(suppressed)),
+         pl.lit(f"on the {channel} suppression list (opted out earlier)")),
+        ("frequency_capped", pl.col("phone_e164").is_in(_normalise_addresses(recently_messaged)) & pl.lit(marketing),
+         pl.lit(f"got a marketing message on {channel} in the last {window_h}")),
+    ]  # fmt: skip
+    reason: Any = pl
+    for name, condition, _ in rules:
+        reason = reason.when(condition).then(pl.lit(name))
+    checked = checked.with_columns(reason.otherwise(None).alias("_reason"))
+    # Details only for the rows rejected (formatting them for every row costs more than the checks).
+    detail: Any = pl
+    for _, condition, text in rules:
+        detail = detail.when(condition).then(text)
+    refused = checked.filter(pl.col("_reason").is_not_null()).select(
+        pl.col("row_number").cast(pl.Int64), pl.col("_reason").alias("reason"), detail.otherwise(None).alias("detail")
+    )
+
+    accepted = checked.filter(pl.col("_reason").is_null()).select(*columns, "phone_e164", "region", "number_type")
+    rejects = refused
+    if dedupe:
+        accepted, duplicates = drop_duplicates(accepted, carry)
+        rejects = pl.concat([refused, duplicates]).sort("row_number")
+    if rejects.height == 0:
+        rejects = empty_rejects()
+    return accepted, rejects.select(list(REJECTS_SCHEMA)).cast(REJECTS_SCHEMA)
+
+
+def drop_duplicates(accepted: pl.DataFrame, carry: Carry) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(accepted, duplicate rejects): the first row (spreadsheet order) with each E.164 number
+    wins, across the batches `carry` has seen; later ones are rejected naming it."""
+    first = pl.col("phone_e164").is_first_distinct()
+    if carry.first_seen.height:  # numbers an earlier batch had
+        first = first & ~pl.col("phone_e164").is_in(carry.first_seen["phone_e164"].implode())
+    winning = accepted.select(first).to_series()  # once: both filters below use it
+    winners = accepted.filter(winning)
+    carry.first_seen = pl.concat([carry.first_seen, winners.select("phone_e164", _first=pl.col("row_number"))])
+    duplicates = accepted.filter(~winning).select("row_number", "phone_e164")
+    duplicates = duplicates.join(carry.first_seen, on="phone_e164", how="left", maintain_order="left").select(
+        pl.col("row_number").cast(pl.Int64),
+        pl.lit("duplicate").alias("reason"),
+        pl.format("same number as row {}", pl.col("_first")).alias("detail"),
+    )
+    return winners, duplicates

@@ -1,0 +1,95 @@
+"""Operator commands: status, pause, resume, retry-failed, resend-unknown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline import store
+from pipeline.dispatch import operations
+from pipeline.spec import load_spec
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, default=Path("data/campaigns.duckdb"), help="DuckDB file")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = operations.campaign_status(args.db, args.campaign)
+    if args.json:
+        print(json.dumps(status, default=str))
+        return 0
+    print(f"campaign {args.campaign} ({status['source']}){' — PAUSED' if status['paused'] else ''}")
+    if "states" in status:
+        for state, n in status["states"].items():
+            print(f"  {state:<10}{n:>10,}")
+        if status.get("deferred_until"):
+            print(f"  deferred messages may be retried from {status['deferred_until']}")
+    info = status if status["source"] != "ledger" else (status.get("last_run") or {})
+    if info:
+        eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") else ""
+        print(f"  last dispatch: {info.get('sent', 0):,} sent, {info.get('failed', 0):,} failed of "
+              f"{info.get('total', 0):,} at {info.get('per_s', 0)}/s{eta} ({info.get('at', '')})")
+        if info.get("stopped_reason"):
+            print(f"  stopped: {info['stopped_reason']}")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    operations.request_pause(args.db, args.campaign)
+    print(f"pause requested for {args.campaign}: a running dispatch stops within a second and everything "
+          f"unsent stays queued; `campaign resume SPEC` continues")
+    return 0
+
+
+def _run_again(args: argparse.Namespace, before: Any = None) -> int:
+    from pipeline.cli.run import cmd_run  # the same path as `campaign run`
+
+    spec = load_spec(args.spec)
+    campaign_id = args.campaign_id or spec.name
+    operations.clear_pause(args.db, campaign_id)
+    if before is not None:
+        with store.connect(args.db) as con:
+            n = before(con, campaign_id)
+        print(f"{n:,} messages of {campaign_id} queued again", flush=True)
+    return cmd_run(args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _run_again(args)
+
+
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    return _run_again(args, operations.requeue_failed)
+
+
+def cmd_resend_unknown(args: argparse.Namespace) -> int:
+    return _run_again(args, operations.requeue_unknown)
+
+
+def add_ops_commands(sub: Any, with_store: Any) -> None:
+    p = sub.add_parser("status", help="a campaign's messages by state, rate and ETA")
+    p.add_argument("campaign", help="campaign id")
+    p.add_argument("--json", action="store_true")
+    _db_arg(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("pause", help="ask a running campaign to stop sending (unsent stays queued)")
+    p.add_argument("campaign", help="campaign id")
+    _db_arg(p)
+    p.set_defaults(func=cmd_pause)
+
+    for name, func, text in (
+        ("resume", cmd_resume, "continue a paused or stopped campaign"),
+        ("retry-failed", cmd_retry_failed,
+         "re-send only messages that failed with a retryable or deferred code (once the deferral is over)"),
+        ("resend-unknown", cmd_resend_unknown,
+         "re-send messages in flight at a crash that no receipt could reconcile (your decision: may duplicate)"),
+    ):
+        p = with_store(sub.add_parser(name, help=text))
+        p.add_argument("spec", type=Path)
+        p.add_argument("--campaign-id", help="defaults to the spec's name")
+        p.add_argument("--provider-base-url", help="send to this base URL instead of the spec's")
+        p.set_defaults(func=func)

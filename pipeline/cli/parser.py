@@ -1,0 +1,103 @@
+"""The `campaign` command's parser: every command group registers its subcommands here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cli.run import cmd_demo, cmd_run
+from pipeline.cli.servers import cmd_sandbox, cmd_webhooks
+from pipeline.spec import SpecError
+
+
+def cmd_receipts(args: argparse.Namespace) -> int:
+    from pipeline import store
+    from pipeline.receipts.ingest import ingest_spool
+
+    with store.connect(args.db) as con:
+        result = ingest_spool(con, Path(args.spool_dir))
+    print(f"{result.files} spool files: {result.events_added} events, {result.inbound_added} inbound, "
+          f"{result.quarantined} quarantined")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="campaign", description="Campaign batch pipeline (Chat App message service)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--db", type=Path, default=Path("data/campaigns.duckdb"), help="DuckDB file")
+        p.add_argument("--spool-dir", type=Path, default=Path("spool"), help="webhook spool folder")
+        p.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where reports are written")
+        return p
+
+    p = with_store(sub.add_parser("run", help="run a campaign spec end to end through the Prefect flow"))
+    p.add_argument("spec", type=Path)
+    p.add_argument("--campaign-id", help="defaults to the spec's name; a re-run with the same id resumes it")
+    p.add_argument("--provider-base-url", help="send to this base URL instead of the spec's (e.g. a sandbox)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="start the sandbox and receiver on loopback and run the sample campaign")
+    p.add_argument("--channel", default="whatsapp",
+                   choices=["whatsapp", "messenger", "instagram", "viber", "sms", "email", "chatapp"])
+    p.add_argument("--workdir", type=Path, default=Path("data/demo"), help="recreated on every demo run")
+    p.set_defaults(func=cmd_demo)
+
+    from pipeline.cli.prepare import add_prepare_command
+
+    add_prepare_command(sub)
+
+    from pipeline.cli.ops import add_ops_commands
+
+    add_ops_commands(sub, with_store)
+
+    p = with_store(sub.add_parser("receipts", help="ingest closed webhook spool files into DuckDB"))
+    p.set_defaults(func=cmd_receipts)
+
+    from pipeline.cli.costs import add_cost_commands
+
+    add_cost_commands(sub)
+
+    from pipeline.cli.upload import add_upload_command
+
+    add_upload_command(sub)
+
+    p = sub.add_parser("sandbox", help="serve the WhatsApp Cloud API sandbox on loopback")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8801)
+    p.add_argument("--webhook-url", default="http://127.0.0.1:8802/webhooks/whatsapp")
+    p.add_argument("--throughput", type=float, default=1000.0, help="messages/s per number before 130429")
+    p.set_defaults(func=cmd_sandbox)
+
+    p = sub.add_parser("webhooks", help="serve the webhook receiver on loopback (spools receipts to disk)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8802)
+    p.add_argument("--spool-dir", default="spool")
+    p.set_defaults(func=cmd_webhooks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # bad input gets a message naming file, row and field, not a traceback
+        from pipeline.audience.load import AudienceError
+        from pipeline.audience.policy import PolicyError
+        from pipeline.dispatch.locks import CampaignLocked
+        from pipeline.render.templates import TemplateProblem
+
+        if isinstance(exc, AudienceError | PolicyError | TemplateProblem | CampaignLocked):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`campaign prepare`: validate, dedupe, suppress and render an audience without sending, write
+the accepted rows and the rejects, print a summary (and, with --json, the counts as JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+CATEGORIES = ["marketing", "utility", "authentication", "service"]
+
+
+def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds the `prepare` subcommand to the `campaign` parser's subparsers."""
+    p = subparsers.add_parser(
+        "prepare",
+        help="load, validate, dedupe and render an audience without sending",
+        description="Prepares AUDIENCE.csv (or the audience and template of SPEC.yaml) and writes "
+        "OUT/accepted.parquet, OUT/rejects.csv and OUT/rejects.parquet.",
+    )
+    p.add_argument("source", type=Path, help="AUDIENCE.csv, or a campaign SPEC.yaml")
+    p.add_argument("--channel", default="whatsapp", help="channel whose blocked-country policy applies")
+    p.add_argument("--category", default="marketing", choices=CATEGORIES)
+    p.add_argument(
+        "--template", type=Path,
+        help="a .yaml file holding a template (name, language, category, text, header, body, buttons, and "
+        "optionally `variables`), or any other file holding the message text as Jinja2 over the CSV columns",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("prepared"), help="output folder (default: prepared)")
+    p.add_argument("--db", type=Path, help="DuckDB file to read suppressions and recent sends from")
+    p.add_argument("--frequency-window-hours", type=float, default=24.0, help="marketing frequency cap window")
+    p.add_argument("--opt-in-max-age-days", type=int, default=730, help="older opt_in_at is stale (0: no limit)")
+    p.add_argument("--default-country", help="ISO 3166 code for rows without a country (national numbers)")
+    p.add_argument("--batch-mb", type=int, default=128, help="read the CSV in batches of about this size")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with the counts")
+    p.set_defaults(func=cmd_prepare)
+    return p
+
+
+def _template(path: Path, category: str) -> tuple[Any, dict[str, str]]:
+    """(TemplateSpec, variables) from --template."""
+    import yaml
+    from jinja2 import TemplateSyntaxError, meta
+    from pydantic import ValidationError
+
+    from pipeline.render.templates import _ENV
+    from pipeline.spec import SpecError, TemplateSpec
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the template: {exc.strerror}") from None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a template file must be a YAML mapping")
+        variables = data.pop("variables", None)
+        data.setdefault("name", path.stem)
+        data.setdefault("category", category)
+        try:
+            spec = TemplateSpec.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise SpecError(f"{path}: invalid template: {problems}") from None
+        if variables is not None and not isinstance(variables, dict):
+            raise SpecError(f"{path}: `variables` must map template variables to CSV columns")
+        sources = [spec.text, *spec.header, *spec.body]
+    else:
+        body = text[:-1] if text.endswith("\n") else text  # the file's final newline is not message text
+        name = re.sub(r"[^A-Za-z0-9_]+", "_", path.stem) or "template"
+        spec = TemplateSpec(name=name, language="en", category=category, text=body)
+        variables, sources = None, [body]
+    if variables is None:  # variables are the CSV columns of the same names
+        used: set[str] = set()
+        for source in sources:
+            try:
+                used |= meta.find_undeclared_variables(_ENV.parse(source))
+            except TemplateSyntaxError as exc:
+                raise SpecError(f"{path}: template syntax error: {exc.message} (line {exc.lineno})") from None
+        variables = {name: name for name in sorted(used)}
+    return spec, {str(k): str(v) for k, v in variables.items()}
+
+
+def _from_db(db: Path | None, channel: str, window: timedelta) -> tuple[set[str], set[str]]:
+    if db is None:
+        return set(), set()
+    from pipeline import store
+    from pipeline.audience.frequency import recently_messaged
+
+    if not db.exists():
+        from pipeline.spec import SpecError
+
+        raise SpecError(f"{db}: no such database")
+    con = store.connect(db, read_only=True)
+    try:
+        return store.suppressed_addresses(con, channel), recently_messaged(con, channel, window=window)
+    finally:
+        con.close()
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from pipeline.audience.load import AudienceError
+    from pipeline.audience.policy import PolicyError, blocked_policy
+    from pipeline.render.prepare import prepare_audience
+    from pipeline.render.templates import TemplateProblem
+    from pipeline.spec import SpecError, load_spec
+
+    try:
+        source: Path = args.source
+        channel, category, template, variables, blocked = args.channel, args.category, None, None, None
+        if source.suffix in (".yaml", ".yml"):
+            spec = load_spec(source)
+            source, channel, category = spec.audience, spec.channel, spec.template.category
+            template, variables, blocked = spec.template, spec.variables, spec.blocked_countries
+        if args.template is not None:
+            template, variables = _template(args.template, category)
+            category = template.category
+        window = timedelta(hours=args.frequency_window_hours)
+        suppressed, recent = _from_db(args.db, channel, window)
+        prepared = prepare_audience(
+            source, channel=channel, category=category, template=template, variables=variables,
+            policy=blocked_policy(channel, blocked), suppressed=suppressed, recently_messaged=recent,
+            frequency_window=window, opt_in_max_age=timedelta(days=args.opt_in_max_age_days) or None,
+            out_dir=args.out, default_country=args.default_country, batch_bytes=max(1, args.batch_mb) << 20,
+            keep_frames=False,
+        )  # fmt: skip
+    except (AudienceError, TemplateProblem, SpecError, PolicyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rejected = prepared.rows_read - prepared.accepted_rows
+    print(f"{source}: {prepared.rows_read:,} rows read, {prepared.accepted_rows:,} accepted, {rejected:,} rejected")
+    for reason, n in sorted(prepared.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {reason:<18}{n:>12,}")
+    print(f"wrote {', '.join(str(p) for p in prepared.paths.values())}")
+    if args.json:
+        print(json.dumps({"rows": prepared.rows_read, "accepted": prepared.accepted_rows, "rejected": rejected,
+                          "by_reason": prepared.counts, "out": str(args.out)}))  # fmt: skip
+    return 0

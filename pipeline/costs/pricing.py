@@ -1,0 +1,307 @@
+"""Prices as dated data: rate cards, pricing rules, service fees and volume tiers, read from CSV into DuckDB.
+
+A card is every price of one channel from one effective date (Meta publishes whole cards); the card in
+force on a message's price day prices it, so an older campaign is priced by the card and rules of its day.
+Shipped data lives in pipeline/data/ (listed in rate_cards.csv); `import_card` adds a card from any file.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import polars as pl
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+RATE_CARDS = DATA / "rate_cards.csv"
+RULES = DATA / "pricing_rules.csv"
+SERVICE_FEES = DATA / "service_fees.csv"
+WHATSAPP_CARD = DATA / "whatsapp-rates-2026-10-usd.csv"
+WHATSAPP_MARKETS = DATA / "whatsapp_markets.csv"
+
+POINT_USD = Decimal("0.0001")  # ChatApp points: 1 point = USD 0.0001 (docs/providers.md 3.6)
+WILDCARD = "*"  # the market of a card row that prices every destination the card does not list
+WILDCARD_NAMES = frozenset({"Default", "All", WILDCARD})
+CHANNELS = ("whatsapp", "messenger", "instagram", "viber", "sms", "email", "chatapp")
+BASES = ("delivered", "sent", "segment", "none")
+# Columns of a WhatsApp card (Meta's CSV shape) -> the category they price.
+WHATSAPP_COLUMNS = {
+    "marketing_usd": "marketing", "utility_usd": "utility", "authentication_usd": "authentication",
+    "authentication_international_usd": "authentication_international",
+}
+
+CardKind = Literal["whatsapp_card", "rates", "tiers", "service_fees"]
+
+
+class PriceDataError(ValueError):
+    """A price file that cannot be loaded; the message names the file, the row and the problem."""
+
+
+@dataclass(frozen=True)
+class Card:
+    channel: str
+    kind: CardKind
+    effective_from: date
+    source: str
+    rows: pl.DataFrame  # prices: market, category, platform_fee_usd; tiers: + from/to_messages; fees: fee_points
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a data CSV; lines starting with '#' are comments."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(line for line in f if not line.lstrip().startswith("#")))
+
+
+def read_card(
+    path: Path, *, channel: str = "whatsapp", effective_from: date | None = None, kind: CardKind | None = None,
+    source: str | None = None,
+) -> Card:
+    """Reads and checks one price file. The kind follows from its header, the date from the argument,
+    a `# effective_from: YYYY-MM-DD` comment, or a YYYY-MM(-DD) in the file name (first of the month)."""
+    path = Path(path)
+    if channel not in CHANNELS:
+        raise PriceDataError(f"{path.name}: unknown channel {channel!r} (one of {', '.join(CHANNELS)})")
+    rows = read_csv(path)
+    header = set(rows[0]) if rows else set()
+    kind = kind or _kind_of(path, header)
+    day = effective_from or _date_of(path)
+    if kind == "whatsapp_card":
+        frame = _whatsapp_rows(path, rows)
+    elif kind == "tiers":
+        frame = _tier_rows(path, rows)
+    elif kind == "service_fees":
+        frame = pl.DataFrame({"fee_points": [_decimal(path, i, r, "fee_points") for i, r in enumerate(rows, 2)]},
+                             schema={"fee_points": pl.Decimal(12, 2)})
+        if frame.height != 1:
+            raise PriceDataError(f"{path.name}: a service-fee file holds exactly one row (fee_points)")
+    else:
+        frame = _rate_rows(path, rows)
+    if kind != "service_fees" and frame.height == 0:
+        raise PriceDataError(f"{path.name}: no price rows")
+    return Card(channel=channel, kind=kind, effective_from=day, source=source or path.name, rows=frame)
+
+
+def load_reference_data(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Loads the shipped rules, service fees, WhatsApp markets and every card of rate_cards.csv, in one
+    transaction. Idempotent. A shipped card never overwrites a card imported for the same channel and date,
+    and a corrected shipped file replaces its own earlier rows on the next load.
+    """
+    entries = read_csv(RATE_CARDS)
+    cards = [read_card(DATA / e["file"], channel=e["channel"], kind=e["kind"],  # type: ignore[arg-type]
+                       effective_from=date.fromisoformat(e["effective_from"]), source=e["file"]) for e in entries]
+    fees = [Card(r["channel"], "service_fees", date.fromisoformat(r["effective_from"]), r["source"],
+                 pl.DataFrame({"fee_points": [Decimal(r["fee_points"])]}, schema={"fee_points": pl.Decimal(12, 2)}))
+            for r in read_csv(SERVICE_FEES)]
+    with _transaction(con):
+        counts = {"rules": _load_rules(con, read_csv(RULES)), "markets": _load_markets(con, WHATSAPP_MARKETS)}
+        counts["service_fees"] = sum(_store(con, fee, replace_imported=False) for fee in fees)
+        counts["prices"] = sum(_store(con, c, replace_imported=False) for c in cards if c.kind != "tiers")
+        counts["tiers"] = sum(_store(con, c, replace_imported=False) for c in cards if c.kind == "tiers")
+    return counts
+
+
+def import_card(
+    con: duckdb.DuckDBPyConnection, path: Path, *, channel: str = "whatsapp", effective_from: date | None = None
+) -> Card:
+    """Adds (or replaces) the card of `channel` from `effective_from`; `campaign prices import` calls this."""
+    card = read_card(path, channel=channel, effective_from=effective_from, source=f"import:{Path(path).name}")
+    _check_categories(con, card)
+    store_card(con, card, replace_imported=True)
+    return card
+
+
+def store_card(con: duckdb.DuckDBPyConnection, card: Card, *, replace_imported: bool = True) -> int:
+    """Writes a card as one whole: the rows of (channel, date) are replaced, in one transaction."""
+    with _transaction(con):
+        return _store(con, card, replace_imported=replace_imported)
+
+
+def _store(con: duckdb.DuckDBPyConnection, card: Card, *, replace_imported: bool) -> int:
+    table = {"whatsapp_card": "prices", "rates": "prices", "tiers": "price_tiers", "service_fees": "service_fees"}[
+        card.kind]
+    if card.kind == "whatsapp_card":
+        _check_markets(con, card)
+    key = [card.channel, card.effective_from]
+    imported = con.execute(f"SELECT count(*) FROM {table} WHERE channel = ? AND effective_from = ? "
+                           "AND source LIKE 'import:%'", key).fetchall()[0][0]
+    if imported and not replace_imported:
+        return 0
+    frame = card.rows.with_columns(pl.lit(card.channel).alias("channel"), pl.lit(card.effective_from).alias(
+        "effective_from"), pl.lit(card.source).alias("source"))
+    if table == "prices":
+        frame = frame.with_columns(pl.lit(Decimal("0")).cast(pl.Decimal(12, 6)).alias("service_fee_usd"))
+    _replace(con, table, "channel = ? AND effective_from = ?", key, frame)
+    if table in ("prices", "service_fees"):
+        # Fees live in service_fees; the older `prices.service_fee_usd` column stays filled (the fee in force
+        # on each card's date) for readers that still take it from there.
+        con.execute("""UPDATE prices SET service_fee_usd = coalesce((
+                           SELECT f.fee_points * 0.0001 FROM service_fees AS f
+                           WHERE f.channel = prices.channel AND f.effective_from <= prices.effective_from
+                           ORDER BY f.effective_from DESC LIMIT 1), 0)
+                       WHERE channel = ?""", [card.channel])
+    return frame.height
+
+
+def set_service_fee(
+    con: duckdb.DuckDBPyConnection, channel: str, fee_usd: Decimal | float | str, effective_from: date, source: str
+) -> None:
+    points = Decimal(str(fee_usd)) / POINT_USD
+    frame = pl.DataFrame({"fee_points": [points]}, schema={"fee_points": pl.Decimal(12, 2)})
+    store_card(con, Card(channel, "service_fees", effective_from, source, frame))
+
+
+def load_whatsapp_markets(con: duckdb.DuckDBPyConnection, path: Path = WHATSAPP_MARKETS) -> int:
+    """Region -> WhatsApp market (calling code -> Meta's market, incl. the +1 area codes of Latin America), and
+    the country's own market where Meta prices it on its own (used once a card in force has that market)."""
+    with _transaction(con):
+        return _load_markets(con, path)
+
+
+def _load_markets(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    rows = [("whatsapp", r["region"], r["market"], r.get("own_market") or None) for r in read_csv(path)]
+    frame = pl.DataFrame(rows, orient="row", schema={
+        "channel": pl.String, "region": pl.String, "market": pl.String, "own_market": pl.String})
+    _replace(con, "markets", "channel = ?", ["whatsapp"], frame)
+    return frame.height
+
+
+def _load_rules(con: duckdb.DuckDBPyConnection, rows: list[dict[str, str]]) -> int:
+    records = []
+    for line, r in enumerate(rows, 2):
+        if r["channel"] not in CHANNELS or r["basis"] not in BASES or r["billable"] not in ("true", "false"):
+            raise PriceDataError(f"{RULES.name} row {line}: bad channel, basis or billable: {r}")
+        records.append({**r, "billable": r["billable"] == "true", "tiered": r["tiered"] == "true",
+                        "rate_category": r["rate_category"] or None,
+                        "effective_from": date.fromisoformat(r["effective_from"])})
+    frame = pl.DataFrame(records)
+    _replace(con, "pricing_rules", "source NOT LIKE 'import:%'", [], frame)
+    return frame.height
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.begin()
+    try:
+        yield
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+
+
+def _replace(con: duckdb.DuckDBPyConnection, table: str, where: str, params: list, frame: pl.DataFrame) -> None:
+    # One set-based insert (executemany is row by row and ~100x slower); the caller holds the transaction.
+    con.register("_new_rows", frame)
+    try:
+        con.execute(f"DELETE FROM {table} WHERE {where}", params)
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _new_rows")
+    finally:
+        con.unregister("_new_rows")
+
+
+def _kind_of(path: Path, header: set[str]) -> CardKind:
+    if "marketing_usd" in header:
+        return "whatsapp_card"
+    if {"from_messages", "platform_fee_usd"} <= header:
+        return "tiers"
+    if "fee_points" in header:
+        return "service_fees"
+    if {"market", "category", "platform_fee_usd"} <= header:
+        return "rates"
+    raise PriceDataError(f"{path.name}: unknown card layout {sorted(header)}; expected market,category,"
+                         "platform_fee_usd (or Meta's market,...,marketing_usd,utility_usd,authentication_usd)")
+
+
+def _date_of(path: Path) -> date:
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            found = re.match(r"#\s*effective_from:\s*(\d{4}-\d{2}-\d{2})", line)
+            if found:
+                return date.fromisoformat(found.group(1))
+    found = re.search(r"(\d{4})-(\d{2})(?:-(\d{2}))?(?!\d)", path.name)
+    if not found:
+        raise PriceDataError(f"{path.name}: no effective date: pass --effective-from, add a "
+                             "'# effective_from: YYYY-MM-DD' line, or put YYYY-MM in the file name")
+    return date(int(found.group(1)), int(found.group(2)), int(found.group(3) or 1))
+
+
+def _decimal(path: Path, line: int, row: dict[str, str], column: str) -> Decimal:
+    try:
+        value = Decimal(row[column].strip())
+    except (InvalidOperation, KeyError, AttributeError):
+        raise PriceDataError(f"{path.name} row {line}: {column} is not a number: {row.get(column)!r}") from None
+    if value < 0 or not value.is_finite():
+        raise PriceDataError(f"{path.name} row {line}: {column} must be >= 0, got {value}")
+    return value
+
+
+def _market(name: str) -> str:
+    return WILDCARD if name.strip() in WILDCARD_NAMES else name.strip()
+
+
+def _price_frame(records: Iterable[tuple[str, str, Decimal]], path: Path) -> pl.DataFrame:
+    frame = pl.DataFrame(list(records), orient="row", schema={
+        "market": pl.String, "category": pl.String, "platform_fee_usd": pl.Decimal(12, 6)})
+    dupes = frame.filter(frame.select("market", "category").is_duplicated())
+    if dupes.height:
+        raise PriceDataError(f"{path.name}: market and category listed twice: {dupes.rows()[:3]}")
+    return frame
+
+
+def _whatsapp_rows(path: Path, rows: list[dict[str, str]]) -> pl.DataFrame:
+    records = []
+    for line, row in enumerate(rows, 2):
+        for column, category in WHATSAPP_COLUMNS.items():
+            if row.get(column) not in (None, ""):  # a market without that rate has no row: its messages show unpriced
+                records.append((_market(row["market"]), category, _decimal(path, line, row, column)))
+    return _price_frame(records, path)
+
+
+def _rate_rows(path: Path, rows: list[dict[str, str]]) -> pl.DataFrame:
+    records = [(_market(r["market"]), r["category"].strip(), _decimal(path, line, r, "platform_fee_usd"))
+               for line, r in enumerate(rows, 2)]
+    return _price_frame(records, path)
+
+
+def _tier_rows(path: Path, rows: list[dict[str, str]]) -> pl.DataFrame:
+    records = []
+    for line, r in enumerate(rows, 2):
+        low = int(r["from_messages"])
+        high = int(r["to_messages"]) if (r.get("to_messages") or "").strip() else None
+        if low < 1 or (high is not None and high < low):
+            raise PriceDataError(f"{path.name} row {line}: bad tier range {low}..{high}")
+        records.append((r["market"].strip(), r["category"].strip(), low, high,
+                        _decimal(path, line, r, "platform_fee_usd")))
+    return pl.DataFrame(records, orient="row", schema={
+        "market": pl.String, "category": pl.String, "from_messages": pl.Int64, "to_messages": pl.Int64,
+        "platform_fee_usd": pl.Decimal(12, 6)})
+
+
+def _check_markets(con: duckdb.DuckDBPyConnection, card: Card) -> None:
+    # A mapped market the card does not price would make its messages unpriced; refuse the card instead.
+    mapped = {m for (m,) in con.execute("SELECT DISTINCT market FROM markets WHERE channel = ?",
+                                        [card.channel]).fetchall()}
+    missing = mapped - set(card.rows["market"].to_list())
+    if missing:
+        raise PriceDataError(f"{card.source}: markets mapped in the region table are missing from the card: "
+                             f"{sorted(missing)}")
+
+
+def _check_categories(con: duckdb.DuckDBPyConnection, card: Card) -> None:
+    if card.kind not in ("rates", "whatsapp_card", "tiers"):
+        return
+    known = {c for (c,) in con.execute(
+        "SELECT DISTINCT coalesce(rate_category, category) FROM pricing_rules WHERE channel = ?",
+        [card.channel]).fetchall()}
+    unknown = set(card.rows["category"].to_list()) - known
+    if unknown:
+        raise PriceDataError(f"{card.source}: categories no {card.channel} pricing rule bills: {sorted(unknown)} "
+                             f"(known: {sorted(known)})")

@@ -1,0 +1,90 @@
+"""The numbers an operator reads after a run: rows, rejects by reason, outcomes and cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from pipeline.costs.costing import cost_report, summary_totals
+from pipeline.store import scalar
+
+
+def campaign_summary(
+    con: duckdb.DuckDBPyConnection, campaign_id: str, *, rows_read: int | None = None
+) -> dict[str, Any]:
+    by_reason = dict(
+        con.execute(
+            "SELECT reason, count(*) FROM rejects WHERE campaign_id = ? GROUP BY reason ORDER BY count(*) DESC",
+            [campaign_id],
+        ).fetchall()
+    )
+    accepted = scalar(con, "SELECT count(*) FROM recipients WHERE campaign_id = ?", [campaign_id])
+    states = dict(
+        con.execute("SELECT state, count(*) FROM outbox WHERE campaign_id = ? GROUP BY state", [campaign_id]).fetchall()
+    )
+    statuses = dict(
+        con.execute(
+            """
+            SELECT s.status, count(*) FROM outbox o JOIN message_status s USING (message_id)
+            WHERE o.campaign_id = ? GROUP BY s.status
+            """,
+            [campaign_id],
+        ).fetchall()
+    )
+    totals = summary_totals(cost_report(con, campaign_id))
+    return {
+        "campaign_id": campaign_id,
+        "rows_read": rows_read if rows_read is not None else accepted + sum(by_reason.values()),
+        "accepted": accepted,
+        "rejected": sum(by_reason.values()),
+        "rejected_by_reason": by_reason,
+        "queued": states.get("queued", 0),
+        "sent": states.get("sent", 0),
+        "send_failed": states.get("failed", 0),
+        "unknown": states.get("unknown", 0),
+        # read implies delivered
+        "delivered": statuses.get("delivered", 0) + statuses.get("read", 0),
+        "read": statuses.get("read", 0),
+        "failed": states.get("failed", 0) + statuses.get("failed", 0),
+        "cost_usd": float(totals.get("total_usd", 0) or 0),
+        "platform_fee_usd": float(totals.get("platform_fee_usd", 0) or 0),
+        "service_fee_usd": float(totals.get("service_fee_usd", 0) or 0),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A plain-text table for the terminal."""
+    lines = [f"Campaign {summary['campaign_id']}", ""]
+    rows: list[tuple[str, str]] = [("rows read", f"{summary['rows_read']:,}"), ("accepted", f"{summary['accepted']:,}")]
+    rows.append(("rejected", f"{summary['rejected']:,}"))
+    rows += [(f"  {reason}", f"{n:,}") for reason, n in summary["rejected_by_reason"].items()]
+    rows += [
+        ("sent", f"{summary['sent']:,}"),
+        ("delivered", f"{summary['delivered']:,}"),
+        ("read", f"{summary['read']:,}"),
+        ("failed", f"{summary['failed']:,}"),
+    ]
+    if summary.get("queued"):
+        rows.append(("still queued", f"{summary['queued']:,}"))
+    if summary.get("unknown"):
+        rows.append(("unknown (in flight at a crash)", f"{summary['unknown']:,}"))
+    rows += [
+        ("platform fee (USD)", f"{summary['platform_fee_usd']:.4f}"),
+        ("service fee (USD)", f"{summary['service_fee_usd']:.4f}"),
+        ("cost (USD)", f"{summary['cost_usd']:.4f}"),
+    ]
+    leg = summary.get("fallback")
+    if leg:
+        rows += [
+            (f"fallback over {leg['channel']}", f"{leg['rows_read']:,}"),
+            ("  sent", f"{leg['sent']:,}"),
+            ("  delivered", f"{leg['delivered']:,}"),
+            ("  failed", f"{leg['failed']:,}"),
+            ("  cost (USD)", f"{leg['cost_usd']:.4f}"),
+            ("both legs (USD)", f"{summary['cost_usd'] + leg['cost_usd']:.4f}"),
+        ]
+    width = max(len(label) for label, _ in rows) + 2
+    value_width = max(len(value) for _, value in rows)
+    lines += [f"  {label:<{width}}{value:>{value_width}}" for label, value in rows]
+    return "\n".join(lines)

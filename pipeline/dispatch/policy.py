@@ -1,0 +1,166 @@
+"""Dispatch policy beside the engine: backoff, the run's counters, and the guards that may hold a
+message back (send window) or stop the channel (budget, messaging limit, operator pause)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pipeline.channels.base import SendOutcome
+from pipeline.dispatch.ledger import Ledger, Pending
+from pipeline.spec import RetrySpec, SendWindow
+
+
+def backoff_delay(attempt: int, retry: RetrySpec, outcome: SendOutcome, rng: random.Random) -> float:
+    """Exponential backoff with jitter (half to full); the provider's Retry-After wins when longer."""
+    exp = min(retry.max_delay_s, retry.base_delay_s * 2 ** (attempt - 1))
+    return max(rng.uniform(exp / 2, exp), outcome.retry_after_s or 0.0)
+
+
+@dataclass
+class DispatchResult:
+    total: int = 0
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    retries: int = 0
+    throttled: int = 0
+    reconciled_sent: int = 0
+    unknown: int = 0
+    resent_after_timeout: int = 0
+    stopped_reason: str | None = None
+    seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
+    last_progress: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+    def progress(self, elapsed_s: float, *, final: bool) -> dict[str, Any]:
+        done = self.sent + self.failed + self.deferred
+        per_s = done / elapsed_s if elapsed_s > 0 else 0.0
+        left = max(0, self.total - done)
+        return {
+            "sent": self.sent, "failed": self.failed, "deferred": self.deferred, "total": self.total,
+            "throttled": self.throttled, "retries": self.retries, "per_s": round(per_s, 1),
+            "fraction": done / self.total if self.total else 1.0,
+            "eta_s": round(left / per_s, 1) if per_s and not final else None, "final": final,
+            "stopped_reason": self.stopped_reason,
+        }
+
+
+class Guards:
+    """Decides, per message about to be sent, whether it may go now."""
+
+    def __init__(
+        self, *, budget_usd: float | None = None, messaging_limit: int | None = None,
+        send_window: SendWindow | None = None, pause_file: Path | None = None,
+    ) -> None:
+        self.budget_usd = budget_usd
+        self.messaging_limit = messaging_limit
+        self.send_window = send_window
+        self.pause_file = pause_file
+        self.reserved_usd = 0.0
+        self.capacity: int | None = None
+        self.limit_frees_at: datetime | None = None
+        self.waiting_for_window = 0
+        self.next_window_at: datetime | None = None
+        self._zones: dict[str, ZoneInfo] = {}
+        self._window = (
+            (time.fromisoformat(send_window.start), time.fromisoformat(send_window.end)) if send_window else None
+        )
+
+    def prepare(self, ledger: Ledger, channel: str) -> None:
+        """Reads what earlier sends already used: the rolling 24 h recipients and the spend so far."""
+        now = datetime.now(UTC)
+        if self.messaging_limit is not None:
+            used, frees_at = ledger.recently_messaged(channel, timedelta(hours=24), now)
+            self.capacity = max(0, self.messaging_limit - used)
+            self.limit_frees_at = frees_at
+        if self.budget_usd is not None:
+            spent = ledger.con.execute(
+                "SELECT coalesce(sum(est_cost_usd), 0)::DOUBLE FROM outbox "
+                "WHERE campaign_id = ? AND state IN ('sent', 'sending', 'unknown')",
+                [ledger.campaign_id],
+            ).fetchall()[0][0]
+            self.reserved_usd = spent
+
+    def admit(self, item: Pending) -> str | None:
+        """None: send it; "wait": outside its send window (stays queued); any other text: stop, why."""
+        if self._window and not self._inside_window(item.timezone):
+            return "wait"
+        if self.capacity is not None:
+            if self.capacity <= 0:
+                when = self.limit_frees_at.isoformat(timespec="minutes") if self.limit_frees_at else "later"
+                return (f"messaging limit of {self.messaging_limit} unique recipients per 24 h reached; "
+                        f"the rest stays queued and can continue from {when}")
+            self.capacity -= 1
+        if self.budget_usd is not None:
+            if self.reserved_usd + item.est_cost_usd > self.budget_usd + 1e-9:
+                return (f"budget of USD {self.budget_usd:.2f} reached (USD {self.reserved_usd:.4f} committed); "
+                        "the rest stays queued")
+            self.reserved_usd += item.est_cost_usd
+        return None
+
+    def spent(self, item: Pending) -> None:
+        """A message went out: its cost was already reserved by `admit`."""
+
+    def paused(self) -> str | None:
+        if self.pause_file is not None and self.pause_file.exists():
+            return "paused by the operator (`campaign resume` continues)"
+        return None
+
+    def _zone(self, name: str | None) -> ZoneInfo:
+        key = name or "UTC"
+        zone = self._zones.get(key)
+        if zone is None:
+            try:
+                zone = ZoneInfo(key)
+            except (KeyError, ValueError):
+                zone = ZoneInfo("UTC")
+            self._zones[key] = zone
+        return zone
+
+    def _inside_window(self, timezone: str | None) -> bool:
+        assert self._window is not None
+        start, end = self._window
+        zone = self._zone(timezone)
+        local = datetime.now(zone)
+        now_t = local.time()
+        inside = start <= now_t < end if start <= end else (now_t >= start or now_t < end)
+        if not inside:
+            self.waiting_for_window += 1
+            opens = datetime.combine(local.date(), start, zone)
+            if opens <= local:
+                opens += timedelta(days=1)
+            opens_utc = opens.astimezone(UTC)
+            if self.next_window_at is None or opens_utc < self.next_window_at:
+                self.next_window_at = opens_utc
+        return inside
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        if self.waiting_for_window:
+            info["waiting_for_window"] = self.waiting_for_window
+            info["next_window_at"] = self.next_window_at.isoformat() if self.next_window_at else None
+        if self.budget_usd is not None:
+            info["budget_committed_usd"] = round(self.reserved_usd, 6)
+        if self.capacity is not None:
+            info["messaging_limit_left"] = self.capacity
+        return info
+
+
+def write_status(path: Path, campaign_id: str, info: dict[str, Any]) -> None:
+    """The run's progress for `campaign status` while DuckDB is held by the running dispatch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"campaign_id": campaign_id, "at": datetime.now(UTC).isoformat(), **info}))
+    os.replace(tmp, path)

@@ -1,0 +1,228 @@
+"""Rendering templates per recipient: sandboxed, strict Jinja2 compiled once per campaign; a row
+with a missing value is rejected on its own, and template/column mistakes are caught up front."""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+from pipeline.records import REJECTS_SCHEMA, empty_rejects
+from pipeline.render.fast import FastTemplate, NotCompilable
+from pipeline.spec import TemplateSpec
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined")
+
+
+class TemplateProblem(ValueError):
+    """A template that cannot be rendered for this audience; the message lists every problem."""
+
+
+def _sources(template: TemplateSpec) -> list[tuple[str, str]]:
+    """(where, Jinja2 source) for every rendered part; quick_reply payloads are fixed text."""
+    parts = [("text", template.text)]
+    parts += [(f"header parameter {{{{{i}}}}}", src) for i, src in enumerate(template.header, 1)]
+    parts += [(f"body parameter {{{{{i}}}}}", src) for i, src in enumerate(template.body, 1)]
+    parts += [(f"button {i} url", b.text) for i, b in enumerate(template.buttons) if b.sub_type == "url" and b.text]
+    return parts
+
+
+def check_template(template: TemplateSpec, variables: dict[str, str], columns: Iterable[str]) -> list[str]:
+    """Every problem that would make the whole campaign fail: syntax errors, variables the
+    template uses but `variables` does not map, mapped columns the audience lacks."""
+    problems: list[str] = []
+    columns = list(columns)
+    for where, source in _sources(template):
+        try:
+            used = meta.find_undeclared_variables(_ENV.parse(source))
+        except TemplateSyntaxError as exc:
+            problems.append(f"template {where}: syntax error: {exc.message} (line {exc.lineno})")
+            continue
+        for name in sorted(used - set(variables)):
+            problems.append(f"template {where} uses {name!r}, which `variables` does not map to a column")
+    for name, column in variables.items():
+        if column not in columns:
+            problems.append(f"variable {name!r} reads column {column!r}, which the audience lacks (columns: {columns})")
+    return problems
+
+
+@dataclass(frozen=True)
+class CompiledTemplate:
+    """The Jinja2 templates of one TemplateSpec, compiled once and reused for every row."""
+
+    text: Template
+    header: tuple[Template, ...]
+    body: tuple[Template, ...]
+    buttons: tuple[tuple[str, Template | str], ...]  # (sub_type, url template | fixed payload)
+
+    @classmethod
+    def compile(cls, template: TemplateSpec) -> CompiledTemplate:
+        buttons: list[tuple[str, Template | str]] = []
+        for button in template.buttons:
+            if button.sub_type == "url":
+                buttons.append(("url", _ENV.from_string(button.text or "")))
+            else:
+                buttons.append((button.sub_type, button.payload or ""))
+        return cls(
+            text=_ENV.from_string(template.text),
+            header=tuple(_ENV.from_string(s) for s in template.header),
+            body=tuple(_ENV.from_string(s) for s in template.body),
+            buttons=tuple(buttons),
+        )
+
+    def render(self, context: dict[str, str]) -> tuple[str, dict[str, list[str]]]:
+        """(preview text, params); raises UndefinedError for a value the row lacks."""
+        params = {
+            "header": [t.render(context) for t in self.header],
+            "body": [t.render(context) for t in self.body],
+            "buttons": [v if isinstance(v, str) else v.render(context) for _, v in self.buttons],
+        }
+        return self.text.render(context), params
+
+
+def _empty_parameter(params: dict[str, list[str]]) -> str | None:
+    # Meta refuses a template parameter with empty text; name the first one.
+    for part in ("header", "body"):
+        for i, value in enumerate(params[part], 1):
+            if not value.strip():
+                return f"{part} parameter {{{{{i}}}}} renders empty"
+    return None
+
+
+def render_messages(
+    frame: pl.DataFrame, template: TemplateSpec, variables: dict[str, str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rendered, rejects): rendered rows gain `text` and `params_json`; a row whose template
+    needs a value it lacks (empty or null cell) is rejected missing_variable, naming it.
+
+    Templates render_fast can compile are rendered as Polars expressions; the rest, and the odd
+    row the compiled form is unsure about, by Jinja2 per row — with the same bytes either way."""
+    problems = check_template(template, variables, frame.columns)
+    if problems:
+        raise TemplateProblem("; ".join(problems))
+    compiled = CompiledTemplate.compile(template)
+    # Values are stripped; an empty or whitespace-only cell is left out of the context, so
+    # StrictUndefined turns it into an error for this row only (while `default` still works).
+    columns = list(dict.fromkeys(variables.values()))
+    cells = frame.select(
+        [pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in columns]
+    ).with_row_index("_i")
+    try:
+        fast: FastTemplate | None = FastTemplate.compile(_ENV, template, variables)
+    except NotCompilable:
+        fast = None
+    if fast is None:
+        out = _render_rows(cells, compiled, template, variables)
+    else:
+        done = fast.render(cells)
+        missing, empty = pl.col("_missing"), pl.col("_empty")
+        ok = missing.is_null() & empty.is_null()
+        out = done.select(
+            text=pl.when(ok).then("text"),
+            params_json=pl.when(ok).then("params_json"),
+            _reason=pl.when(~ok).then(pl.lit("missing_variable")),
+            _detail=pl.when(missing.is_not_null())
+            .then(missing.replace_strict(_missing_details(variables), default=None))
+            .otherwise(empty),
+        )
+        unsure = done["_unsure"]
+        if unsure.any():  # rows the compiled form is unsure about: Jinja2 renders them
+            where = unsure.arg_true()
+            again = _render_rows(cells.filter(unsure), compiled, template, variables)
+            out = out.with_columns(
+                out[c].scatter(where, again[c]) for c in ("text", "params_json", "_reason", "_detail")
+            )
+        out = out.with_row_index("_i")
+    out = frame.hstack(out.drop("_i"))
+    rendered = out.filter(pl.col("_reason").is_null()).drop("_reason", "_detail")
+    failed = out.filter(pl.col("_reason").is_not_null())
+    rejects = (
+        failed.select(
+            pl.col("row_number").cast(pl.Int64),
+            pl.col("_reason").alias("reason"),
+            pl.col("_detail").alias("detail"),
+        )
+        if failed.height
+        else empty_rejects()
+    )
+    return rendered, rejects.cast(REJECTS_SCHEMA)
+
+
+def _missing_details(variables: dict[str, str]) -> dict[str, str]:
+    return {name: _missing_detail(f"'{name}' is undefined", variables) for name in variables}
+
+
+def _render_rows(
+    cells: pl.DataFrame, compiled: CompiledTemplate, template: TemplateSpec, variables: dict[str, str]
+) -> pl.DataFrame:
+    """Jinja2 per row: _i, text, params_json, _reason, _detail."""
+    names = list(variables)
+    texts: list[str | None] = []
+    params_json: list[str | None] = []
+    reasons: list[str | None] = []
+    details: list[str | None] = []
+    position = {c: i for i, c in enumerate(cells.columns)}
+    for row in cells.iter_rows():
+        context = {n: row[position[variables[n]]] for n in names if row[position[variables[n]]]}
+        reason, detail, text, params = None, None, None, None
+        try:
+            text, params = compiled.render(context)
+            detail = _empty_parameter(params)
+            reason = "missing_variable" if detail else None
+        except UndefinedError as exc:
+            reason, detail = "missing_variable", _missing_detail(str(exc), variables)
+        except SecurityError as exc:  # the template itself is unsafe: no row can be sent
+            raise TemplateProblem(f"template {template.name}: {exc}") from None
+        except Exception as exc:  # e.g. a filter that fails on this row's value
+            reason, detail = "bad_row", f"template cannot render this row: {type(exc).__name__}: {exc}"
+        reasons.append(reason)
+        details.append(detail)
+        texts.append(None if reason else text)
+        params_json.append(None if reason else json.dumps(params, ensure_ascii=False))
+    if any(reasons):
+        gc.collect()  # exceptions caught above may hold this call's frames (and frames) in cycles
+    return pl.DataFrame(
+        {"_i": cells["_i"], "text": texts, "params_json": params_json, "_reason": reasons, "_detail": details},
+        schema={"_i": pl.UInt32, "text": pl.String, "params_json": pl.String, "_reason": pl.String,
+                "_detail": pl.String},
+    )  # fmt: skip
+
+
+def _missing_detail(message: str, variables: dict[str, str]) -> str:
+    match = _UNDEFINED_NAME.search(message)
+    if not match:
+        return f"missing value: {message}"
+    name = match.group(1)
+    column = variables.get(name)
+    return f"{name} is empty" if column in (None, name) else f"{name} is empty (column {column})"
+
+
+def build_whatsapp_components(template: TemplateSpec, params: dict[str, Any] | str) -> list[dict[str, Any]]:
+    """The Meta Cloud API `template.components` array for one recipient's rendered params."""
+    if isinstance(params, str):
+        params = json.loads(params)
+    components: list[dict[str, Any]] = []
+    for part in ("header", "body"):
+        values = params.get(part) or []
+        if values:
+            components.append({"type": part, "parameters": [{"type": "text", "text": str(v)} for v in values]})
+    values = params.get("buttons") or []
+    for index, button in enumerate(template.buttons):
+        value = values[index] if index < len(values) else (button.payload or button.text or "")
+        if button.sub_type == "quick_reply":
+            parameter = {"type": "payload", "payload": str(value)}
+        else:
+            parameter = {"type": "text", "text": str(value)}
+        components.append(
+            {"type": "button", "sub_type": button.sub_type, "index": str(index), "parameters": [parameter]}
+        )
+    return components

@@ -1,0 +1,262 @@
+"""Alibaba-style SMS through the real dispatcher and in batches against the dysmsapi sandbox on loopback:
+signed SendBatchSms calls, throttling, illegal numbers, malformed answers, and SmsReport receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pipeline.channels import alibaba_sms_webhooks as ali
+from pipeline.channels.alibaba_rpc import encode_form
+from pipeline.channels.alibaba_sms import AlibabaSmsChannel, alibaba_segments, from_spec
+from pipeline.dispatch.engine import dispatch_campaign
+from pipeline.dispatch.outbox import enqueue_messages, register_campaign
+from pipeline.sandbox.alibaba_sms import AlibabaSmsSandboxConfig, create_alibaba_sms_app
+from pipeline.servers import serve_in_thread
+from pipeline.spec import RateSpec, RetrySpec, parse_spec
+
+KEY_ID, KEY_SECRET, REPORT_TOKEN = "LTAI-test", "alibaba-test-secret", "report-token"
+FAST_RETRY = RetrySpec(max_attempts=20, base_delay_s=0.02, max_delay_s=0.3, deadline_s=30)
+
+
+class Receiver:
+    """The SmsReport endpoint: records pushes; answers from a script of statuses (default 200 + ACK)."""
+
+    def __init__(self, answers: list[int] | None = None) -> None:
+        self.answers = list(answers or [])
+        self.pushes: list[tuple[dict[str, str], bytes]] = []
+        self._lock = threading.Lock()
+        self.app = Starlette(routes=[Route("/webhooks/alibaba_sms", self.handle, methods=["POST"])])
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        with self._lock:
+            status = self.answers.pop(0) if self.answers else 200
+            if status == 200:
+                self.pushes.append((dict(request.headers), body))
+        return Response(ali.ACK_BODY if status == 200 else b"{}", status_code=status, media_type="application/json")
+
+
+@contextmanager
+def stack(answers: list[int] | None = None, **overrides: Any) -> Iterator[tuple[str, Receiver, Any]]:
+    receiver = Receiver(answers)
+    with serve_in_thread(receiver.app) as receiver_url:
+        config = AlibabaSmsSandboxConfig(**{
+            "access_key_id": KEY_ID, "access_key_secret": KEY_SECRET, "report_token": REPORT_TOKEN,
+            "webhook_url": receiver_url + "/webhooks/alibaba_sms", "fail_rate": 0.0, "report_delay_s": (0.0, 0.02),
+            "report_retry_base_s": 0.05, "sign_names": ["Acme", "阿里云"], **overrides})
+        app = create_alibaba_sms_app(config)
+        with serve_in_thread(app) as sandbox_url:
+            yield sandbox_url, receiver, app.state.sandbox
+
+
+def _channel(monkeypatch, base_url: str, secret: str = KEY_SECRET, **options: Any) -> tuple[AlibabaSmsChannel, Any]:
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", secret)
+    spec = parse_spec({
+        "name": "ali-t", "audience": "x.csv", "channel": "sms", "sender": "Acme",
+        "template": {"name": "SMS_15255001", "language": "en", "category": "marketing", "text": "Hi {{ n }}",
+                     "body": ["{{ n }}"]},
+        "provider": {"options": {"sender_ids": {"CN": "阿里云"}, "param_names": ["name"], **options}},
+    })
+    return from_spec(spec, base_url), spec
+
+
+def _phones(n: int) -> list[str]:
+    return [f"+4477009{i:05d}" if i % 3 else f"+86139{i:08d}" for i in range(n)]
+
+
+def _queue(con, channel: AlibabaSmsChannel, spec: Any, phones: list[str]) -> None:
+    n = len(phones)
+    accepted = pl.DataFrame({
+        "row_number": list(range(2, n + 2)), "phone_e164": phones,
+        "region": ["CN" if p.startswith("+86") else "GB" for p in phones], "number_type": ["mobile"] * n,
+        "text": [f"Hi n{i}" for i in range(n)], "params_json": [json.dumps({"body": [f"n{i}"]}) for i in range(n)],
+    })
+    register_campaign(con, spec, "t")
+    enqueue_messages(con, spec, "t", channel, accepted)
+
+
+def _dispatch(con, channel, *, rate: float = 500, concurrency: int = 4, transport=None):
+    return asyncio.run(dispatch_campaign(
+        con, "t", channel, rate=RateSpec(max_per_second=rate, concurrency=concurrency), retry=FAST_RETRY,
+        transport=transport))
+
+
+def _payloads(con) -> list[str]:
+    return [r[0] for r in con.execute("SELECT payload_json FROM outbox ORDER BY seq").fetchall()]
+
+
+async def _send_batch(channel: AlibabaSmsChannel, payloads: list[str]):
+    async with channel.open_session(10.0) as session:
+        return await channel.send(session, payloads)
+
+
+def _store_receipts(con, receipts) -> None:
+    now = datetime.now(UTC)
+    for i, r in enumerate(receipts):
+        con.execute(
+            "INSERT INTO events (event_id, provider, provider_message_id, message_id, status, error_code, recipient,"
+            " occurred_at, received_at, raw_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [f"e{i}", r.provider, r.provider_message_id, r.message_id, r.status, r.error_code, r.recipient,
+             r.occurred_at, now, r.raw_json])
+
+
+def test_happy_path_through_the_dispatcher_and_reports_find_their_messages(con, monkeypatch):
+    with stack(answers=[500]) as (sandbox_url, receiver, sandbox):  # the first push is refused, then retried
+        channel, spec = _channel(monkeypatch, sandbox_url)
+        _queue(con, channel, spec, _phones(9))
+        result = _dispatch(con, channel)
+        assert result.sent == 9 and result.failed == 0
+        stats = httpx.get(f"{sandbox_url}/_sandbox/stats").json()
+        assert httpx.post(f"{sandbox_url}/_sandbox/drain?timeout=10", timeout=15).json()["drained"] is True
+    outbox = dict(con.execute("SELECT message_id, provider_message_id FROM outbox").fetchall())
+    assert stats["accepted"] == 9 and stats["duplicate_callback_data"] == 0 and stats["rejected"] == {}
+    # Each call's OutId is the id of its first message, and the call's BizId is on each of its messages.
+    assert {m["correlation_id"] for m in stats["messages"]} <= set(outbox)
+    by_phone = {pid.split(":")[1]: pid.split(":")[0] for pid in outbox.values()}
+    assert {m["to"]: m["id"] for m in stats["messages"]} == by_phone
+    sent_params = {m["to"]: m["template_param"] for m in stats["messages"]}
+    assert sent_params["447700900001"] == {"name": "n1"}
+    assert all(pid.split(":")[1].isdigit() and "^" in pid for pid in outbox.values())
+
+    receipts = []
+    for headers, body in receiver.pushes:
+        assert ali.verify(body, headers, REPORT_TOKEN)
+        receipts += ali.parse(body)[0]
+    assert len(receipts) == 9 and {r.status for r in receipts} == {"delivered"}
+    assert {r.provider_message_id for r in receipts} == set(outbox.values())
+    # As after a crash: one message's BizId never reached the outbox; out_id + phone still find it.
+    lost = next(iter(outbox))
+    con.execute("UPDATE outbox SET provider_message_id = NULL WHERE message_id = ?", [lost])
+    _store_receipts(con, receipts)
+    assert ali.resolve_message_ids(con) == 9
+    assert con.execute("SELECT count(*) FROM events WHERE message_id = ?", [lost]).fetchone()[0] == 1
+    linked = con.execute("SELECT message_id, provider_message_id FROM events").fetchall()
+    assert {(mid, pid) for mid, pid in linked} == set(outbox.items())
+
+
+def test_a_batch_of_150_goes_as_two_signed_calls_with_one_outid_each(con, monkeypatch):
+    with stack(webhook_url=None) as (sandbox_url, _, sandbox):
+        channel, spec = _channel(monkeypatch, sandbox_url)
+        _queue(con, channel, spec, _phones(150))
+        payloads = _payloads(con)
+        outcomes = asyncio.run(_send_batch(channel, payloads))
+    assert [o.kind for o in outcomes] == ["sent"] * 150 and sandbox.calls == 2
+    assert sandbox.tally.accepted == 150 and sandbox.tally.duplicate_callback_data == 0
+    first_ids = {json.loads(payloads[0])["out_id"], json.loads(payloads[100])["out_id"]}
+    assert {m["correlation_id"] for m in sandbox.tally.messages} == first_ids
+    biz_ids = [o.provider_message_id.split(":")[0] for o in outcomes]
+    assert len(set(biz_ids[:100])) == 1 and len(set(biz_ids[100:])) == 1 and biz_ids[0] != biz_ids[100]
+
+
+def test_an_illegal_number_in_a_batch_fails_alone_and_the_rest_is_sent(con, monkeypatch):
+    with stack(webhook_url=None, illegal_rate=0.2, seed=3) as (sandbox_url, _, sandbox):
+        channel, spec = _channel(monkeypatch, sandbox_url)
+        phones = _phones(12)
+        illegal = {p for p in phones if sandbox.config.outcome(p.lstrip("+"))[0] == "illegal"}
+        assert 0 < len(illegal) < 12
+        _queue(con, channel, spec, phones)
+        outcomes = asyncio.run(_send_batch(channel, _payloads(con)))
+    kinds = {p: (o.kind, o.error_code) for p, o in zip(phones, outcomes, strict=True)}
+    assert {p for p, k in kinds.items() if k == ("permanent", "isv.MOBILE_NUMBER_ILLEGAL")} == illegal
+    assert all(k[0] == "sent" for p, k in kinds.items() if p not in illegal)
+    assert sandbox.tally.accepted == 12 - len(illegal) and sandbox.tally.duplicate_callback_data == 0
+
+
+def test_permanent_error_through_the_dispatcher(con, monkeypatch):
+    with stack(webhook_url=None, illegal_rate=0.3, seed=5) as (sandbox_url, _, sandbox):
+        channel, spec = _channel(monkeypatch, sandbox_url)
+        phones = _phones(10)
+        illegal = {p for p in phones if sandbox.config.outcome(p.lstrip("+"))[0] == "illegal"}
+        assert illegal
+        _queue(con, channel, spec, phones)
+        result = _dispatch(con, channel)
+    assert result.failed == len(illegal) and result.sent == 10 - len(illegal)
+    failed = dict(con.execute("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'").fetchall())
+    assert failed == {p: "isv.MOBILE_NUMBER_ILLEGAL" for p in illegal}
+
+
+def test_rate_limit_answers_are_throttled_retries(con, monkeypatch):
+    # One number per call, so that the calls (Alibaba's QPS counts calls) outrun the limit: the
+    # dispatcher batches whatever is waiting, and 30 numbers would otherwise fit in two calls.
+    with stack(webhook_url=None, throughput_per_s=20.0) as (sandbox_url, _, sandbox):
+        channel, spec = _channel(monkeypatch, sandbox_url, max_batch=1)
+        _queue(con, channel, spec, _phones(30))
+        result = _dispatch(con, channel)
+    assert result.sent == 30 and result.failed == 0 and result.throttled > 0
+    assert sandbox.tally.rejected["isv.BUSINESS_LIMIT_CONTROL"] > 0
+    assert sandbox.tally.accepted == 30 and sandbox.tally.duplicate_callback_data == 0
+
+
+def test_a_wrong_secret_fails_the_signature_check_and_stops_the_channel(con, monkeypatch):
+    with stack(webhook_url=None) as (sandbox_url, _, sandbox):
+        channel, spec = _channel(monkeypatch, sandbox_url, secret="not-the-secret")
+        _queue(con, channel, spec, _phones(5))
+        result = _dispatch(con, channel, concurrency=1)
+    assert result.stopped_reason and result.stopped_reason.startswith("SignatureDoesNotMatch")
+    assert sandbox.tally.rejected["SignatureDoesNotMatch"] >= 1 and sandbox.tally.accepted == 0
+    assert dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()) == {"queued": 5}
+
+
+def test_sandbox_limits_and_replayed_nonces(monkeypatch):
+    with stack(webhook_url=None) as (sandbox_url, _, _):
+        channel, _ = _channel(monkeypatch, sandbox_url)
+        items = [{"phone": f"4477009{i:05d}", "sign_name": "Acme", "template_code": "SMS_1", "out_id": "m"}
+                 for i in range(101)]
+        too_many = httpx.post(sandbox_url + "/", content=encode_form(channel.request_params(items)))
+        assert too_many.json()["Code"] == "isv.MOBILE_COUNT_OVER_LIMIT"
+        params = channel.request_params(items[:1])
+        assert httpx.post(sandbox_url + "/", content=encode_form(params)).json()["Code"] == "OK"
+        replay = httpx.post(sandbox_url + "/", content=encode_form(params))
+        assert replay.status_code == 400 and replay.json()["Code"] == "SignatureNonceUsed"
+
+
+def test_malformed_answers_are_not_counted_as_sent(con, monkeypatch):
+    channel, spec = _channel(monkeypatch, "http://dysmsapi.test")
+    _queue(con, channel, spec, _phones(3))
+    result = _dispatch(con, channel, transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")))
+    assert result.sent == 0 and result.failed == 3
+    assert con.execute("SELECT DISTINCT error_code FROM outbox").fetchall() == [("http_200",)]
+    ok_without_biz_id = channel.classify_response(200, b'{"Code":"OK","Message":"OK","RequestId":"r"}', {})
+    assert ok_without_biz_id.kind == "permanent" and ok_without_biz_id.error_detail == "malformed provider response"
+    assert channel.classify_response(503, b"busy", {}).kind == "retry"
+    stop = channel.classify_response(404, b'{"Code":"InvalidAccessKeyId.NotFound","Message":"m"}', {})
+    assert stop.kind == "stop"
+
+
+def test_reports_with_a_forged_or_missing_token_are_refused_and_bad_bodies_raise():
+    body = json.dumps([{"phone_number": "8613900000003", "send_time": "2026-10-01 16:00:00",
+                        "report_time": "2026-10-01 16:00:05", "success": False, "err_code": "MN:0001",
+                        "err_msg": "failed", "sms_size": "1", "biz_id": "900619746936498440^0",
+                        "out_id": "m-1"}]).encode()
+    assert ali.verify(body, {"x-sms-report-token": REPORT_TOKEN}, REPORT_TOKEN)
+    assert not ali.verify(body, {"X-Sms-Report-Token": "guess"}, REPORT_TOKEN)
+    assert not ali.verify(body, {}, REPORT_TOKEN)
+    (receipt,), _ = ali.parse(body)
+    assert receipt.status == "failed" and receipt.error_code == "MN:0001"
+    assert receipt.provider_message_id == "900619746936498440^0:8613900000003"
+    assert receipt.occurred_at == datetime(2026, 10, 1, 8, 0, 5, tzinfo=UTC)  # Beijing time, UTC+8
+    for bad in (b"not json", b'{"a":1}', b'[{"phone_number":"1","biz_id":"2","success":"maybe"}]'):
+        with pytest.raises(ValueError):
+            ali.parse(bad)
+
+
+def test_segments_follow_alibabas_rules():
+    assert alibaba_segments("Acme", "x" * 150, "GB") == 1  # "[Acme]" counts 8 septets: 158
+    assert alibaba_segments("Acme", "x" * 153, "GB") == 2
+    assert alibaba_segments("阿里云", "x" * 65, "CN") == 1  # 【阿里云】 + 65 = 70
+    assert alibaba_segments("阿里云", "x" * 66, "CN") == 2

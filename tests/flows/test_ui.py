@@ -1,0 +1,282 @@
+"""A campaign run against `prefect server start` shows in the Prefect UI: its parameters, one task run per stage,
+the progress, reject, cost and summary artifacts, progress logs with no phone number or e-mail address in them.
+
+The campaign runs in a subprocess (the flow against the sandbox and the receiver, as in test_e2e.py) with
+PREFECT_API_URL pointing at the test's server; the UI is opened in headless Chromium over the DevTools protocol,
+and the same facts are checked through the REST API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from tests.flows.test_deployments import PrefectServer, Processes, prefect_server, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+STAGES = ["prepare", "queue", "estimate", "dispatch", "receipts", "report"]
+ARTIFACTS = {"welcome-rejects": "table", "welcome-costs": "table", "welcome-summary": "markdown",
+             "welcome-progress": "progress"}
+PHONE, EMAIL = "+447700900123", "jane.doe@example.com"
+
+CAMPAIGN = r'''
+import json, logging, sys
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+
+from flows.campaign import campaign_flow
+from flows.logging_mask import install_log_masking
+from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
+from pipeline.sandbox.whatsapp import SandboxConfig, create_app
+from pipeline.servers import serve_in_thread
+
+root, tmp, rows = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+audience = tmp / "audience.csv"
+lines = (root / "audiences/sample.csv").read_text().splitlines()
+audience.write_text("\n".join(lines[: rows + 1]) + "\n")
+data = yaml.safe_load((root / "campaigns/welcome.yaml").read_text())
+# 100 messages/s: the dispatch lasts a few seconds, so its progress is reported more than once.
+data.update(audience=str(audience), receipts_wait_s=30, rate_limit={"max_per_second": 100, "concurrency": 8})
+spec = tmp / "welcome.yaml"
+spec.write_text(yaml.safe_dump(data))
+spool = tmp / "spool"
+spool.mkdir()
+
+
+@flow(name="log-masking-check")
+def log_masking_check(phone: str, email: str) -> None:
+    install_log_masking()
+    get_run_logger().info("run logger: sending to %s and %s", phone, email)
+    logging.getLogger("pipeline.check").warning("library logger: %s failed, tell %s", phone, email)
+
+
+with serve_in_thread(create_receiver_app(spool, secrets_from_env())) as receiver:
+    config = SandboxConfig(access_token="test-token", app_secret="test-app-secret",
+                           webhook_url=f"{receiver}/webhooks/whatsapp", templates={"welcome_offer": "marketing"},
+                           seed=11, webhook_delay_s=(0.01, 0.05))
+    with serve_in_thread(create_app(config)) as sandbox:
+        state = campaign_flow(str(spec), db_path=str(tmp / "campaigns.duckdb"), spool_dir=str(spool),
+                              reports_dir=str(tmp / "reports"), provider_base_url=sandbox, return_state=True)
+check = log_masking_check(sys.argv[4], sys.argv[5], return_state=True)
+# The daily cost report of the day the campaign was sent (the deployment runs it for yesterday).
+from datetime import UTC, datetime
+from flows.report import daily_report_flow
+daily = daily_report_flow(day=datetime.now(UTC).date().isoformat(), db_path=str(tmp / "campaigns.duckdb"),
+                          reports_dir=str(tmp / "reports"), return_state=True)
+print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "state": state.type.value,
+                  "summary": state.result() if state.is_completed() else None,
+                  "check_run_id": str(check.state_details.flow_run_id),
+                  "daily_run_id": str(daily.state_details.flow_run_id), "daily_state": daily.type.value,
+                  "daily": daily.result() if daily.is_completed() else daily.message}, default=str))
+'''
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    with prefect_server(tmp_path_factory.mktemp("ui")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def campaign(server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("ui-campaign")
+    env = {**server.env, "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline"}
+    done = subprocess.run([sys.executable, "-c", CAMPAIGN, str(ROOT), str(tmp), "400", PHONE, EMAIL], env=env,
+                          cwd=tmp, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["state"] == "COMPLETED", done.stderr[-5000:]
+    return {**result, "console": done.stdout + done.stderr, "tmp": tmp}
+
+
+def _logs(api: httpx.Client, run_id: str) -> list[dict[str, Any]]:
+    return api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
+
+
+def _no_contact_details(text: str) -> bool:
+    # Run ids and times aside, no run of 8+ digits (a phone number) and no full e-mail address.
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "", text)
+    return not re.search(r"\d[\d\s]{7,}\d", text) and EMAIL not in text
+
+
+def test_the_run_its_task_runs_and_artifacts_through_the_api(server: PrefectServer, campaign: dict[str, Any]):
+    run_id = campaign["flow_run_id"]
+    with server.client() as api:
+        run = api.get(f"/flow_runs/{run_id}").json()
+        tasks = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
+        artifacts = api.post("/artifacts/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
+        logs = wait_for(lambda: (found := _logs(api, run_id)) and any(
+            "Finished in state Completed" in entry["message"] and entry["task_run_id"] is None for entry in found)
+            and found, timeout_s=30, what="the run's logs")
+    assert run["state_type"] == "COMPLETED" and run["parameters"]["spec_path"].endswith("welcome.yaml")
+    assert run["parameters"]["provider_base_url"].startswith("http://127.0.0.1:")
+    # One task run per stage: tens, never one per message.
+    assert sorted(t["name"].rsplit("-", 1)[0] for t in tasks) == sorted(STAGES)
+    assert {t["state_type"] for t in tasks} == {"COMPLETED"}
+    by_key = {a["key"]: a for a in artifacts}
+    assert {k: by_key[k]["type"] for k in ARTIFACTS if k in by_key} == ARTIFACTS
+    assert by_key["welcome-progress"]["data"] == 100.0
+    assert "sent" in by_key["welcome-progress"]["description"]
+    assert "report.html" in by_key["welcome-summary"]["data"]  # the link to the HTML report
+    assert {row["reason"] for row in json.loads(by_key["welcome-rejects"]["data"])} >= {"invalid_number"}
+    assert json.loads(by_key["welcome-costs"]["data"])  # one row per channel x country x category
+    # Progress in the logs, never a line per message: 400 rows make a few dozen lines at most.
+    messages = [entry["message"] for entry in logs]
+    assert any(m.startswith("dispatch: ") and " sent, " in m for m in messages)
+    assert len(messages) < 40 < campaign["summary"]["sent"]
+    assert all(_no_contact_details(m) for m in messages), messages
+
+
+def test_logs_mask_phone_numbers_and_email_addresses(server: PrefectServer, campaign: dict[str, Any]):
+    with server.client() as api:
+        logs = wait_for(lambda: (found := _logs(api, campaign["check_run_id"])) and len(
+            [e for e in found if "logger:" in e["message"]]) == 2 and found, timeout_s=30, what="the check's logs")
+    lines = [entry["message"] for entry in logs if "logger:" in entry["message"]]
+    assert sorted(lines) == [
+        "library logger: +44*******123 failed, tell j***@example.com",
+        "run logger: sending to +44*******123 and j***@example.com",
+    ]
+    # The console copy is masked too, and the run's own "View at" link keeps its address and id.
+    assert PHONE not in campaign["console"] and EMAIL not in campaign["console"]
+    assert f"/runs/flow-run/{campaign['flow_run_id']}" in campaign["console"]
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol: one tab, its text, a screenshot."""
+
+    def __init__(self, profile: Path) -> None:
+        if not Path(CHROMIUM).exists():
+            pytest.fail(f"{CHROMIUM} is missing: the test set-up installs it (`make browser`)")
+        self.procs = Processes(profile / "logs")
+        self.proc = self.procs.start("chromium", [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile / 'profile'}", "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0", "--window-size=1400,1000", "--hide-scrollbars", "about:blank",
+        ], env=dict(os.environ), cwd=profile)
+        port_file = profile / "profile" / "DevToolsActivePort"
+        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout_s=30, what="Chromium",
+                 procs=self.procs)
+        port = int(port_file.read_text().split()[0])
+        pages = wait_for(lambda: [p for p in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
+                                  if p["type"] == "page"], timeout_s=10, what="a Chromium tab")
+        self.ws = ws_connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20)
+        self.next_id = 0
+        self.call("Page.enable")
+        self.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=30))
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message.get("result") or {}
+
+    def evaluate(self, expression: str) -> Any:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def open(self, url: str, *expected: str, tab: str | None = None, scroll: bool = False) -> str:
+        """Opens `url` (and clicks its `tab`), then waits until the page's text shows every `expected` string;
+        returns the text."""
+        self.call("Page.navigate", url=url)
+        if tab is not None:
+            click = f"""(() => {{
+                const tab = [...document.querySelectorAll('[role=tab], .p-tab, button, a')]
+                    .find(e => (e.innerText || '').trim() === {json.dumps(tab)});
+                if (tab) tab.click();
+                return !!tab; }})()"""
+            wait_for(lambda: self.evaluate(click), timeout_s=45, what=f"the {tab!r} tab of {url}")
+
+        def shown() -> str | None:
+            if scroll:  # lazily loaded sections (the task runs' artifacts) load once scrolled into view
+                self.evaluate("document.querySelectorAll('*').forEach(e => { if (e.scrollHeight > e.clientHeight)"
+                              " e.scrollTop = e.scrollHeight; })")
+            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            return text if all(s in text for s in expected) else None
+
+        try:
+            return wait_for(shown, timeout_s=45, what=f"{expected} on {url}")
+        except AssertionError:
+            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            raise AssertionError(f"{url} never showed all of {expected}; it shows:\n{text[:3000]}") from None
+
+    def screenshot(self, path: Path) -> None:
+        self.evaluate("window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => e.scrollTop = 0)")
+        time.sleep(0.5)
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.ws.close()
+        self.procs.stop_all()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    chromium = Browser(tmp_path)
+    try:
+        yield chromium
+    finally:
+        chromium.close()
+
+
+def test_the_ui_shows_the_run_its_task_runs_and_artifacts(
+    server: PrefectServer, campaign: dict[str, Any], browser: Browser, tmp_path: Path
+):
+    run_id = campaign["flow_run_id"]
+    with server.client() as api:
+        run = api.get(f"/flow_runs/{run_id}").json()
+        task_names = [t["name"] for t in api.post(
+            "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()]
+        [summary_id] = [a["id"] for a in api.post("/artifacts/filter", json={
+            "flow_runs": {"id": {"any_": [run_id]}}, "artifacts": {"key": {"any_": ["welcome-summary"]}}}).json()]
+    page = f"{server.url}/runs/flow-run/{run_id}"
+
+    # The run page: its name, state, flow and the progress lines of its logs.
+    browser.open(page, run["name"], "Completed", "campaign", "6 Task runs", "dispatch: ")
+    shot = tmp_path / "prefect-run.png"
+    browser.screenshot(shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
+        shutil.copyfile(shot, ROOT / "docs" / "prefect-run.png")
+
+    browser.open(page, *task_names, tab="Task Runs")
+    browser.open(page, *ARTIFACTS, "Rejected rows by reason", tab="Artifacts", scroll=True)
+    browser.open(page, "spec_path", "welcome.yaml", "provider_base_url", tab="Parameters")
+    # The summary artifact, rendered, links to the HTML report.
+    browser.open(f"{server.url}/artifacts/artifact/{summary_id}", "Campaign summary", "HTML report: ")
+    links = browser.evaluate("[...document.querySelectorAll('a')].map(a => a.href)")
+    assert any(link.startswith("file://") and link.endswith("/report.html") for link in links), links
+
+
+def test_the_daily_cost_report_covers_the_campaigns_sent_that_day(server: PrefectServer, campaign: dict[str, Any]):
+    assert campaign["daily_state"] == "COMPLETED", campaign["daily"]
+    daily = campaign["daily"]
+    [row] = daily["campaigns"]
+    assert row["campaign_id"] == "welcome" and row["sent"] == campaign["summary"]["sent"]
+    assert Path(row["report_html"]).exists() and Path(daily["bill"]["html"]).exists()
+    assert Path(daily["bill"]["html"]).parent == campaign["tmp"] / "reports" / "_daily" / daily["day"]
+    with server.client() as api:
+        artifacts = api.post("/artifacts/filter", json={
+            "flow_runs": {"id": {"any_": [campaign["daily_run_id"]]}}}).json()
+    by_key = {a["key"]: a for a in artifacts}
+    assert set(by_key) == {f"daily-costs-{daily['day']}", f"daily-report-{daily['day']}"}
+    assert [r["campaign_id"] for r in json.loads(by_key[f"daily-costs-{daily['day']}"]["data"])] == ["welcome"]
+    assert "report.html" in by_key[f"daily-report-{daily['day']}"]["data"]

@@ -1,0 +1,131 @@
+"""ChatApp mass sends (SendChatappMassMessage): one TaskId for up to 1,000 recipients, yet each status
+callback resolves to that recipient's own message, from the sandbox through the real dispatcher, the
+receiver's spool and ingest into DuckDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import duckdb
+import httpx
+
+from pipeline.channels import chatapp_webhooks
+from pipeline.channels.chatapp import MASS_PREFIX
+from pipeline.dispatch.engine import dispatch_campaign
+from pipeline.receipts.ingest import ingest_spool
+from pipeline.receipts.spool import encode_record
+from pipeline.sandbox.chatapp import create_chatapp_app
+from pipeline.servers import serve_in_thread
+from pipeline.spec import RateSpec, RetrySpec
+from tests.channels.test_channel_chatapp import TOKEN, _channel, _config, _credentials, _drain, _queue, _run  # noqa: F401
+from tests.receipts.spooling_receiver import spooling_receiver
+from tests.receipts.test_receipts import write_spool
+
+MASS = {"provider": {"options": {"channel_type": "whatsapp", "cust_space_id": "cams-8c8test", "mass_send": True}}}
+
+
+def test_mass_send_receipts_resolve_to_each_recipients_message(con: duckdb.DuckDBPyConnection, tmp_path) -> None:
+    spool = tmp_path / "spool"
+    refused = "6591000004"  # accepted within the batch, then reported Failed
+    with spooling_receiver(spool, {"CHATAPP_CALLBACK_TOKEN": TOKEN}) as receiver:
+        config = _config(webhook_url=f"{receiver}/webhooks/chatapp", fail_rate=0.1, read_rate=0.5,
+                         invalid_recipients=frozenset({refused}))
+        app = create_chatapp_app(config)
+        with serve_in_thread(app) as url:
+            channel = _channel(url, **MASS)
+            _queue(con, channel, 40)
+            result = _run(con, channel)
+            _drain(url)
+    stats = app.state.sandbox.ledger.snapshot()
+    assert result.sent == 40 and stats["accepted"] == 40 and stats["calls"] < 40  # batches went out as mass sends
+
+    ingested = ingest_spool(con, spool)
+    assert ingested.quarantined == 0 and ingested.events_added > 40
+    # Every receipt names the mass send's TaskId and the recipient, and resolves to our message.
+    unresolved = con.execute("SELECT count(*) FROM events WHERE message_id IS NULL").fetchall()[0][0]
+    assert unresolved == 0
+    assert {pid.split(":")[0].startswith(MASS_PREFIX) for (pid,) in
+            con.execute("SELECT DISTINCT provider_message_id FROM events").fetchall()} == {True}
+    fate = {m["to"]: m["outcome"] for m in stats["messages"]}
+    got = dict(con.execute("SELECT o.recipient_key, s.status FROM outbox o JOIN message_status s USING (message_id)"
+                           ).fetchall())
+    assert got == {f"+{to}": outcome for to, outcome in fate.items()}
+    assert got[f"+{refused}"] == "failed"
+    codes = con.execute("SELECT s.error_code FROM message_status s JOIN outbox o USING (message_id)"
+                        " WHERE o.recipient_key = ?", [f"+{refused}"]).fetchall()
+    assert codes == [("InvalidParameter.PhoneNumberError",)]
+    # Replaying the spool changes nothing.
+    con.execute("DELETE FROM spool_files")
+    assert ingest_spool(con, spool).events_added == 0
+
+
+def test_a_mass_report_names_the_recipient_as_the_send_stored_it() -> None:
+    # Sent as digits (Alibaba's form for WhatsApp/Viber numbers); a report may carry the "+" form.
+    task = MASS_PREFIX + "0" * 32
+    reports = [{"Status": "Delivered", "TaskId": task, "To": to, "MessageId": "m", "Timestamp": 1764000000000}
+               for to in ("6591000001", "+6591000002", " 6591000003 ")]
+    receipts, _ = chatapp_webhooks.parse(json.dumps(reports).encode())
+    assert [r.provider_message_id for r in receipts] == [f"{task}:659100000{i}" for i in (1, 2, 3)]
+    assert {r.message_id for r in receipts} == {None}
+
+
+def test_reports_that_arrive_before_the_send_is_recorded_resolve_on_a_later_ingest(
+    con: duckdb.DuckDBPyConnection, tmp_path
+) -> None:
+    task = MASS_PREFIX + "1" * 32
+    con.execute("INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, payload_json, state,"
+                " queued_at) VALUES ('m-1', 'c1', '+6591000001', 'chatapp', 'S', '{}', 'sending', now())")
+    report = {"Status": "Delivered", "TaskId": task, "To": "6591000001", "MessageId": "a1", "Timestamp": 1764000000000}
+    write_spool(tmp_path / "sp", "1", [encode_record("chatapp", json.dumps([report]).encode())])
+    assert ingest_spool(con, tmp_path / "sp").events_added == 1
+    assert con.execute("SELECT message_id FROM events").fetchall() == [(None,)]
+    # The dispatcher records the mass send's outcome; the next collect pass links without a new file.
+    con.execute("UPDATE outbox SET state = 'sent', provider_message_id = ? WHERE message_id = 'm-1'",
+                [f"{task}:6591000001"])
+    ingest_spool(con, tmp_path / "sp")
+    assert con.execute("SELECT message_id, status FROM message_status").fetchall() == [("m-1", "delivered")]
+
+
+class _AnswerLostOnce(httpx.AsyncBaseTransport):
+    """The real network to the sandbox, except that the first mass send's answer is lost: the
+    sandbox accepted it, the client sees a read timeout (as when a proxy drops the response)."""
+
+    def __init__(self) -> None:
+        self.network = httpx.AsyncHTTPTransport()
+        self.lost: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.network.handle_async_request(request)
+        if request.headers.get("x-acs-action") == "SendChatappMassMessage" and not self.lost:
+            await response.aread()
+            self.lost.append(response.json()["GroupMessageId"])
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+
+def test_a_mass_send_whose_answer_is_lost_is_settled_from_receipts_not_sent_twice(
+    con: duckdb.DuckDBPyConnection, tmp_path
+) -> None:
+    spool = tmp_path / "spool"
+    transport = _AnswerLostOnce()
+    with spooling_receiver(spool, {"CHATAPP_CALLBACK_TOKEN": TOKEN}) as receiver:
+        app = create_chatapp_app(_config(webhook_url=f"{receiver}/webhooks/chatapp", read_rate=0.0))
+        with serve_in_thread(app) as url:
+            channel = _channel(url, **MASS)
+            _queue(con, channel, 40)
+            result = asyncio.run(dispatch_campaign(
+                con, "t", channel, rate=RateSpec(max_per_second=1000, concurrency=2), timeout_s=5,
+                retry=RetrySpec(max_attempts=5, base_delay_s=0.02, deadline_s=60, reconcile_grace_s=20),
+                reconcile=lambda: ingest_spool(con, spool), transport=transport))
+            _drain(url)
+    stats = app.state.sandbox.ledger.snapshot()
+    assert transport.lost  # a mass send's answer was lost ...
+    # ... yet every recipient got exactly one message, and the lost batch was settled by its receipts.
+    sent_to = [m["to"] for m in stats["messages"]]
+    assert len(sent_to) == 40 and len(set(sent_to)) == 40
+    assert result.sent == 40 and result.reconciled_sent >= 2 and result.resent_after_timeout == 0
+    states = dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY 1").fetchall())
+    assert states == {"sent": 40}
+    ingest_spool(con, spool)
+    assert con.execute("SELECT count(*) FROM events WHERE message_id IS NULL").fetchall()[0][0] == 0

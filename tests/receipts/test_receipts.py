@@ -1,0 +1,261 @@
+"""Ingest of closed spool files into DuckDB (pipeline.receipts.ingest): idempotence, quarantine, opt-outs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipeline import store
+from pipeline.receipts import ingest as receipts_mod
+from pipeline.receipts.ingest import current_statuses, ingest_spool, is_stop_keyword
+from pipeline.receipts.spool import encode_record
+
+T0 = 1750030000
+
+
+def status(pmid: str, st: str, ts: int, *, message_id: str | None = None, code: int | None = None,
+           recipient: str | None = "16505551234", category: str | None = None) -> dict:
+    obj: dict = {"id": pmid, "status": st, "timestamp": str(ts)}
+    if recipient:
+        obj["recipient_id"] = recipient
+    if message_id:
+        obj["biz_opaque_callback_data"] = message_id
+    if code is not None:
+        obj["errors"] = [{"code": code, "title": f"error {code}"}]
+    if category:
+        obj["pricing"] = {"type": "regular", "category": category}
+    return obj
+
+
+def inbound(sender: str, text: str, mid: str, ts: int = T0) -> dict:
+    return {"from": sender, "id": mid, "timestamp": str(ts), "type": "text", "text": {"body": text}}
+
+
+def body(statuses: list | None = None, messages: list | None = None) -> bytes:
+    value: dict = {"messaging_product": "whatsapp"}
+    if statuses:
+        value["statuses"] = statuses
+    if messages:
+        value["messages"] = messages
+    return json.dumps({"object": "whatsapp_business_account",
+                       "entry": [{"id": "W", "changes": [{"field": "messages", "value": value}]}]}).encode()
+
+
+def write_spool(spool_dir: Path, name: str, lines: list[bytes]) -> Path:
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    path = spool_dir / f"spool-{name}.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def line(payload: bytes) -> bytes:
+    return encode_record("whatsapp", payload, datetime(2025, 6, 16, tzinfo=UTC))
+
+
+@pytest.fixture
+def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    return store.connect(tmp_path / "db.duckdb")
+
+
+def add_outbox(con: duckdb.DuckDBPyConnection, campaign: str, message_id: str, recipient: str) -> None:
+    con.execute(
+        "INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, payload_json, state,"
+        " queued_at) VALUES (?, ?, ?, 'whatsapp', 'S1', '{}', 'sent', now())",
+        [message_id, campaign, recipient],
+    )
+
+
+def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+
+
+def test_ingest_maps_receipts_to_event_rows(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    write_spool(tmp_path / "sp", "1", [
+        line(body([status("wamid.A", "sent", T0, message_id="m-A", category="marketing"),
+                   status("wamid.A", "delivered", T0 + 5, message_id="m-A")])),
+        line(body([status("wamid.A", "delivered", T0 + 5, message_id="m-A")])),  # Meta re-delivery
+    ])
+    result = ingest_spool(con, tmp_path / "sp")
+    assert (result.files, result.events_added, result.quarantined, result.skipped_files) == (1, 2, 0, 0)
+    row = con.execute(
+        "SELECT provider, provider_message_id, message_id, status, category, pricing_type, recipient,"
+        " occurred_at, received_at, raw_json FROM events WHERE status = 'sent'").fetchone()
+    assert row is not None
+    assert row[:7] == ("whatsapp", "wamid.A", "m-A", "sent", "marketing", "regular", "16505551234")
+    assert row[7] == datetime.fromtimestamp(T0, tz=UTC)
+    assert row[8] == datetime(2025, 6, 16, tzinfo=UTC)
+    assert json.loads(row[9])["id"] == "wamid.A"
+    assert con.execute("SELECT name, events FROM spool_files").fetchall() == [("spool-1.jsonl", 3)]
+
+
+def test_replaying_a_file_adds_nothing(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "sp"
+    write_spool(spool_dir, "1", [
+        line(body([status("wamid.A", "sent", T0, message_id="m-A")],
+                  [inbound("16505551234", "hello", "wamid.in1")])),
+        b"{broken",
+    ])
+    first = ingest_spool(con, spool_dir)
+    assert (first.events_added, first.inbound_added, first.quarantined) == (1, 1, 1)
+    again = ingest_spool(con, spool_dir)
+    assert (again.files, again.skipped_files, again.events_added) == (0, 1, 0)
+    # Even with the bookkeeping lost, the row hashes keep the replay from adding anything.
+    con.execute("DELETE FROM spool_files")
+    replay = ingest_spool(con, spool_dir)
+    assert (replay.files, replay.events_added, replay.inbound_added, replay.quarantined) == (1, 0, 0, 0)
+    # The same receipts under another file name (e.g. a copied spool) are also ignored.
+    write_spool(spool_dir, "2", (spool_dir / "spool-1.jsonl").read_bytes().splitlines())
+    assert ingest_spool(con, spool_dir).events_added == 0
+    assert (count(con, "events"), count(con, "inbound"), count(con, "spool_files")) == (1, 1, 2)
+
+
+def test_out_of_order_receipts_give_the_right_current_status(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    for mid in ("m-read", "m-failed", "m-delivered", "m-sent"):
+        add_outbox(con, "c1", mid, "+16505551234")
+    add_outbox(con, "c2", "m-other", "+16505550000")
+    spool_dir = tmp_path / "sp"
+    # File 1 holds the later statuses; file 2 the earlier ones: arrival order is the reverse.
+    write_spool(spool_dir, "1", [
+        line(body([status("w.r", "read", T0 + 20, message_id="m-read")])),
+        line(body([status("w.f", "delivered", T0 + 10, message_id="m-failed")])),
+        line(body([status("w.d", "delivered", T0 + 10, message_id="m-delivered")])),
+    ])
+    write_spool(spool_dir, "2", [
+        line(body([status("w.r", "delivered", T0 + 10, message_id="m-read")])),
+        line(body([status("w.r", "sent", T0, message_id="m-read")])),
+        line(body([status("w.f", "failed", T0 + 30, message_id="m-failed", code=131026)])),
+        line(body([status("w.d", "sent", T0, message_id="m-delivered")])),
+        line(body([status("w.s", "sent", T0, message_id="m-sent")])),
+        line(body([status("w.o", "read", T0, message_id="m-other")])),
+    ])
+    ingest_spool(con, spool_dir)
+    got = dict(con.execute("SELECT message_id, status FROM message_status").fetchall())
+    assert got == {"m-read": "read", "m-failed": "failed", "m-delivered": "delivered", "m-sent": "sent",
+                   "m-other": "read"}
+    assert con.execute(
+        "SELECT error_code FROM message_status WHERE message_id = 'm-failed'").fetchone() == ("131026",)
+    assert current_statuses(con, "c1") == {"read": 1, "failed": 1, "delivered": 1, "sent": 1}
+    assert current_statuses(con, "c2") == {"read": 1}
+    assert current_statuses(con, "nope") == {}
+
+
+def test_bad_lines_are_quarantined_and_good_ones_kept(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    good = line(body([status("wamid.G", "sent", T0, message_id="m-G")]))
+    write_spool(tmp_path / "sp", "1", [
+        b"{not json",
+        good,
+        encode_record("whatsapp", b'{"object": "page", "entry": []}'),  # valid JSON, wrong shape
+        encode_record("carrier-pigeon", body([status("x", "sent", T0)])),  # unknown provider
+        encode_record("whatsapp", b"\xff\xfe"),  # not UTF-8 at all
+        b'["a list"]',
+        b'{"provider": "whatsapp"}',  # no body
+        b"",  # blank lines are not records
+        b'{"provider": "whatsapp", "body": "{\\"object\\": \\"whatsapp_bus',  # torn last line (crash)
+    ])
+    result = ingest_spool(con, tmp_path / "sp")
+    assert (result.events_added, result.quarantined) == (1, 7)
+    rows = con.execute("SELECT line_number, reason, raw FROM quarantine ORDER BY line_number").fetchall()
+    assert [r[0] for r in rows] == [1, 3, 4, 5, 6, 7, 9]
+    reasons = {r[0]: r[1] for r in rows}
+    assert "JSONDecodeError" in reasons[1]
+    assert "MalformedPayload" in reasons[3] and "whatsapp_business_account" in reasons[3]
+    assert "carrier-pigeon" in reasons[4]
+    assert rows[0][2] == "{not json"
+    assert count(con, "spool_files") == 1
+
+
+def test_stop_replies_and_opt_out_errors_become_suppressions(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    add_outbox(con, "c1", "m-no-recipient", "+447700900123")
+    write_spool(tmp_path / "sp", "1", [
+        line(body(messages=[
+            inbound("16505551234", "  Stop ", "wamid.s1"),
+            inbound("16505551235", "退订", "wamid.s2"),
+            inbound("16505551236", "stop please", "wamid.s3"),  # not exactly a keyword
+            inbound("16505551237", "unsubscribe", "wamid.s4"),
+            inbound("16505551234", "STOP", "wamid.s5", ts=T0 + 60),  # already suppressed
+        ])),
+        line(body([
+            status("wamid.F1", "failed", T0, message_id="m-1", code=131050, recipient="34600111222"),
+            status("wamid.F2", "failed", T0, message_id="m-2", code=131026, recipient="34600111333"),
+            status("wamid.F3", "failed", T0, message_id="m-no-recipient", code=131050, recipient=None),
+        ])),
+    ])
+    result = ingest_spool(con, tmp_path / "sp")
+    assert result.suppressions_added == 5
+    got = con.execute(
+        "SELECT channel, address, reason, source, since FROM suppressions ORDER BY address").fetchall()
+    assert [(c, a, r, s) for c, a, r, s, _ in got] == [
+        ("whatsapp", "+16505551234", "stop_reply", "wamid.s1"),
+        ("whatsapp", "+16505551235", "stop_reply", "wamid.s2"),
+        ("whatsapp", "+16505551237", "stop_reply", "wamid.s4"),
+        ("whatsapp", "+34600111222", "marketing_opt_out", "wamid.F1"),
+        ("whatsapp", "+447700900123", "marketing_opt_out", "wamid.F3"),
+    ]
+    assert got[0][4] == datetime.fromtimestamp(T0, tz=UTC)
+    assert store.suppressed_addresses(con, "whatsapp") >= {"+16505551234", "+34600111222"}
+    assert count(con, "inbound") == 5
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("STOP", True), (" stopall\n", True), ("End", True), ("cancel", True), ("QUIT", True),
+    ("退订", True), ("UNSUBSCRIBE", True), ("stop it", False), ("", False), (None, False), ("start", False),
+])
+def test_stop_keywords(text: str | None, expected: bool) -> None:
+    assert is_stop_keyword(text) is expected
+
+
+def test_a_failing_batch_is_rolled_back_whole(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool_dir = tmp_path / "sp"
+    write_spool(spool_dir, "1", [line(body([status("wamid.A", "sent", T0)],
+                                           [inbound("16505551234", "STOP", "wamid.in")]))])
+    write_spool(spool_dir, "2", [line(body([status("wamid.B", "sent", T0)]))])
+    # The events are written, then the inbound INSERT fails: nothing of the batch may remain.
+    monkeypatch.setattr(receipts_mod, "_INBOUND_SQL", "SELECT error('simulated crash mid-batch')")
+    with pytest.raises(duckdb.Error, match="simulated crash"):
+        ingest_spool(con, spool_dir)
+    assert (count(con, "events"), count(con, "inbound"), count(con, "suppressions"), count(con, "spool_files")) \
+        == (0, 0, 0, 0)
+    assert con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name LIKE '%stage%'").fetchall() \
+        == [(0,)]
+    monkeypatch.undo()
+    result = ingest_spool(con, spool_dir)
+    assert (result.files, result.events_added, result.inbound_added, result.suppressions_added) == (2, 2, 1, 1)
+
+
+def test_event_ids_are_stable_and_distinguish_statuses() -> None:
+    from pipeline.channels.whatsapp_webhooks import parse_webhook
+
+    (a,), _ = parse_webhook(body([status("wamid.A", "sent", T0)]))
+    (b,), _ = parse_webhook(body([status("wamid.A", "sent", T0, message_id="other")]))
+    (c,), _ = parse_webhook(body([status("wamid.A", "delivered", T0)]))
+    (d,), _ = parse_webhook(body([status("wamid.A", "failed", T0, code=131050)]))
+    (e,), _ = parse_webhook(body([status("wamid.A", "failed", T0, code=131026)]))
+    ids = [receipts_mod.event_id(r) for r in (a, b, c, d, e)]
+    assert ids[0] == ids[1]  # same status report, whatever else the payload carried
+    assert len(set(ids)) == 4
+
+
+def test_ingest_restores_the_storage_settings_and_leaves_no_stage(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    write_spool(tmp_path / "sp", "1", [line(body([status("wamid.A", "sent", T0)]))])
+    write_spool(tmp_path / "sp", "2", [line(body([status("wamid.B", "read", T0)]))])
+    result = ingest_spool(con, tmp_path / "sp", batch_bytes=1)  # two batches, overlapped
+    assert (result.files, result.events_added) == (2, 2)
+    assert con.execute("SELECT current_setting('disabled_compression_methods'),"
+                       " current_setting('zstd_min_string_length')").fetchall() == [("", 4096)]
+    databases = {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    assert not any("stage" in d for d in databases)
+    assert count(con, "spool_files") == 2
+    write_spool(tmp_path / "sp", "3", [line(body([status("wamid.C", "read", T0)]))])
+    assert ingest_spool(con, tmp_path / "sp", compact=True).events_added == 1

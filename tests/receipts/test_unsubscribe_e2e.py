@@ -1,0 +1,61 @@
+"""E-mail unsubscribe end to end: a campaign through the SMTP sandbox, the recipient's mail client
+POSTs RFC 8058 one-click to the List-Unsubscribe URL of the message it received, the receiver spools
+it, ingest makes it a suppression, and the next campaign's preparation rejects the address."""
+
+from __future__ import annotations
+
+import duckdb
+import httpx
+import pytest
+
+from pipeline import store
+from pipeline.channels.email import from_spec
+from pipeline.receipts.ingest import ingest_spool
+from pipeline.render.prepare_ids import prepare_ids
+from tests.channels.test_channel_email import UNSUB_SECRET, WEBHOOK_SECRET, _addresses, _dispatch, _queue, _spec, stack
+from tests.receipts.spooling_receiver import spooling_receiver
+
+RECEIVER_ENV = {"EMAIL_UNSUBSCRIBE_SECRET": UNSUB_SECRET, "EMAIL_WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+
+def test_one_click_unsubscribe_suppresses_the_address_for_the_next_campaign(
+    con: duckdb.DuckDBPyConnection, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMAIL_UNSUBSCRIBE_SECRET", UNSUB_SECRET)
+    spool = tmp_path / "spool"
+    addresses = _addresses(4)
+    leaving = addresses[2]
+    with spooling_receiver(spool, RECEIVER_ENV) as receiver, \
+            stack(webhook_url=f"{receiver}/webhooks/email") as (sandbox, _):
+        spec = _spec(unsubscribe_url=f"{receiver}/unsubscribe")
+        channel = from_spec(spec, sandbox.url)
+        _queue(con, channel, spec, addresses)
+        assert _dispatch(con, channel).sent == 4
+        assert sandbox.drain(10)
+        (message,) = [m for m in sandbox.messages() if m["To"] == leaving]
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        link = message["List-Unsubscribe"].split(">")[0].lstrip("<")
+        assert link.startswith(f"{receiver}/unsubscribe/") and leaving not in link
+        # What a mail client does on "Unsubscribe": one form POST, no redirect, no confirmation page.
+        with httpx.Client(trust_env=False, follow_redirects=False) as client:
+            answer = client.post(link, data={"List-Unsubscribe": "One-Click"})
+        assert answer.status_code == 200
+
+    result = ingest_spool(con, spool)
+    assert (result.quarantined, result.suppressions_added) == (0, 1)
+    # The delivery reports came back through the same receiver.
+    assert con.execute("SELECT count(*) FROM events WHERE provider = 'email' AND status = 'delivered'"
+                       " AND message_id IS NOT NULL").fetchall() == [(4,)]
+    (row,) = con.execute("SELECT channel, address, reason, source FROM suppressions").fetchall()
+    token = link.rsplit("/", 1)[1]
+    assert row == ("email", leaving, "unsubscribe", f"list-unsubscribe:{token}")
+
+    # The next campaign to the same list (the address written differently) leaves it out.
+    audience = tmp_path / "next.csv"
+    audience.write_text("email,opt_in,name\n"
+                        + "".join(f"{a.upper() if a == leaving else a},yes,Reader\n" for a in addresses))
+    prepared = prepare_ids(audience, channel="email", category="marketing", template=spec.template,
+                           variables={"n": "name"}, suppressed=store.suppressed_addresses(con, "email"))
+    assert prepared.counts == {"suppressed": 1}
+    assert prepared.rejects.select("row_number", "reason").rows() == [(4, "suppressed")]
+    assert sorted(prepared.accepted["recipient_key"]) == sorted(a for a in addresses if a != leaving)

@@ -1,0 +1,255 @@
+"""The audience drop folder: which files are ready, the campaign id of each upload, the spec it runs with, where
+each file ends up with its reason file, and the watcher flow starting real campaigns against the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from pipeline import store
+from pipeline.spec import SpecError
+from pipeline.upload import inbox
+
+ROOT = Path(__file__).resolve().parents[2]
+AT = datetime(2026, 11, 25, 14, 3, 7, tzinfo=UTC)
+
+
+def _audience(path: Path, rows: int) -> Path:
+    lines = (ROOT / "audiences/sample.csv").read_text().splitlines()
+    path.write_text("\n".join(lines[: rows + 1]) + "\n")
+    return path
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_campaign_ids_are_the_file_name_and_the_time():
+    assert inbox.campaign_id_for("Spring Promo (v2).csv", AT) == "spring-promo-v2-20261125-140307"
+    assert inbox.campaign_id_for("___.CSV", AT) == "upload-20261125-140307"
+    long = inbox.campaign_id_for("x" * 200 + ".csv", AT)
+    assert len(long) <= 64 and long.startswith("x" * 40 + "-")
+
+
+def test_ready_uploads_wait_for_quiet_files_and_skip_partial_ones(tmp_path: Path):
+    folders = inbox.Folders.under(tmp_path)
+    folders.create()
+    old = _audience(folders.inbox / "old.csv", 3)
+    sidecar = folders.inbox / "old.yaml"
+    sidecar.write_text("channel: whatsapp\n")
+    newer = _audience(folders.inbox / "newer.CSV", 3)
+    fresh = _audience(folders.inbox / "fresh.csv", 3)  # still being written, as far as we can tell
+    (folders.inbox / "uploading.csv.part").write_text("phone\n")
+    (folders.inbox / ".hidden.csv").write_text("phone\n")
+    (folders.inbox / "orphan.yaml").write_text("channel: whatsapp\n")
+    notes = folders.inbox / "notes.txt"
+    notes.write_text("hello")
+    for path, age in ((old, 30), (sidecar, 30), (newer, 20), (notes, 10)):
+        _age(path, age)
+    found = inbox.ready_uploads(folders.inbox, settle_s=5)
+    assert [(u.path.name, u.sidecar.name if u.sidecar else None, u.supported) for u in found] == [
+        ("old.csv", "old.yaml", True), ("newer.CSV", None, True), ("notes.txt", None, False)]
+    assert fresh.name not in {u.path.name for u in found}
+    # A sidecar still being written holds its CSV back too.
+    sidecar.write_text("channel: whatsapp\nsender: '1'\n")
+    assert "old.csv" not in {u.path.name for u in inbox.ready_uploads(folders.inbox, settle_s=5)}
+
+
+def test_claims_are_exclusive_and_ids_unique(tmp_path: Path):
+    folders = inbox.Folders.under(tmp_path)
+    folders.create()
+    first = inbox.ready_uploads(folders.inbox, settle_s=0)
+    assert first == []
+    _audience(folders.inbox / "list.csv", 3)
+    [upload] = inbox.ready_uploads(folders.inbox, settle_s=0)
+    claimed = inbox.claim(upload, folders, at=AT)
+    assert claimed is not None and claimed.campaign_id == "list-20261125-140307"
+    assert claimed.csv == folders.work / "list-20261125-140307.csv" and claimed.csv.exists()
+    assert not upload.path.exists()
+    assert inbox.claim(upload, folders, at=AT) is None  # another watcher got there first
+    # The same name uploaded again within the same second is still a campaign of its own.
+    _audience(folders.inbox / "LIST.csv", 3)
+    [again] = inbox.ready_uploads(folders.inbox, settle_s=0)
+    second = inbox.claim(again, folders, at=AT)
+    assert second is not None and second.campaign_id == "list-20261125-140307-2"
+
+
+def _claimed(tmp_path: Path, sidecar: str | None = None) -> tuple[inbox.Folders, inbox.Claimed]:
+    folders = inbox.Folders.under(tmp_path)
+    folders.create()
+    _audience(folders.inbox / "spring.csv", 20)
+    if sidecar is not None:
+        (folders.inbox / "spring.yaml").write_text(sidecar)
+    [upload] = inbox.ready_uploads(folders.inbox, settle_s=0)
+    claimed = inbox.claim(upload, folders, at=AT)
+    assert claimed is not None
+    return folders, claimed
+
+
+def test_the_spec_is_the_sidecar_else_the_default_named_after_the_upload(tmp_path: Path):
+    default = ROOT / "campaigns/inbox-default.yaml"
+    _, plain = _claimed(tmp_path / "a")
+    spec, data = inbox.resolve_spec(plain, default, Path("x.csv"))
+    assert spec.name == data["name"] == "spring-20261125-140307" and data["audience"].endswith("x.csv")
+    assert spec.template.name == "welcome_offer"
+
+    sidecar = yaml.safe_load(default.read_text())
+    sidecar.update(name="ignored", rate_limit={"max_per_second": 5, "concurrency": 1})
+    _, own = _claimed(tmp_path / "b", yaml.safe_dump(sidecar))
+    spec, _ = inbox.resolve_spec(own, default, Path("x.csv"))
+    assert spec.name == "spring-20261125-140307" and spec.rate_limit.max_per_second == 5
+
+    _, broken = _claimed(tmp_path / "c", "channel: carrier-pigeon\n")
+    with pytest.raises(SpecError, match=r"spring\.csv spec \(spring\.yaml\).*channel"):
+        inbox.resolve_spec(broken, default, Path("x.csv"))
+
+
+def test_finish_moves_the_upload_and_writes_the_reason(tmp_path: Path):
+    folders, claimed = _claimed(tmp_path, "channel: whatsapp\n")
+    moved = inbox.finish(claimed, folders, "started", spec_data={"name": claimed.campaign_id},
+                         details={"accepted": 3})
+    cid = claimed.campaign_id
+    assert moved.csv == folders.processed / f"{cid}.csv" and moved.csv.exists()
+    assert (folders.processed / f"{cid}.upload.yaml").exists()  # the sidecar as uploaded
+    assert yaml.safe_load((folders.processed / f"{cid}.yaml").read_text()) == {"name": cid}
+    reason = json.loads((folders.processed / f"{cid}.reason.json").read_text())
+    assert reason["outcome"] == "started" and reason["file"] == "spring.csv" and reason["accepted"] == 3
+    assert list(folders.work.iterdir()) == []
+
+    # The campaign could not start after all: everything moves to failed/, nothing stays behind.
+    inbox.finish(moved, folders, "failed", reason="no deployment")
+    assert list(folders.processed.iterdir()) == []
+    assert json.loads((folders.failed / f"{cid}.reason.json").read_text())["reason"] == "no deployment"
+    assert sorted(p.name for p in folders.failed.iterdir()) == [f"{cid}.csv", f"{cid}.reason.json",
+                                                                f"{cid}.upload.yaml"]
+
+
+# --- the watcher flow ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, harness):
+    from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
+    from pipeline.sandbox.whatsapp import SandboxConfig, create_app
+    from pipeline.servers import serve_in_thread
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with serve_in_thread(create_receiver_app(spool, secrets_from_env())) as receiver:
+        config = SandboxConfig(access_token="test-token", app_secret="test-app-secret",
+                               webhook_url=f"{receiver}/webhooks/whatsapp", templates={"welcome_offer": "marketing"},
+                               seed=5, webhook_delay_s=(0.01, 0.02))
+        with serve_in_thread(create_app(config)) as url:
+            yield url
+
+
+def _sidecar(**changes) -> str:
+    data = yaml.safe_load((ROOT / "campaigns/inbox-default.yaml").read_text())
+    data.update(receipts_wait_s=10, rate_limit={"max_per_second": 200, "concurrency": 4}, **changes)
+    return yaml.safe_dump(data)
+
+
+def test_the_watcher_starts_a_campaign_per_upload_and_files_each(tmp_path: Path, sandbox: str):
+    from flows.watcher import inbox_watcher_flow
+
+    folders = inbox.Folders.under(tmp_path / "audiences")
+    folders.create()
+    _audience(folders.inbox / "spring.csv", 30)
+    (folders.inbox / "spring.yaml").write_text(_sidecar())
+    (folders.inbox / "no-phone.csv").write_text("mobile,opt_in\n+447700900123,yes\n")
+    (folders.inbox / "notes.txt").write_text("not an audience")
+    db = tmp_path / "campaigns.duckdb"
+    results = inbox_watcher_flow(
+        audiences_dir=str(tmp_path / "audiences"), db_path=str(db), spool_dir=str(tmp_path / "spool"),
+        reports_dir=str(tmp_path / "reports"), provider_base_url=sandbox, settle_s=0,
+    )
+    by_file = {r["file"]: r for r in results}
+    assert {f: r["outcome"] for f, r in by_file.items()} == {
+        "spring.csv": "started", "no-phone.csv": "failed", "notes.txt": "failed"}
+    assert sorted(p.name for p in folders.inbox.iterdir()) == [inbox.WORK_DIR]  # the inbox is empty
+
+    # The upload became its own campaign and was sent.
+    cid = by_file["spring.csv"]["campaign_id"]
+    assert cid.startswith("spring-")
+    reason = json.loads((folders.processed / f"{cid}.reason.json").read_text())
+    assert reason["outcome"] == "started" and reason["rows_read"] == 30 and reason["sent"] > 0
+    accepted = httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"]
+    with store.connect(db, read_only=True) as con:
+        sent = con.execute("SELECT count(*) FROM outbox WHERE campaign_id = ? AND state = 'sent'", [cid]).fetchall()
+    assert sent[0][0] == accepted == reason["sent"]
+    assert (tmp_path / "reports" / cid / "report.html").exists()
+    spec = yaml.safe_load((folders.processed / f"{cid}.yaml").read_text())
+    assert spec["name"] == cid and spec["audience"] == f"{cid}.csv"  # resumable: `campaign resume` this file
+
+    # The bad ones say why, next to the file.
+    bad = json.loads((folders.failed / f"{by_file['no-phone.csv']['campaign_id']}.reason.json").read_text())
+    assert "missing required column" in bad["reason"] and "phone" in bad["reason"]
+    txt = json.loads((folders.failed / f"{by_file['notes.txt']['campaign_id']}.reason.json").read_text())
+    assert txt["reason"] == "not a CSV file: notes.txt"
+    assert (folders.failed / f"{by_file['notes.txt']['campaign_id']}.txt").exists()
+
+    # Nothing left to do on the next round.
+    again = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), db_path=str(db), settle_s=0)
+    assert again == []
+
+
+def test_an_upload_with_no_eligible_recipient_fails_before_sending(tmp_path: Path, harness):
+    from flows.watcher import inbox_watcher_flow
+
+    folders = inbox.Folders.under(tmp_path / "audiences")
+    folders.create()
+    (folders.inbox / "nobody.csv").write_text(
+        "phone,country,first_name,city,coupon,opt_in\n+33 6 12 36 56 37,FR,Hugo,Paris,C-1,no\n")
+    [result] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), db_path=str(tmp_path / "db.duckdb"),
+                                  settle_s=0)
+    assert result["outcome"] == "failed" and "no eligible recipient" in result["reason"]
+    assert "no_opt_in" in result["reason"] and "36 56 37" not in json.dumps(result)
+    assert not (tmp_path / "db.duckdb").exists()
+
+
+def test_with_a_deployment_each_upload_starts_its_own_deployment_run(tmp_path: Path, harness):
+    from prefect import get_client
+
+    from flows.campaign import campaign_flow
+    from flows.watcher import inbox_watcher_flow
+
+    campaign_flow.to_deployment(name="inbox-campaign").apply()
+    folders = inbox.Folders.under(tmp_path / "audiences")
+    folders.create()
+    _audience(folders.inbox / "autumn.csv", 10)
+    [result] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), db_path=str(tmp_path / "db.duckdb"),
+                                  campaign_deployment="campaign/inbox-campaign", settle_s=0)
+    assert result["outcome"] == "started"
+    cid = result["campaign_id"]
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(result["flow_run_id"])
+    # A run of the campaign deployment, named after the upload, with the spec written beside the file.
+    assert run.name == cid and run.parameters["campaign_id"] == cid
+    assert run.parameters["spec_path"] == str(folders.processed / f"{cid}.yaml")
+    assert (folders.processed / f"{cid}.csv").exists()
+    reason = json.loads((folders.processed / f"{cid}.reason.json").read_text())
+    assert reason["flow_run_id"] == result["flow_run_id"] and reason["deployment"] == "campaign/inbox-campaign"
+
+    # Without that deployment, the upload fails with the reason instead of vanishing.
+    _audience(folders.inbox / "winter.csv", 10)
+    [missing] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), db_path=str(tmp_path / "db.duckdb"),
+                                   campaign_deployment="campaign/no-such-deployment", settle_s=0)
+    assert missing["outcome"] == "failed" and "no-such-deployment" in missing["reason"]
+    assert (folders.failed / f"{missing['campaign_id']}.csv").exists()
+    assert not (folders.processed / f"{missing['campaign_id']}.yaml").exists()

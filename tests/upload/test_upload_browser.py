@@ -1,0 +1,156 @@
+"""The upload page driven in headless Chromium (Debian's `chromium`, `make browser`) from the token to the end of
+the campaign it starts: a Prefect server, the inbox watcher and campaign deployments served by `prefect.serve`,
+`campaign upload-server` (the webhook receiver with the upload page) and the WhatsApp sandbox, all on loopback.
+
+The browser fills in the token, picks a spec, attaches a CSV (DOM.setFileInputFiles), reads the check (rejects by
+reason, the first rejects masked, the estimate), clicks "Start campaign" and follows the status the page keeps
+refreshing until the campaign's flow run is Completed; the run, the ledger and the report then agree with the
+sandbox, and the run's link opens it in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from pipeline import store
+from pipeline.sandbox.whatsapp import SandboxConfig, create_app
+from pipeline.servers import serve_in_thread
+from tests.flows.test_deployments import PrefectServer, free_port, prefect_server, wait_for
+from tests.flows.test_ui import Browser
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "browser-test-upload-token-0123456789"
+ROWS = 40
+FINAL = {"Completed", "Failed", "Crashed", "Cancelled"}
+
+# The two deployments the page relies on, as prefect.yaml names them, with this test's folders and the sandbox.
+SERVE = """
+import json, sys
+from flows.serve import load_flow, serve
+
+params = json.loads(sys.argv[1])
+watcher = load_flow("flows/watcher.py:inbox_watcher_flow").to_deployment(name="audience-inbox", parameters=params)
+campaign = load_flow("flows/campaign.py:campaign_flow").to_deployment(name="inbox-campaign")
+serve(watcher, campaign)
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("upload-browser")
+    specs, spool = tmp / "campaigns", tmp / "spool"
+    specs.mkdir()
+    spool.mkdir()
+    welcome = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
+    welcome.update(receipts_wait_s=20, rate_limit={"max_per_second": 200, "concurrency": 4})
+    (specs / "welcome.yaml").write_text(yaml.safe_dump(welcome))
+    (specs / "inbox-default.yaml").write_text((ROOT / "campaigns/inbox-default.yaml").read_text())
+    port = free_port()
+    with prefect_server(tmp) as server:
+        sandbox_config = SandboxConfig(
+            access_token="test-token", app_secret="test-app-secret", templates={"welcome_offer": "marketing"},
+            webhook_url=f"http://127.0.0.1:{port}/webhooks/whatsapp", seed=3, webhook_delay_s=(0.01, 0.03))
+        with serve_in_thread(create_app(sandbox_config)) as sandbox:
+            params = {"audiences_dir": str(tmp / "audiences"), "db_path": str(tmp / "campaigns.duckdb"),
+                      "spool_dir": str(spool), "reports_dir": str(tmp / "reports"), "provider_base_url": sandbox,
+                      "campaign_deployment": "campaign/inbox-campaign"}
+            server.procs.start("serve", [sys.executable, "-c", SERVE, json.dumps(params)], env=server.env, cwd=tmp)
+            server.procs.start("upload-server", [
+                str(Path(sys.executable).parent / "campaign"), "upload-server", "--port", str(port),
+                "--spool-dir", str(spool), "--specs-dir", str(specs), "--audiences-dir", str(tmp / "audiences"),
+                "--staging-dir", str(tmp / "staging"),
+            ], env={**server.env, "UPLOAD_TOKEN": TOKEN, "UPLOAD_MAX_MB": "5"}, cwd=tmp)
+            page = f"http://127.0.0.1:{port}/upload"
+            wait_for(lambda: _answers(page), timeout_s=60, what="the upload page", procs=server.procs)
+            with server.client() as api:
+                wait_for(lambda: len(api.post("/deployments/filter", json={}).json()) == 2, timeout_s=60,
+                         what="the served deployments", procs=server.procs)
+            yield {"server": server, "page": page, "sandbox": sandbox, "tmp": tmp}
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _text_of(browser: Browser, selector: str) -> str:
+    return browser.evaluate(f"(document.querySelector({json.dumps(selector)}) || {{}}).innerText || ''")
+
+
+def _showing(browser: Browser, *expected: str, timeout_s: float, procs: Any) -> str:
+    def shown() -> str | None:
+        text = browser.evaluate("document.body ? document.body.innerText : ''") or ""
+        return text if all(s in text for s in expected) else None
+
+    return wait_for(shown, timeout_s=timeout_s, what=f"{expected} on the upload page", procs=procs)
+
+
+def test_upload_check_start_and_follow_the_run_to_its_end(stack: dict[str, Any], tmp_path: Path):
+    server: PrefectServer = stack["server"]
+    lines = (ROOT / "audiences/sample.csv").read_text().splitlines()
+    audience = tmp_path / "spring list.csv"
+    audience.write_text("\n".join(lines[: ROWS + 1]) + "\n")
+    browser = Browser(tmp_path)
+    try:
+        browser.open(stack["page"], "Upload an audience", "Campaign spec")
+        browser.evaluate(f"document.querySelector('#token').value = {json.dumps(TOKEN)};"
+                         "document.querySelector('#spec').value = 'welcome.yaml'")
+        root = browser.call("DOM.getDocument")["root"]["nodeId"]
+        file_input = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+        browser.call("DOM.setFileInputFiles", nodeId=file_input, files=[str(audience)])
+        browser.evaluate("document.querySelector('#check').click()")
+
+        # The check: counts by reason, the first rejects (masked), the estimate, and the button to start.
+        _showing(browser, "Rejected rows by reason", "Cost estimate", "Start campaign", timeout_s=60,
+                 procs=server.procs)
+        assert "spring-list.csv with spec welcome.yaml" in _text_of(browser, "#summary")
+        totals = _text_of(browser, "#totals").split()
+        assert totals[-3:] == [str(ROWS), "35", "5"]  # rows read, accepted, rejected
+        counts = _text_of(browser, "#reject-counts")
+        assert "no_opt_in\t3" in counts and "blocked_country\t1" in counts
+        first = _text_of(browser, "#first-rejects")
+        assert "+91*******397" in first and "81234 36397" not in browser.evaluate("document.body.innerHTML")
+        estimate = _text_of(browser, "#estimate")
+        assert "messages\t35" in estimate and "total (USD)" in estimate
+
+        # Start: the page follows the watcher's run, then the campaign's, refreshing itself until the end.
+        browser.evaluate("document.querySelector('#start').click()")
+        _showing(browser, "Handed to the drop folder", "Watcher run", timeout_s=30, procs=server.procs)
+        final = wait_for(lambda: (state := _text_of(browser, "#campaign-run-state")) in FINAL and state,
+                         timeout_s=150, what="the campaign run to end", procs=server.procs)
+        assert final == "Completed", browser.evaluate("document.body.innerText")
+        campaign_id = _text_of(browser, "#campaign-id")
+        assert _text_of(browser, "#outcome") == "started" and campaign_id.startswith("spring-list-")
+        link = browser.evaluate("document.querySelector('#campaign-run a').href")
+        assert link.startswith(f"{server.url}/runs/flow-run/")
+        run_id = link.rsplit("/", 1)[1]
+
+        # The run through the Prefect API: the campaign deployment's run of this upload, completed.
+        with server.client() as api:
+            run = api.get(f"/flow_runs/{run_id}").json()
+            deployment = api.get(f"/deployments/{run['deployment_id']}").json()
+        assert run["state_type"] == "COMPLETED" and run["name"] == campaign_id
+        assert deployment["name"] == "inbox-campaign" and run["parameters"]["campaign_id"] == campaign_id
+
+        # What was sent: the ledger, the sandbox and the report agree.
+        accepted = httpx.get(f"{stack['sandbox']}/_sandbox/stats?messages=0").json()["accepted"]
+        with store.connect(stack["tmp"] / "campaigns.duckdb", read_only=True) as con:
+            [(sent,)] = con.execute("SELECT count(*) FROM outbox WHERE campaign_id = ? AND state = 'sent'",
+                                    [campaign_id]).fetchall()
+        assert sent == accepted > 0
+        assert (stack["tmp"] / "reports" / campaign_id / "report.html").exists()
+
+        # And the link on the page opens the run in the Prefect UI.
+        browser.open(link, campaign_id, "Completed")
+    finally:
+        browser.close()
