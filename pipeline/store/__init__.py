@@ -1,0 +1,193 @@
+"""The operational store: one transactional database that every process shares, named by one URL.
+
+SQLite in WAL mode is the embedded default (`data/campaigns.sqlite`, nothing to start); PostgreSQL
+(`postgresql://user@host/db`) serves fleets. `CAMPAIGN_DATABASE_URL` or `--db URL|PATH` chooses; a
+plain path means SQLite. The schema (pipeline/store/schema.py) is versioned with Alembic and brought
+up to date on first use. DuckDB never holds this store: it computes reports over what is read from it
+(pipeline/store/arrow.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, create_engine, exc, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql.elements import TextClause
+
+from pipeline.store import dialect as _dialect
+
+URL_ENV = "CAMPAIGN_DATABASE_URL"
+DEFAULT_PATH = Path("data/campaigns.sqlite")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be reached or used: one line naming the store (password masked) and why."""
+
+
+def database_url(value: str | os.PathLike[str] | None = None) -> str:
+    """The store's SQLAlchemy URL from `--db` (a URL or a path), else CAMPAIGN_DATABASE_URL, else the default."""
+    raw = os.fspath(value) if value is not None else os.environ.get(URL_ENV) or os.fspath(DEFAULT_PATH)
+    if "://" not in raw:
+        return f"sqlite:///{Path(raw).expanduser()}"
+    url = make_url(raw)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    elif url.drivername not in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
+        raise StoreError(f"unsupported store URL {url.render_as_string(hide_password=True)}: "
+                         "use a path, sqlite:///PATH or postgresql://USER@HOST/DB")
+    return url.render_as_string(hide_password=False)
+
+
+def shown(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sql(statement: str | TextClause, params: Mapping[str, Any]) -> TextClause:
+    clause = text(statement) if isinstance(statement, str) else statement
+    expanding = [k for k, v in params.items() if isinstance(v, list | tuple | set | frozenset)]
+    return clause.bindparams(*(bindparam(k, expanding=True) for k in expanding)) if expanding else clause
+
+
+class Store:
+    """A connection pool to the store, safe to share between threads of one process."""
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+        self.dialect: str = engine.dialect.name  # "sqlite" | "postgresql"
+
+    def __repr__(self) -> str:
+        return f"Store({shown(self.url)})"
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, or None for a server database."""
+        database = make_url(self.url).database
+        return Path(database) if self.dialect == "sqlite" and database else None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction: one consistent snapshot."""
+        with self._translate(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite it holds the write lock from its first statement)."""
+        with self._translate(), self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            yield conn
+
+    def rows(self, statement: str, **params: Any) -> list[Any]:
+        with self.read() as conn:
+            return list(conn.execute(_sql(statement, params), bind(self.dialect, params)).all())
+
+    def scalar(self, statement: str, **params: Any) -> Any:
+        with self.read() as conn:
+            return conn.execute(_sql(statement, params), bind(self.dialect, params)).scalar()
+
+    def execute(self, statement: str, **params: Any) -> int:
+        """Runs one write statement in its own transaction; returns the rows it changed."""
+        with self.write() as conn:
+            return conn.execute(_sql(statement, params), bind(self.dialect, params)).rowcount
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except exc.OperationalError as error:
+            raise StoreError(f"store {shown(self.url)}: {_reason(error)}") from error
+
+
+def run(conn: Connection, statement: str, **params: Any) -> Any:
+    """Executes `statement` on a connection of a transaction the caller holds (named parameters; lists
+    expand for IN; datetimes, days and Decimals are converted for the dialect)."""
+    return conn.execute(_sql(statement, params), bind(conn.dialect.name, params))
+
+
+def run_many(conn: Connection, statement: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(text(statement), [bind(conn.dialect.name, r) for r in rows])
+
+
+def bind(dialect: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _value(dialect, v) for k, v in params.items()}
+
+
+def _value(dialect: str, value: Any) -> Any:
+    if dialect != "sqlite":
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps UTC instants")
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_value(dialect, v) for v in value]
+    return value
+
+
+def utc(value: Any) -> datetime | None:
+    """A timestamp read back through plain SQL (text on SQLite) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _reason(error: BaseException) -> str:
+    message = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return message[0] if message else type(error).__name__
+
+
+def connect(value: str | os.PathLike[str] | None = None, *, migrate: bool = True) -> Store:
+    """The store named by `value` (URL or path; default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite),
+    created and migrated to the current schema on first use. Raises StoreError, one line, when it cannot."""
+    url = database_url(value)
+    kind = make_url(url).get_backend_name()
+    if kind == "sqlite":
+        path = Path(make_url(url).database or "")
+        if not path.name:
+            raise StoreError("an in-memory SQLite store is not shared between processes: give a file path")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"store {shown(url)}: cannot create its folder: {error.strerror}") from error
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": _dialect.BUSY_TIMEOUT_S})
+        _dialect.prepare_sqlite(engine)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    db = Store(url, engine)
+    if migrate:
+        from pipeline.store.migrate import upgrade
+
+        with db._translate():
+            upgrade(db)
+    return db
+
+
+def scalar(db: Store, statement: str, **params: Any) -> Any:
+    return db.scalar(statement, **params)
+
+
+def suppressed_addresses(db: Store, channel: str) -> set[str]:
+    return {r[0] for r in db.rows("SELECT address FROM suppressions WHERE channel = :channel", channel=channel)}

@@ -1,0 +1,139 @@
+"""The store read as Arrow, for DuckDB to compute over: no process keeps a DuckDB file open.
+
+PostgreSQL is read with its ADBC driver (columnar end to end). SQLite is read through the same SQLite
+library as every write (Python's sqlite3): ADBC's SQLite driver links its own copy of SQLite, and two
+copies in one process break each other's file locks (sqlite.org/howtocorrupt.html §2.2.1).
+Columns come back typed as the schema says (timestamps UTC, money exact decimals, days as dates),
+whichever database they came from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import BigInteger, Boolean, Integer, SmallInteger
+from sqlalchemy.engine import make_url
+
+from pipeline.store import Store, bind
+from pipeline.store.schema import Day, Money, UtcTimestamp, metadata
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+MONEY = pa.decimal128(18, 6)
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def column_types(table: str) -> dict[str, pa.DataType]:
+    """The Arrow type of each column of a store table."""
+    types: dict[str, pa.DataType] = {}
+    for column in metadata.tables[table].columns:
+        kind = column.type
+        if isinstance(kind, UtcTimestamp):
+            types[column.name] = TIMESTAMP
+        elif isinstance(kind, Money):
+            types[column.name] = MONEY
+        elif isinstance(kind, Day):
+            types[column.name] = pa.date32()
+        elif isinstance(kind, Boolean):
+            types[column.name] = pa.bool_()
+        elif isinstance(kind, BigInteger | Integer | SmallInteger):
+            types[column.name] = pa.int64()
+        else:
+            types[column.name] = pa.string()
+    return types
+
+
+def read_arrow(db: Store, statement: str, types: Mapping[str, pa.DataType] | None = None, **params: Any) -> pa.Table:
+    """Runs a query and returns its rows as an Arrow table, columns cast to `types` where given."""
+    table = _read_postgres(db, statement, params) if db.dialect == "postgresql" else _read_sqlite(db, statement, params)
+    return _cast(table, types or {})
+
+
+def read_table(db: Store, table: str, where: str = "", **params: Any) -> pa.Table:
+    """A whole store table (or the rows `where` selects) with the schema's column types."""
+    types = column_types(table)
+    sql = f"SELECT {', '.join(_quoted(c) for c in types)} FROM {table} {where}"
+    return read_arrow(db, sql, types, **params)
+
+
+def _quoted(name: str) -> str:
+    return f'"{name}"' if name in ("read",) else name
+
+
+def _read_sqlite(db: Store, statement: str, params: Mapping[str, Any]) -> pa.Table:
+    with db.read() as conn:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            names: list[str] = []
+            values = bind("sqlite", params)
+            sql = _PARAM.sub(lambda m: f":{m.group(1)}", statement)
+            cursor.execute(sql, values)
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    return pa.table({name: pa.array(list(col)) if col else pa.array([], pa.null()) for name, col in
+                     zip(names, columns, strict=True)})
+
+
+def _read_postgres(db: Store, statement: str, params: Mapping[str, Any]) -> pa.Table:
+    import adbc_driver_postgresql.dbapi as adbc
+
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in order:
+            order.append(match.group(1))
+        return f"${order.index(match.group(1)) + 1}"
+
+    sql = _PARAM.sub(number, statement)
+    uri = make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with adbc.connect(uri) as conn, conn.cursor() as cursor:
+        if order:
+            cursor.execute(sql, [params[name] for name in order])
+        else:
+            cursor.execute(sql)
+        return cursor.fetch_arrow_table()
+
+
+def _cast(table: pa.Table, types: Mapping[str, pa.DataType]) -> pa.Table:
+    for name, kind in types.items():
+        if name not in table.column_names:
+            continue
+        index = table.column_names.index(name)
+        column = table.column(index)
+        if column.type == kind:
+            continue
+        table = table.set_column(index, name, _convert(column, kind))
+    return table
+
+
+def _convert(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    if pa.types.is_null(column.type):
+        return pa.chunked_array([pa.nulls(len(column), kind)])
+    if kind == TIMESTAMP and pa.types.is_string(column.type):
+        # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: read as a plain timestamp, then marked UTC.
+        return pa.chunked_array([pc.assume_timezone(pc.cast(c, pa.timestamp("us")), "UTC") for c in column.chunks],
+                                type=TIMESTAMP)
+    if pa.types.is_decimal(kind) and pa.types.is_floating(column.type):
+        return pc.cast(pc.cast(column, pa.string()), kind)
+    if kind == pa.date32() and pa.types.is_string(column.type):
+        return pc.cast(pc.cast(column, pa.timestamp("s")), pa.date32())
+    return pc.cast(column, kind)
+
+
+def duck(tables: Mapping[str, pa.Table]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with each Arrow table as a table of that name (copied in: queries run on DuckDB's
+    own storage, and the connection holds no file)."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for name, table in tables.items():
+        con.register(f"_arrow_{name}", table)
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _arrow_{name}')
+        con.unregister(f"_arrow_{name}")
+    return con

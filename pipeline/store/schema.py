@@ -1,0 +1,365 @@
+"""The store's tables, once for both databases (SQLAlchemy Core): what each holds and its keys.
+
+Types that SQLite lacks are mapped here, so the rest of the code sees one store: timestamps are
+timezone-aware UTC datetimes (SQLite keeps them as ISO text, which sorts in time order), money is
+an exact Decimal (SQLite keeps its text). Migrations (pipeline/store/migrations/) create exactly
+this; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+
+class UtcTimestamp(TypeDecorator[datetime]):
+    """A UTC instant: `timestamptz` on PostgreSQL, 'YYYY-MM-DD HH:MM:SS.ffffff' text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(26))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps UTC instants")
+        value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Money(TypeDecorator[Decimal]):
+    """An exact amount: NUMERIC on PostgreSQL, its decimal text on SQLite (which has no decimal type)."""
+
+    impl = Numeric(18, 6)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(18, 6))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = value if isinstance(value, Decimal) else Decimal(str(value))
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
+
+
+class Day(TypeDecorator[date]):
+    """A calendar day: DATE on PostgreSQL, 'YYYY-MM-DD' text on SQLite."""
+
+    impl = Date
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        return dialect.type_descriptor(String(10)) if dialect.name == "sqlite" else dialect.type_descriptor(Date())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = date.fromisoformat(value)
+        return value.isoformat() if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> date | None:
+        if value is None:
+            return None
+        return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+metadata = MetaData()
+TS = UtcTimestamp
+
+campaigns = Table(
+    "campaigns", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("channel", String, nullable=False),
+    Column("template", String, nullable=False),
+    Column("category", String, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("spec_json", Text, nullable=False),
+)
+recipients = Table(
+    "recipients", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("row_number", BigInteger, primary_key=True),
+    Column("recipient_key", String, nullable=False),  # the address the channel sends to (E.164 for phones)
+    Column("phone_e164", String),
+    Column("country", String),  # ISO 3166 alpha-2 region of the number
+    Column("number_type", String),
+    Column("variables_json", Text),
+    Column("text", Text),  # the rendered preview text
+)
+rejects = Table(
+    "rejects", metadata,
+    Column("campaign_id", String, nullable=False),
+    Column("row_number", BigInteger, nullable=False),
+    Column("reason", String, nullable=False),
+    Column("detail", Text),
+    Index("rejects_campaign", "campaign_id", "row_number"),
+)
+outbox = Table(
+    "outbox", metadata,
+    Column("message_id", String, primary_key=True),  # uuid5(campaign, recipient, channel): re-runs find it
+    Column("campaign_id", String, nullable=False),
+    Column("seq", BigInteger, nullable=False),  # send order within the campaign
+    Column("recipient_key", String, nullable=False),
+    Column("channel", String, nullable=False),
+    Column("sender", String, nullable=False),
+    Column("country", String),
+    Column("category", String),
+    Column("payload_json", Text, nullable=False),
+    Column("state", String, nullable=False),  # queued | sending | sent | failed | deferred | unknown
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("provider_message_id", String),
+    Column("error_code", String),
+    Column("error_detail", Text),
+    Column("queued_at", TS, nullable=False),
+    Column("sent_at", TS),
+    Column("updated_at", TS),
+    Column("not_before", TS),  # deferred (e.g. 131049: not before 24 h)
+    Column("retryable", Boolean),  # a failure worth `campaign retry-failed`
+    Column("timezone", String),  # recipient's IANA zone, for send windows
+    Column("est_cost_usd", Money),  # estimated cost, for the budget guard
+    Column("segments", Integer),  # SMS parts; the provider's count wins
+    Index("outbox_campaign_seq", "campaign_id", "seq", unique=True),
+    # The dispatcher's pages: a sender's queued messages in send order.
+    Index("outbox_lane", "campaign_id", "sender", "state", "seq"),
+    Index("outbox_provider_id", "provider_message_id"),
+    Index("outbox_recent", "channel", "sent_at"),
+    Index("outbox_recipient", "recipient_key"),
+)
+# Every transition of every message, appended in the same transaction as the outbox update.
+outbox_transitions = Table(
+    "outbox_transitions", metadata,
+    Column("campaign_id", String, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("state", String, nullable=False),
+    Column("error_code", String),
+    Column("changed_at", TS, nullable=False),
+    Index("transitions_message", "campaign_id", "seq"),
+)
+events = Table(
+    "events", metadata,
+    # Ingest order: reports fold new receipts past a watermark of it (append-only table).
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("event_id", String, nullable=False),  # hash of the normalised receipt: replays add nothing
+    Column("provider", String, nullable=False),
+    Column("provider_message_id", String, nullable=False),
+    Column("message_id", String),
+    Column("status", String, nullable=False),  # sent | delivered | read | failed
+    Column("error_code", String),
+    Column("error_title", Text),
+    Column("category", String),
+    Column("pricing_type", String),
+    Column("recipient", String),
+    Column("occurred_at", TS, nullable=False),
+    Column("received_at", TS),
+    Column("raw_json", Text),
+    Index("events_event_id", "event_id", unique=True),
+    Index("events_message", "message_id"),
+    Index("events_provider_id", "provider_message_id"),
+)
+inbound = Table(
+    "inbound", metadata,
+    Column("event_id", String, primary_key=True),
+    Column("provider", String, nullable=False),
+    Column("sender", String, nullable=False),
+    Column("text", Text),
+    Column("occurred_at", TS, nullable=False),
+    Column("raw_json", Text),
+    Index("inbound_sender", "provider", "sender"),
+)
+quarantine = Table(
+    "quarantine", metadata,
+    Column("spool_file", String, primary_key=True),
+    Column("line_number", BigInteger, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("raw", Text),
+)
+spool_files = Table(
+    "spool_files", metadata,
+    Column("name", String, primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("ingested_at", TS, nullable=False),
+)
+suppressions = Table(
+    "suppressions", metadata,
+    Column("channel", String, primary_key=True),
+    Column("address", String, primary_key=True),
+    Column("reason", String, nullable=False),
+    Column("source", String),
+    Column("since", TS, nullable=False),
+)
+prices = Table(
+    "prices", metadata,
+    Column("channel", String, primary_key=True),
+    Column("market", String, primary_key=True),
+    Column("category", String, primary_key=True),
+    Column("platform_fee_usd", Money, nullable=False),
+    Column("service_fee_usd", Money, nullable=False),
+    Column("effective_from", Day, primary_key=True),
+    Column("source", Text),
+)
+markets = Table(
+    "markets", metadata,
+    Column("channel", String, primary_key=True),
+    Column("region", String, primary_key=True),  # ISO 3166 alpha-2, as libphonenumber names it
+    Column("market", String, nullable=False),
+    # Meta's own market for a country it prices on its own, used once a card has it (else `market`).
+    Column("own_market", String),
+)
+pricing_rules = Table(
+    "pricing_rules", metadata,
+    Column("rule", String, nullable=False),
+    Column("channel", String, primary_key=True),
+    Column("category", String, primary_key=True),
+    Column("pricing_type", String, primary_key=True),
+    Column("billable", Boolean, nullable=False),
+    Column("rate_category", String),
+    Column("basis", String, nullable=False),
+    Column("tiered", Boolean, nullable=False),
+    Column("effective_from", Day, primary_key=True),
+    Column("source", Text),
+)
+service_fees = Table(
+    "service_fees", metadata,
+    Column("channel", String, primary_key=True),
+    Column("fee_points", Money, nullable=False),
+    Column("effective_from", Day, primary_key=True),
+    Column("source", Text),
+)
+price_tiers = Table(
+    "price_tiers", metadata,
+    Column("channel", String, primary_key=True),
+    Column("market", String, primary_key=True),
+    Column("category", String, primary_key=True),
+    Column("from_messages", BigInteger, primary_key=True),
+    Column("to_messages", BigInteger),
+    Column("platform_fee_usd", Money, nullable=False),
+    Column("effective_from", Day, primary_key=True),
+    Column("source", Text),
+)
+# Receipts folded per message (the current status as billing reads it), kept in step by pipeline/costs/billing.py.
+billing_messages = Table(
+    "billing_messages", metadata,
+    Column("message_id", String, primary_key=True),
+    Column("status_rank", SmallInteger),
+    Column("billed_category", String),
+    Column("pricing_type", String),
+    Column("receipt_error", String),
+    Column("error_title", Text),
+    Column("delivered_at", TS),
+)
+billing_sync = Table(
+    "billing_sync", metadata,
+    Column("source", String, primary_key=True),
+    Column("position", BigInteger),
+    Column("row_count", BigInteger),
+    Column("fingerprint", String),
+    Column("synced_at", TS),
+)
+cost_estimates = Table(
+    "cost_estimates", metadata,
+    Column("campaign_id", String, nullable=False),
+    Column("estimated_at", TS, nullable=False),
+    Column("priced_on", Day, nullable=False),
+    Column("channel", String),
+    Column("country", String),
+    Column("market", String),
+    Column("category", String),
+    Column("pricing_type", String),
+    Column("messages", BigInteger),
+    Column("segments", BigInteger),
+    Column("platform_fee_usd", Money),
+    Column("service_fee_usd", Money),
+    Column("total_usd", Money),
+    Column("unpriced", BigInteger),
+    Index("cost_estimates_campaign", "campaign_id", "estimated_at"),
+)
+points_ledger = Table(
+    "points_ledger", metadata,
+    Column("entry_id", String, primary_key=True),
+    Column("booked_at", TS, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("bucket", String, nullable=False),
+    Column("points", Money, nullable=False),
+    Column("campaign_id", String),
+    Column("note", Text),
+)
+# A campaign's messages counted per price key (outbox + billing_messages), kept in step by billing.py.
+billing_groups = Table(
+    "billing_groups", metadata,
+    Column("campaign_id", String, nullable=False),
+    Column("channel", String),
+    Column("country", String),
+    Column("category", String),
+    Column("sent_category", String),
+    Column("pricing_type", String),
+    Column("price_day", Day),
+    Column("error_code", String),
+    Column("error_title", Text),
+    Column("sent", BigInteger),
+    Column("delivered", BigInteger),
+    Column("read", BigInteger),
+    Column("failed", BigInteger),
+    Column("sent_segments", BigInteger),
+    Index("billing_groups_campaign", "campaign_id"),
+)
+# Control state that every process and machine reaching the store shares.
+# A lease: who holds a named thing (a campaign's run) until when; renewed while the holder lives.
+leases = Table(
+    "leases", metadata,
+    Column("name", String, primary_key=True),  # campaign:<id>
+    Column("holder", String, nullable=False),  # a random token of the holding process
+    Column("pid", Integer),
+    Column("host", String),
+    Column("flow_run_id", String),
+    Column("flow_run_name", String),
+    Column("since", TS, nullable=False),
+    Column("expires_at", TS, nullable=False),
+)
+# The operator's pause flag of a campaign and the running dispatch's last progress.
+campaign_control = Table(
+    "campaign_control", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("paused_at", TS),
+    Column("status_json", Text),
+    Column("status_at", TS),
+)
