@@ -1,17 +1,18 @@
 """The marketing frequency cap: who got a marketing message on a channel recently, read from
-the outbox, so preparation can reject them as frequency_capped without touching DuckDB."""
+the outbox, so preparation can reject them as frequency_capped."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import duckdb
+from pipeline.store import Store
+
 
 DEFAULT_FREQUENCY_WINDOW = timedelta(hours=24)
 
 
 def recently_messaged(
-    con: duckdb.DuckDBPyConnection,
+    db: Store,
     channel: str,
     *,
     window: timedelta = DEFAULT_FREQUENCY_WINDOW,
@@ -24,10 +25,10 @@ def recently_messaged(
     since = (now or datetime.now(UTC)) - window
     sql = """
         SELECT DISTINCT recipient_key FROM outbox
-        WHERE channel = ? AND state = 'sent' AND category = 'marketing' AND sent_at >= ?
+        WHERE channel = :channel AND state = 'sent' AND category = 'marketing' AND sent_at >= :since
     """
-    params: list[object] = [channel, since]
+    params: dict[str, object] = {"channel": channel, "since": since}
     if exclude_campaign is not None:
-        sql += " AND campaign_id <> ?"
-        params.append(exclude_campaign)
-    return {row[0] for row in con.execute(sql, params).fetchall()}
+        sql += " AND campaign_id <> :exclude"
+        params["exclude"] = exclude_campaign
+    return {row[0] for row in db.rows(sql, **params)}

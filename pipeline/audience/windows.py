@@ -3,25 +3,23 @@
 Meta lets a Page message a user freely for 24 h after the user's last message; outside that window
 only message tags may go out, and only for non-promotional content (docs/providers.md §5). So a
 marketing campaign rejects (`outside_window`) every user whose last inbound is unknown or too old,
-instead of collecting error 10/2018278 per message. Last-inbound times come from DuckDB `inbound`.
+instead of collecting error 10/2018278 per message. Last-inbound times come from the store's `inbound`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import polars as pl
 
 from pipeline.records import Category, empty_rejects, make_rejects
+from pipeline.store import Store, utc
 
 
-def last_inbound_times(con: duckdb.DuckDBPyConnection, provider: str) -> dict[str, datetime]:
+def last_inbound_times(db: Store, provider: str) -> dict[str, datetime]:
     """The latest inbound message time (UTC) per sender for `provider` ("messenger", "instagram", ...)."""
-    rows = con.execute(
-        "SELECT sender, max(occurred_at) FROM inbound WHERE provider = ? GROUP BY sender", [provider]
-    ).fetchall()
-    return {sender: _utc(at) for sender, at in rows if at is not None}
+    rows = db.rows("SELECT sender, max(occurred_at) FROM inbound WHERE provider = :p GROUP BY sender", p=provider)
+    return {sender: utc(at) for sender, at in rows if at is not None}
 
 
 def outside_window(

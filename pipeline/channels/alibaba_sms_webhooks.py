@@ -9,7 +9,7 @@ How a report finds its message: SendBatchSms carries one OutId per call, the mes
 batch's first message, and the outbox keeps `provider_message_id = "<BizId>:<phone>"` for every sent
 message. A report (out_id, phone_number, biz_id) therefore names `"<biz_id>:<phone_number>"`, which
 joins the outbox directly; after a crash (no BizId recorded) the out_id gives the campaign and the
-phone its recipient. `resolve_message_ids` runs that join after ingest.
+phone its recipient. pipeline/receipts/links.py makes that link after ingest.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
-
-import duckdb
 
 from pipeline.records import Inbound, Receipt
 
@@ -81,7 +79,7 @@ def _receipt(report: Any, where: str) -> Receipt:
     error = None if success else str(report.get("err_code") or "UNKNOWN")
     return Receipt(
         provider=PROVIDER, provider_message_id=provider_message_id(biz_id, phone),
-        message_id=None,  # resolved from out_id + phone by resolve_message_ids (see the module doc)
+        message_id=None,  # linked from out_id + phone after ingest (see the module doc)
         status="delivered" if success else "failed", error_code=error,
         error_title=None if success else (str(report.get("err_msg") or "") or None),
         recipient=phone,
@@ -99,28 +97,3 @@ def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
     if not isinstance(doc, list):
         raise MalformedPayload("body: expected a JSON array of reports")
     return [_receipt(report, f"[{i}]") for i, report in enumerate(doc)], []
-
-
-# Fills `events.message_id` for Alibaba receipts: first by the exact "<BizId>:<phone>" the outbox
-# recorded, then (a crash left no BizId) by the campaign of the out_id message and the phone digits.
-# Mainland numbers may be reported without their 86 prefix, hence the second digit comparison.
-RESOLVE_SQL = """
-UPDATE events SET message_id = m.message_id
-FROM (
-    SELECT e.event_id, coalesce(
-        (SELECT o.message_id FROM outbox o WHERE o.provider_message_id = e.provider_message_id LIMIT 1),
-        (SELECT o.message_id FROM outbox o JOIN outbox f ON f.message_id = json_extract_string(e.raw_json, '$.out_id')
-         WHERE o.campaign_id = f.campaign_id AND o.channel = f.channel
-           AND regexp_replace(o.recipient_key, '[^0-9]', '', 'g') IN (e.digits, '86' || e.digits)
-         LIMIT 1)) AS message_id
-    FROM (SELECT *, regexp_replace(recipient, '[^0-9]', '', 'g') AS digits FROM events) e
-    WHERE e.provider = ? AND e.message_id IS NULL
-) AS m
-WHERE events.event_id = m.event_id AND m.message_id IS NOT NULL
-"""
-
-
-def resolve_message_ids(con: duckdb.DuckDBPyConnection) -> int:
-    """Links Alibaba receipts to their messages after ingest; returns how many were linked."""
-    rows = con.execute(RESOLVE_SQL, [PROVIDER]).fetchall()
-    return int(rows[0][0]) if rows else 0

@@ -14,47 +14,47 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 
 from pipeline.channels.base import Channel, SendOutcome
-from pipeline.dispatch.ledger import Ledger, Outcome, Pending
-from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay, write_status
+from pipeline.dispatch.ledger import Claim, Ledger, Outcome, Pending
+from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
 from pipeline.dispatch.ratelimit import SlotLimiter
 from pipeline.spec import RateSpec, RetrySpec
+from pipeline.store import Store
 
 log = logging.getLogger("pipeline.dispatch.engine")
 
 FLUSH_EVERY_S = 0.2
-# Group commits at most this often: each costs DuckDB ~5 ms of CPU however few rows it holds, and
-# back-to-back commits at 1,000+ sends/s take CPU the event loop and the provider need (measured
-# unthrottled: 80-85 % of the bare client's rate at 15 ms, 93-96 % at 100 ms). The wait hides in the
-# pipeline: slots are reserved longer ahead than a claim takes (see pipeline_depth).
+# Group commits at most this often: each is a write transaction (and an fsync) however few rows it
+# holds, and back-to-back commits at 1,000+ sends/s take CPU the event loop and the provider need. The
+# wait hides in the pipeline: slots are reserved longer ahead than a claim takes (see pipeline_depth).
 COMMIT_GAP_S = 0.1
 LATE_S = 0.02
 PAGE = 2_000
 
 
 class _Writer:
-    """Group commits on the one thread that owns the DuckDB connection."""
+    """Group commits on the one thread that talks to the store for this dispatch."""
 
     def __init__(self, ledger: Ledger, run_db: Callable[..., Any]) -> None:
         self.ledger = ledger
         self.run_db = run_db
-        self.claims: list[tuple[list[int], list[str | None] | None, asyncio.Future[None]]] = []
+        self.claims: list[tuple[Claim, asyncio.Future[set[int]]]] = []
         self.outcomes: list[Outcome] = []
         self.wake = asyncio.Event()
         self.closed = False
-        self.inflight: asyncio.Future[None] | None = None
+        self.inflight: asyncio.Future[set[int]] | None = None
 
-    async def claim(self, seqs: list[int], pids: list[str | None] | None = None) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.claims.append((seqs, pids, future))
+    async def claim(self, seqs: list[int], pids: list[str | None] | None = None, *, resend: bool = False) -> set[int]:
+        """Waits for the next group commit; returns the seqs it claimed (a message another dispatcher
+        holds, or one no longer queued, is left out and must not be sent)."""
+        future: asyncio.Future[set[int]] = asyncio.get_running_loop().create_future()
+        self.claims.append((Claim(seqs, pids, resend), future))
         self.wake.set()
-        await future
+        return await future
 
     def record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -67,25 +67,20 @@ class _Writer:
         outcomes, self.outcomes = self.outcomes, []
         if not claims and not outcomes:
             return
-        pids = None
-        if any(planned for _, planned, _ in claims):
-            pids = [pid for seqs, planned, _ in claims for pid in (planned or [None] * len(seqs))]
         # Shielded: cancelling the writer (the run ending) must not cancel a commit that has taken
         # its outcomes off the list (a commit cancelled before the ledger thread starts it never
         # runs); the final flush waits for it first.
-        self.inflight = asyncio.ensure_future(
-            self.run_db(self.ledger.commit, [seq for seqs, _, _ in claims for seq in seqs], outcomes, pids)
-        )
+        self.inflight = asyncio.ensure_future(self.run_db(self.ledger.commit, [c for c, _ in claims], outcomes))
         try:
-            await asyncio.shield(self.inflight)
+            claimed = await asyncio.shield(self.inflight)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            for _, _, future in claims:
+            for _, future in claims:
                 future.set_exception(exc)
             raise
-        for _, _, future in claims:
-            future.set_result(None)
+        for claim, future in claims:
+            future.set_result(claimed.intersection(claim.seqs))
 
     async def run(self) -> None:
         # Claims are committed as soon as possible (a worker waits on them); outcomes ride along
@@ -123,22 +118,24 @@ class _Lane:
 
 class _Dispatch:
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, campaign_id: str, channels: dict[str, Channel] | Channel, *,
+        self, db: Store, campaign_id: str, channels: dict[str, Channel] | Channel, *,
         rate: RateSpec, retry: RetrySpec, guards: Guards, reconcile: Callable[[], Any] | None,
         on_progress: Callable[[dict[str, Any]], None] | None, progress_every_s: float,
-        transport: httpx.AsyncBaseTransport | None, timeout_s: float, status_file: Path | None,
+        transport: httpx.AsyncBaseTransport | None, timeout_s: float,
+        on_status: Callable[[dict[str, Any]], None] | None,
     ) -> None:
-        self.ledger = Ledger(con, campaign_id)
+        self.ledger = Ledger(db, campaign_id)
         self.campaign_id = campaign_id
         self.channels = channels
         self.rate, self.retry, self.guards = rate, retry, guards
         self.reconcile_fn = reconcile
         self.on_progress, self.progress_every_s = on_progress, progress_every_s
-        self.transport, self.timeout_s, self.status_file = transport, timeout_s, status_file
+        self.transport, self.timeout_s, self.on_status = transport, timeout_s, on_status
         self.result = DispatchResult()
         self.stop = asyncio.Event()
         self.rng = random.Random()
-        # One thread owns the DuckDB connection: ledger work never blocks the event loop.
+        # One thread talks to the store for this run: ledger work never blocks the event loop, and
+        # the group commits of one run never race each other.
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.writer = _Writer(self.ledger, self._db)
         self.lanes: list[_Lane] = []
@@ -259,7 +256,12 @@ class _Dispatch:
             # Claimed (committed) before the slot is taken: the claim's wait for the next group
             # commit then never makes a send miss its slot; enough claimed workers queue for slots
             # (pipeline_depth) that the rate does not wait for commits either.
-            await self.writer.claim([item.seq for item, _ in batch], _planned_ids(lane.channel, batch))
+            claimed = await self.writer.claim([item.seq for item, _ in batch], _planned_ids(lane.channel, batch))
+            if len(claimed) < len(batch):  # taken by another dispatcher, or no longer queued: not ours to send
+                lane.outstanding -= len(batch) - len(claimed)
+                batch = [(item, n) for item, n in batch if item.seq in claimed]
+                if not batch:
+                    continue
             slot_at = time.monotonic() + max(lane.limiter.reserve() for _ in batch)
             wait = slot_at - time.monotonic()
             if wait > 0:
@@ -288,7 +290,7 @@ class _Dispatch:
             if not first:  # the first attempt's slots were taken before the claim
                 planned = _planned_ids(lane.channel, batch)
                 if planned:  # a smaller batch goes by new provider ids: on record before it leaves
-                    await self.writer.claim([item.seq for item, _ in batch], planned)
+                    await self.writer.claim([item.seq for item, _ in batch], planned, resend=True)
                 await asyncio.sleep(max(lane.limiter.reserve() for _ in batch))
             first = False
             outcomes = await lane.channel.send(session, [item.payload_json for item, _ in batch])
@@ -389,6 +391,7 @@ class _Dispatch:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(min(0.5, self.progress_every_s))
+            await self._db(self.guards.check_pause)
             reason = self.guards.paused()
             if reason:
                 self._stop(reason)
@@ -400,8 +403,8 @@ class _Dispatch:
         info = self.result.progress(time.monotonic() - self.started, final=final)
         info.update(self.guards.describe())
         log.info("dispatch: %(sent)d sent, %(failed)d failed of %(total)d (%(per_s).0f/s)", info)
-        if self.status_file:
-            write_status(self.status_file, self.campaign_id, info)
+        if self.on_status:  # to the store, on the ledger's thread (never blocking the event loop)
+            self.db.submit(self.on_status, info)
         if self.on_progress:
             self.on_progress(info)
 
@@ -417,21 +420,22 @@ def _planned_ids(channel: Channel, batch: list[tuple[Pending, int]]) -> list[str
 
 
 async def dispatch_campaign(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, channels: dict[str, Channel] | Channel, *,
+    db: Store, campaign_id: str, channels: dict[str, Channel] | Channel, *,
     rate: RateSpec | None = None, retry: RetrySpec | None = None, guards: Guards | None = None,
     reconcile: Callable[[], Any] | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
     progress_every_s: float = 3.0, transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 10.0,
-    status_file: Path | None = None,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
 ) -> DispatchResult:
     """Sends every queued message of the campaign; safe to call again after a crash.
 
     `channels` maps each sender to its channel (one channel serves all senders when given alone);
-    `reconcile` ingests receipts (called on the ledger's thread) so timed-out and crashed sends are
-    matched to receipts before any resend; `transport` replaces the network in tests.
+    `reconcile` brings receipts into the store (called on the ledger's thread; e.g. an ingest of the
+    webhook spool) so timed-out and crashed sends are matched to receipts before any resend; `on_status`
+    records progress (called on the ledger's thread); `transport` replaces the network in tests.
     """
     run = _Dispatch(
-        con, campaign_id, channels, rate=rate or RateSpec(), retry=retry or RetrySpec(), guards=guards or Guards(),
+        db, campaign_id, channels, rate=rate or RateSpec(), retry=retry or RetrySpec(), guards=guards or Guards(),
         reconcile=reconcile, on_progress=on_progress, progress_every_s=progress_every_s, transport=transport,
-        timeout_s=timeout_s, status_file=status_file,
+        timeout_s=timeout_s, on_status=on_status,
     )
     return await run.run()

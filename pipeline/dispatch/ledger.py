@@ -1,19 +1,26 @@
-"""The outbox ledger: every message's transitions, written in group commits.
+"""The outbox ledger: claims, outcomes and every message's transitions, in short write transactions.
 
-A message is marked `sending` (committed) just before its request leaves, and its outcome is
-recorded after. So after a crash every message is `queued` (never sent), has its outcome, or is
+A message is claimed `sending` in a committed transaction before its request leaves, and its outcome
+is recorded after. So after a crash every message is `queued` (never sent), has its outcome, or is
 `sending` (in flight at the crash: reconciled from receipts before anything is resent).
 States: queued -> sending -> sent | failed | deferred | unknown.
+
+A claim takes only what is still queued and says what it took: two dispatchers (processes or
+machines) that try to claim the same message never both get it (pipeline/store/dialect.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
-import duckdb
+from sqlalchemy import Connection
 
-from pipeline.store import scalar
+from pipeline.store import Store, dialect, run, run_many, utc
+
+_CHUNK = 500  # ids per IN list
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,185 +48,166 @@ class Outcome:
     retryable: bool | None = None
 
 
-class Ledger:
-    """All outbox reads and writes of one dispatch; the caller serialises calls (one DuckDB writer)."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    seqs: Sequence[int]
+    provider_ids: Sequence[str | None] | None = None  # known before the answer (ChatApp mass sends)
+    resend: bool = False  # already `sending` by this dispatcher: only the new provider ids are recorded
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, campaign_id: str) -> None:
-        self.con = con
+
+_OUTCOME = """
+UPDATE outbox SET state = :state, attempts = :attempts,
+    provider_message_id = coalesce(:pid, provider_message_id), error_code = :code, error_detail = :detail,
+    sent_at = coalesce(:sent_at, sent_at), not_before = :not_before, retryable = :retryable, updated_at = :now
+WHERE campaign_id = :campaign_id AND seq = :seq
+"""
+_RENAME = """
+UPDATE outbox SET provider_message_id = :pid
+WHERE campaign_id = :campaign_id AND seq = :seq AND state = 'sending'
+"""
+_TRANSITION = """
+INSERT INTO outbox_transitions (campaign_id, seq, state, error_code, changed_at)
+VALUES (:campaign_id, :seq, :state, :code, :now)
+"""
+
+
+class Ledger:
+    """All outbox reads and writes of one dispatch of one campaign."""
+
+    def __init__(self, db: Store, campaign_id: str) -> None:
+        self.db = db
         self.campaign_id = campaign_id
 
     def in_flight(self) -> int:
-        return scalar(
-            self.con, "SELECT count(*) FROM outbox WHERE campaign_id = ? AND state = 'sending'", [self.campaign_id]
-        )
+        return self.db.scalar("SELECT count(*) FROM outbox WHERE campaign_id = :c AND state = 'sending'",
+                              c=self.campaign_id)
 
     def reconcile_in_flight(self, *, older_than_s: float = 0.0) -> tuple[int, int]:
         """Messages left `sending` by a crash: `sent` if a receipt carries our id; otherwise, once
         `older_than_s` has passed without one, `unknown` (resent only when the operator asks,
         since the request may have reached the provider)."""
         now = datetime.now(UTC)
-        reconciled = self.con.execute(
-            """
-            UPDATE outbox SET state = 'sent', provider_message_id = s.provider_message_id,
-                   sent_at = coalesce(outbox.sent_at, s.first_at), updated_at = ?
-            FROM (SELECT message_id, any_value(provider_message_id) AS provider_message_id,
-                         min(occurred_at) AS first_at
-                  FROM events WHERE message_id IS NOT NULL GROUP BY message_id) AS s
-            WHERE outbox.campaign_id = ? AND outbox.state IN ('sending', 'unknown')
-              AND outbox.message_id = s.message_id
-            """,
-            [now, self.campaign_id],
-        ).fetchall()[0][0]
-        unknown = self.con.execute(
-            """
-            UPDATE outbox SET state = 'unknown', updated_at = ?
-            WHERE campaign_id = ? AND state = 'sending' AND coalesce(updated_at, queued_at) <= ?
-            """,
-            [now, self.campaign_id, now - timedelta(seconds=older_than_s)],
-        ).fetchall()[0][0]
+        with self.db.write() as conn:
+            reconciled = run(conn, """
+                UPDATE outbox SET state = 'sent',
+                    provider_message_id = (SELECT min(e.provider_message_id) FROM events e
+                                           WHERE e.message_id = outbox.message_id),
+                    sent_at = coalesce(sent_at, (SELECT min(e.occurred_at) FROM events e
+                                                 WHERE e.message_id = outbox.message_id)),
+                    updated_at = :now
+                WHERE campaign_id = :c AND state IN ('sending', 'unknown')
+                  AND EXISTS (SELECT 1 FROM events e WHERE e.message_id = outbox.message_id)
+                """, now=now, c=self.campaign_id).rowcount
+            unknown = run(conn, """
+                UPDATE outbox SET state = 'unknown', updated_at = :now
+                WHERE campaign_id = :c AND state = 'sending' AND coalesce(updated_at, queued_at) <= :cutoff
+                """, now=now, c=self.campaign_id, cutoff=now - timedelta(seconds=older_than_s)).rowcount
         return reconciled, unknown
 
     def in_flight_ages(self) -> dict[str, float]:
         """Messages still `sending` and how many seconds ago they were claimed."""
-        rows = self.con.execute(
-            """
-            SELECT message_id, epoch(now() - coalesce(updated_at, queued_at)) FROM outbox
-            WHERE campaign_id = ? AND state = 'sending'
-            """,
-            [self.campaign_id],
-        ).fetchall()
-        return {message_id: float(age) for message_id, age in rows}
+        now = datetime.now(UTC)
+        rows = self.db.rows("SELECT message_id, coalesce(updated_at, queued_at) FROM outbox "
+                            "WHERE campaign_id = :c AND state = 'sending'", c=self.campaign_id)
+        return {message_id: (now - utc(at)).total_seconds() for message_id, at in rows}  # type: ignore[operator]
 
     def settle(self, with_receipt: dict[str, str], without: list[str]) -> None:
         """Crash leftovers: `sent` where a receipt named them, `unknown` where the grace ran out."""
         now = datetime.now(UTC)
-        if with_receipt:
-            self.con.execute(
-                """
-                UPDATE outbox SET state = 'sent', provider_message_id = r.pid, sent_at = coalesce(sent_at, ?),
-                       updated_at = ?
-                FROM (SELECT unnest(?) AS message_id, unnest(?) AS pid) AS r
-                WHERE outbox.message_id = r.message_id AND outbox.state = 'sending'
-                """,
-                [now, now, list(with_receipt), list(with_receipt.values())],
-            )
-        if without:
-            self.con.execute(
-                "UPDATE outbox SET state = 'unknown', updated_at = ? "
-                "WHERE state = 'sending' AND list_contains(?, message_id)",
-                [now, without],
-            )
+        with self.db.write() as conn:
+            run_many(conn, """
+                UPDATE outbox SET state = 'sent', provider_message_id = :pid, sent_at = coalesce(sent_at, :now),
+                    updated_at = :now
+                WHERE message_id = :mid AND state = 'sending'
+                """, [{"pid": pid, "mid": mid, "now": now} for mid, pid in with_receipt.items()])
+            for part in _chunks(without):
+                run(conn, "UPDATE outbox SET state = 'unknown', updated_at = :now "
+                          "WHERE state = 'sending' AND message_id IN :ids", now=now, ids=part)
 
     def with_receipt(self, message_ids: list[str]) -> dict[str, str]:
         """Of these messages, those a receipt has named: message id -> provider message id."""
-        if not message_ids:
-            return {}
-        rows = self.con.execute(
-            """
-            SELECT message_id, any_value(provider_message_id) FROM events
-            WHERE list_contains(?, message_id) GROUP BY message_id
-            """,
-            [message_ids],
-        ).fetchall()
-        return dict(rows)
+        found: dict[str, str] = {}
+        for part in _chunks(message_ids):
+            found.update(self.db.rows("SELECT message_id, min(provider_message_id) FROM events "
+                                      "WHERE message_id IN :ids GROUP BY message_id", ids=part))
+        return found
 
     def pending(self, sender: str, after_seq: int, limit: int, now: datetime) -> list[Pending]:
-        rows = self.con.execute(
-            """
-            SELECT seq, message_id, sender, recipient_key, payload_json, attempts, timezone,
-                   coalesce(est_cost_usd, 0)::DOUBLE
+        rows = self.db.rows("""
+            SELECT seq, message_id, sender, recipient_key, payload_json, attempts, timezone, est_cost_usd
             FROM outbox
-            WHERE campaign_id = ? AND sender = ? AND state = 'queued' AND seq > ?
-              AND (not_before IS NULL OR not_before <= ?)
-            ORDER BY seq LIMIT ?
-            """,
-            [self.campaign_id, sender, after_seq, now, limit],
-        ).fetchall()
-        return [Pending(*row) for row in rows]
+            WHERE campaign_id = :c AND sender = :sender AND state = 'queued' AND seq > :after
+              AND (not_before IS NULL OR not_before <= :now)
+            ORDER BY seq LIMIT :limit
+            """, c=self.campaign_id, sender=sender, after=after_seq, now=now, limit=limit)
+        return [Pending(*row[:7], float(Decimal(str(row[7]))) if row[7] is not None else 0.0) for row in rows]
 
     def senders(self) -> list[str]:
-        rows = self.con.execute(
-            "SELECT DISTINCT sender FROM outbox WHERE campaign_id = ? AND state = 'queued' ORDER BY 1",
-            [self.campaign_id],
-        ).fetchall()
+        rows = self.db.rows("SELECT DISTINCT sender FROM outbox WHERE campaign_id = :c AND state = 'queued' "
+                            "ORDER BY 1", c=self.campaign_id)
         return [r[0] for r in rows]
 
-    def commit(self, claims: list[int], outcomes: list[Outcome], claim_pids: list[str | None] | None = None) -> None:
+    def commit(self, claims: Sequence[Claim], outcomes: Sequence[Outcome]) -> set[int]:
         """One group commit: the claims (queued -> sending) and the outcomes gathered since the last.
+        Returns the seqs claimed: a message another dispatcher took (or that is no longer queued) is not
+        among them and must not be sent.
 
-        `claim_pids` (one per claim, or None) are the provider ids a send will be known by before it
-        is answered (a ChatApp mass send's `<TaskId>:<To>`): stored with the claim, so a receipt
-        resolves to the message even when the answer never comes (a timeout, a crash). A resend of a
-        message still `sending` claims again with its new batch's ids.
-
-        One UPDATE and one INSERT whatever the mix: each statement costs DuckDB ~1 ms to plan and
-        run however few rows it touches, and at 1,000+ messages/s the ledger's commits share two
-        cores with the event loop and the provider."""
+        Provider ids known before the answer (a ChatApp mass send's `<TaskId>:<To>`) are stored with the
+        claim, so a receipt resolves to the message even when the answer never comes (a timeout, a
+        crash); a resend of a message still `sending` records its new batch's ids."""
         if not claims and not outcomes:
-            return
+            return set()
         now = datetime.now(UTC)
-        seqs = [*claims, *(o.seq for o in outcomes)]
-        states = [*(["sending"] * len(claims)), *(o.state for o in outcomes)]
-        codes = [*([None] * len(claims)), *(o.error_code for o in outcomes)]
-        self.con.execute("BEGIN")
-        try:
-            self.con.execute(
-                """
-                UPDATE outbox SET
-                    state = o.state,
-                    attempts = CASE WHEN o.claim THEN outbox.attempts + 1 ELSE o.attempts END,
-                    provider_message_id = coalesce(o.pid, outbox.provider_message_id),
-                    error_code = CASE WHEN o.claim THEN outbox.error_code ELSE o.code END,
-                    error_detail = CASE WHEN o.claim THEN outbox.error_detail ELSE o.detail END,
-                    sent_at = coalesce(o.sent_at, outbox.sent_at),
-                    not_before = CASE WHEN o.claim THEN outbox.not_before ELSE o.not_before END,
-                    retryable = CASE WHEN o.claim THEN outbox.retryable ELSE o.retryable END,
-                    updated_at = ?
-                FROM (SELECT unnest(?) AS seq, unnest(?) AS state, unnest(?::BOOLEAN[]) AS claim,
-                             unnest(?) AS pid, unnest(?) AS code, unnest(?) AS detail,
-                             unnest(?::TIMESTAMPTZ[]) AS sent_at, unnest(?::INTEGER[]) AS attempts,
-                             unnest(?::TIMESTAMPTZ[]) AS not_before, unnest(?::BOOLEAN[]) AS retryable) AS o
-                WHERE outbox.campaign_id = ? AND outbox.seq = o.seq AND outbox.seq BETWEEN ? AND ?
-                  -- a claim takes only what is still queued, or re-names a resend still in flight
-                  AND (NOT o.claim OR outbox.state = 'queued' OR (outbox.state = 'sending' AND o.pid IS NOT NULL))
-                """,
-                [now, seqs, states, [True] * len(claims) + [False] * len(outcomes),
-                 *self._columns(claim_pids or [None] * len(claims), outcomes), self.campaign_id, min(seqs),
-                 max(seqs)],
-            )
-            self.con.execute(
-                "INSERT INTO outbox_transitions SELECT ?, unnest(?), unnest(?), unnest(?::VARCHAR[]), ?",
-                [self.campaign_id, seqs, states, codes, now],
-            )
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+        with self.db.write() as conn:
+            claimed = self._claim(conn, [c for c in claims if not c.resend], now)
+            claimed |= {seq for c in claims if c.resend for seq in c.seqs}
+            names = [{"pid": pid, "seq": seq, "campaign_id": self.campaign_id}
+                     for c in claims if c.provider_ids for seq, pid in zip(c.seqs, c.provider_ids, strict=True)
+                     if pid is not None and seq in claimed]
+            run_many(conn, _RENAME, names)
+            run_many(conn, _OUTCOME, [{
+                "state": o.state, "attempts": o.attempts, "pid": o.provider_message_id, "code": o.error_code,
+                "detail": o.error_detail, "sent_at": o.sent_at, "not_before": o.not_before,
+                "retryable": o.retryable, "now": now, "campaign_id": self.campaign_id, "seq": o.seq,
+            } for o in outcomes])
+            fresh = sorted(claimed - {seq for c in claims if c.resend for seq in c.seqs})
+            run_many(conn, _TRANSITION, [
+                *({"campaign_id": self.campaign_id, "seq": s, "state": "sending", "code": None, "now": now}
+                  for s in fresh),
+                *({"campaign_id": self.campaign_id, "seq": o.seq, "state": o.state, "code": o.error_code, "now": now}
+                  for o in outcomes),
+            ])
+        return claimed
 
-    @staticmethod
-    def _columns(claim_pids: list[str | None], outcomes: list[Outcome]) -> list[list[object]]:
-        """The outcome columns of the commit's UPDATE: the claims' planned provider ids, else nulls."""
-        pad: list[object] = [None] * len(claim_pids)
-        return [
-            [*(claim_pids if name == "provider_message_id" else pad), *(getattr(o, name) for o in outcomes)]
-            for name in ("provider_message_id", "error_code", "error_detail", "sent_at", "attempts", "not_before",
-                         "retryable")
-        ]
+    def _claim(self, conn: Connection, claims: Sequence[Claim], now: datetime) -> set[int]:
+        seqs = [seq for c in claims for seq in c.seqs]
+        claimed: set[int] = set()
+        for part in _chunks(seqs):
+            rows = run(conn, dialect.claim_sql(conn.dialect.name), campaign_id=self.campaign_id, seqs=part, now=now)
+            claimed.update(r[0] for r in rows)
+        return claimed
 
     def counts(self) -> dict[str, int]:
-        rows = self.con.execute(
-            "SELECT state, count(*) FROM outbox WHERE campaign_id = ? GROUP BY state", [self.campaign_id]
-        ).fetchall()
+        rows = self.db.rows("SELECT state, count(*) FROM outbox WHERE campaign_id = :c GROUP BY state",
+                            c=self.campaign_id)
         return {state: n for state, n in rows}
+
+    def spent_usd(self) -> float:
+        """Estimated cost of what this campaign has sent or may have sent (for the budget guard)."""
+        spent = self.db.scalar("SELECT coalesce(sum(CAST(est_cost_usd AS NUMERIC)), 0) FROM outbox "
+                               "WHERE campaign_id = :c AND state IN ('sent', 'sending', 'unknown')", c=self.campaign_id)
+        return float(spent)
 
     def recently_messaged(self, channel: str, window: timedelta, now: datetime) -> tuple[int, datetime | None]:
         """Unique recipients sent to on `channel` (any campaign) within `window`, and when the
         oldest of those sends leaves the window."""
-        row = self.con.execute(
-            """
+        count, oldest = self.db.rows("""
             SELECT count(DISTINCT recipient_key), min(sent_at) FROM outbox
-            WHERE channel = ? AND state IN ('sent', 'sending', 'unknown') AND sent_at > ?
-            """,
-            [channel, now - window],
-        ).fetchall()[0]
-        return row[0], (row[1] + window if row[1] else None)
+            WHERE channel = :channel AND state IN ('sent', 'sending', 'unknown') AND sent_at > :since
+            """, channel=channel, since=now - window)[0]
+        oldest = utc(oldest)
+        return count, (oldest + window if oldest else None)
+
+
+def _chunks(items: Sequence[str] | Sequence[int]) -> list[list]:
+    return [list(items[i:i + _CHUNK]) for i in range(0, len(items), _CHUNK)]

@@ -1,39 +1,44 @@
-"""One run per campaign at a time: an exclusive lock file beside the ledger, released by the kernel on a crash.
+"""One run per campaign at a time, wherever it runs: a lease row in the store, renewed while its holder lives.
 
-The holder writes who it is (flow run, pid, host, since) into the file, so a refused run can name the one
-that is running. `flock` locks belong to the open file, so a killed process (kill -9, a lost worker) never
-leaves a stale lock behind, and the file itself is never deleted (deleting would race a new holder).
+A holder that stops renewing (its process or machine died) loses the lease when it expires; on the same
+host, a holder whose process is gone loses it at once (kill -9 frees the campaign as a file lock did). The
+row names the holder (flow run, pid, host, since), so a refused run can say which one is running.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
 import os
+import secrets
 import socket
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pipeline.store import Store, run, utc
+
+LEASE_TTL_S = float(os.environ.get("CAMPAIGN_LEASE_TTL_S", "30"))
 
 
 class CampaignLocked(RuntimeError):
-    """Another run of the same campaign holds the lock; the message names it."""
+    """Another run of the same campaign holds the lease; the message names it."""
 
-    def __init__(self, campaign_id: str, holder: LockHolder | None, path: Path) -> None:
-        self.campaign_id, self.holder, self.path = campaign_id, holder, path
-        who = holder.describe() if holder else "another process (it has not written its name yet)"
+    def __init__(self, campaign_id: str, holder: LockHolder | None) -> None:
+        self.campaign_id, self.holder = campaign_id, holder
+        who = holder.describe() if holder else "another process"
         super().__init__(
             f"campaign {campaign_id!r} is already running: {who}. Not starting a second dispatch; wait for "
-            f"that run to finish, or stop it with `campaign pause {campaign_id}` (lock file {path})"
+            f"that run to finish, or stop it with `campaign pause {campaign_id}`"
         )
 
-    def __reduce__(self) -> tuple[type, tuple[str, LockHolder | None, Path]]:
+    def __reduce__(self) -> tuple[type, tuple[str, LockHolder | None]]:
         # Picklable with its fields (Prefect may serialise a run's exception).
-        return (CampaignLocked, (self.campaign_id, self.holder, self.path))
+        return (CampaignLocked, (self.campaign_id, self.holder))
+
+
+class LeaseLost(RuntimeError):
+    """The lease expired and another run took it: this run must stop sending."""
 
 
 @dataclass(frozen=True)
@@ -44,82 +49,111 @@ class LockHolder:
     since: str  # ISO 8601, UTC
     flow_run_id: str | None = None
     flow_run_name: str | None = None
+    expires_at: str | None = None
 
     def describe(self) -> str:
-        run = ""
+        run_ = ""
         if self.flow_run_id:
             name = f"{self.flow_run_name!r} " if self.flow_run_name else ""
-            run = f"flow run {name}({self.flow_run_id}), "
-        return f"{run}pid {self.pid} on {self.host}, since {self.since}"
+            run_ = f"flow run {name}({self.flow_run_id}), "
+        until = f", lease until {self.expires_at}" if self.expires_at else ""
+        return f"{run_}pid {self.pid} on {self.host}, since {self.since}{until}"
 
 
-def lock_path(db_path: Path | str, campaign_id: str) -> Path:
-    """The campaign's lock file, beside its pause flag (pipeline.dispatch.operations.control_paths)."""
-    return Path(db_path).parent / "control" / f"{campaign_id}.lock"
+def _name(campaign_id: str) -> str:
+    return f"campaign:{campaign_id}"
+
+
+_TAKE = """
+INSERT INTO leases (name, holder, pid, host, flow_run_id, flow_run_name, since, expires_at)
+VALUES (:name, :holder, :pid, :host, :flow_run_id, :flow_run_name, :now, :expires)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, pid = excluded.pid, host = excluded.host,
+    flow_run_id = excluded.flow_run_id, flow_run_name = excluded.flow_run_name, since = excluded.since,
+    expires_at = excluded.expires_at
+WHERE leases.expires_at < :now OR leases.holder = :holder OR leases.holder = :dead
+"""
+
+
+def _gone(host: str, pid: int | None) -> bool:
+    """A holder on this host whose process no longer exists."""
+    if host != socket.gethostname() or not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Lease:
+    def __init__(self, db: Store, campaign_id: str, ttl_s: float) -> None:
+        self.db, self.campaign_id, self.ttl_s = db, campaign_id, ttl_s
+        self.token = secrets.token_hex(8)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def take(self, flow_run_id: str | None, flow_run_name: str | None) -> LockHolder:
+        now = datetime.now(UTC)
+        with self.db.write() as conn:
+            row = run(conn, "SELECT holder, host, pid FROM leases WHERE name = :name",
+                      name=_name(self.campaign_id)).first()
+            dead = row[0] if row is not None and _gone(row[1], row[2]) else ""
+            params = {"name": _name(self.campaign_id), "holder": self.token, "pid": os.getpid(),
+                      "host": socket.gethostname(), "flow_run_id": flow_run_id, "flow_run_name": flow_run_name,
+                      "now": now, "expires": now + timedelta(seconds=self.ttl_s), "dead": dead}
+            if run(conn, _TAKE, **params).rowcount == 0:
+                raise CampaignLocked(self.campaign_id, current_holder(self.db, self.campaign_id, conn=conn))
+        return LockHolder(self.campaign_id, os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds"),
+                          flow_run_id, flow_run_name)
+
+    def renew_until_released(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                now = datetime.now(UTC)
+                renewed = self.db.execute(
+                    "UPDATE leases SET expires_at = :expires WHERE name = :name AND holder = :holder",
+                    expires=now + timedelta(seconds=self.ttl_s), name=_name(self.campaign_id), holder=self.token)
+            except Exception:  # noqa: BLE001 - the store is away for a moment: try again; expiry decides
+                continue
+            if renewed == 0:
+                self.lost.set()
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        self.db.execute("DELETE FROM leases WHERE name = :name AND holder = :holder", name=_name(self.campaign_id),
+                        holder=self.token)
 
 
 @contextmanager
 def campaign_lock(
-    db_path: Path | str, campaign_id: str, *, flow_run_id: str | None = None, flow_run_name: str | None = None
-) -> Iterator[LockHolder]:
-    """Holds the campaign's lock for the duration of the block; raises CampaignLocked at once (never waits)
-    when another process, or another block in this process, holds it."""
-    path = lock_path(db_path, campaign_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    db: Store, campaign_id: str, *, flow_run_id: str | None = None, flow_run_name: str | None = None,
+    ttl_s: float | None = None,
+) -> Iterator[Lease]:
+    """Holds the campaign's lease for the block (renewed in the background); raises CampaignLocked at once,
+    never waits, when a live holder has it. `lease.lost` is set if it was lost (the store was unreachable
+    for longer than the lease and another run took over)."""
+    lease = Lease(db, campaign_id, ttl_s or LEASE_TTL_S)
+    lease.take(flow_run_id, flow_run_name)
+    renewer = threading.Thread(target=lease.renew_until_released, name=f"lease-{campaign_id}", daemon=True)
+    renewer.start()
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise CampaignLocked(campaign_id, _read_holder(fd), path) from None
-        holder = LockHolder(
-            campaign_id=campaign_id, pid=os.getpid(), host=socket.gethostname(),
-            since=datetime.now(UTC).isoformat(timespec="seconds"), flow_run_id=flow_run_id,
-            flow_run_name=flow_run_name,
-        )
-        _write(fd, json.dumps(asdict(holder)).encode())
-        try:
-            yield holder
-        finally:
-            _write(fd, b"")  # the next reader finds no stale name while nobody holds the lock
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield lease
     finally:
-        os.close(fd)
+        lease.release()
+        renewer.join(timeout=5)
 
 
-def current_holder(db_path: Path | str, campaign_id: str) -> LockHolder | None:
-    """Who runs the campaign now, or None when nobody holds its lock (for status commands)."""
-    path = lock_path(db_path, campaign_id)
-    if not path.exists():
+def current_holder(db: Store, campaign_id: str, *, conn=None) -> LockHolder | None:  # noqa: ANN001
+    """Who runs the campaign now (a live lease), or None (for status commands)."""
+    sql = ("SELECT pid, host, since, flow_run_id, flow_run_name, expires_at FROM leases "
+           "WHERE name = :name AND expires_at >= :now")
+    params = {"name": _name(campaign_id), "now": datetime.now(UTC)}
+    row = run(conn, sql, **params).first() if conn is not None else next(iter(db.rows(sql, **params)), None)
+    if row is None or _gone(row[1], row[0]):
         return None
-    fd = os.open(path, os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return _read_holder(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def _write(fd: int, data: bytes) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
-    os.fsync(fd)
-
-
-def _read_holder(fd: int) -> LockHolder | None:
-    # The holder writes its name just after taking the lock: give it a moment before saying "unknown".
-    for _ in range(20):
-        raw = os.pread(fd, 4096, 0)
-        if raw:
-            try:
-                return LockHolder(**json.loads(raw))
-            except (ValueError, TypeError):
-                pass  # caught mid-write
-        time.sleep(0.01)
-    return None
+    since, expires = utc(row[2]), utc(row[5])
+    return LockHolder(campaign_id, row[0], row[1], since.isoformat(timespec="seconds") if since else "",
+                      row[3], row[4], expires.isoformat(timespec="seconds") if expires else None)

@@ -1,77 +1,71 @@
-"""Operator actions on a campaign's ledger: status, pause flag, re-queue failed or unknown sends."""
+"""Operator actions on a campaign, from any process that reaches the store: status, the pause flag,
+re-queue failed or unknown sends. The running dispatch reads the flag and writes its progress there too."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from pipeline import store
+from pipeline.store import Store, run, utc
 
 
-def control_paths(db_path: Path, campaign_id: str) -> tuple[Path, Path]:
-    """The pause flag and the status file of a campaign, beside its ledger."""
-    return db_path.parent / "control" / f"{campaign_id}.pause", db_path.parent / "status" / f"{campaign_id}.json"
+def request_pause(db: Store, campaign_id: str) -> None:
+    """Asks a running dispatch of the campaign to stop (within a second); unsent messages stay queued."""
+    db.execute("""
+        INSERT INTO campaign_control (campaign_id, paused_at) VALUES (:c, :at)
+        ON CONFLICT (campaign_id) DO UPDATE SET paused_at = excluded.paused_at
+        """, c=campaign_id, at=datetime.now(UTC))
 
 
-def request_pause(db_path: Path, campaign_id: str) -> Path:
-    pause, _ = control_paths(db_path, campaign_id)
-    pause.parent.mkdir(parents=True, exist_ok=True)
-    pause.write_text(datetime.now(UTC).isoformat())
-    return pause
+def clear_pause(db: Store, campaign_id: str) -> bool:
+    return db.execute("UPDATE campaign_control SET paused_at = NULL WHERE campaign_id = :c AND paused_at IS NOT NULL",
+                      c=campaign_id) > 0
 
 
-def clear_pause(db_path: Path, campaign_id: str) -> bool:
-    pause, _ = control_paths(db_path, campaign_id)
-    if pause.exists():
-        pause.unlink()
-        return True
-    return False
+def is_paused(db: Store, campaign_id: str) -> bool:
+    return db.scalar("SELECT paused_at FROM campaign_control WHERE campaign_id = :c", c=campaign_id) is not None
 
 
-def requeue_failed(con: duckdb.DuckDBPyConnection, campaign_id: str) -> int:
+def record_status(db: Store, campaign_id: str, info: dict[str, Any]) -> None:
+    """The running dispatch's progress (sent, rate, ETA, why it stopped) for `campaign status` anywhere."""
+    now = datetime.now(UTC)
+    db.execute("""
+        INSERT INTO campaign_control (campaign_id, status_json, status_at) VALUES (:c, :value, :at)
+        ON CONFLICT (campaign_id) DO UPDATE SET status_json = excluded.status_json, status_at = excluded.status_at
+        """, c=campaign_id, value=json.dumps({"campaign_id": campaign_id, "at": now.isoformat(), **info}), at=now)
+
+
+def requeue_failed(db: Store, campaign_id: str) -> int:
     """Back to the queue: messages whose last attempt failed with a retryable code, and deferred ones
     whose deferral is over. Permanent failures stay failed."""
-    return con.execute(
-        """
-        UPDATE outbox SET state = 'queued', not_before = NULL, updated_at = now()
-        WHERE campaign_id = ? AND state IN ('failed', 'deferred') AND retryable
-          AND (not_before IS NULL OR not_before <= now())
-        """,
-        [campaign_id],
-    ).fetchall()[0][0]
+    now = datetime.now(UTC)
+    return db.execute("""
+        UPDATE outbox SET state = 'queued', not_before = NULL, updated_at = :now
+        WHERE campaign_id = :c AND state IN ('failed', 'deferred') AND retryable
+          AND (not_before IS NULL OR not_before <= :now)
+        """, c=campaign_id, now=now)
 
 
-def requeue_unknown(con: duckdb.DuckDBPyConnection, campaign_id: str) -> int:
+def requeue_unknown(db: Store, campaign_id: str) -> int:
     """The operator's decision: messages whose send could not be reconciled go out again."""
-    return con.execute(
-        "UPDATE outbox SET state = 'queued', updated_at = now() WHERE campaign_id = ? AND state = 'unknown'",
-        [campaign_id],
-    ).fetchall()[0][0]
+    return db.execute("UPDATE outbox SET state = 'queued', updated_at = :now WHERE campaign_id = :c "
+                      "AND state = 'unknown'", c=campaign_id, now=datetime.now(UTC))
 
 
-def campaign_status(db_path: Path, campaign_id: str) -> dict[str, Any]:
-    """Counts by state from the ledger; while a dispatch holds the ledger, its status file instead."""
-    pause, status_file = control_paths(db_path, campaign_id)
-    live = json.loads(status_file.read_text()) if status_file.exists() else None
-    try:
-        con = store.connect(db_path, read_only=True)
-    except duckdb.Error:  # held by a running dispatch (another process is the one writer)
-        if live is None:
-            raise
-        return {"campaign_id": campaign_id, "source": "running dispatch", "paused": pause.exists(), **live}
-    with con:
-        states = dict(con.execute(
-            "SELECT state, count(*) FROM outbox WHERE campaign_id = ? GROUP BY state ORDER BY 1", [campaign_id]
-        ).fetchall())
-        deferred_until = con.execute(
-            "SELECT min(not_before) FROM outbox WHERE campaign_id = ? AND state = 'deferred'", [campaign_id]
-        ).fetchall()[0][0]
+def campaign_status(db: Store, campaign_id: str) -> dict[str, Any]:
+    """Counts by state, the pause flag, the deferrals, and the last progress a dispatch recorded."""
+    with db.read() as conn:
+        states = dict(run(conn, "SELECT state, count(*) FROM outbox WHERE campaign_id = :c GROUP BY state "
+                                "ORDER BY 1", c=campaign_id).all())
+        deferred_until = run(conn, "SELECT min(not_before) FROM outbox WHERE campaign_id = :c AND state = 'deferred'",
+                             c=campaign_id).scalar()
+        control = run(conn, "SELECT paused_at, status_json FROM campaign_control WHERE campaign_id = :c",
+                      c=campaign_id).first()
+    paused_at, status_json = control if control else (None, None)
+    deferred_until = utc(deferred_until)
     return {
-        "campaign_id": campaign_id, "source": "ledger", "states": states, "paused": pause.exists(),
+        "campaign_id": campaign_id, "source": "store", "states": states, "paused": paused_at is not None,
         "deferred_until": deferred_until.isoformat() if deferred_until else None,
-        "last_run": live,
+        "last_run": json.loads(status_json) if status_json else None,
     }

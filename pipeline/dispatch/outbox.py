@@ -6,12 +6,12 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-import duckdb
 import polars as pl
 
 from pipeline.channels.base import Channel, Outgoing
 from pipeline.spec import CampaignSpec
-from pipeline.store import scalar
+from pipeline.store import Store, run
+from pipeline.store.bulk import insert_frame
 
 # Fixed namespace: the same campaign, recipient and channel always give the same message id,
 # so a re-run after a crash finds the messages it already queued or sent.
@@ -30,20 +30,17 @@ def _key(accepted: pl.DataFrame) -> pl.Expr:
     return pl.col("phone_e164").alias("recipient_key")
 
 
-def register_campaign(con: duckdb.DuckDBPyConnection, spec: CampaignSpec, campaign_id: str) -> None:
-    con.execute(
-        """
-        INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (campaign_id) DO UPDATE SET spec_json = excluded.spec_json
-        """,
-        [campaign_id, spec.name, spec.channel, spec.template.name, spec.template.category,
-         datetime.now(UTC), spec.model_dump_json()],
-    )
+def register_campaign(db: Store, spec: CampaignSpec, campaign_id: str) -> None:
+    with db.write() as conn:
+        run(conn, """
+            INSERT INTO campaigns (campaign_id, name, channel, template, category, created_at, spec_json)
+            VALUES (:campaign_id, :name, :channel, :template, :category, :created_at, :spec_json)
+            ON CONFLICT (campaign_id) DO UPDATE SET spec_json = excluded.spec_json
+            """, campaign_id=campaign_id, name=spec.name, channel=spec.channel, template=spec.template.name,
+            category=spec.template.category, created_at=datetime.now(UTC), spec_json=spec.model_dump_json())
 
 
-def store_preparation(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, accepted: pl.DataFrame, rejects: pl.DataFrame
-) -> None:
+def store_preparation(db: Store, campaign_id: str, accepted: pl.DataFrame, rejects: pl.DataFrame) -> None:
     """Recipients and rejects of this preparation replace any earlier preparation's rows."""
     recipients = accepted.with_columns(_key(accepted)).select(
         pl.lit(campaign_id).alias("campaign_id"),
@@ -58,25 +55,15 @@ def store_preparation(
     reject_rows = rejects.select(
         pl.lit(campaign_id).alias("campaign_id"), pl.col("row_number").cast(pl.Int64), "reason", "detail"
     )
-    con.execute("BEGIN")
-    try:
-        con.execute("DELETE FROM recipients WHERE campaign_id = ?", [campaign_id])
-        con.execute("DELETE FROM rejects WHERE campaign_id = ?", [campaign_id])
-        con.register("_recipients", recipients)
-        con.register("_rejects", reject_rows)
-        con.execute("INSERT INTO recipients BY NAME SELECT * FROM _recipients")
-        con.execute("INSERT INTO rejects BY NAME SELECT * FROM _rejects")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("_recipients")
-        con.unregister("_rejects")
+    with db.write() as conn:
+        run(conn, "DELETE FROM recipients WHERE campaign_id = :c", c=campaign_id)
+        run(conn, "DELETE FROM rejects WHERE campaign_id = :c", c=campaign_id)
+        insert_frame(conn, "recipients", recipients.with_columns(pl.col("variables_json", "text").cast(pl.String)))
+        insert_frame(conn, "rejects", reject_rows)
 
 
 def enqueue_messages(
-    con: duckdb.DuckDBPyConnection, spec: CampaignSpec, campaign_id: str, channel: Channel, accepted: pl.DataFrame,
+    db: Store, spec: CampaignSpec, campaign_id: str, channel: Channel, accepted: pl.DataFrame,
     *, senders: list[str] | None = None,
 ) -> int:
     """Queues one message per accepted recipient; messages already in the outbox are left as they are.
@@ -85,7 +72,6 @@ def enqueue_messages(
     `accepted` (IANA names) is kept for send windows. Returns how many new messages were queued.
     """
     senders = senders or [spec.sender]
-    first_seq = scalar(con, "SELECT coalesce(max(seq), -1) + 1 FROM outbox WHERE campaign_id = ?", [campaign_id])
     ids, payloads = [], []
     accepted = accepted.with_columns(_key(accepted))
     text = accepted["text"] if "text" in accepted.columns else pl.Series([None] * accepted.height)
@@ -107,7 +93,7 @@ def enqueue_messages(
         }
     ).with_columns(
         pl.lit(campaign_id).alias("campaign_id"),
-        (pl.int_range(pl.len(), dtype=pl.Int64) + first_seq).alias("seq"),
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
         pl.lit(channel.name).alias("channel"),
         pl.lit(pl.Series(senders)).gather(pl.int_range(pl.len()) % len(senders)).alias("sender")
         if len(senders) > 1 else pl.lit(senders[0]).alias("sender"),
@@ -117,11 +103,8 @@ def enqueue_messages(
         pl.lit(0, dtype=pl.Int32).alias("attempts"),
         pl.lit(datetime.now(UTC)).alias("queued_at"),
     )
-    count_sql = "SELECT count(*) FROM outbox WHERE campaign_id = ?"
-    before = scalar(con, count_sql, [campaign_id])
-    con.register("_queue", rows)
-    try:
-        con.execute("INSERT OR IGNORE INTO outbox BY NAME SELECT * FROM _queue")
-    finally:
-        con.unregister("_queue")
-    return scalar(con, count_sql, [campaign_id]) - before
+    with db.write() as conn:
+        # seq numbers past the campaign's last: read again under the write lock, so two enqueues never share one.
+        first = run(conn, "SELECT coalesce(max(seq), -1) + 1 FROM outbox WHERE campaign_id = :c", c=campaign_id)
+        rows = rows.with_columns(pl.col("seq") + first.scalar())
+        return insert_frame(conn, "outbox", rows, on_conflict="ignore")

@@ -3,12 +3,10 @@ message back (send window) or stop the channel (budget, messaging limit, operato
 
 from __future__ import annotations
 
-import json
-import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -62,12 +60,13 @@ class Guards:
 
     def __init__(
         self, *, budget_usd: float | None = None, messaging_limit: int | None = None,
-        send_window: SendWindow | None = None, pause_file: Path | None = None,
+        send_window: SendWindow | None = None, pause_check: Callable[[], bool] | None = None,
     ) -> None:
         self.budget_usd = budget_usd
         self.messaging_limit = messaging_limit
         self.send_window = send_window
-        self.pause_file = pause_file
+        self.pause_check = pause_check  # reads the operator's pause flag (the store), on the ledger's thread
+        self.pause_requested = False
         self.reserved_usd = 0.0
         self.capacity: int | None = None
         self.limit_frees_at: datetime | None = None
@@ -86,12 +85,7 @@ class Guards:
             self.capacity = max(0, self.messaging_limit - used)
             self.limit_frees_at = frees_at
         if self.budget_usd is not None:
-            spent = ledger.con.execute(
-                "SELECT coalesce(sum(est_cost_usd), 0)::DOUBLE FROM outbox "
-                "WHERE campaign_id = ? AND state IN ('sent', 'sending', 'unknown')",
-                [ledger.campaign_id],
-            ).fetchall()[0][0]
-            self.reserved_usd = spent
+            self.reserved_usd = ledger.spent_usd()
 
     def admit(self, item: Pending) -> str | None:
         """None: send it; "wait": outside its send window (stays queued); any other text: stop, why."""
@@ -113,8 +107,13 @@ class Guards:
     def spent(self, item: Pending) -> None:
         """A message went out: its cost was already reserved by `admit`."""
 
+    def check_pause(self) -> None:
+        """Reads the pause flag (blocking: call it off the event loop)."""
+        if self.pause_check is not None:
+            self.pause_requested = self.pause_check()
+
     def paused(self) -> str | None:
-        if self.pause_file is not None and self.pause_file.exists():
+        if self.pause_requested:
             return "paused by the operator (`campaign resume` continues)"
         return None
 
@@ -157,10 +156,3 @@ class Guards:
             info["messaging_limit_left"] = self.capacity
         return info
 
-
-def write_status(path: Path, campaign_id: str, info: dict[str, Any]) -> None:
-    """The run's progress for `campaign status` while DuckDB is held by the running dispatch."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"campaign_id": campaign_id, "at": datetime.now(UTC).isoformat(), **info}))
-    os.replace(tmp, path)

@@ -6,29 +6,23 @@ import logging
 import time
 from pathlib import Path
 
-import duckdb
-
 from pipeline.receipts.ingest import ingest_spool
-from pipeline.store import scalar
+from pipeline.store import Store
 
 log = logging.getLogger("pipeline.receipts.collect")
 
 
-def awaiting_outcome(con: duckdb.DuckDBPyConnection, campaign_id: str) -> int:
+def awaiting_outcome(db: Store, campaign_id: str) -> int:
     """Sent messages with no delivered/read/failed receipt yet."""
-    return scalar(
-        con,
-        """
-        SELECT count(*) FROM outbox o LEFT JOIN message_status s USING (message_id)
-        WHERE o.campaign_id = ? AND o.state = 'sent'
+    return db.scalar("""
+        SELECT count(*) FROM outbox o LEFT JOIN message_status s ON s.message_id = o.message_id
+        WHERE o.campaign_id = :c AND o.state = 'sent'
           AND coalesce(s.status, 'none') NOT IN ('delivered', 'read', 'failed')
-        """,
-        [campaign_id],
-    )
+        """, c=campaign_id)
 
 
 def collect_receipts(
-    con: duckdb.DuckDBPyConnection, spool_dir: Path, campaign_id: str, *, wait_s: float, poll_s: float = 0.5,
+    db: Store, spool_dir: Path, campaign_id: str, *, wait_s: float, poll_s: float = 0.5,
     settle_s: float = 1.5,
 ) -> dict[str, int]:
     """Ingests until all sent messages have an outcome and no new event came for `settle_s`
@@ -37,13 +31,13 @@ def collect_receipts(
     totals = {"files": 0, "events": 0, "quarantined": 0, "awaiting": 0}
     last_new = time.monotonic()
     while True:
-        result = ingest_spool(con, spool_dir)
+        result = ingest_spool(db, spool_dir)
         totals["files"] += result.files
         totals["events"] += result.events_added
         totals["quarantined"] += result.quarantined
         if result.events_added:
             last_new = time.monotonic()
-        waiting = awaiting_outcome(con, campaign_id)
+        waiting = awaiting_outcome(db, campaign_id)
         totals["awaiting"] = waiting
         now = time.monotonic()
         if (waiting == 0 and now - last_new >= settle_s) or now >= deadline:

@@ -1,4 +1,4 @@
-"""The receipts stage: ingests closed spool files into DuckDB events/inbound, quarantining bad lines.
+"""The receipts stage: ingests closed spool files into the store's events/inbound, quarantining bad lines.
 
 Two parsers, one result. Plain WhatsApp status lines (nearly all of a real spool) are parsed by
 DuckDB itself (`whatsapp_webhooks.bulk_statuses_sql`: JSON functions, no Python per event); every
@@ -6,27 +6,23 @@ other line (inbound replies, other providers, old JSON-format records, anything 
 goes through the reference parser (`parse_webhook`, Pydantic records). Both feed the same staging
 and the same INSERTs, and tests/receipts/test_ingest_bulk.py checks that `bulk=False` gives identical rows.
 
-One transaction per batch of files (up to `batch_bytes` of spool): a batch's rows and its
-`spool_files` entries commit together or not at all, so a crash mid-ingest leaves nothing half
-done and the next run redoes the whole batch. Batches are large and even (spool.batches_of): each
-commit into `events` merges the batch into the primary-key index and writes the whole index out
-again (~1 s per million receipts), so one INSERT and one commit per batch is the cheapest way in.
+DuckDB parses and stages each batch of files in memory (it holds no file); the rows go into the store
+in short write transactions of `write_rows` rows, so dispatchers sharing the store are never held up
+for long, and a batch's `spool_files` entries are written last: a crash mid-batch leaves those files
+to the next run, which adds what is missing and nothing twice.
 
-Idempotent twice over: finished files are skipped by name, and every row is keyed by a stable
-hash, so replaying a file adds nothing even without that bookkeeping. Of the copies of one receipt
-within a batch, the first (file, line, position) is kept; a receipt already in `events` always
-stays as it is.
+Idempotent twice over: finished files are skipped by name, and every receipt is keyed by a stable
+hash (a unique index of the store), so replaying a file, or two collectors ingesting the same file at
+once, adds nothing. Of the copies of one receipt within a batch, the first (file, line, position) is
+kept; a receipt already in `events` always stays as it is.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import secrets
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +31,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+from sqlalchemy import Connection
 
 from pipeline.channels import (
     alibaba_sms_webhooks,
@@ -50,6 +47,8 @@ from pipeline.receipts.event_ids import EVENT_ID_SQL, _hash, event_id
 from pipeline.receipts.links import apply_watermarks, link_receipts
 from pipeline.receipts.spool import batches_of, closed_files, decode_record, lines_table, read_spool_file
 from pipeline.records import Inbound, Receipt
+from pipeline.store import Store
+from pipeline.store.bulk import insert_frame
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,9 @@ def suppression_key(provider: str, sender: str | None) -> tuple[str, str | None]
 
 STOP_KEYWORDS = frozenset({"stop", "unsubscribe", "stopall", "end", "cancel", "quit", "退订"})
 OPT_OUT_ERROR_CODES = frozenset({"131050"})  # recipient stopped marketing messages from this business
-DEFAULT_BATCH_BYTES = 512 * 1024 * 1024  # ~1.3M WhatsApp receipts; ~1.5 GB of memory while staged
+DEFAULT_BATCH_BYTES = 256 * 1024 * 1024  # ~650k WhatsApp receipts; ~0.8 GB of memory while staged
+# Rows per write transaction: short enough that a dispatcher's group commit waits a few tens of ms at most.
+DEFAULT_WRITE_ROWS = 20_000
 
 _TS = pl.Datetime("us", "UTC")
 _ORDER: dict[str, Any] = {"file_idx": pl.Int32, "line_no": pl.Int32, "pos": pl.Int64}
@@ -182,47 +183,37 @@ class _Staged:
                                    "source": source, "since": m.occurred_at})
 
 
-# Receipts new to `events`; of copies within the batch the first (file, line, position) wins:
-# `_staged_dups` (computed while the previous batch was written) names the winners of the rare
-# repeated ids (Meta's retries). A stored copy has the same occurred_at (it is part of the hash), so
-# the existing rows are looked up only within the batch's time range ($lo, $hi): DuckDB skips the
-# row groups outside it by their min/max, and the check costs what the batch costs, not what the
-# whole table does.
-_EVENTS_SQL = f"""
-INSERT INTO events ({', '.join(EVENT_COLUMNS)})
+# Receipts of the batch, of copies within it the first (file, line, position): `_staged_dups` names the
+# winners of the rare repeated ids (Meta's retries). Those already in the store are skipped on insert.
+_BATCH_EVENTS_SQL = f"""
 SELECT {', '.join('s.' + c for c in EVENT_COLUMNS)}
-FROM _staged_events s LEFT JOIN _staged_dups r ON r.event_id = s.event_id
-WHERE (r.event_id IS NULL OR (s.file_idx, s.line_no, s.pos) = r.first)
-  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.occurred_at BETWEEN $lo AND $hi AND e.event_id = s.event_id)
+FROM ({{events}}) s LEFT JOIN {{dups}} r ON r.event_id = s.event_id
+WHERE r.event_id IS NULL OR (s.file_idx, s.line_no, s.pos) = r.first
+ORDER BY s.file_idx, s.line_no, s.pos
 """
-_INBOUND_SQL = """
-INSERT INTO inbound (event_id, provider, sender, text, occurred_at, raw_json)
-SELECT event_id, provider, sender, text, occurred_at, raw_json FROM _py_inbound s
-WHERE NOT EXISTS (SELECT 1 FROM inbound i WHERE i.event_id = s.event_id)
+_BATCH_INBOUND_SQL = """
+SELECT event_id, provider, sender, text, occurred_at, raw_json FROM _py_inbound
 QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY file_idx, line_no, pos) = 1
 """
-_QUARANTINE_SQL = "INSERT OR IGNORE INTO quarantine (spool_file, line_number, reason, raw) SELECT * FROM _py_quarantine"
 # Opt-outs: failed receipts with an opt-out code, and STOP replies. A receipt without recipient_id
-# still names our message: the address then comes from the outbox. The earliest opt-out per address
-# wins (ties: file order); an address already suppressed keeps its first reason.
-_SUPPRESSIONS_SQL = """
-INSERT OR IGNORE INTO suppressions (channel, address, reason, source, since)
-SELECT channel, address, arg_min(reason, (since, file_idx, line_no, reason, pos)),
-       arg_min(source, (since, file_idx, line_no, reason, pos)), min(since)
+# still names our message: the address then comes from the outbox (`_addresses`). The earliest opt-out
+# per address wins (ties: file order); an address already suppressed keeps its first reason.
+_BATCH_SUPPRESSIONS_SQL = """
+SELECT channel, address, arg_min(reason, (since, file_idx, line_no, reason, pos)) AS reason,
+       arg_min(source, (since, file_idx, line_no, reason, pos)) AS source, min(since) AS since
 FROM (
-    SELECT s.channel, coalesce(s.address, o.recipient_key) AS address, s.reason, s.source, s.since,
+    SELECT s.channel, coalesce(s.address, a.recipient_key) AS address, s.reason, s.source, s.since,
            s.file_idx, s.line_no, s.pos
     FROM (
-        SELECT * FROM _staged_opt_outs
+        SELECT * FROM {opt_outs}
         UNION ALL
         SELECT channel, address, NULL, reason, source, since, file_idx, line_no, pos FROM _py_stops
-    ) s LEFT JOIN outbox o ON o.message_id = s.message_id
+    ) s LEFT JOIN _addresses a ON a.message_id = s.message_id
 )
 WHERE address IS NOT NULL
 GROUP BY channel, address
 """
-# The batch's failed receipts with an opt-out code, as _SUPPRESSIONS_SQL reads them (few rows: the
-# stage keeps them, so the write does not scan the batch's receipts for them).
+# The batch's failed receipts with an opt-out code, as _BATCH_SUPPRESSIONS_SQL reads them.
 _OPT_OUTS_SQL = f"""
 SELECT provider AS channel, '+' || nullif(regexp_replace(coalesce(recipient, ''), '[^0-9]', '', 'g'), '') AS address,
        message_id, 'marketing_opt_out' AS reason, provider_message_id AS source, occurred_at AS since,
@@ -230,26 +221,21 @@ SELECT provider AS channel, '+' || nullif(regexp_replace(coalesce(recipient, '')
 FROM ({{events}})
 WHERE status = 'failed' AND error_code IN ({', '.join(repr(c) for c in sorted(OPT_OUT_ERROR_CODES))})
 """
-# Each ingest attaches an in-memory database of its own: every connection of the instance sees it.
-_STAGE_PREFIX = "_receipts_stage_"
-_VIEWS = ("_py_inbound", "_py_quarantine", "_py_stops", "_new_spool_files")
 _COLUMNS = "file_idx, line_no, pos, " + ", ".join(EVENT_COLUMNS)
 _STAGE_TABLES = ("bulk", "bad", "py", "dups", "opt_outs")
 
 
 @dataclass
 class _Batch:
-    stage: str  # the stage database's name
     number: int
     paths: list[Path]
     sizes: list[int]
     staged: _Staged  # rows the reference parser gave
-    bulk: bool  # whether the stage database holds bulk_<number> and bad_<number>
+    bulk: bool  # whether the stage holds bulk_<number> and bad_<number>
     per_file: dict[int, int] = field(default_factory=dict)  # receipts and inbound per file index
-    time_range: tuple[datetime | None, datetime | None] = (None, None)  # of the batch's receipts
 
     def table(self, kind: str) -> str:
-        return f"{self.stage}.{kind}_{self.number}"
+        return f"{kind}_{self.number}"
 
     def events_sql(self) -> str:
         """Every receipt of the batch: the bulk parser's (but for lines it left) and the reference parser's."""
@@ -295,15 +281,15 @@ def _parse_bulk(cur: duckdb.DuckDBPyConnection, batch: _Batch, tables: list[pa.T
         batch.staged.add_line(idx, batch.paths[idx].name, line_no, line.encode("utf-8"))
 
 
-def _stage(cur: duckdb.DuckDBPyConnection, stage: str, number: int, paths: list[Path], bulk: bool) -> _Batch:
-    """Parses one batch into the stage database (bulk SQL) and a _Staged (everything else), with
-    what the write needs to know about it: repeated receipts, opt-outs, counts per file, time range.
+def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool) -> _Batch:
+    """Parses one batch into DuckDB tables (bulk SQL) and a _Staged (everything else), with what the
+    write needs to know about it: repeated receipts, opt-outs, counts per file.
 
-    Runs on a cursor (its own connection), in a worker thread while the previous batch is written.
+    Runs on a cursor of the in-memory DuckDB, in a worker thread while the previous batch is written.
     """
     staged = _Staged()
     sizes, tables = _read_lines(paths, staged, bulk)
-    batch = _Batch(stage, number, paths, sizes, staged, bulk=bool(tables))
+    batch = _Batch(number, paths, sizes, staged, bulk=bool(tables))
     if tables:
         _parse_bulk(cur, batch, tables)
     cur.register("_py_events", pl.DataFrame(staged.events, schema=EVENT_SCHEMA).to_arrow())
@@ -315,111 +301,77 @@ def _stage(cur: duckdb.DuckDBPyConnection, stage: str, number: int, paths: list[
     cur.execute(f"""CREATE TABLE {batch.table('dups')} AS SELECT event_id, min((file_idx, line_no, pos)) AS first
                     FROM ({events}) GROUP BY event_id HAVING count(*) > 1""")
     cur.execute(f"CREATE TABLE {batch.table('opt_outs')} AS {_OPT_OUTS_SQL.format(events=events)}")
-    rows = cur.execute(f"SELECT file_idx, count(*), min(occurred_at), max(occurred_at) FROM ({events}) GROUP BY ALL"
-                       ).fetchall()
-    batch.per_file = {idx: n for idx, n, _, _ in rows}
+    rows = cur.execute(f"SELECT file_idx, count(*) FROM ({events}) GROUP BY ALL").fetchall()
+    batch.per_file = {idx: n for idx, n in rows}
     for row in staged.inbound:
         batch.per_file[row["file_idx"]] = batch.per_file.get(row["file_idx"], 0) + 1
-    if rows:
-        batch.time_range = (min(r[2] for r in rows), max(r[3] for r in rows))
     return batch
 
 
-def _write(con: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult) -> None:
-    """Writes one staged batch and its spool_files rows in one transaction."""
+def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult, write_rows: int) -> None:
+    """Writes one staged batch into the store in short transactions; its spool_files rows go last."""
     staged = batch.staged
     for view, rows, schema in (("_py_inbound", staged.inbound, INBOUND_SCHEMA),
-                               ("_py_quarantine", staged.quarantine, QUARANTINE_SCHEMA),
                                ("_py_stops", staged.stops, STOP_SCHEMA)):
-        con.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
-    con.register("_new_spool_files", pa.table({
-        "name": [p.name for p in batch.paths], "bytes": batch.sizes,
-        "events": [batch.per_file.get(i, 0) for i in range(len(batch.paths))],
-        "ingested_at": pa.array([datetime.now(UTC)] * len(batch.paths), pa.timestamp("us", "UTC")),
-    }))
+        duck.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
     try:
-        # Views, not copies: the INSERTs read them, each only the columns it needs.
-        con.execute(f"CREATE OR REPLACE TEMP VIEW _staged_events AS {batch.events_sql()}")
-        for kind in ("dups", "opt_outs"):
-            con.execute(f"CREATE OR REPLACE TEMP VIEW _staged_{kind} AS SELECT * FROM {batch.table(kind)}")
-        con.begin()
-        try:
-            lo, hi = batch.time_range
-            added = [int(con.execute(_EVENTS_SQL, {"lo": lo, "hi": hi}).fetchall()[0][0])]
-            added += [int(con.execute(sql).fetchall()[0][0]) for sql in (_INBOUND_SQL, _QUARANTINE_SQL,
-                                                                          _SUPPRESSIONS_SQL)]
-            con.execute("INSERT INTO spool_files (name, bytes, events, ingested_at) SELECT * FROM _new_spool_files")
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
+        events = duck.execute(_BATCH_EVENTS_SQL.format(events=batch.events_sql(), dups=batch.table("dups")))
+        reader = events.fetch_record_batch(write_rows)
+        for chunk in reader:
+            with db.write() as conn:
+                result.events_added += insert_frame(conn, "events", pl.from_arrow(chunk), on_conflict="ignore")
+        inbound = pl.from_arrow(duck.execute(_BATCH_INBOUND_SQL).arrow())
+        quarantine = pl.DataFrame(staged.quarantine, schema=QUARANTINE_SCHEMA)
+        opt_outs = duck.execute(f"SELECT DISTINCT message_id FROM {batch.table('opt_outs')} "
+                                "WHERE address IS NULL AND message_id IS NOT NULL").fetchall()
+        duck.register("_addresses", _addresses(db, [m for (m,) in opt_outs]).to_arrow())
+        suppressions = pl.from_arrow(duck.execute(
+            _BATCH_SUPPRESSIONS_SQL.format(opt_outs=batch.table("opt_outs"))).arrow())
+        spool_rows = pl.DataFrame({
+            "name": [p.name for p in batch.paths], "bytes": batch.sizes,
+            "events": [batch.per_file.get(i, 0) for i in range(len(batch.paths))],
+            "ingested_at": [datetime.now(UTC)] * len(batch.paths),
+        }, schema={"name": pl.String, "bytes": pl.Int64, "events": pl.Int64, "ingested_at": _TS})
+        with db.write() as conn:
+            result.inbound_added += _insert(conn, "inbound", inbound)
+            result.quarantined += _insert(conn, "quarantine", quarantine)
+            result.suppressions_added += _insert(conn, "suppressions", suppressions)
+            insert_frame(conn, "spool_files", spool_rows, on_conflict="ignore")
     finally:
-        for view in ("_staged_events", "_staged_dups", "_staged_opt_outs"):
-            con.execute(f"DROP VIEW IF EXISTS {view}")
-        for view in _VIEWS:
-            con.unregister(view)
+        for view in ("_py_inbound", "_py_stops", "_addresses"):
+            duck.unregister(view)
         for kind in _STAGE_TABLES:
-            con.execute(f"DROP TABLE IF EXISTS {batch.table(kind)}")
+            duck.execute(f"DROP TABLE IF EXISTS {batch.table(kind)}")
     result.files += len(batch.paths)
-    result.events_added += added[0]
-    result.inbound_added += added[1]
-    result.quarantined += added[2]
-    result.suppressions_added += added[3]
     if staged.quarantine:
         log.warning("receipts: %d line(s) quarantined in %d file(s)", len(staged.quarantine), len(batch.paths))
 
 
-# Unless compact=True, rows are stored without DICT_FSST (DuckDB's default string compression, whose
-# analysis of long unique strings costs ~2 CPU-s per million events on the single-threaded keyed
-# insert), and with ZSTD for strings of 256+ bytes on average, i.e. raw_json, instead of only 4 KB+.
-# Measured on 1M events: storage work 4.8 -> 2.7 CPU-s, events data 271 -> 312 MB (532 uncompressed),
-# the whole ingest 12 -> 7 s; the database file grows ~10 %.
-_FAST_STORAGE = {"disabled_compression_methods": "dict_fsst", "zstd_min_string_length": "256"}
+def _insert(conn: Connection, table: str, frame: pl.DataFrame) -> int:
+    return insert_frame(conn, table, frame, on_conflict="ignore")
 
 
-@contextmanager
-def _storage(con: duckdb.DuckDBPyConnection, compact: bool) -> Iterator[None]:
-    """Applies _FAST_STORAGE for the ingest unless compact; the settings are global to the database
-    instance, hence restored afterwards."""
-    if compact:
-        yield
-        return
-    prior = {name: con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0] for name in _FAST_STORAGE}
-    for name, value in _FAST_STORAGE.items():
-        con.execute(f"SET {name} = '{value}'")
-    try:
-        yield
-    finally:
-        for name, value in prior.items():
-            con.execute(f"SET {name} = '{value}'" if str(value) else f"RESET {name}")
+def _addresses(db: Store, message_ids: list[str]) -> pl.DataFrame:
+    """The address each of these messages went to (for opt-outs whose receipt does not say)."""
+    rows: list[tuple[str, str]] = []
+    for start in range(0, len(message_ids), 500):
+        rows += [tuple(r) for r in db.rows("SELECT message_id, recipient_key FROM outbox WHERE message_id IN :ids",
+                                           ids=message_ids[start:start + 500])]
+    return pl.DataFrame(rows, schema={"message_id": pl.String, "recipient_key": pl.String}, orient="row")
 
 
 def ingest_spool(
-    con: duckdb.DuckDBPyConnection, spool_dir: Path | str, *, bulk: bool = True,
-    batch_bytes: int = DEFAULT_BATCH_BYTES, compact: bool = False,
+    db: Store, spool_dir: Path | str, *, bulk: bool = True, batch_bytes: int = DEFAULT_BATCH_BYTES,
+    write_rows: int = DEFAULT_WRITE_ROWS,
 ) -> IngestResult:
-    """Ingests every closed spool file not yet in `spool_files`, one transaction per batch of files.
+    """Ingests every closed spool file not yet in `spool_files`; safe beside other collectors.
 
-    With more than one batch, the next is parsed on another connection while one is written.
-    `bulk=False` parses every line with the reference parser (slow; for tests and comparisons);
-    `compact=True` keeps DuckDB's default string compression: a ~10 % smaller file, a ~70 % slower
-    ingest (see _FAST_STORAGE). Receipts are linked to their messages and watermarks applied on every
-    call, also when no file is new.
+    With more than one batch, the next is parsed while one is written. `bulk=False` parses every line
+    with the reference parser (slow; for tests and comparisons). Receipts are linked to their messages
+    and watermarks applied on every call, also when no file is new.
     """
-    # One ingest at a time in this process (DuckDB keeps other processes out of the file): two at
-    # once could each find an event missing and both add it, since `events` has no key index.
-    with _ONE_AT_A_TIME:
-        return _ingest(con, spool_dir, bulk=bulk, batch_bytes=batch_bytes, compact=compact)
-
-
-_ONE_AT_A_TIME = threading.Lock()
-
-
-def _ingest(
-    con: duckdb.DuckDBPyConnection, spool_dir: Path | str, *, bulk: bool, batch_bytes: int, compact: bool
-) -> IngestResult:
     result = IngestResult()
-    done = {row[0] for row in con.execute("SELECT name FROM spool_files").fetchall()}
+    done = {row[0] for row in db.rows("SELECT name FROM spool_files")}
     pending = []
     for path in closed_files(spool_dir):
         if path.name in done:
@@ -428,40 +380,36 @@ def _ingest(
             pending.append(path)
     batches = list(batches_of(pending, batch_bytes))
     if batches:
-        stage = _STAGE_PREFIX + secrets.token_hex(4)
-        con.execute(f"ATTACH ':memory:' AS {stage}")
-        cur = con.cursor()
+        duck = duckdb.connect()  # in memory: parsing and staging only
+        cur = duck.cursor()
         try:
             stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receipts-stage")
-            with _storage(con, compact), stager as pool:
-                upcoming: Future[_Batch] | None = pool.submit(_stage, cur, stage, 0, batches[0], bulk)
+            with stager as pool:
+                upcoming: Future[_Batch] | None = pool.submit(_stage, cur, 0, batches[0], bulk)
                 for number in range(len(batches)):
                     assert upcoming is not None
                     batch = upcoming.result()
                     upcoming = None
                     if number + 1 < len(batches):
-                        upcoming = pool.submit(_stage, cur, stage, number + 1, batches[number + 1], bulk)
-                    _write(con, batch, result)
+                        upcoming = pool.submit(_stage, cur, number + 1, batches[number + 1], bulk)
+                    _write(db, duck, batch, result, write_rows)
         finally:  # also after a failure: the pool has finished any batch it was staging
             cur.close()
-            con.execute(f"DETACH DATABASE IF EXISTS {stage}")
+            duck.close()
     # Every call, not only when files came: a receipt may have arrived before the dispatcher recorded
     # the provider id (or, for a watermark, the messages) it names.
-    link_receipts(con)
-    result.derived_events = apply_watermarks(con)
+    link_receipts(db)
+    result.derived_events = apply_watermarks(db)
     log.info("receipts: ingested %s", result.as_dict())
     return result
 
 
-def current_statuses(con: duckdb.DuckDBPyConnection, campaign_id: str) -> dict[str, int]:
+def current_statuses(db: Store, campaign_id: str) -> dict[str, int]:
     """How many of a campaign's messages are currently sent / delivered / read / failed."""
-    rows = con.execute(
-        """
+    rows = db.rows("""
         SELECT ms.status, count(*) FROM message_status ms
         JOIN outbox o ON o.message_id = ms.message_id
-        WHERE o.campaign_id = ?
+        WHERE o.campaign_id = :c
         GROUP BY ms.status
-        """,
-        [campaign_id],
-    ).fetchall()
+        """, c=campaign_id)
     return {status: int(n) for status, n in rows}

@@ -14,12 +14,18 @@ first receipt of its own (Meta's clock), whichever is earlier.
 
 from __future__ import annotations
 
-import duckdb
+import json
+import re
 
-from pipeline.channels import alibaba_sms_webhooks
+import polars as pl
+
+from pipeline.channels.alibaba_sms_webhooks import PROVIDER as ALIBABA_PROVIDER
 from pipeline.channels.messenger_webhooks import INSTAGRAM_PROVIDER, WATERMARK_PREFIX
 from pipeline.channels.messenger_webhooks import PROVIDER as MESSENGER_PROVIDER
 from pipeline.receipts.event_ids import EVENT_ID_SQL
+from pipeline.store import Store, run_many
+from pipeline.store.arrow import duck, read_arrow, read_table
+from pipeline.store.bulk import insert_frame
 
 _WATERMARK_PROVIDERS = f"('{MESSENGER_PROVIDER}', '{INSTAGRAM_PROVIDER}')"
 
@@ -27,9 +33,8 @@ _WATERMARK_PROVIDERS = f"('{MESSENGER_PROVIDER}', '{INSTAGRAM_PROVIDER}')"
 # that arrives late still adds its receipt (the status is the same; delivered_at becomes the earliest).
 # A message already holding a receipt as strong and as early (its own, or one derived before) is left
 # alone, which also makes this idempotent. Read implies delivered.
+# Computed in DuckDB over the rows these receipts concern (read from the store), inserted into the store.
 _WATERMARKS_SQL = f"""
-INSERT INTO events (event_id, provider, provider_message_id, message_id, status, recipient, occurred_at,
-                    received_at, raw_json)
 WITH marks AS (
     SELECT provider, recipient, status, occurred_at, received_at, raw_json FROM events
     WHERE provider IN {_WATERMARK_PROVIDERS} AND message_id IS NULL
@@ -51,8 +56,8 @@ WITH marks AS (
      AND least(s.sent_at, own.first_at) <= m.occurred_at
     GROUP BY ALL
 )
-SELECT {EVENT_ID_SQL}, provider, provider_message_id, message_id, status, recipient, occurred_at, received_at,
-       raw_json
+SELECT {EVENT_ID_SQL} AS event_id, provider, provider_message_id, message_id, status, recipient, occurred_at,
+       received_at, raw_json
 FROM covered c
 WHERE NOT EXISTS (
     SELECT 1 FROM events e
@@ -62,20 +67,71 @@ WHERE NOT EXISTS (
 """
 
 
-def link_receipts(con: duckdb.DuckDBPyConnection) -> int:
+def link_receipts(db: Store) -> int:
     """Names the message of receipts that came without our id through the provider id the send recorded."""
-    linked = alibaba_sms_webhooks.resolve_message_ids(con)
-    rows = con.execute(
-        """
-        UPDATE events SET message_id = o.message_id
-        FROM outbox o
-        WHERE events.message_id IS NULL AND o.provider_message_id = events.provider_message_id
-        """
-    ).fetchall()
-    return linked + (rows[0][0] if rows else 0)
+    linked = _link_alibaba(db)
+    return linked + db.execute("""
+        UPDATE events SET message_id = (SELECT min(o.message_id) FROM outbox o
+                                        WHERE o.provider_message_id = events.provider_message_id)
+        WHERE message_id IS NULL
+          AND EXISTS (SELECT 1 FROM outbox o WHERE o.provider_message_id = events.provider_message_id)
+        """)
 
 
-def apply_watermarks(con: duckdb.DuckDBPyConnection) -> int:
+def _digits(value: str | None) -> str:
+    return re.sub(r"[^0-9]", "", value or "")
+
+
+def _link_alibaba(db: Store) -> int:
+    """Alibaba SMS receipts: by the BizId the send recorded, then (a crash left no BizId) by the campaign of
+    the out_id message and the phone digits; mainland numbers may be reported without their 86 prefix."""
+    unlinked = db.rows("SELECT event_id, provider_message_id, recipient, raw_json FROM events "
+                       "WHERE provider = :p AND message_id IS NULL", p=ALIBABA_PROVIDER)
+    found = []
+    for event_id, provider_id, recipient, raw in unlinked:
+        message = db.scalar("SELECT min(message_id) FROM outbox WHERE provider_message_id = :pid", pid=provider_id)
+        if message is None:
+            try:
+                out_id = json.loads(raw or "{}").get("out_id")
+            except (ValueError, AttributeError):
+                out_id = None
+            digits = _digits(recipient)
+            if out_id and digits:
+                for candidate, key in db.rows("""
+                        SELECT o.message_id, o.recipient_key FROM outbox o JOIN outbox f ON f.message_id = :out_id
+                        WHERE o.campaign_id = f.campaign_id AND o.channel = f.channel
+                        """, out_id=str(out_id)):
+                    if _digits(key) in (digits, "86" + digits):
+                        message = candidate
+                        break
+        if message is not None:
+            found.append({"m": message, "e": event_id})
+    if found:
+        with db.write() as conn:
+            run_many(conn, "UPDATE events SET message_id = :m WHERE event_id = :e AND message_id IS NULL", found)
+    return len(found)
+
+
+def apply_watermarks(db: Store) -> int:
     """Adds the per-message receipts that Messenger/Instagram watermarks imply; returns how many."""
-    rows = con.execute(_WATERMARKS_SQL).fetchall()
-    return int(rows[0][0]) if rows else 0
+    providers = [MESSENGER_PROVIDER, INSTAGRAM_PROVIDER]
+    marks = read_table(db, "events", "WHERE provider IN :p AND message_id IS NULL AND provider_message_id LIKE :w",
+                       p=providers, w=f"{WATERMARK_PREFIX}%")
+    if marks.num_rows == 0:
+        return 0
+    recipients = sorted({r for r in marks.column("recipient").to_pylist() if r})
+    outbox = read_table(db, "outbox", "WHERE channel IN :p AND provider_message_id IS NOT NULL "
+                                      "AND recipient_key IN :r", p=providers, r=recipients or [""])
+    ids = outbox.column("message_id").to_pylist() or [""]
+    events = read_arrow(db, "SELECT provider, message_id, status, occurred_at FROM events "
+                            "WHERE message_id IN :ids", {"occurred_at": marks.schema.field("occurred_at").type},
+                        ids=ids)
+    with duck({"marks_src": marks, "outbox": outbox, "events_src": events}) as con:
+        con.execute("CREATE VIEW events AS SELECT provider, provider_message_id, message_id, status, recipient, "
+                    "occurred_at, received_at, raw_json FROM marks_src UNION ALL SELECT provider, NULL, message_id, "
+                    "status, NULL, occurred_at, NULL, NULL FROM events_src")
+        derived = pl.from_arrow(con.execute(_WATERMARKS_SQL).arrow())
+    if derived.is_empty():
+        return 0
+    with db.write() as conn:
+        return insert_frame(conn, "events", derived, on_conflict="ignore")

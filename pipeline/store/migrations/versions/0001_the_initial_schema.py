@@ -15,6 +15,27 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+# The current delivery status of each message, whatever order its receipts arrived in: failed is
+# terminal, otherwise the highest of read > delivered > sent. Plain SQL both databases run.
+MESSAGE_STATUS = """
+CREATE VIEW message_status AS
+SELECT
+    message_id,
+    min(provider_message_id) AS provider_message_id,
+    CASE WHEN max(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) = 1 THEN 'failed'
+         WHEN max(CASE WHEN status = 'read' THEN 1 ELSE 0 END) = 1 THEN 'read'
+         WHEN max(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END) = 1 THEN 'delivered'
+         ELSE 'sent' END AS status,
+    max(CASE WHEN status = 'failed' THEN error_code END) AS error_code,
+    max(category) AS billed_category,
+    max(pricing_type) AS pricing_type,
+    min(CASE WHEN status IN ('delivered', 'read') THEN occurred_at END) AS delivered_at,
+    max(occurred_at) AS last_event_at
+FROM events
+WHERE message_id IS NOT NULL
+GROUP BY message_id
+"""
+
 
 def upgrade() -> None:
 
@@ -301,8 +322,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("channel", "address"),
     )
 
+    op.execute(MESSAGE_STATUS)
 
 def downgrade() -> None:
+    op.execute("DROP VIEW message_status")
 
     op.drop_table("suppressions")
     op.drop_table("spool_files")
