@@ -27,7 +27,7 @@ from pipeline.dispatch.budget import check_budget, price_queued_messages
 from pipeline.dispatch.engine import dispatch_campaign
 from pipeline.dispatch.fallback import fallback_leg_id, send_fallback
 from pipeline.dispatch.locks import campaign_lock
-from pipeline.dispatch.operations import control_paths
+from pipeline.dispatch.operations import is_paused, record_status
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import DispatchResult, Guards
 from pipeline.receipts.collect import collect_receipts
@@ -40,12 +40,12 @@ install_log_masking()
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare(spec: CampaignSpec, campaign_id: str, db_path: Path, out_dir: Path) -> Prepared:
-    with store.connect(db_path) as con:
-        suppressed = store.suppressed_addresses(con, spec.channel)
+def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) -> Prepared:
+    with store.connect(database) as db:
+        suppressed = store.suppressed_addresses(db, spec.channel)
         # The campaign's own sends don't count: a resumed campaign must not cap itself.
-        capped = recently_messaged(con, spec.channel, exclude_campaign=campaign_id)
-        last_inbound = last_inbound_times(con, spec.channel) if uses_ids(spec.channel) else {}
+        capped = recently_messaged(db, spec.channel, exclude_campaign=campaign_id)
+        last_inbound = last_inbound_times(db, spec.channel) if uses_ids(spec.channel) else {}
     if uses_ids(spec.channel):  # PSIDs, Viber ids, e-mail addresses
         return prepare_ids(
             spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
@@ -61,24 +61,24 @@ def prepare(spec: CampaignSpec, campaign_id: str, db_path: Path, out_dir: Path) 
 
 
 @task(name="queue", cache_policy=NO_CACHE)
-def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, db_path: Path, base_url: str | None) -> int:
+def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: str, base_url: str | None) -> int:
     accepted = prepared.accepted
     if spec.send_window is not None and not uses_ids(spec.channel):
         accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
-    with store.connect(db_path) as con:
-        register_campaign(con, spec, campaign_id)
-        store_preparation(con, campaign_id, prepared.accepted, prepared.rejects)
+    with store.connect(database) as db:
+        register_campaign(db, spec, campaign_id)
+        store_preparation(db, campaign_id, prepared.accepted, prepared.rejects)
         return enqueue_messages(
-            con, spec, campaign_id, channel_for(spec, base_url=base_url), accepted, senders=spec.all_senders
+            db, spec, campaign_id, channel_for(spec, base_url=base_url), accepted, senders=spec.all_senders
         )
 
 
 @task(name="estimate", cache_policy=NO_CACHE)
-def estimate(spec: CampaignSpec, campaign_id: str, db_path: Path) -> dict[str, Any]:
-    with store.connect(db_path) as con:
-        load_prices(con, service_fee_usd=spec.service_fee_usd if spec.service_fee_usd is not None else 0.005)
-        price_queued_messages(con, campaign_id)
-        result = estimate_cost(con, campaign_id)
+def estimate(spec: CampaignSpec, campaign_id: str, database: str) -> dict[str, Any]:
+    with store.connect(database) as db:
+        load_prices(db, service_fee_usd=spec.service_fee_usd if spec.service_fee_usd is not None else 0.005)
+        price_queued_messages(db, campaign_id)
+        result = estimate_cost(db, campaign_id)
     totals = {"messages": result.messages, "total_usd": float(result.total_usd)}
     get_run_logger().info("estimate: %d messages, USD %.4f", totals["messages"], totals["total_usd"])
     # The budget guard refuses before anything is sent.
@@ -88,7 +88,7 @@ def estimate(spec: CampaignSpec, campaign_id: str, db_path: Path) -> dict[str, A
 
 @task(name="dispatch", cache_policy=NO_CACHE)
 def dispatch(
-    spec: CampaignSpec, campaign_id: str, db_path: Path, base_url: str | None, spool_dir: Path
+    spec: CampaignSpec, campaign_id: str, database: str, base_url: str | None, spool_dir: Path
 ) -> DispatchResult:
     logger = get_run_logger()
     progress_id = create_progress_artifact(
@@ -103,17 +103,16 @@ def dispatch(
             description=f"{info['sent']} sent, {info['failed']} failed of {info['total']} ({info['per_s']}/s)",
         )
 
-    pause_file, status_file = control_paths(db_path, campaign_id)
-    guards = Guards(
-        budget_usd=spec.budget_usd, send_window=spec.send_window, pause_file=pause_file,
-        messaging_limit=spec.messaging_limit if spec.channel == "whatsapp" else None,
-    )
     channels = {sender: channel_for(spec, base_url=base_url, sender=sender) for sender in spec.all_senders}
-    with store.connect(db_path) as con:
+    with store.connect(database) as db:
+        guards = Guards(
+            budget_usd=spec.budget_usd, send_window=spec.send_window, pause_check=lambda: is_paused(db, campaign_id),
+            messaging_limit=spec.messaging_limit if spec.channel == "whatsapp" else None,
+        )
         result = asyncio.run(dispatch_campaign(
-            con, campaign_id, channels, rate=spec.rate_limit, retry=spec.retry, guards=guards,
-            reconcile=lambda: ingest_spool(con, spool_dir), on_progress=on_progress,
-            timeout_s=spec.provider.timeout_s, status_file=status_file,
+            db, campaign_id, channels, rate=spec.rate_limit, retry=spec.retry, guards=guards,
+            reconcile=lambda: ingest_spool(db, spool_dir), on_progress=on_progress,
+            timeout_s=spec.provider.timeout_s, on_status=lambda info: record_status(db, campaign_id, info),
         ))
     if result.stopped_reason:
         logger.error("dispatch stopped: %s; unsent messages stay queued", result.stopped_reason)
@@ -121,33 +120,33 @@ def dispatch(
 
 
 @task(name="receipts", cache_policy=NO_CACHE)
-def receipts(spec: CampaignSpec, campaign_id: str, db_path: Path, spool_dir: Path) -> dict[str, int]:
-    with store.connect(db_path) as con:
-        return collect_receipts(con, spool_dir, campaign_id, wait_s=spec.receipts_wait_s)
+def receipts(spec: CampaignSpec, campaign_id: str, database: str, spool_dir: Path) -> dict[str, int]:
+    with store.connect(database) as db:
+        return collect_receipts(db, spool_dir, campaign_id, wait_s=spec.receipts_wait_s)
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report(campaign_id: str, db_path: Path, out_dir: Path, prepared: Prepared) -> dict[str, Any]:
-    with store.connect(db_path) as con:
-        summary = campaign_summary(con, campaign_id, rows_read=prepared.rows_read)
-        files = write_report(con, campaign_id, out_dir, summary=summary)
-        publish_report(con, campaign_id, summary, files)
+def report(campaign_id: str, database: str, out_dir: Path, prepared: Prepared) -> dict[str, Any]:
+    with store.connect(database) as db:
+        summary = campaign_summary(db, campaign_id, rows_read=prepared.rows_read)
+        files = write_report(db, campaign_id, out_dir, summary=summary)
+        publish_report(db, campaign_id, summary, files)
     return {**summary, "report_html": str(files.html), "report_csv": str(files.csv)}
 
 
 @task(name="fallback", cache_policy=NO_CACHE)
 def fallback(
-    spec: CampaignSpec, campaign_id: str, db_path: Path, base_url: str | None, spool_dir: Path, reports_dir: Path
+    spec: CampaignSpec, campaign_id: str, database: str, base_url: str | None, spool_dir: Path, reports_dir: Path
 ) -> dict[str, Any]:
     """The second channel for recipients the first could not reach, then its receipts and report."""
     leg_spec, leg_id = spec.fallback_leg(), fallback_leg_id(campaign_id)
-    with store.connect(db_path) as con:
-        counts = send_fallback(con, spec, campaign_id, channel_for(leg_spec, base_url=base_url),
-                               reconcile=lambda: ingest_spool(con, spool_dir))
+    with store.connect(database) as db:
+        counts = send_fallback(db, spec, campaign_id, channel_for(leg_spec, base_url=base_url),
+                               reconcile=lambda: ingest_spool(db, spool_dir))
         if counts["sent"]:
-            collect_receipts(con, spool_dir, leg_id, wait_s=leg_spec.receipts_wait_s)
-        leg = campaign_summary(con, leg_id, rows_read=counts["selected"])
-        files = write_report(con, leg_id, reports_dir / leg_id, summary=leg)
+            collect_receipts(db, spool_dir, leg_id, wait_s=leg_spec.receipts_wait_s)
+        leg = campaign_summary(db, leg_id, rows_read=counts["selected"])
+        files = write_report(db, leg_id, reports_dir / leg_id, summary=leg)
     get_run_logger().info(
         "fallback over %s: %d selected, %d sent", leg_spec.channel, counts["selected"], counts["sent"]
     )
@@ -158,21 +157,23 @@ def fallback(
 def campaign_flow(
     spec_path: str,
     campaign_id: str | None = None,
-    db_path: str = str(store.DEFAULT_DB),
+    database: str | None = None,
     spool_dir: str = "spool",
     reports_dir: str = "reports",
     provider_base_url: str | None = None,
     fallback_base_url: str | None = None,
 ) -> dict[str, Any]:
     """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec
-    (and, when the spec names one, the fallback leg for recipients the first channel missed)."""
+    (and, when the spec names one, the fallback leg for recipients the first channel missed).
+    `database`: the store's URL or SQLite path (default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite)."""
     install_log_masking()  # again: a worker's subprocess may have reconfigured logging since import
     spec = load_spec(spec_path)
     campaign_id = campaign_id or spec.name
-    db, out = Path(db_path), Path(reports_dir) / campaign_id
-    # One run per campaign: a second one refuses here, naming the running one, before it touches the
-    # ledger or the report folder (pipeline/dispatch/locks.py; a crash releases the lock).
-    with campaign_lock(db, campaign_id, flow_run_id=flow_run.id, flow_run_name=flow_run.name):
+    db, out = store.database_url(database), Path(reports_dir) / campaign_id
+    # One run per campaign, wherever it runs: a second one refuses here, naming the running one, before it
+    # touches the store or the report folder (pipeline/dispatch/locks.py: a lease the holder renews).
+    with store.connect(db) as shared, campaign_lock(shared, campaign_id, flow_run_id=flow_run.id,
+                                                    flow_run_name=flow_run.name):
         prepared = prepare(spec, campaign_id, db, out)
         publish_rejects(campaign_id, prepared)
         queued = queue(spec, campaign_id, prepared, db, provider_base_url)

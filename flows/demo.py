@@ -50,11 +50,11 @@ def run_demo(channel: str = "whatsapp", workdir: Path = Path("data/demo"), repor
         local_spec.write_text(yaml.safe_dump(data, sort_keys=False))
         print(f"{channel} sandbox on {base_url}; webhook receiver on {receiver_url}", flush=True)
         summary = campaign_flow(
-            str(local_spec), campaign_id=spec.name, db_path=str(workdir / "campaigns.duckdb"), spool_dir=str(spool),
+            str(local_spec), campaign_id=spec.name, database=str(workdir / "campaigns.sqlite"), spool_dir=str(spool),
             reports_dir=str(reports_dir), provider_base_url=base_url,
         )
     print()
     print(format_summary(summary))
     print(f"\nreport: {summary['report_html']}\n        {summary['report_csv']}")
-    print(f"ledger: {workdir / 'campaigns.duckdb'}")
+    print(f"store: {workdir / 'campaigns.sqlite'}")
     return 0

@@ -1,4 +1,4 @@
-"""Receipt collection: ingest the webhook spool into DuckDB (an interval deployment)."""
+"""Receipt collection: ingest the webhook spool into the store (an interval deployment; runs beside campaigns)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pipeline.receipts.ingest import ingest_spool
 
 
 @flow(name="collect-receipts")
-def receipts_flow(db_path: str = str(store.DEFAULT_DB), spool_dir: str = "spool") -> dict[str, int]:
-    with store.connect(db_path) as con:
-        result = ingest_spool(con, Path(spool_dir))
+def receipts_flow(database: str | None = None, spool_dir: str = "spool") -> dict[str, int]:
+    with store.connect(database) as db:
+        result = ingest_spool(db, Path(spool_dir))
     get_run_logger().info(
         "%d spool files: %d events, %d inbound, %d quarantined",
         result.files, result.events_added, result.inbound_added, result.quarantined,

@@ -12,7 +12,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.logging_mask import install_log_masking
-from pipeline import store
 from pipeline.audience.load import AudienceError
 from pipeline.audience.policy import PolicyError, blocked_policy
 from pipeline.render.prepare import prepare_audience
@@ -51,7 +50,7 @@ def check_upload(claimed: inbox.Claimed, default_spec: Path) -> tuple[dict[str, 
 def inbox_watcher_flow(
     audiences_dir: str = "audiences",
     default_spec: str = "campaigns/inbox-default.yaml",
-    db_path: str = str(store.DEFAULT_DB),
+    database: str | None = None,
     spool_dir: str = "spool",
     reports_dir: str = "reports",
     provider_base_url: str | None = None,
@@ -70,7 +69,7 @@ def inbox_watcher_flow(
         if claimed is None:
             continue  # another watcher run took it
         results.append(_handle(claimed, folders, Path(default_spec), {
-            "db_path": db_path, "spool_dir": spool_dir, "reports_dir": reports_dir,
+            "database": database, "spool_dir": spool_dir, "reports_dir": reports_dir,
             "provider_base_url": provider_base_url,
         }, campaign_deployment))
         logger.info("%s -> %s: %s", claimed.original_name, results[-1]["outcome"], results[-1]["reason"] or "started")

@@ -8,16 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import store
+from pipeline.cli.common import add_db_arg
 from pipeline.dispatch import operations
 from pipeline.spec import load_spec
 
 
-def _db_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, default=Path("data/campaigns.duckdb"), help="DuckDB file")
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    status = operations.campaign_status(args.db, args.campaign)
+    with store.connect(args.db) as db:
+        status = operations.campaign_status(db, args.campaign)
     if args.json:
         print(json.dumps(status, default=str))
         return 0
@@ -27,7 +25,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {state:<10}{n:>10,}")
         if status.get("deferred_until"):
             print(f"  deferred messages may be retried from {status['deferred_until']}")
-    info = status if status["source"] != "ledger" else (status.get("last_run") or {})
+    info = status.get("last_run") or {}
     if info:
         eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") else ""
         print(f"  last dispatch: {info.get('sent', 0):,} sent, {info.get('failed', 0):,} failed of "
@@ -38,7 +36,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    operations.request_pause(args.db, args.campaign)
+    with store.connect(args.db) as db:
+        operations.request_pause(db, args.campaign)
     print(f"pause requested for {args.campaign}: a running dispatch stops within a second and everything "
           f"unsent stays queued; `campaign resume SPEC` continues")
     return 0
@@ -49,11 +48,11 @@ def _run_again(args: argparse.Namespace, before: Any = None) -> int:
 
     spec = load_spec(args.spec)
     campaign_id = args.campaign_id or spec.name
-    operations.clear_pause(args.db, campaign_id)
-    if before is not None:
-        with store.connect(args.db) as con:
-            n = before(con, campaign_id)
-        print(f"{n:,} messages of {campaign_id} queued again", flush=True)
+    with store.connect(args.db) as db:
+        operations.clear_pause(db, campaign_id)
+        if before is not None:
+            n = before(db, campaign_id)
+            print(f"{n:,} messages of {campaign_id} queued again", flush=True)
     return cmd_run(args)
 
 
@@ -73,12 +72,12 @@ def add_ops_commands(sub: Any, with_store: Any) -> None:
     p = sub.add_parser("status", help="a campaign's messages by state, rate and ETA")
     p.add_argument("campaign", help="campaign id")
     p.add_argument("--json", action="store_true")
-    _db_arg(p)
+    add_db_arg(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("pause", help="ask a running campaign to stop sending (unsent stays queued)")
     p.add_argument("campaign", help="campaign id")
-    _db_arg(p)
+    add_db_arg(p)
     p.set_defaults(func=cmd_pause)
 
     for name, func, text in (

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.cli.common import add_db_arg
 from pipeline.cli.run import cmd_demo, cmd_run
 from pipeline.cli.servers import cmd_sandbox, cmd_webhooks
 from pipeline.spec import SpecError
@@ -15,8 +16,8 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     from pipeline import store
     from pipeline.receipts.ingest import ingest_spool
 
-    with store.connect(args.db) as con:
-        result = ingest_spool(con, Path(args.spool_dir))
+    with store.connect(args.db) as db:
+        result = ingest_spool(db, Path(args.spool_dir))
     print(f"{result.files} spool files: {result.events_added} events, {result.inbound_added} inbound, "
           f"{result.quarantined} quarantined")
     return 0
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--db", type=Path, default=Path("data/campaigns.duckdb"), help="DuckDB file")
+        add_db_arg(p)
         p.add_argument("--spool-dir", type=Path, default=Path("spool"), help="webhook spool folder")
         p.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where reports are written")
         return p
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ops_commands(sub, with_store)
 
-    p = with_store(sub.add_parser("receipts", help="ingest closed webhook spool files into DuckDB"))
+    p = with_store(sub.add_parser("receipts", help="ingest closed webhook spool files into the store"))
     p.set_defaults(func=cmd_receipts)
 
     from pipeline.cli.costs import add_cost_commands
@@ -92,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.audience.policy import PolicyError
         from pipeline.dispatch.locks import CampaignLocked
         from pipeline.render.templates import TemplateProblem
+        from pipeline.store import StoreError
 
-        if isinstance(exc, AudienceError | PolicyError | TemplateProblem | CampaignLocked):
+        if isinstance(exc, AudienceError | PolicyError | TemplateProblem | CampaignLocked | StoreError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

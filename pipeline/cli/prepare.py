@@ -11,6 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.common import add_db_arg
+
 CATEGORIES = ["marketing", "utility", "authentication", "service"]
 
 
@@ -31,7 +33,8 @@ def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
         "optionally `variables`), or any other file holding the message text as Jinja2 over the CSV columns",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("prepared"), help="output folder (default: prepared)")
-    p.add_argument("--db", type=Path, help="DuckDB file to read suppressions and recent sends from")
+    add_db_arg(p, help_text="the store to read suppressions and recent sends from (a URL or a SQLite path; "
+               "default: none, unless $CAMPAIGN_DATABASE_URL is set)")
     p.add_argument("--frequency-window-hours", type=float, default=24.0, help="marketing frequency cap window")
     p.add_argument("--opt-in-max-age-days", type=int, default=730, help="older opt_in_at is stale (0: no limit)")
     p.add_argument("--default-country", help="ISO 3166 code for rows without a country (national numbers)")
@@ -88,21 +91,23 @@ def _template(path: Path, category: str) -> tuple[Any, dict[str, str]]:
     return spec, {str(k): str(v) for k, v in variables.items()}
 
 
-def _from_db(db: Path | None, channel: str, window: timedelta) -> tuple[set[str], set[str]]:
-    if db is None:
-        return set(), set()
+def _from_db(db: str | None, channel: str, window: timedelta) -> tuple[set[str], set[str]]:
+    """Suppressions and recently messaged recipients from the store, when one is named (or configured)."""
+    import os
+
     from pipeline import store
     from pipeline.audience.frequency import recently_messaged
 
-    if not db.exists():
+    if db is None and not os.environ.get(store.URL_ENV):
+        return set(), set()
+    url = store.database_url(db)
+    path = store.sqlite_path(url)
+    if path is not None and not path.exists():
         from pipeline.spec import SpecError
 
-        raise SpecError(f"{db}: no such database")
-    con = store.connect(db, read_only=True)
-    try:
-        return store.suppressed_addresses(con, channel), recently_messaged(con, channel, window=window)
-    finally:
-        con.close()
+        raise SpecError(f"{path}: no such store")
+    with store.connect(url) as shared:
+        return store.suppressed_addresses(shared, channel), recently_messaged(shared, channel, window=window)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

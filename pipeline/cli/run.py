@@ -24,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.costs.summary import format_summary
 
     summary = campaign_flow(
-        str(args.spec), campaign_id=args.campaign_id or spec.name, db_path=str(args.db), spool_dir=str(args.spool_dir),
+        str(args.spec), campaign_id=args.campaign_id or spec.name, database=args.db, spool_dir=str(args.spool_dir),
         reports_dir=str(args.reports_dir), provider_base_url=args.provider_base_url,
     )
     _print_result(summary, format_summary)

@@ -45,6 +45,12 @@ def database_url(value: str | os.PathLike[str] | None = None) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, or None for a server database."""
+    parsed = make_url(url)
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
+
+
 def shown(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
@@ -69,8 +75,7 @@ class Store:
     @property
     def path(self) -> Path | None:
         """The SQLite file, or None for a server database."""
-        database = make_url(self.url).database
-        return Path(database) if self.dialect == "sqlite" and database else None
+        return sqlite_path(self.url)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
