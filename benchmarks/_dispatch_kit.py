@@ -43,7 +43,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def queue_campaign(db_path: Path, n: int, *, campaign_id: str = "bench", senders: list[str] | None = None) -> None:
+@contextlib.contextmanager
+def stores(backends: list[str], work: Path) -> Iterator[Any]:
+    """`new(backend, name)` gives the URL of a fresh store: a SQLite file in `work`, or a database on one local
+    PostgreSQL server (with its default durability settings) started for the benchmark and removed after it."""
+    with contextlib.ExitStack() as stack:
+        server = None
+        if "postgresql" in backends:
+            from pipeline.store.local_pg import local_postgres
+
+            server = stack.enter_context(local_postgres(durable=True))
+
+        def new(backend: str, name: str) -> str:
+            if backend == "sqlite":
+                return str(work / f"{name}.sqlite")
+            assert server is not None
+            return server.create_database(name)
+
+        yield new
+
+
+def backends_arg(value: str) -> list[str]:
+    chosen = [b.strip() for b in value.split(",") if b.strip()]
+    unknown = set(chosen) - {"sqlite", "postgresql"}
+    if unknown or not chosen:
+        raise SystemExit(f"--backend: sqlite, postgresql or both (sqlite,postgresql), not {value!r}")
+    return chosen
+
+
+def queue_campaign(
+    db_path: Path | str, n: int, *, campaign_id: str = "bench", senders: list[str] | None = None,
+) -> None:
     """`n` queued WhatsApp template messages to distinct (fictional, UK-mobile-shaped) numbers."""
     spec = parse_spec({**SPEC, "sender": (senders or ["1065"])[0], "senders": senders or []})
     channel = WhatsAppChannel(base_url="http://unused", api_version="v23.0", phone_number_id="1065",
@@ -53,9 +83,9 @@ def queue_campaign(db_path: Path, n: int, *, campaign_id: str = "bench", senders
         "number_type": ["mobile"] * n, "text": ["Hi"] * n,
         "params_json": [json.dumps({"body": [f"Name{i}", f"C{i % 977}"]}) for i in range(n)],
     })
-    with store.connect(db_path) as con:
-        register_campaign(con, spec, campaign_id)
-        enqueue_messages(con, spec, campaign_id, channel, frame, senders=senders)
+    with store.connect(db_path) as db:
+        register_campaign(db, spec, campaign_id)
+        enqueue_messages(db, spec, campaign_id, channel, frame, senders=senders)
 
 
 def whatsapp(base_url: str, sender: str = "1065") -> WhatsAppChannel:

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_upload_command(sub)
 
+    from pipeline.cli.db import add_db_commands
+
+    add_db_commands(sub)
+
     p = sub.add_parser("sandbox", help="serve the WhatsApp Cloud API sandbox on loopback")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8801)

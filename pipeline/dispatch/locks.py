@@ -13,7 +13,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pipeline.store import Store, run, utc
@@ -49,7 +49,7 @@ class LockHolder:
     since: str  # ISO 8601, UTC
     flow_run_id: str | None = None
     flow_run_name: str | None = None
-    expires_at: str | None = None
+    expires_at: str | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         run_ = ""
@@ -88,6 +88,8 @@ def _gone(host: str, pid: int | None) -> bool:
 
 
 class Lease:
+    """A campaign's lease as its holder sees it: taken, renewed in the background, released."""
+
     def __init__(self, db: Store, campaign_id: str, ttl_s: float) -> None:
         self.db, self.campaign_id, self.ttl_s = db, campaign_id, ttl_s
         self.token = secrets.token_hex(8)
@@ -105,8 +107,9 @@ class Lease:
                       "now": now, "expires": now + timedelta(seconds=self.ttl_s), "dead": dead}
             if run(conn, _TAKE, **params).rowcount == 0:
                 raise CampaignLocked(self.campaign_id, current_holder(self.db, self.campaign_id, conn=conn))
-        return LockHolder(self.campaign_id, os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds"),
-                          flow_run_id, flow_run_name)
+        self.holder = LockHolder(self.campaign_id, os.getpid(), socket.gethostname(),
+                                 now.isoformat(timespec="seconds"), flow_run_id, flow_run_name)
+        return self.holder
 
     def renew_until_released(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
@@ -133,10 +136,10 @@ def campaign_lock(
     ttl_s: float | None = None,
 ) -> Iterator[Lease]:
     """Holds the campaign's lease for the block (renewed in the background); raises CampaignLocked at once,
-    never waits, when a live holder has it. `lease.lost` is set if it was lost (the store was unreachable
-    for longer than the lease and another run took over)."""
+    never waits, when a live holder has it. `lease.holder` says who holds it; `lease.lost` is set if it was
+    lost (the store was unreachable for longer than the lease and another run took over)."""
     lease = Lease(db, campaign_id, ttl_s or LEASE_TTL_S)
-    lease.take(flow_run_id, flow_run_name)
+    lease.take(flow_run_id, flow_run_name)  # a refusal raises here, before anything is touched
     renewer = threading.Thread(target=lease.renew_until_released, name=f"lease-{campaign_id}", daemon=True)
     renewer.start()
     try:

@@ -1,5 +1,6 @@
-"""One run per campaign: the lock refuses a second run with a message naming the running one, frees itself when
-its holder dies (kill -9), and the campaign flow takes it before touching the ledger."""
+"""One run per campaign, wherever it runs: the lease refuses a second run with a message naming the running one,
+frees itself when its holder dies (kill -9) or stops renewing, and the campaign flow takes it before touching the
+store. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,26 +9,31 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from pipeline.dispatch.locks import CampaignLocked, campaign_lock, current_holder, lock_path
+from pipeline import store
+from pipeline.dispatch.locks import CampaignLocked, campaign_lock, current_holder
 
 HOLDER = textwrap.dedent("""
     import sys, time
+    from pipeline import store
     from pipeline.dispatch.locks import campaign_lock
-    with campaign_lock(sys.argv[1], sys.argv[2], flow_run_id="run-in-another-process", flow_run_name="busy-bee"):
+    with campaign_lock(store.connect(sys.argv[1]), sys.argv[2], flow_run_id="run-in-another-process",
+                       flow_run_name="busy-bee"):
         print("locked", flush=True)
         time.sleep(120)
 """)
 
 
 @pytest.fixture
-def other_process(tmp_path: Path):
-    """A process holding the lock of campaign 'spring' of tmp_path's ledger, as a running campaign would."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "campaigns.duckdb"), "spring"],
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+def other_process(db_url: str):
+    """A process holding the lease of campaign 'spring', as a running campaign would."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, db_url, "spring"], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         yield proc
@@ -36,51 +42,77 @@ def other_process(tmp_path: Path):
         proc.wait(timeout=10)
 
 
-def test_a_second_holder_is_refused_with_the_first_ones_name(tmp_path: Path):
-    db = tmp_path / "campaigns.duckdb"
-    with campaign_lock(db, "spring", flow_run_id="1234-abcd", flow_run_name="crimson-fox") as holder:
+def test_a_second_holder_is_refused_with_the_first_ones_name(db: store.Store):
+    with campaign_lock(db, "spring", flow_run_id="1234-abcd", flow_run_name="crimson-fox") as lease:
         with pytest.raises(CampaignLocked) as refused:
             with campaign_lock(db, "spring", flow_run_id="5678"):
                 pass
-        assert current_holder(db, "spring") == holder
+        assert current_holder(db, "spring") == lease.holder
     message = str(refused.value)
     assert "campaign 'spring' is already running" in message
-    assert "flow run 'crimson-fox' (1234-abcd)" in message and f"pid {holder.pid}" in message
-    assert refused.value.holder == holder
+    assert "flow run 'crimson-fox' (1234-abcd)" in message and f"pid {lease.holder.pid}" in message
+    assert refused.value.holder == lease.holder
     # Released: nobody holds it, and the next run takes it.
     assert current_holder(db, "spring") is None
     with campaign_lock(db, "spring"):
         pass
 
 
-def test_campaigns_lock_independently(tmp_path: Path):
-    db = tmp_path / "campaigns.duckdb"
+def test_campaigns_lock_independently(db: store.Store):
     with campaign_lock(db, "spring"), campaign_lock(db, "autumn"):
         assert {current_holder(db, c).campaign_id for c in ("spring", "autumn")} == {"spring", "autumn"}
-    assert lock_path(db, "spring").parent == tmp_path / "control"  # beside the pause flag
 
 
-def test_a_run_in_another_process_is_named(tmp_path: Path, other_process: subprocess.Popen[str]):
+def test_a_run_in_another_process_is_named(db: store.Store, other_process: subprocess.Popen[str]):
     named = rf"flow run 'busy-bee' \(run-in-another-process\), pid {other_process.pid} on "
     with pytest.raises(CampaignLocked, match=named):
-        with campaign_lock(tmp_path / "campaigns.duckdb", "spring"):
+        with campaign_lock(db, "spring"):
             pass
 
 
-def test_a_killed_holder_frees_the_lock(tmp_path: Path, other_process: subprocess.Popen[str]):
-    db = tmp_path / "campaigns.duckdb"
+def test_a_killed_holder_on_this_host_frees_the_lease_at_once(db: store.Store, other_process: subprocess.Popen[str]):
     assert current_holder(db, "spring").pid == other_process.pid
     other_process.send_signal(signal.SIGKILL)
     other_process.wait(timeout=10)
-    assert current_holder(db, "spring") is None  # the kernel dropped the dead process's lock
-    with campaign_lock(db, "spring", flow_run_id="next") as holder:
-        assert holder.flow_run_id == "next"
+    assert current_holder(db, "spring") is None  # its process is gone: the lease names nobody alive
+    with campaign_lock(db, "spring", flow_run_id="next") as lease:
+        assert lease.holder.flow_run_id == "next"
 
 
-def test_the_refusal_survives_pickling(tmp_path: Path):
-    with campaign_lock(tmp_path / "db.duckdb", "spring", flow_run_id="r1"):
+def test_a_holder_elsewhere_that_stops_renewing_loses_the_lease_when_it_expires(db: store.Store):
+    # As a machine that died would leave it: a live-looking holder on another host, its lease running out.
+    now = datetime.now(UTC)
+    db.execute("INSERT INTO leases (name, holder, pid, host, since, expires_at) "
+               "VALUES ('campaign:spring', 'gone', 4242, 'worker-b', :since, :expires)",
+               since=now - timedelta(minutes=5), expires=now + timedelta(seconds=1))
+    with pytest.raises(CampaignLocked, match="pid 4242 on worker-b"):
+        with campaign_lock(db, "spring"):
+            pass
+    deadline = time.monotonic() + 10
+    while current_holder(db, "spring") is not None:
+        assert time.monotonic() < deadline, "the expired lease still names its holder"
+        time.sleep(0.1)
+    with campaign_lock(db, "spring", flow_run_id="takeover") as lease:
+        assert current_holder(db, "spring") == lease.holder
+
+
+def test_a_live_holder_keeps_its_lease_by_renewing_it(db: store.Store):
+    with campaign_lock(db, "spring", ttl_s=0.6) as lease:
+        first = db.scalar("SELECT expires_at FROM leases WHERE name = 'campaign:spring'")
+        deadline = time.monotonic() + 10
+        while db.scalar("SELECT expires_at FROM leases WHERE name = 'campaign:spring'") == first:
+            assert time.monotonic() < deadline, "the lease was never renewed"
+            time.sleep(0.05)
+        with pytest.raises(CampaignLocked):
+            with campaign_lock(db, "spring"):
+                pass
+        assert not lease.lost.is_set()
+
+
+def test_the_refusal_survives_pickling(db: store.Store):
+    with campaign_lock(db, "spring", flow_run_id="r1"):
         with pytest.raises(CampaignLocked) as refused:
-            with campaign_lock(tmp_path / "db.duckdb", "spring"):
+            with campaign_lock(db, "spring"):
                 pass
     copy = pickle.loads(pickle.dumps(refused.value))
     assert str(copy) == str(refused.value) and copy.holder == refused.value.holder
@@ -95,7 +127,7 @@ def harness():
 
 
 def test_the_campaign_flow_refuses_while_another_run_holds_the_campaign(
-    tmp_path: Path, other_process: subprocess.Popen[str], harness
+    tmp_path: Path, db_url: str, other_process: subprocess.Popen[str], harness
 ):
     import yaml
 
@@ -106,8 +138,9 @@ def test_the_campaign_flow_refuses_while_another_run_holds_the_campaign(
     spec.update(name="spring", audience=str(root / "audiences/sample.csv"))
     (tmp_path / "spring.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(CampaignLocked, match="campaign 'spring' is already running: flow run 'busy-bee'"):
-        campaign_flow(str(tmp_path / "spring.yaml"), db_path=str(tmp_path / "campaigns.duckdb"),
-                      spool_dir=str(tmp_path / "spool"), reports_dir=str(tmp_path / "reports"),
-                      provider_base_url="http://127.0.0.1:9")
-    # Refused before it touched anything: no ledger, no report folder.
-    assert not (tmp_path / "campaigns.duckdb").exists() and not (tmp_path / "reports").exists()
+        campaign_flow(str(tmp_path / "spring.yaml"), database=db_url, spool_dir=str(tmp_path / "spool"),
+                      reports_dir=str(tmp_path / "reports"), provider_base_url="http://127.0.0.1:9")
+    # Refused before it touched anything: no campaign in the store, no report folder.
+    with store.connect(db_url) as db:
+        assert db.scalar("SELECT count(*) FROM campaigns") == 0
+    assert not (tmp_path / "reports").exists()

@@ -1,18 +1,5 @@
-"""The DuckDB system of record: schema, connection, and small shared helpers.
+-- The DuckDB ledger schema of the version before the shared store (for tests of campaign db import).
 
-One file, one writer process at a time (DuckDB's rule). The webhook receiver never writes
-here: it appends to spool files that the receipts stage ingests.
-"""
-
-from __future__ import annotations
-
-from pathlib import Path
-
-import duckdb
-
-DEFAULT_DB = Path("data/campaigns.duckdb")
-
-SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (
     campaign_id VARCHAR PRIMARY KEY,
     name        VARCHAR NOT NULL,
@@ -193,27 +180,3 @@ CREATE TABLE IF NOT EXISTS billing_groups (  -- outbox + billing_messages counte
 );
 -- Meta's own market for a country it prices on its own, used once a card has it (else `market`, its group).
 ALTER TABLE markets ADD COLUMN IF NOT EXISTS own_market VARCHAR;
-"""
-
-
-def connect(path: Path | str = DEFAULT_DB, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Opens (and on first use creates) the database file with every table in place."""
-    path = Path(path)
-    if read_only:
-        return duckdb.connect(str(path), read_only=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
-    con.execute(SCHEMA)
-    return con
-
-
-def suppressed_addresses(con: duckdb.DuckDBPyConnection, channel: str) -> set[str]:
-    rows = con.execute("SELECT address FROM suppressions WHERE channel = ?", [channel]).fetchall()
-    return {r[0] for r in rows}
-
-
-def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):  # noqa: ANN201
-    """The single value of a query, with the result fully read (DuckDB 2 blocks a connection
-    that still holds an unread result)."""
-    rows = con.execute(sql, params or []).fetchall()
-    return rows[0][0] if rows else None

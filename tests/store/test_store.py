@@ -1,0 +1,100 @@
+"""The store itself: URLs, migrations on first use on both databases, and one-line errors for a store
+that cannot be used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from pipeline import store
+from pipeline.store.local_pg import LocalPostgres
+from pipeline.store.migrate import HEAD, MIGRATIONS, version
+from pipeline.store.schema import metadata
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_path_means_sqlite_and_postgres_urls_use_psycopg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(store.URL_ENV, raising=False)
+    assert store.database_url("data/x.sqlite") == "sqlite:///data/x.sqlite"
+    assert store.database_url(None) == "sqlite:///data/campaigns.sqlite"
+    assert store.database_url("postgresql://u:secret@h/db").startswith("postgresql+psycopg://u:secret@h/db")
+    monkeypatch.setenv(store.URL_ENV, "postgres://u@h:5433/campaigns")
+    assert store.database_url(None) == "postgresql+psycopg://u@h:5433/campaigns"
+    assert store.shown("postgresql+psycopg://u:secret@h/db") == "postgresql+psycopg://u:***@h/db"
+    with pytest.raises(store.StoreError, match="unsupported store URL mysql://u:\\*\\*\\*@h/db"):
+        store.database_url("mysql://u:secret@h/db")
+
+
+def test_the_migrations_create_exactly_the_declared_schema(db: store.Store) -> None:
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        assert version(conn) == HEAD
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD
+
+
+def test_a_second_connect_finds_the_schema_current(db_url: str) -> None:
+    first = store.connect(db_url)
+    first.execute("INSERT INTO suppressions (channel, address, reason, since) VALUES ('sms', '+1', 'stop', :t)",
+                  t=__import__("datetime").datetime.now(__import__("datetime").UTC))
+    first.close()
+    again = store.connect(db_url)
+    assert again.scalar("SELECT count(*) FROM suppressions") == 1
+    again.close()
+
+
+def test_processes_starting_together_migrate_a_new_store_once(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    code = f"from pipeline import store; print(store.connect({str(path)!r}).scalar('SELECT count(*) FROM outbox'))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, results
+    assert [out.strip() for out, _ in results] == ["0"] * 4
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, env=env)
+
+
+def test_an_unreachable_postgresql_is_one_line_naming_it(postgres_server: LocalPostgres) -> None:
+    closed_port = postgres_server.port + 1 if postgres_server.port < 65000 else 1
+    out = _cli("status", "welcome", "--db", f"postgresql://campaign:hunter2@127.0.0.1:{closed_port}/nope")
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: store postgresql+psycopg://campaign:***@127.0.0.1:")
+    assert len(out.stderr.strip().splitlines()) == 1 and "hunter2" not in out.stderr
+    wrong_db = _cli("status", "welcome", "--db", postgres_server.url("no_such_database"))
+    assert wrong_db.returncode == 2 and "no_such_database" in wrong_db.stderr
+    assert len(wrong_db.stderr.strip().splitlines()) == 1
+
+
+def test_a_read_only_sqlite_store_is_one_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "campaigns.sqlite"
+    store.connect(path).close()
+    subprocess.run(["chattr", "+i", str(path)], check=True)  # read-only even for root
+    try:
+        out = _cli("pause", "welcome", "--db", str(path))
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: store sqlite:///{path}: ")
+    assert "readonly" in out.stderr or "read-only" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_store_path_in_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = _cli("status", "x", "--db", str(blocker / "sub" / "campaigns.sqlite"))
+    assert out.returncode == 2 and out.stderr.startswith("error: store sqlite:///")
+    assert len(out.stderr.strip().splitlines()) == 1
