@@ -205,18 +205,21 @@ class _Dispatch:
 
     async def _recover(self) -> None:
         """Before sending anything: receipts first, then what an earlier crash left in flight."""
-        grace = self.retry.reconcile_grace_s if self.reconcile_fn else 0.0
         if self.reconcile_fn:
             await self._db(self.reconcile_fn)
-        reconciled, unknown = await self._db(lambda: self.ledger.reconcile_in_flight(older_than_s=grace))
+        # Without a receipt source nothing more can be learnt: leftovers are `unknown` at once. With one,
+        # a leftover's receipt may still be on its way (the provider's webhook queue, the spool, an outage
+        # of the store between send and record): each gets the full grace from this recovery, however long
+        # ago it was claimed, before it is called `unknown`.
+        older_than = None if self.reconcile_fn else 0.0
+        reconciled, unknown = await self._db(lambda: self.ledger.reconcile_in_flight(older_than_s=older_than))
         self.result.reconciled_sent, self.result.unknown = reconciled, unknown
         if unknown:
             log.warning("%d messages were in flight at a crash and no receipt names them: state 'unknown', "
                         "resent only with `campaign resend-unknown`", unknown)
-        # Younger ones may still get their receipt: wait for it (up to the grace) during this run.
         ages = await self._db(self.ledger.in_flight_ages)
         now = time.monotonic()
-        self.leftovers = {message_id: now - age for message_id, age in ages.items()}
+        self.leftovers = dict.fromkeys(ages, now)
 
     async def _feed(self, lane: _Lane) -> None:
         last_seq = -1

@@ -82,10 +82,10 @@ class Ledger:
         return self.db.scalar("SELECT count(*) FROM outbox WHERE campaign_id = :c AND state = 'sending'",
                               c=self.campaign_id)
 
-    def reconcile_in_flight(self, *, older_than_s: float = 0.0) -> tuple[int, int]:
+    def reconcile_in_flight(self, *, older_than_s: float | None = 0.0) -> tuple[int, int]:
         """Messages left `sending` by a crash: `sent` if a receipt carries our id; otherwise, once
         `older_than_s` has passed without one, `unknown` (resent only when the operator asks,
-        since the request may have reached the provider)."""
+        since the request may have reached the provider). None: none becomes `unknown` here."""
         now = datetime.now(UTC)
         with self.db.write() as conn:
             reconciled = run(conn, """
@@ -98,7 +98,7 @@ class Ledger:
                 WHERE campaign_id = :c AND state IN ('sending', 'unknown')
                   AND EXISTS (SELECT 1 FROM events e WHERE e.message_id = outbox.message_id)
                 """, now=now, c=self.campaign_id).rowcount
-            unknown = run(conn, """
+            unknown = 0 if older_than_s is None else run(conn, """
                 UPDATE outbox SET state = 'unknown', updated_at = :now
                 WHERE campaign_id = :c AND state = 'sending' AND coalesce(updated_at, queued_at) <= :cutoff
                 """, now=now, c=self.campaign_id, cutoff=now - timedelta(seconds=older_than_s)).rowcount

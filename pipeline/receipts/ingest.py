@@ -315,18 +315,17 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
                                ("_py_stops", staged.stops, STOP_SCHEMA)):
         duck.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
     try:
-        events = duck.execute(_BATCH_EVENTS_SQL.format(events=batch.events_sql(), dups=batch.table("dups")))
-        reader = events.fetch_record_batch(write_rows)
-        for chunk in reader:
+        events = duck.sql(_BATCH_EVENTS_SQL.format(events=batch.events_sql(), dups=batch.table("dups")))
+        for chunk in events.to_arrow_reader(write_rows):
             with db.write() as conn:
                 result.events_added += insert_frame(conn, "events", pl.from_arrow(chunk), on_conflict="ignore")
-        inbound = pl.from_arrow(duck.execute(_BATCH_INBOUND_SQL).arrow())
+        inbound = pl.from_arrow(duck.sql(_BATCH_INBOUND_SQL).to_arrow_table())
         quarantine = pl.DataFrame(staged.quarantine, schema=QUARANTINE_SCHEMA)
         opt_outs = duck.execute(f"SELECT DISTINCT message_id FROM {batch.table('opt_outs')} "
                                 "WHERE address IS NULL AND message_id IS NOT NULL").fetchall()
         duck.register("_addresses", _addresses(db, [m for (m,) in opt_outs]).to_arrow())
-        suppressions = pl.from_arrow(duck.execute(
-            _BATCH_SUPPRESSIONS_SQL.format(opt_outs=batch.table("opt_outs"))).arrow())
+        suppressions = pl.from_arrow(duck.sql(
+            _BATCH_SUPPRESSIONS_SQL.format(opt_outs=batch.table("opt_outs"))).to_arrow_table())
         spool_rows = pl.DataFrame({
             "name": [p.name for p in batch.paths], "bytes": batch.sizes,
             "events": [batch.per_file.get(i, 0) for i in range(len(batch.paths))],

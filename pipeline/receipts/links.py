@@ -130,7 +130,7 @@ def apply_watermarks(db: Store) -> int:
         con.execute("CREATE VIEW events AS SELECT provider, provider_message_id, message_id, status, recipient, "
                     "occurred_at, received_at, raw_json FROM marks_src UNION ALL SELECT provider, NULL, message_id, "
                     "status, NULL, occurred_at, NULL, NULL FROM events_src")
-        derived = pl.from_arrow(con.execute(_WATERMARKS_SQL).arrow())
+        derived = pl.from_arrow(con.sql(_WATERMARKS_SQL).to_arrow_table())
     if derived.is_empty():
         return 0
     with db.write() as conn:

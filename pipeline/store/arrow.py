@@ -49,6 +49,7 @@ def column_types(table: str) -> dict[str, pa.DataType]:
 
 def read_arrow(db: Store, statement: str, types: Mapping[str, pa.DataType] | None = None, **params: Any) -> pa.Table:
     """Runs a query and returns its rows as an Arrow table, columns cast to `types` where given."""
+    statement, params = _expand(statement, params)
     table = _read_postgres(db, statement, params) if db.dialect == "postgresql" else _read_sqlite(db, statement, params)
     return _cast(table, types or {})
 
@@ -58,6 +59,20 @@ def read_table(db: Store, table: str, where: str = "", **params: Any) -> pa.Tabl
     types = column_types(table)
     sql = f"SELECT {', '.join(_quoted(c) for c in types)} FROM {table} {where}"
     return read_arrow(db, sql, types, **params)
+
+
+def _expand(statement: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`IN :ids` with a list becomes `IN (:ids_0, :ids_1, ...)` (neither driver binds a list)."""
+    flat: dict[str, Any] = {}
+    for name, value in params.items():
+        if isinstance(value, list | tuple | set | frozenset):
+            items = list(value) or [None]
+            names = [f"{name}_{i}" for i in range(len(items))]
+            statement = re.sub(rf"(?<![:\w]):{name}\b", "(" + ", ".join(f":{n}" for n in names) + ")", statement)
+            flat.update(zip(names, items, strict=True))
+        else:
+            flat[name] = value
+    return statement, flat
 
 
 def _quoted(name: str) -> str:
