@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Connection
-
 from pipeline.store import Store, dialect, run, run_many, utc
 
-_CHUNK = 500  # ids per IN list
+_CHUNK = 300  # rows per statement (SQLite binds at most 32,766 parameters, an outcome takes 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,19 +53,9 @@ class Claim:
     resend: bool = False  # already `sending` by this dispatcher: only the new provider ids are recorded
 
 
-_OUTCOME = """
-UPDATE outbox SET state = :state, attempts = :attempts,
-    provider_message_id = coalesce(:pid, provider_message_id), error_code = :code, error_detail = :detail,
-    sent_at = coalesce(:sent_at, sent_at), not_before = :not_before, retryable = :retryable, updated_at = :now
-WHERE campaign_id = :campaign_id AND seq = :seq
-"""
 _RENAME = """
 UPDATE outbox SET provider_message_id = :pid
 WHERE campaign_id = :campaign_id AND seq = :seq AND state = 'sending'
-"""
-_TRANSITION = """
-INSERT INTO outbox_transitions (campaign_id, seq, state, error_code, changed_at)
-VALUES (:campaign_id, :seq, :state, :code, :now)
 """
 
 
@@ -158,33 +146,25 @@ class Ledger:
         if not claims and not outcomes:
             return set()
         now = datetime.now(UTC)
+        resent = {seq for c in claims if c.resend for seq in c.seqs}
         with self.db.write() as conn:
-            claimed = self._claim(conn, [c for c in claims if not c.resend], now)
-            claimed |= {seq for c in claims if c.resend for seq in c.seqs}
+            fresh: set[int] = set()
+            wanted = [seq for c in claims if not c.resend for seq in c.seqs]
+            for part in _chunks(wanted):
+                fresh.update(dialect.claim(conn, self.campaign_id, part, now))
+            claimed = fresh | resent
             names = [{"pid": pid, "seq": seq, "campaign_id": self.campaign_id}
                      for c in claims if c.provider_ids for seq, pid in zip(c.seqs, c.provider_ids, strict=True)
                      if pid is not None and seq in claimed]
             run_many(conn, _RENAME, names)
-            run_many(conn, _OUTCOME, [{
-                "state": o.state, "attempts": o.attempts, "pid": o.provider_message_id, "code": o.error_code,
-                "detail": o.error_detail, "sent_at": o.sent_at, "not_before": o.not_before,
-                "retryable": o.retryable, "now": now, "campaign_id": self.campaign_id, "seq": o.seq,
-            } for o in outcomes])
-            fresh = sorted(claimed - {seq for c in claims if c.resend for seq in c.seqs})
-            run_many(conn, _TRANSITION, [
-                *({"campaign_id": self.campaign_id, "seq": s, "state": "sending", "code": None, "now": now}
-                  for s in fresh),
-                *({"campaign_id": self.campaign_id, "seq": o.seq, "state": o.state, "code": o.error_code, "now": now}
-                  for o in outcomes),
-            ])
-        return claimed
-
-    def _claim(self, conn: Connection, claims: Sequence[Claim], now: datetime) -> set[int]:
-        seqs = [seq for c in claims for seq in c.seqs]
-        claimed: set[int] = set()
-        for part in _chunks(seqs):
-            rows = run(conn, dialect.claim_sql(conn.dialect.name), campaign_id=self.campaign_id, seqs=part, now=now)
-            claimed.update(r[0] for r in rows)
+            rows = [(o.seq, o.state, o.attempts, o.provider_message_id, o.error_code, o.error_detail, o.sent_at,
+                     o.not_before, o.retryable) for o in outcomes]
+            for part in _chunks(rows):
+                dialect.record_outcomes(conn, self.campaign_id, part, now)
+            transitions = [*((seq, "sending", None) for seq in sorted(fresh)),
+                           *((o.seq, o.state, o.error_code) for o in outcomes)]
+            for part in _chunks(transitions):
+                dialect.record_transitions(conn, self.campaign_id, part, now)
         return claimed
 
     def counts(self) -> dict[str, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, event
@@ -38,19 +39,83 @@ def prepare_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
-def claim_sql(dialect: str) -> str:
-    """queued -> sending for the given seqs of a campaign, returning the seqs this transaction took.
+def claim(conn: Connection, campaign_id: str, seqs: Sequence[int], now: datetime) -> list[int]:
+    """queued -> sending for the given seqs of a campaign; returns the seqs this transaction took.
 
     PostgreSQL: rows another dispatcher has locked are skipped, not waited for (it is claiming them);
     SQLite: the write transaction is the only writer, so a plain conditional UPDATE is exclusive."""
-    condition = "campaign_id = :campaign_id AND seq IN :seqs AND state = 'queued'"
-    if dialect == "postgresql":
-        return f"""
-            UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = :now
-            WHERE message_id IN (SELECT message_id FROM outbox WHERE {condition} FOR UPDATE SKIP LOCKED)
-            RETURNING seq"""
-    return f"UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = :now WHERE {condition} " \
-           "RETURNING seq"
+    if not seqs:
+        return []
+    if conn.dialect.name == "postgresql":
+        sql = """
+            UPDATE outbox SET state = 'sending', attempts = outbox.attempts + 1, updated_at = %s
+            FROM (SELECT ctid AS row_id FROM outbox
+                  WHERE campaign_id = %s AND seq = ANY(CAST(%s AS bigint[])) AND state = 'queued'
+                  FOR UPDATE SKIP LOCKED) AS c
+            WHERE outbox.ctid = c.row_id
+            RETURNING outbox.seq"""
+        return [r[0] for r in conn.exec_driver_sql(sql, (now, campaign_id, list(seqs))).all()]
+    marks = ", ".join("?" for _ in seqs)
+    sql = (f"UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ? "
+           f"WHERE campaign_id = ? AND seq IN ({marks}) AND state = 'queued' RETURNING seq")
+    return [r[0] for r in conn.exec_driver_sql(sql, (_sqlite_ts(now), campaign_id, *seqs)).all()]
+
+
+# Per outcome: seq, state, attempts, provider id, error code, error detail, sent_at, not_before, retryable.
+_OUTCOME_SET = """state = o.state, attempts = o.attempts,
+    provider_message_id = coalesce(o.pid, outbox.provider_message_id), error_code = o.code,
+    error_detail = o.detail, sent_at = coalesce(o.sent_at, outbox.sent_at), not_before = o.not_before,
+    retryable = o.retryable, updated_at = {now}"""
+_OUTCOME_COLUMNS = "seq, state, attempts, pid, code, detail, sent_at, not_before, retryable"
+
+
+def record_outcomes(conn: Connection, campaign_id: str, rows: Sequence[tuple[Any, ...]], now: datetime) -> None:
+    """One UPDATE for a whole group commit's outcomes (a statement per message costs more than the rows)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        columns = list(zip(*rows, strict=True))
+        sql = f"""
+            UPDATE outbox SET {_OUTCOME_SET.format(now="%s")}
+            FROM unnest(CAST(%s AS bigint[]), CAST(%s AS text[]), CAST(%s AS integer[]), CAST(%s AS text[]),
+                        CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS timestamptz[]),
+                        CAST(%s AS timestamptz[]), CAST(%s AS boolean[])) AS o({_OUTCOME_COLUMNS})
+            WHERE outbox.campaign_id = %s AND outbox.seq = o.seq"""
+        conn.exec_driver_sql(sql, (now, *[list(c) for c in columns], campaign_id))
+        return
+    flat: list[Any] = []
+    for row in rows:
+        flat += [*row[:6], _sqlite_ts(row[6]), _sqlite_ts(row[7]), row[8]]
+    values = ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in rows)
+    sql = f"""
+        WITH o({_OUTCOME_COLUMNS}) AS (VALUES {values})
+        UPDATE outbox SET {_OUTCOME_SET.format(now="?")}
+        FROM o WHERE outbox.campaign_id = ? AND outbox.seq = o.seq"""
+    # SQLite numbers parameters in text order: the CTE's values come before the SET's timestamp.
+    conn.exec_driver_sql(sql, (*flat, _sqlite_ts(now), campaign_id))
+
+
+def record_transitions(conn: Connection, campaign_id: str, rows: Sequence[tuple[int, str, str | None]],
+                       now: datetime) -> None:
+    """Appends (seq, state, error code) transitions, all stamped `now`, in one statement."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        seqs, states, codes = (list(c) for c in zip(*rows, strict=True))
+        conn.exec_driver_sql(
+            "INSERT INTO outbox_transitions (campaign_id, seq, state, error_code, changed_at) "
+            "SELECT %s, s, st, c, %s FROM unnest(CAST(%s AS bigint[]), CAST(%s AS text[]), CAST(%s AS text[])) "
+            "AS t(s, st, c)", (campaign_id, now, seqs, states, codes))
+        return
+    stamp = _sqlite_ts(now)
+    values = ", ".join("(?, ?, ?, ?, ?)" for _ in rows)
+    conn.exec_driver_sql(
+        f"INSERT INTO outbox_transitions (campaign_id, seq, state, error_code, changed_at) VALUES {values}",
+        tuple(v for seq, state, code in rows for v in (campaign_id, seq, state, code, stamp)))
+
+
+def _sqlite_ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
