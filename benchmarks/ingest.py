@@ -1,4 +1,4 @@
-"""Benchmark: ingest 1,000,000 WhatsApp status receipts from spool files into a fresh DuckDB file.
+"""Benchmark: ingest 1,000,000 WhatsApp status receipts from spool files into a fresh store (SQLite, PostgreSQL).
 
 Generates (seeded) a spool like the receiver writes: POSTs of 1-7 statuses in Meta's envelope,
 statuses of one message spread over time and posted out of order, ~0.5 % of POSTs delivered twice
@@ -6,7 +6,9 @@ statuses of one message spread over time and posted out of order, ~0.5 % of POST
 Then times `ingest_spool` into a fresh database, and replays every file after deleting the
 `spool_files` bookkeeping: `reingest_added` must be 0. Data lives in a temporary directory.
 
-    .venv/bin/python benchmarks/ingest.py [--events 1000000] [--seed 7]
+    .venv/bin/python benchmarks/ingest.py [--events 1000000] [--seed 7] [--backend sqlite,postgresql]
+
+One JSON line per backend, the last line the last backend's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import _payloads
+from _dispatch_kit import backends_arg, stores
 
 from pipeline import store
 from pipeline.receipts.ingest import ingest_spool
@@ -81,11 +84,11 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--lines-per-file", type=int, default=850)
-    parser.add_argument("--compact", action="store_true",
-                        help="also time compact=True (DuckDB's default compression) into another database")
+    parser.add_argument("--backend", type=backends_arg, default=["sqlite", "postgresql"])
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, stores(args.backend, Path(tmp)) as new_store:
         spool_dir = Path(tmp) / "spool"
         spool_dir.mkdir()
         started = time.perf_counter()
@@ -95,44 +98,35 @@ def main() -> int:
         # The receiver fsyncs what it spools; flush the generated files too, or their write-back
         # competes with the database's writes and fsyncs during the timed ingest.
         os.sync()
+        for backend in args.backend:
+            ok &= measure(backend, new_store(backend, "bench"), spool_dir, stats)
+    return 0 if ok else 1
 
-        db = Path(tmp) / "bench.duckdb"
-        con = store.connect(db)
-        print("ingesting into a fresh database", flush=True)
-        started = time.perf_counter()
-        first = ingest_spool(con, spool_dir)
-        seconds = time.perf_counter() - started
-        print(f"  {first.as_dict()} in {seconds:.2f} s", flush=True)
-        in_db = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
 
-        print("replaying every file with the spool_files bookkeeping deleted", flush=True)
-        con.execute("DELETE FROM spool_files")
-        started = time.perf_counter()
-        again = ingest_spool(con, spool_dir)
-        reingest_seconds = time.perf_counter() - started
-        print(f"  {again.as_dict()} in {reingest_seconds:.2f} s", flush=True)
-        con.close()
-        db_mb = db.stat().st_size / 1e6
+def measure(backend: str, url: str, spool_dir: Path, stats: dict[str, int]) -> bool:
+    db = store.connect(url)
+    print(f"{backend}: ingesting into a fresh store", flush=True)
+    started = time.perf_counter()
+    first = ingest_spool(db, spool_dir)
+    seconds = time.perf_counter() - started
+    print(f"  {first.as_dict()} in {seconds:.2f} s", flush=True)
+    in_db = db.scalar("SELECT count(*) FROM events")
 
-        compact_seconds = compact_mb = None
-        if args.compact:
-            db2 = Path(tmp) / "bench-compact.duckdb"
-            con = store.connect(db2)
-            print("ingesting into another fresh database with compact=True (DuckDB's default compression)",
-                  flush=True)
-            started = time.perf_counter()
-            compact = ingest_spool(con, spool_dir, compact=True)
-            compact_seconds = time.perf_counter() - started
-            con.close()
-            compact_mb = db2.stat().st_size / 1e6
-            print(f"  {compact.as_dict()} in {compact_seconds:.2f} s; database {compact_mb:.0f} MB vs {db_mb:.0f} MB",
-                  flush=True)
-
+    print(f"{backend}: replaying every file with the spool_files bookkeeping deleted", flush=True)
+    db.execute("DELETE FROM spool_files")
+    started = time.perf_counter()
+    again = ingest_spool(db, spool_dir)
+    reingest_seconds = time.perf_counter() - started
+    print(f"  {again.as_dict()} in {reingest_seconds:.2f} s", flush=True)
+    path = db.path
+    db_mb = path.stat().st_size / 1e6 if path else db.scalar("SELECT pg_database_size(current_database())") / 1e6
+    db.close()
     ok = in_db == stats["status_events"] and first.files == stats["files"]
     if not ok:
-        print(f"MISMATCH: {in_db} events in the database, {stats['status_events']} generated", flush=True)
+        print(f"MISMATCH: {in_db} events in the store, {stats['status_events']} generated", flush=True)
     print(json.dumps({
         "name": "ingest_whatsapp_status_events",
+        "backend": backend,
         "events": stats["status_events"],
         "seconds": round(seconds, 3),
         "per_s": round(stats["status_events"] / seconds, 1),
@@ -146,10 +140,8 @@ def main() -> int:
         "lines": stats["lines"],
         "spool_mb": round(stats["bytes"] / 1e6, 1),
         "db_mb": round(db_mb, 1),
-        "compact_seconds": None if compact_seconds is None else round(compact_seconds, 3),
-        "compact_db_mb": None if compact_mb is None else round(compact_mb, 1),
-    }))
-    return 0 if ok and again.events_added + again.inbound_added == 0 else 1
+    }), flush=True)
+    return ok and again.events_added + again.inbound_added == 0
 
 
 if __name__ == "__main__":

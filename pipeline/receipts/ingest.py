@@ -48,7 +48,7 @@ from pipeline.receipts.links import apply_watermarks, link_receipts
 from pipeline.receipts.spool import batches_of, closed_files, decode_record, lines_table, read_spool_file
 from pipeline.records import Inbound, Receipt
 from pipeline.store import Store
-from pipeline.store.bulk import insert_frame
+from pipeline.store.bulk import insert_frame, load_arrow
 
 log = logging.getLogger(__name__)
 
@@ -316,9 +316,8 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
         duck.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
     try:
         events = duck.sql(_BATCH_EVENTS_SQL.format(events=batch.events_sql(), dups=batch.table("dups")))
-        for chunk in events.to_arrow_reader(write_rows):
-            with db.write() as conn:
-                result.events_added += insert_frame(conn, "events", pl.from_arrow(chunk), on_conflict="ignore")
+        result.events_added += load_arrow(db, "events", events.to_arrow_table(), rows_per_transaction=write_rows,
+                                          durable=False)
         inbound = pl.from_arrow(duck.sql(_BATCH_INBOUND_SQL).to_arrow_table())
         quarantine = pl.DataFrame(staged.quarantine, schema=QUARANTINE_SCHEMA)
         opt_outs = duck.execute(f"SELECT DISTINCT message_id FROM {batch.table('opt_outs')} "

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 
@@ -191,9 +192,13 @@ events = Table(
     Column("occurred_at", TS, nullable=False),
     Column("received_at", TS),
     Column("raw_json", Text),
-    Index("events_event_id", "event_id", unique=True),
+    # Idempotence: a receipt's id hashes its time too, so (occurred_at, event_id) is as unique as the id, and
+    # keyed by time first the index grows at its end as receipts arrive, instead of at random places.
+    Index("events_key", "occurred_at", "event_id", unique=True),
     Index("events_message", "message_id"),
-    Index("events_provider_id", "provider_message_id"),
+    # Only receipts still to be linked to a message by the provider's id (pipeline/receipts/links.py).
+    Index("events_unlinked", "provider_message_id", sqlite_where=text("message_id IS NULL"),
+          postgresql_where=text("message_id IS NULL")),
 )
 inbound = Table(
     "inbound", metadata,

@@ -137,9 +137,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq"),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.create_index("events_event_id", ["event_id"], unique=True)
+        batch_op.create_index("events_key", ["occurred_at", "event_id"], unique=True)
         batch_op.create_index("events_message", ["message_id"], unique=False)
-        batch_op.create_index("events_provider_id", ["provider_message_id"], unique=False)
+        unlinked = sa.text("message_id IS NULL")
+        batch_op.create_index("events_unlinked", ["provider_message_id"], unique=False,
+                              sqlite_where=unlinked, postgresql_where=unlinked)
 
     op.create_table(
         "inbound",
@@ -359,9 +361,9 @@ def downgrade() -> None:
 
     op.drop_table("inbound")
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.drop_index("events_provider_id")
+        batch_op.drop_index("events_unlinked")
         batch_op.drop_index("events_message")
-        batch_op.drop_index("events_event_id")
+        batch_op.drop_index("events_key")
 
     op.drop_table("events")
     with op.batch_alter_table("cost_estimates", schema=None) as batch_op:
