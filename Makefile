@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PREFECT_UI_PORT ?= 4200
 PREFECT_LOCAL   := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_UI_PORT)/api
 
-.PHONY: install browser demo test ui serve worker upload lint bench clean
+.PHONY: install browser postgres demo test ui serve worker upload lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,16 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# PostgreSQL server binaries for the tests on the fleet store (the tests start and stop their own servers): Debian's.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 demo: install
 	$(BIN)/campaign demo
 
-test: install browser
+test: install browser postgres
 	$(BIN)/pytest
 
 lint: install
