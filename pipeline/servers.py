@@ -147,8 +147,9 @@ class BodyLimit:
     `connection: close` — on its Content-Length before a byte is read, or, chunked, as soon as the bytes
     received pass the bound — so no route ever holds more than its bound.
 
-    The bound is `max_bytes` unless the app declares a larger or smaller one for a path prefix in its
-    `body_limits` mapping (e.g. the upload page's file size); the longest matching prefix wins.
+    The bound is `max_bytes` unless the app declares its own for a path in its `body_limits` mapping (e.g. the
+    upload page's file size): a key ending in "/" covers the paths under it (the longest wins), any other key
+    only that path.
     """
 
     def __init__(self, app: Any, max_bytes: int) -> None:
@@ -157,7 +158,9 @@ class BodyLimit:
 
     def bound(self, path: str) -> int:
         declared: Mapping[str, int] = getattr(self.app, "body_limits", None) or {}
-        prefix = max((p for p in declared if path.startswith(p)), key=len, default=None)
+        if path in declared:
+            return declared[path]
+        prefix = max((p for p in declared if p.endswith("/") and path.startswith(p)), key=len, default=None)
         return self.max_bytes if prefix is None else declared[prefix]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -8,7 +8,9 @@ this package never imports Prefect) starts the watcher at once instead of at its
 page the runs' states and their Prefect UI links.
 
 Every route but the empty form needs the token: the `X-Upload-Token` header or the form's `token` field;
-the upload's answer then sets a session cookie (an HMAC of the token, never the token itself).
+the upload's answer then sets a session cookie (an HMAC of the token, never the token itself). A header or a
+valid cookie is checked before the upload's body is read; the form's fields are bounded in number
+(UPLOAD_MAX_FIELDS) and size (UPLOAD_MAX_FIELD_BYTES), and the whole body by the server (`body_limits`).
 """
 
 from __future__ import annotations
@@ -39,11 +41,19 @@ from pipeline.spec import SpecError
 from pipeline.upload import check as upload_check
 from pipeline.upload import inbox
 from pipeline.upload import page as upload_page
-from pipeline.upload.stream import ClientGone, UploadRefused, receive_upload
+from pipeline.upload.stream import (
+    DEFAULT_MAX_FIELD_BYTES,
+    DEFAULT_MAX_FIELDS,
+    ClientGone,
+    UploadRefused,
+    form_bytes,
+    receive_upload,
+)
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV, MAX_MB_ENV = "UPLOAD_TOKEN", "UPLOAD_MAX_MB"
+MAX_FIELDS_ENV, MAX_FIELD_BYTES_ENV = "UPLOAD_MAX_FIELDS", "UPLOAD_MAX_FIELD_BYTES"
 TOKEN_HEADER, SESSION_COOKIE = "x-upload-token", "upload_session"
 WATCHER_DEPLOYMENT = "inbox-watcher/audience-inbox"  # prefect.yaml's drop-folder watcher
 MIN_TOKEN_CHARS = 16
@@ -77,20 +87,32 @@ class UploadConfig:
     staging_dir: Path = Path("data/uploads")
     max_bytes: int = int(DEFAULT_MAX_MB * 1_000_000)
     runs: Runs | None = None
+    max_fields: int = DEFAULT_MAX_FIELDS  # form fields besides the file
+    max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES  # a field's value, and a form part's headers
 
     def __post_init__(self) -> None:
         if len(self.token) < MIN_TOKEN_CHARS:
             raise ValueError(f"the upload token must have at least {MIN_TOKEN_CHARS} characters "
                              "(e.g. `openssl rand -hex 16`)")
+        if min(self.max_bytes, self.max_fields, self.max_field_bytes) <= 0:
+            raise ValueError("the upload limits must be positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> UploadConfig | None:
-        """The page's configuration from UPLOAD_TOKEN (and UPLOAD_MAX_MB); None without a token."""
+        """The page's configuration from UPLOAD_TOKEN (and UPLOAD_MAX_MB, UPLOAD_MAX_FIELDS,
+        UPLOAD_MAX_FIELD_BYTES); None without a token."""
         env = os.environ if environ is None else environ
         if not env.get(TOKEN_ENV):
             return None
-        max_mb = float(env.get(MAX_MB_ENV) or DEFAULT_MAX_MB)
-        return cls(token=env[TOKEN_ENV], max_bytes=int(max_mb * 1_000_000), **overrides)
+        max_mb = _positive(env, MAX_MB_ENV, float, DEFAULT_MAX_MB)
+        return cls(token=env[TOKEN_ENV], max_bytes=int(max_mb * 1_000_000),
+                   max_fields=_positive(env, MAX_FIELDS_ENV, int, DEFAULT_MAX_FIELDS),
+                   max_field_bytes=_positive(env, MAX_FIELD_BYTES_ENV, int, DEFAULT_MAX_FIELD_BYTES), **overrides)
+
+    @property
+    def body_bytes(self) -> int:
+        """The most an upload's body may carry: the file and the form around it."""
+        return self.max_bytes + form_bytes(self.max_fields, self.max_field_bytes)
 
     @property
     def folders(self) -> inbox.Folders:
@@ -99,6 +121,17 @@ class UploadConfig:
     @property
     def session(self) -> str:
         return hmac.new(self.token.encode(), b"upload-page-session", hashlib.sha256).hexdigest()
+
+
+def _positive(env: Mapping[str, str], name: str, kind: type[Any], default: Any) -> Any:
+    raw = (env.get(name) or "").strip()
+    try:
+        value = kind(raw) if raw else default
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise ValueError(f"{name}: expected a positive {kind.__name__}, got {raw!r}")
+    return value
 
 
 def list_specs(specs_dir: Path) -> list[str]:
@@ -137,8 +170,11 @@ def upload_routes(config: UploadConfig) -> list[Route]:
         upload_id = upload_check.new_upload_id()
         folder = config.staging_dir / upload_id
         try:
+            if request.headers.get(TOKEN_HEADER):
+                authorise(config, request)  # before a byte of the body is read
             received = await receive_upload(request.headers, request.receive, folder, max_bytes=config.max_bytes,
-                                            check_token=lambda fields: authorise(config, request, fields))
+                                            check_token=lambda fields: authorise(config, request, fields),
+                                            max_fields=config.max_fields, max_field_bytes=config.max_field_bytes)
             spec_name = received.fields.get("spec", "")
             if spec_name not in list_specs(config.specs_dir):
                 raise UploadRefused(400, "choose one of the campaign specs")
@@ -146,7 +182,9 @@ def upload_routes(config: UploadConfig) -> list[Route]:
         except UploadRefused as refused:
             shutil.rmtree(folder, ignore_errors=True)
             log.info("upload refused (%d): %s", refused.status, refused.message)
-            return form_page(request, refused)
+            answer = form_page(request, refused)
+            answer.headers["connection"] = "close"  # what the client may still send is not read
+            return answer
         except ClientGone:
             shutil.rmtree(folder, ignore_errors=True)
             return Response(status_code=400)
@@ -222,8 +260,12 @@ def upload_routes(config: UploadConfig) -> list[Route]:
 
 
 def add_upload_routes(app: Any, config: UploadConfig) -> None:
-    """Installs the upload page on a receiver app (`pipeline.receipts.receiver.create_receiver_app`)."""
+    """Installs the upload page on a receiver app (`pipeline.receipts.receiver.create_receiver_app`), and
+    declares its body bound to the server (pipeline.servers.BodyLimit)."""
     app.router.routes.extend(upload_routes(config))
+    limits = getattr(app, "body_limits", None)
+    if limits is not None:
+        limits["/upload"] = config.body_bytes
 
 
 def install_from_env(app: Any, environ: Mapping[str, str] | None = None, **overrides: Any) -> UploadConfig | None:
