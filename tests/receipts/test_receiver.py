@@ -35,6 +35,13 @@ def signed(body: bytes, secret: str = SECRETS["whatsapp_app_secret"]) -> dict[st
     return {"X-Hub-Signature-256": sign(body, secret), "Content-Type": "application/json"}
 
 
+def queued(con, n: int) -> None:
+    """Outbox messages msg-0 .. msg-<n-1>, which status_body names (receipts naming none are kept apart)."""
+    con.execute("INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, payload_json, state,"
+                " queued_at) SELECT 'msg-' || i, 'c1', '+16505551234', 'whatsapp', 'S1', '{}', 'sent', now()"
+                " FROM range(?) t(i)", [n])
+
+
 def spooled_lines(spool_dir: Path) -> int:
     return sum(len(p.read_bytes().splitlines()) for p in closed_files(spool_dir))
 
@@ -75,6 +82,7 @@ def test_signed_post_is_spooled_and_ingested_forged_ones_are_not(tmp_path: Path)
     assert not list(spool_dir.glob("*.open"))
     assert spooled_lines(spool_dir) == 1
     con = store.connect(tmp_path / "db.duckdb")
+    queued(con, 2)
     result = ingest_spool(con, spool_dir)
     assert (result.files, result.events_added, result.quarantined) == (1, 1, 0)
     rows = con.execute("SELECT provider_message_id, message_id, status FROM events").fetchall()
@@ -102,6 +110,7 @@ def test_concurrent_posts_all_land_with_few_fsyncs(tmp_path: Path) -> None:
     assert spool.writes < n // 4, spool.stats()  # group commit: far fewer write+fsyncs than payloads
     assert spool.fsyncs < n // 4, spool.stats()
     con = store.connect(tmp_path / "db.duckdb")
+    queued(con, n)
     assert ingest_spool(con, spool_dir).events_added == n
     assert con.execute("SELECT count(DISTINCT provider_message_id) FROM events").fetchone() == (n,)
 
