@@ -213,7 +213,10 @@ async def _refuse(send: Send) -> None:
 
 def server_config(app: Any, host: str, port: int, limits: ServerLimits | None = None) -> uvicorn.Config:
     """uvicorn for any server of the project: loopback only, httptools with deadlines, bodies bounded,
-    connections capped, uvloop when installed, no proxy-header rewriting (nothing is trusted in front)."""
+    connections capped, uvloop when installed, no proxy-header rewriting (nothing is trusted in front).
+
+    A public receiver goes behind a TLS-terminating proxy, which is where Meta's certificate requirement is met.
+    """
     if not host.startswith("127.") and host not in ("localhost", "::1"):
         raise ValueError(f"servers bind to loopback only, not {host!r}")
     limits = ServerLimits.from_env() if limits is None else limits
