@@ -101,11 +101,12 @@ def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
     return [_receipt(report, f"[{i}]") for i, report in enumerate(doc)], []
 
 
-# Fills `events.message_id` for Alibaba receipts: first by the exact "<BizId>:<phone>" the outbox
-# recorded, then (a crash left no BizId) by the campaign of the out_id message and the phone digits.
-# Mainland numbers may be reported without their 86 prefix, hence the second digit comparison.
+# Fills `message_id` for Alibaba receipts (in `events`, or in `unmatched_events` before they are moved): first by
+# the exact "<BizId>:<phone>" the outbox recorded, then (a crash left no BizId) by the campaign of the out_id
+# message and the phone digits. Mainland numbers may be reported without their 86 prefix, hence the second
+# digit comparison.
 RESOLVE_SQL = """
-UPDATE events SET message_id = m.message_id
+UPDATE {table} SET message_id = m.message_id
 FROM (
     SELECT e.event_id, coalesce(
         (SELECT o.message_id FROM outbox o WHERE o.provider_message_id = e.provider_message_id LIMIT 1),
@@ -113,14 +114,17 @@ FROM (
          WHERE o.campaign_id = f.campaign_id AND o.channel = f.channel
            AND regexp_replace(o.recipient_key, '[^0-9]', '', 'g') IN (e.digits, '86' || e.digits)
          LIMIT 1)) AS message_id
-    FROM (SELECT *, regexp_replace(recipient, '[^0-9]', '', 'g') AS digits FROM events) e
+    FROM (SELECT *, regexp_replace(recipient, '[^0-9]', '', 'g') AS digits FROM {table}) e
     WHERE e.provider = ? AND e.message_id IS NULL
 ) AS m
-WHERE events.event_id = m.event_id AND m.message_id IS NOT NULL
+WHERE {table}.event_id = m.event_id AND m.message_id IS NOT NULL
 """
+RECEIPT_TABLES = ("events", "unmatched_events")
 
 
-def resolve_message_ids(con: duckdb.DuckDBPyConnection) -> int:
-    """Links Alibaba receipts to their messages after ingest; returns how many were linked."""
-    rows = con.execute(RESOLVE_SQL, [PROVIDER]).fetchall()
+def resolve_message_ids(con: duckdb.DuckDBPyConnection, table: str = "events") -> int:
+    """Links Alibaba receipts of `table` to their messages after ingest; returns how many were linked."""
+    if table not in RECEIPT_TABLES:
+        raise ValueError(f"not a receipts table: {table!r}")
+    rows = con.execute(RESOLVE_SQL.format(table=table), [PROVIDER]).fetchall()
     return int(rows[0][0]) if rows else 0

@@ -18,7 +18,8 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     with store.connect(args.db) as con:
         result = ingest_spool(con, Path(args.spool_dir))
     print(f"{result.files} spool files: {result.events_added} events, {result.inbound_added} inbound, "
-          f"{result.quarantined} quarantined")
+          f"{result.quarantined} quarantined, {result.unmatched} naming no message of ours (kept apart), "
+          f"{result.promoted} of those matched since")
     return 0
 
 

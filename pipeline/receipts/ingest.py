@@ -12,6 +12,9 @@ done and the next run redoes the whole batch. Batches are large and even (spool.
 commit into `events` merges the batch into the primary-key index and writes the whole index out
 again (~1 s per million receipts), so one INSERT and one commit per batch is the cheapest way in.
 
+A receipt that names no message of the outbox goes to `unmatched_events` instead of `events`, never counted;
+each ingest moves those whose message has since appeared (pipeline/receipts/unmatched.py).
+
 Idempotent twice over: finished files are skipped by name, and every row is keyed by a stable
 hash, so replaying a file adds nothing even without that bookkeeping. Of the copies of one receipt
 within a batch, the first (file, line, position) is kept; a receipt already in `events` always
@@ -46,6 +49,7 @@ from pipeline.channels import (
     viber_webhooks,
 )
 from pipeline.channels.whatsapp_webhooks import BULK_CANDIDATE, bulk_statuses_sql, inbound_message_id, parse_webhook
+from pipeline.receipts import unmatched
 from pipeline.receipts.event_ids import EVENT_ID_SQL, _hash, event_id
 from pipeline.receipts.links import apply_watermarks, link_receipts
 from pipeline.receipts.spool import batches_of, closed_files, decode_record, lines_table, read_spool_file
@@ -116,6 +120,8 @@ class IngestResult:
     skipped_files: int = 0  # closed files already recorded in spool_files
     suppressions_added: int = 0
     derived_events: int = 0  # per-message receipts added for Messenger/Instagram watermarks
+    unmatched: int = 0  # receipts naming no message of the outbox, kept apart (unmatched_events)
+    promoted: int = 0  # receipts kept apart earlier whose message has appeared, moved into events
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -194,6 +200,7 @@ SELECT {', '.join('s.' + c for c in EVENT_COLUMNS)}
 FROM _staged_events s LEFT JOIN _staged_dups r ON r.event_id = s.event_id
 WHERE (r.event_id IS NULL OR (s.file_idx, s.line_no, s.pos) = r.first)
   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.occurred_at BETWEEN $lo AND $hi AND e.event_id = s.event_id)
+  AND s.event_id NOT IN (SELECT event_id FROM _unmatched_ids)
 """
 _INBOUND_SQL = """
 INSERT INTO inbound (event_id, provider, sender, text, occurred_at, raw_json)
@@ -345,7 +352,9 @@ def _write(con: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult) 
         con.begin()
         try:
             lo, hi = batch.time_range
+            con.execute(unmatched.STAGE_SQL)
             added = [int(con.execute(_EVENTS_SQL, {"lo": lo, "hi": hi}).fetchall()[0][0])]
+            kept_apart = int(con.execute(unmatched.INSERT_SQL).fetchall()[0][0])
             added += [int(con.execute(sql).fetchall()[0][0]) for sql in (_INBOUND_SQL, _QUARANTINE_SQL,
                                                                           _SUPPRESSIONS_SQL)]
             con.execute("INSERT INTO spool_files (name, bytes, events, ingested_at) SELECT * FROM _new_spool_files")
@@ -354,6 +363,7 @@ def _write(con: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult) 
             con.rollback()
             raise
     finally:
+        con.execute("DROP TABLE IF EXISTS _unmatched_ids")
         for view in ("_staged_events", "_staged_dups", "_staged_opt_outs"):
             con.execute(f"DROP VIEW IF EXISTS {view}")
         for view in _VIEWS:
@@ -365,6 +375,7 @@ def _write(con: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult) 
     result.inbound_added += added[1]
     result.quarantined += added[2]
     result.suppressions_added += added[3]
+    result.unmatched += kept_apart
     if staged.quarantine:
         log.warning("receipts: %d line(s) quarantined in %d file(s)", len(staged.quarantine), len(batch.paths))
 
@@ -447,6 +458,7 @@ def _ingest(
             con.execute(f"DETACH DATABASE IF EXISTS {stage}")
     # Every call, not only when files came: a receipt may have arrived before the dispatcher recorded
     # the provider id (or, for a watermark, the messages) it names.
+    result.promoted = unmatched.promote(con)
     link_receipts(con)
     result.derived_events = apply_watermarks(con)
     log.info("receipts: ingested %s", result.as_dict())
