@@ -15,7 +15,8 @@ def receipts_flow(database: str | None = None, spool_dir: str = "spool") -> dict
     with store.connect(database) as db:
         result = ingest_spool(db, Path(spool_dir))
     get_run_logger().info(
-        "%d spool files: %d events, %d inbound, %d quarantined",
-        result.files, result.events_added, result.inbound_added, result.quarantined,
+        "%d spool files: %d events, %d inbound, %d quarantined, %d naming no message of ours (kept apart)",
+        result.files, result.events_added, result.inbound_added, result.quarantined, result.unmatched,
     )
-    return {"files": result.files, "events": result.events_added, "quarantined": result.quarantined}
+    return {"files": result.files, "events": result.events_added, "quarantined": result.quarantined,
+            "unmatched": result.unmatched}

@@ -18,7 +18,6 @@ from prefect.deployments import run_deployment
 from prefect.settings import get_current_settings
 
 from pipeline.receipts.receiver import APP_SECRET, SECRET_ENV, create_receiver_app, secrets_from_env
-from pipeline.receipts.routes import add_provider_routes
 from pipeline.servers import serve_forever
 from pipeline.upload.routes import WATCHER_DEPLOYMENT, UploadConfig, add_upload_routes
 
@@ -55,11 +54,10 @@ def serve_upload_page(args: argparse.Namespace) -> int:
     secrets = secrets_from_env()
     if not secrets[APP_SECRET]:
         raise ValueError(f"set {SECRET_ENV[APP_SECRET]} in the environment: the upload page runs in the receiver")
-    app = create_receiver_app(Path(args.spool_dir), secrets)
-    providers = add_provider_routes(app)
+    app = create_receiver_app(Path(args.spool_dir), secrets)  # with every provider's route
     add_upload_routes(app, config)
     print(f"upload page on http://{args.host}:{args.port}/upload (at most {config.max_bytes / 1e6:g} MB); "
-          f"webhooks for whatsapp{''.join(', ' + p for p in providers)}; spool {args.spool_dir}", flush=True)
+          f"webhooks configured for {', '.join(app.state.providers)}; spool {args.spool_dir}", flush=True)
     if runs is None:
         print("no PREFECT_API_URL: started uploads wait for the audience-inbox deployment's next round", flush=True)
     serve_forever(app, args.host, args.port)

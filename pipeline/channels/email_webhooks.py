@@ -65,7 +65,7 @@ def _receipt(report: Any, where: str) -> Receipt:
     if not isinstance(report, dict):
         raise MalformedPayload(f"{where}: expected an object")
     event = report.get("event")
-    if event not in _EVENTS:
+    if not isinstance(event, str) or event not in _EVENTS:
         raise MalformedPayload(f"{where}.event: unknown event {event!r}")
     header_id = report.get("message_id")
     if not isinstance(header_id, str) or not header_id:

@@ -133,7 +133,8 @@ def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedPayload(f"not JSON: {exc}") from None
     doc = _obj(doc, "body")
-    provider = _PROVIDERS.get(doc.get("object"))  # type: ignore[arg-type]
+    kind = doc.get("object")
+    provider = _PROVIDERS.get(kind) if isinstance(kind, str) else None
     if provider is None:
         raise MalformedPayload(f"object: expected 'page' or 'instagram', got {doc.get('object')!r}")
     entries = doc.get("entry")

@@ -19,7 +19,8 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     with store.connect(args.db) as db:
         result = ingest_spool(db, Path(args.spool_dir))
     print(f"{result.files} spool files: {result.events_added} events, {result.inbound_added} inbound, "
-          f"{result.quarantined} quarantined")
+          f"{result.quarantined} quarantined, {result.unmatched} naming no message of ours (kept apart), "
+          f"{result.promoted} of those matched since")
     return 0
 
 

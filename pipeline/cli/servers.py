@@ -31,7 +31,9 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
     if install_from_env(app) is not None:
         print(f"upload page on http://{args.host}:{args.port}/upload (UPLOAD_TOKEN set)", flush=True)
-    print(f"webhook receiver on http://{args.host}:{args.port}/webhooks/whatsapp, spool {args.spool_dir}", flush=True)
+    # Every provider's route is served; those whose secret is not set refuse every request.
+    print(f"webhook receiver on http://{args.host}:{args.port}/webhooks/<provider> "
+          f"(configured: {', '.join(app.state.providers)}), spool {args.spool_dir}", flush=True)
     serve_forever(app, args.host, args.port)
     return 0
 

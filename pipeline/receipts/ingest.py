@@ -11,6 +11,9 @@ in short write transactions of `write_rows` rows, so dispatchers sharing the sto
 for long, and a batch's `spool_files` entries are written last: a crash mid-batch leaves those files
 to the next run, which adds what is missing and nothing twice.
 
+A receipt that names no message of the outbox goes to `unmatched_events` instead of `events`, never counted;
+each ingest moves those whose message has since appeared (pipeline/receipts/unmatched.py).
+
 Idempotent twice over: finished files are skipped by name, and every receipt is keyed by a stable
 hash (a unique index of the store), so replaying a file, or two collectors ingesting the same file at
 once, adds nothing. Of the copies of one receipt within a batch, the first (file, line, position) is
@@ -43,12 +46,13 @@ from pipeline.channels import (
     viber_webhooks,
 )
 from pipeline.channels.whatsapp_webhooks import BULK_CANDIDATE, bulk_statuses_sql, inbound_message_id, parse_webhook
+from pipeline.receipts import unmatched
 from pipeline.receipts.event_ids import EVENT_ID_SQL, _hash, event_id
 from pipeline.receipts.links import apply_watermarks, link_receipts
 from pipeline.receipts.spool import batches_of, closed_files, decode_record, lines_table, read_spool_file
 from pipeline.records import Inbound, Receipt
 from pipeline.store import Store
-from pipeline.store.bulk import insert_frame, load_arrow
+from pipeline.store.bulk import insert_frame
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,8 @@ class IngestResult:
     skipped_files: int = 0  # closed files already recorded in spool_files
     suppressions_added: int = 0
     derived_events: int = 0  # per-message receipts added for Messenger/Instagram watermarks
+    unmatched: int = 0  # receipts naming no message of the outbox, kept apart (unmatched_events)
+    promoted: int = 0  # receipts kept apart earlier whose message has appeared, moved into events
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -316,8 +322,10 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
         duck.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
     try:
         events = duck.sql(_BATCH_EVENTS_SQL.format(events=batch.events_sql(), dups=batch.table("dups")))
-        result.events_added += load_arrow(db, "events", events.to_arrow_table(), rows_per_transaction=write_rows,
-                                          durable=False)
+        with staged(db, "events", events.to_arrow_table(), rows_per_transaction=write_rows, durable=False) as rows:
+            added, kept_apart = rows.each_chunk(*unmatched.SPLIT_SQL)
+        result.events_added += added
+        result.unmatched += kept_apart
         inbound = pl.from_arrow(duck.sql(_BATCH_INBOUND_SQL).to_arrow_table())
         quarantine = pl.DataFrame(staged.quarantine, schema=QUARANTINE_SCHEMA)
         opt_outs = duck.execute(f"SELECT DISTINCT message_id FROM {batch.table('opt_outs')} "
@@ -396,6 +404,7 @@ def ingest_spool(
             duck.close()
     # Every call, not only when files came: a receipt may have arrived before the dispatcher recorded
     # the provider id (or, for a watermark, the messages) it names.
+    result.promoted = unmatched.promote(db)
     link_receipts(db)
     result.derived_events = apply_watermarks(db)
     log.info("receipts: ingested %s", result.as_dict())

@@ -69,7 +69,7 @@ WHERE NOT EXISTS (
 
 def link_receipts(db: Store) -> int:
     """Names the message of receipts that came without our id through the provider id the send recorded."""
-    linked = _link_alibaba(db)
+    linked = link_alibaba(db)
     return linked + db.execute("""
         UPDATE events SET message_id = (SELECT min(o.message_id) FROM outbox o
                                         WHERE o.provider_message_id = events.provider_message_id)
@@ -82,10 +82,16 @@ def _digits(value: str | None) -> str:
     return re.sub(r"[^0-9]", "", value or "")
 
 
-def _link_alibaba(db: Store) -> int:
-    """Alibaba SMS receipts: by the BizId the send recorded, then (a crash left no BizId) by the campaign of
-    the out_id message and the phone digits; mainland numbers may be reported without their 86 prefix."""
-    unlinked = db.rows("SELECT event_id, provider_message_id, recipient, raw_json FROM events "
+RECEIPT_TABLES = ("events", "unmatched_events")
+
+
+def link_alibaba(db: Store, table: str = "events") -> int:
+    """Alibaba SMS receipts (in `events`, or in `unmatched_events` before they are moved): by the BizId the send
+    recorded, then (a crash left no BizId) by the campaign of the out_id message and the phone digits;
+    mainland numbers may be reported without their 86 prefix."""
+    if table not in RECEIPT_TABLES:
+        raise ValueError(f"not a receipts table: {table!r}")
+    unlinked = db.rows(f"SELECT event_id, provider_message_id, recipient, raw_json FROM {table} "
                        "WHERE provider = :p AND message_id IS NULL", p=ALIBABA_PROVIDER)
     found = []
     for event_id, provider_id, recipient, raw in unlinked:
@@ -108,7 +114,7 @@ def _link_alibaba(db: Store) -> int:
             found.append({"m": message, "e": event_id})
     if found:
         with db.write() as conn:
-            run_many(conn, "UPDATE events SET message_id = :m WHERE event_id = :e AND message_id IS NULL", found)
+            run_many(conn, f"UPDATE {table} SET message_id = :m WHERE event_id = :e AND message_id IS NULL", found)
     return len(found)
 
 

@@ -14,24 +14,25 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import importlib.util
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pipeline.channels.whatsapp_webhooks import SIGNATURE_HEADER, verify_signature
+from pipeline.receipts import unsubscribe
+from pipeline.receipts.routes import provider_routes
 from pipeline.receipts.spool import Spool, SpoolClosed, encode_record
-from pipeline.servers import LOOPBACK
+from pipeline.servers import LOOPBACK, Receive, Scope, Send, serve_forever
+from pipeline.servers import server_config as server_config  # the receiver's uvicorn set-up is every server's
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,8 @@ APP_SECRET = "whatsapp_app_secret"
 VERIFY_TOKEN = "whatsapp_verify_token"
 SECRET_ENV = {APP_SECRET: "WHATSAPP_APP_SECRET", VERIFY_TOKEN: "WHATSAPP_VERIFY_TOKEN"}
 WHATSAPP_PATH = "/webhooks/whatsapp"
-# Meta's payloads are a few KB; anything far larger is not a webhook and must not fill the disk.
-MAX_BODY_BYTES = 1024 * 1024
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+# Bodies are bounded before any route sees them (pipeline.servers.BodyLimit: CAMPAIGN_MAX_BODY_BYTES, 1 MiB by
+# default; Meta's payloads are a few KB); routes that need another bound declare it in `body_limits`.
 
 _SIGNATURE_KEY = SIGNATURE_HEADER.lower().encode("latin-1")  # ASGI header names are lower-case bytes
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
@@ -67,13 +63,15 @@ class ReceiverApp:
     """The ASGI app `create_receiver_app` returns: the WhatsApp POST fast path, then Starlette.
 
     Attributes it does not define (`state`, `routes`, `add_route`, ...) are the Starlette app's,
-    so `app.state.spool` and adding routes keep working.
+    so `app.state.spool` and adding routes keep working. `body_limits` maps a path (or, ending in "/", a
+    path prefix) to its own request body bound, which the server enforces (pipeline.servers.BodyLimit).
     """
 
     def __init__(self, inner: Starlette, spool: Spool, app_secret: str) -> None:
         self.inner = inner
         self.spool = spool
         self._app_secret = app_secret
+        self.body_limits: dict[str, int] = {unsubscribe.PREFIX: unsubscribe.MAX_BODY_BYTES}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -89,21 +87,12 @@ class ReceiverApp:
         for name, value in scope["headers"]:
             if name == _SIGNATURE_KEY:
                 signature = value
-            elif name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                await _respond(send, 413, b'{"error":"payload too large"}', _JSON)
-                return
         chunks: list[bytes] = []
-        size = 0
-        while True:
+        while True:  # bounded: the server refuses a body past its bound before it reaches here
             message = await receive()
             if message["type"] == "http.disconnect":
-                return  # the sender gave up; it will retry, and nothing was stored
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                await _respond(send, 413, b'{"error":"payload too large"}', _JSON)
-                return
-            chunks.append(chunk)
+                return  # the sender gave up (or was refused); it will retry, and nothing was stored
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -126,12 +115,15 @@ def create_receiver_app(
     spool_dir: Path | str,
     secrets: dict[str, str],
     *,
+    environ: Mapping[str, str] | None = None,
     rotate_after_s: float = 1.0,
     rotate_after_bytes: int = 64 * 1024 * 1024,
 ) -> ReceiverApp:
     """The receiver app; `secrets` holds `whatsapp_app_secret` and `whatsapp_verify_token`.
 
-    `app.state.spool` is the Spool (its counters show how many fsyncs the appends shared).
+    Every provider's route is there (pipeline/receipts/routes.py), with its secret from `environ` (default
+    os.environ); a route whose secret is not set refuses every request. `app.state.spool` is the Spool (its
+    counters show how many fsyncs the appends shared), `app.state.providers` the providers configured.
     """
     app_secret = secrets.get(APP_SECRET) or ""
     verify_token = secrets.get(VERIFY_TOKEN) or ""
@@ -160,14 +152,17 @@ def create_receiver_app(
         finally:
             await spool.close()
 
+    others, configured = provider_routes(spool, environ)
     inner = Starlette(
         routes=[
             Route(WHATSAPP_PATH, whatsapp_handshake, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *others,
         ],
         lifespan=lifespan,
     )
     inner.state.spool = spool
+    inner.state.providers = ["whatsapp", *configured]
     return ReceiverApp(inner, spool, app_secret)
 
 
@@ -175,21 +170,6 @@ def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The receiver's secrets from WHATSAPP_APP_SECRET / WHATSAPP_VERIFY_TOKEN (values never logged)."""
     env = os.environ if environ is None else environ
     return {key: env.get(var, "") for key, var in SECRET_ENV.items()}
-
-
-def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
-    """uvicorn tuned for the receiver: httptools, uvloop when installed, no proxy-header rewriting.
-
-    Loopback only, like every server of the project (pipeline.servers); a public endpoint goes
-    behind a TLS-terminating proxy, which is where Meta's certificate requirement is met.
-    """
-    if not host.startswith("127.") and host not in ("localhost", "::1"):
-        raise ValueError(f"the receiver binds to loopback only, not {host!r}")
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    return uvicorn.Config(
-        app, host=host, port=port, http="httptools", loop=loop, log_level="warning", access_log=False,
-        lifespan="on", timeout_keep_alive=30, backlog=4096, proxy_headers=False, server_header=False,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,8 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"receiver: set {', '.join(missing)} in the environment", file=sys.stderr)
         return 2
     app = create_receiver_app(args.spool_dir, secrets, rotate_after_s=args.rotate_after_s)
-    log.info("receiver on %s:%d, spooling to %s", args.host, args.port, args.spool_dir)
-    uvicorn.Server(server_config(app, args.host, args.port)).run()
+    log.info("receiver on %s:%d for %s, spooling to %s", args.host, args.port, ", ".join(app.state.providers),
+             args.spool_dir)
+    serve_forever(app, args.host, args.port)
     return 0
 
 

@@ -1,8 +1,10 @@
 """The receiver's routes for every provider besides WhatsApp (whose route is the receiver's fast path).
 
 Each route verifies its provider's signature on the raw body, spools the payload (fsynced before
-the answer) and answers what that provider expects. A provider's route is installed only when its
-secret is configured, so a receiver never accepts what it cannot verify.
+the answer) and answers what that provider expects. Every route is there wherever the receiver runs;
+one whose secret is not configured refuses every request (503, so the provider retries once it is
+set) without reading the body: a receiver never accepts what it cannot verify. Bodies are bounded
+by the server before a route reads them (pipeline.servers.BodyLimit).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from pipeline.channels import (
     viber_webhooks,
 )
 from pipeline.receipts.spool import Spool, encode_record
+from pipeline.receipts.unsubscribe import PATH as UNSUBSCRIBE_PATH
 from pipeline.receipts.unsubscribe import create_unsubscribe_routes
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
+UNSUBSCRIBE_ENV = "EMAIL_UNSUBSCRIBE_SECRET"
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,6 @@ HOOKS = (
 def _post(hook: Hook, spool: Spool, secret: str):  # noqa: ANN202
     async def receive(request: Request) -> Response:
         raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return PlainTextResponse("too large", status_code=413)
         url = str(request.url)
         extra = {"url": url} if hook.signs_url else {}
         if not hook.module.verify(raw, request.headers, secret, **extra):
@@ -96,28 +97,47 @@ def _handshake(token: str):  # noqa: ANN202
     return challenge
 
 
+def _not_configured(what: str):  # noqa: ANN202
+    async def refuse(request: Request) -> Response:
+        # Never read: nothing can be verified here. Closing saves reading whatever the client still sends.
+        return PlainTextResponse(f"{what} is not configured on this receiver", status_code=503,
+                                 headers={"connection": "close"})
+
+    return refuse
+
+
 def provider_routes(spool: Spool, environ: Mapping[str, str] | None = None) -> tuple[list[Route], list[str]]:
-    """Routes for every provider whose secret is set in `environ`, and the unsubscribe endpoint."""
+    """Every provider's routes and the unsubscribe endpoint; those whose secret `environ` (default os.environ)
+    does not set refuse every request. Returns the routes and the providers configured."""
     env = os.environ if environ is None else environ
     routes: list[Route] = []
     installed: list[str] = []
     for hook in HOOKS:
         secret = env.get(hook.secret_env)
         if not secret:
+            routes.append(Route(hook.path, _not_configured(f"{hook.provider} webhooks"), methods=["GET", "POST"]))
             continue
         routes.append(Route(hook.path, _post(hook, spool, secret), methods=["POST"]))
         if hook.verify_env and env.get(hook.verify_env):
             routes.append(Route(hook.path, _handshake(env[hook.verify_env]), methods=["GET"]))
         installed.append(hook.provider)
-    if env.get("EMAIL_UNSUBSCRIBE_SECRET"):
-        routes += create_unsubscribe_routes(spool, env["EMAIL_UNSUBSCRIBE_SECRET"])
+    if env.get(UNSUBSCRIBE_ENV):
+        routes += create_unsubscribe_routes(spool, env[UNSUBSCRIBE_ENV])
         installed.append("unsubscribe")
+    else:
+        routes.append(Route(UNSUBSCRIBE_PATH, _not_configured("unsubscribe"), methods=["GET", "POST"]))
     return routes, installed
 
 
+_PATHS = {hook.path for hook in HOOKS} | {UNSUBSCRIBE_PATH}
+
+
 def add_provider_routes(app: object, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Installs the provider routes on a receiver app (`create_receiver_app`); returns the providers."""
+    """Installs the provider routes on a receiver app (`create_receiver_app`) anew, with the secrets of
+    `environ`, in place of those it has; returns the providers configured."""
     spool = app.state.spool  # type: ignore[attr-defined]
     routes, installed = provider_routes(spool, environ)
-    app.router.routes.extend(routes)  # type: ignore[attr-defined]
+    kept = [r for r in app.router.routes if getattr(r, "path", None) not in _PATHS]  # type: ignore[attr-defined]
+    app.router.routes[:] = [*kept, *routes]  # type: ignore[attr-defined]
+    app.state.providers = ["whatsapp", *installed]  # type: ignore[attr-defined]
     return installed

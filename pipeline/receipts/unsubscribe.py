@@ -22,8 +22,10 @@ from pipeline.receipts.spool import Spool, SpoolClosed, encode_record
 
 log = logging.getLogger(__name__)
 
-PATH = "/unsubscribe/{token}"
-MAX_BODY_BYTES = 16 * 1024  # a one-click body is 26 bytes; a multipart one a few hundred
+PREFIX = "/unsubscribe/"
+PATH = PREFIX + "{token}"
+# A one-click body is 26 bytes, a multipart one a few hundred: the receiver's server refuses more (body_limits).
+MAX_BODY_BYTES = 16 * 1024
 Sink = Callable[[bytes], Awaitable[None]]  # appends one record body durably, or raises
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Unsubscribe</title></head>

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import secrets
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -68,28 +70,37 @@ def insert_frame(
     return added
 
 
-def load_arrow(
-    db: Store, table: str, rows: pa.Table, *, on_conflict: Literal["error", "ignore"] = "ignore",
-    rows_per_transaction: int = 20_000, durable: bool = True,
-) -> int:
-    """Appends many rows (an Arrow table whose columns name `table`'s) in write transactions of at most
-    `rows_per_transaction` rows, so other writers of the store wait a few tens of ms at most; returns how
-    many were added. Rows are staged in C first (ADBC), never bound one Python value at a time: SQLite
-    stages them in a file of their own (ADBC's SQLite, a second copy of the library, never opens the store
-    itself: two copies in one process break each other's locks), PostgreSQL in an unlogged table.
+class Staged:
+    """Rows staged in C next to the store (see `staged`): `each_chunk` runs statements over them in short
+    write transactions, `{stage}` naming the staged rows and `{chunk}` the condition selecting one chunk."""
 
-    `durable=False` (SQLite) commits without waiting for the disk: after a power cut a suffix of the load's
-    transactions may be missing, never a middle one; for rows whose source stays on disk (the spool) that a
-    second load adds again, that is the cheaper trade."""
-    if rows.num_rows == 0:
-        return 0
+    def __init__(self, run_chunk: Callable[[tuple[str, ...], str], list[int]], rows: int, chunk_rows: int) -> None:
+        self._run_chunk, self.rows, self.chunk_rows = run_chunk, rows, chunk_rows
+
+    def each_chunk(self, *statements: str) -> list[int]:
+        """Runs the statements for every chunk, each chunk in one transaction; returns the rows each changed."""
+        changed = [0] * len(statements)
+        for start in range(0, self.rows, self.chunk_rows):
+            chunk = f"_row >= {start} AND _row < {start + self.chunk_rows}"
+            changed = [n + m for n, m in zip(changed, self._run_chunk(statements, chunk), strict=True)]
+        return changed
+
+
+@contextmanager
+def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int = 20_000,
+           durable: bool = True) -> Iterator[Staged]:
+    """Stages `rows` (an Arrow table whose columns name `table`'s) in C, never binding one Python value at a
+    time: SQLite in a file of its own, attached to one connection of the store (ADBC's SQLite, a second copy
+    of the library, never opens the store itself: two copies in one process break each other's locks);
+    PostgreSQL in an unlogged table. The caller moves them with `Staged.each_chunk`, in transactions of at
+    most `rows_per_transaction` rows, so other writers of the store wait a few tens of ms at most.
+
+    `durable=False` (SQLite) commits without waiting for the disk: after a power cut a suffix of the
+    transactions may be missing, never a middle one; for rows whose source stays on disk (the spool) and that
+    a second load adds again, that is the cheaper trade."""
     rows = _for_store(rows, table, db.dialect)
     rows = rows.append_column("_row", pa.array(range(rows.num_rows), pa.int64()))
-    columns = [c for c in rows.column_names if c != "_row"]
-    names = ", ".join(f'"{c}"' for c in columns)
-    ignore = " ON CONFLICT DO NOTHING" if on_conflict == "ignore" else ""
     stage = f"_load_{secrets.token_hex(6)}"
-    added = 0
     if db.dialect == "sqlite":
         import adbc_driver_sqlite.dbapi as adbc
 
@@ -104,41 +115,64 @@ def load_arrow(
                 raw.execute("ATTACH DATABASE ? AS stage", (str(path),))
                 if not durable:
                     raw.execute("PRAGMA synchronous = NORMAL")
+
+                def run_chunk(statements: tuple[str, ...], chunk: str) -> list[int]:
+                    changed = []
+                    raw.execute("BEGIN IMMEDIATE")
+                    try:
+                        for sql in statements:
+                            before = raw.total_changes
+                            raw.execute(sql.format(stage="stage.rows", chunk=chunk))
+                            changed.append(raw.total_changes - before)
+                        raw.execute("COMMIT")
+                    except BaseException:
+                        raw.execute("ROLLBACK")
+                        raise
+                    return changed
+
                 try:
-                    for start in range(0, rows.num_rows, rows_per_transaction):
-                        before = raw.total_changes
-                        raw.execute("BEGIN IMMEDIATE")
-                        try:
-                            raw.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM stage.rows "
-                                        f"WHERE _row >= ? AND _row < ?{ignore}", (start, start + rows_per_transaction))
-                            raw.execute("COMMIT")
-                        except BaseException:
-                            raw.execute("ROLLBACK")
-                            raise
-                        added += raw.total_changes - before
+                    yield Staged(run_chunk, rows.num_rows, rows_per_transaction)
                 finally:
                     raw.execute("PRAGMA synchronous = FULL")
                     raw.execute("DETACH DATABASE stage")
-        return added
+        return
     import adbc_driver_postgresql.dbapi as adbc
     from sqlalchemy.engine import make_url
 
+    names = ", ".join(f'"{c}"' for c in rows.column_names if c != "_row")
     uri = make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with adbc.connect(uri) as staging, staging.cursor() as cursor:
-        cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {names} FROM {table} WITH NO DATA")
-        cursor.execute(f"ALTER TABLE {stage} ADD COLUMN _row bigint")
-        staging.commit()
-        cursor.adbc_ingest(stage, rows, mode="append")
-        staging.commit()
+    with db._translate():
+        with adbc.connect(uri) as staging, staging.cursor() as cursor:
+            cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {names} FROM {table} WITH NO DATA")
+            cursor.execute(f"ALTER TABLE {stage} ADD COLUMN _row bigint")
+            staging.commit()
+            cursor.adbc_ingest(stage, rows, mode="append")
+            staging.commit()
+
+    def run_chunk_pg(statements: tuple[str, ...], chunk: str) -> list[int]:
+        with db.write() as conn:
+            return [conn.execute(text(sql.format(stage=stage, chunk=chunk))).rowcount for sql in statements]
+
     try:
-        for start in range(0, rows.num_rows, rows_per_transaction):
-            with db.write() as conn:
-                added += conn.execute(text(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
-                                           f"WHERE _row >= :a AND _row < :b{ignore}"),
-                                      {"a": start, "b": start + rows_per_transaction}).rowcount
+        yield Staged(run_chunk_pg, rows.num_rows, rows_per_transaction)
     finally:
         with db.write() as conn:
             conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))
+
+
+def load_arrow(
+    db: Store, table: str, rows: pa.Table, *, on_conflict: Literal["error", "ignore"] = "ignore",
+    rows_per_transaction: int = 20_000, durable: bool = True,
+) -> int:
+    """Appends many rows (an Arrow table whose columns name `table`'s), staged in C (see `staged`) and moved in
+    short transactions; returns how many were added."""
+    if rows.num_rows == 0:
+        return 0
+    names = ", ".join(f'"{c}"' for c in rows.column_names)
+    ignore = " ON CONFLICT DO NOTHING" if on_conflict == "ignore" else ""
+    with staged(db, table, rows, rows_per_transaction=rows_per_transaction, durable=durable) as stage:
+        [added] = stage.each_chunk(f"INSERT INTO {table} ({names}) SELECT {names} FROM {{stage}} WHERE {{chunk}}"
+                                   f"{ignore}")
     return added
 
 

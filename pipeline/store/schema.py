@@ -200,6 +200,14 @@ events = Table(
     Index("events_unlinked", "provider_message_id", sqlite_where=text("message_id IS NULL"),
           postgresql_where=text("message_id IS NULL")),
 )
+# Signed receipts that name no message of the outbox (yet): kept apart, never counted. Each ingest moves those
+# whose message has since appeared into `events` (pipeline/receipts/unmatched.py).
+unmatched_events = Table(
+    "unmatched_events", metadata,
+    *(Column(c.name, c.type, nullable=c.nullable, primary_key=c.primary_key, autoincrement=c.autoincrement)
+      for c in events.columns),
+    Index("unmatched_events_key", "occurred_at", "event_id", unique=True),
+)
 inbound = Table(
     "inbound", metadata,
     Column("event_id", String, primary_key=True),

@@ -8,23 +8,22 @@ this package never imports Prefect) starts the watcher at once instead of at its
 page the runs' states and their Prefect UI links.
 
 Every route but the empty form needs the token: the `X-Upload-Token` header or the form's `token` field;
-the upload's answer then sets a session cookie (an HMAC of the token, never the token itself).
+the upload's answer then sets a session cookie (an HMAC of the token, never the token itself). A header or a
+valid cookie is checked before the upload's body is read; the form's fields are bounded in number
+(UPLOAD_MAX_FIELDS) and size (UPLOAD_MAX_FIELD_BYTES), and the whole body by the server (`body_limits`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
-import os
 import shutil
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -39,66 +38,18 @@ from pipeline.spec import SpecError
 from pipeline.upload import check as upload_check
 from pipeline.upload import inbox
 from pipeline.upload import page as upload_page
+from pipeline.upload.config import SESSION_COOKIE, TOKEN_ENV, TOKEN_HEADER, Runs, UploadConfig
 from pipeline.upload.stream import ClientGone, UploadRefused, receive_upload
+
+__all__ = ["SESSION_COOKIE", "TOKEN_ENV", "Runs", "UploadConfig", "WATCHER_DEPLOYMENT", "add_upload_routes",
+           "install_from_env", "upload_routes"]
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV, MAX_MB_ENV = "UPLOAD_TOKEN", "UPLOAD_MAX_MB"
-TOKEN_HEADER, SESSION_COOKIE = "x-upload-token", "upload_session"
-WATCHER_DEPLOYMENT = "inbox-watcher/audience-inbox"  # prefect.yaml's drop-folder watcher
-MIN_TOKEN_CHARS = 16
-DEFAULT_MAX_MB = 50.0
 # Input the operator has to fix: the page says what and where, never a traceback.
 BAD_INPUT = (SpecError, AudienceError, TemplateProblem, PolicyError)
 REFRESH_S = 3
-
-
-class Runs(Protocol):
-    """What the page knows of Prefect, injected from flows/ (see flows/upload_server.py)."""
-
-    def start_watcher(self, audiences_dir: Path) -> str:
-        """Starts a run of the inbox watcher over `audiences_dir` now; returns its flow run id."""
-        ...
-
-    def state(self, flow_run_id: str) -> tuple[str, bool] | None:
-        """The run's state name and whether it is final; None if unknown."""
-        ...
-
-    def url(self, flow_run_id: str) -> str | None:
-        """The run's page in the Prefect UI."""
-        ...
-
-
-@dataclass(frozen=True)
-class UploadConfig:
-    token: str = field(repr=False)
-    specs_dir: Path = Path("campaigns")
-    audiences_dir: Path = Path("audiences")  # the drop folder is its inbox/
-    staging_dir: Path = Path("data/uploads")
-    max_bytes: int = int(DEFAULT_MAX_MB * 1_000_000)
-    runs: Runs | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"the upload token must have at least {MIN_TOKEN_CHARS} characters "
-                             "(e.g. `openssl rand -hex 16`)")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> UploadConfig | None:
-        """The page's configuration from UPLOAD_TOKEN (and UPLOAD_MAX_MB); None without a token."""
-        env = os.environ if environ is None else environ
-        if not env.get(TOKEN_ENV):
-            return None
-        max_mb = float(env.get(MAX_MB_ENV) or DEFAULT_MAX_MB)
-        return cls(token=env[TOKEN_ENV], max_bytes=int(max_mb * 1_000_000), **overrides)
-
-    @property
-    def folders(self) -> inbox.Folders:
-        return inbox.Folders.under(self.audiences_dir)
-
-    @property
-    def session(self) -> str:
-        return hmac.new(self.token.encode(), b"upload-page-session", hashlib.sha256).hexdigest()
+WATCHER_DEPLOYMENT = "inbox-watcher/audience-inbox"  # prefect.yaml's drop-folder watcher
 
 
 def list_specs(specs_dir: Path) -> list[str]:
@@ -137,8 +88,11 @@ def upload_routes(config: UploadConfig) -> list[Route]:
         upload_id = upload_check.new_upload_id()
         folder = config.staging_dir / upload_id
         try:
+            if request.headers.get(TOKEN_HEADER):
+                authorise(config, request)  # before a byte of the body is read
             received = await receive_upload(request.headers, request.receive, folder, max_bytes=config.max_bytes,
-                                            check_token=lambda fields: authorise(config, request, fields))
+                                            check_token=lambda fields: authorise(config, request, fields),
+                                            max_fields=config.max_fields, max_field_bytes=config.max_field_bytes)
             spec_name = received.fields.get("spec", "")
             if spec_name not in list_specs(config.specs_dir):
                 raise UploadRefused(400, "choose one of the campaign specs")
@@ -146,7 +100,9 @@ def upload_routes(config: UploadConfig) -> list[Route]:
         except UploadRefused as refused:
             shutil.rmtree(folder, ignore_errors=True)
             log.info("upload refused (%d): %s", refused.status, refused.message)
-            return form_page(request, refused)
+            answer = form_page(request, refused)
+            answer.headers["connection"] = "close"  # what the client may still send is not read
+            return answer
         except ClientGone:
             shutil.rmtree(folder, ignore_errors=True)
             return Response(status_code=400)
@@ -222,8 +178,12 @@ def upload_routes(config: UploadConfig) -> list[Route]:
 
 
 def add_upload_routes(app: Any, config: UploadConfig) -> None:
-    """Installs the upload page on a receiver app (`pipeline.receipts.receiver.create_receiver_app`)."""
+    """Installs the upload page on a receiver app (`pipeline.receipts.receiver.create_receiver_app`), and
+    declares its body bound to the server (pipeline.servers.BodyLimit)."""
     app.router.routes.extend(upload_routes(config))
+    limits = getattr(app, "body_limits", None)
+    if limits is not None:
+        limits["/upload"] = config.body_bytes
 
 
 def install_from_env(app: Any, environ: Mapping[str, str] | None = None, **overrides: Any) -> UploadConfig | None:

@@ -1,13 +1,18 @@
 """Receiving an upload: a multipart/form-data body streamed to disk chunk by chunk, never whole in memory.
 
 The file part is written to `<name>.csv.part`, fsynced and renamed once complete, so no reader ever sees half
-a file under its final name. Small form fields (token, spec) are kept in memory, each capped. The token is
-checked before the first byte of the file is written: from a header or cookie at once, from a form field as
-soon as the file part begins (the page puts its token field before the file).
+a file under its final name. Small form fields (token, spec) are kept in memory, bounded in number and size
+(so are each part's headers). The token is checked before the first byte of the file is written: from a header
+or cookie before the body is read (pipeline/upload/routes.py), from the form's `token` field as soon as that
+field ends (the page puts it before the file); a form that brings no token is refused once it passes the
+field bounds. A refused upload's body is drained (bounded) so the browser can read the answer; without the
+token, only what arrives within a second, and no more than a form's fields.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,10 +22,11 @@ from typing import IO, Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-FIELD_MAX_BYTES = 4096
-# Boundaries, part headers and the small fields around the file.
-FORM_OVERHEAD_BYTES = 64 * 1024
+DEFAULT_MAX_FIELDS = 8  # form fields besides the file (the page sends two: token, spec)
+DEFAULT_MAX_FIELD_BYTES = 4096  # a field's value, and a part's headers
 FILE_FIELD = "file"
+TOKEN_FIELD = "token"
+UNAUTHORISED_DRAIN_S = 1.0
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 TokenCheck = Callable[[Mapping[str, str]], None]  # raises UploadRefused when the fields carry no valid token
@@ -62,17 +68,28 @@ def safe_csv_name(filename: str) -> str:
     return f"{stem}.csv"
 
 
+def form_bytes(max_fields: int, max_field_bytes: int) -> int:
+    """The most a form may carry besides the file: its fields and every part's headers and boundaries."""
+    return (max_fields + 1) * (2 * max_field_bytes + 256)
+
+
 class _Form:
     """python-multipart callbacks: fields into a dict, the file into `<folder>/<name>.part`."""
 
-    def __init__(self, folder: Path, max_bytes: int, check_token: TokenCheck) -> None:
-        self.folder, self.max_bytes, self.check_token = folder, max_bytes, check_token
+    def __init__(self, folder: Path, max_bytes: int, check_token: TokenCheck, max_fields: int,
+                 max_field_bytes: int) -> None:
+        self.folder, self.max_bytes = folder, max_bytes
+        self.max_fields, self.max_field_bytes = max_fields, max_field_bytes
+        self._check_token = check_token
+        self.authorised = False
         self.fields: dict[str, str] = {}
+        self.field_count = 0
         self.file: IO[bytes] | None = None
         self.part_path: Path | None = None
         self.original_name = ""
         self.size = 0
         self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
         self._field: bytearray | None = None
         self._name = ""
         self.ended = False  # the closing boundary arrived: the body was not cut short
@@ -84,13 +101,24 @@ class _Form:
             "on_part_data": self._data, "on_part_end": self._part_end, "on_end": self._end,
         }
 
+    def check_token(self) -> None:
+        self._check_token(self.fields)
+        self.authorised = True
+
     def _part_begin(self) -> None:
-        self._headers, self._field = [], None
+        self._headers, self._field, self._header_bytes = [], None, 0
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.max_field_bytes:
+            raise UploadRefused(400, "a part of the form has headers that are too long")
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._headers.append((data[start:end], b""))
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         field, value = self._headers[-1]
         self._headers[-1] = (field, value + data[start:end])
 
@@ -99,11 +127,16 @@ class _Form:
         _, options = parse_options_header(disposition)
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
         if self._name != FILE_FIELD:
+            self.field_count += 1
+            if self.field_count > self.max_fields:
+                if not self.authorised:
+                    self.check_token()  # a form without a token is told so, not that it is long
+                raise UploadRefused(400, f"the form has more than {self.max_fields} fields")
             self._field = bytearray()
             return
         if self.part_path is not None:
             raise UploadRefused(400, "send one file per upload")
-        self.check_token(self.fields)  # before a single byte of the file touches the disk
+        self.check_token()  # before a single byte of the file touches the disk
         self.original_name = options.get(b"filename", b"").decode("utf-8", "replace")
         if not self.original_name:
             raise UploadRefused(400, "choose a CSV file to upload")
@@ -115,7 +148,7 @@ class _Form:
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._field is not None:
             self._field += data[start:end]
-            if len(self._field) > FIELD_MAX_BYTES:
+            if len(self._field) > self.max_field_bytes:
                 raise UploadRefused(400, f"the form field {self._name!r} is too long")
         elif self.file is not None:
             self.size += end - start
@@ -129,6 +162,8 @@ class _Form:
         if self._field is not None:
             self.fields[self._name] = self._field.decode("utf-8", "replace")
             self._field = None
+            if self._name == TOKEN_FIELD:
+                self.check_token()  # a wrong token is refused here, before anything more is read
 
     def _end(self) -> None:
         self.ended = True
@@ -137,7 +172,7 @@ class _Form:
         if not self.ended:
             raise UploadRefused(400, "the upload was cut off before its end; send it again")
         if self.file is None or self.part_path is None:
-            self.check_token(self.fields)
+            self.check_token()
             raise UploadRefused(400, "choose a CSV file to upload")
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -157,18 +192,21 @@ class _Form:
 
 
 async def receive_upload(
-    headers: Mapping[str, str], receive: Receive, folder: Path, *, max_bytes: int, check_token: TokenCheck
+    headers: Mapping[str, str], receive: Receive, folder: Path, *, max_bytes: int, check_token: TokenCheck,
+    max_fields: int = DEFAULT_MAX_FIELDS, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES,
 ) -> Received:
     """Reads the request body from `receive` (ASGI) into `folder`. Raises UploadRefused for anything the
-    uploader should be told (no token, not a CSV, too large, empty), ClientGone if the browser gave up."""
+    uploader should be told (no token, not a CSV, too large, too many or too long fields, empty), ClientGone if
+    the browser gave up."""
     content_type, options = parse_options_header(headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise UploadRefused(400, "send the upload as a multipart/form-data form")
+    overhead = form_bytes(max_fields, max_field_bytes)
     declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD_BYTES:
+    if declared.isdigit() and int(declared) > max_bytes + overhead:
         raise UploadRefused(413, too_large(max_bytes))  # said before a byte is read
-    form = _Form(folder, max_bytes, check_token)
+    form = _Form(folder, max_bytes, check_token, max_fields, max_field_bytes)
     parser = MultipartParser(boundary, form.callbacks())
     body = _Body(receive)
     try:
@@ -179,8 +217,13 @@ async def receive_upload(
     except UploadRefused:
         form.discard()
         # Read (and drop) what the browser is still sending, so it gets to read our answer instead of a reset
-        # connection; bounded, so a client cannot keep us reading forever.
-        await body.drain(max_bytes + FORM_OVERHEAD_BYTES)
+        # connection; bounded, so a client cannot keep us reading forever (the server's body deadline bounds the
+        # time), and for a client without the token to a form's fields and a second.
+        if form.authorised:
+            await body.drain(max_bytes + overhead)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(body.drain(overhead), UNAUTHORISED_DRAIN_S)
         raise
     except ClientGone:
         form.discard()

@@ -254,7 +254,12 @@ def run_logs(api: httpx.Client, run_id: str) -> list[str]:
 # --- a spool file with one genuine receipt, for the receipts flow to ingest -----------------------------------
 
 
-def spool_one_receipt(spool: Path) -> None:
+def spool_one_receipt(spool: Path, db: Path) -> None:
+    """A signed receipt for message m-1 in `spool`, and m-1 in the ledger `db` (a receipt naming no message of
+    the outbox would be kept apart, not counted in `events`)."""
+    with store.connect(db) as con:
+        con.execute("INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, payload_json,"
+                    " state, queued_at) VALUES ('m-1', 'c1', '+447700900123', 'whatsapp', 'S1', '{}', 'sent', now())")
     body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
         "field": "messages", "value": {"messaging_product": "whatsapp", "statuses": [{
             "id": "wamid.deployed", "status": "delivered", "timestamp": "1750030073",
@@ -302,7 +307,7 @@ class TestServe:
                 _schedule(s["schedule"]) for s in found["welcome-weekly"]["schedules"]]
 
             spool, db = tmp_path / "spool", tmp_path / "ledger.duckdb"
-            spool_one_receipt(spool)
+            spool_one_receipt(spool, db)
             run_id = run_deployment(api, names["collect-receipts"], {"db_path": str(db), "spool_dir": str(spool)})
             run = final_state(api, run_id, server.procs)
             assert run["state_type"] == "COMPLETED", run["state"]
@@ -317,7 +322,7 @@ class TestServe:
 
     def test_an_interval_schedule_fires_and_its_run_completes(self, server: PrefectServer, tmp_path: Path):
         spool, db = tmp_path / "spool", tmp_path / "ledger.duckdb"
-        spool_one_receipt(spool)
+        spool_one_receipt(spool, db)
         # A test-only deployment of the same flow, as prefect.yaml's collect-receipts but every 5 s.
         script = (
             "from flows.serve import load_flow, serve\n"
@@ -392,7 +397,7 @@ class TestWorkPool:
 
     def test_a_worker_runs_a_deployment_to_completion(self, server: PrefectServer, worker: Any, tmp_path: Path):
         spool, db = tmp_path / "spool", tmp_path / "ledger.duckdb"
-        spool_one_receipt(spool)
+        spool_one_receipt(spool, db)
         with server.client() as api:
             run_id = run_deployment(api, "collect-receipts/collect-receipts",
                                     {"db_path": str(db), "spool_dir": str(spool)}, work_queue_name=TEST_QUEUE)

@@ -78,12 +78,13 @@ def test_reports_that_arrive_before_the_send_is_recorded_resolve_on_a_later_inge
                 " queued_at) VALUES ('m-1', 'c1', '+6591000001', 'chatapp', 'S', '{}', 'sending', now())")
     report = {"Status": "Delivered", "TaskId": task, "To": "6591000001", "MessageId": "a1", "Timestamp": 1764000000000}
     write_spool(tmp_path / "sp", "1", [encode_record("chatapp", json.dumps([report]).encode())])
-    assert ingest_spool(con, tmp_path / "sp").events_added == 1
-    assert con.execute("SELECT message_id FROM events").fetchall() == [(None,)]
+    first = ingest_spool(con, tmp_path / "sp")
+    assert (first.events_added, first.unmatched) == (0, 1)  # kept apart until its message is known
+    assert con.execute("SELECT count(*) FROM events").fetchall() == [(0,)]
     # The dispatcher records the mass send's outcome; the next collect pass links without a new file.
     con.execute("UPDATE outbox SET state = 'sent', provider_message_id = ? WHERE message_id = 'm-1'",
                 [f"{task}:6591000001"])
-    ingest_spool(con, tmp_path / "sp")
+    assert ingest_spool(con, tmp_path / "sp").promoted == 1
     assert con.execute("SELECT message_id, status FROM message_status").fetchall() == [("m-1", "delivered")]
 
 

@@ -69,6 +69,13 @@ def add_outbox(con: duckdb.DuckDBPyConnection, campaign: str, message_id: str, r
     )
 
 
+def sent_as(con: duckdb.DuckDBPyConnection, *wamids: str) -> None:
+    """Outbox messages the provider named `wamids` (receipts naming no message of ours are kept apart)."""
+    for wamid in wamids:
+        add_outbox(con, "c1", f"m-{wamid}", "+16505551234")
+        con.execute("UPDATE outbox SET provider_message_id = ? WHERE message_id = ?", [wamid, f"m-{wamid}"])
+
+
 def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
 
@@ -79,6 +86,7 @@ def test_ingest_maps_receipts_to_event_rows(con: duckdb.DuckDBPyConnection, tmp_
                    status("wamid.A", "delivered", T0 + 5, message_id="m-A")])),
         line(body([status("wamid.A", "delivered", T0 + 5, message_id="m-A")])),  # Meta re-delivery
     ])
+    add_outbox(con, "c1", "m-A", "+16505551234")
     result = ingest_spool(con, tmp_path / "sp")
     assert (result.files, result.events_added, result.quarantined, result.skipped_files) == (1, 2, 0, 0)
     row = con.execute(
@@ -99,6 +107,7 @@ def test_replaying_a_file_adds_nothing(con: duckdb.DuckDBPyConnection, tmp_path:
                   [inbound("16505551234", "hello", "wamid.in1")])),
         b"{broken",
     ])
+    add_outbox(con, "c1", "m-A", "+16505551234")
     first = ingest_spool(con, spool_dir)
     assert (first.events_added, first.inbound_added, first.quarantined) == (1, 1, 1)
     again = ingest_spool(con, spool_dir)
@@ -158,6 +167,7 @@ def test_bad_lines_are_quarantined_and_good_ones_kept(con: duckdb.DuckDBPyConnec
         b"",  # blank lines are not records
         b'{"provider": "whatsapp", "body": "{\\"object\\": \\"whatsapp_bus',  # torn last line (crash)
     ])
+    add_outbox(con, "c1", "m-G", "+16505551234")
     result = ingest_spool(con, tmp_path / "sp")
     assert (result.events_added, result.quarantined) == (1, 7)
     rows = con.execute("SELECT line_number, reason, raw FROM quarantine ORDER BY line_number").fetchall()
@@ -219,6 +229,7 @@ def test_a_failing_batch_is_rolled_back_whole(
     write_spool(spool_dir, "1", [line(body([status("wamid.A", "sent", T0)],
                                            [inbound("16505551234", "STOP", "wamid.in")]))])
     write_spool(spool_dir, "2", [line(body([status("wamid.B", "sent", T0)]))])
+    sent_as(con, "wamid.A", "wamid.B")
     # The events are written, then the inbound INSERT fails: nothing of the batch may remain.
     monkeypatch.setattr(receipts_mod, "_INBOUND_SQL", "SELECT error('simulated crash mid-batch')")
     with pytest.raises(duckdb.Error, match="simulated crash"):
@@ -250,6 +261,7 @@ def test_ingest_restores_the_storage_settings_and_leaves_no_stage(
 ) -> None:
     write_spool(tmp_path / "sp", "1", [line(body([status("wamid.A", "sent", T0)]))])
     write_spool(tmp_path / "sp", "2", [line(body([status("wamid.B", "read", T0)]))])
+    sent_as(con, "wamid.A", "wamid.B", "wamid.C")
     result = ingest_spool(con, tmp_path / "sp", batch_bytes=1)  # two batches, overlapped
     assert (result.files, result.events_added) == (2, 2)
     assert con.execute("SELECT current_setting('disabled_compression_methods'),"

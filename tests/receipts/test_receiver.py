@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pipeline import store
 from pipeline.channels.whatsapp_webhooks import sign
@@ -32,6 +33,13 @@ def status_body(n: int, status: str = "delivered") -> bytes:
 
 def signed(body: bytes, secret: str = SECRETS["whatsapp_app_secret"]) -> dict[str, str]:
     return {"X-Hub-Signature-256": sign(body, secret), "Content-Type": "application/json"}
+
+
+def queued(con, n: int) -> None:
+    """Outbox messages msg-0 .. msg-<n-1>, which status_body names (receipts naming none are kept apart)."""
+    con.execute("INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, payload_json, state,"
+                " queued_at) SELECT 'msg-' || i, 'c1', '+16505551234', 'whatsapp', 'S1', '{}', 'sent', now()"
+                " FROM range(?) t(i)", [n])
 
 
 def spooled_lines(spool_dir: Path) -> int:
@@ -74,6 +82,7 @@ def test_signed_post_is_spooled_and_ingested_forged_ones_are_not(tmp_path: Path)
     assert not list(spool_dir.glob("*.open"))
     assert spooled_lines(spool_dir) == 1
     con = store.connect(tmp_path / "db.duckdb")
+    queued(con, 2)
     result = ingest_spool(con, spool_dir)
     assert (result.files, result.events_added, result.quarantined) == (1, 1, 0)
     rows = con.execute("SELECT provider_message_id, message_id, status FROM events").fetchall()
@@ -101,6 +110,7 @@ def test_concurrent_posts_all_land_with_few_fsyncs(tmp_path: Path) -> None:
     assert spool.writes < n // 4, spool.stats()  # group commit: far fewer write+fsyncs than payloads
     assert spool.fsyncs < n // 4, spool.stats()
     con = store.connect(tmp_path / "db.duckdb")
+    queued(con, n)
     assert ingest_spool(con, spool_dir).events_added == n
     assert con.execute("SELECT count(DISTINCT provider_message_id) FROM events").fetchone() == (n,)
 
@@ -173,6 +183,7 @@ def test_no_200_when_the_spool_cannot_store(tmp_path: Path, monkeypatch: pytest.
 def test_server_config_is_loopback_only(tmp_path: Path) -> None:
     app = create_receiver_app(tmp_path, SECRETS)
     config = server_config(app, "127.0.0.1", 0)
-    assert (config.http, config.proxy_headers) == ("httptools", False)
+    # httptools, with the deadlines of pipeline.servers on top
+    assert issubclass(config.http, HttpToolsProtocol) and config.proxy_headers is False
     with pytest.raises(ValueError):
         server_config(app, "0.0.0.0", 8802)

@@ -76,6 +76,9 @@ CREATE TABLE IF NOT EXISTS events (
     received_at         TIMESTAMPTZ,
     raw_json            VARCHAR
 );
+-- Signed receipts that name no message of the outbox (yet): kept apart, never counted. Each ingest moves those
+-- whose message has since appeared into `events` (pipeline/receipts/unmatched.py).
+CREATE TABLE IF NOT EXISTS unmatched_events AS SELECT * FROM events WHERE false;  -- the same columns
 CREATE TABLE IF NOT EXISTS inbound (
     event_id    VARCHAR PRIMARY KEY,
     provider    VARCHAR NOT NULL,

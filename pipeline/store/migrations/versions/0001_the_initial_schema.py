@@ -324,10 +324,31 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("channel", "address"),
     )
 
+    op.create_table(
+        "unmatched_events",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.String(), nullable=False),
+        sa.Column("provider", sa.String(), nullable=False),
+        sa.Column("provider_message_id", sa.String(), nullable=False),
+        sa.Column("message_id", sa.String(), nullable=True),
+        sa.Column("status", sa.String(), nullable=False),
+        sa.Column("error_code", sa.String(), nullable=True),
+        sa.Column("error_title", sa.Text(), nullable=True),
+        sa.Column("category", sa.String(), nullable=True),
+        sa.Column("pricing_type", sa.String(), nullable=True),
+        sa.Column("recipient", sa.String(), nullable=True),
+        sa.Column("occurred_at", pipeline.store.schema.UtcTimestamp(timezone=True), nullable=False),
+        sa.Column("received_at", pipeline.store.schema.UtcTimestamp(timezone=True), nullable=True),
+        sa.Column("raw_json", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("seq"),
+    )
+    op.create_index("unmatched_events_key", "unmatched_events", ["occurred_at", "event_id"], unique=True)
     op.execute(MESSAGE_STATUS)
 
 def downgrade() -> None:
     op.execute("DROP VIEW message_status")
+    op.drop_index("unmatched_events_key", table_name="unmatched_events")
+    op.drop_table("unmatched_events")
 
     op.drop_table("suppressions")
     op.drop_table("spool_files")

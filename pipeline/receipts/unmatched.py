@@ -1,0 +1,70 @@
+"""Receipts that name no message of ours: kept apart in `unmatched_events`, never counted, and moved into
+`events` once their message appears.
+
+A correctly signed receipt may name a message the outbox does not have: another system sending from the
+same account, a provider's mistake, or a receipt that came before the dispatcher recorded the provider id it
+names (a ChatApp mass send, an answer lost in a crash). Such receipts stay out of `events`, which the ledger,
+`message_status` and every report read. Each ingest checks them again — by our id, by the provider ids the
+outbox now holds, by Alibaba's out_id — and moves those that match; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from pipeline.channels.messenger_webhooks import INSTAGRAM_PROVIDER, WATERMARK_PREFIX
+from pipeline.channels.messenger_webhooks import PROVIDER as MESSENGER_PROVIDER
+from pipeline.store import Store, run
+
+COLUMNS = ("event_id, provider, provider_message_id, message_id, status, error_code, error_title, category, "
+           "pricing_type, recipient, occurred_at, received_at, raw_json")
+
+# A receipt `s` matches when it names an outbox message by our id, or names none but carries a provider id the
+# outbox recorded (pipeline/receipts/links.py fills its message_id). A Messenger/Instagram watermark names no
+# message by design: it stays with the receipts, which derive per-message receipts from it (links.py).
+MATCHED_SQL = f"""(EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = s.message_id)
+    OR (s.message_id IS NULL AND (
+        EXISTS (SELECT 1 FROM outbox o WHERE o.provider_message_id = s.provider_message_id)
+        OR (s.provider IN ('{MESSENGER_PROVIDER}', '{INSTAGRAM_PROVIDER}')
+            AND s.provider_message_id LIKE '{WATERMARK_PREFIX}%'))))"""
+
+# A batch's receipts, staged beside the store (pipeline/store/bulk.py: {stage}, {chunk}), into events or apart;
+# a receipt already stored (in either) stays as it is.
+SPLIT_SQL = (
+    f"INSERT INTO events ({COLUMNS}) SELECT {COLUMNS} FROM {{stage}} s WHERE {{chunk}} AND {MATCHED_SQL} "
+    "ON CONFLICT DO NOTHING",
+    f"INSERT INTO unmatched_events ({COLUMNS}) SELECT {COLUMNS} FROM {{stage}} s WHERE {{chunk}} "
+    f"AND NOT {MATCHED_SQL} ON CONFLICT DO NOTHING",
+)
+
+_LINK_SQL = """
+UPDATE unmatched_events SET message_id = (SELECT min(o.message_id) FROM outbox o
+                                          WHERE o.provider_message_id = unmatched_events.provider_message_id)
+WHERE message_id IS NULL
+  AND EXISTS (SELECT 1 FROM outbox o WHERE o.provider_message_id = unmatched_events.provider_message_id)
+"""
+_MATCHING = "EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = unmatched_events.message_id)"
+# A copy that reached `events` meanwhile (a provider's retry after the message appeared) has the same key.
+_MOVE_SQL = f"""
+INSERT INTO events ({COLUMNS})
+SELECT {COLUMNS} FROM unmatched_events WHERE {_MATCHING}
+ON CONFLICT DO NOTHING
+"""
+
+
+def promote(db: Store) -> int:
+    """Moves the receipts kept apart whose message has since appeared into `events`, in one transaction;
+    returns how many moved."""
+    from pipeline.receipts.links import link_alibaba
+
+    if not db.scalar("SELECT count(*) FROM unmatched_events"):
+        return 0
+    link_alibaba(db, "unmatched_events")
+    with db.write() as conn:
+        run(conn, _LINK_SQL)
+        moved = run(conn, _MOVE_SQL).rowcount
+        run(conn, f"DELETE FROM unmatched_events WHERE {_MATCHING}")
+    return moved
+
+
+def waiting(db: Store) -> int:
+    """How many receipts are kept apart."""
+    return int(db.scalar("SELECT count(*) FROM unmatched_events"))
