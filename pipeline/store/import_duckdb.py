@@ -18,10 +18,9 @@ from pipeline.store.bulk import insert_frame
 from pipeline.store.schema import metadata
 
 # In dependency-free order; billing_messages, billing_groups and billing_sync are rebuilt, not copied.
-TABLES = ("campaigns", "recipients", "rejects", "outbox", "outbox_transitions", "events", "unmatched_events", "inbound",
-          "quarantine",
-          "spool_files", "suppressions", "prices", "markets", "pricing_rules", "service_fees", "price_tiers",
-          "cost_estimates", "points_ledger")
+TABLES = ("campaigns", "recipients", "rejects", "outbox", "outbox_transitions", "events", "unmatched_events",
+          "inbound", "quarantine", "spool_files", "suppressions", "prices", "markets", "pricing_rules", "service_fees",
+          "price_tiers", "cost_estimates", "points_ledger")
 CHUNK_ROWS = 50_000
 
 
