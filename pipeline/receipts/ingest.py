@@ -53,6 +53,7 @@ from pipeline.receipts.spool import batches_of, closed_files, decode_record, lin
 from pipeline.records import Inbound, Receipt
 from pipeline.store import Store
 from pipeline.store.bulk import insert_frame
+from pipeline.store.bulk import staged as staged_beside_store
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,8 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
         duck.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
     try:
         events = duck.sql(_BATCH_EVENTS_SQL.format(events=batch.events_sql(), dups=batch.table("dups")))
-        with staged(db, "events", events.to_arrow_table(), rows_per_transaction=write_rows, durable=False) as rows:
+        with staged_beside_store(db, "events", events.to_arrow_table(), rows_per_transaction=write_rows,
+                                 durable=False) as rows:
             added, kept_apart = rows.each_chunk(*unmatched.SPLIT_SQL)
         result.events_added += added
         result.unmatched += kept_apart
