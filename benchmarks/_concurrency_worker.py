@@ -187,7 +187,8 @@ def loop(role: str, url: str, out: Path, stop_file: Path, every_s: float, call: 
                 errors.add(role, error)
             if stopping:
                 break
-            time.sleep(max(0.0, started + every_s - time.monotonic()))
+            while time.monotonic() < started + every_s and not stop_file.exists():  # a long pause ends at the stop
+                time.sleep(min(0.05, max(0.0, started + every_s - time.monotonic())))
     write(out, {"role": role, "calls": calls, "errors": errors.items, "writes": WRITES.summary()})
 
 

@@ -13,7 +13,8 @@ window (goal: ≤ 1.05x the target; the method of benchmarks/rate.py), the repor
 them that died; goal 0) and duplicates (the sandbox's duplicate_callback_data; goal 0, and it accepted
 exactly the campaigns' messages).
 
-    .venv/bin/python benchmarks/concurrency.py [--seconds 30] [--rate 500] [--backend sqlite,postgresql] [--keep DIR]
+    .venv/bin/python benchmarks/concurrency.py [--seconds 30] [--rate 500] [--backend sqlite,postgresql]
+        [--ingest-every 1] [--report-every 2] [--keep DIR]
 
 Each process's write transactions are timed (how long each waited to begin, how long it held the store) and
 printed with its CPU time: on SQLite the wait is the wait for the one write lock. --keep copies every
@@ -147,8 +148,10 @@ def measure(backend: str, url: str, work: Path, args: argparse.Namespace) -> dic
         config = SandboxConfig(access_token=TOKEN, app_secret=SECRET, throughput_per_s=100_000,
                                webhook_url=f"{receiver_url}/webhooks/whatsapp", webhook_delay_s=(0.01, 0.1))
         with sandbox_process(config) as sandbox_url, processes(logs) as group:
-            group.start("ingest", "ingest", url, str(work / "ingest.json"), str(spool), str(stop_file), "1")
-            group.start("report", "report", url, str(work / "report.json"), "A", str(stop_file), "2")
+            group.start("ingest", "ingest", url, str(work / "ingest.json"), str(spool), str(stop_file),
+                        str(args.ingest_every))
+            group.start("report", "report", url, str(work / "report.json"), "A", str(stop_file),
+                        str(args.report_every))
             group.wait_started()
             dispatchers = {campaign_id: group.start(f"dispatch_{campaign_id}", "dispatch", url,
                                                     str(work / f"dispatch_{campaign_id}.json"), campaign_id, sender,
@@ -222,7 +225,8 @@ def summarise(backend: str, work: Path, logs: Path, args: argparse.Namespace, n:
         "max_window": windows, "lock_errors": len(errors) + len(died), "duplicates": stats["duplicate_callback_data"],
         "report_p95_ms": round(report_p95, 1) if report_p95 is not None else None, "seconds": args.seconds,
         "messages": 2 * n, "accepted": accepted, "sent": sent, "report_calls": len(reports),
-        "report_kind": reports[0]["kind"] if reports else None, "ingest_calls": len(ingests),
+        "report_kind": reports[0]["kind"] if reports else None, "ingest_every_s": args.ingest_every,
+        "ingest_calls": len(ingests),
         "ingest_max_ms": max((c["ms"] for c in ingests), default=None),
         "dispatch_write_wait_p99_ms": [(results[f"dispatch_{c}"].get("writes") or {}).get("wait_p99_ms")
                                        for c, _ in CAMPAIGNS],
@@ -240,6 +244,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rate", type=int, default=500, help="each campaign's target, messages/s")
     parser.add_argument("--backend", type=backends_arg, default=["sqlite", "postgresql"])
+    parser.add_argument("--ingest-every", type=float, default=1.0, help="seconds between ingest_spool calls")
+    parser.add_argument("--report-every", type=float, default=2.0, help="seconds between reports")
     parser.add_argument("--keep", type=Path, help="copy each backend's figures and logs (not the store) here")
     args = parser.parse_args()
     os.environ.update(ENV)
