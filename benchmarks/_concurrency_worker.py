@@ -2,7 +2,7 @@
 production, all on one store. Each writes what it measured to OUT (JSON) when it ends; an exception in
 any store call is counted there (type and first line) and the process carries on: none dies on one.
 
-    python benchmarks/_concurrency_worker.py dispatch STORE_URL OUT CAMPAIGN SENDER SANDBOX_URL SPOOL RATE
+    python benchmarks/_concurrency_worker.py dispatch STORE_URL OUT CAMPAIGN SENDER SANDBOX_URL SPOOL RATE CONCURRENCY
     python benchmarks/_concurrency_worker.py ingest STORE_URL OUT SPOOL STOP_FILE [EVERY_S]
     python benchmarks/_concurrency_worker.py report STORE_URL OUT CAMPAIGN STOP_FILE [EVERY_S]
 
@@ -141,9 +141,54 @@ def write(out: Path, figures: dict[str, Any]) -> None:
     tmp.replace(out)
 
 
-def dispatch(url: str, out: Path, campaign_id: str, sender: str, sandbox_url: str, spool: Path, rate: float) -> None:
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+
+    def q(f: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(f * len(ordered)))] * 1000, 1) if ordered else None
+
+    mean = round(sum(ordered) / len(ordered) * 1000, 1) if ordered else None
+    return {"n": len(ordered), "mean_ms": mean, "p50_ms": q(0.5), "p95_ms": q(0.95), "max_ms": q(1.0)}
+
+
+class TimedSends(Recording):
+    """Also how long each request took (the sandbox's answer, as the event loop saw it)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.durations: list[float] = []
+
+    async def send(self, session: Any, payloads: list[str]) -> Any:
+        started = time.monotonic()
+        try:
+            return await super().send(session, payloads)
+        finally:
+            self.durations.append(time.monotonic() - started)
+
+
+def time_claims() -> list[float]:
+    """How long each worker waits for its claim (the next group commit): instrumented here, not in pipeline/."""
+    from pipeline.dispatch import engine
+
+    waits: list[float] = []
+    original = engine._Writer.claim
+
+    async def claim(self: Any, *args: Any, **kwargs: Any) -> set[int]:
+        started = time.monotonic()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            waits.append(time.monotonic() - started)
+
+    engine._Writer.claim = claim  # type: ignore[method-assign]
+    return waits
+
+
+def dispatch(url: str, out: Path, campaign_id: str, sender: str, sandbox_url: str, spool: Path, rate: float,
+             concurrency: int) -> None:
     errors = Errors()
-    channel = Recording(whatsapp(sandbox_url, sender))
+    channel = TimedSends(whatsapp(sandbox_url, sender))
+    claim_waits = time_claims()
     runs: list[dict[str, Any]] = []
     with store.connect(url) as db:
 
@@ -157,7 +202,7 @@ def dispatch(url: str, out: Path, campaign_id: str, sender: str, sandbox_url: st
         for _ in range(5):  # a run that fails is resumed, as an operator would (counted as an error)
             try:
                 result = asyncio.run(dispatch_campaign(
-                    db, campaign_id, {sender: channel}, rate=RateSpec(max_per_second=rate, concurrency=25),
+                    db, campaign_id, {sender: channel}, rate=RateSpec(max_per_second=rate, concurrency=concurrency),
                     retry=RetrySpec(max_attempts=3), reconcile=lambda: ingest_spool(db, spool),
                     on_status=status, progress_every_s=3.0))
             except Exception as error:  # noqa: BLE001
@@ -168,7 +213,8 @@ def dispatch(url: str, out: Path, campaign_id: str, sender: str, sandbox_url: st
             break
         states = dict(db.rows("SELECT state, count(*) FROM outbox WHERE campaign_id = :c GROUP BY 1", c=campaign_id))
     write(out, {"role": "dispatch", "campaign_id": campaign_id, "stamps": sorted(channel.stamps), "runs": runs,
-                "states": states, "errors": errors.items, "writes": WRITES.summary()})
+                "states": states, "errors": errors.items, "writes": WRITES.summary(),
+                "claim_wait": _quantiles(claim_waits), "send": _quantiles(channel.durations)})
 
 
 def loop(role: str, url: str, out: Path, stop_file: Path, every_s: float, call: Any) -> None:
@@ -197,8 +243,8 @@ def main() -> None:
     WRITES.install()
     args = sys.argv[4:]
     if role == "dispatch":
-        campaign_id, sender, sandbox_url, spool, rate = args
-        dispatch(url, out, campaign_id, sender, sandbox_url, Path(spool), float(rate))
+        campaign_id, sender, sandbox_url, spool, rate, concurrency = args
+        dispatch(url, out, campaign_id, sender, sandbox_url, Path(spool), float(rate), int(concurrency))
     elif role == "ingest":
         spool, stop_file = Path(args[0]), Path(args[1])
 

@@ -14,7 +14,7 @@ them that died; goal 0) and duplicates (the sandbox's duplicate_callback_data; g
 exactly the campaigns' messages).
 
     .venv/bin/python benchmarks/concurrency.py [--seconds 30] [--rate 500] [--backend sqlite,postgresql]
-        [--ingest-every 1] [--report-every 2] [--keep DIR]
+        [--concurrency 25] [--ingest-every 1] [--report-every 2] [--keep DIR]
 
 Each process's write transactions are timed (how long each waited to begin, how long it held the store) and
 printed with its CPU time: on SQLite the wait is the wait for the one write lock. --keep copies every
@@ -155,7 +155,7 @@ def measure(backend: str, url: str, work: Path, args: argparse.Namespace) -> dic
             group.wait_started()
             dispatchers = {campaign_id: group.start(f"dispatch_{campaign_id}", "dispatch", url,
                                                     str(work / f"dispatch_{campaign_id}.json"), campaign_id, sender,
-                                                    sandbox_url, str(spool), str(args.rate))
+                                                    sandbox_url, str(spool), str(args.rate), str(args.concurrency))
                            for campaign_id, sender in CAMPAIGNS}
             deadline = time.monotonic() + args.seconds * 4 + 120
             for campaign_id, proc in dispatchers.items():
@@ -195,7 +195,8 @@ def summarise(backend: str, work: Path, logs: Path, args: argparse.Namespace, n:
             achieved.append(None)
             windows.append(None)
         print(f"{backend} campaign {campaign_id}: {len(stamps)} sends, achieved {achieved[-1]}/s, worst 1-s window "
-              f"{windows[-1]}x target; runs {result.get('runs')}, final states {result.get('states')}", flush=True)
+              f"{windows[-1]}x target; runs {result.get('runs')}, final states {result.get('states')}; "
+              f"wait for a claim {result.get('claim_wait')}, request {result.get('send')}", flush=True)
     reports = results["report"].get("calls", [])
     ingests = results["ingest"].get("calls", [])
     latencies = [c["ms"] for c in reports]
@@ -225,7 +226,8 @@ def summarise(backend: str, work: Path, logs: Path, args: argparse.Namespace, n:
         "max_window": windows, "lock_errors": len(errors) + len(died), "duplicates": stats["duplicate_callback_data"],
         "report_p95_ms": round(report_p95, 1) if report_p95 is not None else None, "seconds": args.seconds,
         "messages": 2 * n, "accepted": accepted, "sent": sent, "report_calls": len(reports),
-        "report_kind": reports[0]["kind"] if reports else None, "ingest_every_s": args.ingest_every,
+        "report_kind": reports[0]["kind"] if reports else None, "concurrency": args.concurrency,
+        "ingest_every_s": args.ingest_every,
         "ingest_calls": len(ingests),
         "ingest_max_ms": max((c["ms"] for c in ingests), default=None),
         "dispatch_write_wait_p99_ms": [(results[f"dispatch_{c}"].get("writes") or {}).get("wait_p99_ms")
@@ -244,6 +246,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rate", type=int, default=500, help="each campaign's target, messages/s")
     parser.add_argument("--backend", type=backends_arg, default=["sqlite", "postgresql"])
+    parser.add_argument("--concurrency", type=int, default=25,
+                        help="requests in flight per sender (benchmarks/rate.py's choice for 500/s)")
     parser.add_argument("--ingest-every", type=float, default=1.0, help="seconds between ingest_spool calls")
     parser.add_argument("--report-every", type=float, default=2.0, help="seconds between reports")
     parser.add_argument("--keep", type=Path, help="copy each backend's figures and logs (not the store) here")
