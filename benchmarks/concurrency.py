@@ -17,7 +17,9 @@ exactly the campaigns' messages).
         [--concurrency 25] [--ingest-every 1] [--report-every 2] [--keep DIR]
 
 Each process's write transactions are timed (how long each waited to begin, how long it held the store) and
-printed with its CPU time: on SQLite the wait is the wait for the one write lock. --keep copies every
+printed with its CPU time: on SQLite the wait is the wait for the one write lock. Each dispatcher also says how
+long its workers waited for a claim and how long a request took: with --concurrency requests in flight per
+sender a lane cannot send faster than concurrency / request time, whatever the store. --keep copies every
 process's figures (send times, calls, errors, write times) and stderr to DIR/<backend>/.
 
 The campaigns hold rate x seconds messages each. Everything runs on loopback, its data in a temporary
