@@ -1,6 +1,8 @@
 """One dispatch run of the crash benchmark, in its own process so it can be SIGKILLed anywhere.
 
-    python benchmarks/_crash_worker.py DB SPOOL_DIR SANDBOX_URL [--resend-unknown]
+    python benchmarks/_crash_worker.py STORE_URL SPOOL_DIR SANDBOX_URL [--resend-unknown]
+
+STORE_URL is the shared store (a SQLite path or URL, or postgresql://...).
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ from pipeline.spec import RateSpec, RetrySpec  # noqa: E402
 
 
 def main() -> None:
-    db, spool, base_url = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    with store.connect(db) as con:
+    url, spool, base_url = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    with store.connect(url) as db:
         print("started", flush=True)  # the harness times its kill from here
         if "--resend-unknown" in sys.argv:
-            operations.requeue_unknown(con, "bench")  # the operator's decision, after reconciliation
+            operations.requeue_unknown(db, "bench")  # the operator's decision, after reconciliation
         result = asyncio.run(dispatch_campaign(
-            con, "bench", whatsapp(base_url), rate=RateSpec(max_per_second=1000, concurrency=32),
+            db, "bench", whatsapp(base_url), rate=RateSpec(max_per_second=1000, concurrency=32),
             retry=RetrySpec(max_attempts=5, base_delay_s=0.05, reconcile_grace_s=3.0),
-            reconcile=lambda: ingest_spool(con, spool), progress_every_s=60))
-        states = dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY 1").fetchall())
+            reconcile=lambda: ingest_spool(db, spool), progress_every_s=60))
+        states = dict(db.rows("SELECT state, count(*) FROM outbox GROUP BY 1"))
     print(f"run: sent {result.sent}, reconciled {result.reconciled_sent}, unknown {result.unknown}; {states}",
           flush=True)
 

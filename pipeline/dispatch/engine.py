@@ -141,6 +141,9 @@ class _Dispatch:
         self.lanes: list[_Lane] = []
         self.uncertain: dict[str, tuple[_Lane, Pending, int, float]] = {}  # timed out: maybe sent
         self.leftovers: dict[str, float] = {}  # in flight at an earlier crash
+        # Timed out without a receipt and queued again: still `sending` in the ledger under this run's claim,
+        # so a worker sends them without claiming them again (a claim takes only what is `queued`).
+        self.resending: set[int] = set()
         self.started = time.monotonic()
         self.deadline = self.started + retry.deadline_s
         # More messages in the claim -> slot -> send pipeline than sessions: each waits up to one
@@ -254,12 +257,18 @@ class _Dispatch:
             while len(batch) < lane.channel.max_batch and not lane.queue.empty():
                 batch.append(lane.queue.get_nowait())
             if self.stop.is_set():
-                lane.outstanding -= len(batch)  # never claimed: still queued in the ledger
+                for item, attempts in batch:
+                    if item.seq in self.resending:  # held since a timeout: settled as the reconciler would
+                        self.resending.discard(item.seq)
+                        self._finish(lane, item, SendOutcome(kind="unknown", error_code="timeout",
+                                                             error_detail="no answer and no receipt"), attempts - 1)
+                    else:
+                        lane.outstanding -= 1  # never claimed: still queued in the ledger
                 continue
             # Claimed (committed) before the slot is taken: the claim's wait for the next group
             # commit then never makes a send miss its slot; enough claimed workers queue for slots
             # (pipeline_depth) that the rate does not wait for commits either.
-            claimed = await self.writer.claim([item.seq for item, _ in batch], _planned_ids(lane.channel, batch))
+            claimed = await self._claim(lane, batch)
             if len(claimed) < len(batch):  # taken by another dispatcher, or no longer queued: not ours to send
                 lane.outstanding -= len(batch) - len(claimed)
                 batch = [(item, n) for item, n in batch if item.seq in claimed]
@@ -286,6 +295,26 @@ class _Dispatch:
                 await self._send(lane, session, batch)
             finally:
                 lane.sessions.put_nowait(session)
+
+    async def _claim(self, lane: _Lane, batch: list[tuple[Pending, int]]) -> set[int]:
+        """The batch's seqs this run may send: fresh ones it claimed now, and resends it still holds."""
+        seqs = [item.seq for item, _ in batch]
+        planned = _planned_ids(lane.channel, batch)
+        held = self.resending.intersection(seqs)
+        if not held:
+            return await self.writer.claim(seqs, planned)
+        self.resending -= held
+        fresh = [i for i, seq in enumerate(seqs) if seq not in held]
+        ours = [i for i, seq in enumerate(seqs) if seq in held]
+        claims = []
+        if fresh:
+            claims.append(self.writer.claim([seqs[i] for i in fresh], [planned[i] for i in fresh] if planned else None))
+        if planned:  # a resend goes by new provider ids: on record before it leaves
+            claims.append(self.writer.claim([seqs[i] for i in ours], [planned[i] for i in ours], resend=True))
+        claimed = set(held)
+        for taken in await asyncio.gather(*claims):
+            claimed |= taken
+        return claimed
 
     async def _send(self, lane: _Lane, session: Any, batch: list[tuple[Pending, int]]) -> None:
         first = True
@@ -375,6 +404,7 @@ class _Dispatch:
                                                              error_detail="no answer and no receipt"), attempts)
                     else:  # no receipt within the grace: the request never reached the provider
                         self.result.resent_after_timeout += 1
+                        self.resending.add(item.seq)
                         await lane.queue.put((item, attempts + 1))
             settled = {m: found[m] for m in self.leftovers if m in found}
             expired = [m for m, since in self.leftovers.items() if m not in found and now - since >= grace]
