@@ -92,7 +92,7 @@ STOP_KEYWORDS = frozenset({"stop", "unsubscribe", "stopall", "end", "cancel", "q
 OPT_OUT_ERROR_CODES = frozenset({"131050"})  # recipient stopped marketing messages from this business
 DEFAULT_BATCH_BYTES = 256 * 1024 * 1024  # ~650k WhatsApp receipts; ~0.8 GB of memory while staged
 # Rows per write transaction: short enough that a dispatcher's group commit waits a few tens of ms at most.
-DEFAULT_WRITE_ROWS = 20_000
+DEFAULT_WRITE_ROWS = 5_000
 
 _TS = pl.Datetime("us", "UTC")
 _ORDER: dict[str, Any] = {"file_idx": pl.Int32, "line_no": pl.Int32, "pos": pl.Int64}

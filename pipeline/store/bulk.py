@@ -74,14 +74,16 @@ class Staged:
     """Rows staged in C next to the store (see `staged`): `each_chunk` runs statements over them in short
     write transactions, `{stage}` naming the staged rows and `{chunk}` the condition selecting one chunk."""
 
-    def __init__(self, run_chunk: Callable[[tuple[str, ...], str], list[int]], rows: int, chunk_rows: int) -> None:
+    def __init__(self, run_chunk: Callable[[tuple[str, ...], str], list[int]], rows: int, chunk_rows: int,
+                 chunk: Callable[[int, int], str]) -> None:
         self._run_chunk, self.rows, self.chunk_rows = run_chunk, rows, chunk_rows
+        self._chunk = chunk  # rows [start, end) as a condition on an indexed column
 
     def each_chunk(self, *statements: str) -> list[int]:
         """Runs the statements for every chunk, each chunk in one transaction; returns the rows each changed."""
         changed = [0] * len(statements)
         for start in range(0, self.rows, self.chunk_rows):
-            chunk = f"_row >= {start} AND _row < {start + self.chunk_rows}"
+            chunk = self._chunk(start, start + self.chunk_rows)
             changed = [n + m for n, m in zip(changed, self._run_chunk(statements, chunk), strict=True)]
         return changed
 
@@ -131,7 +133,9 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
                     return changed
 
                 try:
-                    yield Staged(run_chunk, rows.num_rows, rows_per_transaction)
+                    # rowid numbers the staged rows in insertion order from 1: a chunk is a range of the table's key.
+                    yield Staged(run_chunk, rows.num_rows, rows_per_transaction,
+                                 chunk=lambda a, b: f"rowid > {a} AND rowid <= {b}")
                 finally:
                     raw.execute("PRAGMA synchronous = FULL")
                     raw.execute("DETACH DATABASE stage")
@@ -147,6 +151,7 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
             cursor.execute(f"ALTER TABLE {stage} ADD COLUMN _row bigint")
             staging.commit()
             cursor.adbc_ingest(stage, rows, mode="append")
+            cursor.execute(f"CREATE INDEX ON {stage} (_row)")  # each chunk a range of it, not a scan of all
             staging.commit()
 
     def run_chunk_pg(statements: tuple[str, ...], chunk: str) -> list[int]:
@@ -154,7 +159,8 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
             return [conn.execute(text(sql.format(stage=stage, chunk=chunk))).rowcount for sql in statements]
 
     try:
-        yield Staged(run_chunk_pg, rows.num_rows, rows_per_transaction)
+        yield Staged(run_chunk_pg, rows.num_rows, rows_per_transaction,
+                     chunk=lambda a, b: f"_row >= {a} AND _row < {b}")
     finally:
         with db.write() as conn:
             conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))
