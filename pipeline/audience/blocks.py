@@ -129,16 +129,29 @@ def lines_of(block: bytes) -> pl.Series:
     return frame["line"] if frame.width else pl.Series("line", [], dtype=pl.String)
 
 
+# A line of well-quoted fields, by whether it starts and ends inside a quoted field.
+_FIELD = '(?:[^",]*|"(?:[^"]|"")*")'
+_WELL_QUOTED = {
+    (False, False): f"^{_FIELD}(?:,{_FIELD})*$",
+    (False, True): f'^(?:{_FIELD},)*"(?:[^"]|"")*$',
+    (True, False): f'^(?:[^"]|"")*"(?:,{_FIELD})*$',
+    (True, True): '^(?:[^"]|"")*$',
+}
+
+
 def records_of(block: bytes) -> pl.DataFrame:
-    """fields (0 for a blank line), bytes (as record_bytes counts them) and lines of every record
-    of `block`, in order; quotes may hold separators and newlines. Vectorised: a newline ends a
-    record when the quotes before it are balanced, and a comma separates fields when the quotes
-    before it on its line (counting from the record's state at the line start) are balanced."""
+    """fields (0 for a blank line), bytes (as record_bytes counts them), lines and whether every quote
+    in it is where the CSV rules put quotes (`quoted`), for every record of `block`, in order; quotes
+    may hold separators and newlines. Vectorised: a newline ends a record when the quotes before it
+    are balanced, and a comma separates fields when the quotes before it on its line (counting from
+    the record's state at the line start) are balanced."""
     lines = lines_of(block)
     size = lines.str.len_bytes().fill_null(0).cast(pl.Int64)
     if b'"' not in block:
         fields = ((lines.str.count_matches(",", literal=True) + 1) * lines.is_not_null()).fill_null(0)
-        return pl.DataFrame({"fields": fields.cast(pl.Int64), "bytes": size}).with_columns(lines=pl.lit(1, pl.Int64))
+        return pl.DataFrame({"fields": fields.cast(pl.Int64), "bytes": size}).with_columns(
+            lines=pl.lit(1, pl.Int64), quoted=pl.lit(True)
+        )
     frame = pl.DataFrame({"line": lines, "size": size}).with_columns(
         q=pl.col("line").str.count_matches('"', literal=True).fill_null(0)
     )
@@ -163,7 +176,22 @@ def records_of(block: bytes) -> pl.DataFrame:
         fields=pl.when(pl.col("blank")).then(0).otherwise("fields").cast(pl.Int64),
         bytes=pl.col("bytes").cast(pl.Int64),
         lines=pl.col("lines").cast(pl.Int64),
+        quoted=~pl.col("record").is_in(_misquoted(frame).implode()),
     )
+
+
+def _misquoted(lines: pl.DataFrame) -> pl.Series:
+    """The records holding a line whose quotes the CSV rules cannot read (5'11", "a"b): only lines with a
+    quote or inside one are looked at, each with the one pattern that fits where it starts and ends."""
+    check = lines.filter((pl.col("q") > 0) | pl.col("inside")).with_columns(
+        ends=pl.col("inside") ^ (pl.col("q") % 2 == 1), line=pl.col("line").fill_null("")
+    )
+    bad = [
+        part.filter(~pl.col("line").str.contains(pattern))["record"]
+        for (starts, ends), pattern in _WELL_QUOTED.items()
+        if (part := check.filter((pl.col("inside") == starts) & (pl.col("ends") == ends))).height
+    ]
+    return pl.concat(bad) if bad else pl.Series("record", [], dtype=lines.schema["record"])
 
 
 _QUOTED = re.compile(r'"[^"]*(?:""[^"]*)*"')

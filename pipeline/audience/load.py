@@ -165,6 +165,18 @@ def _csv_records(path: Path, block: bytes, first_line: int) -> pl.DataFrame:
     )
 
 
+def _misquoted(block: bytes, records: pl.DataFrame, at: int, names: list[str], first_row: int, first_line: int) -> str:
+    """Where and what the quote problem of the block's record `at` is."""
+    line = int(records["lines"].head(at).sum())
+    start = _line_start(block, line)
+    text = block[start : start + int(records["bytes"][at]) + 2 * int(records["lines"][at])].decode("utf-8", "replace")
+    found = quote_problem(text)
+    if found is None:  # not expected: the line check and the scan follow the same rules
+        return f"row {first_row + at} (line {first_line + line}): a double quote the CSV rules cannot read"
+    _, offset, field_index, what = found
+    return f"{where(names, first_row + at, first_line + line + offset, field_index)}: {what}"
+
+
 def _line_start(block: bytes, line: int) -> int:
     pos = 0
     for _ in range(line):
@@ -199,6 +211,13 @@ def read_block(
     if frame.width != len(names):
         raise AudienceError(f"{path}: expected {len(names)} columns, the CSV reader found {frame.width}")
     records = records_of(block)
+    # A quote the CSV rules cannot read is an error wherever the file is cut (Polars reads some of them
+    # one way or another depending on the block), except in a record over the row bound, which is
+    # rejected unread as when blocks() skips it.
+    misquoted = ~records["quoted"] & (records["bytes"] <= limits.max_row_bytes)
+    if misquoted.any():
+        at = int(misquoted.arg_true()[0])
+        raise AudienceError(f"{path}: {_misquoted(block, records, at, names, first_row - skip, first_line)}")
     if records.height - skip != frame.height:
         records = _csv_records(path, block, first_line)  # quotes in mid-field ("5'11"") defeat the vectorised count
     if records.height - skip != frame.height:
