@@ -12,7 +12,7 @@ from pipeline.spec import positive_setting
 # channel -> (characters in one rendered text or template parameter, where the number comes from)
 MESSAGE_CHARS: dict[str, tuple[int, str]] = {
     "whatsapp": (1_024, "template body text, Meta's template rules (docs/providers.md §1.2: free-form text 4,096)"),
-    "chatapp": (1_024, "ChatApp sends WhatsApp-style templates (docs/providers.md §3.2): the WhatsApp body limit"),
+    "chatapp": (1_024, "ChatApp sends templates (docs/providers.md §3.2 states no length): the WhatsApp body limit"),
     "messenger": (2_000, "Send API text, Meta's Send API reference (not stated in docs/providers.md §5.1)"),
     "instagram": (1_000, "docs/providers.md §5.2"),
     "viber": (7_000, "docs/providers.md §4.1"),

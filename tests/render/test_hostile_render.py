@@ -16,9 +16,10 @@ import yaml
 from pipeline.cli.prepare import add_prepare_command
 from pipeline.render.limits import RenderLimits
 from pipeline.render.prepare import prepare_audience
+from pipeline.render.prepare_chunks import prepare_chunk, prepare_in_chunks
 from pipeline.render.prepare_ids import prepare_ids
 from pipeline.render.templates import render_messages
-from pipeline.spec import SpecError, TemplateSpec
+from pipeline.spec import SpecError, TemplateSpec, parse_spec
 from pipeline.upload.check import Staged, check
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +61,18 @@ def test_campaign_prepare_with_a_plain_text_template(tmp_path: Path, capsys: pyt
     args = parser.parse_args(["prepare", str(audience), "--template", str(text), "--out", str(tmp_path / "o")])
     assert args.func(args) == 0
     assert pl.read_parquet(tmp_path / "o" / "accepted.parquet")["text"].to_list() == ["Your order has shipped."] * 5
+
+
+def test_the_campaign_flows_prepare_task_with_a_plain_text_template(tmp_path: Path) -> None:
+    from flows.campaign import prepare  # the task `campaign run` runs first
+
+    audience = tmp_path / "a.csv"
+    audience.write_text(AUDIENCE)
+    spec = yaml.safe_load((ROOT / "campaigns" / "welcome.yaml").read_text())
+    spec["template"] |= {"text": "Your order has shipped.", "body": []}
+    spec |= {"variables": {}, "audience": str(audience)}
+    prepared = prepare.fn(parse_spec(spec), "welcome", tmp_path / "campaigns.duckdb", tmp_path / "prepared")
+    assert prepared.accepted["text"].to_list() == ["Your order has shipped."] * 5
 
 
 def test_the_upload_check_with_a_plain_text_template(tmp_path: Path) -> None:
@@ -126,6 +139,28 @@ def test_id_channels_are_bounded_by_their_limit(tmp_path: Path) -> None:
                            variables={"notes": "notes"})  # fmt: skip
     assert prepared.accepted["text"].to_list() == ["short"]
     assert prepared.rejects.select("row_number", "reason").rows() == [(3, "message_too_long")]
+
+
+def test_chunked_preparation_bounds_rows_as_one_process_does(tmp_path: Path) -> None:
+    rows = "".join(f"+4474001234{i:02d},yes,Ann,{'n' * 70_000 if i == 7 else 'ok'}\n" for i in range(20)).encode()
+    options = {"channel": "whatsapp", "category": "utility", "template": template("Hi {{ name }}"),
+               "variables": {"name": "first_name"}}  # fmt: skip
+    nul_line = b"\0" * (2 << 20) + b"\n"
+    for name, content, chunks in (("fields", rows, True), ("nul", rows + nul_line + rows, False)):
+        audience = tmp_path / f"{name}.csv"
+        audience.write_bytes(b"phone,opt_in,first_name,notes\n" + content)
+        ran: list[int] = []
+
+        def run(jobs: list, ran: list[int] = ran) -> list:
+            ran.append(len(jobs))
+            return [prepare_chunk(job) for job in jobs]
+
+        single = prepare_audience(audience, **options)
+        chunked = prepare_in_chunks(audience, run=run, chunk_bytes=4096, out_dir=tmp_path / name, **options)
+        assert chunked.rejects.equals(single.rejects) and chunked.accepted.equals(single.accepted)
+        # A record over the row bound is skipped unread by the single process, which then prepares the file.
+        assert bool(ran) is chunks
+    assert single.counts == {"duplicate": 19, "field_too_long": 2, "row_too_long": 1}
 
 
 # --- bounded evaluation ---------------------------------------------------------------------------------------
