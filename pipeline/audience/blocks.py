@@ -84,35 +84,49 @@ def blocks(handle: BinaryIO, size: int, max_row_bytes: int, *, cr: bool = False)
     carry = b""
     while chunk := _read(handle, size, cr):
         block = carry + chunk if carry else chunk
+        del chunk
         cut = record_end(block)
-        if cut:
-            yield block[:cut]
-        carry = block[cut:]  # the start of one record, still open
+        # After `cut`: the start of one record, still open; measured in place, as it may be most of the block.
         # (+ 1: a final "\r" may be the first half of the record's "\r\n")
-        if len(carry) > max_row_bytes + 1 and record_bytes(carry) - carry.endswith(b"\r") > max_row_bytes:
-            skipped, carry = _skip(handle, carry, size, max_row_bytes, cr)
-            yield skipped
+        open_bytes = len(block) - cut - block.count(b"\n", cut) - block.count(b"\r\n", cut) - block.endswith(b"\r")
+        if open_bytes <= max_row_bytes:
+            piece, carry = block[:cut], block[cut:]
+            del block  # the consumer parses `piece`: hold nothing else meanwhile
+            if piece:
+                yield piece
+            continue
+        piece, head, quotes = block[:cut], block[cut : cut + max_row_bytes], block.count(b'"', cut)
+        spans, read, last = block.find(b"\n", cut) >= 0, len(block) - cut, block[-1:]
+        del block
+        if piece:
+            yield piece
+        del piece
+        if spans:  # no newline in an open record ends it: each is inside quotes
+            yield Oversized(open_bytes, 0, head, True)
+            return
+        skipped, carry = _skip(handle, head, read, quotes, last, min(size, 1 << 20), cr)
+        yield skipped
     if carry:
         yield carry
 
 
-def _skip(handle: BinaryIO, carry: bytes, size: int, max_row_bytes: int, cr: bool) -> tuple[Oversized, bytes]:
-    """Reads past the record `carry` starts, keeping only counts: (the Oversized record, what
-    follows it in the last piece read)."""
-    head = carry[:max_row_bytes]
-    if b"\n" in carry:  # no newline in the carry ends the record: each is inside quotes
-        return Oversized(record_bytes(carry), carry.count(b"\n"), head, True), b""
-    total, quotes, last = len(carry), carry.count(b'"'), carry[-1:]
-    while chunk := _read(handle, size, cr):
+def _skip(
+    handle: BinaryIO, head: bytes, read: int, quotes: int, last: bytes, step: int, cr: bool
+) -> tuple[Oversized, bytes]:
+    """Reads past a long record whose first `read` bytes (`quotes` of them quotes, the last one
+    `last`) were read, in pieces of `step`, keeping only counts: (the Oversized record, what follows
+    it in the last piece read)."""
+    while chunk := _read(handle, step, cr):
         newline = chunk.find(b"\n")
         if newline < 0:
-            total, quotes, last = total + len(chunk), quotes + chunk.count(b'"'), chunk[-1:]
+            read, last = read + len(chunk), chunk[-1:]
+            quotes += chunk.count(b'"') if b'"' in chunk else 0
             continue
         quotes += chunk.count(b'"', 0, newline)
         before = chunk[newline - 1 : newline] if newline else last
-        total += newline - (before == b"\r")
-        return Oversized(total, 1, head, quotes % 2 == 1), chunk[newline + 1 :]
-    return Oversized(total, 0, head, quotes % 2 == 1), b""
+        read += newline - (before == b"\r")
+        return Oversized(read, 1, head, quotes % 2 == 1), chunk[newline + 1 :]
+    return Oversized(read, 0, head, quotes % 2 == 1), b""
 
 
 def lines_of(block: bytes) -> pl.Series:
