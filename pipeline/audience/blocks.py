@@ -247,12 +247,12 @@ def where(columns: Sequence[str], row: int, line: int, field: int) -> str:
 
 
 def open_quote_problem(head: bytes, columns: Sequence[str], row: int, line: int, max_row_bytes: int) -> str:
-    """What is wrong with a record that runs over lines past the row bound, from its first bytes."""
+    """What is wrong with a record whose quoted field runs past the row bound, from its first bytes."""
     found = quote_problem(head.decode("utf-8", errors="replace"))
     if found is not None and found[3] == _INSIDE:
         return f"{where(columns, row, line + found[1], found[2])}: {found[3]}"
     field = f", field {columns[found[2]]!r}" if found is not None and found[2] < len(columns) else ""
     return (
-        f"row {row} (line {line}){field}: a quoted field runs over several lines and past the {max_row_bytes:,}-byte "
-        f"row limit; is a closing double quote missing? (CAMPAIGN_MAX_ROW_BYTES raises the limit)"
+        f"row {row} (line {line}){field}: a quoted field does not close within the {max_row_bytes:,}-byte row limit; "
+        f"is a closing double quote missing? (CAMPAIGN_MAX_ROW_BYTES raises the limit)"
     )
