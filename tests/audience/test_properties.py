@@ -71,7 +71,8 @@ ROWS = st.lists(
         st.lists(_field(), min_size=1, max_size=4).map(b",".join),
         st.just(b""),
         st.integers(60, 400).map(lambda n: b"+447400123459,yes," + b"\0" * n),
-        st.sampled_from([b"+447400123460,yes,5'11\"", b'+447400123461,yes,"open']),
+        st.sampled_from([b"+447400123460,yes,5'11\"", b'+447400123461,yes,"open', b'+447400123462,yes,=HYPERLINK("x")',
+                         b'+447400123463,yes,3" x 5"']),  # fmt: skip
     ),
     max_size=12,
 )
