@@ -18,7 +18,8 @@ from pipeline.audience.blocks import quote_problem
 # Columns the stages add (or use internally); an upload may not bring its own.
 RESERVED_COLUMNS = frozenset(
     {"row_number", "phone_e164", "region", "number_type", "text", "params_json", "segments", "encoding"}
-    | {"_fields", "_bytes", "_problem", "_phone", "_country", "_invalid", "_blocked", "_reason", "_detail", "_first"}
+    | {"_fields", "_bytes", "_check", "_problem", "_phone", "_country", "_invalid", "_blocked", "_reason", "_detail"}
+    | {"_first"}
 )
 
 class AudienceError(ValueError):

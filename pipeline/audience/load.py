@@ -242,46 +242,69 @@ def read_block(
         records["fields"].alias("_fields"),
         records["bytes"].alias("_bytes"),
     ).select("row_number", *names, "_fields", "_bytes")
-    reason, detail = _problems(names, limits)
-    frame = frame.with_columns(reason.otherwise(None).alias("_reason"), detail.otherwise(None).alias("_problem"))
+    # Which check a row fails is decided with comparisons alone; the reasons' wording is built
+    # for the rejected rows only (a when/then would build it for every row).
+    frame = frame.with_columns(_check=_first_problem(names, limits))
     if (records["bytes"] > limits.max_row_bytes).any():  # the values of a row over the bound are not kept,
-        long_row = pl.col("_reason") == "row_too_long"  # as when blocks() skips it
+        long_row = pl.col("_check") == _ROW_TOO_LONG  # as when blocks() skips it
         frame = frame.with_columns(pl.when(long_row).then(None).otherwise(pl.col(c)).alias(c) for c in names)
-    frame = frame.drop("_fields", "_bytes")
-    bad = frame.filter(pl.col("_reason").is_not_null())
-    rejects = bad.select("row_number", reason="_reason", detail="_problem") if bad.height else empty_rejects()
+    good = pl.col("_check").is_null()
+    bad = frame.filter(~good)
+    rejects = _described(bad, names, limits) if bad.height else empty_rejects()
+    rows = frame.drop("_fields", "_bytes", "_check")
     return Loaded(
-        frame=frame.filter(pl.col("_reason").is_null()).drop("_reason", "_problem"),
+        frame=rows.filter(frame["_check"].is_null()),
         rejects=rejects,
         rows_read=frame.height,
-        rejected_rows=bad.drop("_reason", "_problem"),
-        rows=frame.drop("_reason", "_problem"),
+        rejected_rows=bad.drop("_fields", "_bytes", "_check"),
+        rows=rows,
     )
 
 
-def _problems(names: list[str], limits: ReadLimits) -> tuple[pl.Expr, pl.Expr]:
-    """(reason, detail) of each row, null for a good one; the first matching problem wins: a blank
-    line, a row or a field over its bound, a ragged row, an empty phone."""
-    row_limit, field_limit = _over(limits.max_row_bytes, "row"), _over(limits.max_field_bytes, "field")
+# The checks, in the order they win: a blank line, a row or a field over its bound, a ragged row, an empty phone.
+_EMPTY, _ROW_TOO_LONG, _RAGGED, _FIELD_TOO_LONG, _NO_PHONE = range(5)
+
+
+def _first_problem(names: list[str], limits: ReadLimits) -> pl.Expr:
+    """The first check each row fails (null for a good row)."""
+    checks = [
+        (pl.col("_fields") == 0, _EMPTY),
+        (pl.col("_bytes") > limits.max_row_bytes, _ROW_TOO_LONG),
+        (pl.col("_fields") != len(names), _RAGGED),
+        (pl.max_horizontal(pl.col(c).str.len_bytes() for c in names) > limits.max_field_bytes, _FIELD_TOO_LONG),
+    ]
+    if "phone" in names:
+        checks.append((pl.col("phone").str.strip_chars().fill_null("") == "", _NO_PHONE))
+    expr = pl.when(checks[0][0]).then(pl.lit(checks[0][1], dtype=pl.Int8))
+    for condition, check in checks[1:]:
+        expr = expr.when(condition).then(pl.lit(check, dtype=pl.Int8))
+    return expr.otherwise(None)
+
+
+def _described(bad: pl.DataFrame, names: list[str], limits: ReadLimits) -> pl.DataFrame:
+    """REJECTS_SCHEMA rows for the rejected rows of a batch, each check in its words."""
+    check = pl.col("_check")
     sizes = [pl.col(c).str.len_bytes() for c in names]
     long_field = pl.coalesce([
         pl.when(size > limits.max_field_bytes).then(pl.concat_str(pl.lit(f"field {c!r} is "), size, pl.lit(" bytes, ")))
         for c, size in zip(names, sizes, strict=True)
-    ]) + pl.lit(field_limit)  # fmt: skip
-    checks = [
-        (pl.col("_fields") == 0, "bad_row", pl.lit("row is empty")),
-        (pl.col("_bytes") > limits.max_row_bytes, "row_too_long",
-         pl.concat_str(pl.lit("row is "), pl.col("_bytes"), pl.lit(f" bytes, {row_limit}"))),
-        (pl.col("_fields") != len(names), "bad_row",
-         pl.format("row has {} field(s), the header has " + str(len(names)), pl.col("_fields"))),
-        (pl.max_horizontal(sizes) > limits.max_field_bytes, "field_too_long", long_field),
-    ]  # fmt: skip
-    if "phone" in names:
-        checks.append((pl.col("phone").str.strip_chars().fill_null("") == "", "bad_row", pl.lit("phone is empty")))
-    reason, detail = pl.when(checks[0][0]).then(pl.lit(checks[0][1])), pl.when(checks[0][0]).then(checks[0][2])
-    for condition, name, text in checks[1:]:
-        reason, detail = reason.when(condition).then(pl.lit(name)), detail.when(condition).then(text)
-    return reason, detail
+    ]) + pl.lit(_over(limits.max_field_bytes, "field"))  # fmt: skip
+    reason = (
+        pl.when(check == _ROW_TOO_LONG).then(pl.lit("row_too_long"))
+        .when(check == _FIELD_TOO_LONG).then(pl.lit("field_too_long"))
+        .otherwise(pl.lit("bad_row"))
+    )  # fmt: skip
+    row_limit = _over(limits.max_row_bytes, "row")
+    long_row = pl.concat_str(pl.lit("row is "), pl.col("_bytes"), pl.lit(f" bytes, {row_limit}"))
+    ragged = pl.format("row has {} field(s), the header has " + str(len(names)), pl.col("_fields"))
+    detail = (
+        pl.when(check == _EMPTY).then(pl.lit("row is empty"))
+        .when(check == _ROW_TOO_LONG).then(long_row)
+        .when(check == _RAGGED).then(ragged)
+        .when(check == _FIELD_TOO_LONG).then(long_field)
+        .otherwise(pl.lit("phone is empty"))
+    )  # fmt: skip
+    return bad.select(pl.col("row_number"), reason.alias("reason"), detail.alias("detail"))
 
 
 def load_audience(

@@ -222,4 +222,5 @@ class FastTemplate:
         from the lengths of the row's values without rendering anything."""
         parts = [self.text, *self.header, *self.body, *(b for b in self.buttons if isinstance(b, _Value))]
         over = pl.max_horizontal([p.size for p in parts]) > max_chars
-        return cells.with_columns(_over=over.fill_null(False))["_over"]
+        # Lazy, so that a column's length, used by several parts, is computed once.
+        return cells.lazy().with_columns(_over=over.fill_null(False)).select("_over").collect()["_over"]

@@ -36,6 +36,7 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _HIDDEN = [chr(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\t\n\r"]
 _HIDDEN += [chr(c) for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))]
 VISIBLE_ESCAPES = {c: f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in _HIDDEN}
+_HIDDEN_CLASS = "[" + "".join(f"\\x{{{ord(c):X}}}" for c in _HIDDEN) + "]"
 REJECTS_COLUMNS = list(REJECTS_SCHEMA)  # then the row's original columns, as written
 
 
@@ -56,16 +57,12 @@ def escape_formulas(frame: pl.DataFrame) -> pl.DataFrame:
     formula, and control and bidirectional-override characters written as escapes (NUL as \\x00,
     U+202E as \\u202e)."""
     formula = "^[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
-    hidden = "[" + "".join(f"\\x{{{ord(c):X}}}" for c in _HIDDEN) + "]"
     text = [name for name, dtype in frame.schema.items() if dtype == pl.String]
-    cells = [
-        pl.when(pl.col(name).str.contains(hidden))
-        .then(pl.col(name).str.replace_many(VISIBLE_ESCAPES))
-        .otherwise(pl.col(name))
-        .alias(name)
-        for name in text
-    ]
-    return frame.with_columns(cells).with_columns(
+    if text:  # escapes only in the columns that hold such characters (most hold none)
+        holding = frame.select(pl.col(text).str.contains(_HIDDEN_CLASS).any()).row(0)
+        hiding = [name for name, found in zip(text, holding, strict=True) if found]
+        frame = frame.with_columns(pl.col(c).str.replace_many(VISIBLE_ESCAPES) for c in hiding)
+    return frame.with_columns(
         pl.when(pl.col(name).str.contains(formula)).then(pl.lit("'") + pl.col(name)).otherwise(pl.col(name)).alias(name)
         for name in text
     )
