@@ -23,6 +23,9 @@ RejectReason = Literal[
     "frequency_capped",
     "stale_opt_in",
     "outside_window",
+    "field_too_long",  # a field over the field bound (ReadLimits)
+    "row_too_long",  # a row over the row bound
+    "message_too_long",  # the rendered text or a parameter over the channel's limit, or the template over its budget
 ]
 REJECT_REASONS: tuple[str, ...] = RejectReason.__args__  # type: ignore[attr-defined]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -188,6 +189,17 @@ class CampaignSpec(_Spec):
         if bad:
             raise ValueError(f"not ISO 3166 alpha-2 codes: {bad}")
         return value
+
+
+def positive_setting(name: str, default: int, environ: Mapping[str, str] = os.environ) -> int:
+    """A bound from the environment variable `name` (digits, `_` allowed as a separator), else `default`;
+    anything but a whole number of at least 1 is a SpecError naming the variable."""
+    raw = environ.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SpecError(f"{name}: {environ[name]!r} is not a whole number of at least 1")
+    return int(raw)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -39,9 +39,22 @@ def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--opt-in-max-age-days", type=int, default=730, help="older opt_in_at is stale (0: no limit)")
     p.add_argument("--default-country", help="ISO 3166 code for rows without a country (national numbers)")
     p.add_argument("--batch-mb", type=int, default=128, help="read the CSV in batches of about this size")
+    p.add_argument("--max-field-bytes", type=_positive, metavar="N",
+                   help="a longer field rejects its row (default: $CAMPAIGN_MAX_FIELD_BYTES or 65536)")
+    p.add_argument("--max-row-bytes", type=_positive, metavar="N",
+                   help="a longer row is rejected (default: $CAMPAIGN_MAX_ROW_BYTES or 1048576)")
+    p.add_argument("--max-message-chars", type=_positive, metavar="N",
+                   help="a longer rendered text or parameter rejects its row (default: $CAMPAIGN_MAX_MESSAGE_CHARS "
+                   "or the channel's own limit)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the counts")
     p.set_defaults(func=cmd_prepare)
     return p
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def _template(path: Path, category: str) -> tuple[Any, dict[str, str]]:
@@ -111,8 +124,10 @@ def _from_db(db: str | None, channel: str, window: timedelta) -> tuple[set[str],
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from pipeline.audience.blocks import ReadLimits
     from pipeline.audience.load import AudienceError
     from pipeline.audience.policy import PolicyError, blocked_policy
+    from pipeline.render.limits import RenderLimits
     from pipeline.render.prepare import prepare_audience
     from pipeline.render.templates import TemplateProblem
     from pipeline.spec import SpecError, load_spec
@@ -128,13 +143,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             template, variables = _template(args.template, category)
             category = template.category
         window = timedelta(hours=args.frequency_window_hours)
+        read_limits = ReadLimits.from_env(max_field_bytes=args.max_field_bytes, max_row_bytes=args.max_row_bytes)
+        render_limits = RenderLimits.for_channel(channel, max_message_chars=args.max_message_chars)
         suppressed, recent = _from_db(args.db, channel, window)
         prepared = prepare_audience(
             source, channel=channel, category=category, template=template, variables=variables,
             policy=blocked_policy(channel, blocked), suppressed=suppressed, recently_messaged=recent,
             frequency_window=window, opt_in_max_age=timedelta(days=args.opt_in_max_age_days) or None,
             out_dir=args.out, default_country=args.default_country, batch_bytes=max(1, args.batch_mb) << 20,
-            keep_frames=False,
+            keep_frames=False, read_limits=read_limits, render_limits=render_limits,
         )  # fmt: skip
     except (AudienceError, TemplateProblem, SpecError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,6 +50,11 @@ class _Value:
     expr: pl.Expr  # String; null where the template would raise (an undefined value was used)
     raises: tuple[tuple[pl.Expr, str], ...]  # (condition, variable name), in evaluation order
     unsure: pl.Expr  # rows to render with Jinja2 instead
+    size: pl.Expr  # at least expr's length in characters, computed from the inputs' lengths alone
+
+
+def _literal(text: str) -> _Value:
+    return _Value(pl.lit(text, dtype=pl.String), (), pl.lit(False), pl.lit(len(text), dtype=pl.Int64))
 
 
 def _const(node: nodes.Node) -> object:
@@ -64,55 +69,67 @@ def _filter(node: nodes.Filter, variables: dict[str, str]) -> _Value:
     inner = _expr(node.node, variables)
     args = [_const(a) for a in node.args]
     kwargs = {k.key: _const(k.value) for k in node.kwargs}
-    value, raises, unsure = inner.expr, inner.raises, inner.unsure
+    value, raises, unsure, size = inner.expr, inner.raises, inner.unsure, inner.size
     if node.name in ("default", "d"):
         fallback = kwargs.pop("default_value", args[0] if args else "")
         boolean = kwargs.pop("boolean", args[1] if len(args) > 1 else False)
         if kwargs or len(args) > 2 or not isinstance(fallback, str) or not isinstance(boolean, bool):
             raise NotCompilable("default arguments")
         empty = value.is_null() | (value == "") if boolean else value.is_null()
+        size = pl.max_horizontal(size, pl.lit(len(fallback), dtype=pl.Int64))
         if isinstance(node.node, nodes.Name):  # only an undefined value itself is replaced
-            return _Value(pl.when(empty).then(pl.lit(fallback)).otherwise(value), (), unsure)
-        return _Value(pl.when(empty & pl.lit(boolean)).then(pl.lit(fallback)).otherwise(value), raises, unsure)
+            return _Value(pl.when(empty).then(pl.lit(fallback)).otherwise(value), (), unsure, size)
+        return _Value(pl.when(empty & pl.lit(boolean)).then(pl.lit(fallback)).otherwise(value), raises, unsure, size)
     if kwargs:
         raise NotCompilable("keyword arguments")
     differ, titled = _case_exceptions() if node.name in ("upper", "lower", "capitalize") else ("", "")
+    cased = size * 3  # a character's upper or lower case is at most three ("ΐ" -> "Ϊ́")
     if node.name == "upper" and not args:
-        return _Value(value.str.to_uppercase(), raises, unsure | value.str.contains(differ))
+        return _Value(value.str.to_uppercase(), raises, unsure | value.str.contains(differ), cased)
     if node.name == "lower" and not args:
-        return _Value(value.str.to_lowercase(), raises, unsure | value.str.contains(differ))
+        return _Value(value.str.to_lowercase(), raises, unsure | value.str.contains(differ), cased)
     if node.name == "capitalize" and not args:
         head, rest = value.str.slice(0, 1).str.to_uppercase(), value.str.slice(1).str.to_lowercase()
         odd = value.str.contains(differ) | value.str.slice(0, 1).str.contains(titled) | value.str.contains("Σ")
-        return _Value(pl.concat_str(head, rest), raises, unsure | odd)
+        return _Value(pl.concat_str(head, rest), raises, unsure | odd, cased)
     if node.name == "trim" and len(args) <= 1 and all(isinstance(a, str) for a in args):
-        return _Value(value.str.strip_chars(args[0] if args and args[0] else PY_WHITESPACE), raises, unsure)
+        return _Value(value.str.strip_chars(args[0] if args and args[0] else PY_WHITESPACE), raises, unsure, size)
     if node.name == "replace" and len(args) in (2, 3):
         old, new, *count = args
         if not isinstance(old, str) or not old or not isinstance(new, str):
             raise NotCompilable("replace arguments")
+        hits = size // len(old)
         if not count or count[0] in (None, -1):
-            return _Value(value.str.replace_all(old, new, literal=True), raises, unsure)
+            grown = size + hits * max(0, len(new) - len(old))
+            return _Value(value.str.replace_all(old, new, literal=True), raises, unsure, grown)
         if isinstance(count[0], int) and count[0] > 0:
-            return _Value(value.str.replace(old, new, literal=True, n=count[0]), raises, unsure)
+            grown = size + pl.min_horizontal(hits, pl.lit(count[0], dtype=pl.Int64)) * max(0, len(new) - len(old))
+            return _Value(value.str.replace(old, new, literal=True, n=count[0]), raises, unsure, grown)
     raise NotCompilable(f"filter {node.name}")
 
 
 def _expr(node: nodes.Node, variables: dict[str, str]) -> _Value:
     if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in variables:
         column = pl.col(variables[node.name])
-        return _Value(column, ((column.is_null(), node.name),), pl.lit(False))
+        length = column.str.len_chars().fill_null(0).cast(pl.Int64)
+        return _Value(column, ((column.is_null(), node.name),), pl.lit(False), length)
     if isinstance(node, nodes.Const) and isinstance(node.value, str):
-        return _Value(pl.lit(node.value, dtype=pl.String), (), pl.lit(False))
+        return _literal(node.value)
     if isinstance(node, nodes.Filter):
         return _filter(node, variables)
     if isinstance(node, nodes.Concat):
-        parts = [_expr(n, variables) for n in node.nodes]
-        unsure = pl.lit(False)
-        for part in parts:
-            unsure = unsure | part.unsure
-        return _Value(pl.concat_str([p.expr for p in parts]), sum((p.raises for p in parts), ()), unsure)
+        return _joined([_expr(n, variables) for n in node.nodes])
     raise NotCompilable(type(node).__name__)
+
+
+def _joined(parts: list[_Value]) -> _Value:
+    if not parts:
+        return _literal("")
+    unsure = pl.lit(False)
+    for part in parts:
+        unsure = unsure | part.unsure
+    size = pl.sum_horizontal([p.size for p in parts])
+    return _Value(pl.concat_str([p.expr for p in parts]), sum((p.raises for p in parts), ()), unsure, size)
 
 
 def compile_source(env: SandboxedEnvironment, source: str, variables: dict[str, str]) -> _Value:
@@ -124,15 +141,10 @@ def compile_source(env: SandboxedEnvironment, source: str, variables: dict[str, 
             raise NotCompilable(type(statement).__name__)
         for node in statement.nodes:
             if isinstance(node, nodes.TemplateData):
-                pieces.append(_Value(pl.lit(node.data, dtype=pl.String), (), pl.lit(False)))
+                pieces.append(_literal(node.data))
             else:
                 pieces.append(_expr(node, variables))
-    if not pieces:
-        return _Value(pl.lit("", dtype=pl.String), (), pl.lit(False))
-    unsure = pl.lit(False)
-    for piece in pieces:
-        unsure = unsure | piece.unsure
-    return _Value(pl.concat_str([p.expr for p in pieces]), sum((p.raises for p in pieces), ()), unsure)
+    return _joined(pieces)
 
 
 def json_string(value: pl.Expr) -> pl.Expr:
@@ -194,14 +206,21 @@ class FastTemplate:
         )  # fmt: skip
         # The streaming engine renders slices of rows on every core; the in-memory one computes each
         # of these few long expressions on one core (1M rows: 0.18 s against 0.32 s on two cores).
-        return (
-            cells.lazy()
-            .select(
-                text=self.text.expr,
-                params_json=params,
-                _missing=pl.coalesce(missing) if missing else pl.lit(None, dtype=pl.String),
-                _empty=pl.coalesce(blank) if blank else pl.lit(None, dtype=pl.String),
-                _unsure=unsure.fill_null(False),
-            )
-            .collect(engine="streaming")
-        )
+        # with_columns, not select: a template without variables is all literals, which must still
+        # give one value per row.
+        columns = {
+            "text": self.text.expr,
+            "params_json": params,
+            "_missing": pl.coalesce(missing) if missing else pl.lit(None, dtype=pl.String),
+            "_empty": pl.coalesce(blank) if blank else pl.lit(None, dtype=pl.String),
+            "_unsure": unsure.fill_null(False),
+        }
+        return cells.lazy().with_columns(**columns).select(*columns).collect(engine="streaming")
+
+    def could_exceed(self, cells: pl.DataFrame, max_chars: int) -> pl.Series:
+        """Rows where the text or a parameter might render longer than `max_chars` characters, judged
+        from the lengths of the row's values without rendering anything."""
+        parts = [self.text, *self.header, *self.body, *(b for b in self.buttons if isinstance(b, _Value))]
+        over = pl.max_horizontal([p.size for p in parts]) > max_chars
+        # Lazy, so that a column's length, used by several parts, is computed once.
+        return cells.lazy().with_columns(_over=over.fill_null(False)).select("_over").collect()["_over"]

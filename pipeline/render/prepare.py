@@ -16,18 +16,27 @@ from typing import IO
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.audience.blocks import ReadLimits
 from pipeline.audience.consent import DEFAULT_OPT_IN_MAX_AGE
 from pipeline.audience.frequency import DEFAULT_FREQUENCY_WINDOW
 from pipeline.audience.load import DEFAULT_BATCH_BYTES, AudienceReader, Loaded
 from pipeline.audience.numbers import Carry, drop_duplicates, validate_numbers
 from pipeline.audience.policy import BlockedPolicy, blocked_policy
 from pipeline.records import REJECTS_SCHEMA
+from pipeline.render.limits import RenderLimits
 from pipeline.render.segments import with_segments
 from pipeline.render.templates import TemplateProblem, check_template, render_messages
 from pipeline.spec import TemplateSpec
 
 # Cells starting with these are formulas to Excel/LibreOffice/Sheets (CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Characters a spreadsheet would hide or act on, written as escapes: controls (NUL among them; tab,
+# newline and CR are CSV's own) and the bidirectional overrides that reorder what a cell shows
+# ("Trojan Source": U+202E makes "txt.exe" read "exe.txt").
+_HIDDEN = [chr(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\t\n\r"]
+_HIDDEN += [chr(c) for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))]
+VISIBLE_ESCAPES = {c: f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in _HIDDEN}
+_HIDDEN_CLASS = "[" + "".join(f"\\x{{{ord(c):X}}}" for c in _HIDDEN) + "]"
 REJECTS_COLUMNS = list(REJECTS_SCHEMA)  # then the row's original columns, as written
 
 
@@ -44,12 +53,18 @@ class Prepared:
 
 
 def escape_formulas(frame: pl.DataFrame) -> pl.DataFrame:
-    """Prefixes a ' to every text cell a spreadsheet would evaluate as a formula."""
+    """Every text cell made safe to open in a spreadsheet: a ' before a cell it would evaluate as a
+    formula, and control and bidirectional-override characters written as escapes (NUL as \\x00,
+    U+202E as \\u202e)."""
     formula = "^[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
+    text = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    if text:  # escapes only in the columns that hold such characters (most hold none)
+        holding = frame.select(pl.col(text).str.contains(_HIDDEN_CLASS).any()).row(0)
+        hiding = [name for name, found in zip(text, holding, strict=True) if found]
+        frame = frame.with_columns(pl.col(c).str.replace_many(VISIBLE_ESCAPES) for c in hiding)
     return frame.with_columns(
         pl.when(pl.col(name).str.contains(formula)).then(pl.lit("'") + pl.col(name)).otherwise(pl.col(name)).alias(name)
-        for name, dtype in frame.schema.items()
-        if dtype == pl.String
+        for name in text
     )
 
 
@@ -115,6 +130,7 @@ class Stages:
     opt_in_max_age: timedelta | None = DEFAULT_OPT_IN_MAX_AGE
     now: datetime | None = None
     default_country: str | None = None
+    render_limits: RenderLimits = RenderLimits()
 
     def check_template(self, path: Path | str, columns: list[str]) -> None:
         """Raises TemplateProblem when the template cannot fit this audience, before any row is read."""
@@ -136,7 +152,7 @@ class Stages:
         parts = [loaded.rejects, number_rejects]
         if self.template is not None:
             # Rendered before deduplication: a row that cannot be sent does not hide a later one.
-            accepted, render_rejects = render_messages(accepted, self.template, self.variables)
+            accepted, render_rejects = render_messages(accepted, self.template, self.variables, self.render_limits)
             parts.append(render_rejects)
             accepted = with_segments(accepted)
         return accepted, _with_originals(pl.concat(parts), loaded.rows, columns)
@@ -225,19 +241,23 @@ def prepare_audience(
     default_country: str | None = None,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     keep_frames: bool = True,
+    read_limits: ReadLimits | None = None,
+    render_limits: RenderLimits | None = None,
 ) -> Prepared:
     """Runs every preparation stage over one audience file; raises AudienceError for an unusable
-    file and TemplateProblem for a template that cannot fit this audience.
+    file, TemplateProblem for a template that cannot fit this audience and SpecError for a bound
+    set wrong in the environment.
 
     `suppressed` and `recently_messaged` are addresses (any notation) from the suppression
     table and the outbox (frequency.recently_messaged); `keep_frames=False` keeps only counts
-    in memory (with `out_dir`, for files larger than memory)."""
+    in memory (with `out_dir`, for files larger than memory). The bounds default to the
+    environment's (ReadLimits.from_env, RenderLimits.for_channel)."""
     stages = make_stages(
         channel=channel, category=category, template=template, variables=variables, policy=policy,
         suppressed=suppressed, recently_messaged=recently_messaged, frequency_window=frequency_window,
-        opt_in_max_age=opt_in_max_age, now=now, default_country=default_country,
+        opt_in_max_age=opt_in_max_age, now=now, default_country=default_country, render_limits=render_limits,
     )  # fmt: skip
-    reader = AudienceReader(path, batch_bytes=batch_bytes)
+    reader = AudienceReader(path, batch_bytes=batch_bytes, limits=read_limits)
     try:
         stages.check_template(path, reader.columns)
     except BaseException:
@@ -254,13 +274,16 @@ def prepare_audience(
 def make_stages(
     *, channel: str, category: str, template: TemplateSpec | None = None, variables: dict[str, str] | None = None,
     policy: BlockedPolicy | None = None, suppressed: Iterable[str] = frozenset(),
-    recently_messaged: Iterable[str] = frozenset(), **settings: object,
+    recently_messaged: Iterable[str] = frozenset(), render_limits: RenderLimits | None = None, **settings: object,
 ) -> Stages:  # fmt: skip
-    """prepare_audience's settings as Stages (the channel's blocked-country policy by default)."""
+    """prepare_audience's settings as Stages (the channel's blocked-country policy and message limits
+    by default, read here once so chunk workers elsewhere use the same)."""
     return Stages(
         channel=channel, category=category, template=template, variables=dict(variables or {}),
         policy=policy if policy is not None else blocked_policy(channel), suppressed=frozenset(suppressed),
-        recently_messaged=frozenset(recently_messaged), **settings,  # type: ignore[arg-type]
+        recently_messaged=frozenset(recently_messaged),
+        render_limits=render_limits if render_limits is not None else RenderLimits.for_channel(channel),
+        **settings,  # type: ignore[arg-type]
     )  # fmt: skip
 
 

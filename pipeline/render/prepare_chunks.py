@@ -23,7 +23,8 @@ from typing import Any
 import polars as pl
 from pydantic import ValidationError
 
-from pipeline.audience.load import AudienceReader, _blocks, read_block
+from pipeline.audience.blocks import Oversized, ReadLimits, blocks
+from pipeline.audience.load import AudienceReader, read_block
 from pipeline.audience.numbers import Carry
 from pipeline.render.prepare import Collector, Prepared, Stages, drop_repeats, make_stages, prepare_audience
 from pipeline.spec import PrepareSpec, SpecError
@@ -56,6 +57,7 @@ class ChunkJob:
     first_line: int  # of the range in the file, so errors name the line as the single path does
     stages: Stages
     work_dir: Path
+    limits: ReadLimits = ReadLimits()
 
 
 @dataclass(frozen=True)
@@ -67,18 +69,28 @@ class ChunkResult:
     rejects: Path
 
 
-def plan_chunks(path: Path, stages: Stages, chunk_bytes: int, work_dir: Path) -> list[ChunkJob]:
+def plan_chunks(
+    path: Path, stages: Stages, chunk_bytes: int, work_dir: Path, limits: ReadLimits
+) -> list[ChunkJob] | None:
     """The file's chunks, after the checks the single path makes before reading any row (an
-    unusable header or file, a template that does not fit), with the same errors."""
-    with AudienceReader(path, batch_bytes=min(chunk_bytes, 1 << 20)) as reader:
+    unusable header or file, a template that does not fit), with the same errors; None for a file
+    the single path reads better: one with a record over the row bound (which it skips without
+    holding) or CR-only line endings (which it translates)."""
+    with AudienceReader(path, batch_bytes=min(chunk_bytes, 1 << 20), limits=limits) as reader:
         columns = reader.columns
     stages.check_template(path, columns)
     jobs: list[ChunkJob] = []
     with path.open("rb") as handle:
-        header = handle.readline().removeprefix(codecs.BOM_UTF8).rstrip(b"\r\n") + b"\n"
+        first = handle.readline(limits.max_row_bytes + 2)
+        if not first.endswith(b"\n"):  # CR-only line endings (or no row at all)
+            return None
+        header = first.removeprefix(codecs.BOM_UTF8).rstrip(b"\r\n") + b"\n"
         start, line = handle.tell(), 2
-        for block in _blocks(handle, max(1, chunk_bytes)):
-            jobs.append(ChunkJob(len(jobs), path, columns, header, start, start + len(block), line, stages, work_dir))
+        for block in blocks(handle, max(1, chunk_bytes), limits.max_row_bytes):
+            if isinstance(block, Oversized):
+                return None
+            job = ChunkJob(len(jobs), path, columns, header, start, start + len(block), line, stages, work_dir, limits)
+            jobs.append(job)
             start, line = start + len(block), line + block.count(b"\n")
     return jobs
 
@@ -89,7 +101,9 @@ def prepare_chunk(job: ChunkJob) -> ChunkResult:
         handle.seek(job.start)
         block = handle.read(job.end - job.start)
     # Rows count from 0 here: only the merge knows how many rows the chunks before this one hold.
-    loaded = read_block(job.path, job.columns, job.header, block, first_row=0, first_line=job.first_line)
+    loaded = read_block(
+        job.path, job.columns, job.header, block, first_row=0, first_line=job.first_line, limits=job.limits
+    )
     carry = Carry()
     candidates, rejects = job.stages.candidates(loaded, job.columns, carry)
     # Arrow IPC, uncompressed: written once and read once on the same machine.
@@ -134,13 +148,14 @@ def prepare_in_chunks(
     path = Path(path)
     # One clock for every chunk: stale consent is judged against the same moment everywhere.
     options["now"] = options.get("now") or datetime.now(UTC)
+    limits = options.pop("read_limits", None) or ReadLimits.from_env()
     stages = make_stages(**options)
     work_root = Path(out_dir) if out_dir is not None else None
     if work_root is not None:
         work_root.mkdir(parents=True, exist_ok=True)
     # Next to the outputs: worker processes on this machine read and write it.
     with tempfile.TemporaryDirectory(prefix=".chunks-", dir=work_root) as work_dir:
-        jobs = plan_chunks(path, stages, chunk_bytes, Path(work_dir))
-        if len(jobs) < 2:
-            return prepare_audience(path, out_dir=out_dir, keep_frames=keep_frames, **options)
+        jobs = plan_chunks(path, stages, chunk_bytes, Path(work_dir), limits)
+        if jobs is None or len(jobs) < 2:
+            return prepare_audience(path, out_dir=out_dir, keep_frames=keep_frames, read_limits=limits, **options)
         return merge_chunks(path, jobs, run(jobs), out_dir=out_dir, keep_frames=keep_frames)

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.audience.blocks import ReadLimits
 from pipeline.audience.consent import parse_opt_in
 from pipeline.audience.load import load_audience
 from pipeline.audience.windows import outside_window
 from pipeline.records import empty_rejects, make_rejects
+from pipeline.render.limits import RenderLimits
 from pipeline.render.prepare import Prepared, escape_formulas
 from pipeline.render.templates import render_messages
 from pipeline.spec import TemplateSpec
@@ -47,10 +49,11 @@ def prepare_ids(
     path: Path | str, *, channel: str, category: str, template: TemplateSpec | None = None,
     variables: dict[str, str] | None = None, suppressed: frozenset[str] | set[str] = frozenset(),
     last_inbound: dict[str, datetime] | None = None, now: datetime | None = None,
-    message_tag: str | None = None, out_dir: Path | None = None,
+    message_tag: str | None = None, out_dir: Path | None = None, read_limits: ReadLimits | None = None,
+    render_limits: RenderLimits | None = None,
 ) -> Prepared:
     column = ID_COLUMNS[channel]
-    loaded = load_audience(path, required=(column, "opt_in"))
+    loaded = load_audience(path, required=(column, "opt_in"), limits=read_limits)
     frame = loaded.frame.with_columns(
         pl.col(column).str.strip_chars().alias("recipient_key"), parse_opt_in().alias("_opt_in"),
     )
@@ -85,7 +88,8 @@ def prepare_ids(
         pl.lit(None, dtype=pl.String).alias("number_type"),
     )
     if template is not None:
-        frame, render_rejects = render_messages(frame, template, variables or {})
+        limits = render_limits if render_limits is not None else RenderLimits.for_channel(channel)
+        frame, render_rejects = render_messages(frame, template, variables or {}, limits)
         parts.append(render_rejects)
     rejects = pl.concat([p.select("row_number", "reason", "detail") for p in parts if p.height] or [empty_rejects()])
     rejects = rejects.sort("row_number").join(loaded.frame, on="row_number", how="left")

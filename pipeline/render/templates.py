@@ -1,5 +1,6 @@
-"""Rendering templates per recipient: sandboxed, strict Jinja2 compiled once per campaign; a row
-with a missing value is rejected on its own, and template/column mistakes are caught up front."""
+"""Rendering templates per recipient: sandboxed, strict, bounded Jinja2 compiled once per campaign; a
+row with a missing value, or whose message would be longer than its channel takes, is rejected on its
+own, and template/column mistakes are caught up front."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from typing import Any
 import polars as pl
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
 from pipeline.records import REJECTS_SCHEMA, empty_rejects
+from pipeline.render.bounded import RenderLimit, bounded
+from pipeline.render.environment import BoundedEnvironment
 from pipeline.render.fast import FastTemplate, NotCompilable
+from pipeline.render.limits import RenderLimits
 from pipeline.spec import TemplateSpec
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined")
 
 
@@ -69,24 +72,34 @@ class CompiledTemplate:
         buttons: list[tuple[str, Template | str]] = []
         for button in template.buttons:
             if button.sub_type == "url":
-                buttons.append(("url", _ENV.from_string(button.text or "")))
+                buttons.append(("url", _ENV.compile_bounded(button.text or "")))
             else:
                 buttons.append((button.sub_type, button.payload or ""))
         return cls(
-            text=_ENV.from_string(template.text),
-            header=tuple(_ENV.from_string(s) for s in template.header),
-            body=tuple(_ENV.from_string(s) for s in template.body),
+            text=_ENV.compile_bounded(template.text),
+            header=tuple(_ENV.compile_bounded(s) for s in template.header),
+            body=tuple(_ENV.compile_bounded(s) for s in template.body),
             buttons=tuple(buttons),
         )
 
-    def render(self, context: dict[str, str]) -> tuple[str, dict[str, list[str]]]:
-        """(preview text, params); raises UndefinedError for a value the row lacks."""
-        params = {
-            "header": [t.render(context) for t in self.header],
-            "body": [t.render(context) for t in self.body],
-            "buttons": [v if isinstance(v, str) else v.render(context) for _, v in self.buttons],
-        }
-        return self.text.render(context), params
+    def render(self, context: dict[str, str], limits: RenderLimits) -> tuple[str, dict[str, list[str]]]:
+        """(preview text, params); raises UndefinedError for a value the row lacks, RenderLimit for a
+        message over `limits` (the text or a parameter too long, or the template over its budget)."""
+        with bounded(limits):
+            params = {
+                "header": [t.render(context) for t in self.header],
+                "body": [t.render(context) for t in self.body],
+                "buttons": [v if isinstance(v, str) else v.render(context) for _, v in self.buttons],
+            }
+            text = self.text.render(context)
+        parts = [("text", text)] + [(f"{part} parameter {{{{{i}}}}}", value) for part in ("header", "body")
+                                    for i, value in enumerate(params[part], 1)]  # fmt: skip
+        urls = [i for i, (kind, _) in enumerate(self.buttons) if kind == "url"]
+        parts += [(f"button {i} url", params["buttons"][i]) for i in urls]
+        for where, value in parts:
+            if len(value) > limits.max_message_chars:
+                raise RenderLimit(limits.too_long(where, len(value)))
+        return text, params
 
 
 def _empty_parameter(params: dict[str, list[str]]) -> str | None:
@@ -99,13 +112,17 @@ def _empty_parameter(params: dict[str, list[str]]) -> str | None:
 
 
 def render_messages(
-    frame: pl.DataFrame, template: TemplateSpec, variables: dict[str, str]
+    frame: pl.DataFrame, template: TemplateSpec, variables: dict[str, str], limits: RenderLimits | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rendered, rejects): rendered rows gain `text` and `params_json`; a row whose template
-    needs a value it lacks (empty or null cell) is rejected missing_variable, naming it.
+    needs a value it lacks (empty or null cell) is rejected missing_variable, naming it; one whose
+    text or a parameter would be longer than `limits` allow, or whose template goes over its
+    budget, message_too_long.
 
-    Templates render_fast can compile are rendered as Polars expressions; the rest, and the odd
-    row the compiled form is unsure about, by Jinja2 per row — with the same bytes either way."""
+    Templates render_fast can compile are rendered as Polars expressions; the rest, the odd row
+    the compiled form is unsure about and rows whose values could make a part too long, by Jinja2
+    per row — with the same bytes either way."""
+    limits = limits if limits is not None else RenderLimits()
     problems = check_template(template, variables, frame.columns)
     if problems:
         raise TemplateProblem("; ".join(problems))
@@ -113,35 +130,22 @@ def render_messages(
     # Values are stripped; an empty or whitespace-only cell is left out of the context, so
     # StrictUndefined turns it into an error for this row only (while `default` still works).
     columns = list(dict.fromkeys(variables.values()))
-    cells = frame.select(
-        [pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in columns]
-    ).with_row_index("_i")
+    # The row index first: a template without variables selects no column, yet renders every row.
+    cells = frame.with_row_index("_i").select(
+        "_i", *(pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in columns)
+    )
     try:
         fast: FastTemplate | None = FastTemplate.compile(_ENV, template, variables)
     except NotCompilable:
         fast = None
     if fast is None:
-        out = _render_rows(cells, compiled, template, variables)
+        out = _render_rows(cells, compiled, template, variables, limits)
     else:
-        done = fast.render(cells)
-        missing, empty = pl.col("_missing"), pl.col("_empty")
-        ok = missing.is_null() & empty.is_null()
-        out = done.select(
-            text=pl.when(ok).then("text"),
-            params_json=pl.when(ok).then("params_json"),
-            _reason=pl.when(~ok).then(pl.lit("missing_variable")),
-            _detail=pl.when(missing.is_not_null())
-            .then(missing.replace_strict(_missing_details(variables), default=None))
-            .otherwise(empty),
-        )
-        unsure = done["_unsure"]
-        if unsure.any():  # rows the compiled form is unsure about: Jinja2 renders them
-            where = unsure.arg_true()
-            again = _render_rows(cells.filter(unsure), compiled, template, variables)
-            out = out.with_columns(
-                out[c].scatter(where, again[c]) for c in ("text", "params_json", "_reason", "_detail")
-            )
-        out = out.with_row_index("_i")
+        heavy = fast.could_exceed(cells, limits.max_message_chars)
+        out = _render_fast(fast, cells.filter(~heavy) if heavy.any() else cells, compiled, template, variables, limits)
+        if heavy.any():
+            slow = _render_rows(cells.filter(heavy), compiled, template, variables, limits)
+            out = pl.concat([out, slow]).sort("_i")
     out = frame.hstack(out.drop("_i"))
     rendered = out.filter(pl.col("_reason").is_null()).drop("_reason", "_detail")
     failed = out.filter(pl.col("_reason").is_not_null())
@@ -157,12 +161,38 @@ def render_messages(
     return rendered, rejects.cast(REJECTS_SCHEMA)
 
 
+def _render_fast(
+    fast: FastTemplate, cells: pl.DataFrame, compiled: CompiledTemplate, template: TemplateSpec,
+    variables: dict[str, str], limits: RenderLimits,
+) -> pl.DataFrame:  # fmt: skip
+    """The compiled form over `cells` (rows it cannot make too long), the rows it is unsure about by
+    Jinja2: _i, text, params_json, _reason, _detail."""
+    done = fast.render(cells)
+    missing, empty = pl.col("_missing"), pl.col("_empty")
+    ok = missing.is_null() & empty.is_null()
+    out = done.select(
+        text=pl.when(ok).then("text"),
+        params_json=pl.when(ok).then("params_json"),
+        _reason=pl.when(~ok).then(pl.lit("missing_variable")),
+        _detail=pl.when(missing.is_not_null())
+        .then(missing.replace_strict(_missing_details(variables), default=None))
+        .otherwise(empty),
+    )
+    unsure = done["_unsure"]
+    if unsure.any():  # rows the compiled form is unsure about: Jinja2 renders them
+        where = unsure.arg_true()
+        again = _render_rows(cells.filter(unsure), compiled, template, variables, limits)
+        out = out.with_columns(out[c].scatter(where, again[c]) for c in ("text", "params_json", "_reason", "_detail"))
+    return out.insert_column(0, cells["_i"])
+
+
 def _missing_details(variables: dict[str, str]) -> dict[str, str]:
     return {name: _missing_detail(f"'{name}' is undefined", variables) for name in variables}
 
 
 def _render_rows(
-    cells: pl.DataFrame, compiled: CompiledTemplate, template: TemplateSpec, variables: dict[str, str]
+    cells: pl.DataFrame, compiled: CompiledTemplate, template: TemplateSpec, variables: dict[str, str],
+    limits: RenderLimits,
 ) -> pl.DataFrame:
     """Jinja2 per row: _i, text, params_json, _reason, _detail."""
     names = list(variables)
@@ -175,11 +205,13 @@ def _render_rows(
         context = {n: row[position[variables[n]]] for n in names if row[position[variables[n]]]}
         reason, detail, text, params = None, None, None, None
         try:
-            text, params = compiled.render(context)
+            text, params = compiled.render(context, limits)
             detail = _empty_parameter(params)
             reason = "missing_variable" if detail else None
         except UndefinedError as exc:
             reason, detail = "missing_variable", _missing_detail(str(exc), variables)
+        except RenderLimit as exc:
+            reason, detail = "message_too_long", str(exc)
         except SecurityError as exc:  # the template itself is unsafe: no row can be sent
             raise TemplateProblem(f"template {template.name}: {exc}") from None
         except Exception as exc:  # e.g. a filter that fails on this row's value
