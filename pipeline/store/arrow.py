@@ -48,7 +48,9 @@ def column_types(table: str) -> dict[str, pa.DataType]:
 
 
 def read_arrow(db: Store, statement: str, types: Mapping[str, pa.DataType] | None = None, **params: Any) -> pa.Table:
-    """Runs a query and returns its rows as an Arrow table, columns cast to `types` where given."""
+    """Runs a query and returns its rows as an Arrow table, columns cast to `types` where given. A list (tuple,
+    set) parameter expands for `IN :name`, as in Store.rows."""
+    statement, params = _expand_lists(statement, params)
     table = _read_postgres(db, statement, params) if db.dialect == "postgresql" else _read_sqlite(db, statement, params)
     return _cast(table, types or {})
 
@@ -58,6 +60,21 @@ def read_table(db: Store, table: str, where: str = "", **params: Any) -> pa.Tabl
     types = column_types(table)
     sql = f"SELECT {', '.join(_quoted(c) for c in types)} FROM {table} {where}"
     return read_arrow(db, sql, types, **params)
+
+
+def _expand_lists(statement: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`IN :ids` with ids=[a, b] -> `IN (:ids__0, :ids__1)` (an empty list matches nothing: `IN (NULL)`)."""
+    flat: dict[str, Any] = {}
+    for name, value in params.items():
+        if not isinstance(value, list | tuple | set | frozenset):
+            flat[name] = value
+            continue
+        items = list(value)
+        names = [f"{name}__{i}" for i in range(len(items))]
+        listed = "(" + ", ".join(f":{n}" for n in names) + ")" if items else "(NULL)"
+        statement = re.sub(rf"(?<![:\w]):{name}(?!\w)", lambda _m, listed=listed: listed, statement)
+        flat.update(zip(names, items, strict=True))
+    return statement, flat
 
 
 def _quoted(name: str) -> str:
