@@ -14,14 +14,13 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import time
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import polars as pl
 
 from pipeline import store
@@ -145,14 +144,14 @@ class _PricingOnly:
 
 def estimate(spec: CampaignSpec, campaign_id: str, prepared: Prepared) -> dict[str, Any]:
     """The campaign flow's estimate (pipeline.costs.costing.estimate_cost over the queued messages) on a throwaway
-    in-memory ledger, and whether it is over the spec's budget."""
-    with closing(duckdb.connect(":memory:")) as con:
-        con.execute(store.SCHEMA)
-        register_campaign(con, spec, campaign_id)
-        enqueue_messages(con, spec, campaign_id, _PricingOnly(spec.channel), prepared.accepted,  # type: ignore[arg-type]
+    store (a SQLite file in a temporary folder, removed after), and whether it is over the spec's budget."""
+    with tempfile.TemporaryDirectory(prefix="campaign-estimate-") as folder, \
+            store.connect(Path(folder) / "estimate.sqlite") as db:
+        register_campaign(db, spec, campaign_id)
+        enqueue_messages(db, spec, campaign_id, _PricingOnly(spec.channel), prepared.accepted,  # type: ignore[arg-type]
                          senders=spec.all_senders)
-        load_prices(con, service_fee_usd=spec.service_fee_usd if spec.service_fee_usd is not None else 0.005)
-        result = estimate_cost(con, campaign_id, record=False)
+        load_prices(db, service_fee_usd=spec.service_fee_usd if spec.service_fee_usd is not None else 0.005)
+        result = estimate_cost(db, campaign_id, record=False)
     over_budget = None
     try:
         check_budget(float(result.total_usd), spec.budget_usd, campaign_id)
