@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline.store import Store
 
-
 DEFAULT_FREQUENCY_WINDOW = timedelta(hours=24)
 
 

@@ -150,10 +150,12 @@ def _regroup(db: Store, campaign_id: str) -> int:
         if mine != 1:
             return 0  # a later count of this campaign took over
         run(conn, "DELETE FROM billing_groups WHERE campaign_id = :c", c=campaign_id)
-        if not rows:  # its outbox rows are gone: forget it
+        if rows:
+            columns = list(rows[0])
+            run_many(conn, f"INSERT INTO billing_groups ({', '.join(_quoted(c) for c in columns)}) "
+                           f"VALUES ({', '.join(':' + c for c in columns)})", rows)
+        else:  # its outbox rows are gone: forget it
             run(conn, "DELETE FROM billing_sync WHERE source = :s", s=source)
-        run_many(conn, f"INSERT INTO billing_groups ({', '.join(_quoted(c) for c in rows[0])}) "
-                       f"VALUES ({', '.join(':' + c for c in rows[0])})" if rows else "", rows)
     return 1
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from pipeline.costs import costing as costs
 from pipeline.costs import pricing
+from pipeline.costs.billing import refresh_billing
 from pipeline.store import Store
 from tests.costs import rows as store_rows
 
@@ -412,3 +413,22 @@ def test_period_bill_across_campaigns(db: Store) -> None:
         ("a", "GB", 2, D("0.137")), ("b", "DE", 1, D("0.1415"))]
     day = costs.period_costs(db, date(2026, 11, 2), date(2026, 11, 2)).rows
     assert day.select("campaign_id", "delivered").rows() == [("a", 1), ("b", 1)]
+
+
+def test_billing_counts_again_only_what_changed(db: Store) -> None:
+    spring_campaign(db)
+    add_campaign(db, "other")
+    delivered(db, "other", "x1", "GB", "2026-10-10")
+    assert refresh_billing(db) == {"events": 11, "regrouped": 2}
+    assert refresh_billing(db) == {"events": 0, "regrouped": 0}  # nothing new: nothing counted
+    add_event(db, "m6", "delivered", "2026-10-10 11:00:00+00", "marketing", "regular")
+    assert refresh_billing(db) == {"events": 1, "regrouped": 1}  # only the campaign the receipt touched
+    # The outbox triggers mark a campaign whose rows change, in the writer's own transaction.
+    db.execute("UPDATE outbox SET state = 'failed', error_code = '131026' WHERE message_id = 'x1'")
+    assert refresh_billing(db, "c1") == {"events": 0, "regrouped": 0}  # another campaign's change waits
+    assert refresh_billing(db) == {"events": 0, "regrouped": 1}
+    assert costs.cost_report(db, "other").select("sent", "failed").rows() == [(0, 1)]
+    # A count that did not finish (a crash between taking the campaign and writing its groups) is done again.
+    db.execute("UPDATE billing_sync SET fingerprint = 'a token of a count that died' WHERE source = 'outbox:c1'")
+    assert refresh_billing(db, "c1")["regrouped"] == 1
+    assert db.scalar("SELECT fingerprint FROM billing_sync WHERE source = 'outbox:c1'") == "counted"
