@@ -11,25 +11,31 @@ never waits long for a report):
   again each time: more than were folded (on PostgreSQL a transaction can commit a lower seq after a higher
   one) folds them again, which changes nothing for those already in (the fold is max / min per message);
   fewer (receipts deleted: never done, but possible) rebuilds the fold.
-- A campaign is counted again (reports/cost_report.sql: its outbox rows joined with the fold) when it is
-  marked in `billing_changes`: by triggers as its outbox rows change (migration 0002, in the writer's own
-  transaction: nothing scans the outbox to find out), and here for the campaigns new receipts touched. The
-  count runs in a read snapshot and is written only if no later count of the same campaign took over.
+- A campaign is counted again (reports/cost_report.sql: its outbox rows joined with the fold, in the store) when
+  new receipts touched it (the fold marks its `billing_sync` row stale) or its outbox rows changed (triggers mark
+  it in `billing_changes`, in the writer's own transaction: nothing scans the outbox to find out, migration
+  0002). The count runs in a read snapshot and is written only if no later count of the same campaign took over.
+- A recount costs time in proportion to the campaign (on SQLite ~10 us a message: a key lookup per message), and
+  a campaign being sent changes all the time: a refresh of every campaign (a period bill, the volume tiers)
+  counts a campaign whose outbox changed again only if it was counted more than RECOUNT_IN_FLIGHT_S ago.
+  Receipts always count again, and so does the refresh of the campaign itself (its own report).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline.store import Store, run, run_many
+from pipeline.store import Store, run, run_many, utc
 
 GROUPS_SQL = Path(__file__).resolve().parents[2] / "reports" / "cost_report.sql"
 FOLD_EVENTS = 200_000  # events per write transaction of the fold
 WINDOW = 50_000  # events below the watermark counted again at each refresh
 COUNTED = "counted"  # billing_sync.fingerprint of a campaign whose groups are current
+STALE = "stale"  # ... of a campaign new receipts touched since it was counted
+RECOUNT_IN_FLIGHT_S = 30.0  # how often other reports count a campaign whose outbox keeps changing
 
 
 def _greatest(column: str) -> str:
@@ -59,12 +65,12 @@ ON CONFLICT (message_id) DO UPDATE SET
     delivered_at = CASE WHEN excluded.delivered_at IS NULL OR billing_messages.delivered_at <= excluded.delivered_at
                         THEN billing_messages.delivered_at ELSE excluded.delivered_at END
 """
-_TOUCHED = """
-INSERT INTO billing_changes (campaign_id)
-SELECT DISTINCT o.campaign_id FROM outbox AS o
-WHERE o.message_id IN (SELECT e.message_id FROM events AS e
-                       WHERE e.seq > :low AND e.seq <= :high AND e.message_id IS NOT NULL)
-ON CONFLICT (campaign_id) DO NOTHING
+# A campaign never counted is pending anyway (its outbox rows' insert marked it in billing_changes).
+_TOUCHED = f"""
+UPDATE billing_sync SET fingerprint = '{STALE}'
+WHERE source IN (SELECT 'outbox:' || o.campaign_id FROM outbox AS o
+                 WHERE o.message_id IN (SELECT e.message_id FROM events AS e
+                                        WHERE e.seq > :low AND e.seq <= :high AND e.message_id IS NOT NULL))
 """
 _COUNT = "SELECT count(*) FROM events WHERE seq > :low AND seq <= :high"
 # The UTC calendar day of a timestamp: SQLite keeps UTC text, PostgreSQL a timestamptz.
@@ -115,19 +121,25 @@ def _reset(db: Store) -> None:
     with db.write() as conn:
         run(conn, "DELETE FROM billing_messages")
         run(conn, "DELETE FROM billing_sync WHERE source = 'events'")
-        run(conn, "INSERT INTO billing_changes (campaign_id) SELECT DISTINCT campaign_id FROM billing_groups "
-                  "WHERE campaign_id IS NOT NULL ON CONFLICT (campaign_id) DO NOTHING")
+        run(conn, f"UPDATE billing_sync SET fingerprint = '{STALE}' WHERE source LIKE 'outbox:%'")
 
 
 def _pending(db: Store, campaign_id: str | None) -> list[str]:
-    """Campaigns marked as changed, and those whose last count did not finish (a crash, or one in progress)."""
-    one = campaign_id is not None
-    marked = db.rows("SELECT campaign_id FROM billing_changes" + (" WHERE campaign_id = :c" if one else ""),
-                     c=campaign_id)
-    unfinished = db.rows("SELECT substr(source, 8) FROM billing_sync WHERE source LIKE 'outbox:%' "
-                         "AND fingerprint <> :done" + (" AND source = :s" if one else ""),
-                         done=COUNTED, s=f"outbox:{campaign_id}")
-    return sorted({r[0] for r in marked} | {r[0] for r in unfinished})
+    """The campaigns to count again: receipts touched them, their last count did not finish (a crash, or one in
+    progress elsewhere), or their outbox changed (for a refresh of every campaign: unless counted very lately)."""
+    if campaign_id is not None:
+        marked = db.scalar("SELECT count(*) FROM billing_changes WHERE campaign_id = :c", c=campaign_id)
+        state = db.scalar("SELECT fingerprint FROM billing_sync WHERE source = :s", s=f"outbox:{campaign_id}")
+        return [campaign_id] if marked or state not in (None, COUNTED) else []
+    pending = {r[0] for r in db.rows("SELECT substr(source, 8) FROM billing_sync WHERE source LIKE 'outbox:%' "
+                                     "AND fingerprint <> :done", done=COUNTED)}
+    lately = datetime.now(UTC) - timedelta(seconds=RECOUNT_IN_FLIGHT_S)
+    for cid, state, synced_at in db.rows("""
+            SELECT c.campaign_id, s.fingerprint, s.synced_at FROM billing_changes AS c
+            LEFT JOIN billing_sync AS s ON s.source = 'outbox:' || c.campaign_id"""):
+        if state != COUNTED or synced_at is None or utc(synced_at) < lately:  # type: ignore[operator]
+            pending.add(cid)
+    return sorted(pending)
 
 
 def _regroup(db: Store, campaign_id: str) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pyarrow as pa
@@ -23,6 +24,9 @@ from pipeline.render.segments import with_segments
 from pipeline.store import Store, dialect, run
 from pipeline.store.arrow import duck, read_arrow, read_table
 from pipeline.store.bulk import insert_frame
+
+if TYPE_CHECKING:
+    import duckdb  # the in-memory connections of pipeline.store.arrow.duck
 
 DATA = pricing.DATA
 RATE_CARD = pricing.WHATSAPP_CARD
@@ -116,7 +120,7 @@ def estimate_cost(
         groups = con.sql(_sql("estimate_groups.sql"), params={
             "at": at, "on": on, "chatapp_channel": chatapp_channel(db, campaign_id)}).pl()
         con.register("estimate_groups", groups)
-        priced = con.sql(_sql("price_groups.sql").replace("{groups}", "estimate_groups")).pl()
+        priced = _price(con, "estimate_groups")
     keys = ["channel", "country", "market", "category"]
     by_country = (
         priced.group_by(keys)
@@ -170,10 +174,10 @@ def _price_data(db: Store) -> dict[str, pa.Table]:
     return {name: read_table(db, name) for name in PRICE_TABLES}
 
 
-def _price(db: Store, groups: pa.Table, price_data: dict[str, pa.Table] | None = None) -> pl.DataFrame:
-    """reports/price_groups.sql over `groups` (columns as billing_groups'), in an in-memory DuckDB."""
-    with duck({"billing_groups": groups, **(price_data or _price_data(db))}) as con:
-        return con.sql(_sql("price_groups.sql").replace("{groups}", "billing_groups")).pl()
+def _price(con: duckdb.DuckDBPyConnection, groups: str) -> pl.DataFrame:
+    """reports/price_groups.sql over the relation `groups` (columns as billing_groups'), in the in-memory DuckDB
+    holding the price data."""
+    return con.sql(_sql("price_groups.sql").replace("{groups}", groups)).pl()
 
 
 def latest_estimate(db: Store, campaign_id: str) -> pl.DataFrame:
@@ -254,9 +258,9 @@ def error_meanings() -> dict[tuple[str, str], str]:
 
 
 def _costs(db: Store, where: str, params: dict[str, object], *, keys: list[str]) -> Costs:
-    price_data = _price_data(db)
-    priced = _price(db, read_table(db, "billing_groups", f"WHERE {where}", **params), price_data)
-    priced = _apply_tiers(db, priced, price_data)
+    groups = read_table(db, "billing_groups", f"WHERE {where}", **params)
+    with duck({"billing_groups": groups, **_price_data(db)}) as con:
+        priced = _apply_tiers(db, con, _price(con, "billing_groups"))
     return Costs(rows=_report_rows(priced, keys), failures=_failures(priced, keys), groups=priced)
 
 
@@ -265,7 +269,7 @@ def _is_tiered() -> pl.Expr:
             & pl.col("unit_fee_usd").is_not_null() & (pl.col("delivered") > 0))
 
 
-def _apply_tiers(db: Store, priced: pl.DataFrame, price_data: dict[str, pa.Table]) -> pl.DataFrame:
+def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame) -> pl.DataFrame:
     """Monthly volume tiers (docs/providers.md 2.3): lowers platform_fee_usd by tier_discount_usd.
 
     Volume is the portfolio's (every campaign in this store) per channel, market and card category in a
@@ -292,13 +296,14 @@ def _apply_tiers(db: Store, priced: pl.DataFrame, price_data: dict[str, pa.Table
     groups = read_table(db, "billing_groups", "WHERE channel IN :channels AND price_day >= :first "
                         "AND price_day < :after", channels=sorted(set(months["channel"].to_list())), first=first,
                         after=date(last.year + last.month // 12, last.month % 12 + 1, 1))
-    with duck({"all_groups": groups, "_tier_months": months.to_arrow(), **price_data}) as con:
-        portfolio = con.sql(_sql("price_groups.sql").replace("{groups}", """(
-            SELECT channel, country, category, sent_category, pricing_type, price_day,
-                0 AS sent, sum(delivered) AS delivered, 0 AS sent_segments
-            FROM all_groups
-            WHERE (channel, date_trunc('month', price_day)) IN (SELECT channel, month FROM _tier_months)
-            GROUP BY ALL)""")).pl()
+    con.register("all_groups", groups)
+    con.register("_tier_months", months)
+    portfolio = _price(con, """(
+        SELECT channel, country, category, sent_category, pricing_type, price_day,
+            0 AS sent, sum(delivered) AS delivered, 0 AS sent_segments
+        FROM all_groups
+        WHERE (channel, date_trunc('month', price_day)) IN (SELECT channel, month FROM _tier_months)
+        GROUP BY ALL)""")
     days = (portfolio.filter(_is_tiered())
             .group_by("channel", "market", "rate_category", "price_day")
             .agg(pl.col("delivered").sum(), pl.col("unit_fee_usd").first(), pl.col("card_from").first())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from pipeline.costs import costing as costs
 from pipeline.costs import pricing
-from pipeline.costs.billing import refresh_billing
+from pipeline.costs.billing import RECOUNT_IN_FLIGHT_S, refresh_billing
 from pipeline.store import Store
 from tests.costs import rows as store_rows
 
@@ -426,7 +426,15 @@ def test_billing_counts_again_only_what_changed(db: Store) -> None:
     # The outbox triggers mark a campaign whose rows change, in the writer's own transaction.
     db.execute("UPDATE outbox SET state = 'failed', error_code = '131026' WHERE message_id = 'x1'")
     assert refresh_billing(db, "c1") == {"events": 0, "regrouped": 0}  # another campaign's change waits
+    # A refresh of every campaign counts a changing outbox again once its last count is RECOUNT_IN_FLIGHT_S old
+    # (a campaign being sent changes all the time); the campaign's own refresh counts it at once.
+    assert refresh_billing(db) == {"events": 0, "regrouped": 0}
+    db.execute("UPDATE billing_sync SET synced_at = :at WHERE source = 'outbox:other'",
+               at=datetime.now(UTC) - timedelta(seconds=RECOUNT_IN_FLIGHT_S + 1))
     assert refresh_billing(db) == {"events": 0, "regrouped": 1}
+    db.execute("UPDATE outbox SET state = 'sent', error_code = NULL WHERE message_id = 'x1'")
+    assert refresh_billing(db, "other") == {"events": 0, "regrouped": 1}
+    db.execute("UPDATE outbox SET state = 'failed', error_code = '131026' WHERE message_id = 'x1'")
     assert costs.cost_report(db, "other").select("sent", "failed").rows() == [(0, 1)]
     # A count that did not finish (a crash between taking the campaign and writing its groups) is done again.
     db.execute("UPDATE billing_sync SET fingerprint = 'a token of a count that died' WHERE source = 'outbox:c1'")
