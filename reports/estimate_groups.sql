@@ -3,7 +3,8 @@
 -- messages: a free entry point (a click-to-WhatsApp ad referral within 72 h, docs/providers.md 1.10 — approximated
 -- from the inbound message, as the business reply that opens it is not recorded) or a customer-service
 -- window (any inbound message within 24 h). Feeds reports/price_groups.sql.
--- Runs in DuckDB over what pipeline/costs/costing.py reads from the store, never message by message in bulk:
+-- Runs in an in-memory DuckDB over what pipeline/costs/costing.py reads from the store (no message-level read
+-- of the whole campaign):
 --   counts     the campaign's outbox counted in the store per channel, country, category (messages, segments)
 --   inbound    the inbound messages of the 72 h before $at
 --   in_window  the campaign's outbox rows whose recipient wrote in those 72 h (channel, country, category,

@@ -41,7 +41,7 @@ def add_cost_commands(subparsers: Any) -> None:
                    help="default: a '# effective_from:' line in the file, or YYYY-MM in its name")
     q.add_argument("--db", help=DB_HELP)
     q.set_defaults(func=cmd_prices_import)
-    q = sub.add_parser("list", help="the cards, tier ladders and service fees in the database")
+    q = sub.add_parser("list", help="the cards, tier ladders and service fees in the store")
     q.add_argument("--db", help=DB_HELP)
     q.set_defaults(func=cmd_prices_list)
 

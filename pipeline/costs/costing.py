@@ -22,7 +22,7 @@ from pipeline.costs import pricing
 from pipeline.costs.billing import chatapp_channel, refresh_billing
 from pipeline.render.segments import with_segments
 from pipeline.store import Store, dialect, run
-from pipeline.store.arrow import duck, read_arrow, read_table
+from pipeline.store.arrow import Reader, duck, read_arrow, read_table, reader
 from pipeline.store.bulk import insert_frame
 
 if TYPE_CHECKING:
@@ -115,8 +115,9 @@ def estimate_cost(
     at = at or (datetime.combine(on, time(0), UTC) if on else datetime.now(UTC))
     on = on or at.astimezone(UTC).date()
     fill_segments(db, campaign_id)
-    inputs = _estimate_inputs(db, campaign_id, at)
-    with duck({**inputs, **_price_data(db)}) as con:
+    with reader(db) as read:
+        inputs = {**_estimate_inputs(read, campaign_id, at), **_price_data(read)}
+    with duck(inputs) as con:
         groups = con.sql(_sql("estimate_groups.sql"), params={
             "at": at, "on": on, "chatapp_channel": chatapp_channel(db, campaign_id)}).pl()
         con.register("estimate_groups", groups)
@@ -142,17 +143,17 @@ def estimate_cost(
     return estimate
 
 
-def _estimate_inputs(db: Store, campaign_id: str, at: datetime) -> dict[str, pa.Table]:
+def _estimate_inputs(read: Reader, campaign_id: str, at: datetime) -> dict[str, pa.Table]:
     """What reports/estimate_groups.sql reads: the campaign's outbox counted in the store, the inbound messages
     of the 72 h before `at`, and the outbox rows of the recipients who wrote then (found by their key)."""
-    counts = read_arrow(db, """
+    counts = read.arrow("""
         SELECT channel, country, category, count(*) AS messages, sum(coalesce(segments, 1)) AS segments
         FROM outbox WHERE campaign_id = :c GROUP BY channel, country, category""",
         {"messages": pa.int64(), "segments": pa.int64()}, c=campaign_id)
-    inbound = read_table(db, "inbound", "WHERE occurred_at <= :at AND occurred_at > :since",
+    inbound = read.table("inbound", "WHERE occurred_at <= :at AND occurred_at > :since",
                          at=at, since=at - timedelta(hours=72))
     keys = sorted({"+" + re.sub(r"[^0-9]", "", s or "") for s in inbound.column("sender").to_pylist()})
-    parts = [read_arrow(db, """
+    parts = [read.arrow("""
         SELECT channel, country, category, recipient_key, coalesce(segments, 1) AS segments FROM outbox
         WHERE campaign_id = :c AND recipient_key IN :keys""", _IN_WINDOW, c=campaign_id,
                         keys=keys[i:i + _KEYS_PER_READ]) for i in range(0, len(keys), _KEYS_PER_READ)]
@@ -169,9 +170,9 @@ def _typed(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
     return pa.table({name: table.column(name).cast(kind) for name, kind in types.items()})
 
 
-def _price_data(db: Store) -> dict[str, pa.Table]:
+def _price_data(read: Reader) -> dict[str, pa.Table]:
     """The price data reports/price_groups.sql reads (a few hundred rows)."""
-    return {name: read_table(db, name) for name in PRICE_TABLES}
+    return {name: read.table(name) for name in PRICE_TABLES}
 
 
 def _price(con: duckdb.DuckDBPyConnection, groups: str) -> pl.DataFrame:
@@ -258,9 +259,11 @@ def error_meanings() -> dict[tuple[str, str], str]:
 
 
 def _costs(db: Store, where: str, params: dict[str, object], *, keys: list[str]) -> Costs:
-    groups = read_table(db, "billing_groups", f"WHERE {where}", **params)
-    with duck({"billing_groups": groups, **_price_data(db)}) as con:
-        priced = _apply_tiers(db, con, _price(con, "billing_groups"))
+    with reader(db) as read:  # one connection, one snapshot
+        groups = read.table("billing_groups", f"WHERE {where}", **params)
+        price_data, tiers = _price_data(read), read.table("price_tiers")
+    with duck({"billing_groups": groups, **price_data}) as con:
+        priced = _apply_tiers(db, con, _price(con, "billing_groups"), tiers)
     return Costs(rows=_report_rows(priced, keys), failures=_failures(priced, keys), groups=priced)
 
 
@@ -269,7 +272,8 @@ def _is_tiered() -> pl.Expr:
             & pl.col("unit_fee_usd").is_not_null() & (pl.col("delivered") > 0))
 
 
-def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame) -> pl.DataFrame:
+def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame, ladders_read: pa.Table
+                 ) -> pl.DataFrame:
     """Monthly volume tiers (docs/providers.md 2.3): lowers platform_fee_usd by tier_discount_usd.
 
     Volume is the portfolio's (every campaign in this store) per channel, market and card category in a
@@ -279,7 +283,7 @@ def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame
     """
     zero = pl.lit(ZERO).cast(pl.Decimal(18, 6))
     ladders: dict[tuple[str, str, str], list[tuple[date, int, int | None, Decimal]]] = {}
-    tiers = pl.from_arrow(read_table(db, "price_tiers"))
+    tiers = pl.from_arrow(ladders_read)
     assert isinstance(tiers, pl.DataFrame)
     columns = ["channel", "market", "category", "effective_from", "from_messages", "to_messages", "platform_fee_usd"]
     for ch, market, cat, since, low, high, fee in tiers.select(columns).sort(columns, nulls_last=True).iter_rows():
