@@ -2,7 +2,7 @@
 and every campaign's messages counted per price key (`billing_groups`), kept in step before each report.
 
 Why tables: over 10M messages, deriving statuses through the view (a GROUP BY over every event, then a join
-on string ids) takes seconds per report; reports read the few hundred group rows instead.
+on string ids) takes seconds per report; reports read the group rows (hundreds to thousands) instead.
 
 Both are kept in the store, with portable SQL, in short write transactions (a dispatcher sharing the store
 never waits long for a report):

@@ -2,8 +2,9 @@
 
 Prices, rules, fees and tiers are data (pipeline/costs/pricing.py); the SQL is in reports/*.sql. Both the estimate
 and the report price groups of messages through the same reports/price_groups.sql, which runs in an in-memory
-DuckDB (pipeline.store.arrow.duck) over small inputs read from the store: the groups to price (a few hundred
-rows of billing_groups, kept in step by pipeline/costs/billing.py, or the estimate's counts) and the price data.
+DuckDB (pipeline.store.arrow.duck) over small inputs read from the store: the groups to price (hundreds to
+thousands of rows of billing_groups, kept in step by pipeline/costs/billing.py, or the estimate's counts) and the
+price data.
 """
 
 from __future__ import annotations
