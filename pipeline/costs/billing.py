@@ -16,9 +16,11 @@ never waits long for a report):
   it in `billing_changes`, in the writer's own transaction: nothing scans the outbox to find out, migration
   0002). The count runs in a read snapshot and is written only if no later count of the same campaign took over.
 - A recount costs time in proportion to the campaign (on SQLite ~10 us a message: a key lookup per message), and
-  a campaign being sent changes all the time: a refresh of every campaign (a period bill, the volume tiers)
-  counts a campaign whose outbox changed again only if it was counted more than RECOUNT_IN_FLIGHT_S ago.
-  Receipts always count again, and so does the refresh of the campaign itself (its own report).
+  a campaign being sent changes all the time. So a campaign whose outbox changed again within
+  RECOUNT_IN_FLIGHT_S of a count that was itself caused by an outbox change (it keeps changing: a dispatch, a
+  retry) is counted again by a refresh of every campaign (a period bill, the volume tiers) only once that count
+  is RECOUNT_IN_FLIGHT_S old. Receipts always count again at once, and so does the refresh of the campaign itself
+  (its own report).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ GROUPS_SQL = Path(__file__).resolve().parents[2] / "reports" / "cost_report.sql"
 FOLD_EVENTS = 200_000  # events per write transaction of the fold
 WINDOW = 50_000  # events below the watermark counted again at each refresh
 COUNTED = "counted"  # billing_sync.fingerprint of a campaign whose groups are current
+CHANGING = "counted while changing"  # ... current, its outbox having changed again soon after the count before
+DONE = (COUNTED, CHANGING)
 STALE = "stale"  # ... of a campaign new receipts touched since it was counted
 RECOUNT_IN_FLIGHT_S = 30.0  # how often other reports count a campaign whose outbox keeps changing
 
@@ -126,30 +130,35 @@ def _reset(db: Store) -> None:
 
 def _pending(db: Store, campaign_id: str | None) -> list[str]:
     """The campaigns to count again: receipts touched them, their last count did not finish (a crash, or one in
-    progress elsewhere), or their outbox changed (for a refresh of every campaign: unless counted very lately)."""
+    progress elsewhere), or their outbox changed (for a refresh of every campaign: unless it keeps changing and
+    was counted lately)."""
     if campaign_id is not None:
         marked = db.scalar("SELECT count(*) FROM billing_changes WHERE campaign_id = :c", c=campaign_id)
         state = db.scalar("SELECT fingerprint FROM billing_sync WHERE source = :s", s=f"outbox:{campaign_id}")
-        return [campaign_id] if marked or state not in (None, COUNTED) else []
+        return [campaign_id] if marked or state not in (None, *DONE) else []
     pending = {r[0] for r in db.rows("SELECT substr(source, 8) FROM billing_sync WHERE source LIKE 'outbox:%' "
-                                     "AND fingerprint <> :done", done=COUNTED)}
+                                     "AND fingerprint NOT IN :done", done=list(DONE))}
     lately = datetime.now(UTC) - timedelta(seconds=RECOUNT_IN_FLIGHT_S)
     for cid, state, synced_at in db.rows("""
             SELECT c.campaign_id, s.fingerprint, s.synced_at FROM billing_changes AS c
             LEFT JOIN billing_sync AS s ON s.source = 'outbox:' || c.campaign_id"""):
-        if state != COUNTED or synced_at is None or utc(synced_at) < lately:  # type: ignore[operator]
+        if state != CHANGING or synced_at is None or utc(synced_at) < lately:  # type: ignore[operator]
             pending.add(cid)
     return sorted(pending)
 
 
 def _regroup(db: Store, campaign_id: str) -> int:
     """Counts one campaign again into billing_groups; returns 1 if this count was written."""
-    source, token = f"outbox:{campaign_id}", uuid.uuid4().hex
+    source, token, now = f"outbox:{campaign_id}", uuid.uuid4().hex, datetime.now(UTC)
     with db.write() as conn:
-        run(conn, "DELETE FROM billing_changes WHERE campaign_id = :c", c=campaign_id)
+        marked = run(conn, "DELETE FROM billing_changes WHERE campaign_id = :c", c=campaign_id).rowcount
+        before = run(conn, "SELECT fingerprint, synced_at FROM billing_sync WHERE source = :s", s=source).first()
         run(conn, """INSERT INTO billing_sync (source, fingerprint, synced_at) VALUES (:s, :t, :now)
                      ON CONFLICT (source) DO UPDATE SET fingerprint = excluded.fingerprint,
-                         synced_at = excluded.synced_at""", s=source, t=token, now=datetime.now(UTC))
+                         synced_at = excluded.synced_at""", s=source, t=token, now=now)
+    # Its outbox changed again soon after a count: it keeps changing (see the module's docstring).
+    changing = bool(marked) and before is not None and before[0] in DONE and before[1] is not None \
+        and utc(before[1]) >= now - timedelta(seconds=RECOUNT_IN_FLIGHT_S)  # type: ignore[operator]
     # Counted in a read snapshot that includes every change committed before the mark was cleared; a change
     # committed after marks the campaign again.
     sql = GROUPS_SQL.read_text(encoding="utf-8").replace("{where}", "o.campaign_id = :c").replace(
@@ -158,7 +167,7 @@ def _regroup(db: Store, campaign_id: str) -> int:
     with db.write() as conn:
         mine = run(conn, "UPDATE billing_sync SET fingerprint = :done, synced_at = :now "
                          "WHERE source = :s AND fingerprint = :t",
-                   done=COUNTED, now=datetime.now(UTC), s=source, t=token).rowcount
+                   done=CHANGING if changing else COUNTED, now=datetime.now(UTC), s=source, t=token).rowcount
         if mine != 1:
             return 0  # a later count of this campaign took over
         run(conn, "DELETE FROM billing_groups WHERE campaign_id = :c", c=campaign_id)

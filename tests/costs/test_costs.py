@@ -426,17 +426,48 @@ def test_billing_counts_again_only_what_changed(db: Store) -> None:
     # The outbox triggers mark a campaign whose rows change, in the writer's own transaction.
     db.execute("UPDATE outbox SET state = 'failed', error_code = '131026' WHERE message_id = 'x1'")
     assert refresh_billing(db, "c1") == {"events": 0, "regrouped": 0}  # another campaign's change waits
-    # A refresh of every campaign counts a changing outbox again once its last count is RECOUNT_IN_FLIGHT_S old
-    # (a campaign being sent changes all the time); the campaign's own refresh counts it at once.
+    assert refresh_billing(db) == {"events": 0, "regrouped": 1}
+    # An outbox that changes again soon after a count caused by a change keeps changing (a campaign being sent):
+    # a refresh of every campaign counts it again once that count is RECOUNT_IN_FLIGHT_S old; its own refresh
+    # counts it at once.
+    db.execute("UPDATE outbox SET state = 'sent', error_code = NULL WHERE message_id = 'x1'")
     assert refresh_billing(db) == {"events": 0, "regrouped": 0}
     db.execute("UPDATE billing_sync SET synced_at = :at WHERE source = 'outbox:other'",
                at=datetime.now(UTC) - timedelta(seconds=RECOUNT_IN_FLIGHT_S + 1))
     assert refresh_billing(db) == {"events": 0, "regrouped": 1}
-    db.execute("UPDATE outbox SET state = 'sent', error_code = NULL WHERE message_id = 'x1'")
-    assert refresh_billing(db, "other") == {"events": 0, "regrouped": 1}
     db.execute("UPDATE outbox SET state = 'failed', error_code = '131026' WHERE message_id = 'x1'")
     assert costs.cost_report(db, "other").select("sent", "failed").rows() == [(0, 1)]
     # A count that did not finish (a crash between taking the campaign and writing its groups) is done again.
     db.execute("UPDATE billing_sync SET fingerprint = 'a token of a count that died' WHERE source = 'outbox:c1'")
     assert refresh_billing(db, "c1")["regrouped"] == 1
     assert db.scalar("SELECT fingerprint FROM billing_sync WHERE source = 'outbox:c1'") == "counted"
+    # Receipts always count again at once, even a campaign that keeps changing.
+    db.execute("UPDATE outbox SET state = 'sent', error_code = NULL WHERE message_id = 'x1'")
+    add_event(db, "x1", "failed", "2026-10-10 11:00:00+00", error_code="131049")
+    assert refresh_billing(db) == {"events": 1, "regrouped": 1}
+
+
+def test_receipts_committed_below_the_watermark_are_folded(db: Store) -> None:
+    """On PostgreSQL a transaction can commit a lower events.seq after a higher one was folded: the window below
+    the watermark is counted again and folded again (simulated here with explicit seqs)."""
+    add_campaign(db, "late")
+    for mid in ("l1", "l2"):
+        add_message(db, "late", mid, "GB", "sent", "2026-10-10 10:00:00+00")
+    db.execute("""INSERT INTO events (seq, event_id, provider, provider_message_id, message_id, status, category,
+                      pricing_type, occurred_at) VALUES (100, 'e100', 'whatsapp', 'wamid.l1', 'l1', 'delivered',
+                      'marketing', 'regular', :at)""", at=store_rows.ts("2026-10-10 10:01:00+00"))
+    assert report_rows(db, "late")[("GB", "marketing")]["delivered"] == 1
+    db.execute("""INSERT INTO events (seq, event_id, provider, provider_message_id, message_id, status, category,
+                      pricing_type, occurred_at) VALUES (50, 'e50', 'whatsapp', 'wamid.l2', 'l2', 'read',
+                      'marketing', 'regular', :at)""", at=store_rows.ts("2026-10-10 10:02:00+00"))
+    row = report_rows(db, "late")[("GB", "marketing")]
+    assert (row["delivered"], row["read"]) == (2, 1)
+
+
+def test_a_campaign_whose_outbox_rows_are_gone_is_forgotten(db: Store) -> None:
+    add_campaign(db, "gone")
+    delivered(db, "gone", "g1", "GB", "2026-10-10")
+    assert costs.period_costs(db, date(2026, 10, 1), date(2026, 10, 31)).rows["campaign_id"].to_list() == ["gone"]
+    db.execute("DELETE FROM outbox WHERE campaign_id = 'gone'")
+    assert costs.period_costs(db, date(2026, 10, 1), date(2026, 10, 31)).rows.height == 0
+    assert db.scalar("SELECT count(*) FROM billing_sync WHERE source = 'outbox:gone'") == 0
