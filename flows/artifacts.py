@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import duckdb
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipeline.costs.report import report_artifacts
 from pipeline.render.prepare import Prepared
+from pipeline.store import Store
 
 
 def artifact_key(campaign_id: str, what: str) -> str:
@@ -26,8 +26,8 @@ def publish_rejects(campaign_id: str, prepared: Prepared) -> None:
     )
 
 
-def publish_report(con: duckdb.DuckDBPyConnection, campaign_id: str, summary: dict[str, Any], files: Any) -> None:
-    data = report_artifacts(con, campaign_id)
+def publish_report(db: Store, campaign_id: str, summary: dict[str, Any], files: Any) -> None:
+    data = report_artifacts(db, campaign_id)
     create_table_artifact(
         data["table"] or [{"country": "(none)"}], key=artifact_key(campaign_id, "costs"),
         description="Cost by channel, country and category (USD)",

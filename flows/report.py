@@ -20,46 +20,45 @@ from pipeline.costs.report import report_artifacts, write_period_report, write_r
 PERIOD_DIR = "_daily"
 
 
-def campaigns_sent_on(con: Any, day: date) -> list[str]:
+def campaigns_sent_on(db: store.Store, day: date) -> list[str]:
     """Campaigns with at least one message sent on `day` (UTC)."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    rows = con.execute(
-        "SELECT DISTINCT campaign_id FROM outbox WHERE sent_at >= ? AND sent_at < ? ORDER BY 1",
-        [start, start + timedelta(days=1)],
-    ).fetchall()
+    rows = db.rows("SELECT DISTINCT campaign_id FROM outbox WHERE sent_at >= :start AND sent_at < :end ORDER BY 1",
+                   start=start, end=start + timedelta(days=1))
     return [r[0] for r in rows]
 
 
 @task(name="campaign-reports", cache_policy=NO_CACHE)
-def campaign_reports(day: date, db_path: Path, reports_dir: Path) -> list[dict[str, Any]]:
+def campaign_reports(day: date, db_url: str | None, reports_dir: Path) -> list[dict[str, Any]]:
     rows = []
-    with store.connect(db_path) as con:
-        for campaign_id in campaigns_sent_on(con, day):
+    with store.connect(db_url) as db:
+        for campaign_id in campaigns_sent_on(db, day):
             # Receipts that arrived since the run finished change the actual cost: the report is written
             # again and the campaign's points settled to it (settling is idempotent).
-            files = write_report(con, campaign_id, reports_dir / campaign_id)
-            totals = report_artifacts(con, campaign_id)["totals"]
+            files = write_report(db, campaign_id, reports_dir / campaign_id)
+            totals = report_artifacts(db, campaign_id)["totals"]
             rows.append({"campaign_id": campaign_id, **{k: totals.get(k) for k in (
                 "sent", "delivered", "read", "failed", "total_usd")}, "report_html": str(files.html)})
     return rows
 
 
 @task(name="period-report", cache_policy=NO_CACHE)
-def period_report(day: date, db_path: Path, reports_dir: Path) -> dict[str, str]:
-    with store.connect(db_path) as con:
-        files = write_period_report(con, day.isoformat(), reports_dir / PERIOD_DIR / day.isoformat())
+def period_report(day: date, db_url: str | None, reports_dir: Path) -> dict[str, str]:
+    with store.connect(db_url) as db:
+        files = write_period_report(db, day.isoformat(), reports_dir / PERIOD_DIR / day.isoformat())
     return {"html": str(files.html), "csv": str(files.csv)}
 
 
 @flow(name="daily-cost-report", log_prints=False)
 def daily_report_flow(
-    day: str | None = None, db_path: str = str(store.DEFAULT_DB), reports_dir: str = "reports"
+    day: str | None = None, db_path: str | None = None, reports_dir: str = "reports"
 ) -> dict[str, Any]:
-    """`day` is YYYY-MM-DD (UTC); by default yesterday."""
+    """`day` is YYYY-MM-DD (UTC); by default yesterday. `db_path`: the store (a SQLite path or a URL; default:
+    CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite)."""
     install_log_masking()
     the_day = date.fromisoformat(day) if day else datetime.now(UTC).date() - timedelta(days=1)
-    rows = campaign_reports(the_day, Path(db_path), Path(reports_dir))
-    bill = period_report(the_day, Path(db_path), Path(reports_dir))
+    rows = campaign_reports(the_day, db_path, Path(reports_dir))
+    bill = period_report(the_day, db_path, Path(reports_dir))
     get_run_logger().info("%s: %d campaign report(s), bill %s", the_day, len(rows), bill["html"])
     create_table_artifact(
         [{k: v for k, v in r.items() if k != "report_html"} for r in rows] or [{"campaign_id": "(none)"}],

@@ -2,6 +2,7 @@
 -- the service fee in force (service_fees). The groups relation (GROUPS below) has with at least: channel, country, category,
 -- sent_category, pricing_type, price_day, sent, delivered, sent_segments; its other columns pass through.
 -- Money is DECIMAL(18, 6): exact sums of the card's rates; round only to show.
+-- Runs in an in-memory DuckDB (pipeline/costs/costing.py) over the groups and the price data read from the store.
 WITH g AS (
     SELECT row_number() OVER () AS gid, * FROM {groups}
 ),

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline import store
 from pipeline.costs import pricing
 
-DEFAULT_DB = Path("data/campaigns.duckdb")
+DB_HELP = f"the store: a SQLite path or a postgresql:// URL (default: ${store.URL_ENV}, else {store.DEFAULT_PATH})"
 
 
 def add_cost_commands(subparsers: Any) -> None:
@@ -28,7 +28,7 @@ def add_cost_commands(subparsers: Any) -> None:
     which.add_argument("--period", metavar="YYYY-MM[-DD]", help="a month or a day (UTC): the bill across campaigns")
     p.add_argument("--format", choices=["html", "csv", "md"], default="html",
                    help="html: print the summary and the report's path (default); csv / md: print that file")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file")
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where reports are written")
     p.set_defaults(func=cmd_report)
 
@@ -39,10 +39,10 @@ def add_cost_commands(subparsers: Any) -> None:
     q.add_argument("--channel", default="whatsapp", choices=pricing.CHANNELS)
     q.add_argument("--effective-from", type=date.fromisoformat, metavar="YYYY-MM-DD",
                    help="default: a '# effective_from:' line in the file, or YYYY-MM in its name")
-    q.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file")
+    q.add_argument("--db", help=DB_HELP)
     q.set_defaults(func=cmd_prices_import)
-    q = sub.add_parser("list", help="the cards, tier ladders and service fees in the database")
-    q.add_argument("--db", type=Path, default=DEFAULT_DB, help="DuckDB file")
+    q = sub.add_parser("list", help="the cards, tier ladders and service fees in the store")
+    q.add_argument("--db", help=DB_HELP)
     q.set_defaults(func=cmd_prices_list)
 
 
@@ -50,19 +50,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.costs.report import write_period_report, write_report
     from pipeline.costs.summary import campaign_summary, format_summary
 
-    with store.connect(args.db) as con:
-        pricing.load_reference_data(con)  # a database from before these rules still prices its messages
-        try:
+    try:
+        with store.connect(args.db) as db:
+            pricing.load_reference_data(db)  # a store from before these rules still prices its messages
             if args.campaign:
-                summary = campaign_summary(con, args.campaign)
-                files = write_report(con, args.campaign, args.reports_dir / args.campaign, summary=summary)
+                summary = campaign_summary(db, args.campaign)
+                files = write_report(db, args.campaign, args.reports_dir / args.campaign, summary=summary)
                 text = format_summary(summary)
             else:
-                files = write_period_report(con, args.period, args.reports_dir / f"period-{args.period}")
+                files = write_period_report(db, args.period, args.reports_dir / f"period-{args.period}")
                 text = f"Bill for {args.period}"
-        except (LookupError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    except (LookupError, ValueError, store.StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.format == "csv":
         print(files.csv.read_text(encoding="utf-8"), end="")
     elif args.format == "md":
@@ -74,29 +74,34 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_prices_import(args: argparse.Namespace) -> int:
-    with store.connect(args.db) as con:
-        pricing.load_reference_data(con)  # the region map and the rules the card is checked against
-        try:
-            card = pricing.import_card(con, args.file, channel=args.channel, effective_from=args.effective_from)
-        except (pricing.PriceDataError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        with store.connect(args.db) as db:
+            pricing.load_reference_data(db)  # the region map and the rules the card is checked against
+            card = pricing.import_card(db, args.file, channel=args.channel, effective_from=args.effective_from)
+    except (pricing.PriceDataError, OSError, store.StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"imported {card.rows.height} {card.kind} rows for {card.channel} from {card.effective_from} "
           f"({args.file.name}); messages priced on or after that day use it")
     return 0
 
 
 def cmd_prices_list(args: argparse.Namespace) -> int:
-    with store.connect(args.db) as con:
-        pricing.load_reference_data(con)
-        rows = con.execute("""
-            SELECT 'card' AS kind, channel, effective_from, count(*) AS rows, any_value(source) FROM prices GROUP BY ALL
-            UNION ALL
-            SELECT 'tiers', channel, effective_from, count(*), any_value(source) FROM price_tiers GROUP BY ALL
-            UNION ALL
-            SELECT 'service fee', channel, effective_from, any_value(fee_points)::BIGINT, any_value(source)
-            FROM service_fees GROUP BY ALL
-            ORDER BY channel, kind, effective_from""").fetchall()
+    try:
+        with store.connect(args.db) as db:
+            pricing.load_reference_data(db)
+            rows = db.rows("""
+                SELECT 'card' AS kind, channel, effective_from, count(*) AS n, min(source) AS source FROM prices
+                GROUP BY channel, effective_from
+                UNION ALL
+                SELECT 'tiers', channel, effective_from, count(*), min(source) FROM price_tiers
+                GROUP BY channel, effective_from
+                UNION ALL
+                SELECT 'service fee', channel, effective_from, CAST(fee_points AS BIGINT), source FROM service_fees
+                ORDER BY channel, kind, effective_from""")
+    except store.StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{'channel':<10} {'kind':<12} {'from':<11} {'rows/pts':>8}  source")
     for kind, channel, since, n, source in rows:
         print(f"{channel:<10} {kind:<12} {since!s:<11} {n:>8}  {source}")

@@ -1,28 +1,41 @@
 """What messages cost: the estimate before sending and the actual cost from receipts, by dated prices.
 
 Prices, rules, fees and tiers are data (pipeline/costs/pricing.py); the SQL is in reports/*.sql. Both the estimate
-and the report price groups of messages through the same reports/price_groups.sql.
+and the report price groups of messages through the same reports/price_groups.sql, which runs in an in-memory
+DuckDB (pipeline.store.arrow.duck) over small inputs read from the store: the groups to price (hundreds to
+thousands of rows of billing_groups, kept in step by pipeline/costs/billing.py, or the estimate's counts) and the
+price data.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import polars as pl
+import pyarrow as pa
 
 from pipeline.costs import pricing
-from pipeline.costs.billing import refresh_billing
+from pipeline.costs.billing import chatapp_channel, refresh_billing
 from pipeline.render.segments import with_segments
+from pipeline.store import Store, dialect, run
+from pipeline.store.arrow import Reader, duck, read_arrow, read_table, reader
+from pipeline.store.bulk import insert_frame
+
+if TYPE_CHECKING:
+    import duckdb  # the in-memory connections of pipeline.store.arrow.duck
 
 DATA = pricing.DATA
 RATE_CARD = pricing.WHATSAPP_CARD
 MARKETS = pricing.WHATSAPP_MARKETS
 SQL_DIR = Path(__file__).resolve().parents[2] / "reports"
 REPORT_SQL = SQL_DIR / "cost_report.sql"
+PRICE_TABLES = ("pricing_rules", "prices", "markets", "service_fees")  # what reports/price_groups.sql reads
+_KEYS_PER_READ = 500  # recipient keys per IN list
 
 SERVICE_FEE_USD = Decimal("0.005")  # ChatApp's flat 50 points x USD 0.0001 (docs/providers.md 3.6)
 MONEY = ("platform_fee_usd", "service_fee_usd", "total_usd", "free_window_savings_usd", "recategorisation_cost_usd",
@@ -42,7 +55,7 @@ def read_markets(path: Path = MARKETS) -> list[dict[str, str]]:
 
 
 def load_prices(
-    con: duckdb.DuckDBPyConnection,
+    db: Store,
     *,
     rate_card: Path = RATE_CARD,
     markets: Path = MARKETS,
@@ -55,14 +68,14 @@ def load_prices(
 
     Idempotent; cards of other dates stay, so older campaigns keep being priced by the rules of their day.
     """
-    pricing.load_reference_data(con)
+    pricing.load_reference_data(db)
     if markets != MARKETS:
-        pricing.load_whatsapp_markets(con, markets)
+        pricing.load_whatsapp_markets(db, markets)
     card = pricing.read_card(rate_card, channel=channel, effective_from=effective_from, kind="whatsapp_card")
     shipped = (rate_card, effective_from, channel) == (RATE_CARD, date(2026, 10, 1), "whatsapp")
-    n = card.rows.height if shipped else pricing.store_card(con, card, replace_imported=False)
+    n = card.rows.height if shipped else pricing.store_card(db, card, replace_imported=False)
     # The fee given here is dated data like any other: it applies from the card's date on (until a later one).
-    pricing.set_service_fee(con, channel, service_fee_usd, effective_from, f"load_prices({rate_card.name})")
+    pricing.set_service_fee(db, channel, service_fee_usd, effective_from, f"load_prices({rate_card.name})")
     return n
 
 
@@ -92,8 +105,7 @@ class Costs:
 
 
 def estimate_cost(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, *, on: date | None = None, at: datetime | None = None,
-    record: bool = True,
+    db: Store, campaign_id: str, *, on: date | None = None, at: datetime | None = None, record: bool = True,
 ) -> Estimate:
     """Prices every outbox row of the campaign (any state) by the rules and card in force `on` (default today,
     UTC), with the windows known at `at` and SMS parts counted from the rendered text.
@@ -103,10 +115,14 @@ def estimate_cost(
     """
     at = at or (datetime.combine(on, time(0), UTC) if on else datetime.now(UTC))
     on = on or at.astimezone(UTC).date()
-    fill_segments(con, campaign_id)
-    groups = f"({_sql('estimate_groups.sql')})"
-    priced = con.sql(_sql("price_groups.sql").replace("{groups}", groups),
-                     params={"campaign_id": campaign_id, "on": on, "at": at}).pl()
+    fill_segments(db, campaign_id)
+    with reader(db) as read:
+        inputs = {**_estimate_inputs(read, campaign_id, at), **_price_data(read)}
+    with duck(inputs) as con:
+        groups = con.sql(_sql("estimate_groups.sql"), params={
+            "at": at, "on": on, "chatapp_channel": chatapp_channel(db, campaign_id)}).pl()
+        con.register("estimate_groups", groups)
+        priced = _price(con, "estimate_groups")
     keys = ["channel", "country", "market", "category"]
     by_country = (
         priced.group_by(keys)
@@ -124,35 +140,75 @@ def estimate_cost(
         free_window_messages=_int(by_country, "free_window_messages"),
     )
     if record:
-        _record_estimate(con, estimate, at)
+        _record_estimate(db, estimate, at)
     return estimate
 
 
-def latest_estimate(con: duckdb.DuckDBPyConnection, campaign_id: str) -> pl.DataFrame:
+def _estimate_inputs(read: Reader, campaign_id: str, at: datetime) -> dict[str, pa.Table]:
+    """What reports/estimate_groups.sql reads: the campaign's outbox counted in the store, the inbound messages
+    of the 72 h before `at`, and the outbox rows of the recipients who wrote then (found by their key)."""
+    counts = read.arrow("""
+        SELECT channel, country, category, count(*) AS messages, sum(coalesce(segments, 1)) AS segments
+        FROM outbox WHERE campaign_id = :c GROUP BY channel, country, category""",
+        {"messages": pa.int64(), "segments": pa.int64()}, c=campaign_id)
+    inbound = read.table("inbound", "WHERE occurred_at <= :at AND occurred_at > :since",
+                         at=at, since=at - timedelta(hours=72))
+    keys = sorted({"+" + re.sub(r"[^0-9]", "", s or "") for s in inbound.column("sender").to_pylist()})
+    parts = [read.arrow("""
+        SELECT channel, country, category, recipient_key, coalesce(segments, 1) AS segments FROM outbox
+        WHERE campaign_id = :c AND recipient_key IN :keys""", _IN_WINDOW, c=campaign_id,
+                        keys=keys[i:i + _KEYS_PER_READ]) for i in range(0, len(keys), _KEYS_PER_READ)]
+    in_window = pa.concat_tables([_typed(p, _IN_WINDOW) for p in parts]) if parts else pa.table(
+        {name: pa.array([], kind) for name, kind in _IN_WINDOW.items()})
+    return {"counts": counts, "inbound": inbound, "in_window": in_window}
+
+
+_IN_WINDOW = {"channel": pa.string(), "country": pa.string(), "category": pa.string(), "recipient_key": pa.string(),
+              "segments": pa.int64()}
+
+
+def _typed(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    return pa.table({name: table.column(name).cast(kind) for name, kind in types.items()})
+
+
+def _price_data(read: Reader) -> dict[str, pa.Table]:
+    """The price data reports/price_groups.sql reads (a few hundred rows)."""
+    return {name: read.table(name) for name in PRICE_TABLES}
+
+
+def _price(con: duckdb.DuckDBPyConnection, groups: str) -> pl.DataFrame:
+    """reports/price_groups.sql over the relation `groups` (columns as billing_groups'), in the in-memory DuckDB
+    holding the price data."""
+    return con.sql(_sql("price_groups.sql").replace("{groups}", groups)).pl()
+
+
+def latest_estimate(db: Store, campaign_id: str) -> pl.DataFrame:
     """The recorded forecast (channel, country, market, category, messages, ..., total_usd), empty if none."""
-    return con.sql("SELECT * EXCLUDE (campaign_id) FROM cost_estimates WHERE campaign_id = ? ORDER BY ALL",
-                   params=[campaign_id]).pl()
+    frame = pl.from_arrow(read_table(db, "cost_estimates", "WHERE campaign_id = :c", c=campaign_id))
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.drop("campaign_id")
+    return frame.sort(frame.columns, nulls_last=True)
 
 
-def campaign_costs(con: duckdb.DuckDBPyConnection, campaign_id: str) -> Costs:
+def campaign_costs(db: Store, campaign_id: str) -> Costs:
     """The campaign's actual cost from receipts, per channel x country x category (see `cost_report`)."""
-    refresh_billing(con, campaign_id)
-    return _costs(con, "campaign_id = $campaign_id", {"campaign_id": campaign_id}, keys=[])
+    refresh_billing(db, campaign_id)
+    return _costs(db, "campaign_id = :campaign_id", {"campaign_id": campaign_id}, keys=[])
 
 
-def period_costs(con: duckdb.DuckDBPyConnection, day_from: date, day_to: date) -> Costs:
+def period_costs(db: Store, day_from: date, day_to: date) -> Costs:
     """The bill of a period across campaigns: messages priced on days day_from..day_to (inclusive, UTC)."""
-    refresh_billing(con)
-    return _costs(con, "price_day BETWEEN $day_from AND $day_to", {"day_from": day_from, "day_to": day_to},
+    refresh_billing(db)
+    return _costs(db, "price_day >= :day_from AND price_day <= :day_to", {"day_from": day_from, "day_to": day_to},
                   keys=["campaign_id"])
 
 
-def cost_report(con: duckdb.DuckDBPyConnection, campaign_id: str) -> pl.DataFrame:
+def cost_report(db: Store, campaign_id: str) -> pl.DataFrame:
     """One row per channel x country x category: channel, country, market, category, sent, delivered, read,
     failed, delivery_rate (delivered / sent), read_rate (read / delivered), platform_fee_usd, service_fee_usd,
     total_usd, cost_per_delivered_usd, free_window_messages, free_window_savings_usd, recategorised,
     recategorisation_cost_usd, tier_discount_usd, points_used, unpriced. Money is exact Decimal (6 places)."""
-    return campaign_costs(con, campaign_id).rows
+    return campaign_costs(db, campaign_id).rows
 
 
 def summary_totals(df: pl.DataFrame) -> dict[str, int | float | Decimal | None]:
@@ -172,26 +228,30 @@ def summary_totals(df: pl.DataFrame) -> dict[str, int | float | Decimal | None]:
     return totals
 
 
-def fill_segments(con: duckdb.DuckDBPyConnection, campaign_id: str) -> int:
+def fill_segments(db: Store, campaign_id: str) -> int:
     """Sets the parts of the campaign's SMS messages that have none yet: the count the channel stored in the
     payload (Alibaba's includes the signature), else counted from the Body (Twilio) or the rendered text.
     Returns how many were filled."""
-    frame = con.sql(
-        """SELECT o.message_id, TRY_CAST(json_extract_string(o.payload_json, '$.segments') AS BIGINT) AS given,
-                  coalesce(json_extract_string(o.payload_json, '$.Body'), r.text) AS text
-           FROM outbox AS o
-           LEFT JOIN recipients AS r ON r.campaign_id = o.campaign_id AND r.recipient_key = o.recipient_key
-           WHERE o.campaign_id = ? AND o.channel = 'sms' AND o.segments IS NULL""",
-        params=[campaign_id],
-    ).pl()
+    frame = pl.from_arrow(read_arrow(db, """
+        SELECT o.message_id, o.payload_json, r.text FROM outbox AS o
+        LEFT JOIN recipients AS r ON r.campaign_id = o.campaign_id AND r.recipient_key = o.recipient_key
+        WHERE o.campaign_id = :c AND o.channel = 'sms' AND o.segments IS NULL""",
+        {"message_id": pa.string(), "payload_json": pa.string(), "text": pa.string()}, c=campaign_id))
+    assert isinstance(frame, pl.DataFrame)
     if not frame.height:
         return 0
+    frame = frame.select(
+        "message_id",
+        pl.col("payload_json").str.json_path_match("$.segments").cast(pl.Int64, strict=False).alias("given"),
+        pl.coalesce(pl.col("payload_json").str.json_path_match("$.Body"), "text").alias("text"))
     counted = with_segments(frame).select("message_id", pl.coalesce("given", "segments").alias("n")).drop_nulls()
-    con.register("_segments", counted)
-    try:
-        con.execute("UPDATE outbox SET segments = s.n FROM _segments AS s WHERE outbox.message_id = s.message_id")
-    finally:
-        con.unregister("_segments")
+    with db.write() as conn:
+        # Staged, then one UPDATE ... FROM (both databases have it): not one statement per message.
+        stage = "_segments"
+        run(conn, dialect.temp_table_sql(conn.dialect.name, stage, "outbox", ["message_id", "segments"]))
+        dialect.copy_rows(conn, stage, ["message_id", "segments"], counted.iter_rows())
+        run(conn, f"UPDATE outbox SET segments = s.segments FROM {stage} AS s WHERE outbox.message_id = s.message_id")
+        run(conn, f"DROP TABLE {stage}")
     return counted.height
 
 
@@ -199,10 +259,12 @@ def error_meanings() -> dict[tuple[str, str], str]:
     return {(r["channel"], r["code"]): r["meaning"] for r in pricing.read_csv(DATA / "error_codes.csv")}
 
 
-def _costs(con: duckdb.DuckDBPyConnection, where: str, params: dict[str, object], *, keys: list[str]) -> Costs:
-    groups = f"(SELECT * FROM billing_groups WHERE {where})"
-    priced = con.sql(_sql("price_groups.sql").replace("{groups}", groups), params=params).pl()
-    priced = _apply_tiers(con, priced)
+def _costs(db: Store, where: str, params: dict[str, object], *, keys: list[str]) -> Costs:
+    with reader(db) as read:  # one connection, one snapshot
+        groups = read.table("billing_groups", f"WHERE {where}", **params)
+        price_data, tiers = _price_data(read), read.table("price_tiers")
+    with duck({"billing_groups": groups, **price_data}) as con:
+        priced = _apply_tiers(db, con, _price(con, "billing_groups"), tiers)
     return Costs(rows=_report_rows(priced, keys), failures=_failures(priced, keys), groups=priced)
 
 
@@ -211,19 +273,21 @@ def _is_tiered() -> pl.Expr:
             & pl.col("unit_fee_usd").is_not_null() & (pl.col("delivered") > 0))
 
 
-def _apply_tiers(con: duckdb.DuckDBPyConnection, priced: pl.DataFrame) -> pl.DataFrame:
+def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame, ladders_read: pa.Table
+                 ) -> pl.DataFrame:
     """Monthly volume tiers (docs/providers.md 2.3): lowers platform_fee_usd by tier_discount_usd.
 
-    Volume is the portfolio's (every campaign in this database) per channel, market and card category in a
+    Volume is the portfolio's (every campaign in this store) per channel, market and card category in a
     calendar month (UTC), in price-day order: the messages of day d hold the ranks after those of the days
     before, and the discount of those ranks is shared pro rata by the day's messages. A ladder applies only
     while it is at least as new as the rate card in force (its rates are absolute, not percentages).
     """
     zero = pl.lit(ZERO).cast(pl.Decimal(18, 6))
     ladders: dict[tuple[str, str, str], list[tuple[date, int, int | None, Decimal]]] = {}
-    for ch, market, cat, since, low, high, fee in con.execute(
-            "SELECT channel, market, category, effective_from, from_messages, to_messages, platform_fee_usd "
-            "FROM price_tiers ORDER BY ALL").fetchall():
+    tiers = pl.from_arrow(ladders_read)
+    assert isinstance(tiers, pl.DataFrame)
+    columns = ["channel", "market", "category", "effective_from", "from_messages", "to_messages", "platform_fee_usd"]
+    for ch, market, cat, since, low, high, fee in tiers.select(columns).sort(columns, nulls_last=True).iter_rows():
         ladders.setdefault((ch, market, cat), []).append((since, low, high, fee))
     tiered = priced.filter(_is_tiered())
     wanted = set(tiered.select("channel", "market", "rate_category").unique().rows()) & {
@@ -231,17 +295,20 @@ def _apply_tiers(con: duckdb.DuckDBPyConnection, priced: pl.DataFrame) -> pl.Dat
     if not wanted:
         return priced.with_columns(zero.alias("tier_discount_usd"))
     months = tiered.select("channel", pl.col("price_day").dt.truncate("1mo").alias("month")).unique()
-    refresh_billing(con)  # the volume is every campaign's: all of them must be counted up to date
+    refresh_billing(db)  # the volume is every campaign's: all of them must be counted up to date
+    first, last = months["month"].min(), months["month"].max()
+    assert isinstance(first, date) and isinstance(last, date)
+    groups = read_table(db, "billing_groups", "WHERE channel IN :channels AND price_day >= :first "
+                        "AND price_day < :after", channels=sorted(set(months["channel"].to_list())), first=first,
+                        after=date(last.year + last.month // 12, last.month % 12 + 1, 1))
+    con.register("all_groups", groups)
     con.register("_tier_months", months)
-    try:
-        portfolio = con.sql(_sql("price_groups.sql").replace("{groups}", """(
-            SELECT channel, country, category, sent_category, pricing_type, price_day,
-                0 AS sent, sum(delivered) AS delivered, 0 AS sent_segments
-            FROM billing_groups
-            WHERE (channel, date_trunc('month', price_day)) IN (SELECT channel, month FROM _tier_months)
-            GROUP BY ALL)""")).pl()
-    finally:
-        con.unregister("_tier_months")
+    portfolio = _price(con, """(
+        SELECT channel, country, category, sent_category, pricing_type, price_day,
+            0 AS sent, sum(delivered) AS delivered, 0 AS sent_segments
+        FROM all_groups
+        WHERE (channel, date_trunc('month', price_day)) IN (SELECT channel, month FROM _tier_months)
+        GROUP BY ALL)""")
     days = (portfolio.filter(_is_tiered())
             .group_by("channel", "market", "rate_category", "price_day")
             .agg(pl.col("delivered").sum(), pl.col("unit_fee_usd").first(), pl.col("card_from").first())
@@ -322,21 +389,14 @@ def _failures(priced: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
                 *([False] * len(keys)), True, False, False, False, False], nulls_last=True))
 
 
-def _record_estimate(con: duckdb.DuckDBPyConnection, estimate: Estimate, at: datetime) -> None:
+def _record_estimate(db: Store, estimate: Estimate, at: datetime) -> None:
     frame = estimate.by_country.with_columns(
         pl.lit(estimate.campaign_id).alias("campaign_id"), pl.lit(at).alias("estimated_at"),
-        pl.lit(estimate.priced_on).alias("priced_on"))
-    con.register("_estimate", frame)
-    con.begin()
-    try:
-        con.execute("DELETE FROM cost_estimates WHERE campaign_id = ?", [estimate.campaign_id])
-        con.execute("INSERT INTO cost_estimates BY NAME SELECT * EXCLUDE (free_window_messages) FROM _estimate")
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
-    finally:
-        con.unregister("_estimate")
+        pl.lit(estimate.priced_on).alias("priced_on"), pl.col("messages", "segments", "unpriced").cast(pl.Int64),
+    ).drop("free_window_messages")
+    with db.write() as conn:
+        run(conn, "DELETE FROM cost_estimates WHERE campaign_id = :c", c=estimate.campaign_id)
+        insert_frame(conn, "cost_estimates", frame)
 
 
 def _sql(name: str) -> str:

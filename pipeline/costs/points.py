@@ -11,71 +11,88 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import duckdb
+from sqlalchemy import Connection
 
-from pipeline.costs.pricing import POINT_USD
+from pipeline.costs.pricing import POINT_USD, serialise
+from pipeline.store import Store, run
 
 TRIAL_POINTS = Decimal(100_000)
 TRIAL_ENTRY = "trial-credit"
 BUCKETS = ("trial", "paid", "unfunded")  # the order a charge consumes them in
 _CENT = Decimal("0.01")
+_LEDGER_LOCK = 0x706F696E  # "poin": PostgreSQL advisory lock of settlements (one balance, read then charged)
+_CREDIT = """INSERT INTO points_ledger (entry_id, booked_at, kind, bucket, points, campaign_id, note)
+VALUES (:entry_id, :at, 'credit', :bucket, :points, NULL, :note) ON CONFLICT (entry_id) DO NOTHING"""
 
 
 def usd_to_points(usd: Decimal) -> Decimal:
     return (Decimal(usd) / POINT_USD).quantize(_CENT)
 
 
-def grant_trial_credit(con: duckdb.DuckDBPyConnection, *, at: datetime | None = None) -> bool:
-    """Credits the new-customer trial once per database; returns whether it was added now."""
-    added = con.execute(
-        "INSERT OR IGNORE INTO points_ledger VALUES (?, ?, 'credit', 'trial', ?, NULL, 'new-customer trial credit')",
-        [TRIAL_ENTRY, at or datetime.now(UTC), TRIAL_POINTS],
-    ).fetchall()
-    return bool(added and added[0][0])
+def grant_trial_credit(db: Store, *, at: datetime | None = None) -> bool:
+    """Credits the new-customer trial once per store; returns whether it was added now."""
+    return db.execute(_CREDIT, entry_id=TRIAL_ENTRY, at=at or datetime.now(UTC), bucket="trial",
+                      points=TRIAL_POINTS, note="new-customer trial credit") == 1
 
 
-def add_points(con: duckdb.DuckDBPyConnection, points: Decimal | int, *, entry_id: str, note: str = "resource plan",
+def add_points(db: Store, points: Decimal | int, *, entry_id: str, note: str = "resource plan",
                at: datetime | None = None) -> None:
     """A purchased resource plan; `entry_id` (e.g. the order number) makes a repeated call harmless."""
     if Decimal(points) <= 0:
         raise ValueError("a credit must be positive")
-    con.execute("INSERT OR IGNORE INTO points_ledger VALUES (?, ?, 'credit', 'paid', ?, NULL, ?)",
-                [entry_id, at or datetime.now(UTC), Decimal(points), note])
+    db.execute(_CREDIT, entry_id=entry_id, at=at or datetime.now(UTC), bucket="paid", points=Decimal(points),
+               note=note)
 
 
-def balances(con: duckdb.DuckDBPyConnection) -> dict[str, Decimal]:
+def balances(db: Store) -> dict[str, Decimal]:
     """Points left per bucket (unfunded: points used beyond every credit, as a positive number)."""
-    rows = dict(con.execute("SELECT bucket, sum(points) FROM points_ledger GROUP BY bucket").fetchall())
-    out = {b: Decimal(rows.get(b) or 0) for b in ("trial", "paid")}
-    out["unfunded"] = -Decimal(rows.get("unfunded") or 0)
+    with db.read() as conn:
+        return _balances(conn)
+
+
+def campaign_points(db: Store, campaign_id: str) -> dict[str, Decimal]:
+    """Points charged to a campaign so far, per bucket, and in total."""
+    with db.read() as conn:
+        return _campaign_points(conn, campaign_id)
+
+
+def _sums(conn: Connection, where: str, **params: object) -> dict[str, Decimal]:
+    # Summed here over exact decimals: SQLite keeps the amounts as text and would sum them as floats.
+    sums: dict[str, Decimal] = {}
+    for bucket, points in run(conn, f"SELECT bucket, points FROM points_ledger {where}", **params):
+        sums[bucket] = sums.get(bucket, Decimal(0)) + Decimal(str(points))
+    return sums
+
+
+def _balances(conn: Connection) -> dict[str, Decimal]:
+    rows = _sums(conn, "")
+    out = {b: rows.get(b, Decimal(0)) for b in ("trial", "paid")}
+    out["unfunded"] = -rows.get("unfunded", Decimal(0))
     return out
 
 
-def campaign_points(con: duckdb.DuckDBPyConnection, campaign_id: str) -> dict[str, Decimal]:
-    """Points charged to a campaign so far, per bucket, and in total."""
-    rows = dict(con.execute(
-        "SELECT bucket, -sum(points) FROM points_ledger WHERE kind = 'charge' AND campaign_id = ? GROUP BY bucket",
-        [campaign_id]).fetchall())
-    used = {b: Decimal(rows.get(b) or 0) for b in BUCKETS}
+def _campaign_points(conn: Connection, campaign_id: str) -> dict[str, Decimal]:
+    rows = _sums(conn, "WHERE kind = 'charge' AND campaign_id = :c", c=campaign_id)
+    used = {b: -rows.get(b, Decimal(0)) for b in BUCKETS}
     used["total"] = sum(used.values(), Decimal(0))
     return used
 
 
-def settle_campaign(con: duckdb.DuckDBPyConnection, campaign_id: str, points_due: Decimal,
+def settle_campaign(db: Store, campaign_id: str, points_due: Decimal,
                     *, at: datetime | None = None) -> dict[str, Decimal]:
     """Charges the campaign up to `points_due` (its actual cost in points): the difference to what was
     charged before, trial credit first, then paid points, then unfunded; a lower cost refunds in reverse.
     Returns the campaign's points per bucket after settling."""
     at = at or datetime.now(UTC)
-    grant_trial_credit(con, at=at)
+    grant_trial_credit(db, at=at)
     due = Decimal(points_due).quantize(_CENT)
-    con.begin()
-    try:
-        charged = campaign_points(con, campaign_id)
+    with db.write() as conn:
+        serialise(conn, _LEDGER_LOCK)  # balances read and charged by one settlement at a time
+        charged = _campaign_points(conn, campaign_id)
         delta = due - charged["total"]
         moves: list[tuple[str, Decimal]] = []
         if delta > 0:
-            left = balances(con)
+            left = _balances(conn)
             for bucket in BUCKETS:
                 take = delta if bucket == "unfunded" else min(delta, max(left[bucket], Decimal(0)))
                 if take > 0:
@@ -88,13 +105,10 @@ def settle_campaign(con: duckdb.DuckDBPyConnection, campaign_id: str, points_due
                 if back > 0:
                     moves.append((bucket, back))
                     refund -= back
-        seq = con.execute("SELECT count(*) FROM points_ledger WHERE campaign_id = ?", [campaign_id]).fetchall()[0][0]
+        seq = run(conn, "SELECT count(*) FROM points_ledger WHERE campaign_id = :c", c=campaign_id).scalar()
         for i, (bucket, points) in enumerate(moves):
-            con.execute("INSERT INTO points_ledger VALUES (?, ?, 'charge', ?, ?, ?, ?)",
-                        [f"{campaign_id}:{seq + i}", at, bucket, points, campaign_id,
-                         f"campaign cost settled at {due} points"])
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
-    return campaign_points(con, campaign_id)
+            run(conn, """INSERT INTO points_ledger (entry_id, booked_at, kind, bucket, points, campaign_id, note)
+                         VALUES (:entry_id, :at, 'charge', :bucket, :points, :c, :note)""",
+                entry_id=f"{campaign_id}:{seq + i}", at=at, bucket=bucket, points=points, c=campaign_id,
+                note=f"campaign cost settled at {due} points")
+        return _campaign_points(conn, campaign_id)

@@ -1,8 +1,10 @@
-"""Prices as dated data: rate cards, pricing rules, service fees and volume tiers, read from CSV into DuckDB.
+"""Prices as dated data: rate cards, pricing rules, service fees and volume tiers, read from CSV into the store.
 
 A card is every price of one channel from one effective date (Meta publishes whole cards); the card in
 force on a message's price day prices it, so an older campaign is priced by the card and rules of its day.
 Shipped data lives in pipeline/data/ (listed in rate_cards.csv); `import_card` adds a card from any file.
+Polars reads and checks a file; its rows replace those of the same key in one write transaction
+(pipeline.store.bulk.insert_frame), so a report never sees half a card.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
-import duckdb
 import polars as pl
+from sqlalchemy import Connection
+
+from pipeline.store import Store, run, run_many
+from pipeline.store.bulk import insert_frame
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RATE_CARDS = DATA / "rate_cards.csv"
@@ -89,7 +94,7 @@ def read_card(
     return Card(channel=channel, kind=kind, effective_from=day, source=source or path.name, rows=frame)
 
 
-def load_reference_data(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def load_reference_data(db: Store) -> dict[str, int]:
     """Loads the shipped rules, service fees, WhatsApp markets and every card of rate_cards.csv, in one
     transaction. Idempotent. A shipped card never overwrites a card imported for the same channel and date,
     and a corrected shipped file replaces its own earlier rows on the next load.
@@ -100,80 +105,94 @@ def load_reference_data(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     fees = [Card(r["channel"], "service_fees", date.fromisoformat(r["effective_from"]), r["source"],
                  pl.DataFrame({"fee_points": [Decimal(r["fee_points"])]}, schema={"fee_points": pl.Decimal(12, 2)}))
             for r in read_csv(SERVICE_FEES)]
-    with _transaction(con):
-        counts = {"rules": _load_rules(con, read_csv(RULES)), "markets": _load_markets(con, WHATSAPP_MARKETS)}
-        counts["service_fees"] = sum(_store(con, fee, replace_imported=False) for fee in fees)
-        counts["prices"] = sum(_store(con, c, replace_imported=False) for c in cards if c.kind != "tiers")
-        counts["tiers"] = sum(_store(con, c, replace_imported=False) for c in cards if c.kind == "tiers")
+    with _transaction(db) as conn:
+        counts = {"rules": _load_rules(conn, read_csv(RULES)), "markets": _load_markets(conn, WHATSAPP_MARKETS)}
+        counts["service_fees"] = sum(_store(conn, fee, replace_imported=False) for fee in fees)
+        counts["prices"] = sum(_store(conn, c, replace_imported=False) for c in cards if c.kind != "tiers")
+        counts["tiers"] = sum(_store(conn, c, replace_imported=False) for c in cards if c.kind == "tiers")
     return counts
 
 
 def import_card(
-    con: duckdb.DuckDBPyConnection, path: Path, *, channel: str = "whatsapp", effective_from: date | None = None
+    db: Store, path: Path, *, channel: str = "whatsapp", effective_from: date | None = None
 ) -> Card:
     """Adds (or replaces) the card of `channel` from `effective_from`; `campaign prices import` calls this."""
     card = read_card(path, channel=channel, effective_from=effective_from, source=f"import:{Path(path).name}")
-    _check_categories(con, card)
-    store_card(con, card, replace_imported=True)
+    with _transaction(db) as conn:
+        _check_categories(conn, card)
+        _store(conn, card, replace_imported=True)
     return card
 
 
-def store_card(con: duckdb.DuckDBPyConnection, card: Card, *, replace_imported: bool = True) -> int:
+def store_card(db: Store, card: Card, *, replace_imported: bool = True) -> int:
     """Writes a card as one whole: the rows of (channel, date) are replaced, in one transaction."""
-    with _transaction(con):
-        return _store(con, card, replace_imported=replace_imported)
+    with _transaction(db) as conn:
+        return _store(conn, card, replace_imported=replace_imported)
 
 
-def _store(con: duckdb.DuckDBPyConnection, card: Card, *, replace_imported: bool) -> int:
+def _store(conn: Connection, card: Card, *, replace_imported: bool) -> int:
     table = {"whatsapp_card": "prices", "rates": "prices", "tiers": "price_tiers", "service_fees": "service_fees"}[
         card.kind]
     if card.kind == "whatsapp_card":
-        _check_markets(con, card)
-    key = [card.channel, card.effective_from]
-    imported = con.execute(f"SELECT count(*) FROM {table} WHERE channel = ? AND effective_from = ? "
-                           "AND source LIKE 'import:%'", key).fetchall()[0][0]
+        _check_markets(conn, card)
+    key = {"channel": card.channel, "day": card.effective_from}
+    imported = run(conn, f"SELECT count(*) FROM {table} WHERE channel = :channel AND effective_from = :day "
+                         "AND source LIKE 'import:%'", **key).scalar()
     if imported and not replace_imported:
         return 0
     frame = card.rows.with_columns(pl.lit(card.channel).alias("channel"), pl.lit(card.effective_from).alias(
         "effective_from"), pl.lit(card.source).alias("source"))
     if table == "prices":
         frame = frame.with_columns(pl.lit(Decimal("0")).cast(pl.Decimal(12, 6)).alias("service_fee_usd"))
-    _replace(con, table, "channel = ? AND effective_from = ?", key, frame)
+    _replace(conn, table, "channel = :channel AND effective_from = :day", key, frame)
     if table in ("prices", "service_fees"):
-        # Fees live in service_fees; the older `prices.service_fee_usd` column stays filled (the fee in force
-        # on each card's date) for readers that still take it from there.
-        con.execute("""UPDATE prices SET service_fee_usd = coalesce((
-                           SELECT f.fee_points * 0.0001 FROM service_fees AS f
-                           WHERE f.channel = prices.channel AND f.effective_from <= prices.effective_from
-                           ORDER BY f.effective_from DESC LIMIT 1), 0)
-                       WHERE channel = ?""", [card.channel])
+        _fill_card_service_fees(conn, card.channel)
     return frame.height
+
+
+def _fill_card_service_fees(conn: Connection, channel: str) -> None:
+    """Fees live in service_fees; the older `prices.service_fee_usd` column stays filled (the fee in force on
+    each card's date) for readers that still take it from there. Worked out here in exact decimals (SQLite
+    would multiply its decimal text as floats)."""
+    fees = sorted((_day(d), Decimal(str(p))) for d, p in run(
+        conn, "SELECT effective_from, fee_points FROM service_fees WHERE channel = :c", c=channel).all())
+    cards = [_day(d) for (d,) in run(conn, "SELECT DISTINCT effective_from FROM prices WHERE channel = :c",
+                                     c=channel).all()]
+    updates = []
+    for card_day in cards:
+        points = [p for since, p in fees if since <= card_day]
+        updates.append({"fee": (points[-1] * POINT_USD) if points else Decimal(0), "c": channel, "day": card_day})
+    run_many(conn, "UPDATE prices SET service_fee_usd = :fee WHERE channel = :c AND effective_from = :day", updates)
+
+
+def _day(value: date | str) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(value)
 
 
 def set_service_fee(
-    con: duckdb.DuckDBPyConnection, channel: str, fee_usd: Decimal | float | str, effective_from: date, source: str
+    db: Store, channel: str, fee_usd: Decimal | float | str, effective_from: date, source: str
 ) -> None:
     points = Decimal(str(fee_usd)) / POINT_USD
     frame = pl.DataFrame({"fee_points": [points]}, schema={"fee_points": pl.Decimal(12, 2)})
-    store_card(con, Card(channel, "service_fees", effective_from, source, frame))
+    store_card(db, Card(channel, "service_fees", effective_from, source, frame))
 
 
-def load_whatsapp_markets(con: duckdb.DuckDBPyConnection, path: Path = WHATSAPP_MARKETS) -> int:
+def load_whatsapp_markets(db: Store, path: Path = WHATSAPP_MARKETS) -> int:
     """Region -> WhatsApp market (calling code -> Meta's market, incl. the +1 area codes of Latin America), and
     the country's own market where Meta prices it on its own (used once a card in force has that market)."""
-    with _transaction(con):
-        return _load_markets(con, path)
+    with _transaction(db) as conn:
+        return _load_markets(conn, path)
 
 
-def _load_markets(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+def _load_markets(conn: Connection, path: Path) -> int:
     rows = [("whatsapp", r["region"], r["market"], r.get("own_market") or None) for r in read_csv(path)]
     frame = pl.DataFrame(rows, orient="row", schema={
         "channel": pl.String, "region": pl.String, "market": pl.String, "own_market": pl.String})
-    _replace(con, "markets", "channel = ?", ["whatsapp"], frame)
+    _replace(conn, "markets", "channel = :channel", {"channel": "whatsapp"}, frame)
     return frame.height
 
 
-def _load_rules(con: duckdb.DuckDBPyConnection, rows: list[dict[str, str]]) -> int:
+def _load_rules(conn: Connection, rows: list[dict[str, str]]) -> int:
     records = []
     for line, r in enumerate(rows, 2):
         if r["channel"] not in CHANNELS or r["basis"] not in BASES or r["billable"] not in ("true", "false"):
@@ -182,29 +201,34 @@ def _load_rules(con: duckdb.DuckDBPyConnection, rows: list[dict[str, str]]) -> i
                         "rate_category": r["rate_category"] or None,
                         "effective_from": date.fromisoformat(r["effective_from"])})
     frame = pl.DataFrame(records)
-    _replace(con, "pricing_rules", "source NOT LIKE 'import:%'", [], frame)
+    _replace(conn, "pricing_rules", "source NOT LIKE 'import:%'", {}, frame)
     return frame.height
 
 
+_PRICE_DATA_LOCK = 0x70726963  # "pric": PostgreSQL advisory lock of the price-data writers
+
+
 @contextmanager
-def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    con.begin()
-    try:
-        yield
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
+def _transaction(db: Store) -> Iterator[Connection]:
+    """A write transaction of the price data. On PostgreSQL two loads at once take turns (an advisory lock):
+    each deletes then inserts the rows of a key, and the later one's delete would not see the earlier one's
+    rows; on SQLite the write transaction already excludes the other writers."""
+    with db.write() as conn:
+        serialise(conn, _PRICE_DATA_LOCK)
+        yield conn
 
 
-def _replace(con: duckdb.DuckDBPyConnection, table: str, where: str, params: list, frame: pl.DataFrame) -> None:
-    # One set-based insert (executemany is row by row and ~100x slower); the caller holds the transaction.
-    con.register("_new_rows", frame)
-    try:
-        con.execute(f"DELETE FROM {table} WHERE {where}", params)
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _new_rows")
-    finally:
-        con.unregister("_new_rows")
+def serialise(conn: Connection, key: int) -> None:
+    """Waits for and holds, until this transaction ends, PostgreSQL's advisory lock `key` (no-op on SQLite,
+    whose write transactions exclude each other)."""
+    if conn.dialect.name == "postgresql":
+        run(conn, "SELECT pg_advisory_xact_lock(:key)", key=key)
+
+
+def _replace(conn: Connection, table: str, where: str, params: dict[str, object], frame: pl.DataFrame) -> None:
+    # One bulk insert (insert_frame: executemany on SQLite, COPY on PostgreSQL); the caller holds the transaction.
+    run(conn, f"DELETE FROM {table} WHERE {where}", **params)
+    insert_frame(conn, table, frame)
 
 
 def _kind_of(path: Path, header: set[str]) -> CardKind:
@@ -285,22 +309,21 @@ def _tier_rows(path: Path, rows: list[dict[str, str]]) -> pl.DataFrame:
         "platform_fee_usd": pl.Decimal(12, 6)})
 
 
-def _check_markets(con: duckdb.DuckDBPyConnection, card: Card) -> None:
+def _check_markets(conn: Connection, card: Card) -> None:
     # A mapped market the card does not price would make its messages unpriced; refuse the card instead.
-    mapped = {m for (m,) in con.execute("SELECT DISTINCT market FROM markets WHERE channel = ?",
-                                        [card.channel]).fetchall()}
+    mapped = {m for (m,) in run(conn, "SELECT DISTINCT market FROM markets WHERE channel = :c", c=card.channel)}
     missing = mapped - set(card.rows["market"].to_list())
     if missing:
         raise PriceDataError(f"{card.source}: markets mapped in the region table are missing from the card: "
                              f"{sorted(missing)}")
 
 
-def _check_categories(con: duckdb.DuckDBPyConnection, card: Card) -> None:
+def _check_categories(conn: Connection, card: Card) -> None:
     if card.kind not in ("rates", "whatsapp_card", "tiers"):
         return
-    known = {c for (c,) in con.execute(
-        "SELECT DISTINCT coalesce(rate_category, category) FROM pricing_rules WHERE channel = ?",
-        [card.channel]).fetchall()}
+    known = {c for (c,) in run(
+        conn, "SELECT DISTINCT coalesce(rate_category, category) FROM pricing_rules WHERE channel = :c",
+        c=card.channel)}
     unknown = set(card.rows["category"].to_list()) - known
     if unknown:
         raise PriceDataError(f"{card.source}: categories no {card.channel} pricing rule bills: {sorted(unknown)} "

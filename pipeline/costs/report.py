@@ -1,7 +1,7 @@
 """The report files of a campaign or a period: CSV + Parquet data, a self-contained offline HTML page with
 charts, and Markdown; plus plain data for Prefect artifacts (pipeline/ never imports Prefect).
 
-Only aggregates leave the database here (no recipient rows), and free text is masked, so no phone number
+Only aggregates leave the store here (no recipient rows), and free text is masked, so no phone number
 reaches a report.
 """
 
@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import jinja2
 import markupsafe
 import polars as pl
@@ -32,6 +31,7 @@ from pipeline.costs.costing import (
     summary_totals,
 )
 from pipeline.masking import mask_text
+from pipeline.store import Store
 
 TEMPLATE = "report.html.j2"
 RATES = ("delivery_rate", "read_rate")
@@ -50,7 +50,7 @@ class ReportFiles:
 
 
 def write_report(
-    con: duckdb.DuckDBPyConnection,
+    db: Store,
     campaign_id: str,
     out_dir: Path,
     *,
@@ -60,27 +60,27 @@ def write_report(
     """Writes the campaign's cost report into `out_dir` (created if missing): cost_report.csv/.parquet,
     failures.csv/.parquet, report.html, report.md. With `settle`, the campaign's actual cost is charged to
     the points ledger (trial credit first). `summary` is what the run saw; when absent it is derived."""
-    campaign = _campaign(con, campaign_id)
-    costs = campaign_costs(con, campaign_id)
+    campaign = _campaign(db, campaign_id)
+    costs = campaign_costs(db, campaign_id)
     totals = summary_totals(costs.rows)
-    used = (points.settle_campaign(con, campaign_id, points.usd_to_points(totals["total_usd"]))  # type: ignore[arg-type]
-            if settle else points.campaign_points(con, campaign_id))
+    used = (points.settle_campaign(db, campaign_id, points.usd_to_points(totals["total_usd"]))  # type: ignore[arg-type]
+            if settle else points.campaign_points(db, campaign_id))
     if summary is None:
-        summary = default_summary(con, campaign_id, totals)
+        summary = default_summary(db, campaign_id, totals)
     page = {
         "title": campaign["name"], "heading": "Campaign report",
         "meta": [("Campaign", campaign["campaign_id"]), ("Channel", campaign["channel"]),
                  ("Template", f"{campaign['template']} ({campaign['category']})")],
-        "summary": summary, "estimate": _estimate_vs_actual(latest_estimate(con, campaign_id), costs.rows),
-        "points": used, "balances": points.balances(con),
+        "summary": summary, "estimate": _estimate_vs_actual(latest_estimate(db, campaign_id), costs.rows),
+        "points": used, "balances": points.balances(db),
     }
     return _write(Path(out_dir), costs, totals, page)
 
 
-def write_period_report(con: duckdb.DuckDBPyConnection, period: str, out_dir: Path) -> ReportFiles:
+def write_period_report(db: Store, period: str, out_dir: Path) -> ReportFiles:
     """The bill of a month (YYYY-MM) or a day (YYYY-MM-DD) across campaigns, in the same files."""
     day_from, day_to = parse_period(period)
-    costs = period_costs(con, day_from, day_to)
+    costs = period_costs(db, day_from, day_to)
     totals = summary_totals(costs.rows)
     campaigns = costs.rows["campaign_id"].n_unique() if costs.rows.height else 0
     page = {
@@ -88,16 +88,16 @@ def write_period_report(con: duckdb.DuckDBPyConnection, period: str, out_dir: Pa
         "meta": [("Period", f"{day_from} to {day_to} (UTC)"), ("Campaigns", str(campaigns))],
         "summary": {"sent": totals["sent"], "delivered": totals["delivered"], "read": totals["read"],
                     "failed": totals["failed"], "cost_usd": totals["total_usd"]},
-        "estimate": [], "points": None, "balances": points.balances(con),
+        "estimate": [], "points": None, "balances": points.balances(db),
     }
     return _write(Path(out_dir), costs, totals, page)
 
 
-def report_artifacts(con: duckdb.DuckDBPyConnection, campaign_id: str) -> dict[str, Any]:
+def report_artifacts(db: Store, campaign_id: str) -> dict[str, Any]:
     """Plain data for Prefect artifacts: {"table": row dicts (numbers as int/float), "failures": row dicts,
     "markdown": text, "totals": dict}; flows/ publishes them."""
-    campaign = _campaign(con, campaign_id)
-    costs = campaign_costs(con, campaign_id)
+    campaign = _campaign(db, campaign_id)
+    costs = campaign_costs(db, campaign_id)
     totals = summary_totals(costs.rows)
     return {
         "table": _plain_rows(costs.rows), "failures": _plain_rows(_masked_failures(costs.failures)),
@@ -120,24 +120,23 @@ def parse_period(period: str) -> tuple[date, date]:
 
 
 def default_summary(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, totals: Mapping[str, Any]
+    db: Store, campaign_id: str, totals: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The summary box from what the database holds: audience rows, rejects, outcomes, cost."""
-    # fetchall, not fetchone: DuckDB 2 keeps a half-read result open and refuses the next statement.
-    [(accepted,)] = con.execute("SELECT count(*) FROM recipients WHERE campaign_id = ?", [campaign_id]).fetchall()
-    [(rows_read,)] = con.execute(
+    """The summary box from what the store holds: audience rows, rejects, outcomes, cost."""
+    accepted = db.scalar("SELECT count(*) FROM recipients WHERE campaign_id = :c", c=campaign_id)
+    rows_read = db.scalar(
         """SELECT count(DISTINCT row_number) FROM (
-               SELECT row_number FROM recipients WHERE campaign_id = $c
-               UNION ALL SELECT row_number FROM rejects WHERE campaign_id = $c)""",
-        {"c": campaign_id},
-    ).fetchall()
-    rejected = con.execute(
-        "SELECT reason, count(*) FROM rejects WHERE campaign_id = ? GROUP BY reason ORDER BY 2 DESC, 1",
-        [campaign_id],
-    ).fetchall()
+               SELECT row_number FROM recipients WHERE campaign_id = :c
+               UNION ALL SELECT row_number FROM rejects WHERE campaign_id = :c) AS numbered""",
+        c=campaign_id,
+    )
+    rejected = db.rows(
+        "SELECT reason, count(*) FROM rejects WHERE campaign_id = :c GROUP BY reason ORDER BY 2 DESC, 1",
+        c=campaign_id,
+    )
     return {
-        "rows_read": rows_read, "accepted": accepted, "rejected": dict(rejected), "sent": totals["sent"],
-        "delivered": totals["delivered"], "read": totals["read"], "failed": totals["failed"],
+        "rows_read": rows_read, "accepted": accepted, "rejected": {reason: n for reason, n in rejected},
+        "sent": totals["sent"], "delivered": totals["delivered"], "read": totals["read"], "failed": totals["failed"],
         "cost_usd": totals["total_usd"],
     }
 
@@ -251,11 +250,11 @@ def _masked_failures(failures: pl.DataFrame) -> pl.DataFrame:
     return failures.with_columns(pl.col("meaning").map_elements(mask_text, return_dtype=pl.String))
 
 
-def _campaign(con: duckdb.DuckDBPyConnection, campaign_id: str) -> dict[str, Any]:
-    rows = con.execute(
-        "SELECT campaign_id, name, channel, template, category FROM campaigns WHERE campaign_id = ?",
-        [campaign_id],
-    ).fetchall()
+def _campaign(db: Store, campaign_id: str) -> dict[str, Any]:
+    rows = db.rows(
+        "SELECT campaign_id, name, channel, template, category FROM campaigns WHERE campaign_id = :c",
+        c=campaign_id,
+    )
     if not rows:
         raise LookupError(f"no campaign {campaign_id!r}")
     return dict(zip(("campaign_id", "name", "channel", "template", "category"), rows[0], strict=True))

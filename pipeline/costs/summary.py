@@ -4,35 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from pipeline.costs.costing import cost_report, summary_totals
-from pipeline.store import scalar
+from pipeline.store import Store
+
+# Each message's current status from its folded receipts (billing_messages, current once cost_report has
+# refreshed it): the message_status view's answer without grouping every receipt again.
+_STATUS_OF_RANK = {9: "failed", 3: "read", 2: "delivered"}
 
 
-def campaign_summary(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, *, rows_read: int | None = None
-) -> dict[str, Any]:
-    by_reason = dict(
-        con.execute(
-            "SELECT reason, count(*) FROM rejects WHERE campaign_id = ? GROUP BY reason ORDER BY count(*) DESC",
-            [campaign_id],
-        ).fetchall()
-    )
-    accepted = scalar(con, "SELECT count(*) FROM recipients WHERE campaign_id = ?", [campaign_id])
-    states = dict(
-        con.execute("SELECT state, count(*) FROM outbox WHERE campaign_id = ? GROUP BY state", [campaign_id]).fetchall()
-    )
-    statuses = dict(
-        con.execute(
-            """
-            SELECT s.status, count(*) FROM outbox o JOIN message_status s USING (message_id)
-            WHERE o.campaign_id = ? GROUP BY s.status
-            """,
-            [campaign_id],
-        ).fetchall()
-    )
-    totals = summary_totals(cost_report(con, campaign_id))
+def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = None) -> dict[str, Any]:
+    totals = summary_totals(cost_report(db, campaign_id))  # first: it brings billing_messages up to date
+    by_reason = {reason: n for reason, n in db.rows(
+        "SELECT reason, count(*) FROM rejects WHERE campaign_id = :c GROUP BY reason ORDER BY count(*) DESC",
+        c=campaign_id)}
+    accepted = db.scalar("SELECT count(*) FROM recipients WHERE campaign_id = :c", c=campaign_id)
+    states = {state: n for state, n in db.rows(
+        "SELECT state, count(*) FROM outbox WHERE campaign_id = :c GROUP BY state", c=campaign_id)}
+    statuses: dict[str, int] = {}
+    for rank, n in db.rows("""
+            SELECT b.status_rank, count(*) FROM outbox AS o JOIN billing_messages AS b ON b.message_id = o.message_id
+            WHERE o.campaign_id = :c AND b.status_rank IN (2, 3, 9) GROUP BY b.status_rank""", c=campaign_id):
+        statuses[_STATUS_OF_RANK[int(rank)]] = n
     return {
         "campaign_id": campaign_id,
         "rows_read": rows_read if rows_read is not None else accepted + sum(by_reason.values()),

@@ -4,13 +4,14 @@ PostgreSQL is read with its ADBC driver (columnar end to end). SQLite is read th
 library as every write (Python's sqlite3): ADBC's SQLite driver links its own copy of SQLite, and two
 copies in one process break each other's file locks (sqlite.org/howtocorrupt.html §2.2.1).
 Columns come back typed as the schema says (timestamps UTC, money exact decimals, days as dates),
-whichever database they came from.
+whichever database they came from. `reader(db)` makes several reads over one connection.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import duckdb
@@ -48,30 +49,63 @@ def column_types(table: str) -> dict[str, pa.DataType]:
 
 
 def read_arrow(db: Store, statement: str, types: Mapping[str, pa.DataType] | None = None, **params: Any) -> pa.Table:
-    """Runs a query and returns its rows as an Arrow table, columns cast to `types` where given."""
-    statement, params = _expand(statement, params)
-    table = _read_postgres(db, statement, params) if db.dialect == "postgresql" else _read_sqlite(db, statement, params)
-    return _cast(table, types or {})
+    """Runs a query and returns its rows as an Arrow table, columns cast to `types` where given. A list (tuple,
+    set) parameter expands for `IN :name`, as in Store.rows."""
+    with reader(db) as read:
+        return read.arrow(statement, types, **params)
 
 
 def read_table(db: Store, table: str, where: str = "", **params: Any) -> pa.Table:
     """A whole store table (or the rows `where` selects) with the schema's column types."""
-    types = column_types(table)
-    sql = f"SELECT {', '.join(_quoted(c) for c in types)} FROM {table} {where}"
-    return read_arrow(db, sql, types, **params)
+    with reader(db) as read:
+        return read.table(table, where, **params)
 
 
-def _expand(statement: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """`IN :ids` with a list becomes `IN (:ids_0, :ids_1, ...)` (neither driver binds a list)."""
+class Reader:
+    """Several reads over one connection (see `reader`); the same methods as read_arrow and read_table."""
+
+    def __init__(self, dialect: str, connection: Any) -> None:
+        self._dialect = dialect
+        self._connection = connection  # an ADBC connection (PostgreSQL) or the DBAPI one of a read transaction
+
+    def arrow(self, statement: str, types: Mapping[str, pa.DataType] | None = None, **params: Any) -> pa.Table:
+        statement, flat = _expand_lists(statement, params)
+        read = _read_postgres if self._dialect == "postgresql" else _read_sqlite
+        return _cast(read(self._connection, statement, flat), types or {})
+
+    def table(self, table: str, where: str = "", **params: Any) -> pa.Table:
+        types = column_types(table)
+        sql = f"SELECT {', '.join(_quoted(c) for c in types)} FROM {table} {where}"
+        return self.arrow(sql, types, **params)
+
+
+@contextmanager
+def reader(db: Store) -> Iterator[Reader]:
+    """Several reads through one connection: on PostgreSQL one ADBC connection (opening one costs tens of
+    milliseconds, more than reading a small table), on SQLite one read transaction (one snapshot)."""
+    if db.dialect == "postgresql":
+        import adbc_driver_postgresql.dbapi as adbc
+
+        uri = make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with adbc.connect(uri) as conn:
+            yield Reader("postgresql", conn)
+    else:
+        with db.read() as conn:
+            yield Reader("sqlite", conn.connection.driver_connection)
+
+
+def _expand_lists(statement: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`IN :ids` with ids=[a, b] -> `IN (:ids__0, :ids__1)` (an empty list matches nothing: `IN (NULL)`)."""
     flat: dict[str, Any] = {}
     for name, value in params.items():
-        if isinstance(value, list | tuple | set | frozenset):
-            items = list(value) or [None]
-            names = [f"{name}_{i}" for i in range(len(items))]
-            statement = re.sub(rf"(?<![:\w]):{name}\b", "(" + ", ".join(f":{n}" for n in names) + ")", statement)
-            flat.update(zip(names, items, strict=True))
-        else:
+        if not isinstance(value, list | tuple | set | frozenset):
             flat[name] = value
+            continue
+        items = list(value)
+        names = [f"{name}__{i}" for i in range(len(items))]
+        listed = "(" + ", ".join(f":{n}" for n in names) + ")" if items else "(NULL)"
+        statement = re.sub(rf"(?<![:\w]):{name}(?!\w)", lambda _m, listed=listed: listed, statement)
+        flat.update(zip(names, items, strict=True))
     return statement, flat
 
 
@@ -79,26 +113,23 @@ def _quoted(name: str) -> str:
     return f'"{name}"' if name in ("read",) else name
 
 
-def _read_sqlite(db: Store, statement: str, params: Mapping[str, Any]) -> pa.Table:
-    with db.read() as conn:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            names: list[str] = []
-            values = bind("sqlite", params)
-            sql = _PARAM.sub(lambda m: f":{m.group(1)}", statement)
-            cursor.execute(sql, values)
-            names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
-        finally:
-            cursor.close()
+def _read_sqlite(connection: Any, statement: str, params: Mapping[str, Any]) -> pa.Table:
+    cursor = connection.cursor()
+    try:
+        names: list[str] = []
+        values = bind("sqlite", params)
+        sql = _PARAM.sub(lambda m: f":{m.group(1)}", statement)
+        cursor.execute(sql, values)
+        names = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
     return pa.table({name: pa.array(list(col)) if col else pa.array([], pa.null()) for name, col in
                      zip(names, columns, strict=True)})
 
 
-def _read_postgres(db: Store, statement: str, params: Mapping[str, Any]) -> pa.Table:
-    import adbc_driver_postgresql.dbapi as adbc
-
+def _read_postgres(connection: Any, statement: str, params: Mapping[str, Any]) -> pa.Table:
     order: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -107,8 +138,7 @@ def _read_postgres(db: Store, statement: str, params: Mapping[str, Any]) -> pa.T
         return f"${order.index(match.group(1)) + 1}"
 
     sql = _PARAM.sub(number, statement)
-    uri = make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with adbc.connect(uri) as conn, conn.cursor() as cursor:
+    with connection.cursor() as cursor:
         if order:
             cursor.execute(sql, [params[name] for name in order])
         else:

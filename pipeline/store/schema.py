@@ -355,6 +355,12 @@ billing_groups = Table(
     Column("sent_segments", BigInteger),
     Index("billing_groups_campaign", "campaign_id"),
 )
+# Campaigns whose billing_groups must be counted again: marked by triggers on outbox in the writer's own
+# transaction (migration 0002) and by billing.py for receipts; cleared by billing.py once it has counted them.
+billing_changes = Table(
+    "billing_changes", metadata,
+    Column("campaign_id", String, primary_key=True),
+)
 # Control state that every process and machine reaching the store shares.
 # A lease: who holds a named thing (a campaign's run) until when; renewed while the holder lives.
 leases = Table(

@@ -16,7 +16,6 @@ import secrets
 import shutil
 import tempfile
 import time
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,9 +144,9 @@ class _PricingOnly:
 
 def estimate(spec: CampaignSpec, campaign_id: str, prepared: Prepared) -> dict[str, Any]:
     """The campaign flow's estimate (pipeline.costs.costing.estimate_cost over the queued messages) on a throwaway
-    store of its own (a dry run never writes the shared one), and whether it is over the spec's budget."""
-    with tempfile.TemporaryDirectory(prefix="upload-estimate-") as folder, \
-            closing(store.connect(Path(folder) / "estimate.sqlite")) as db:
+    store (a SQLite file in a temporary folder, removed after), and whether it is over the spec's budget."""
+    with tempfile.TemporaryDirectory(prefix="campaign-estimate-") as folder, \
+            store.connect(Path(folder) / "estimate.sqlite") as db:
         register_campaign(db, spec, campaign_id)
         enqueue_messages(db, spec, campaign_id, _PricingOnly(spec.channel), prepared.accepted,  # type: ignore[arg-type]
                          senders=spec.all_senders)

@@ -8,40 +8,30 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
-from pipeline import store
 from pipeline.costs import costing as costs
 from pipeline.costs import points
 from pipeline.costs.report import parse_period, report_artifacts, write_period_report, write_report
+from pipeline.store import Store
+from tests.costs.rows import add_campaign, add_outbox, add_receipt
 
 PHONES = ["+447700900123", "+447700900456", "+491701234567", "+18095550199"]
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    con = store.connect(tmp_path / "campaigns.duckdb")
-    costs.load_prices(con)
-    con.execute(
-        "INSERT INTO campaigns VALUES ('spring', 'Spring sale', 'whatsapp', 'spring_sale_v2', 'marketing', "
-        "TIMESTAMPTZ '2026-10-01 09:00:00+00', '{}')"
-    )
+def db(db: Store) -> Store:
+    costs.load_prices(db)
+    add_campaign(db, "spring", name="Spring sale", template="spring_sale_v2")
     countries = ["GB", "GB", "DE", "DO"]
     for i, (phone, country) in enumerate(zip(PHONES, countries, strict=True), start=1):
-        con.execute(
+        db.execute(
             "INSERT INTO recipients (campaign_id, row_number, recipient_key, phone_e164, country) "
-            "VALUES ('spring', ?, ?, ?, ?)",
-            [i, phone, phone, country],
-        )
-        con.execute(
-            """INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, country, category,
-                   payload_json, state, provider_message_id, queued_at, sent_at)
-               VALUES (?, 'spring', ?, 'whatsapp', '15550001111', ?, 'marketing', ?, 'sent', ?,
-                   TIMESTAMPTZ '2026-10-10 09:00:00+00', TIMESTAMPTZ '2026-10-10 10:00:00+00')""",
-            [f"m{i}", phone, country, f'{{"to": "{phone}"}}', f"wamid.m{i}"],
-        )
+            "VALUES ('spring', :n, :phone, :phone, :country)", n=i, phone=phone, country=country)
+        add_outbox(db, "spring", f"m{i}", recipient_key=phone, country=country, state="sent", sender="15550001111",
+                   payload_json=f'{{"to": "{phone}"}}', provider_message_id=f"wamid.m{i}", attempts=0,
+                   queued_at="2026-10-10 09:00:00+00", sent_at="2026-10-10 10:00:00+00")
     events = [
         ("m1", "read", "marketing", "regular"),  # GB: delivered + read
         ("m2", "delivered", "marketing", "regular"),  # GB: delivered
@@ -49,21 +39,15 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
         ("m4", "failed", None, None),  # DO: failed (131026)
     ]
     for mid, status, category, pricing_type in events:
-        con.execute(
-            """INSERT INTO events (event_id, provider, provider_message_id, message_id, status, category,
-                   pricing_type, recipient, error_code, error_title, occurred_at, raw_json)
-               VALUES (?, 'whatsapp', ?, ?, ?, ?, ?, ?, ?, ?, TIMESTAMPTZ '2026-10-10 10:01:00+00', '{}')""",
-            [f"{mid}:{status}", f"wamid.{mid}", mid, status, category, pricing_type, PHONES[int(mid[1:]) - 1],
-             "131026" if status == "failed" else None,
-             f"Undeliverable to {PHONES[3]}" if status == "failed" else None],
-        )
-    con.executemany(
-        "INSERT INTO rejects VALUES ('spring', ?, ?, ?)",
-        [[5, "invalid_number", "+44 7700 900999 is not a number"], [6, "duplicate", "row 1"],
-         [7, "duplicate", "row 2"]],
-    )
-    yield con
-    con.close()
+        add_receipt(db, f"{mid}:{status}", mid, status, "2026-10-10 10:01:00+00", category=category,
+                    pricing_type=pricing_type, recipient=PHONES[int(mid[1:]) - 1],
+                    error_code="131026" if status == "failed" else None,
+                    error_title=f"Undeliverable to {PHONES[3]}" if status == "failed" else None)
+    for row_number, reason, detail in [(5, "invalid_number", "+44 7700 900999 is not a number"),
+                                       (6, "duplicate", "row 1"), (7, "duplicate", "row 2")]:
+        db.execute("INSERT INTO rejects (campaign_id, row_number, reason, detail) VALUES ('spring', :n, :r, :d)",
+                   n=row_number, r=reason, d=detail)
+    return db
 
 
 def digits(text: str) -> str:
@@ -76,8 +60,8 @@ COLUMNS = ["channel", "country", "market", "category", "sent", "delivered", "rea
            "tier_discount_usd", "points_used", "unpriced"]
 
 
-def test_csv_and_parquet_have_the_report_rows(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    files = write_report(con, "spring", tmp_path / "out")
+def test_csv_and_parquet_have_the_report_rows(db: Store, tmp_path: Path) -> None:
+    files = write_report(db, "spring", tmp_path / "out")
     df = pl.read_csv(files.csv, infer_schema=False)
     assert df.columns == COLUMNS
     rows = {(r["country"], r["category"]): r for r in df.iter_rows(named=True)}
@@ -103,10 +87,10 @@ def test_csv_and_parquet_have_the_report_rows(con: duckdb.DuckDBPyConnection, tm
     assert pl.read_parquet(files.failures_parquet).height == 1
 
 
-def test_html_is_self_contained_with_charts_table_totals_and_summary(con: duckdb.DuckDBPyConnection,
+def test_html_is_self_contained_with_charts_table_totals_and_summary(db: Store,
                                                                     tmp_path: Path) -> None:
-    costs.estimate_cost(con, "spring", on=date(2026, 10, 10))
-    files = write_report(con, "spring", tmp_path / "out")
+    costs.estimate_cost(db, "spring", on=date(2026, 10, 10))
+    files = write_report(db, "spring", tmp_path / "out")
     html = files.html.read_text(encoding="utf-8")
     assert "Spring sale" in html and "spring_sale_v2" in html and "whatsapp" in html
     assert '<table id="cost-report">' in html
@@ -132,8 +116,8 @@ def test_html_is_self_contained_with_charts_table_totals_and_summary(con: duckdb
     assert not re.search(r"<(script|link|img)\b|https?://|@import", html)
 
 
-def test_markdown_report(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    text = write_report(con, "spring", tmp_path).markdown.read_text(encoding="utf-8")
+def test_markdown_report(db: Store, tmp_path: Path) -> None:
+    text = write_report(db, "spring", tmp_path).markdown.read_text(encoding="utf-8")
     assert text.startswith("# Campaign report: Spring sale\n")
     assert "sent 4, delivered 3 (75.0%), read 1 (33.3%), failed 1" in text
     assert "cost USD 0.202000 = platform 0.182000 + service 0.020000" in text
@@ -141,29 +125,29 @@ def test_markdown_report(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None
     assert "| whatsapp | 131026 | Undeliverable" in text
 
 
-def test_write_report_settles_the_points_trial_first(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    html = write_report(con, "spring", tmp_path).html.read_text(encoding="utf-8")
-    assert points.campaign_points(con, "spring") == {
+def test_write_report_settles_the_points_trial_first(db: Store, tmp_path: Path) -> None:
+    html = write_report(db, "spring", tmp_path).html.read_text(encoding="utf-8")
+    assert points.campaign_points(db, "spring") == {
         "trial": Decimal(2020), "paid": Decimal(0), "unfunded": Decimal(0), "total": Decimal(2020)}
-    assert points.balances(con)["trial"] == Decimal(100_000 - 2020)
+    assert points.balances(db)["trial"] == Decimal(100_000 - 2020)
     assert "trial credit: 2020.00" in html
-    write_report(con, "spring", tmp_path)  # regenerating charges nothing more
-    assert points.campaign_points(con, "spring")["total"] == Decimal(2020)
+    write_report(db, "spring", tmp_path)  # regenerating charges nothing more
+    assert points.campaign_points(db, "spring")["total"] == Decimal(2020)
 
 
-def test_summary_passed_in_is_shown(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_summary_passed_in_is_shown(db: Store, tmp_path: Path) -> None:
     summary = {"campaign_id": "spring", "rows_read": 10, "accepted": 8, "rejected": {"not_mobile": 2}, "sent": 4,
                "cost_usd": Decimal("0.202"), "note": "retry of +447700900123 skipped"}
-    html = write_report(con, "spring", tmp_path, summary=summary).html.read_text(encoding="utf-8")
+    html = write_report(db, "spring", tmp_path, summary=summary).html.read_text(encoding="utf-8")
     assert "Rows read</dt><dd>10" in html and "not_mobile: 2" in html and "0.202000" in html
     assert "+447700900123" not in html  # free text is masked too
     assert "Campaign id" not in html  # already in the header
 
 
-def test_no_phone_number_in_any_report_file(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    files = write_report(con, "spring", tmp_path / "out")
-    period = write_period_report(con, "2026-10", tmp_path / "period")
-    artifacts = report_artifacts(con, "spring")
+def test_no_phone_number_in_any_report_file(db: Store, tmp_path: Path) -> None:
+    files = write_report(db, "spring", tmp_path / "out")
+    period = write_period_report(db, "2026-10", tmp_path / "period")
+    artifacts = report_artifacts(db, "spring")
     texts = [p.read_text(encoding="utf-8") for p in (files.csv, files.html, files.markdown, files.failures_csv,
                                                      period.html, period.markdown, period.failures_csv)]
     texts += [str(pl.read_parquet(p).to_dicts()) for p in (files.parquet, files.failures_parquet)]
@@ -175,14 +159,14 @@ def test_no_phone_number_in_any_report_file(con: duckdb.DuckDBPyConnection, tmp_
             assert digits(phone)[-9:] not in flat  # not even without the country code
 
 
-def test_period_report_is_the_bill_across_campaigns(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    files = write_period_report(con, "2026-10", tmp_path)
+def test_period_report_is_the_bill_across_campaigns(db: Store, tmp_path: Path) -> None:
+    files = write_period_report(db, "2026-10", tmp_path)
     df = pl.read_parquet(files.parquet)
     assert df.columns == ["campaign_id", *COLUMNS]
     assert df["campaign_id"].unique().to_list() == ["spring"] and df["total_usd"].sum() == Decimal("0.202")
     html = files.html.read_text(encoding="utf-8")
     assert "Bill for 2026-10" in html and "2026-10-01 to 2026-10-31" in html
-    assert write_period_report(con, "2026-11", tmp_path / "nov").csv.read_text().count("\n") == 1  # header only
+    assert write_period_report(db, "2026-11", tmp_path / "nov").csv.read_text().count("\n") == 1  # header only
 
 
 def test_period_parsing() -> None:
@@ -193,14 +177,14 @@ def test_period_parsing() -> None:
             parse_period(bad)
 
 
-def test_artifact_data_is_plain(con: duckdb.DuckDBPyConnection) -> None:
-    data = report_artifacts(con, "spring")
+def test_artifact_data_is_plain(db: Store) -> None:
+    data = report_artifacts(db, "spring")
     gb = next(r for r in data["table"] if r["country"] == "GB")
     assert (gb["total_usd"], gb["sent"]) == (0.137, 2) and isinstance(gb["total_usd"], float)
     assert data["failures"][0]["error_code"] == "131026"
     assert data["markdown"].startswith("# Campaign Spring sale (spring)") and data["totals"]["total_usd"] == 0.202
 
 
-def test_unknown_campaign_is_an_error(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_unknown_campaign_is_an_error(db: Store, tmp_path: Path) -> None:
     with pytest.raises(LookupError):
-        write_report(con, "nope", tmp_path)
+        write_report(db, "nope", tmp_path)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import polars as pl
 import pytest
 from websockets.sync.client import connect as ws_connect
@@ -25,6 +24,10 @@ from websockets.sync.client import connect as ws_connect
 from pipeline import store
 from pipeline.costs import costing as costs
 from pipeline.costs.report import write_report
+from pipeline.store import Store
+from pipeline.store.bulk import insert_frame
+from tests.conftest import BACKENDS, new_store_url
+from tests.costs.rows import add_campaign, ts
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -133,11 +136,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def sample_campaign(con: duckdb.DuckDBPyConnection) -> None:
+def sample_campaign(db: Store) -> None:
     """A campaign over six countries with reads, failures (three codes), a re-categorised and a free message."""
-    costs.load_prices(con)
-    con.execute("INSERT INTO campaigns VALUES ('autumn', 'Autumn offers', 'whatsapp', 'autumn_offer_v3', "
-                "'marketing', TIMESTAMPTZ '2026-10-01 09:00:00+00', '{}')")
+    costs.load_prices(db)
+    add_campaign(db, "autumn", name="Autumn offers", template="autumn_offer_v3")
     plan = [("GB", 40, 0.9, 0.5), ("DE", 25, 0.88, 0.4), ("BR", 30, 0.95, 0.6), ("IN", 35, 0.93, 0.55),
             ("US", 20, 0.8, 0.3), ("DO", 10, 0.9, 0.5)]
     codes = ["131049", "131026", "131050"]
@@ -153,33 +155,36 @@ def sample_campaign(con: duckdb.DuckDBPyConnection) -> None:
             events += [(f"{mid}:{status}", mid, status, codes[len(outbox) % 3] if status == "failed" else None,
                         billed if status == "sent" else None, kind if status == "sent" else None)
                        for status in statuses]
-    # Set-based inserts: one statement each instead of hundreds.
-    con.register("_outbox", pl.DataFrame(outbox, orient="row", schema=["message_id", "recipient_key", "country"]))
-    con.register("_events", pl.DataFrame(events, orient="row", schema=[
-        "event_id", "message_id", "status", "error_code", "category", "pricing_type"]))
-    con.execute("""INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, country, category,
-                       payload_json, state, queued_at, sent_at)
-                   SELECT message_id, 'autumn', recipient_key, 'whatsapp', 's', country, 'marketing', '{}', 'sent',
-                       TIMESTAMPTZ '2026-10-12 09:00:00+00', TIMESTAMPTZ '2026-10-12 10:00:00+00' FROM _outbox""")
-    con.execute("""INSERT INTO events (event_id, provider, provider_message_id, message_id, status, error_code,
-                       category, pricing_type, occurred_at)
-                   SELECT event_id, 'whatsapp', message_id, message_id, status, error_code, category, pricing_type,
-                       TIMESTAMPTZ '2026-10-12 10:01:00+00' FROM _events""")
-    con.execute("""INSERT INTO recipients (campaign_id, row_number, recipient_key, phone_e164, country)
-                   SELECT 'autumn', row_number() OVER () + 1, recipient_key, recipient_key, country FROM _outbox""")
-    con.execute("""INSERT INTO rejects SELECT 'autumn', 200 + i, reason, NULL FROM (SELECT unnest(range(14)) AS i,
-                   unnest(['invalid_number', 'duplicate', 'duplicate', 'not_mobile', 'duplicate', 'suppressed',
-                           'blocked_country', 'invalid_number', 'duplicate', 'no_opt_in', 'duplicate',
-                           'invalid_number', 'not_mobile', 'duplicate']) AS reason)""")
+    # Bulk inserts: one load per table instead of hundreds of statements.
+    messages = pl.DataFrame(outbox, orient="row", schema=["message_id", "recipient_key", "country"], strict=False)
+    receipts = pl.DataFrame(events, orient="row", strict=False, schema=[
+        "event_id", "message_id", "status", "error_code", "category", "pricing_type"])
+    reasons = ["invalid_number", "duplicate", "duplicate", "not_mobile", "duplicate", "suppressed", "blocked_country",
+               "invalid_number", "duplicate", "no_opt_in", "duplicate", "invalid_number", "not_mobile", "duplicate"]
+    with db.write() as conn:
+        insert_frame(conn, "outbox", messages.with_columns(
+            pl.lit("autumn").alias("campaign_id"), pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
+            pl.lit("whatsapp").alias("channel"), pl.lit("s").alias("sender"), pl.lit("marketing").alias("category"),
+            pl.lit("{}").alias("payload_json"), pl.lit("sent").alias("state"),
+            pl.lit(ts("2026-10-12 09:00:00+00")).alias("queued_at"),
+            pl.lit(ts("2026-10-12 10:00:00+00")).alias("sent_at")))
+        insert_frame(conn, "events", receipts.with_columns(
+            pl.lit("whatsapp").alias("provider"), pl.col("message_id").alias("provider_message_id"),
+            pl.lit(ts("2026-10-12 10:01:00+00")).alias("occurred_at")))
+        insert_frame(conn, "recipients", messages.select(
+            pl.lit("autumn").alias("campaign_id"), pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row_number"),
+            "recipient_key", pl.col("recipient_key").alias("phone_e164"), "country"))
+        insert_frame(conn, "rejects", pl.DataFrame({
+            "campaign_id": "autumn", "row_number": range(200, 200 + len(reasons)), "reason": reasons}))
 
 
-@pytest.fixture(scope="module")
-def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=BACKENDS)
+def report_html(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("report")
-    with store.connect(folder / "campaigns.duckdb") as con:
-        sample_campaign(con)
-        costs.estimate_cost(con, "autumn")
-        return write_report(con, "autumn", folder / "autumn").html
+    with store.connect(new_store_url(request.param, folder, request)) as db:
+        sample_campaign(db)
+        costs.estimate_cost(db, "autumn")
+        return write_report(db, "autumn", folder / "autumn").html
 
 
 def test_report_charts_render_without_console_errors(browser: Chromium, report_html: Path) -> None:
