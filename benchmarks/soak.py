@@ -210,11 +210,12 @@ def campaign_command() -> list[str]:
                                                   "sys.exit(main())"]
 
 
-def prepare_peak(spec: Path, out_dir: Path, log: Path) -> tuple[float, float, dict]:
+def prepare_peak(spec: Path, out_dir: Path, log: Path, batch_mb: int | None) -> tuple[float, float, dict]:
     """(peak RSS in MB, seconds, its JSON line) of one `campaign prepare SPEC --json` in a subprocess."""
     started = time.monotonic()
+    batch = ["--batch-mb", str(batch_mb)] if batch_mb else []  # else the command's own default
     with log.open("wb") as out:
-        proc = subprocess.Popen([*campaign_command(), "prepare", str(spec), "--out", str(out_dir), "--json"],
+        proc = subprocess.Popen([*campaign_command(), "prepare", str(spec), "--out", str(out_dir), "--json", *batch],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     try:
         while True:  # wait4: this child's own rusage, with a deadline
@@ -233,7 +234,7 @@ def prepare_peak(spec: Path, out_dir: Path, log: Path) -> tuple[float, float, di
     return usage.ru_maxrss / 1024, time.monotonic() - started, json.loads(lines[-1])
 
 
-def prepare_peaks(sizes: list[int], seed: int, work: Path) -> dict[str, dict[str, float]]:
+def prepare_peaks(sizes: list[int], seed: int, work: Path, batch_mb: int | None) -> dict[str, dict[str, float]]:
     corpus = work / f"audience-{max(sizes)}.csv"
     print(f"generating {max(sizes):,} rows (seed {seed})", flush=True)
     make_corpus(corpus, max(sizes), seed)
@@ -247,7 +248,8 @@ def prepare_peaks(sizes: list[int], seed: int, work: Path) -> dict[str, dict[str
                     dst.write(src.readline())
         spec_path = work / f"spec-{rows}.yaml"
         spec_path.write_text(yaml.safe_dump({**spec, "audience": str(path)}))
-        peak, seconds, result = prepare_peak(spec_path, work / f"prepared-{rows}", work / f"prepare-{rows}.log")
+        peak, seconds, result = prepare_peak(spec_path, work / f"prepared-{rows}", work / f"prepare-{rows}.log",
+                                             batch_mb)
         print(f"  prepare {rows:,} rows ({path.stat().st_size / 1e6:.0f} MB): peak {peak:.0f} MB, {seconds:.1f} s, "
               f"{result['accepted']:,} accepted", flush=True)
         out[str(rows)] = {"peak_rss_mb": round(peak), "seconds": round(seconds, 1)}
@@ -263,6 +265,7 @@ def main() -> int:
     parser.add_argument("--dispatch-rate", type=float, default=200.0, help="messages a second the campaign sends")
     parser.add_argument("--rows", default="1000000,5000000,10000000", help="audience sizes for campaign prepare")
     parser.add_argument("--seed", type=int, default=20261125)
+    parser.add_argument("--batch-mb", type=int, help="campaign prepare --batch-mb (default: the command's own)")
     parser.add_argument("--poll-s", type=float, default=2.0, help="the collector's pause between ingests")
     parser.add_argument("--skip-prepare", action="store_true")
     parser.add_argument("--skip-soak", action="store_true")
@@ -272,6 +275,8 @@ def main() -> int:
         parser.error(f"--seconds ≤ {MAX_SECONDS}, --rate ≤ {MAX_RATE} and their product ≤ {MAX_EVENTS:,}")
     if not 0 < args.dispatch_rate <= 1000:
         parser.error("--dispatch-rate must be in (0, 1000], the WhatsApp sender's limit")
+    if args.batch_mb is not None and not 0 < args.batch_mb <= 1024:
+        parser.error("--batch-mb must be in 1..1024")
     if not sizes or any(not 0 < n <= MAX_ROWS for n in sizes):
         parser.error(f"--rows: comma-separated row counts, each in 1..{MAX_ROWS:,}")
     result: dict[str, Any] = {"name": "soak"}
@@ -279,7 +284,7 @@ def main() -> int:
         if not args.skip_soak:
             result.update(soak(args.seconds, args.rate, args.dispatch_rate, Path(tmp), args.poll_s))
         if not args.skip_prepare:
-            peaks = prepare_peaks(sizes, args.seed, Path(tmp))
+            peaks = prepare_peaks(sizes, args.seed, Path(tmp), args.batch_mb)
             result["prepare_peak_rss_mb"] = {rows: p["peak_rss_mb"] for rows, p in peaks.items()}
             result["prepare_seconds"] = {rows: p["seconds"] for rows, p in peaks.items()}
     goals = {}
