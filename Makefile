@@ -16,10 +16,11 @@ UV_VERSION ?= 0.13.9
 .PHONY: install lock audit browser demo test ui serve worker upload lint bench clean
 
 # The lock holds the build backend too (setuptools), so the project installs without resolving or
-# downloading anything the lock does not name.
+# downloading anything the lock does not name; a lock that no longer satisfies pyproject.toml stops it.
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python scripts/lockfile.py check --lock $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -39,7 +40,7 @@ $(TOOLS)/bin/uv:
 
 # pip-audit over the lock; exits non-zero with one line when any package could not be checked.
 audit: install
-	$(BIN)/python scripts/audit.py --lock $(LOCK)
+	$(BIN)/python scripts/lockfile.py audit --lock $(LOCK)
 
 # Headless Chromium for the browser tests (HTML report, upload page, Prefect UI): Debian's package.
 browser:

@@ -1,13 +1,17 @@
-"""`make audit`: pip-audit over requirements.lock that fails unless every locked package was checked.
+"""requirements.lock's two checks: `check` (does the lock still satisfy pyproject.toml?) and `audit`.
 
+    python scripts/lockfile.py check [--lock requirements.lock]
+    python scripts/lockfile.py audit [--lock requirements.lock] [--service pypi|osv] [--timeout-s 15] [--max-s 600]
+
+`check` (run by `make` before installing the project) exits 1 with one line naming the first
+requirement of pyproject.toml (dependencies, dev extras, build backend) the lock does not pin
+within its range: someone changed a dependency without running `make lock`.
+
+`audit` (`make audit`) is pip-audit over the lock, failing unless every locked package was checked.
 pip-audit alone prints "No known vulnerabilities found" and exits 0 when the vulnerability service
 answered 404 for every package (it skips them), and dies with a traceback when the service cannot be
-reached. Here either is a failure with one line saying so; exit 0 means every package was looked up.
-
-    python scripts/audit.py [--lock requirements.lock] [--service pypi|osv] [--timeout-s 15] [--max-s 600]
-
-Exit codes: 0 every package checked and none vulnerable, 1 known vulnerabilities (one line each),
-2 the audit could not check every package (service unreachable, packages skipped, bad lock).
+reached. Here either is a failure with one line saying so. Exit codes: 0 every package checked and
+none vulnerable, 1 known vulnerabilities (one line each), 2 not every package could be checked.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +50,27 @@ def locked_packages(lock: Path) -> dict[str, str]:
         if match:
             pins[canonical(match.group(1))] = match.group(2)
     return pins
+
+
+def stale_requirements(pyproject: Path, pins: dict[str, str], extras: tuple[str, ...] = ("dev",)) -> list[str]:
+    """The requirements of `pyproject` (dependencies, `extras`, build-system) that apply on this
+    platform and that `pins` does not satisfy."""
+    data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    project = data.get("project", {})
+    wanted = [*project.get("dependencies", []), *data.get("build-system", {}).get("requires", [])]
+    for extra in extras:
+        wanted += project.get("optional-dependencies", {}).get(extra, [])
+    out = []
+    for text in wanted:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        pinned = pins.get(canonical(req.name))
+        if pinned is None:
+            out.append(f"{req} (not in the lock)")
+        elif not req.specifier.contains(pinned, prereleases=True):
+            out.append(f"{req} (the lock pins {pinned})")
+    return out
 
 
 def unchecked(pins: dict[str, str], report: dict) -> list[str]:
@@ -104,15 +131,29 @@ def audit(lock: Path, service: str, timeout_s: int, max_s: float) -> tuple[int, 
     return 0, [f"audit: {len(pins)} packages in {lock.name} checked against {service}: no known vulnerabilities"]
 
 
+def check(lock: Path, pyproject: Path) -> tuple[int, list[str]]:
+    pins = locked_packages(lock) if lock.is_file() else {}
+    stale = stale_requirements(pyproject, pins)
+    if stale:
+        return 1, [f"{lock.name} is out of date with {pyproject.name}: {stale[0]}"
+                   f"{f' (and {len(stale) - 1} more)' if len(stale) > 1 else ''}; run `make lock` and commit it"]
+    return 0, []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["check", "audit"])
     parser.add_argument("--lock", type=Path, default=ROOT / "requirements.lock")
+    parser.add_argument("--pyproject", type=Path, default=ROOT / "pyproject.toml")
     parser.add_argument("--service", choices=["pypi", "osv"], default=os.environ.get("AUDIT_SERVICE", "pypi"))
     parser.add_argument("--timeout-s", type=int, default=15, help="per request to the service")
     parser.add_argument("--max-s", type=float, default=float(os.environ.get("AUDIT_MAX_S", 600)),
                         help="the whole audit (AUDIT_MAX_S)")
     args = parser.parse_args(argv)
-    code, lines = audit(args.lock, args.service, args.timeout_s, args.max_s)
+    if args.command == "check":
+        code, lines = check(args.lock, args.pyproject)
+    else:
+        code, lines = audit(args.lock, args.service, args.timeout_s, args.max_s)
     for line in lines:
         print(line, file=sys.stderr if code else sys.stdout)
     return code

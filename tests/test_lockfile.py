@@ -1,4 +1,5 @@
-"""`make audit` (scripts/audit.py): an audit that did not check every locked package fails with one line."""
+"""scripts/lockfile.py: `make` refuses a lock that no longer satisfies pyproject.toml, and `make audit`
+fails with one line when it did not check every locked package."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("audit_script", ROOT / "scripts" / "audit.py")
+_spec = importlib.util.spec_from_file_location("lockfile_script", ROOT / "scripts" / "lockfile.py")
 assert _spec and _spec.loader
-audit_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(audit_script)
+lockfile = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lockfile)
 
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
@@ -21,8 +22,8 @@ _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 def run_audit(*args: str, proxy_port: int) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
     env["HTTPS_PROXY"] = env["HTTP_PROXY"] = f"http://127.0.0.1:{proxy_port}"
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "audit.py"), *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "lockfile.py"), "audit", *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=120)
 
 
 def refusing_port() -> socket.socket:
@@ -58,17 +59,43 @@ def test_skipped_or_missing_packages_are_not_checked() -> None:
         {"name": "duckdb", "skip_reason": "Dependency not found on PyPI and could not be audited: duckdb (2.0.1)"},
         {"name": "ruamel.yaml", "version": "0.19.1", "vulns": []},
     ]}
-    assert audit_script.unchecked(pins, report) == [
+    assert lockfile.unchecked(pins, report) == [
         "duckdb: Dependency not found on PyPI and could not be audited: duckdb (2.0.1)",
         "polars: not in the report",
     ]
     report["dependencies"][1] = {"name": "duckdb", "version": "2.0.1", "vulns": []}
     report["dependencies"].append({"name": "polars", "version": "1.20", "vulns": []})  # the same version, normalised
-    assert audit_script.unchecked(pins, report) == []
+    assert lockfile.unchecked(pins, report) == []
 
 
 def test_lock_pins_are_read_with_canonical_names(tmp_path: Path) -> None:
     lock = tmp_path / "requirements.lock"
     lock.write_text("# header\nruamel.yaml==0.19.1 \\\n    --hash=sha256:ab\n    # via prefect\nPyYAML==6.0.3 \\\n"
                     "    --hash=sha256:cd\n")
-    assert audit_script.locked_packages(lock) == {"ruamel-yaml": "0.19.1", "pyyaml": "6.0.3"}
+    assert lockfile.locked_packages(lock) == {"ruamel-yaml": "0.19.1", "pyyaml": "6.0.3"}
+
+
+def test_the_committed_lock_satisfies_pyproject() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "lockfile.py"), "check"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_a_dependency_added_without_make_lock_stops_the_install(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    text = (ROOT / "pyproject.toml").read_text()
+    pyproject.write_text(text.replace('"duckdb>=1.1",', '"duckdb>=1.1",\n  "psycopg[binary]>=3.2",'))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "lockfile.py"), "check", "--pyproject",
+                           str(pyproject)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == ("requirements.lock is out of date with pyproject.toml: psycopg[binary]>=3.2 (not in the "
+                           "lock); run `make lock` and commit it\n")
+
+
+def test_a_raised_lower_bound_or_a_missing_pin_is_out_of_date() -> None:
+    pins = lockfile.locked_packages(ROOT / "requirements.lock")
+    pyproject = ROOT / "pyproject.toml"
+    assert lockfile.stale_requirements(pyproject, pins) == []
+    assert lockfile.stale_requirements(pyproject, {**pins, "duckdb": "1.0.0"}) == ["duckdb>=1.1 (the lock pins 1.0.0)"]
+    del pins["setuptools"]  # the build backend is locked too
+    assert lockfile.stale_requirements(pyproject, pins) == ["setuptools>=68 (not in the lock)"]
