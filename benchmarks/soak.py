@@ -14,8 +14,9 @@ Then `campaign prepare` (one subprocess at a time, peak RSS from wait4) over see
 Data lives in a temporary folder, deleted at the end.
 
     .venv/bin/python benchmarks/soak.py [--seconds 120] [--rate 3000] [--rows 1000000,5000000,10000000]
-                                        [--dispatch-rate 200] [--skip-prepare]
-The last line printed is one JSON object.
+                                        [--dispatch-rate 200] [--batch-mb N] [--skip-prepare] [--skip-soak]
+The last line printed is one JSON object; the exit code is 1 when a goal is missed (0 lost, receiver
+RSS growth ≤ 10 %, prepare peak ≤ 1.5 GB), and `goals_met` says which.
 """
 
 from __future__ import annotations
