@@ -95,6 +95,7 @@ def collector(db_path: str, spool_dir: str, stop: Any, results: Any, poll_s: flo
     from pipeline.receipts.ingest import ingest_spool
 
     con = store.connect(Path(db_path))
+    con.execute("SET enable_progress_bar = false")  # it would draw over the soak's own lines
     cycles, slowest_s, added = 0, 0.0, 0
     try:
         while True:
@@ -199,7 +200,7 @@ def soak(seconds: float, rate: float, dispatch_rate: float, work: Path, poll_s: 
         "spool_files_left_open": still_open,
         "dispatch_sent": dispatched.get("sent"), "dispatch_failed": dispatched.get("failed"),
         "dispatch_per_s": round(dispatched["sent"] / dispatched["seconds"], 1) if dispatched.get("seconds") else None,
-        "dispatch_receipts": drained.get("webhooks_acknowledged"),
+        "dispatch_receipts": drained.get("webhooks_acknowledged"), "dispatch_receipts_drained": drained.get("drained"),
         "dispatch_receipts_lost": max(0, drained.get("webhooks_acknowledged", 0) - collected["other_events"]),
         "ingest_cycles": collected["cycles"], "ingest_slowest_s": collected["slowest_s"],
     }
