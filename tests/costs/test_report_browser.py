@@ -94,8 +94,13 @@ class Chromium:
             assert time.monotonic() < deadline, "the page did not finish loading within 30 s"
             self._events.append(json.loads(self.ws.recv(timeout=30)))
         result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)
-        time.sleep(0.2)  # anything logged while the page settles
-        self.send("Runtime.evaluate", {"expression": "1"}, session=session)
+        # Anything logged while the page settles: every request it made has ended (a failed one logs an
+        # error), then one turn of its task queue; events sent before that answer are all in.
+        while self._requests_open():
+            assert time.monotonic() < deadline, "the page's requests did not end within 30 s"
+            self._events.append(json.loads(self.ws.recv(timeout=30)))
+        self.send("Runtime.evaluate", {"expression": "new Promise(done => setTimeout(done, 0))", "awaitPromise": True},
+                  session=session)
         page = PageLoad(value=result.get("result", {}).get("value"))
         for event in self._events:
             method, params = event.get("method"), event.get("params", {})
@@ -110,6 +115,12 @@ class Chromium:
                 page.requests.append(params["request"]["url"])
         self.send("Target.closeTarget", {"targetId": target})
         return page
+
+    def _requests_open(self) -> set[str]:
+        started = {e["params"]["requestId"] for e in self._events if e.get("method") == "Network.requestWillBeSent"}
+        ended = {e["params"]["requestId"] for e in self._events
+                 if e.get("method") in ("Network.loadingFinished", "Network.loadingFailed")}
+        return started - ended
 
     def close(self) -> None:
         if getattr(self, "ws", None):

@@ -15,6 +15,7 @@ from pipeline.dispatch import engine as dispatch_module
 from pipeline.dispatch.engine import dispatch_campaign
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.spec import RateSpec, RetrySpec, parse_spec
+from tests.helpers.waiting import wait_for_async
 
 SPEC = {
     "name": "t",
@@ -245,7 +246,9 @@ def test_outcomes_taken_by_a_commit_survive_the_writer_being_cancelled() -> None
         writer = dispatch_module._Writer(Ledger(), run_db)  # type: ignore[arg-type]
         writer.record(Outcome(7, "sent", "wamid.7", None, None, None, 1, None, None))
         flushing = asyncio.create_task(writer.flush())
-        await asyncio.sleep(0.05)
+        # Cancelled once the commit has taken its outcomes and been handed to the (busy) ledger thread.
+        await wait_for_async(lambda: writer.inflight is not None, timeout_s=10, what="the commit to be handed over")
+        assert not writer.outcomes
         flushing.cancel()
         await asyncio.gather(flushing, return_exceptions=True)
         busy.set()

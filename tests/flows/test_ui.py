@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,8 +218,9 @@ class Browser:
             raise AssertionError(f"{url} never showed all of {expected}; it shows:\n{text[:3000]}") from None
 
     def screenshot(self, path: Path) -> None:
-        self.evaluate("window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => e.scrollTop = 0)")
-        time.sleep(0.5)
+        top = ("window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => e.scrollTop = 0);"
+               "window.scrollY === 0 && [...document.querySelectorAll('*')].every(e => e.scrollTop === 0)")
+        wait_for(lambda: self.evaluate(top), timeout_s=10, what="the page scrolled to its top")  # smooth scrolling
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from pipeline.receipts.spool import (
     encode_record,
     lines_table,
 )
+from tests.helpers.waiting import wait_for_async
 
 
 def lines_of(paths: list[Path]) -> list[bytes]:
@@ -90,21 +91,33 @@ def test_rotation_by_size_keeps_every_record(tmp_path: Path) -> None:
     assert all(f.name.startswith("spool-") and f.suffix == ".jsonl" for f in files)
 
 
+class CountingSpool(Spool):
+    """Counts the periodic task's rotation checks, so a test can wait for checks rather than for time."""
+
+    checks = 0
+
+    def rotate_if_due(self) -> Path | None:
+        try:
+            return super().rotate_if_due()
+        finally:
+            self.checks += 1
+
+
 def test_periodic_task_closes_an_old_open_file(tmp_path: Path) -> None:
     async def run() -> None:
-        spool = Spool(tmp_path, rotate_after_s=0.05)
-        spool.start()
+        spool = CountingSpool(tmp_path, rotate_after_s=0.05)
         await spool.append(b'{"a": 1}')
-        assert closed_files(tmp_path) == []  # still open
+        # Appending never closes the file itself (the periodic task is not running yet, so no race with it).
+        assert closed_files(tmp_path) == []
         assert len(list(tmp_path.glob("*.open"))) == 1
-        for _ in range(100):
-            if closed_files(tmp_path):
-                break
-            await asyncio.sleep(0.02)
+        spool.start()
+        await wait_for_async(lambda: closed_files(tmp_path), timeout_s=10, what="the periodic task to close the file")
         assert len(closed_files(tmp_path)) == 1
         assert not list(tmp_path.glob("*.open"))
-        await asyncio.sleep(0.15)  # idle: no empty files get created or closed
-        assert len(closed_files(tmp_path)) == 1
+        # Idle: three more checks create or close no empty file.
+        checked = spool.checks
+        await wait_for_async(lambda: spool.checks >= checked + 3, timeout_s=10, what="three more rotation checks")
+        assert len(closed_files(tmp_path)) == 1 and not list(tmp_path.glob("*.open"))
         await spool.close()
 
     asyncio.run(run())

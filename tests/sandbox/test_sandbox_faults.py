@@ -261,6 +261,7 @@ def test_poster_client_reads_length_chunked_and_close_delimited_answers() -> Non
 
 def test_poster_client_retries_a_stale_keep_alive_connection_once() -> None:
     connections = []
+    closed = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(writer)
@@ -268,10 +269,12 @@ def test_poster_client_retries_a_stale_keep_alive_connection_once() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         writer.close()  # keep-alive promised, then closed: the next POST must not fail for it
+        await writer.wait_closed()
+        closed.set()
 
     async def run(pool: _Http11Pool) -> list[int | None]:
         first = await pool.post(b"{}", {})
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(closed.wait(), 10)  # the pooled connection is now stale
         return [first, await pool.post(b"{}", {})]
 
     assert asyncio.run(_with_server(handler, run)) == [200, 200]
