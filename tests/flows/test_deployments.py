@@ -325,7 +325,7 @@ class TestServe:
             f"serve(flow.to_deployment(name='every-5s', interval=5, parameters={{'db_path': {str(db)!r}, "
             f"'spool_dir': {str(spool)!r}}}))\n"
         )
-        server.procs.start("serve-every-5s", [sys.executable, "-c", script], env=server.env, cwd=tmp_path)
+        serving = server.procs.start("serve-every-5s", [sys.executable, "-c", script], env=server.env, cwd=tmp_path)
         with server.client() as api:
             found = wait_for(lambda: deployment(api, "collect-receipts/every-5s"), timeout_s=60,
                              what="the test deployment", procs=server.procs)
@@ -337,6 +337,8 @@ class TestServe:
                 return next((r for r in runs if r["auto_scheduled"]), None)
 
             run = wait_for(scheduled_run_done, timeout_s=75, what="a scheduled run to finish", procs=server.procs)
+        # The next run every 5 s would hold the ledger's lock while we read it: stop serving first.
+        server.procs.stop(serving)
         assert run["state_type"] == "COMPLETED", run["state"]
         assert "auto-scheduled" in run["tags"]
         assert events_in(db) == ["wamid.deployed"]
