@@ -1,13 +1,16 @@
-"""Shared fixtures: a fresh DuckDB file per test and the demo secrets in the environment."""
+"""Shared fixtures: a fresh store connection per test, the demo secrets in the environment, and the one
+Prefect harness every in-process flow test runs against."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline import store
+from tests.helpers.prefect import PrefectServer, prefect_server
 
 # As the CLI does (pipeline/cli/run.py): no telemetry write racing the test server's start-up.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -15,6 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 @pytest.fixture
 def con(tmp_path: Path):
+    """A fresh store connection per test (modules that need reference data add it on top of this one)."""
     connection = store.connect(tmp_path / "campaigns.duckdb")
     yield connection
     connection.close()
@@ -25,3 +29,22 @@ def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WHATSAPP_ACCESS_TOKEN", "test-token")
     monkeypatch.setenv("WHATSAPP_APP_SECRET", "test-app-secret")
     monkeypatch.setenv("WHATSAPP_VERIFY_TOKEN", "test-verify-token")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary database behind a local API server), started once for the session:
+    every flow the tests run in this process reports to it. Tests that need Prefect's own processes (a served
+    deployment, a worker, the UI) start a real server instead (tests/helpers/prefect.py)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def prefect_ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """`prefect server start` (API, UI and services) for the tests that open the Prefect UI: the UI test's campaign
+    and the upload page's deployments share it. Neither registers schedules, so nothing runs on it unasked."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-ui")) as server:
+        yield server

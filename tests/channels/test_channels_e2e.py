@@ -9,16 +9,8 @@ from pipeline import store
 from pipeline.sandbox.registry import DEMO_ENV
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.parametrize("channel", ["messenger", "instagram", "viber", "sms", "email", "chatapp"])
-def test_demo_runs_end_to_end(channel, tmp_path, harness, monkeypatch, capsys):
+def test_demo_runs_end_to_end(channel, tmp_path, prefect_harness, monkeypatch, capsys):
     from flows.demo import DEMO_SPECS, run_demo
     from pipeline.spec import load_spec
 

@@ -26,16 +26,8 @@ from pipeline.servers import serve_in_thread
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
-def services(tmp_path, harness):
+def services(tmp_path, prefect_harness):
     spool = tmp_path / "spool"
     spool.mkdir()
     secrets = secrets_from_env()
@@ -142,7 +134,7 @@ def test_forged_webhook_is_rejected_and_leaves_no_event(tmp_path):
     assert ids == ["wamid.forged"]
 
 
-def test_whatsapp_to_sms_fallback_reaches_the_undeliverable_once(tmp_path, harness, monkeypatch):
+def test_whatsapp_to_sms_fallback_reaches_the_undeliverable_once(tmp_path, prefect_harness, monkeypatch):
     from flows.campaign import campaign_flow
     from pipeline.receipts.routes import add_provider_routes
     from pipeline.sandbox.registry import DEMO_ENV

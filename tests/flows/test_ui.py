@@ -23,7 +23,9 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.flows.test_deployments import PrefectServer, Processes, prefect_server, wait_for
+from tests.helpers.prefect import PrefectServer, run_logs
+from tests.helpers.processes import Processes
+from tests.helpers.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -87,9 +89,8 @@ print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "state": 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    with prefect_server(tmp_path_factory.mktemp("ui")) as server:
-        yield server
+def server(prefect_ui_server: PrefectServer) -> PrefectServer:
+    return prefect_ui_server
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +105,6 @@ def campaign(server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) ->
     return {**result, "console": done.stdout + done.stderr, "tmp": tmp}
 
 
-def _logs(api: httpx.Client, run_id: str) -> list[dict[str, Any]]:
-    return api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
-
-
 def _no_contact_details(text: str) -> bool:
     # Run ids and times aside, no run of 8+ digits (a phone number) and no full e-mail address.
     text = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "", text)
@@ -120,9 +117,9 @@ def test_the_run_its_task_runs_and_artifacts_through_the_api(server: PrefectServ
         run = api.get(f"/flow_runs/{run_id}").json()
         tasks = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
         artifacts = api.post("/artifacts/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
-        logs = wait_for(lambda: (found := _logs(api, run_id)) and any(
+        logs = wait_for(lambda: (found := run_logs(api, run_id)) and any(
             "Finished in state Completed" in entry["message"] and entry["task_run_id"] is None for entry in found)
-            and found, timeout_s=30, what="the run's logs")
+            and found, timeout_s=30, what="the run's logs", every_s=0.5)
     assert run["state_type"] == "COMPLETED" and run["parameters"]["spec_path"].endswith("welcome.yaml")
     assert run["parameters"]["provider_base_url"].startswith("http://127.0.0.1:")
     # One task run per stage: tens, never one per message.
@@ -144,8 +141,9 @@ def test_the_run_its_task_runs_and_artifacts_through_the_api(server: PrefectServ
 
 def test_logs_mask_phone_numbers_and_email_addresses(server: PrefectServer, campaign: dict[str, Any]):
     with server.client() as api:
-        logs = wait_for(lambda: (found := _logs(api, campaign["check_run_id"])) and len(
-            [e for e in found if "logger:" in e["message"]]) == 2 and found, timeout_s=30, what="the check's logs")
+        logs = wait_for(lambda: (found := run_logs(api, campaign["check_run_id"])) and len(
+            [e for e in found if "logger:" in e["message"]]) == 2 and found, timeout_s=30, what="the check's logs",
+            every_s=0.5)
     lines = [entry["message"] for entry in logs if "logger:" in entry["message"]]
     assert sorted(lines) == [
         "library logger: +44*******123 failed, tell j***@example.com",
@@ -171,7 +169,7 @@ class Browser:
         ], env=dict(os.environ), cwd=profile)
         port_file = profile / "profile" / "DevToolsActivePort"
         wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout_s=30, what="Chromium",
-                 procs=self.procs)
+                 details=self.procs.tails)
         port = int(port_file.read_text().split()[0])
         pages = wait_for(lambda: [p for p in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
                                   if p["type"] == "page"], timeout_s=10, what="a Chromium tab")

@@ -23,8 +23,9 @@ import yaml
 from pipeline import store
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
-from tests.flows.test_deployments import PrefectServer, free_port, prefect_server, wait_for
 from tests.flows.test_ui import Browser
+from tests.helpers.prefect import PrefectServer, deployment
+from tests.helpers.processes import Processes, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "browser-test-upload-token-0123456789"
@@ -44,7 +45,9 @@ serve(watcher, campaign)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def stack(prefect_ui_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The processes the page relies on, against the session's UI server."""
+    server = prefect_ui_server
     tmp = tmp_path_factory.mktemp("upload-browser")
     specs, spool = tmp / "campaigns", tmp / "spool"
     specs.mkdir()
@@ -54,26 +57,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     (specs / "welcome.yaml").write_text(yaml.safe_dump(welcome))
     (specs / "inbox-default.yaml").write_text((ROOT / "campaigns/inbox-default.yaml").read_text())
     port = free_port()
-    with prefect_server(tmp) as server:
-        sandbox_config = SandboxConfig(
-            access_token="test-token", app_secret="test-app-secret", templates={"welcome_offer": "marketing"},
-            webhook_url=f"http://127.0.0.1:{port}/webhooks/whatsapp", seed=3, webhook_delay_s=(0.01, 0.03))
+    procs = Processes(tmp / "logs")
+    stack_server = PrefectServer(server.url, server.env, procs)  # waits show these processes' logs
+    sandbox_config = SandboxConfig(
+        access_token="test-token", app_secret="test-app-secret", templates={"welcome_offer": "marketing"},
+        webhook_url=f"http://127.0.0.1:{port}/webhooks/whatsapp", seed=3, webhook_delay_s=(0.01, 0.03))
+    try:
         with serve_in_thread(create_app(sandbox_config)) as sandbox:
             params = {"audiences_dir": str(tmp / "audiences"), "db_path": str(tmp / "campaigns.duckdb"),
                       "spool_dir": str(spool), "reports_dir": str(tmp / "reports"), "provider_base_url": sandbox,
                       "campaign_deployment": "campaign/inbox-campaign"}
-            server.procs.start("serve", [sys.executable, "-c", SERVE, json.dumps(params)], env=server.env, cwd=tmp)
-            server.procs.start("upload-server", [
+            procs.start("serve", [sys.executable, "-c", SERVE, json.dumps(params)], env=server.env, cwd=tmp)
+            procs.start("upload-server", [
                 str(Path(sys.executable).parent / "campaign"), "upload-server", "--port", str(port),
                 "--spool-dir", str(spool), "--specs-dir", str(specs), "--audiences-dir", str(tmp / "audiences"),
                 "--staging-dir", str(tmp / "staging"),
             ], env={**server.env, "UPLOAD_TOKEN": TOKEN, "UPLOAD_MAX_MB": "5"}, cwd=tmp)
             page = f"http://127.0.0.1:{port}/upload"
-            wait_for(lambda: _answers(page), timeout_s=60, what="the upload page", procs=server.procs)
+            stack_server.wait_for(lambda: _answers(page), timeout_s=60,
+                                  what="the upload page", every_s=0.2)
             with server.client() as api:
-                wait_for(lambda: len(api.post("/deployments/filter", json={}).json()) == 2, timeout_s=60,
-                         what="the served deployments", procs=server.procs)
-            yield {"server": server, "page": page, "sandbox": sandbox, "tmp": tmp}
+                served = ["inbox-watcher/audience-inbox", "campaign/inbox-campaign"]
+                stack_server.wait_for(lambda: all(deployment(api, name) for name in served),
+                                      timeout_s=60, what=f"{served} served")
+            yield {"server": stack_server, "page": page, "sandbox": sandbox, "tmp": tmp}
+    finally:
+        procs.stop_all()
 
 
 def _answers(url: str) -> bool:
@@ -87,12 +96,12 @@ def _text_of(browser: Browser, selector: str) -> str:
     return browser.evaluate(f"(document.querySelector({json.dumps(selector)}) || {{}}).innerText || ''")
 
 
-def _showing(browser: Browser, *expected: str, timeout_s: float, procs: Any) -> str:
+def _showing(browser: Browser, *expected: str, timeout_s: float, server: PrefectServer) -> str:
     def shown() -> str | None:
         text = browser.evaluate("document.body ? document.body.innerText : ''") or ""
         return text if all(s in text for s in expected) else None
 
-    return wait_for(shown, timeout_s=timeout_s, what=f"{expected} on the upload page", procs=procs)
+    return server.wait_for(shown, timeout_s=timeout_s, what=f"{expected} on the upload page", every_s=0.2)
 
 
 def test_upload_check_start_and_follow_the_run_to_its_end(stack: dict[str, Any], tmp_path: Path):
@@ -112,7 +121,7 @@ def test_upload_check_start_and_follow_the_run_to_its_end(stack: dict[str, Any],
 
         # The check: counts by reason, the first rejects (masked), the estimate, and the button to start.
         _showing(browser, "Rejected rows by reason", "Cost estimate", "Start campaign", timeout_s=60,
-                 procs=server.procs)
+                 server=server)
         assert "spring-list.csv with spec welcome.yaml" in _text_of(browser, "#summary")
         totals = _text_of(browser, "#totals").split()
         assert totals[-3:] == [str(ROWS), "35", "5"]  # rows read, accepted, rejected
@@ -125,9 +134,9 @@ def test_upload_check_start_and_follow_the_run_to_its_end(stack: dict[str, Any],
 
         # Start: the page follows the watcher's run, then the campaign's, refreshing itself until the end.
         browser.evaluate("document.querySelector('#start').click()")
-        _showing(browser, "Handed to the drop folder", "Watcher run", timeout_s=30, procs=server.procs)
-        final = wait_for(lambda: (state := _text_of(browser, "#campaign-run-state")) in FINAL and state,
-                         timeout_s=150, what="the campaign run to end", procs=server.procs)
+        _showing(browser, "Handed to the drop folder", "Watcher run", timeout_s=30, server=server)
+        final = server.wait_for(lambda: (state := _text_of(browser, "#campaign-run-state")) in FINAL and state,
+                                timeout_s=150, what="the campaign run to end")
         assert final == "Completed", browser.evaluate("document.body.innerText")
         campaign_id = _text_of(browser, "#campaign-id")
         assert _text_of(browser, "#outcome") == "started" and campaign_id.startswith("spring-list-")
