@@ -37,9 +37,12 @@ from tests.helpers.prefect import (
     prefect_server,
     run_deployment,
     run_logs,
+    run_setup_command,
 )
+from tests.helpers.waiting import Deadline
 
 ROOT = Path(__file__).resolve().parents[2]
+SETUP_S = 240  # TestWorkPool's set-up (server, work pool, automation, `prefect deploy --all`), at most
 
 
 # --- a spool file with one genuine receipt, for the receipts flow to ingest -----------------------------------
@@ -149,16 +152,17 @@ TEST_QUEUE = "tests"  # the worker polls only this queue: a schedule of prefect.
 class TestWorkPool:
     @pytest.fixture(scope="class")
     def server(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+        """A server with what `make worker` sets up before its worker: bounded as a whole by SETUP_S (the tests'
+        own timeout counts their bodies only), so a slow machine fails here, saying which step ran out."""
         tmp = tmp_path_factory.mktemp("pool")
-        with prefect_server(tmp) as server:
+        deadline = Deadline(SETUP_S, "TestWorkPool's set-up")
+        with prefect_server(tmp, deadline) as server:
             env = {**server.env, "PWD": str(ROOT)}  # prefect.yaml's pull step: {{ $PWD }}
-            # What `make worker` runs before the worker; a short zombie window keeps the crash test short.
-            setup = subprocess.run([sys.executable, "-m", "flows.serve", "--setup", "--zombie-after", "40"],
-                                   env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-            assert setup.returncode == 0, setup.stdout + setup.stderr
-            deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT,
-                                    capture_output=True, text=True, timeout=180)
-            assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+            # A short zombie window keeps the crash test short.
+            run_setup_command([sys.executable, "-m", "flows.serve", "--setup", "--zombie-after", "40"], env=env,
+                              cwd=ROOT, deadline=deadline, step="the work pool and the zombie automation")
+            run_setup_command([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT, deadline=deadline,
+                              step="prefect deploy --all")
             with server.client() as api:
                 api.post("/work_pools/local-process/queues", json={"name": TEST_QUEUE}).raise_for_status()
             yield server
@@ -172,6 +176,7 @@ class TestWorkPool:
         yield proc
         server.procs.stop(proc)
 
+    @pytest.mark.timeout(300, func_only=True)  # the class's set-up has its own deadline
     def test_deploy_all_registers_every_deployment_in_the_pool(self, server: PrefectServer):
         names = [e["name"] for e in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]]
         with server.client() as api:
@@ -183,6 +188,7 @@ class TestWorkPool:
             assert d["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
         assert [a["name"] for a in automation] == ["crash-zombie-flow-runs"]
 
+    @pytest.mark.timeout(300, func_only=True)  # the class's set-up has its own deadline
     def test_a_worker_runs_a_deployment_to_completion(self, server: PrefectServer, worker: Any, tmp_path: Path):
         spool, db = tmp_path / "spool", tmp_path / "ledger.duckdb"
         spool_one_receipt(spool)
@@ -193,6 +199,7 @@ class TestWorkPool:
         assert run["state_type"] == "COMPLETED", run["state"]
         assert events_in(db) == ["wamid.deployed"]
 
+    @pytest.mark.timeout(300, func_only=True)  # the class's set-up has its own deadline
     def test_a_run_whose_worker_is_killed_is_marked_crashed(self, server: PrefectServer, worker: Any, tmp_path: Path):
         """kill -9 of the worker and its flow-run process (a lost machine): nothing reports the end of the run;
         the zombie automation marks it Crashed once its heartbeats stop, and the campaign lock is free again."""

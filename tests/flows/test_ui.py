@@ -25,7 +25,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.helpers.prefect import PrefectServer, run_logs
 from tests.helpers.processes import Processes
-from tests.helpers.waiting import wait_for
+from tests.helpers.waiting import Deadline, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -88,6 +88,9 @@ print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "state": 
 '''
 
 
+SETUP_S = 240  # the campaign the tests look at, run against the server, at most
+
+
 @pytest.fixture(scope="module")
 def server(prefect_ui_server: PrefectServer) -> PrefectServer:
     return prefect_ui_server
@@ -95,10 +98,17 @@ def server(prefect_ui_server: PrefectServer) -> PrefectServer:
 
 @pytest.fixture(scope="module")
 def campaign(server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The campaign (and the two small flows) every test here looks at, run once in a subprocess; bounded by
+    SETUP_S on its own, as the tests' timeout counts their bodies only."""
+    deadline = Deadline(SETUP_S, "the UI test's campaign")
     tmp = tmp_path_factory.mktemp("ui-campaign")
     env = {**server.env, "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline"}
-    done = subprocess.run([sys.executable, "-c", CAMPAIGN, str(ROOT), str(tmp), "400", PHONE, EMAIL], env=env,
-                          cwd=tmp, capture_output=True, text=True, timeout=240)
+    try:
+        done = subprocess.run([sys.executable, "-c", CAMPAIGN, str(ROOT), str(tmp), "400", PHONE, EMAIL], env=env,
+                              cwd=tmp, capture_output=True, text=True, timeout=deadline.left("the campaign run"))
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the UI test's campaign did not finish within its {SETUP_S} s set-up deadline\n"
+                             f"{(exc.stderr or '')[-5000:]}") from None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["state"] == "COMPLETED", done.stderr[-5000:]
@@ -111,6 +121,7 @@ def _no_contact_details(text: str) -> bool:
     return not re.search(r"\d[\d\s]{7,}\d", text) and EMAIL not in text
 
 
+@pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_the_run_its_task_runs_and_artifacts_through_the_api(server: PrefectServer, campaign: dict[str, Any]):
     run_id = campaign["flow_run_id"]
     with server.client() as api:
@@ -139,6 +150,7 @@ def test_the_run_its_task_runs_and_artifacts_through_the_api(server: PrefectServ
     assert all(_no_contact_details(m) for m in messages), messages
 
 
+@pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_logs_mask_phone_numbers_and_email_addresses(server: PrefectServer, campaign: dict[str, Any]):
     with server.client() as api:
         logs = wait_for(lambda: (found := run_logs(api, campaign["check_run_id"])) and len(
@@ -235,6 +247,7 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         chromium.close()
 
 
+@pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_the_ui_shows_the_run_its_task_runs_and_artifacts(
     server: PrefectServer, campaign: dict[str, Any], browser: Browser, tmp_path: Path
 ):
@@ -264,6 +277,7 @@ def test_the_ui_shows_the_run_its_task_runs_and_artifacts(
     assert any(link.startswith("file://") and link.endswith("/report.html") for link in links), links
 
 
+@pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_the_daily_cost_report_covers_the_campaigns_sent_that_day(server: PrefectServer, campaign: dict[str, Any]):
     assert campaign["daily_state"] == "COMPLETED", campaign["daily"]
     daily = campaign["daily"]

@@ -5,6 +5,7 @@ see tests/conftest.py), and real `prefect server start` processes for the tests 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 
 from tests.helpers.processes import Processes, free_port
-from tests.helpers.waiting import wait_for
+from tests.helpers.waiting import Deadline, wait_for
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 SECRETS = {"WHATSAPP_ACCESS_TOKEN": "test-token", "WHATSAPP_APP_SECRET": "test-app-secret",
@@ -70,9 +71,9 @@ def server_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(tmp: Path) -> Iterator[PrefectServer]:
+def prefect_server(tmp: Path, deadline: Deadline | None = None) -> Iterator[PrefectServer]:
     """`prefect server start` on a free loopback port with its own PREFECT_HOME; stopped with everything the
-    test started against it."""
+    test started against it. Its start counts against `deadline` when one is given."""
     procs = Processes(tmp / "logs")
     port = free_port()
     env = server_env(tmp / "prefect-home")
@@ -91,10 +92,21 @@ def prefect_server(tmp: Path) -> Iterator[PrefectServer]:
             return False
 
     try:
-        server.wait_for(healthy, timeout_s=SERVER_START_S, what="the Prefect server to answer", every_s=0.2)
+        start_s = deadline.left("the Prefect server's start", SERVER_START_S) if deadline else SERVER_START_S
+        server.wait_for(healthy, timeout_s=start_s, what="the Prefect server to answer", every_s=0.2)
         yield server
     finally:
         procs.stop_all()
+
+
+def run_setup_command(args: list[str], *, env: dict[str, str], cwd: Path, deadline: Deadline, step: str) -> None:
+    """A set-up command (`prefect deploy --all` ...) within what is left of the set-up's deadline."""
+    try:
+        done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=deadline.left(step))
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{deadline.what}: {step} did not finish within the set-up deadline "
+                             f"({deadline.seconds:g} s)\n{exc.stdout or ''}{exc.stderr or ''}") from None
+    assert done.returncode == 0, f"{deadline.what}: {step} failed\n{done.stdout}{done.stderr}"
 
 
 # --- the REST calls the tests make ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pipeline.servers import serve_in_thread
 from tests.flows.test_ui import Browser
 from tests.helpers.prefect import PrefectServer, deployment
 from tests.helpers.processes import Processes, free_port
+from tests.helpers.waiting import Deadline
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "browser-test-upload-token-0123456789"
@@ -44,9 +45,14 @@ serve(watcher, campaign)
 """
 
 
+SETUP_S = 180  # the served deployments, the upload server and the sandbox, up and answering, at most
+
+
 @pytest.fixture(scope="module")
 def stack(prefect_ui_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The processes the page relies on, against the session's UI server."""
+    """The processes the page relies on, against the session's UI server; bounded by SETUP_S on its own (the
+    test's timeout counts its body only)."""
+    deadline = Deadline(SETUP_S, "the upload page's stack")
     server = prefect_ui_server
     tmp = tmp_path_factory.mktemp("upload-browser")
     specs, spool = tmp / "campaigns", tmp / "spool"
@@ -74,12 +80,12 @@ def stack(prefect_ui_server: PrefectServer, tmp_path_factory: pytest.TempPathFac
                 "--staging-dir", str(tmp / "staging"),
             ], env={**server.env, "UPLOAD_TOKEN": TOKEN, "UPLOAD_MAX_MB": "5"}, cwd=tmp)
             page = f"http://127.0.0.1:{port}/upload"
-            stack_server.wait_for(lambda: _answers(page), timeout_s=60,
+            stack_server.wait_for(lambda: _answers(page), timeout_s=deadline.left("the upload page", 60),
                                   what="the upload page", every_s=0.2)
             with server.client() as api:
                 served = ["inbox-watcher/audience-inbox", "campaign/inbox-campaign"]
                 stack_server.wait_for(lambda: all(deployment(api, name) for name in served),
-                                      timeout_s=60, what=f"{served} served")
+                                      timeout_s=deadline.left("the served deployments", 60), what=f"{served} served")
             yield {"server": stack_server, "page": page, "sandbox": sandbox, "tmp": tmp}
     finally:
         procs.stop_all()
@@ -104,6 +110,7 @@ def _showing(browser: Browser, *expected: str, timeout_s: float, server: Prefect
     return server.wait_for(shown, timeout_s=timeout_s, what=f"{expected} on the upload page", every_s=0.2)
 
 
+@pytest.mark.timeout(300, func_only=True)  # the stack's set-up has its own deadline
 def test_upload_check_start_and_follow_the_run_to_its_end(stack: dict[str, Any], tmp_path: Path):
     server: PrefectServer = stack["server"]
     lines = (ROOT / "audiences/sample.csv").read_text().splitlines()
