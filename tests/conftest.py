@@ -1,5 +1,5 @@
-"""Shared fixtures: a fresh store connection per test, the demo secrets in the environment, and the one
-Prefect harness every in-process flow test runs against."""
+"""Shared fixtures: a fresh store connection per test, the demo secrets in the environment, the one Prefect
+harness every in-process flow test runs against, the Prefect server of the UI tests, and one headless browser."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import store
+from tests.helpers.browser import Browser, Tab
 from tests.helpers.prefect import PrefectServer, prefect_server
 
 # As the CLI does (pipeline/cli/run.py): no telemetry write racing the test server's start-up.
@@ -48,3 +49,19 @@ def prefect_ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pref
     and the upload page's deployments share it. Neither registers schedules, so nothing runs on it unasked."""
     with prefect_server(tmp_path_factory.mktemp("prefect-ui")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """One headless Chromium for the session (the HTML report, the upload page, the Prefect UI)."""
+    chromium = Browser(tmp_path_factory.mktemp("chromium"))
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture
+def tab(browser: Browser) -> Iterator[Tab]:
+    """A fresh tab of the session's browser, closed after the test."""
+    page = browser.tab()
+    yield page
+    page.close()

@@ -8,23 +8,19 @@ and the same facts are checked through the REST API.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from websockets.sync.client import connect as ws_connect
 
+from tests.helpers.browser import Tab
 from tests.helpers.prefect import PrefectServer, run_logs
-from tests.helpers.processes import Processes
 from tests.helpers.waiting import Deadline, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,90 +162,9 @@ def test_logs_mask_phone_numbers_and_email_addresses(server: PrefectServer, camp
     assert f"/runs/flow-run/{campaign['flow_run_id']}" in campaign["console"]
 
 
-class Browser:
-    """Headless Chromium driven over the DevTools protocol: one tab, its text, a screenshot."""
-
-    def __init__(self, profile: Path) -> None:
-        if not Path(CHROMIUM).exists():
-            pytest.fail(f"{CHROMIUM} is missing: the test set-up installs it (`make browser`)")
-        self.procs = Processes(profile / "logs")
-        self.proc = self.procs.start("chromium", [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile / 'profile'}", "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0", "--window-size=1400,1000", "--hide-scrollbars", "about:blank",
-        ], env=dict(os.environ), cwd=profile)
-        port_file = profile / "profile" / "DevToolsActivePort"
-        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout_s=30, what="Chromium",
-                 details=self.procs.tails)
-        port = int(port_file.read_text().split()[0])
-        pages = wait_for(lambda: [p for p in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-                                  if p["type"] == "page"], timeout_s=10, what="a Chromium tab")
-        self.ws = ws_connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20)
-        self.next_id = 0
-        self.call("Page.enable")
-        self.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=30))
-            if message.get("id") == self.next_id:
-                assert "error" not in message, message
-                return message.get("result") or {}
-
-    def evaluate(self, expression: str) -> Any:
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-    def open(self, url: str, *expected: str, tab: str | None = None, scroll: bool = False) -> str:
-        """Opens `url` (and clicks its `tab`), then waits until the page's text shows every `expected` string;
-        returns the text."""
-        self.call("Page.navigate", url=url)
-        if tab is not None:
-            click = f"""(() => {{
-                const tab = [...document.querySelectorAll('[role=tab], .p-tab, button, a')]
-                    .find(e => (e.innerText || '').trim() === {json.dumps(tab)});
-                if (tab) tab.click();
-                return !!tab; }})()"""
-            wait_for(lambda: self.evaluate(click), timeout_s=45, what=f"the {tab!r} tab of {url}")
-
-        def shown() -> str | None:
-            if scroll:  # lazily loaded sections (the task runs' artifacts) load once scrolled into view
-                self.evaluate("document.querySelectorAll('*').forEach(e => { if (e.scrollHeight > e.clientHeight)"
-                              " e.scrollTop = e.scrollHeight; })")
-            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
-            return text if all(s in text for s in expected) else None
-
-        try:
-            return wait_for(shown, timeout_s=45, what=f"{expected} on {url}")
-        except AssertionError:
-            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
-            raise AssertionError(f"{url} never showed all of {expected}; it shows:\n{text[:3000]}") from None
-
-    def screenshot(self, path: Path) -> None:
-        top = ("window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => e.scrollTop = 0);"
-               "window.scrollY === 0 && [...document.querySelectorAll('*')].every(e => e.scrollTop === 0)")
-        wait_for(lambda: self.evaluate(top), timeout_s=10, what="the page scrolled to its top")  # smooth scrolling
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
-
-    def close(self) -> None:
-        self.ws.close()
-        self.procs.stop_all()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    chromium = Browser(tmp_path)
-    try:
-        yield chromium
-    finally:
-        chromium.close()
-
-
 @pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_the_ui_shows_the_run_its_task_runs_and_artifacts(
-    server: PrefectServer, campaign: dict[str, Any], browser: Browser, tmp_path: Path
+    server: PrefectServer, campaign: dict[str, Any], tab: Tab, tmp_path: Path
 ):
     run_id = campaign["flow_run_id"]
     with server.client() as api:
@@ -261,19 +176,19 @@ def test_the_ui_shows_the_run_its_task_runs_and_artifacts(
     page = f"{server.url}/runs/flow-run/{run_id}"
 
     # The run page: its name, state, flow and the progress lines of its logs.
-    browser.open(page, run["name"], "Completed", "campaign", "6 Task runs", "dispatch: ")
+    tab.open(page, run["name"], "Completed", "campaign", "6 Task runs", "dispatch: ")
     shot = tmp_path / "prefect-run.png"
-    browser.screenshot(shot)
+    tab.screenshot(shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
         shutil.copyfile(shot, ROOT / "docs" / "prefect-run.png")
 
-    browser.open(page, *task_names, tab="Task Runs")
-    browser.open(page, *ARTIFACTS, "Rejected rows by reason", tab="Artifacts", scroll=True)
-    browser.open(page, "spec_path", "welcome.yaml", "provider_base_url", tab="Parameters")
+    tab.open(page, *task_names, tab="Task Runs")
+    tab.open(page, *ARTIFACTS, "Rejected rows by reason", tab="Artifacts", scroll=True)
+    tab.open(page, "spec_path", "welcome.yaml", "provider_base_url", tab="Parameters")
     # The summary artifact, rendered, links to the HTML report.
-    browser.open(f"{server.url}/artifacts/artifact/{summary_id}", "Campaign summary", "HTML report: ")
-    links = browser.evaluate("[...document.querySelectorAll('a')].map(a => a.href)")
+    tab.open(f"{server.url}/artifacts/artifact/{summary_id}", "Campaign summary", "HTML report: ")
+    links = tab.evaluate("[...document.querySelectorAll('a')].map(a => a.href)")
     assert any(link.startswith("file://") and link.endswith("/report.html") for link in links), links
 
 
