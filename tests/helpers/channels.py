@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +37,13 @@ class Post:
 
 
 class Receiver:
-    """A webhook endpoint (any path) that records every POST it acknowledges; `answers` scripts the status of the
-    first POSTs (a refused one is not recorded: the sender must post it again), `ack` is the 200 body."""
+    """A webhook endpoint (any path) that records every POST: `posts` those it acknowledged, `attempts` all of them.
+    `answers` scripts the status of the first POSTs (a refused one the sender must post again), `ack` is the
+    body of a 200."""
 
     def __init__(self, answers: list[int] | None = None, ack: bytes = b"ok") -> None:
         self.answers, self.ack = list(answers or []), ack
-        self._posts: list[Post] = []
+        self._attempts: list[tuple[Post, int]] = []
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
 
@@ -50,14 +51,18 @@ class Receiver:
         body = await request.body()
         with self._lock:
             status = self.answers.pop(0) if self.answers else 200
-            if status == 200:
-                self._posts.append(Post(str(request.url), dict(request.headers), body))
+            self._attempts.append((Post(str(request.url), dict(request.headers), body), status))
         return Response(self.ack if status == 200 else b"{}", status_code=status, media_type="application/json")
 
     @property
     def posts(self) -> list[Post]:
         with self._lock:
-            return list(self._posts)
+            return [post for post, status in self._attempts if status == 200]
+
+    @property
+    def attempts(self) -> list[Post]:
+        with self._lock:
+            return [post for post, _ in self._attempts]
 
 
 @contextmanager
@@ -65,17 +70,12 @@ def serving(create_app: Callable[[Any], Starlette], config: Any, receiver: Recei
             webhook_path: str = "") -> Iterator[tuple[str, Any]]:
     """(base URL, `app.state.sandbox`) of the sandbox built from `config`; with a `receiver`, the config's
     `webhook_url` is the receiver's `webhook_path`."""
-    with serve_in_thread(receiver.app) if receiver else _nothing() as hook:
+    with serve_in_thread(receiver.app) if receiver else nullcontext() as hook:
         if hook is not None:
             config = config.model_copy(update={"webhook_url": f"{hook}{webhook_path}"})
         app = create_app(config)
         with serve_in_thread(app) as url:
             yield url, app.state.sandbox
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
 
 
 def queue(con: duckdb.DuckDBPyConnection, spec: CampaignSpec, channel: Channel, recipients: list[str], *,
