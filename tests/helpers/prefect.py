@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +39,14 @@ class PrefectServer:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.api, timeout=30, transport=_RetryOn503())
 
-    def wait_for(self, check: Any, *, timeout_s: float, what: str, every_s: float = 0.5) -> Any:
-        """`wait_for` that shows the logs of every process started against this server when it gives up."""
-        return wait_for(check, timeout_s=timeout_s, what=what, every_s=every_s, details=self.procs.tails)
+    def wait_for(self, check: Any, *, timeout_s: float, what: str, every_s: float = 0.5,
+                 details: Callable[[], str] | None = None) -> Any:
+        """`wait_for` that shows `details` and the logs of every process started against this server when it
+        gives up."""
+        def shown() -> str:
+            return (details() + "\n" if details else "") + self.procs.tails()
+
+        return wait_for(check, timeout_s=timeout_s, what=what, every_s=every_s, details=shown)
 
 
 class _RetryOn503(httpx.HTTPTransport):
