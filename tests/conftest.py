@@ -3,7 +3,9 @@ harness every in-process flow test runs against, the Prefect server of the UI te
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,23 @@ from tests.helpers.prefect import PrefectServer, prefect_server
 
 # As the CLI does (pipeline/cli/run.py): no telemetry write racing the test server's start-up.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+_frozen_at = 0  # how many modules were loaded at the last freeze
+
+
+@pytest.fixture(autouse=True)
+def _long_lived_objects_out_of_the_collectors_sight() -> None:
+    """The pipeline runs a full cyclic collection per batch it prepares or renders (numbers_fast.py,
+    templates.py): in a process holding Prefect that takes a third of a second, a hundred times over in the
+    suite. Whenever a test finds new modules loaded (Prefect, Dask, ...), what is alive by then, modules and
+    session fixtures, lives for the session anyway: freeze it (gc.freeze), after one last collection, so
+    those collections only walk what the tests themselves create."""
+    global _frozen_at
+    if len(sys.modules) > _frozen_at:
+        gc.collect()
+        gc.freeze()
+        _frozen_at = len(sys.modules)
 
 
 @pytest.fixture
