@@ -43,10 +43,8 @@ def _spec(tmp: Path) -> Path:
 
 @pytest.mark.timeout(300)
 def test_killed_run_then_resume_and_resend_unknown_send_each_message_once(tmp_path: Path, prefect_harness):
-    from prefect.settings import PREFECT_API_URL
-
     # The commands report to the session's Prefect harness instead of each starting a server of its own.
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness.api}
     spool, db = tmp_path / "spool", tmp_path / "campaigns.duckdb"
     spec = _spec(tmp_path)
     with serve_in_thread(create_receiver_app(spool, secrets_from_env())) as receiver:

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from pipeline.dispatch.locks import current_holder
 from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
+from tests.helpers import background
 from tests.helpers.prefect import (
     FINAL,
     PREFECT,
     SECRETS,
+    SERVER_START_S,
     PrefectServer,
     deployment,
     final_state,
@@ -38,6 +41,7 @@ from tests.helpers.prefect import (
     run_deployment,
     run_logs,
     run_setup_command,
+    scratch,
 )
 from tests.helpers.waiting import Deadline
 
@@ -69,11 +73,45 @@ def events_in(db: Path) -> list[str]:
 # --- make serve -----------------------------------------------------------------------------------------------
 
 
+def _pool_server(stack: ExitStack) -> PrefectServer:
+    """A server with what `make worker` sets up before its worker: bounded as a whole by SETUP_S (the tests' own
+    timeout counts their bodies only), so a slow machine fails here, saying which step ran out."""
+    deadline = Deadline(SETUP_S, "TestWorkPool's set-up")
+    server = stack.enter_context(prefect_server(scratch(stack, "prefect-pool"), deadline))
+    env = {**server.env, "PWD": str(ROOT)}  # prefect.yaml's pull step: {{ $PWD }}
+    # A short zombie window keeps the crash test short: just above the 30 s heartbeat (Prefect's minimum), which
+    # only the killed run of this class outlives.
+    run_setup_command([sys.executable, "-m", "flows.serve", "--setup", "--zombie-after", "32"], env=env,
+                      cwd=ROOT, deadline=deadline, step="the work pool and the zombie automation")
+    run_setup_command([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT, deadline=deadline,
+                      step="prefect deploy --all")
+    with server.client() as api:
+        api.post("/work_pools/local-process/queues", json={"name": TEST_QUEUE}).raise_for_status()
+    return server
+
+
+# Both come up in the background while earlier tests run (tests/helpers/background.py); they are stopped
+# with this module.
+background.register("serve_server", lambda stack: stack.enter_context(prefect_server(scratch(stack, "prefect-serve"))))
+background.register("pool_server", _pool_server)
+
+
+@pytest.fixture(scope="module")
+def serve_server() -> Iterator[PrefectServer]:
+    yield background.result("serve_server", SERVER_START_S)
+    background.close("serve_server")
+
+
+@pytest.fixture(scope="module")
+def pool_server() -> Iterator[PrefectServer]:
+    yield background.result("pool_server", SETUP_S)
+    background.close("pool_server")
+
+
 class TestServe:
     @pytest.fixture(scope="class")
-    def server(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-        with prefect_server(tmp_path_factory.mktemp("serve")) as server:
-            yield server
+    def server(self, serve_server: PrefectServer) -> PrefectServer:
+        return serve_server
 
     def test_make_serve_serves_prefect_yaml_and_runs_a_deployment(self, server: PrefectServer, tmp_path: Path):
         # What `make serve` runs; in a scratch folder, so a schedule firing meanwhile touches nothing of ours.
@@ -153,21 +191,8 @@ TEST_QUEUE = "tests"  # the worker polls only this queue: a schedule of prefect.
 
 class TestWorkPool:
     @pytest.fixture(scope="class")
-    def server(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-        """A server with what `make worker` sets up before its worker: bounded as a whole by SETUP_S (the tests'
-        own timeout counts their bodies only), so a slow machine fails here, saying which step ran out."""
-        tmp = tmp_path_factory.mktemp("pool")
-        deadline = Deadline(SETUP_S, "TestWorkPool's set-up")
-        with prefect_server(tmp, deadline) as server:
-            env = {**server.env, "PWD": str(ROOT)}  # prefect.yaml's pull step: {{ $PWD }}
-            # A short zombie window keeps the crash test short.
-            run_setup_command([sys.executable, "-m", "flows.serve", "--setup", "--zombie-after", "40"], env=env,
-                              cwd=ROOT, deadline=deadline, step="the work pool and the zombie automation")
-            run_setup_command([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT, deadline=deadline,
-                              step="prefect deploy --all")
-            with server.client() as api:
-                api.post("/work_pools/local-process/queues", json={"name": TEST_QUEUE}).raise_for_status()
-            yield server
+    def server(self, pool_server: PrefectServer) -> PrefectServer:
+        return pool_server
 
     @pytest.fixture
     def worker(self, server: PrefectServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:

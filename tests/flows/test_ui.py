@@ -14,13 +14,15 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import background
 from tests.helpers.browser import Tab
-from tests.helpers.prefect import PrefectServer, run_logs
+from tests.helpers.prefect import SERVER_START_S, PrefectServer, run_logs, scratch
 from tests.helpers.waiting import Deadline, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,12 +94,13 @@ def server(prefect_ui_server: PrefectServer) -> PrefectServer:
     return prefect_ui_server
 
 
-@pytest.fixture(scope="module")
-def campaign(server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The campaign (and the two small flows) every test here looks at, run once in a subprocess; bounded by
-    SETUP_S on its own, as the tests' timeout counts their bodies only."""
+def _ui_campaign(stack: ExitStack) -> dict[str, Any]:
+    """The campaign (and the two small flows) every test here looks at, run once in a subprocess against the UI
+    server, in the background from the start of the session; bounded by SETUP_S on its own, as the tests' timeout
+    counts their bodies only."""
+    server: PrefectServer = background.result("prefect_ui_server", SERVER_START_S)
     deadline = Deadline(SETUP_S, "the UI test's campaign")
-    tmp = tmp_path_factory.mktemp("ui-campaign")
+    tmp = scratch(stack, "ui-campaign")
     env = {**server.env, "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline"}
     try:
         done = subprocess.run([sys.executable, "-c", CAMPAIGN, str(ROOT), str(tmp), "400", PHONE, EMAIL], env=env,
@@ -109,6 +112,19 @@ def campaign(server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) ->
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["state"] == "COMPLETED", done.stderr[-5000:]
     return {**result, "console": done.stdout + done.stderr, "tmp": tmp}
+
+
+background.register("ui_campaign", _ui_campaign)
+
+
+@pytest.fixture(scope="module")
+def ui_campaign() -> dict[str, Any]:
+    return background.result("ui_campaign", SERVER_START_S + SETUP_S)
+
+
+@pytest.fixture(scope="module")
+def campaign(server: PrefectServer, ui_campaign: dict[str, Any]) -> dict[str, Any]:
+    return ui_campaign
 
 
 def _no_contact_details(text: str) -> bool:

@@ -5,11 +5,13 @@ see tests/conftest.py), and real `prefect server start` processes for the tests 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,9 +78,10 @@ def server_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(tmp: Path, deadline: Deadline | None = None) -> Iterator[PrefectServer]:
+def prefect_server(tmp: Path, deadline: Deadline | None = None, *, api_only: bool = False) -> Iterator[PrefectServer]:
     """`prefect server start` on a free loopback port with its own PREFECT_HOME; stopped with everything the
-    test started against it. Its start counts against `deadline` when one is given."""
+    test started against it. Its start counts against `deadline` when one is given. `api_only`: no UI and no
+    scheduler (nothing here runs on a schedule); the services that record what flows report stay."""
     procs = Processes(tmp / "logs")
     port = free_port()
     env = server_env(tmp / "prefect-home")
@@ -86,7 +89,8 @@ def prefect_server(tmp: Path, deadline: Deadline | None = None) -> Iterator[Pref
     env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     url = f"http://127.0.0.1:{port}"
     server = PrefectServer(url, {**env, "PREFECT_API_URL": f"{url}/api"}, procs)
-    proc = procs.start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    only = ["--no-ui", "--no-scheduler", "--no-late-runs"] if api_only else []
+    proc = procs.start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), *only],
                        env=env, cwd=tmp)
 
     def healthy() -> bool:
@@ -152,3 +156,10 @@ def run_logs(api: httpx.Client, run_id: str) -> list[dict[str, Any]]:
     """The run's log entries, oldest first."""
     answer = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
     return answer.json()
+
+
+def scratch(stack: ExitStack, prefix: str) -> Path:
+    """A temporary folder removed when `stack` closes (for set-ups that run before any test's tmp_path)."""
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    stack.callback(shutil.rmtree, path, ignore_errors=True)
+    return path

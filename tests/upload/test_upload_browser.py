@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ import yaml
 from pipeline import store
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
+from tests.helpers import background
 from tests.helpers.browser import Tab
-from tests.helpers.prefect import PrefectServer, deployment
+from tests.helpers.prefect import SERVER_START_S, PrefectServer, deployment, scratch
 from tests.helpers.processes import Processes, free_port
 from tests.helpers.waiting import Deadline
 
@@ -48,13 +50,12 @@ serve(watcher, campaign)
 SETUP_S = 180  # the served deployments, the upload server and the sandbox, up and answering, at most
 
 
-@pytest.fixture(scope="module")
-def stack(prefect_ui_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The processes the page relies on, against the session's UI server; bounded by SETUP_S on its own (the
-    test's timeout counts its body only)."""
+def _stack(stack: ExitStack) -> dict[str, Any]:
+    """The processes the page relies on, against the session's UI server, brought up in the background from the
+    start of the session; bounded by SETUP_S on its own (the test's timeout counts its body only)."""
+    server: PrefectServer = background.result("prefect_ui_server", SERVER_START_S)
     deadline = Deadline(SETUP_S, "the upload page's stack")
-    server = prefect_ui_server
-    tmp = tmp_path_factory.mktemp("upload-browser")
+    tmp = scratch(stack, "upload-browser")
     specs, spool = tmp / "campaigns", tmp / "spool"
     specs.mkdir()
     spool.mkdir()
@@ -64,31 +65,43 @@ def stack(prefect_ui_server: PrefectServer, tmp_path_factory: pytest.TempPathFac
     (specs / "inbox-default.yaml").write_text((ROOT / "campaigns/inbox-default.yaml").read_text())
     port = free_port()
     procs = Processes(tmp / "logs")
+    stack.callback(procs.stop_all)
     stack_server = PrefectServer(server.url, server.env, procs)  # waits show these processes' logs
     sandbox_config = SandboxConfig(
         access_token="test-token", app_secret="test-app-secret", templates={"welcome_offer": "marketing"},
         webhook_url=f"http://127.0.0.1:{port}/webhooks/whatsapp", seed=3, webhook_delay_s=(0.01, 0.03))
-    try:
-        with serve_in_thread(create_app(sandbox_config)) as sandbox:
-            params = {"audiences_dir": str(tmp / "audiences"), "db_path": str(tmp / "campaigns.duckdb"),
-                      "spool_dir": str(spool), "reports_dir": str(tmp / "reports"), "provider_base_url": sandbox,
-                      "campaign_deployment": "campaign/inbox-campaign"}
-            procs.start("serve", [sys.executable, "-c", SERVE, json.dumps(params)], env=server.env, cwd=tmp)
-            procs.start("upload-server", [
-                str(Path(sys.executable).parent / "campaign"), "upload-server", "--port", str(port),
-                "--spool-dir", str(spool), "--specs-dir", str(specs), "--audiences-dir", str(tmp / "audiences"),
-                "--staging-dir", str(tmp / "staging"),
-            ], env={**server.env, "UPLOAD_TOKEN": TOKEN, "UPLOAD_MAX_MB": "5"}, cwd=tmp)
-            page = f"http://127.0.0.1:{port}/upload"
-            stack_server.wait_for(lambda: _answers(page), timeout_s=deadline.left("the upload page", 60),
-                                  what="the upload page", every_s=0.2)
-            with server.client() as api:
-                served = ["inbox-watcher/audience-inbox", "campaign/inbox-campaign"]
-                stack_server.wait_for(lambda: all(deployment(api, name) for name in served),
-                                      timeout_s=deadline.left("the served deployments", 60), what=f"{served} served")
-            yield {"server": stack_server, "page": page, "sandbox": sandbox, "tmp": tmp}
-    finally:
-        procs.stop_all()
+    sandbox = stack.enter_context(serve_in_thread(create_app(sandbox_config)))
+    params = {"audiences_dir": str(tmp / "audiences"), "db_path": str(tmp / "campaigns.duckdb"),
+              "spool_dir": str(spool), "reports_dir": str(tmp / "reports"), "provider_base_url": sandbox,
+              "campaign_deployment": "campaign/inbox-campaign"}
+    procs.start("serve", [sys.executable, "-c", SERVE, json.dumps(params)], env=server.env, cwd=tmp)
+    procs.start("upload-server", [
+        str(Path(sys.executable).parent / "campaign"), "upload-server", "--port", str(port),
+        "--spool-dir", str(spool), "--specs-dir", str(specs), "--audiences-dir", str(tmp / "audiences"),
+        "--staging-dir", str(tmp / "staging"),
+    ], env={**server.env, "UPLOAD_TOKEN": TOKEN, "UPLOAD_MAX_MB": "5"}, cwd=tmp)
+    page = f"http://127.0.0.1:{port}/upload"
+    stack_server.wait_for(lambda: _answers(page), timeout_s=deadline.left("the upload page", 60),
+                          what="the upload page", every_s=0.2)
+    with server.client() as api:
+        served = ["inbox-watcher/audience-inbox", "campaign/inbox-campaign"]
+        stack_server.wait_for(lambda: all(deployment(api, name) for name in served),
+                              timeout_s=deadline.left("the served deployments", 60), what=f"{served} served")
+    return {"server": stack_server, "page": page, "sandbox": sandbox, "tmp": tmp}
+
+
+background.register("upload_stack", _stack)
+
+
+@pytest.fixture(scope="module")
+def upload_stack() -> Iterator[dict[str, Any]]:
+    yield background.result("upload_stack", SERVER_START_S + SETUP_S)
+    background.close("upload_stack")
+
+
+@pytest.fixture(scope="module")
+def stack(upload_stack: dict[str, Any]) -> dict[str, Any]:
+    return upload_stack
 
 
 def _answers(url: str) -> bool:
