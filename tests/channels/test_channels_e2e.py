@@ -16,7 +16,7 @@ from pipeline import store
 from pipeline.sandbox.registry import DEMO_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
-ROWS, RECEIPTS_WAIT_S = 120, 8
+ROWS, RECEIPTS_WAIT_S = 120, 5
 
 
 def _smaller(spec_path: Path, tmp: Path) -> Path:
