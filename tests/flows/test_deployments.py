@@ -227,41 +227,70 @@ class TestWorkPool:
         assert events_in(db) == ["wamid.deployed"]
 
     @pytest.mark.timeout(300, func_only=True)  # the class's set-up has its own deadline
-    def test_a_run_whose_worker_is_killed_is_marked_crashed(self, server: PrefectServer, worker: Any, tmp_path: Path):
+    def test_a_run_whose_worker_is_killed_is_marked_crashed(self, server: PrefectServer, killed_worker: dict):
         """kill -9 of the worker and its flow-run process (a lost machine): nothing reports the end of the run;
-        the zombie automation marks it Crashed once its heartbeats stop, and the campaign lock is free again."""
-        config = SandboxConfig(access_token=SECRETS["WHATSAPP_ACCESS_TOKEN"], app_secret="test-app-secret",
-                               webhook_url=None, templates={"welcome_offer": "marketing"}, seed=3)
-        with serve_in_thread(create_app(config)) as sandbox:
-            spec, db = slow_campaign(tmp_path), tmp_path / "ledger.duckdb"
-            with server.client() as api:
-                run_id = run_deployment(api, "campaign/inbox-campaign", {
-                    "spec_path": str(spec), "campaign_id": "zombie", "db_path": str(db),
-                    "spool_dir": str(tmp_path / "spool"), "reports_dir": str(tmp_path / "reports"),
-                    "provider_base_url": sandbox,
-                }, work_queue_name=TEST_QUEUE)
+        the zombie automation marks it Crashed once its heartbeats stop, and the campaign lock is free again.
+        The run is started and killed in the background (`_killed_worker`), so the zombie window passes while
+        other tests run; here, what the server and the ledger made of it."""
+        run_id, sandbox, db = killed_worker["run_id"], killed_worker["sandbox"], killed_worker["db"]
+        with server.client() as api:
+            run = server.wait_for(lambda: (r := flow_run(api, run_id))["state_type"] != "RUNNING" and r,
+                                  timeout_s=80, what="the zombie run to be marked", every_s=1)
+        assert run["state_type"] == "CRASHED", run["state"]
+        assert "No heartbeat" in run["state"]["message"]
+        assert httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] == killed_worker["sent_at_kill"]
+        assert current_holder(db, "zombie") is None  # the kernel released the dead run's lock
 
-                def sending() -> bool:
-                    assert flow_run(api, run_id)["state_type"] not in FINAL
-                    return httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] > 0
 
-                server.wait_for(sending, timeout_s=60, what="the campaign to start sending")
-                assert flow_run(api, run_id)["state_type"] == "RUNNING"
-                server.wait_for(lambda: heartbeats(api, run_id), timeout_s=30, what="a heartbeat")
-                holder = current_holder(db, "zombie")
-                assert holder is not None and holder.flow_run_id == run_id  # the lock names the running run
+ZOMBIE_QUEUE = "zombie"  # the killed worker's own queue: the worker test's runs never go to it
 
-                server.procs.kill(worker)  # SIGKILL: worker, flow-run process, everything under them
-                worker.wait(timeout=10)
-                sent_at_kill = httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"]
-                assert flow_run(api, run_id)["state_type"] == "RUNNING"  # nobody left to say otherwise
 
-                run = server.wait_for(lambda: (r := flow_run(api, run_id))["state_type"] != "RUNNING" and r,
-                                      timeout_s=80, what="the zombie run to be marked", every_s=1)
-            assert run["state_type"] == "CRASHED", run["state"]
-            assert "No heartbeat" in run["state"]["message"]
-            assert httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] == sent_at_kill
-            assert current_holder(db, "zombie") is None  # the kernel released the dead run's lock
+def _killed_worker(stack: ExitStack) -> dict[str, Any]:
+    """A worker runs the slow campaign against a sandbox and is killed (SIGKILL, with its flow-run process) once
+    the run is sending and has sent a heartbeat, the lock naming the run; the run is Running, and nobody is left to
+    say otherwise. What the crash test needs to check afterwards is returned; the sandbox stays up until then."""
+    server: PrefectServer = background.result("pool_server", SETUP_S)
+    tmp = scratch(stack, "zombie")
+    with server.client() as api:
+        api.post("/work_pools/local-process/queues", json={"name": ZOMBIE_QUEUE}).raise_for_status()
+    worker = server.procs.start("worker-zombie", [
+        PREFECT, "worker", "start", "--pool", "local-process", "--work-queue", ZOMBIE_QUEUE,
+    ], env=server.env, cwd=tmp)
+    stack.callback(server.procs.stop, worker)
+    config = SandboxConfig(access_token=SECRETS["WHATSAPP_ACCESS_TOKEN"], app_secret="test-app-secret",
+                           webhook_url=None, templates={"welcome_offer": "marketing"}, seed=3)
+    sandbox = stack.enter_context(serve_in_thread(create_app(config)))
+    spec, db = slow_campaign(tmp), tmp / "ledger.duckdb"
+    with server.client() as api:
+        run_id = run_deployment(api, "campaign/inbox-campaign", {
+            "spec_path": str(spec), "campaign_id": "zombie", "db_path": str(db), "spool_dir": str(tmp / "spool"),
+            "reports_dir": str(tmp / "reports"), "provider_base_url": sandbox,
+        }, work_queue_name=ZOMBIE_QUEUE)
+
+        def sending() -> bool:
+            assert flow_run(api, run_id)["state_type"] not in FINAL
+            return httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] > 0
+
+        server.wait_for(sending, timeout_s=60, what="the campaign to start sending")
+        assert flow_run(api, run_id)["state_type"] == "RUNNING"
+        server.wait_for(lambda: heartbeats(api, run_id), timeout_s=30, what="a heartbeat")
+        holder = current_holder(db, "zombie")
+        assert holder is not None and holder.flow_run_id == run_id  # the lock names the running run
+
+        server.procs.kill(worker)  # SIGKILL: worker, flow-run process, everything under them
+        worker.wait(timeout=10)
+        sent_at_kill = httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"]
+        assert flow_run(api, run_id)["state_type"] == "RUNNING"  # nobody left to say otherwise
+    return {"run_id": run_id, "sandbox": sandbox, "db": db, "sent_at_kill": sent_at_kill}
+
+
+background.register("killed_worker", _killed_worker)
+
+
+@pytest.fixture(scope="module")
+def killed_worker(pool_server: PrefectServer) -> Iterator[dict[str, Any]]:
+    yield background.result("killed_worker", 180)
+    background.close("killed_worker")
 
 
 def slow_campaign(tmp_path: Path) -> Path:
