@@ -128,6 +128,13 @@ def estimate_cost(
     return estimate
 
 
+def price_queued_messages(con: duckdb.DuckDBPyConnection, campaign_id: str) -> None:
+    """Sets `est_cost_usd` of the campaign's queued messages, which dispatch's budget guard adds up: platform +
+    service fee of the card in force today for the message's market and category (none where no price applies,
+    which the ledger reads as 0)."""
+    con.execute(_sql("queued_prices.sql"), [campaign_id])
+
+
 def latest_estimate(con: duckdb.DuckDBPyConnection, campaign_id: str) -> pl.DataFrame:
     """The recorded forecast (channel, country, market, category, messages, ..., total_usd), empty if none."""
     return con.sql("SELECT * EXCLUDE (campaign_id) FROM cost_estimates WHERE campaign_id = ? ORDER BY ALL",

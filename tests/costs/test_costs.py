@@ -13,7 +13,6 @@ import duckdb
 import phonenumbers
 import pytest
 
-from pipeline import store
 from pipeline.costs import costing as costs
 from pipeline.costs import pricing
 
@@ -65,11 +64,10 @@ def delivered(con: duckdb.DuckDBPyConnection, campaign_id: str, message_id: str,
 
 
 @pytest.fixture
-def con() -> duckdb.DuckDBPyConnection:
-    con = store.connect(":memory:")  # the same schema; file-backed databases are used in test_report.py
+def con(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """The session's fresh store connection (tests/conftest.py), with the reference data."""
     costs.load_prices(con)
-    yield con
-    con.close()
+    return con
 
 
 def july_card(con: duckdb.DuckDBPyConnection, tmp_path: Path, uk_marketing: str = "0.0600",

@@ -9,7 +9,6 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline import store
 from pipeline.costs import costing as costs
 from pipeline.costs import points, pricing
 from pipeline.render.segments import count_segments
@@ -18,11 +17,10 @@ D = Decimal
 
 
 @pytest.fixture
-def con() -> duckdb.DuckDBPyConnection:
-    con = store.connect(":memory:")  # the same schema; file-backed databases are used in test_report.py
+def con(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """The session's fresh store connection (tests/conftest.py), with the reference data."""
     pricing.load_reference_data(con)
-    yield con
-    con.close()
+    return con
 
 
 @pytest.mark.parametrize(("text", "encoding", "units", "segments"), [

@@ -12,7 +12,6 @@ import duckdb
 import polars as pl
 import pytest
 
-from pipeline import store
 from pipeline.costs import costing as costs
 from pipeline.costs import points
 from pipeline.costs.report import parse_period, report_artifacts, write_period_report, write_report
@@ -21,8 +20,8 @@ PHONES = ["+447700900123", "+447700900456", "+491701234567", "+18095550199"]
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    con = store.connect(tmp_path / "campaigns.duckdb")
+def con(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """The fresh store connection of tests/conftest.py, with prices and one sent campaign."""
     costs.load_prices(con)
     con.execute(
         "INSERT INTO campaigns VALUES ('spring', 'Spring sale', 'whatsapp', 'spring_sale_v2', 'marketing', "

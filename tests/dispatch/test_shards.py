@@ -8,7 +8,7 @@ import httpx
 from pipeline.dispatch import shards
 from pipeline.sandbox.process import sandbox_process
 from pipeline.sandbox.whatsapp import SandboxConfig
-from tests.dispatch.test_dispatch_policy import queue
+from tests.helpers.whatsapp import queue
 
 
 def test_plan_keeps_each_sender_in_one_shard():
