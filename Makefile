@@ -1,4 +1,5 @@
 # One command each: `make demo` (set-up + the main job), `make test` (set-up + the suite).
+# `make lock` after changing a dependency, `make audit` to check the lock for known vulnerabilities.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -6,15 +7,40 @@ STAMP  := $(VENV)/.installed-stamp
 PREFECT_UI_PORT ?= 4200
 PREFECT_LOCAL   := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_UI_PORT)/api
 
-.PHONY: install browser postgres demo test ui serve worker upload lint bench clean
+# Installs come from requirements.lock (every package pinned, with its hashes); whoever changes a
+# dependency in pyproject.toml runs `make lock` and commits both files.
+LOCK       := requirements.lock
+TOOLS      ?= .venv-tools
+UV_VERSION ?= 0.13.9
 
-$(STAMP): pyproject.toml
+.PHONY: install lock audit browser postgres demo test ui serve worker upload lint bench clean
+
+# The lock holds the build backend too (setuptools), so the project installs without resolving or
+# downloading anything the lock does not name; a lock that no longer satisfies pyproject.toml stops it.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python scripts/lockfile.py check --lock $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolves pyproject.toml (dependencies, dev extras, build backend) for CI's Python 3.11 on Linux
+# x86_64 from PyPI, keeping the current pins where they still fit (LOCK_ARGS=--upgrade moves them all).
+lock: $(TOOLS)/bin/uv
+	$(PYTHON) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" \
+	| $(TOOLS)/bin/uv pip compile --quiet pyproject.toml - --extra dev --generate-hashes \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--custom-compile-command 'make lock' $(LOCK_ARGS) -o $(LOCK)
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet 'uv==$(UV_VERSION)'
+
+# pip-audit over the lock; exits non-zero with one line when any package could not be checked.
+audit: install
+	$(BIN)/python scripts/lockfile.py audit --lock $(LOCK)
 
 # Headless Chromium for the browser tests (HTML report, upload page, Prefect UI): Debian's package.
 browser:

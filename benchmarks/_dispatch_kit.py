@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import polars as pl
@@ -114,10 +115,20 @@ class Recording:
 @contextlib.contextmanager
 def receiver_process(spool_dir: Path) -> Iterator[str]:
     """The webhook receiver as its own process (as in production), on a free loopback port."""
+    with receiver_popen(spool_dir) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def receiver_popen(spool_dir: Path, *, log: IO[bytes] | None = None,
+                   stop_timeout_s: float = 10.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The receiver process and its URL; stopped on exit, raising or not: SIGTERM to its process
+    group (the receiver closes its open spool file), SIGKILL after `stop_timeout_s`."""
     port = free_port()
+    out = log if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.receipts.receiver", "--port", str(port), "--spool-dir", str(spool_dir)],
-        env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, **ENV}, stdout=out, stderr=out, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -131,11 +142,21 @@ def receiver_process(spool_dir: Path) -> Iterator[str]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("the receiver did not start")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc, stop_timeout_s)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM the process group `proc` leads (start_new_session), SIGKILL it after `timeout_s`; its exit code."""
+    if proc.poll() is not None:  # reaped: its pid, the group id, may already be someone else's
+        return proc.returncode
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+    return proc.wait()

@@ -5,6 +5,10 @@ one request in flight per connection, like a webhook sender): a response is pars
 and the next request is written from the same callback, so the client costs a few µs per request
 and the server, not the client, is what gets measured. httpx would cap out far below the server
 (MEASUREMENTS.md: ≈ 1,500 req/s) and aiohttp is not a dependency.
+
+Unpaced, every connection sends its next request as soon as the last is answered; with `rate_per_s`,
+request k of a worker leaves no earlier than k / (its share of the rate) after the start (a sender at
+a fixed rate, as a provider delivering webhooks), and `behind_ms` says how late the latest one left.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +33,7 @@ class WorkerResult:
     latencies_ms: list[float] = field(default_factory=list)  # of every answered request
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0  # connections that failed or closed with a request in flight
+    behind_ms: float = 0.0  # paced: how far behind its schedule the latest request left
     started: float = 0.0
     finished: float = 0.0
 
@@ -50,19 +56,18 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._next()
+        self.run.ready(self)
 
-    def _next(self) -> None:
-        number = self.run.take()
-        if number is None:
-            self.current = None
-            assert self.transport is not None
-            self.transport.close()
-            return
+    def send(self, number: int) -> None:
         self.current = number
         self.sent_at = time.perf_counter()
         assert self.transport is not None
         self.transport.write(self.run.requests[number])
+
+    def finish(self) -> None:
+        self.current = None
+        assert self.transport is not None
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -82,7 +87,7 @@ class _Conn(asyncio.Protocol):
             status = int(head[9:12])
             del self.buf[:total]
             self.run.answered(self.current, status, time.perf_counter() - self.sent_at)
-            self._next()
+            self.run.ready(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.current is not None:  # closed with a request in flight: not acknowledged
@@ -92,10 +97,15 @@ class _Conn(asyncio.Protocol):
 
 class _Run:
     def __init__(self, requests: dict[int, bytes], deadline: float, result: WorkerResult,
-                 progress: Any, worker: int) -> None:
+                 progress: Any, worker: int, interval_s: float | None = None) -> None:
         self.requests = requests
         self.order = iter(sorted(requests))
         self.deadline = deadline
+        self.interval_s = interval_s  # paced: seconds between this worker's requests
+        self.started = time.monotonic()
+        self.issued = 0
+        self.idle: deque[_Conn] = deque()  # paced: connections waiting for their request's time
+        self.timer: asyncio.TimerHandle | None = None
         self.result = result
         self.progress = progress
         self.worker = worker
@@ -107,7 +117,39 @@ class _Run:
     def take(self) -> int | None:
         if time.monotonic() >= self.deadline:
             return None
-        return next(self.order, None)
+        number = next(self.order, None)
+        self.issued += number is not None
+        return number
+
+    def ready(self, conn: _Conn) -> None:
+        """`conn` can send: at once when unpaced, else when the next request is due."""
+        if self.interval_s is None:
+            number = self.take()
+            conn.send(number) if number is not None else conn.finish()
+            return
+        self.idle.append(conn)
+        self._release()
+
+    def _tick(self) -> None:
+        self.timer = None
+        self._release()
+
+    def _release(self) -> None:
+        while self.idle:
+            now = time.monotonic()
+            due = self.started + self.issued * (self.interval_s or 0.0)
+            if due > now and now < self.deadline:
+                if self.timer is None:
+                    loop = asyncio.get_running_loop()
+                    self.timer = loop.call_at(loop.time() + (due - now), self._tick)
+                return
+            number = self.take()
+            if number is None:
+                while self.idle:
+                    self.idle.popleft().finish()
+                return
+            self.result.behind_ms = (now - due) * 1000.0
+            self.idle.popleft().send(number)
 
     def answered(self, number: int | None, status: int, seconds: float) -> None:
         r = self.result
@@ -128,9 +170,9 @@ class _Run:
 
 
 async def _drive(host: str, port: int, requests: dict[int, bytes], connections: int, deadline: float,
-                 result: WorkerResult, progress: Any, worker: int) -> None:
+                 result: WorkerResult, progress: Any, worker: int, interval_s: float | None) -> None:
     loop = asyncio.get_running_loop()
-    run = _Run(requests, deadline, result, progress, worker)
+    run = _Run(requests, deadline, result, progress, worker, interval_s)
     run.open = connections
     for _ in range(connections):
         try:
@@ -142,7 +184,8 @@ async def _drive(host: str, port: int, requests: dict[int, bytes], connections: 
 
 
 def _worker(worker: int, workers: int, total: int, build: Builder, host: str, port: int, path: str,
-            connections: int, duration_s: float, ready: Any, go: Any, progress: Any) -> None:
+            connections: int, duration_s: float, ready: Any, go: Any, progress: Any,
+            interval_s: float | None = None) -> None:
     numbers = range(worker, total, workers)  # interleaved, so every worker gets the same mix
     requests = {}
     for n in numbers:
@@ -160,7 +203,7 @@ def _worker(worker: int, workers: int, total: int, build: Builder, host: str, po
     result.started = time.time()
     try:
         loop.run_until_complete(_drive(host, port, requests, connections, time.monotonic() + duration_s,
-                                       result, progress, worker))
+                                       result, progress, worker, interval_s))
     finally:
         loop.close()
     result.finished = time.time()
@@ -170,18 +213,22 @@ def _worker(worker: int, workers: int, total: int, build: Builder, host: str, po
 def run_load(
     *, host: str, port: int, path: str, total: int, build: Builder, workers: int = 2,
     connections_per_worker: int = 32, duration_s: float = 20.0,
-    on_progress: Callable[[float, int], None] | None = None,
+    on_progress: Callable[[float, int], None] | None = None, rate_per_s: float | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> list[WorkerResult]:
-    """Sends up to `total` POSTs (stopping after `duration_s`) from `workers` processes.
+    """Sends up to `total` POSTs (stopping after `duration_s`) from `workers` processes, at most
+    `rate_per_s` a second in all when given.
 
-    Requests are built (and signed) before the clock starts; `on_progress(elapsed_s, answered)`
-    is called about twice a second.
+    Requests are built (and signed) before the clock starts; `on_start()` is called when it starts,
+    `on_progress(elapsed_s, answered)` about twice a second.
     """
+    interval_s = workers / rate_per_s if rate_per_s else None
     ctx = mp.get_context("spawn")
     ready, go, progress = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(target=_worker, args=(w, workers, total, build, host, port, path,
-                                          connections_per_worker, duration_s, ready, go, progress), daemon=True)
+                                          connections_per_worker, duration_s, ready, go, progress, interval_s),
+                    daemon=True)
         for w in range(workers)
     ]
     for p in procs:
@@ -191,6 +238,8 @@ def run_load(
             raise RuntimeError("load workers did not get ready")
     started = time.monotonic()
     go.set()
+    if on_start:
+        on_start()
     answered = dict.fromkeys(range(workers), 0)
     results: list[WorkerResult] = []
     while len(results) < workers:

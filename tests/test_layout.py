@@ -184,3 +184,16 @@ def test_project_never_reads_or_cites_files_outside_the_repository():
         and re.search(r"shared/reference|PROVIDERS\.md|\.\./shared", path.read_text(errors="replace"))
     ]
     assert offenders == []
+
+
+def test_no_test_module_imports_another():
+    """Tests share scaffolding through tests/helpers/ and conftest.py, never by importing a test module (which
+    would also collect and run its tests twice, and tie one test's helpers to another's)."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names
+                          if name.split(".")[0] == "tests" and name.split(".")[-1].startswith("test_")]
+    assert offenders == []

@@ -113,11 +113,8 @@ class AlibabaSmsSandbox:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        await self.poster.start()
-        try:
+        async with self.poster.running():
             yield
-        finally:
-            await self.poster.stop()
 
     async def rpc(self, request: Request) -> JSONResponse:
         request_id = str(uuid.uuid4()).upper()

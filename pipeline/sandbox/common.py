@@ -81,13 +81,8 @@ class Ledger:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        if self.poster:
-            await self.poster.start()
-        try:
+        async with self.poster.running() if self.poster else contextlib.nullcontext():
             yield
-        finally:
-            if self.poster:
-                await self.poster.stop()
 
     def routes(self) -> list[Route]:
         async def stats(request: Request) -> JSONResponse:

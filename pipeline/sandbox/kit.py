@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,14 +57,15 @@ def pick(u: float, weighted: tuple[tuple[Any, float], ...]) -> Any:
     return weighted[-1][0]
 
 
-@dataclass(order=True)
 class _Due:
-    at: float  # time.monotonic() when the item may be posted
-    seq: int
-    url: str = field(compare=False)
-    item: Any = field(compare=False)
-    label: str = field(compare=False, default="")
-    attempts: int = field(default=0, compare=False)
+    """One callback waiting to be posted; the heap holds `(at, seq, _Due)`, so ordering is done by tuple
+    comparison in C (`at` is the time.monotonic() when it may be posted)."""
+
+    __slots__ = ("url", "item", "label", "group", "attempts")
+
+    def __init__(self, url: str, item: Any, label: str, group: str) -> None:
+        self.url, self.item, self.label, self.group = url, item, label, group
+        self.attempts = 0
 
 
 def accept_2xx(response: httpx.Response) -> bool:
@@ -82,10 +83,12 @@ class PosterSettings:
 
 
 class CallbackPoster:
-    """Owns every scheduled callback until its receiver acknowledges it; nothing is dropped silently.
+    """Owns every scheduled callback until its receiver acknowledges it; nothing is dropped silently. The one
+    poster of every sandbox (the WhatsApp sandbox's, pipeline/sandbox/webhooks.py, adds Meta's envelope and a
+    leaner HTTP client).
 
-    Items due at the same URL share a POST (up to `batch`); a refused or failed POST is retried with
-    capped exponential backoff for as long as the sandbox runs. Call `schedule` from the poster's loop.
+    Items due at the same URL (and `group`) share a POST (up to `batch`); a refused or failed POST is retried
+    with capped exponential backoff for as long as the sandbox runs. Call `schedule` from the poster's loop.
     """
 
     def __init__(self, render: Render, settings: PosterSettings | None = None,
@@ -93,9 +96,9 @@ class CallbackPoster:
         self.render = render
         self.settings = settings or PosterSettings()
         self.accept = accept
-        self._heap: list[_Due] = []
+        self._heap: list[tuple[float, int, _Due]] = []
         self._seq = itertools.count()
-        self._client: httpx.AsyncClient | None = None
+        self._client: Any = None
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.concurrency)
@@ -109,14 +112,19 @@ class CallbackPoster:
     def pending(self) -> int:
         return self.scheduled - self.acknowledged
 
-    def schedule(self, delay_s: float, url: str, item: Any, label: str = "") -> None:
+    def schedule(self, delay_s: float, url: str, item: Any, label: str = "", group: str = "") -> None:
+        """Queue `item` to be posted to `url` `delay_s` from now; `label` is what it counts as once acknowledged,
+        and only items of the same `group` share a POST."""
         self.scheduled += 1
-        heapq.heappush(self._heap, _Due(time.monotonic() + delay_s, next(self._seq), url, item, label))
+        heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._seq), _Due(url, item, label, group)))
 
-    async def start(self) -> None:
+    def _open_client(self) -> Any:
         limits = httpx.Limits(max_connections=self.settings.concurrency)
         # trust_env=False: a proxy from the environment must not intercept loopback callbacks.
-        self._client = httpx.AsyncClient(timeout=self.settings.timeout_s, limits=limits, trust_env=False)
+        return httpx.AsyncClient(timeout=self.settings.timeout_s, limits=limits, trust_env=False)
+
+    async def start(self) -> None:
+        self._client = self._open_client()
         self._task = asyncio.create_task(self._dispatch(), name="sandbox-callbacks")
 
     async def stop(self, grace_s: float = 2.0) -> None:
@@ -131,6 +139,15 @@ class CallbackPoster:
         if self.pending:
             log.warning("sandbox stopping with %d callbacks not acknowledged", self.pending)
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Posts while the block runs (a sandbox app's lifespan)."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
     async def drain(self, timeout_s: float) -> bool:
         """Waits until every scheduled callback is acknowledged; False if `timeout_s` passed first."""
         deadline = time.monotonic() + timeout_s
@@ -139,15 +156,15 @@ class CallbackPoster:
         return self.pending == 0
 
     async def _dispatch(self) -> None:
+        heap, size = self._heap, self.settings.batch
         while True:
             now, due = time.monotonic(), []
-            while self._heap and self._heap[0].at <= now:
-                due.append(heapq.heappop(self._heap))
-            by_url: dict[str, list[_Due]] = {}
-            for item in due:
-                by_url.setdefault(item.url, []).append(item)
-            size = self.settings.batch
-            for items in by_url.values():
+            while heap and heap[0][0] <= now:
+                due.append(heapq.heappop(heap)[2])
+            batches: dict[tuple[str, str], list[_Due]] = {}
+            for item in due:  # already in due order, which is the order items appear in a POST
+                batches.setdefault((item.url, item.group), []).append(item)
+            for items in batches.values():
                 for i in range(0, len(items), size):
                     await self._slots.acquire()  # back-pressure: a slow receiver gets bigger batches
                     task = asyncio.create_task(self._post(items[i : i + size]))
@@ -171,14 +188,18 @@ class CallbackPoster:
         now = time.monotonic()
         for item in batch:
             item.attempts += 1
-            item.at = now + min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** (item.attempts - 1))
-            heapq.heappush(self._heap, item)
+            backoff = min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** (item.attempts - 1))
+            heapq.heappush(self._heap, (now + backoff, next(self._seq), item))
 
     async def _deliver(self, batch: list[_Due]) -> bool:
         url = batch[0].url
         body, headers = self.render(url, [item.item for item in batch])
         self.posts += 1
         assert self._client is not None, "start() was not called"
+        return await self._exchange(url, body, headers)
+
+    async def _exchange(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
+        """POSTs one batch; True once the receiver acknowledged it."""
         try:
             response = await self._client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -215,13 +236,20 @@ class Tally:
             "rejected": {code: n for code, n in sorted(self.rejected.items())},
             "throttled": self.rejected[self.throttle_code],
             "duplicate_callback_data": self.duplicate_callback_data,
-            "webhooks_scheduled": poster.scheduled if poster else 0,
-            "webhooks_pending": poster.pending if poster else 0,
-            "webhooks_acknowledged": poster.acknowledged if poster else 0,
-            "webhook_posts": poster.posts if poster else 0,
-            "webhook_post_failures": poster.failed_posts if poster else 0,
-            "statuses_acknowledged": dict(poster.acknowledged_by_status) if poster else {},
+            **poster_stats(poster),
         }
         if with_messages:
             stats["messages"] = list(self.messages)
         return stats
+
+
+def poster_stats(poster: CallbackPoster | None) -> dict[str, Any]:
+    """A poster's counters as `/_sandbox/stats` reports them (zeros for a sandbox that posts nothing)."""
+    return {
+        "webhooks_scheduled": poster.scheduled if poster else 0,
+        "webhooks_pending": poster.pending if poster else 0,
+        "webhooks_acknowledged": poster.acknowledged if poster else 0,
+        "webhook_posts": poster.posts if poster else 0,
+        "webhook_post_failures": poster.failed_posts if poster else 0,
+        "statuses_acknowledged": dict(poster.acknowledged_by_status) if poster else {},
+    }

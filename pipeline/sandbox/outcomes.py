@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pipeline.sandbox.kit import pick
+
 Final = Literal["read", "delivered", "failed"]
 
 ERROR_HREF = "https://developers.facebook.com/documentation/business-messaging/whatsapp/support/error-codes"
@@ -62,13 +64,7 @@ def outcome_for(
 
 
 def _pick_failure(u: float) -> int:
-    total = sum(weight for _, weight in FAILURE_WEIGHTS)
-    acc = 0.0
-    for code, weight in FAILURE_WEIGHTS:
-        acc += weight / total
-        if u < acc:
-            return code
-    return FAILURE_WEIGHTS[-1][0]
+    return pick(u, FAILURE_WEIGHTS)
 
 
 @dataclass(frozen=True)

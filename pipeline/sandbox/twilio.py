@@ -133,11 +133,8 @@ class TwilioSandbox:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        await self.poster.start()
-        try:
+        async with self.poster.running():
             yield
-        finally:
-            await self.poster.stop()
 
     async def send(self, request: Request) -> JSONResponse:
         try:

@@ -1,5 +1,6 @@
 """Posts status webhooks the way Meta does: batched in the `whatsapp_business_account` envelope,
-signed with `X-Hub-Signature-256`, and retried with backoff until the receiver acknowledges.
+signed with `X-Hub-Signature-256`, and retried with backoff until the receiver acknowledges (the
+sandboxes' one poster, pipeline/sandbox/kit.py, with Meta's envelope).
 
 Plain `http://` receivers (the loopback case) are posted to by a small keep-alive HTTP/1.1 client
 built on asyncio streams: httpx costs ≈ 1 ms of CPU per POST, which at a few thousand messages a
@@ -9,20 +10,16 @@ second made webhooks cost the sandbox as much as the sends themselves. Other URL
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import heapq
 import hmac
-import itertools
 import json
 import logging
-import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+from pipeline.sandbox.kit import CallbackPoster
+from pipeline.sandbox.kit import PosterSettings as KitSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +41,19 @@ def envelope(waba_id: str, display_phone_number: str, phone_number_id: str, stat
     }
 
 
-class _Due:
-    """One status waiting to be posted; the heap holds `(at, seq, _Due)`, so ordering is done by
-    tuple comparison in C (`at` is the time.monotonic() when it may be posted)."""
+@dataclass(frozen=True, kw_only=True)
+class PosterSettings(KitSettings):
+    """Where the statuses go and how they are signed, besides how the poster posts (batch, retries, ...)."""
 
-    __slots__ = ("phone_number_id", "status", "attempts")
-
-    def __init__(self, phone_number_id: str, status: dict[str, Any]) -> None:
-        self.phone_number_id = phone_number_id
-        self.status = status
-        self.attempts = 0
-
-
-@dataclass(frozen=True)
-class PosterSettings:
     url: str
     app_secret: str
     waba_id: str
     display_phone_number: str
-    batch: int = 50
-    retry_base_s: float = 0.2
-    retry_max_s: float = 10.0
-    concurrency: int = 8
-    timeout_s: float = 10.0
-    tick_s: float = 0.02  # how long due statuses may wait to share a POST
 
 
-class WebhookPoster:
-    """Owns every scheduled status until its receiver answers 2xx; nothing is dropped silently.
+class WebhookPoster(CallbackPoster):
+    """The sandbox's poster (pipeline/sandbox/kit.py) posting Meta's way: the statuses of one phone number share
+    a POST in the `whatsapp_business_account` envelope, signed with the app secret.
 
     Meta retries failed deliveries for up to 7 days; here a status is retried (exponential backoff,
     capped) for as long as the server runs, and whatever is still unacknowledged at shutdown is
@@ -79,125 +61,34 @@ class WebhookPoster:
     """
 
     def __init__(self, settings: PosterSettings) -> None:
-        self.settings = settings
-        self._heap: list[tuple[float, int, _Due]] = []
-        self._seq = itertools.count()
-        self._client: _Http11Pool | httpx.AsyncClient | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self.scheduled = 0
-        self.acknowledged = 0
-        self.posts = 0
-        self.failed_posts = 0
-        self.acknowledged_by_status: Counter[str] = Counter()
+        super().__init__(self._render, settings)
+        self.webhook = settings
 
-    @property
-    def pending(self) -> int:
-        return self.scheduled - self.acknowledged
-
-    def schedule(self, delay_s: float, phone_number_id: str, status: dict[str, Any]) -> None:
+    def schedule(self, delay_s: float, phone_number_id: str, status: dict[str, Any]) -> None:  # type: ignore[override]
         """Queue one status to be posted `delay_s` from now (call from the server's event loop)."""
-        self.scheduled += 1
-        heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._seq), _Due(phone_number_id, status)))
+        super().schedule(delay_s, self.webhook.url, (phone_number_id, status), status["status"], phone_number_id)
 
-    async def start(self) -> None:
-        s = self.settings
-        if urlsplit(s.url).scheme == "http":
-            self._client = _Http11Pool(s.url, s.concurrency, s.timeout_s)
-        else:
-            limits = httpx.Limits(max_connections=s.concurrency)
-            # trust_env=False: a proxy from the environment must not intercept loopback webhooks.
-            self._client = httpx.AsyncClient(timeout=s.timeout_s, limits=limits, trust_env=False)
-        self._task = asyncio.create_task(self._dispatch(), name="sandbox-webhooks")
-
-    async def stop(self, grace_s: float = 2.0) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=grace_s)
-        if self._client:
-            await self._client.aclose()
-        if self.pending:
-            log.warning("sandbox stopping with %d status webhooks not acknowledged", self.pending)
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Waits until every scheduled status is acknowledged; False if `timeout_s` passed first."""
-        deadline = time.monotonic() + timeout_s
-        while self.pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return self.pending == 0
-
-    async def _dispatch(self) -> None:
-        while True:
-            due = self._pop_due(time.monotonic())
-            for batch in self._batches(due):
-                await self._slots.acquire()  # back-pressure: a slow receiver gets bigger batches
-                task = asyncio.create_task(self._post(batch))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-            await asyncio.sleep(self.settings.tick_s)
-
-    def _pop_due(self, now: float) -> list[_Due]:
-        due = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            due.append(heapq.heappop(heap)[2])
-        return due
-
-    def _batches(self, due: list[_Due]) -> list[list[_Due]]:
-        by_number: dict[str, list[_Due]] = {}
-        for item in due:  # already in due order, which is the order statuses appear in a POST
-            by_number.setdefault(item.phone_number_id, []).append(item)
-        size = self.settings.batch
-        return [items[i : i + size] for items in by_number.values() for i in range(0, len(items), size)]
-
-    async def _post(self, batch: list[_Due]) -> None:
-        try:
-            ok = await self._deliver(batch)
-        except Exception:  # a bug here must not lose the batch: keep it and retry
-            log.exception("webhook POST to %s raised; will retry", self.settings.url)
-            ok = False
-        finally:
-            self._slots.release()
-        if ok:
-            self.acknowledged += len(batch)
-            self.acknowledged_by_status.update(item.status["status"] for item in batch)
-            return
-        self.failed_posts += 1
-        now = time.monotonic()
-        for item in batch:
-            item.attempts += 1
-            backoff = min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** (item.attempts - 1))
-            heapq.heappush(self._heap, (now + backoff, next(self._seq), item))
-
-    async def _deliver(self, batch: list[_Due]) -> bool:
-        s = self.settings
-        payload = envelope(s.waba_id, s.display_phone_number, batch[0].phone_number_id, [i.status for i in batch])
+    def _render(self, url: str, items: list[tuple[str, dict[str, Any]]]) -> tuple[bytes, dict[str, str]]:
+        s = self.webhook
+        payload = envelope(s.waba_id, s.display_phone_number, items[0][0], [status for _, status in items])
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "facebookexternalua",
-            "X-Hub-Signature-256": sign(s.app_secret, body),
-        }
-        self.posts += 1
-        client = self._client
-        assert client is not None, "start() was not called"
-        if isinstance(client, _Http11Pool):
-            status = await client.post(body, headers)
-            if status is None:
-                return False
-        else:
-            try:
-                status = (await client.post(s.url, content=body, headers=headers)).status_code
-            except httpx.HTTPError as exc:
-                log.info("webhook POST to %s failed: %r; will retry", s.url, exc)
-                return False
+        return body, {"Content-Type": "application/json", "User-Agent": "facebookexternalua",
+                      "X-Hub-Signature-256": sign(s.app_secret, body)}
+
+    def _open_client(self) -> Any:
+        s = self.webhook
+        return _Http11Pool(s.url, s.concurrency, s.timeout_s) if urlsplit(s.url).scheme == "http" else (
+            super()._open_client())
+
+    async def _exchange(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
+        if not isinstance(self._client, _Http11Pool):
+            return await super()._exchange(url, body, headers)
+        status = await self._client.post(body, headers)
+        if status is None:
+            return False
         if 200 <= status < 300:
             return True
-        log.info("webhook POST to %s answered %d; will retry", s.url, status)
+        log.info("webhook POST to %s answered %d; will retry", url, status)
         return False
 
 

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from pipeline.records import Category
 from pipeline.sandbox.faults import THROUGHPUT_ERROR, Fault, FaultInjector
+from pipeline.sandbox.kit import poster_stats
 from pipeline.sandbox.outcomes import Outcome, Pricing, outcome_for, plan_statuses, wa_id
 from pipeline.sandbox.schema import validate_message
 from pipeline.sandbox.webhooks import PosterSettings, WebhookPoster
@@ -157,13 +158,8 @@ class Sandbox:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        if self.poster:
-            await self.poster.start()
-        try:
+        async with self.poster.running() if self.poster else contextlib.nullcontext():
             yield
-        finally:
-            if self.poster:
-                await self.poster.stop()
 
     # ------------------------------------------------------------------ POST /{version}/{id}/messages
 
@@ -287,12 +283,7 @@ class Sandbox:
             "held": self.held,
             "duplicate_callback_data": self.duplicate_callback_data,
             "unique_callback_data": len(self._callbacks),
-            "webhooks_scheduled": poster.scheduled if poster else 0,
-            "webhooks_pending": poster.pending if poster else 0,
-            "webhooks_acknowledged": poster.acknowledged if poster else 0,
-            "webhook_posts": poster.posts if poster else 0,
-            "webhook_post_failures": poster.failed_posts if poster else 0,
-            "statuses_acknowledged": dict(poster.acknowledged_by_status) if poster else {},
+            **poster_stats(poster),
         }
         if with_messages:
             stats["messages"] = [

@@ -152,8 +152,9 @@ def upload_routes(config: UploadConfig) -> list[Route]:
         except UploadRefused as refused:
             return form_page(request, refused)
         if staged.started() is None and staged.csv is not None:
-            # A file younger than the watcher's settle time would be left for its next round: wait it out.
-            age = time.time() - staged.csv.stat().st_mtime
+            # A file younger than the watcher's settle time would be left for its next round: wait it out. The
+            # watcher looks at the newer of the CSV and its spec, which is copied after the file has arrived.
+            age = time.time() - max(staged.csv.stat().st_mtime, staged.spec.stat().st_mtime)
             await asyncio.sleep(max(0.0, upload_check.WATCHER_SETTLE_S - age))
             await run_in_threadpool(_start, config, staged)
         return RedirectResponse(f"/upload/{staged.upload_id}", status_code=303)

@@ -59,9 +59,18 @@ def test_custom_required_columns(tmp_path: Path) -> None:
         load_audience(path, required=("phone", "opt_in", "first_name"))
 
 
-def test_semicolon_file_gets_a_hint(tmp_path: Path) -> None:
-    with pytest.raises(AudienceError, match="separator"):
-        load_audience(write(tmp_path, "phone;opt_in\n+447911123456;yes\n"))
+@pytest.mark.parametrize(("content", "says"), [
+    pytest.param("phone;opt_in\n+447911123456;yes\n", "separator", id="semicolon_file_gets_a_hint"),
+    pytest.param("phone,opt_in,name\n+447911123456,yes,Ann\n+447911123457,yes,Jos\xe9\n".encode("latin-1"),
+                 r"line 3 is not valid UTF-8", id="non_utf8_bytes_name_the_line"),
+    pytest.param("phone,opt_in\n+447911123456,yes\n".encode("utf-16"), "UTF-16", id="utf16_is_refused_with_advice"),
+    pytest.param("phone,opt_in,phone\n1,yes,2\n", "repeats", id="duplicate_header_names_are_refused"),
+    pytest.param("phone,opt_in,region\n+447911123456,yes,North\n", "region", id="reserved_column_names_are_refused"),
+    pytest.param('phone,opt_in\n+447911123456,yes\n+447911123457,"yes\n', "quote", id="unbalanced_quote"),
+])
+def test_an_unusable_file_is_one_clear_audience_error(tmp_path: Path, content: str | bytes, says: str) -> None:
+    with pytest.raises(AudienceError, match=says):
+        load_audience(write(tmp_path, content))
 
 
 def test_empty_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -81,33 +90,6 @@ def test_header_only_file_has_zero_rows(tmp_path: Path) -> None:
 def test_missing_file_is_an_audience_error(tmp_path: Path) -> None:
     with pytest.raises(AudienceError, match="cannot read"):
         load_audience(tmp_path / "nope.csv")
-
-
-def test_non_utf8_bytes_name_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "phone,opt_in,name\n+447911123456,yes,Ann\n+447911123457,yes,Jos\xe9\n".encode("latin-1"))
-    with pytest.raises(AudienceError, match=r"line 3 is not valid UTF-8"):
-        load_audience(path)
-
-
-def test_utf16_is_refused_with_advice(tmp_path: Path) -> None:
-    path = write(tmp_path, "phone,opt_in\n+447911123456,yes\n".encode("utf-16"))
-    with pytest.raises(AudienceError, match="UTF-16"):
-        load_audience(path)
-
-
-def test_duplicate_header_names_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(AudienceError, match="repeats"):
-        load_audience(write(tmp_path, "phone,opt_in,phone\n1,yes,2\n"))
-
-
-def test_reserved_column_names_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(AudienceError, match="region"):
-        load_audience(write(tmp_path, "phone,opt_in,region\n+447911123456,yes,North\n"))
-
-
-def test_unbalanced_quote_is_an_audience_error_not_a_traceback(tmp_path: Path) -> None:
-    with pytest.raises(AudienceError, match="quote"):
-        load_audience(write(tmp_path, 'phone,opt_in\n+447911123456,yes\n+447911123457,"yes\n'))
 
 
 def test_empty_phone_blank_line_and_ragged_rows_are_bad_rows(tmp_path: Path) -> None:

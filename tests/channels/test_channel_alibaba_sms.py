@@ -5,62 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import polars as pl
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from pipeline.channels import alibaba_sms_webhooks as ali
 from pipeline.channels.alibaba_rpc import encode_form
 from pipeline.channels.alibaba_sms import AlibabaSmsChannel, alibaba_segments, from_spec
-from pipeline.dispatch.engine import dispatch_campaign
-from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.sandbox.alibaba_sms import AlibabaSmsSandboxConfig, create_alibaba_sms_app
-from pipeline.servers import serve_in_thread
-from pipeline.spec import RateSpec, RetrySpec, parse_spec
+from pipeline.spec import parse_spec
+from tests.helpers.channels import Receiver, dispatch, drain, queue, serving, states
 
 KEY_ID, KEY_SECRET, REPORT_TOKEN = "LTAI-test", "alibaba-test-secret", "report-token"
-FAST_RETRY = RetrySpec(max_attempts=20, base_delay_s=0.02, max_delay_s=0.3, deadline_s=30)
-
-
-class Receiver:
-    """The SmsReport endpoint: records pushes; answers from a script of statuses (default 200 + ACK)."""
-
-    def __init__(self, answers: list[int] | None = None) -> None:
-        self.answers = list(answers or [])
-        self.pushes: list[tuple[dict[str, str], bytes]] = []
-        self._lock = threading.Lock()
-        self.app = Starlette(routes=[Route("/webhooks/alibaba_sms", self.handle, methods=["POST"])])
-
-    async def handle(self, request: Request) -> Response:
-        body = await request.body()
-        with self._lock:
-            status = self.answers.pop(0) if self.answers else 200
-            if status == 200:
-                self.pushes.append((dict(request.headers), body))
-        return Response(ali.ACK_BODY if status == 200 else b"{}", status_code=status, media_type="application/json")
 
 
 @contextmanager
 def stack(answers: list[int] | None = None, **overrides: Any) -> Iterator[tuple[str, Receiver, Any]]:
-    receiver = Receiver(answers)
-    with serve_in_thread(receiver.app) as receiver_url:
-        config = AlibabaSmsSandboxConfig(**{
-            "access_key_id": KEY_ID, "access_key_secret": KEY_SECRET, "report_token": REPORT_TOKEN,
-            "webhook_url": receiver_url + "/webhooks/alibaba_sms", "fail_rate": 0.0, "report_delay_s": (0.0, 0.02),
-            "report_retry_base_s": 0.05, "sign_names": ["Acme", "阿里云"], **overrides})
-        app = create_alibaba_sms_app(config)
-        with serve_in_thread(app) as sandbox_url:
-            yield sandbox_url, receiver, app.state.sandbox
+    """The sandbox, reporting to a receiver that answers from `answers` (default 200 + Alibaba's ACK)."""
+    receiver = Receiver(answers, ack=ali.ACK_BODY)
+    config = AlibabaSmsSandboxConfig(**{
+        "access_key_id": KEY_ID, "access_key_secret": KEY_SECRET, "report_token": REPORT_TOKEN,
+        "fail_rate": 0.0, "report_delay_s": (0.0, 0.02), "report_retry_base_s": 0.05, "sign_names": ["Acme", "阿里云"],
+        **overrides})
+    with serving(create_alibaba_sms_app, config, receiver if "webhook_url" not in overrides else None,
+                 "/webhooks/alibaba_sms") as (sandbox_url, sandbox):
+        yield sandbox_url, receiver, sandbox
 
 
 def _channel(monkeypatch, base_url: str, secret: str = KEY_SECRET, **options: Any) -> tuple[AlibabaSmsChannel, Any]:
@@ -80,20 +53,8 @@ def _phones(n: int) -> list[str]:
 
 
 def _queue(con, channel: AlibabaSmsChannel, spec: Any, phones: list[str]) -> None:
-    n = len(phones)
-    accepted = pl.DataFrame({
-        "row_number": list(range(2, n + 2)), "phone_e164": phones,
-        "region": ["CN" if p.startswith("+86") else "GB" for p in phones], "number_type": ["mobile"] * n,
-        "text": [f"Hi n{i}" for i in range(n)], "params_json": [json.dumps({"body": [f"n{i}"]}) for i in range(n)],
-    })
-    register_campaign(con, spec, "t")
-    enqueue_messages(con, spec, "t", channel, accepted)
-
-
-def _dispatch(con, channel, *, rate: float = 500, concurrency: int = 4, transport=None):
-    return asyncio.run(dispatch_campaign(
-        con, "t", channel, rate=RateSpec(max_per_second=rate, concurrency=concurrency), retry=FAST_RETRY,
-        transport=transport))
+    queue(con, spec, channel, phones, regions=["CN" if p.startswith("+86") else "GB" for p in phones],
+          params=[json.dumps({"body": [f"n{i}"]}) for i in range(len(phones))])
 
 
 def _payloads(con) -> list[str]:
@@ -119,10 +80,10 @@ def test_happy_path_through_the_dispatcher_and_reports_find_their_messages(con, 
     with stack(answers=[500]) as (sandbox_url, receiver, sandbox):  # the first push is refused, then retried
         channel, spec = _channel(monkeypatch, sandbox_url)
         _queue(con, channel, spec, _phones(9))
-        result = _dispatch(con, channel)
+        result = dispatch(con, channel)
         assert result.sent == 9 and result.failed == 0
         stats = httpx.get(f"{sandbox_url}/_sandbox/stats").json()
-        assert httpx.post(f"{sandbox_url}/_sandbox/drain?timeout=10", timeout=15).json()["drained"] is True
+        drain(sandbox_url)
     outbox = dict(con.execute("SELECT message_id, provider_message_id FROM outbox").fetchall())
     assert stats["accepted"] == 9 and stats["duplicate_callback_data"] == 0 and stats["rejected"] == {}
     # Each call's OutId is the id of its first message, and the call's BizId is on each of its messages.
@@ -134,9 +95,9 @@ def test_happy_path_through_the_dispatcher_and_reports_find_their_messages(con, 
     assert all(pid.split(":")[1].isdigit() and "^" in pid for pid in outbox.values())
 
     receipts = []
-    for headers, body in receiver.pushes:
-        assert ali.verify(body, headers, REPORT_TOKEN)
-        receipts += ali.parse(body)[0]
+    for post in receiver.posts:
+        assert ali.verify(post.body, post.headers, REPORT_TOKEN)
+        receipts += ali.parse(post.body)[0]
     assert len(receipts) == 9 and {r.status for r in receipts} == {"delivered"}
     assert {r.provider_message_id for r in receipts} == set(outbox.values())
     # As after a crash: one message's BizId never reached the outbox; out_id + phone still find it.
@@ -184,7 +145,7 @@ def test_permanent_error_through_the_dispatcher(con, monkeypatch):
         illegal = {p for p in phones if sandbox.config.outcome(p.lstrip("+"))[0] == "illegal"}
         assert illegal
         _queue(con, channel, spec, phones)
-        result = _dispatch(con, channel)
+        result = dispatch(con, channel)
     assert result.failed == len(illegal) and result.sent == 10 - len(illegal)
     failed = dict(con.execute("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'").fetchall())
     assert failed == {p: "isv.MOBILE_NUMBER_ILLEGAL" for p in illegal}
@@ -196,7 +157,7 @@ def test_rate_limit_answers_are_throttled_retries(con, monkeypatch):
     with stack(webhook_url=None, throughput_per_s=20.0) as (sandbox_url, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, max_batch=1)
         _queue(con, channel, spec, _phones(30))
-        result = _dispatch(con, channel)
+        result = dispatch(con, channel)
     assert result.sent == 30 and result.failed == 0 and result.throttled > 0
     assert sandbox.tally.rejected["isv.BUSINESS_LIMIT_CONTROL"] > 0
     assert sandbox.tally.accepted == 30 and sandbox.tally.duplicate_callback_data == 0
@@ -206,10 +167,10 @@ def test_a_wrong_secret_fails_the_signature_check_and_stops_the_channel(con, mon
     with stack(webhook_url=None) as (sandbox_url, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, secret="not-the-secret")
         _queue(con, channel, spec, _phones(5))
-        result = _dispatch(con, channel, concurrency=1)
+        result = dispatch(con, channel, concurrency=1)
     assert result.stopped_reason and result.stopped_reason.startswith("SignatureDoesNotMatch")
     assert sandbox.tally.rejected["SignatureDoesNotMatch"] >= 1 and sandbox.tally.accepted == 0
-    assert dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()) == {"queued": 5}
+    assert states(con) == {"queued": 5}
 
 
 def test_sandbox_limits_and_replayed_nonces(monkeypatch):
@@ -228,7 +189,7 @@ def test_sandbox_limits_and_replayed_nonces(monkeypatch):
 def test_malformed_answers_are_not_counted_as_sent(con, monkeypatch):
     channel, spec = _channel(monkeypatch, "http://dysmsapi.test")
     _queue(con, channel, spec, _phones(3))
-    result = _dispatch(con, channel, transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")))
+    result = dispatch(con, channel, transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")))
     assert result.sent == 0 and result.failed == 3
     assert con.execute("SELECT DISTINCT error_code FROM outbox").fetchall() == [("http_200",)]
     ok_without_biz_id = channel.classify_response(200, b'{"Code":"OK","Message":"OK","RequestId":"r"}', {})

@@ -6,91 +6,23 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import polars as pl
 import pytest
 
 from pipeline.channels import chatapp_webhooks
 from pipeline.channels.acs3 import sign_request
 from pipeline.channels.base import Outgoing
-from pipeline.channels.chatapp import ChatAppChannel, encode_form, from_spec, mass_task_id
-from pipeline.dispatch.engine import dispatch_campaign
-from pipeline.dispatch.outbox import enqueue_messages, register_campaign
-from pipeline.sandbox.chatapp import ChatAppSandbox, ChatAppSandboxConfig, create_chatapp_app
-from pipeline.sandbox.common import RecordingReceiver
-from pipeline.servers import serve_in_thread
-from pipeline.spec import RateSpec, RetrySpec, SpecError, parse_spec
-
-KEY_ID, KEY_SECRET, TOKEN = "LTAI5tSandboxKey", "sandbox-secret", "callback-token"
-SPEC: dict[str, Any] = {
-    "name": "t", "audience": "x.csv", "channel": "chatapp", "sender": "8613100000001",
-    "template": {"name": "promo_v1", "language": "en", "category": "marketing", "text": "Hi {{ n }}",
-                 "body": ["{{ n }}"]},
-    "variables": {"n": "first_name"},
-    "provider": {"options": {"channel_type": "whatsapp", "cust_space_id": "cams-8c8test"}},
-}
-RETRY = RetrySpec(max_attempts=20, base_delay_s=0.02, max_delay_s=0.3, deadline_s=30)
+from pipeline.channels.chatapp import encode_form, mass_task_id
+from pipeline.spec import SpecError, parse_spec
+from tests.helpers.channels import Receiver, dispatch, drain
+from tests.helpers.providers import CHATAPP, CHATAPP_KEY_ID, CHATAPP_KEY_SECRET, CHATAPP_SPEC, CHATAPP_TOKEN, set_env
 
 
 @pytest.fixture(autouse=True)
 def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
-    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", KEY_SECRET)
-
-
-def _config(**overrides: Any) -> ChatAppSandboxConfig:
-    values: dict[str, Any] = dict(access_key_id=KEY_ID, access_key_secret=KEY_SECRET, callback_token=TOKEN,
-                                  fail_rate=0.0, read_rate=0.5, webhook_delay_s=(0.0, 0.02),
-                                  webhook_retry_base_s=0.05, seed=3)
-    values.update(overrides)
-    return ChatAppSandboxConfig(**values)
-
-
-@contextmanager
-def running(config: ChatAppSandboxConfig, receiver: RecordingReceiver | None = None
-            ) -> Iterator[tuple[str, ChatAppSandbox]]:
-    if receiver is None:
-        app = create_chatapp_app(config)
-        with serve_in_thread(app) as url:
-            yield url, app.state.sandbox
-        return
-    with serve_in_thread(receiver.app) as hook:
-        app = create_chatapp_app(config.model_copy(update={"webhook_url": f"{hook}/webhooks/chatapp"}))
-        with serve_in_thread(app) as url:
-            yield url, app.state.sandbox
-
-
-def _channel(url: str, **spec_overrides: Any) -> ChatAppChannel:
-    return from_spec(parse_spec({**SPEC, **spec_overrides}), url)
-
-
-def _queue(con, channel: ChatAppChannel, n: int) -> list[str]:
-    phones = [f"+6591{i:06d}" for i in range(n)]
-    frame = pl.DataFrame({
-        "row_number": list(range(2, n + 2)), "phone_e164": phones, "region": ["SG"] * n,
-        "number_type": ["mobile"] * n, "text": [f"Hi n{i}" for i in range(n)],
-        "params_json": [json.dumps({"body": [f"n{i}"]}) for i in range(n)],
-    })
-    spec = parse_spec(SPEC)
-    register_campaign(con, spec, "t")
-    enqueue_messages(con, spec, "t", channel, frame)
-    return phones
-
-
-def _run(con, channel: ChatAppChannel, rate: float = 1000, concurrency: int = 4):
-    return asyncio.run(dispatch_campaign(con, "t", channel, rate=RateSpec(max_per_second=rate, concurrency=concurrency),
-                                         retry=RETRY, timeout_s=5))
-
-
-def _drain(url: str) -> dict[str, Any]:
-    with httpx.Client(trust_env=False) as client:
-        result = client.post(f"{url}/_sandbox/drain", params={"timeout": 10}, timeout=15).json()
-    assert result["drained"], result
-    return result
+    set_env(monkeypatch, CHATAPP.env)
 
 
 def _outbox(con) -> dict[str, tuple[str, str | None]]:
@@ -99,28 +31,25 @@ def _outbox(con) -> dict[str, tuple[str, str | None]]:
 
 
 def test_payload_is_the_send_chatapp_message_parameters() -> None:
-    channel = _channel("http://x.test")
-    spec = parse_spec(SPEC)
+    channel = CHATAPP.channel("http://x.test")
+    spec = parse_spec(CHATAPP_SPEC)
     payload = channel.build_payload(Outgoing(message_id="m-1", to="+6591000000", params={"body": ["Ann", "7"]},
                                              template=spec.template))
     assert payload == {"ChannelType": "whatsapp", "Type": "template", "Language": "en", "From": "8613100000001",
                        "To": "6591000000", "TemplateParams": {"1": "Ann", "2": "7"}, "TaskId": "m-1",
                        "TemplateName": "promo_v1", "CustSpaceId": "cams-8c8test"}
-    viber = _channel("http://x.test", provider={"options": {"channel_type": "viber", "template_code": "1119001"}})
+    viber = CHATAPP.channel("http://x.test",
+                            provider={"options": {"channel_type": "viber", "template_code": "1119001"}})
     vp = viber.build_payload(Outgoing(message_id="m-2", to="+6591000000", template=spec.template))
     assert vp["Label"] == "promotion" and vp["TemplateCode"] == "1119001" and "TemplateName" not in vp
     with pytest.raises(SpecError, match="channel_type"):
-        _channel("http://x.test", provider={"options": {"channel_type": "sms"}})
+        CHATAPP.channel("http://x.test", provider={"options": {"channel_type": "sms"}})
 
 
 def test_happy_path_each_message_once_with_task_id_and_signed_callbacks(con) -> None:
-    receiver = RecordingReceiver()
-    with running(_config(), receiver) as (url, sandbox):
-        channel = _channel(url)
-        _queue(con, channel, 20)
-        result = _run(con, channel)
-        assert result.sent == 20 and result.failed == 0 and result.throttled == 0
-        _drain(url)
+    receiver = Receiver()
+    result, sandbox, _ = CHATAPP.send_all(con, 20, receiver=receiver)
+    assert result.sent == 20 and result.failed == 0 and result.throttled == 0
     outbox = _outbox(con)
     stats = sandbox.ledger.snapshot()
     assert stats["accepted"] == 20 and stats["calls"] == 20 and stats["duplicate_callback_data"] == 0
@@ -129,9 +58,9 @@ def test_happy_path_each_message_once_with_task_id_and_signed_callbacks(con) -> 
     assert all(state == "sent" and pid == by_task[mid] for mid, (state, pid) in outbox.items())
     # Every push carries our token and parses into receipts that name our messages.
     receipts = []
-    for body, headers in receiver.snapshot():
-        assert chatapp_webhooks.verify(body, headers, TOKEN)
-        receipts.extend(chatapp_webhooks.parse(body)[0])
+    for post in receiver.posts:
+        assert chatapp_webhooks.verify(post.body, post.headers, CHATAPP_TOKEN)
+        receipts.extend(chatapp_webhooks.parse(post.body)[0])
     sent = [r for r in receipts if r.status == "sent"]
     assert sorted(r.message_id for r in sent) == sorted(outbox)
     assert all(r.provider_message_id == outbox[r.message_id][1] for r in receipts)
@@ -141,10 +70,10 @@ def test_happy_path_each_message_once_with_task_id_and_signed_callbacks(con) -> 
 
 
 def test_mass_send_is_one_call_with_one_outcome_per_recipient(con) -> None:
-    receiver = RecordingReceiver()
-    with running(_config(), receiver) as (url, sandbox):
-        channel = _channel(url)
-        _queue(con, channel, 30)
+    receiver = Receiver()
+    with CHATAPP.running(CHATAPP.config(), receiver) as (url, sandbox):
+        channel = CHATAPP.channel(url)
+        CHATAPP.queue(con, channel, 30)
         rows = con.execute("SELECT message_id, payload_json FROM outbox ORDER BY seq").fetchall()
 
         async def send() -> list:
@@ -152,21 +81,21 @@ def test_mass_send_is_one_call_with_one_outcome_per_recipient(con) -> None:
                 return await channel.send(session, [p for _, p in rows])
 
         outcomes = asyncio.run(send())
-        _drain(url)
+        drain(url)
     task = mass_task_id([m for m, _ in rows])
     tos = [json.loads(p)["To"] for _, p in rows]
     assert [o.kind for o in outcomes] == ["sent"] * 30
     assert [o.provider_message_id for o in outcomes] == [f"{task}:{to}" for to in tos]
     stats = sandbox.ledger.snapshot()
     assert stats["calls"] == 1 and stats["accepted"] == 30 and stats["duplicate_callback_data"] == 0
-    receipts = [r for body, _ in receiver.snapshot() for r in chatapp_webhooks.parse(body)[0]]
+    receipts = [r for post in receiver.posts for r in chatapp_webhooks.parse(post.body)[0]]
     assert {r.provider_message_id for r in receipts} == {o.provider_message_id for o in outcomes}
     assert all(r.message_id is None for r in receipts)
 
 
 def test_batch_level_error_applies_to_every_recipient() -> None:
-    channel = _channel("http://cams.test")
-    spec = parse_spec(SPEC)
+    channel = CHATAPP.channel("http://cams.test")
+    spec = parse_spec(CHATAPP_SPEC)
     messages = [Outgoing(message_id=f"m{i}", to=f"+65910000{i}", template=spec.template) for i in range(3)]
     payloads = [json.dumps(channel.build_payload(m)) for m in messages]
     handler_calls: list[str] = []
@@ -184,47 +113,27 @@ def test_batch_level_error_applies_to_every_recipient() -> None:
     assert all(o.kind == "retry" and o.throttled and o.error_code == "Throttling.User" for o in outcomes)
 
 
-def test_rate_limit_answer_is_throttling_not_failure(con) -> None:
-    with running(_config(throughput_per_s=20)) as (url, sandbox):
-        channel = _channel(url)
-        _queue(con, channel, 30)
-        result = _run(con, channel, rate=300)
-    assert result.sent == 30 and result.failed == 0 and result.throttled > 0
-    stats = sandbox.ledger.snapshot()
-    assert stats["throttled"] > 0 and stats["accepted"] == 30 and stats["duplicate_callback_data"] == 0
-
-
 def test_permanent_error_is_recorded_with_its_code(con) -> None:
     bad = "6591000003"
-    with running(_config(invalid_recipients=frozenset({bad}))) as (url, _sandbox):
-        channel = _channel(url)
-        phones = _queue(con, channel, 6)
-        result = _run(con, channel)
+    with CHATAPP.running(CHATAPP.config(invalid_recipients=frozenset({bad}))) as (url, _sandbox):
+        channel = CHATAPP.channel(url)
+        phones = CHATAPP.queue(con, channel, 6)
+        result = dispatch(con, channel)
     assert result.sent == 5 and result.failed == 1
     row = con.execute("SELECT state, error_code, attempts FROM outbox WHERE recipient_key = ?", [phones[3]]).fetchone()
     assert row == ("failed", "InvalidParameter.PhoneNumberError", 1)
 
 
-def test_wrong_secret_is_refused_by_the_sandbox_and_stops_the_channel(con, monkeypatch) -> None:
-    with running(_config()) as (url, sandbox):
-        monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "not-the-secret")
-        channel = _channel(url)
-        _queue(con, channel, 5)
-        result = _run(con, channel, concurrency=1)
-    assert result.stopped_reason and result.stopped_reason.startswith("SignatureDoesNotMatch")
-    assert con.execute("SELECT count(*) FROM outbox WHERE state = 'queued'").fetchone()[0] == 5
-    assert sandbox.ledger.accepted == 0
-
-
 def test_sandbox_verifies_signature_nonce_date_and_body_hash() -> None:
-    with running(_config()) as (url, _sandbox), httpx.Client(trust_env=False) as client:
+    with CHATAPP.running(CHATAPP.config()) as (url, _sandbox), httpx.Client(trust_env=False) as client:
         host = url.removeprefix("http://")
         body = encode_form({"ChannelType": "whatsapp", "Type": "template", "From": "1", "To": "6591000001",
                             "TemplateName": "x", "Language": "en"})
 
         def post(content: bytes, **sign: Any) -> dict:
             headers = sign_request(method="POST", host=host, action="SendChatappMessage", version="2020-06-06",
-                                   access_key_id=KEY_ID, access_key_secret=KEY_SECRET, body=body, **sign)
+                                   access_key_id=CHATAPP_KEY_ID, access_key_secret=CHATAPP_KEY_SECRET, body=body,
+                                   **sign)
             headers["content-type"] = "application/x-www-form-urlencoded"
             return client.post(f"{url}/", content=content, headers=headers).json()
 
@@ -234,18 +143,9 @@ def test_sandbox_verifies_signature_nonce_date_and_body_hash() -> None:
         stale = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
         assert post(body, date=stale)["Code"] == "InvalidTimeStamp.Expired"
         forged = sign_request(method="POST", host=host, action="SendChatappMessage", version="2020-06-06",
-                              access_key_id=KEY_ID, access_key_secret=KEY_SECRET, body=body)
+                              access_key_id=CHATAPP_KEY_ID, access_key_secret=CHATAPP_KEY_SECRET, body=body)
         forged["x-acs-content-sha256"] = hashlib.sha256(b"other").hexdigest()
         assert client.post(f"{url}/", content=b"other", headers=forged).json()["Code"] == "SignatureDoesNotMatch"
-
-
-def test_malformed_provider_response_is_not_counted_as_sent(con) -> None:
-    with running(_config(malformed=True)) as (url, _sandbox):
-        channel = _channel(url)
-        _queue(con, channel, 3)
-        result = _run(con, channel)
-    assert result.sent == 0 and result.failed == 3
-    assert con.execute("SELECT DISTINCT error_code FROM outbox").fetchall() == [("http_200",)]
 
 
 def test_forged_callback_is_refused_and_a_genuine_one_parses() -> None:
@@ -254,10 +154,10 @@ def test_forged_callback_is_refused_and_a_genuine_one_parses() -> None:
                "To": "6591000001", "Timestamp": 1691043638000, "TemplateName": "promo_v1", "Language": "en",
                "ConversationType": "marketing", "MessageId": "2023078469463703"}]
     body = json.dumps(report).encode()
-    assert not chatapp_webhooks.verify(body, {"X-Campaign-Token": "guess"}, TOKEN)
-    assert not chatapp_webhooks.verify(body, {}, TOKEN)
-    assert not chatapp_webhooks.verify(body, {"x-campaign-token": TOKEN}, "")
-    assert chatapp_webhooks.verify(body, {"x-campaign-token": TOKEN}, TOKEN)
+    assert not chatapp_webhooks.verify(body, {"X-Campaign-Token": "guess"}, CHATAPP_TOKEN)
+    assert not chatapp_webhooks.verify(body, {}, CHATAPP_TOKEN)
+    assert not chatapp_webhooks.verify(body, {"x-campaign-token": CHATAPP_TOKEN}, "")
+    assert chatapp_webhooks.verify(body, {"x-campaign-token": CHATAPP_TOKEN}, CHATAPP_TOKEN)
     (receipt,), inbound = chatapp_webhooks.parse(body)
     assert inbound == []
     assert (receipt.message_id, receipt.provider_message_id, receipt.status, receipt.error_code, receipt.recipient) == (

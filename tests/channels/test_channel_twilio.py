@@ -3,46 +3,22 @@ refusals, a malformed answer, and signed status callbacks (forged ones refused).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import polars as pl
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from pipeline.channels import twilio_webhooks as tw
 from pipeline.channels.twilio_sms import TwilioSmsChannel, callback_url, from_spec
-from pipeline.dispatch.engine import dispatch_campaign
-from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.sandbox.twilio import TwilioSandboxConfig, create_twilio_app
 from pipeline.servers import serve_in_thread
-from pipeline.spec import RateSpec, RetrySpec, parse_spec
+from pipeline.spec import parse_spec
+from tests.helpers.channels import Receiver, dispatch, drain, queue, serving, states
 
 SID, TOKEN = "AC" + "a1" * 16, "twilio-test-token"
-FAST_RETRY = RetrySpec(max_attempts=20, base_delay_s=0.02, max_delay_s=0.3, deadline_s=30)
-
-
-class Receiver:
-    """A webhook endpoint that records what it is sent (URL, headers, raw body) and answers 200."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, str], bytes]] = []
-        self._lock = threading.Lock()
-        self.app = Starlette(routes=[Route("/webhooks/twilio", self.handle, methods=["POST"])])
-
-    async def handle(self, request: Request) -> Response:
-        body = await request.body()
-        with self._lock:
-            self.calls.append((str(request.url), dict(request.headers), body))
-        return Response(status_code=200)
 
 
 @contextmanager
@@ -54,9 +30,8 @@ def stack(**overrides: Any) -> Iterator[tuple[str, str, Receiver, Any]]:
                                     "webhook_delay_s": (0.0, 0.02), **overrides}
         if settings.pop("inbound", False):
             settings["inbound_url"] = receiver_url + "/webhooks/twilio"
-        app = create_twilio_app(TwilioSandboxConfig(**settings))
-        with serve_in_thread(app) as sandbox_url:
-            yield sandbox_url, receiver_url, receiver, app.state.sandbox
+        with serving(create_twilio_app, TwilioSandboxConfig(**settings)) as (sandbox_url, sandbox):
+            yield sandbox_url, receiver_url, receiver, sandbox
 
 
 def _spec(status_callback: str | None) -> Any:
@@ -71,24 +46,12 @@ def _spec(status_callback: str | None) -> Any:
 
 
 def _queue(con, channel: TwilioSmsChannel, spec: Any, phones: list[str]) -> None:
-    n = len(phones)
-    accepted = pl.DataFrame({
-        "row_number": list(range(2, n + 2)), "phone_e164": phones,
-        "region": ["US" if p.startswith("+1") else "GB" for p in phones], "number_type": ["mobile"] * n,
-        "text": [f"Hi n{i} €" for i in range(n)], "params_json": ["{}"] * n,
-    })
-    register_campaign(con, spec, "t")
-    enqueue_messages(con, spec, "t", channel, accepted)
+    queue(con, spec, channel, phones, regions=["US" if p.startswith("+1") else "GB" for p in phones],
+          texts=[f"Hi n{i} €" for i in range(len(phones))])
 
 
 def _phones(n: int) -> list[str]:
     return [f"+4477009{i:05d}" if i % 4 else f"+1415555{i:04d}" for i in range(n)]
-
-
-def _dispatch(con, channel, *, rate: float = 500, concurrency: int = 4, transport=None):
-    return asyncio.run(dispatch_campaign(
-        con, "t", channel, rate=RateSpec(max_per_second=rate, concurrency=concurrency), retry=FAST_RETRY,
-        transport=transport))
 
 
 def _channel(monkeypatch, sandbox_url: str, receiver_url: str | None, token: str = TOKEN):
@@ -98,16 +61,12 @@ def _channel(monkeypatch, sandbox_url: str, receiver_url: str | None, token: str
     return from_spec(spec, sandbox_url), spec
 
 
-def _drain(sandbox_url: str) -> dict[str, Any]:
-    return httpx.post(f"{sandbox_url}/_sandbox/drain?timeout=10", timeout=15).json()
-
-
 def test_happy_path_sends_each_once_and_callbacks_verify_and_correlate(con, monkeypatch):
     with stack() as (sandbox_url, receiver_url, receiver, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, receiver_url)
         phones = _phones(12)
         _queue(con, channel, spec, phones)
-        result = _dispatch(con, channel)
+        result = dispatch(con, channel)
         assert result.sent == 12 and result.failed == 0
         stats = httpx.get(f"{sandbox_url}/_sandbox/stats").json()
         assert stats["accepted"] == 12 and stats["duplicate_callback_data"] == 0 and stats["rejected"] == {}
@@ -118,13 +77,13 @@ def test_happy_path_sends_each_once_and_callbacks_verify_and_correlate(con, monk
         assert all(froms[p] == ("+15550001111" if p.startswith("+1") else "Acme") for p in phones)
         # "€" is a GSM-7 extension character: still one segment for these short texts.
         assert {m["segments"] for m in stats["messages"]} == {1}
-        assert _drain(sandbox_url)["drained"] is True
+        drain(sandbox_url)
 
     receipts = []
-    for url, headers, body in receiver.calls:
-        assert "campaign=t" in url  # the callback's own query survives next to our mid
-        assert tw.verify(body, headers, TOKEN, url)
-        receipts += tw.parse(tw.spool_body(body, url))[0]
+    for post in receiver.posts:
+        assert "campaign=t" in post.url  # the callback's own query survives next to our mid
+        assert tw.verify(post.body, post.headers, TOKEN, post.url)
+        receipts += tw.parse(tw.spool_body(post.body, post.url))[0]
     assert len(receipts) == 24  # sent + delivered for each message
     by_message: dict[str, set[str]] = {}
     for r in receipts:
@@ -137,7 +96,7 @@ def test_rate_limit_answers_are_throttled_retries_and_everything_is_sent_once(co
     with stack(throughput_per_s=20.0) as (sandbox_url, _, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, None)
         _queue(con, channel, spec, _phones(30))
-        result = _dispatch(con, channel, rate=500)
+        result = dispatch(con, channel, rate=500)
         stats = sandbox.tally.snapshot(None)
     assert result.sent == 30 and result.failed == 0 and result.throttled > 0
     assert stats["throttled"] == stats["rejected"]["20429"] > 0
@@ -151,7 +110,7 @@ def test_refusals_are_permanent_with_twilio_codes_and_the_rest_is_sent(con, monk
         expected = {p: sandbox.config.outcome(p).refusal for p in phones}
         assert any(expected.values()) and not all(expected.values())  # the seed gives a mix
         _queue(con, channel, spec, phones)
-        result = _dispatch(con, channel)
+        result = dispatch(con, channel)
     refused = {p: c for p, c in expected.items() if c}
     assert result.failed == len(refused) and result.sent == 20 - len(refused)
     rows = dict(con.execute("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'").fetchall())
@@ -163,9 +122,9 @@ def test_bad_credentials_stop_the_channel_with_everything_still_queued(con, monk
     with stack() as (sandbox_url, _, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, None, token="wrong")
         _queue(con, channel, spec, _phones(6))
-        result = _dispatch(con, channel, concurrency=1)
+        result = dispatch(con, channel, concurrency=1)
     assert result.stopped_reason and result.stopped_reason.startswith("20003")
-    assert dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()) == {"queued": 6}
+    assert states(con) == {"queued": 6}
     assert sandbox.tally.accepted == 0
 
 
@@ -179,7 +138,7 @@ def test_malformed_answers_are_never_counted_as_sent(con, monkeypatch):
         assert request.headers["content-type"] == "application/x-www-form-urlencoded"
         return httpx.Response(201, content=b"<html>gateway says hi</html>")
 
-    result = _dispatch(con, channel, transport=httpx.MockTransport(handler))
+    result = dispatch(con, channel, transport=httpx.MockTransport(handler))
     assert result.sent == 0 and result.failed == 4 and calls["n"] == 4  # not retried: it may have gone out
     assert con.execute("SELECT DISTINCT error_code FROM outbox").fetchall() == [("http_201",)]
     # A 502 without Twilio's body is Twilio's trouble: retried, not permanent.
@@ -234,10 +193,10 @@ def test_stop_reply_arrives_as_inbound_and_later_sends_are_refused_21610(con, mo
     with stack(stop_rate=1.0, inbound=True) as (sandbox_url, receiver_url, receiver, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, receiver_url)
         _queue(con, channel, spec, ["+447700900123"])
-        assert _dispatch(con, channel).sent == 1
-        assert _drain(sandbox_url)["drained"] is True
-        inbound = [m for url, headers, body in receiver.calls if tw.verify(body, headers, TOKEN, url)
-                   for m in tw.parse(tw.spool_body(body, url))[1]]
+        assert dispatch(con, channel).sent == 1
+        drain(sandbox_url)
+        inbound = [m for post in receiver.posts if tw.verify(post.body, post.headers, TOKEN, post.url)
+                   for m in tw.parse(tw.spool_body(post.body, post.url))[1]]
         assert [(m.sender, m.text) for m in inbound] == [("+447700900123", "STOP")]
         assert json.loads(inbound[0].raw_json)["id"].startswith("SM")
         again = httpx.post(f"{sandbox_url}/2010-04-01/Accounts/{SID}/Messages.json", auth=(SID, TOKEN),

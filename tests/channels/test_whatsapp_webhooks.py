@@ -16,19 +16,9 @@ from pipeline.channels.whatsapp_webhooks import (
     sign,
     verify_signature,
 )
+from tests.helpers.whatsapp import envelope
 
 SECRET = "app-secret-for-tests"
-
-
-def envelope(*, statuses: list | None = None, messages: list | None = None, field: str = "messages") -> dict:
-    value: dict = {"messaging_product": "whatsapp",
-                   "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"}}
-    if statuses is not None:
-        value["statuses"] = statuses
-    if messages is not None:
-        value["messages"] = messages
-    return {"object": "whatsapp_business_account",
-            "entry": [{"id": "WABA1", "changes": [{"field": field, "value": value}]}]}
 
 
 STATUS = {

@@ -1,139 +1,27 @@
-"""The HTML report opened in headless Chromium (Debian's `chromium`, installed by the project's set-up): the
-charts render with their bars, the console shows no error, and the page asks for nothing from the network.
-
-Driven over the DevTools protocol (a websocket: `websockets` comes with Prefect), so console messages,
-exceptions and requests are seen from the first byte of the page.
-"""
+"""The HTML report opened in headless Chromium (tests/helpers/browser.py): the charts render with their bars, the
+console shows no error, and the page asks for nothing from the network."""
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
-from websockets.sync.client import connect as ws_connect
 
 from pipeline import store
 from pipeline.costs import costing as costs
 from pipeline.costs.report import write_report
 from pipeline.store import Store
 from pipeline.store.bulk import insert_frame
-from tests.conftest import BACKENDS, new_store_url
 from tests.costs.rows import add_campaign, ts
+from tests.helpers.browser import Tab
+from tests.helpers.stores import BACKENDS, new_store_url
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0"]
 CHECK_CHARTS = """JSON.stringify([...document.querySelectorAll('svg.chart')].map(s => ({
     id: s.id, bars: s.querySelectorAll('rect.bar').length, width: s.getBoundingClientRect().width,
     height: s.getBoundingClientRect().height, drawn: s.getBBox().width,
     widest: Math.max(0, ...[...s.querySelectorAll('rect.bar')].map(r => r.getBoundingClientRect().width))})))"""
-
-
-@dataclass
-class PageLoad:
-    errors: list[str] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)
-    value: Any = None
-
-
-class Chromium:
-    """One headless browser; `load(url, expression)` opens a tab and evaluates `expression` once loaded."""
-
-    def __init__(self, profile: Path) -> None:
-        if not Path(CHROMIUM).exists():
-            pytest.fail(f"{CHROMIUM} is missing: the test set-up installs it (`apt-get install -y chromium`); "
-                        "the HTML report cannot be checked in a browser without it")
-        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.ws_url = self._endpoint()
-        self.ws = ws_connect(self.ws_url, max_size=None, open_timeout=20)
-        self.next_id = 0
-
-    def _endpoint(self) -> str:
-        deadline = time.monotonic() + 30
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            found = re.search(r"DevTools listening on (ws://\S+)", line)
-            if found:
-                return found.group(1)
-            if not line and self.proc.poll() is not None:
-                break
-        self.close()
-        pytest.fail("chromium did not start its DevTools endpoint within 30 s")
-
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
-        self.next_id += 1
-        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        self.ws.send(json.dumps(message))
-        while True:
-            reply = json.loads(self.ws.recv(timeout=30))
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self._events.append(reply)
-
-    def load(self, url: str, expression: str) -> PageLoad:
-        self._events: list[dict[str, Any]] = []
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            self.send(f"{domain}.enable", session=session)
-        self.send("Page.navigate", {"url": url}, session=session)
-        deadline = time.monotonic() + 30
-        while not any(e.get("method") == "Page.loadEventFired" for e in self._events):
-            assert time.monotonic() < deadline, "the page did not finish loading within 30 s"
-            self._events.append(json.loads(self.ws.recv(timeout=30)))
-        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)
-        time.sleep(0.2)  # anything logged while the page settles
-        self.send("Runtime.evaluate", {"expression": "1"}, session=session)
-        page = PageLoad(value=result.get("result", {}).get("value"))
-        for event in self._events:
-            method, params = event.get("method"), event.get("params", {})
-            if method == "Runtime.exceptionThrown":
-                details = params["exceptionDetails"]
-                page.errors.append(f"{details.get('text', '')} {details.get('exception', {}).get('description', '')}")
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                page.errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
-            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                page.errors.append(params["entry"].get("text", ""))
-            elif method == "Network.requestWillBeSent":
-                page.requests.append(params["request"]["url"])
-        self.send("Target.closeTarget", {"targetId": target})
-        return page
-
-    def close(self) -> None:
-        if getattr(self, "ws", None):
-            self.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    chromium = Chromium(profile)
-    try:
-        yield chromium
-    finally:
-        chromium.close()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def sample_campaign(db: Store) -> None:
@@ -187,8 +75,8 @@ def report_html(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         return write_report(db, "autumn", folder / "autumn").html
 
 
-def test_report_charts_render_without_console_errors(browser: Chromium, report_html: Path) -> None:
-    page = browser.load(report_html.resolve().as_uri(), CHECK_CHARTS)
+def test_report_charts_render_without_console_errors(tab: Tab, report_html: Path) -> None:
+    page = tab.load(report_html.resolve().as_uri(), CHECK_CHARTS)
     assert page.errors == []
     assert [r for r in page.requests if not r.startswith("file://")] == []  # opens offline
     charts = {c["id"]: c for c in json.loads(page.value)}
@@ -201,12 +89,12 @@ def test_report_charts_render_without_console_errors(browser: Chromium, report_h
         assert chart["widest"] > 100, chart  # the bars have a real size on screen
 
 
-def test_the_browser_check_catches_errors_and_network_requests(browser: Chromium, tmp_path: Path) -> None:
+def test_the_browser_check_catches_errors_and_network_requests(tab: Tab, tmp_path: Path) -> None:
     broken = tmp_path / "broken.html"
     broken.write_text('<!DOCTYPE html><html><body><svg class="chart" id="x"></svg>'
                       '<script>console.error("chart failed"); undefinedFunction();</script>'
                       '<img src="http://127.0.0.1:9/logo.png"></body></html>')
-    page = browser.load(broken.as_uri(), CHECK_CHARTS)
+    page = tab.load(broken.as_uri(), CHECK_CHARTS)
     assert any("chart failed" in e for e in page.errors)
     assert any("undefinedFunction" in e for e in page.errors)
     assert "http://127.0.0.1:9/logo.png" in page.requests

@@ -12,7 +12,7 @@ from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_
 from pipeline.records import empty_rejects
 from pipeline.spec import parse_spec
 from pipeline.testing import FakeChannel
-from tests.dispatch.test_dispatch_policy import SPEC, channel
+from tests.helpers.whatsapp import SPEC, channel
 
 
 def test_only_unreachable_recipients_get_the_fallback_and_only_once(con):

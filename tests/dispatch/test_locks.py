@@ -118,16 +118,8 @@ def test_the_refusal_survives_pickling(db: store.Store):
     assert str(copy) == str(refused.value) and copy.holder == refused.value.holder
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_the_campaign_flow_refuses_while_another_run_holds_the_campaign(
-    tmp_path: Path, db_url: str, other_process: subprocess.Popen[str], harness
+    tmp_path: Path, db_url: str, other_process: subprocess.Popen[str], prefect_harness
 ):
     import yaml
 

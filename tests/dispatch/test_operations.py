@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pipeline import store
 from pipeline.cli import main
 from pipeline.dispatch import operations
-from tests.dispatch.test_dispatch_policy import queue
+from tests.helpers.whatsapp import queue
 
 
 def test_retry_failed_requeues_only_retryable_and_expired_deferrals(con):

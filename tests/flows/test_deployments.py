@@ -10,15 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,224 +26,27 @@ from pipeline.dispatch.locks import current_holder
 from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
+from tests.helpers import background
+from tests.helpers.prefect import (
+    FINAL,
+    PREFECT,
+    SECRETS,
+    SERVER_START_S,
+    PrefectServer,
+    deployment,
+    final_state,
+    flow_run,
+    heartbeats,
+    prefect_server,
+    run_deployment,
+    run_logs,
+    run_setup_command,
+    scratch,
+)
+from tests.helpers.waiting import Deadline
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-PREFECT = str(BIN / "prefect")
-SECRETS = {"WHATSAPP_ACCESS_TOKEN": "test-token", "WHATSAPP_APP_SECRET": "test-app-secret",
-           "WHATSAPP_VERIFY_TOKEN": "test-verify-token"}
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-# --- processes ------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-class Processes:
-    """The processes a test starts, each in a new session with its output in a log file."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
-        logs.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, args: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self.started.append((name, proc))
-        return proc
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-        """Signals the process, its process group and every descendant (some start sessions of their own)."""
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM to the process and its descendants, SIGKILL to whatever is left after 10 s."""
-        family = [proc.pid, *descendants(proc.pid)]
-        self.kill(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in family:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        # Clients first, the server last: a client whose server vanished can hang on reconnects.
-        for _, proc in reversed(self.started):
-            self.stop(proc)
-        self.started.clear()
-
-
-def wait_for(check: Callable[[], Any], *, timeout_s: float, what: str, procs: Processes | None = None,
-             every_s: float = 0.5) -> Any:
-    """Polls `check` until it returns something truthy; the timeout only bounds the test, it asserts nothing
-    about speed. On timeout the logs of the started processes are shown."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {name}\n{procs.log(name)[-3000:]}" for name, _ in procs.started) if procs else ""
-            raise AssertionError(f"gave up waiting for {what}\n{logs}")
-        time.sleep(every_s)
-
-
-# --- a Prefect server -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class PrefectServer:
-    url: str
-    env: dict[str, str]
-    procs: Processes
-
-    @property
-    def api(self) -> str:
-        return f"{self.url}/api"
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=30, transport=_RetryOn503())
-
-
-class _RetryOn503(httpx.HTTPTransport):
-    """The server answers 503 while its SQLite file is locked by its own services; a client retries."""
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        for _ in range(20):
-            response = super().handle_request(request)
-            if response.status_code != 503:
-                return response
-            response.close()
-            time.sleep(0.5)
-        return response
-
-
-def server_env(home: Path) -> dict[str, str]:
-    """The environment of every Prefect process of a test: nothing inherited from a developer's Prefect set-up."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(SECRETS)
-    env.update(
-        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        # Quick polling so a test waits seconds, not minutes, for a schedule or a worker.
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="2",
-        PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_CLI_COLORS="false", PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-@contextmanager
-def prefect_server(tmp: Path) -> Iterator[PrefectServer]:
-    """`prefect server start` on a free loopback port with its own PREFECT_HOME; stopped with everything the
-    test started against it."""
-    procs = Processes(tmp / "logs")
-    port = free_port()
-    env = server_env(tmp / "prefect-home")
-    # The UI's pages call the API at this address (by default they would call 127.0.0.1:4200).
-    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
-    server = procs.start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                         env=env, cwd=tmp)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert server.poll() is None, procs.log("server")
-        try:
-            return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, timeout_s=90, what="the Prefect server", procs=procs)
-        yield PrefectServer(url, {**env, "PREFECT_API_URL": f"{url}/api"}, procs)
-    finally:
-        procs.stop_all()
-
-
-def deployment(api: httpx.Client, name: str) -> dict[str, Any] | None:
-    answer = api.get(f"/deployments/name/{name}")
-    return answer.json() if answer.status_code == 200 else None
-
-
-def run_deployment(api: httpx.Client, name: str, parameters: dict[str, Any], **extra: Any) -> str:
-    found = deployment(api, name)
-    assert found, name
-    answer = api.post(f"/deployments/{found['id']}/create_flow_run", json={"parameters": parameters, **extra})
-    answer.raise_for_status()
-    return answer.json()["id"]
-
-
-def flow_run(api: httpx.Client, run_id: str) -> dict[str, Any]:
-    return api.get(f"/flow_runs/{run_id}").json()
-
-
-def final_state(api: httpx.Client, run_id: str, procs: Processes, timeout_s: float = 60) -> dict[str, Any]:
-    run = wait_for(lambda: (r := flow_run(api, run_id))["state_type"] in FINAL and r, timeout_s=timeout_s,
-                   what=f"flow run {run_id} to finish", procs=procs)
-    return run
-
-
-def heartbeats(api: httpx.Client, run_id: str) -> list[dict[str, Any]]:
-    """The run's heartbeat events (what the zombie automation watches)."""
-    answer = api.post("/events/filter", json={"filter": {
-        "event": {"name": ["prefect.flow-run.heartbeat"]}, "resource": {"id": [f"prefect.flow-run.{run_id}"]}},
-        "limit": 50})
-    answer.raise_for_status()
-    return answer.json()["events"]
-
-
-def run_logs(api: httpx.Client, run_id: str) -> list[str]:
-    answer = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    return [entry["message"] for entry in answer.json()]
+SETUP_S = 240  # TestWorkPool's set-up (server, work pool, automation, `prefect deploy --all`), at most
 
 
 # --- a spool file with one genuine receipt, for the receipts flow to ingest -----------------------------------
@@ -280,11 +78,45 @@ def events_in(db: Path) -> list[str]:
 # --- make serve -----------------------------------------------------------------------------------------------
 
 
+def _pool_server(stack: ExitStack) -> PrefectServer:
+    """A server with what `make worker` sets up before its worker: bounded as a whole by SETUP_S (the tests' own
+    timeout counts their bodies only), so a slow machine fails here, saying which step ran out."""
+    deadline = Deadline(SETUP_S, "TestWorkPool's set-up")
+    server = stack.enter_context(prefect_server(scratch(stack, "prefect-pool"), deadline))
+    env = {**server.env, "PWD": str(ROOT)}  # prefect.yaml's pull step: {{ $PWD }}
+    # A short zombie window keeps the crash test short: just above the 30 s heartbeat (Prefect's minimum), which
+    # only the killed run of this class outlives.
+    run_setup_command([sys.executable, "-m", "flows.serve", "--setup", "--zombie-after", "32"], env=env,
+                      cwd=ROOT, deadline=deadline, step="the work pool and the zombie automation")
+    run_setup_command([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT, deadline=deadline,
+                      step="prefect deploy --all")
+    with server.client() as api:
+        api.post("/work_pools/local-process/queues", json={"name": TEST_QUEUE}).raise_for_status()
+    return server
+
+
+# Both come up in the background while earlier tests run (tests/helpers/background.py); they are stopped
+# with this module.
+background.register("serve_server", lambda stack: stack.enter_context(prefect_server(scratch(stack, "prefect-serve"))))
+background.register("pool_server", _pool_server)
+
+
+@pytest.fixture(scope="module")
+def serve_server() -> Iterator[PrefectServer]:
+    yield background.result("serve_server", SERVER_START_S)
+    background.close("serve_server")
+
+
+@pytest.fixture(scope="module")
+def pool_server() -> Iterator[PrefectServer]:
+    yield background.result("pool_server", SETUP_S)
+    background.close("pool_server")
+
+
 class TestServe:
     @pytest.fixture(scope="class")
-    def server(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-        with prefect_server(tmp_path_factory.mktemp("serve")) as server:
-            yield server
+    def server(self, serve_server: PrefectServer) -> PrefectServer:
+        return serve_server
 
     def test_make_serve_serves_prefect_yaml_and_runs_a_deployment(self, server: PrefectServer, tmp_path: Path):
         # What `make serve` runs; in a scratch folder, so a schedule firing meanwhile touches nothing of ours.
@@ -292,9 +124,9 @@ class TestServe:
                                    cwd=tmp_path)
         entries = {e["name"]: e for e in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
         with server.client() as api:
-            found = wait_for(lambda: (got := {d["name"]: d for d in api.post("/deployments/filter", json={}).json()})
-                             and set(got) == set(entries) and got, timeout_s=60,
-                             what="every deployment of prefect.yaml", procs=server.procs)
+            found = server.wait_for(
+                lambda: (got := {d["name"]: d for d in api.post("/deployments/filter", json={}).json()})
+                and set(got) == set(entries) and got, timeout_s=60, what="every deployment of prefect.yaml")
             flows = {f["id"]: f["name"] for f in api.post("/flows/filter", json={}).json()}
             names = {name: f"{flows[d['flow_id']]}/{name}" for name, d in found.items()}
             # Each deployment carries the schedules prefect.yaml declares (cron with its time zone, interval).
@@ -309,16 +141,16 @@ class TestServe:
             spool, db = tmp_path / "spool", tmp_path / "ledger.duckdb"
             spool_one_receipt(spool, db)
             run_id = run_deployment(api, names["collect-receipts"], {"db_path": str(db), "spool_dir": str(spool)})
-            run = final_state(api, run_id, server.procs)
+            run = final_state(api, run_id, server)
             assert run["state_type"] == "COMPLETED", run["state"]
             assert serve.poll() is None
             # The served run did the job, with the parameters it was given.
             assert events_in(db) == ["wamid.deployed"]
             # Served runs send heartbeats (flows/serve.py sets their frequency), so a dead one is noticed.
-            wait_for(lambda: heartbeats(api, run_id), timeout_s=30, what="a heartbeat of the run", procs=server.procs)
+            server.wait_for(lambda: heartbeats(api, run_id), timeout_s=30, what="a heartbeat of the run")
             # Its log lines reach the API (they are shipped in batches, hence the wait).
-            wait_for(lambda: any("1 spool files: 1 events" in line for line in run_logs(api, run_id)), timeout_s=20,
-                     what="the run's log line", procs=server.procs)
+            server.wait_for(lambda: any("1 spool files: 1 events" in e["message"] for e in run_logs(api, run_id)),
+                            timeout_s=20, what="the run's log line")
 
     def test_an_interval_schedule_fires_and_its_run_completes(self, server: PrefectServer, tmp_path: Path):
         spool, db = tmp_path / "spool", tmp_path / "ledger.duckdb"
@@ -330,19 +162,23 @@ class TestServe:
             f"serve(flow.to_deployment(name='every-5s', interval=5, parameters={{'db_path': {str(db)!r}, "
             f"'spool_dir': {str(spool)!r}}}))\n"
         )
-        server.procs.start("serve-every-5s", [sys.executable, "-c", script], env=server.env, cwd=tmp_path)
+        serving = server.procs.start("serve-every-5s", [sys.executable, "-c", script], env=server.env, cwd=tmp_path)
         with server.client() as api:
-            found = wait_for(lambda: deployment(api, "collect-receipts/every-5s"), timeout_s=60,
-                             what="the test deployment", procs=server.procs)
+            found = server.wait_for(lambda: deployment(api, "collect-receipts/every-5s"), timeout_s=60,
+                                    what="the test deployment")
 
-            def scheduled_run_done() -> dict[str, Any] | None:
-                runs = api.post("/flow_runs/filter", json={
+            def finished_runs() -> list[dict[str, Any]]:
+                return [r for r in api.post("/flow_runs/filter", json={
                     "deployments": {"id": {"any_": [found["id"]]}},
-                    "flow_runs": {"state": {"type": {"any_": sorted(FINAL)}}}}).json()
-                return next((r for r in runs if r["auto_scheduled"]), None)
+                    "flow_runs": {"state": {"type": {"any_": sorted(FINAL)}}}}).json() if r["auto_scheduled"]]
 
-            run = wait_for(scheduled_run_done, timeout_s=75, what="a scheduled run to finish", procs=server.procs)
-        assert run["state_type"] == "COMPLETED", run["state"]
+            # On a loaded machine a run can outlast the 5 s interval: the next one then finds the ledger locked
+            # and fails, while the first completes. One completed scheduled run is what this test is about.
+            run = server.wait_for(lambda: next((r for r in finished_runs() if r["state_type"] == "COMPLETED"), None),
+                                  timeout_s=75, what="a scheduled run to complete",
+                                  details=lambda: f"finished: {[r['state'] for r in finished_runs()]}")
+        # The next run every 5 s would hold the ledger's lock while we read it: stop serving first.
+        server.procs.stop(serving)
         assert "auto-scheduled" in run["tags"]
         assert events_in(db) == ["wamid.deployed"]
 
@@ -360,20 +196,8 @@ TEST_QUEUE = "tests"  # the worker polls only this queue: a schedule of prefect.
 
 class TestWorkPool:
     @pytest.fixture(scope="class")
-    def server(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-        tmp = tmp_path_factory.mktemp("pool")
-        with prefect_server(tmp) as server:
-            env = {**server.env, "PWD": str(ROOT)}  # prefect.yaml's pull step: {{ $PWD }}
-            # What `make worker` runs before the worker; a short zombie window keeps the crash test short.
-            setup = subprocess.run([sys.executable, "-m", "flows.serve", "--setup", "--zombie-after", "40"],
-                                   env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-            assert setup.returncode == 0, setup.stdout + setup.stderr
-            deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT,
-                                    capture_output=True, text=True, timeout=180)
-            assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-            with server.client() as api:
-                api.post("/work_pools/local-process/queues", json={"name": TEST_QUEUE}).raise_for_status()
-            yield server
+    def server(self, pool_server: PrefectServer) -> PrefectServer:
+        return pool_server
 
     @pytest.fixture
     def worker(self, server: PrefectServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
@@ -384,6 +208,7 @@ class TestWorkPool:
         yield proc
         server.procs.stop(proc)
 
+    @pytest.mark.timeout(300, func_only=True)  # the class's set-up has its own deadline
     def test_deploy_all_registers_every_deployment_in_the_pool(self, server: PrefectServer):
         names = [e["name"] for e in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]]
         with server.client() as api:
@@ -395,51 +220,82 @@ class TestWorkPool:
             assert d["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
         assert [a["name"] for a in automation] == ["crash-zombie-flow-runs"]
 
+    @pytest.mark.timeout(300, func_only=True)  # the class's set-up has its own deadline
     def test_a_worker_runs_a_deployment_to_completion(self, server: PrefectServer, worker: Any, tmp_path: Path):
         spool, db = tmp_path / "spool", tmp_path / "ledger.duckdb"
         spool_one_receipt(spool, db)
         with server.client() as api:
             run_id = run_deployment(api, "collect-receipts/collect-receipts",
                                     {"db_path": str(db), "spool_dir": str(spool)}, work_queue_name=TEST_QUEUE)
-            run = final_state(api, run_id, server.procs, timeout_s=75)
+            run = final_state(api, run_id, server, timeout_s=75)
         assert run["state_type"] == "COMPLETED", run["state"]
         assert events_in(db) == ["wamid.deployed"]
 
-    def test_a_run_whose_worker_is_killed_is_marked_crashed(self, server: PrefectServer, worker: Any, tmp_path: Path):
+    @pytest.mark.timeout(300, func_only=True)  # the class's set-up has its own deadline
+    def test_a_run_whose_worker_is_killed_is_marked_crashed(self, server: PrefectServer, killed_worker: dict):
         """kill -9 of the worker and its flow-run process (a lost machine): nothing reports the end of the run;
-        the zombie automation marks it Crashed once its heartbeats stop, and the campaign lock is free again."""
-        config = SandboxConfig(access_token=SECRETS["WHATSAPP_ACCESS_TOKEN"], app_secret="test-app-secret",
-                               webhook_url=None, templates={"welcome_offer": "marketing"}, seed=3)
-        with serve_in_thread(create_app(config)) as sandbox:
-            spec, db = slow_campaign(tmp_path), tmp_path / "ledger.duckdb"
-            with server.client() as api:
-                run_id = run_deployment(api, "campaign/inbox-campaign", {
-                    "spec_path": str(spec), "campaign_id": "zombie", "db_path": str(db),
-                    "spool_dir": str(tmp_path / "spool"), "reports_dir": str(tmp_path / "reports"),
-                    "provider_base_url": sandbox,
-                }, work_queue_name=TEST_QUEUE)
+        the zombie automation marks it Crashed once its heartbeats stop, and the campaign lock is free again.
+        The run is started and killed in the background (`_killed_worker`), so the zombie window passes while
+        other tests run; here, what the server and the ledger made of it."""
+        run_id, sandbox, db = killed_worker["run_id"], killed_worker["sandbox"], killed_worker["db"]
+        with server.client() as api:
+            run = server.wait_for(lambda: (r := flow_run(api, run_id))["state_type"] != "RUNNING" and r,
+                                  timeout_s=80, what="the zombie run to be marked", every_s=1)
+        assert run["state_type"] == "CRASHED", run["state"]
+        assert "No heartbeat" in run["state"]["message"]
+        assert httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] == killed_worker["sent_at_kill"]
+        assert current_holder(db, "zombie") is None  # the kernel released the dead run's lock
 
-                def sending() -> bool:
-                    assert flow_run(api, run_id)["state_type"] not in FINAL
-                    return httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] > 0
 
-                wait_for(sending, timeout_s=60, what="the campaign to start sending", procs=server.procs)
-                assert flow_run(api, run_id)["state_type"] == "RUNNING"
-                wait_for(lambda: heartbeats(api, run_id), timeout_s=30, what="a heartbeat", procs=server.procs)
-                holder = current_holder(db, "zombie")
-                assert holder is not None and holder.flow_run_id == run_id  # the lock names the running run
+ZOMBIE_QUEUE = "zombie"  # the killed worker's own queue: the worker test's runs never go to it
 
-                server.procs.kill(worker)  # SIGKILL: worker, flow-run process, everything under them
-                worker.wait(timeout=10)
-                sent_at_kill = httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"]
-                assert flow_run(api, run_id)["state_type"] == "RUNNING"  # nobody left to say otherwise
 
-                run = wait_for(lambda: (r := flow_run(api, run_id))["state_type"] != "RUNNING" and r,
-                               timeout_s=80, what="the zombie run to be marked", procs=server.procs, every_s=1)
-            assert run["state_type"] == "CRASHED", run["state"]
-            assert "No heartbeat" in run["state"]["message"]
-            assert httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] == sent_at_kill
-            assert current_holder(db, "zombie") is None  # the kernel released the dead run's lock
+def _killed_worker(stack: ExitStack) -> dict[str, Any]:
+    """A worker runs the slow campaign against a sandbox and is killed (SIGKILL, with its flow-run process) once
+    the run is sending and has sent a heartbeat, the lock naming the run; the run is Running, and nobody is left to
+    say otherwise. What the crash test needs to check afterwards is returned; the sandbox stays up until then."""
+    server: PrefectServer = background.result("pool_server", SETUP_S)
+    tmp = scratch(stack, "zombie")
+    with server.client() as api:
+        api.post("/work_pools/local-process/queues", json={"name": ZOMBIE_QUEUE}).raise_for_status()
+    worker = server.procs.start("worker-zombie", [
+        PREFECT, "worker", "start", "--pool", "local-process", "--work-queue", ZOMBIE_QUEUE,
+    ], env=server.env, cwd=tmp)
+    stack.callback(server.procs.stop, worker)
+    config = SandboxConfig(access_token=SECRETS["WHATSAPP_ACCESS_TOKEN"], app_secret="test-app-secret",
+                           webhook_url=None, templates={"welcome_offer": "marketing"}, seed=3)
+    sandbox = stack.enter_context(serve_in_thread(create_app(config)))
+    spec, db = slow_campaign(tmp), tmp / "ledger.duckdb"
+    with server.client() as api:
+        run_id = run_deployment(api, "campaign/inbox-campaign", {
+            "spec_path": str(spec), "campaign_id": "zombie", "db_path": str(db), "spool_dir": str(tmp / "spool"),
+            "reports_dir": str(tmp / "reports"), "provider_base_url": sandbox,
+        }, work_queue_name=ZOMBIE_QUEUE)
+
+        def sending() -> bool:
+            assert flow_run(api, run_id)["state_type"] not in FINAL
+            return httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] > 0
+
+        server.wait_for(sending, timeout_s=60, what="the campaign to start sending")
+        assert flow_run(api, run_id)["state_type"] == "RUNNING"
+        server.wait_for(lambda: heartbeats(api, run_id), timeout_s=30, what="a heartbeat")
+        holder = current_holder(db, "zombie")
+        assert holder is not None and holder.flow_run_id == run_id  # the lock names the running run
+
+        server.procs.kill(worker)  # SIGKILL: worker, flow-run process, everything under them
+        worker.wait(timeout=10)
+        sent_at_kill = httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"]
+        assert flow_run(api, run_id)["state_type"] == "RUNNING"  # nobody left to say otherwise
+    return {"run_id": run_id, "sandbox": sandbox, "db": db, "sent_at_kill": sent_at_kill}
+
+
+background.register("killed_worker", _killed_worker)
+
+
+@pytest.fixture(scope="module")
+def killed_worker(pool_server: PrefectServer) -> Iterator[dict[str, Any]]:
+    yield background.result("killed_worker", 180)
+    background.close("killed_worker")
 
 
 def slow_campaign(tmp_path: Path) -> Path:

@@ -26,16 +26,8 @@ from pipeline.servers import serve_in_thread
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
-def services(tmp_path, harness):
+def services(tmp_path, prefect_harness):
     spool = tmp_path / "spool"
     spool.mkdir()
     secrets = secrets_from_env()
@@ -120,30 +112,30 @@ def test_campaign_flow_end_to_end(tmp_path, services):
     assert again["sent"] == summary["sent"]
 
 
-def test_forged_webhook_is_rejected_and_leaves_no_event(tmp_path, services):
+def test_forged_webhook_is_rejected_and_leaves_no_event(tmp_path):
     body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
         "field": "messages", "value": {"messaging_product": "whatsapp", "statuses": [{
             "id": "wamid.forged", "status": "delivered", "timestamp": "1750030073", "recipient_id": "447700900123",
             "biz_opaque_callback_data": "forged"}]}}]}]}).encode()
     forged = "sha256=" + hmac.new(b"not-the-app-secret", body, hashlib.sha256).hexdigest()
-    answer = httpx.post(f"{services['receiver']}/webhooks/whatsapp", content=body,
-                        headers={"X-Hub-Signature-256": forged, "Content-Type": "application/json"})
-    assert answer.status_code == 401
     genuine = "sha256=" + hmac.new(b"test-app-secret", body, hashlib.sha256).hexdigest()
-    assert httpx.post(f"{services['receiver']}/webhooks/whatsapp", content=body,
-                      headers={"X-Hub-Signature-256": genuine}).status_code == 200
-    import time
-
-    time.sleep(1.5)  # the receiver closes its spool file after 1 s
+    spool = tmp_path / "spool"
+    with serve_in_thread(create_receiver_app(spool, secrets_from_env())) as receiver:
+        answer = httpx.post(f"{receiver}/webhooks/whatsapp", content=body,
+                            headers={"X-Hub-Signature-256": forged, "Content-Type": "application/json"})
+        assert answer.status_code == 401
+        assert httpx.post(f"{receiver}/webhooks/whatsapp", content=body,
+                          headers={"X-Hub-Signature-256": genuine}).status_code == 200
+    # The receiver has stopped, which closed its spool file: everything it acknowledged is ready to ingest.
     with store.connect(tmp_path / "db.duckdb") as con:
-        ingest_spool(con, services["spool"])
+        ingest_spool(con, spool)
         ids = [r[0] for r in con.execute("SELECT provider_message_id FROM unmatched_events").fetchall()]
         events = con.execute("SELECT count(*) FROM events WHERE provider_message_id = 'wamid.forged'").fetchall()
     # Only the genuine copy landed, kept apart (it names no message of ours); the forged one left nothing.
     assert ids == ["wamid.forged"] and events == [(0,)]
 
 
-def test_whatsapp_to_sms_fallback_reaches_the_undeliverable_once(tmp_path, harness, monkeypatch):
+def test_whatsapp_to_sms_fallback_reaches_the_undeliverable_once(tmp_path, prefect_harness, monkeypatch):
     from flows.campaign import campaign_flow
     from pipeline.receipts.routes import add_provider_routes
     from pipeline.sandbox.registry import DEMO_ENV

@@ -8,23 +8,22 @@ and the same facts are checked through the REST API.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from websockets.sync.client import connect as ws_connect
 
-from tests.flows.test_deployments import PrefectServer, Processes, prefect_server, wait_for
+from tests.helpers import background
+from tests.helpers.browser import Tab
+from tests.helpers.prefect import SERVER_START_S, PrefectServer, run_logs, scratch
+from tests.helpers.waiting import Deadline, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -87,26 +86,45 @@ print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "state": 
 '''
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    with prefect_server(tmp_path_factory.mktemp("ui")) as server:
-        yield server
+SETUP_S = 240  # the campaign the tests look at, run against the server, at most
 
 
 @pytest.fixture(scope="module")
-def campaign(server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("ui-campaign")
+def server(prefect_ui_server: PrefectServer) -> PrefectServer:
+    return prefect_ui_server
+
+
+def _ui_campaign(stack: ExitStack) -> dict[str, Any]:
+    """The campaign (and the two small flows) every test here looks at, run once in a subprocess against the UI
+    server, in the background from the start of the session; bounded by SETUP_S on its own, as the tests' timeout
+    counts their bodies only."""
+    server: PrefectServer = background.result("prefect_ui_server", SERVER_START_S)
+    deadline = Deadline(SETUP_S, "the UI test's campaign")
+    tmp = scratch(stack, "ui-campaign")
     env = {**server.env, "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline"}
-    done = subprocess.run([sys.executable, "-c", CAMPAIGN, str(ROOT), str(tmp), "400", PHONE, EMAIL], env=env,
-                          cwd=tmp, capture_output=True, text=True, timeout=240)
+    try:
+        done = subprocess.run([sys.executable, "-c", CAMPAIGN, str(ROOT), str(tmp), "400", PHONE, EMAIL], env=env,
+                              cwd=tmp, capture_output=True, text=True, timeout=deadline.left("the campaign run"))
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the UI test's campaign did not finish within its {SETUP_S} s set-up deadline\n"
+                             f"{(exc.stderr or '')[-5000:]}") from None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["state"] == "COMPLETED", done.stderr[-5000:]
     return {**result, "console": done.stdout + done.stderr, "tmp": tmp}
 
 
-def _logs(api: httpx.Client, run_id: str) -> list[dict[str, Any]]:
-    return api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
+background.register("ui_campaign", _ui_campaign)
+
+
+@pytest.fixture(scope="module")
+def ui_campaign() -> dict[str, Any]:
+    return background.result("ui_campaign", SERVER_START_S + SETUP_S)
+
+
+@pytest.fixture(scope="module")
+def campaign(server: PrefectServer, ui_campaign: dict[str, Any]) -> dict[str, Any]:
+    return ui_campaign
 
 
 def _no_contact_details(text: str) -> bool:
@@ -115,15 +133,16 @@ def _no_contact_details(text: str) -> bool:
     return not re.search(r"\d[\d\s]{7,}\d", text) and EMAIL not in text
 
 
+@pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_the_run_its_task_runs_and_artifacts_through_the_api(server: PrefectServer, campaign: dict[str, Any]):
     run_id = campaign["flow_run_id"]
     with server.client() as api:
         run = api.get(f"/flow_runs/{run_id}").json()
         tasks = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
         artifacts = api.post("/artifacts/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
-        logs = wait_for(lambda: (found := _logs(api, run_id)) and any(
+        logs = wait_for(lambda: (found := run_logs(api, run_id)) and any(
             "Finished in state Completed" in entry["message"] and entry["task_run_id"] is None for entry in found)
-            and found, timeout_s=30, what="the run's logs")
+            and found, timeout_s=30, what="the run's logs", every_s=0.5)
     assert run["state_type"] == "COMPLETED" and run["parameters"]["spec_path"].endswith("welcome.yaml")
     assert run["parameters"]["provider_base_url"].startswith("http://127.0.0.1:")
     # One task run per stage: tens, never one per message.
@@ -143,10 +162,12 @@ def test_the_run_its_task_runs_and_artifacts_through_the_api(server: PrefectServ
     assert all(_no_contact_details(m) for m in messages), messages
 
 
+@pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_logs_mask_phone_numbers_and_email_addresses(server: PrefectServer, campaign: dict[str, Any]):
     with server.client() as api:
-        logs = wait_for(lambda: (found := _logs(api, campaign["check_run_id"])) and len(
-            [e for e in found if "logger:" in e["message"]]) == 2 and found, timeout_s=30, what="the check's logs")
+        logs = wait_for(lambda: (found := run_logs(api, campaign["check_run_id"])) and len(
+            [e for e in found if "logger:" in e["message"]]) == 2 and found, timeout_s=30, what="the check's logs",
+            every_s=0.5)
     lines = [entry["message"] for entry in logs if "logger:" in entry["message"]]
     assert sorted(lines) == [
         "library logger: +44*******123 failed, tell j***@example.com",
@@ -157,88 +178,9 @@ def test_logs_mask_phone_numbers_and_email_addresses(server: PrefectServer, camp
     assert f"/runs/flow-run/{campaign['flow_run_id']}" in campaign["console"]
 
 
-class Browser:
-    """Headless Chromium driven over the DevTools protocol: one tab, its text, a screenshot."""
-
-    def __init__(self, profile: Path) -> None:
-        if not Path(CHROMIUM).exists():
-            pytest.fail(f"{CHROMIUM} is missing: the test set-up installs it (`make browser`)")
-        self.procs = Processes(profile / "logs")
-        self.proc = self.procs.start("chromium", [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile / 'profile'}", "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0", "--window-size=1400,1000", "--hide-scrollbars", "about:blank",
-        ], env=dict(os.environ), cwd=profile)
-        port_file = profile / "profile" / "DevToolsActivePort"
-        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout_s=30, what="Chromium",
-                 procs=self.procs)
-        port = int(port_file.read_text().split()[0])
-        pages = wait_for(lambda: [p for p in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-                                  if p["type"] == "page"], timeout_s=10, what="a Chromium tab")
-        self.ws = ws_connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20)
-        self.next_id = 0
-        self.call("Page.enable")
-        self.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=30))
-            if message.get("id") == self.next_id:
-                assert "error" not in message, message
-                return message.get("result") or {}
-
-    def evaluate(self, expression: str) -> Any:
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-    def open(self, url: str, *expected: str, tab: str | None = None, scroll: bool = False) -> str:
-        """Opens `url` (and clicks its `tab`), then waits until the page's text shows every `expected` string;
-        returns the text."""
-        self.call("Page.navigate", url=url)
-        if tab is not None:
-            click = f"""(() => {{
-                const tab = [...document.querySelectorAll('[role=tab], .p-tab, button, a')]
-                    .find(e => (e.innerText || '').trim() === {json.dumps(tab)});
-                if (tab) tab.click();
-                return !!tab; }})()"""
-            wait_for(lambda: self.evaluate(click), timeout_s=45, what=f"the {tab!r} tab of {url}")
-
-        def shown() -> str | None:
-            if scroll:  # lazily loaded sections (the task runs' artifacts) load once scrolled into view
-                self.evaluate("document.querySelectorAll('*').forEach(e => { if (e.scrollHeight > e.clientHeight)"
-                              " e.scrollTop = e.scrollHeight; })")
-            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
-            return text if all(s in text for s in expected) else None
-
-        try:
-            return wait_for(shown, timeout_s=45, what=f"{expected} on {url}")
-        except AssertionError:
-            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
-            raise AssertionError(f"{url} never showed all of {expected}; it shows:\n{text[:3000]}") from None
-
-    def screenshot(self, path: Path) -> None:
-        self.evaluate("window.scrollTo(0, 0); document.querySelectorAll('*').forEach(e => e.scrollTop = 0)")
-        time.sleep(0.5)
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
-
-    def close(self) -> None:
-        self.ws.close()
-        self.procs.stop_all()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    chromium = Browser(tmp_path)
-    try:
-        yield chromium
-    finally:
-        chromium.close()
-
-
+@pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_the_ui_shows_the_run_its_task_runs_and_artifacts(
-    server: PrefectServer, campaign: dict[str, Any], browser: Browser, tmp_path: Path
+    server: PrefectServer, campaign: dict[str, Any], tab: Tab, tmp_path: Path
 ):
     run_id = campaign["flow_run_id"]
     with server.client() as api:
@@ -250,22 +192,23 @@ def test_the_ui_shows_the_run_its_task_runs_and_artifacts(
     page = f"{server.url}/runs/flow-run/{run_id}"
 
     # The run page: its name, state, flow and the progress lines of its logs.
-    browser.open(page, run["name"], "Completed", "campaign", "6 Task runs", "dispatch: ")
+    tab.open(page, run["name"], "Completed", "campaign", "6 Task runs", "dispatch: ")
     shot = tmp_path / "prefect-run.png"
-    browser.screenshot(shot)
+    tab.screenshot(shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
         shutil.copyfile(shot, ROOT / "docs" / "prefect-run.png")
 
-    browser.open(page, *task_names, tab="Task Runs")
-    browser.open(page, *ARTIFACTS, "Rejected rows by reason", tab="Artifacts", scroll=True)
-    browser.open(page, "spec_path", "welcome.yaml", "provider_base_url", tab="Parameters")
+    tab.open(page, *task_names, tab="Task Runs")
+    tab.open(page, *ARTIFACTS, "Rejected rows by reason", tab="Artifacts", scroll=True)
+    tab.open(page, "spec_path", "welcome.yaml", "provider_base_url", tab="Parameters")
     # The summary artifact, rendered, links to the HTML report.
-    browser.open(f"{server.url}/artifacts/artifact/{summary_id}", "Campaign summary", "HTML report: ")
-    links = browser.evaluate("[...document.querySelectorAll('a')].map(a => a.href)")
+    tab.open(f"{server.url}/artifacts/artifact/{summary_id}", "Campaign summary", "HTML report: ")
+    links = tab.evaluate("[...document.querySelectorAll('a')].map(a => a.href)")
     assert any(link.startswith("file://") and link.endswith("/report.html") for link in links), links
 
 
+@pytest.mark.timeout(300, func_only=True)  # the campaign's set-up has its own deadline
 def test_the_daily_cost_report_covers_the_campaigns_sent_that_day(server: PrefectServer, campaign: dict[str, Any]):
     assert campaign["daily_state"] == "COMPLETED", campaign["daily"]
     daily = campaign["daily"]

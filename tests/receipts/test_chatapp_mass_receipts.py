@@ -9,6 +9,7 @@ import json
 
 import duckdb
 import httpx
+import pytest
 
 from pipeline.channels import chatapp_webhooks
 from pipeline.channels.chatapp import MASS_PREFIX
@@ -18,9 +19,15 @@ from pipeline.receipts.spool import encode_record
 from pipeline.sandbox.chatapp import create_chatapp_app
 from pipeline.servers import serve_in_thread
 from pipeline.spec import RateSpec, RetrySpec
-from tests.channels.test_channel_chatapp import TOKEN, _channel, _config, _credentials, _drain, _queue, _run  # noqa: F401
-from tests.receipts.spooling_receiver import spooling_receiver
-from tests.receipts.test_receipts import write_spool
+from tests.helpers.channels import dispatch, drain
+from tests.helpers.providers import CHATAPP_ENV, CHATAPP_TOKEN, chatapp_channel, chatapp_config, chatapp_queue, set_env
+from tests.helpers.receipts import spooling_receiver, write_spool
+
+
+@pytest.fixture(autouse=True)
+def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(monkeypatch, CHATAPP_ENV)
+
 
 MASS = {"provider": {"options": {"channel_type": "whatsapp", "cust_space_id": "cams-8c8test", "mass_send": True}}}
 
@@ -28,15 +35,15 @@ MASS = {"provider": {"options": {"channel_type": "whatsapp", "cust_space_id": "c
 def test_mass_send_receipts_resolve_to_each_recipients_message(con: duckdb.DuckDBPyConnection, tmp_path) -> None:
     spool = tmp_path / "spool"
     refused = "6591000004"  # accepted within the batch, then reported Failed
-    with spooling_receiver(spool, {"CHATAPP_CALLBACK_TOKEN": TOKEN}) as receiver:
-        config = _config(webhook_url=f"{receiver}/webhooks/chatapp", fail_rate=0.1, read_rate=0.5,
+    with spooling_receiver(spool, {"CHATAPP_CALLBACK_TOKEN": CHATAPP_TOKEN}) as receiver:
+        config = chatapp_config(webhook_url=f"{receiver}/webhooks/chatapp", fail_rate=0.1, read_rate=0.5,
                          invalid_recipients=frozenset({refused}))
         app = create_chatapp_app(config)
         with serve_in_thread(app) as url:
-            channel = _channel(url, **MASS)
-            _queue(con, channel, 40)
-            result = _run(con, channel)
-            _drain(url)
+            channel = chatapp_channel(url, **MASS)
+            chatapp_queue(con, channel, 40)
+            result = dispatch(con, channel)
+            drain(url)
     stats = app.state.sandbox.ledger.snapshot()
     assert result.sent == 40 and stats["accepted"] == 40 and stats["calls"] < 40  # batches went out as mass sends
 
@@ -110,16 +117,16 @@ def test_a_mass_send_whose_answer_is_lost_is_settled_from_receipts_not_sent_twic
 ) -> None:
     spool = tmp_path / "spool"
     transport = _AnswerLostOnce()
-    with spooling_receiver(spool, {"CHATAPP_CALLBACK_TOKEN": TOKEN}) as receiver:
-        app = create_chatapp_app(_config(webhook_url=f"{receiver}/webhooks/chatapp", read_rate=0.0))
+    with spooling_receiver(spool, {"CHATAPP_CALLBACK_TOKEN": CHATAPP_TOKEN}) as receiver:
+        app = create_chatapp_app(chatapp_config(webhook_url=f"{receiver}/webhooks/chatapp", read_rate=0.0))
         with serve_in_thread(app) as url:
-            channel = _channel(url, **MASS)
-            _queue(con, channel, 40)
+            channel = chatapp_channel(url, **MASS)
+            chatapp_queue(con, channel, 40)
             result = asyncio.run(dispatch_campaign(
                 con, "t", channel, rate=RateSpec(max_per_second=1000, concurrency=2), timeout_s=5,
                 retry=RetrySpec(max_attempts=5, base_delay_s=0.02, deadline_s=60, reconcile_grace_s=20),
                 reconcile=lambda: ingest_spool(con, spool), transport=transport))
-            _drain(url)
+            drain(url)
     stats = app.state.sandbox.ledger.snapshot()
     assert transport.lost  # a mass send's answer was lost ...
     # ... yet every recipient got exactly one message, and the lost batch was settled by its receipts.

@@ -21,6 +21,7 @@ from pipeline.channels.whatsapp_webhooks import bulk_statuses_sql
 from pipeline.receipts.ingest import EVENT_ID_SQL, event_id, ingest_spool
 from pipeline.receipts.spool import encode_record
 from pipeline.records import Receipt
+from tests.helpers.whatsapp import envelope
 
 T0 = 1750030000
 RECEIVED = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -33,19 +34,6 @@ TABLES = {
     "suppressions": "SELECT * FROM suppressions",
     "spool_files": "SELECT name, bytes, events FROM spool_files",
 }
-
-
-def envelope(statuses: list | None = None, messages: list | None = None, *, field: object = "messages",
-             extra_changes: list | None = None) -> dict:
-    value: dict = {"messaging_product": "whatsapp",
-                   "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"}}
-    if statuses is not None:
-        value["statuses"] = statuses
-    if messages is not None:
-        value["messages"] = messages
-    change = {"value": value, "field": field}
-    return {"object": "whatsapp_business_account",
-            "entry": [{"id": "102290129340398", "changes": [change, *(extra_changes or [])]}]}
 
 
 def st(pmid: str, status: str = "delivered", ts: object = None, **extra: object) -> dict:

@@ -13,6 +13,7 @@ from pipeline import store
 from pipeline.receipts import ingest as receipts_mod
 from pipeline.receipts.ingest import current_statuses, ingest_spool, is_stop_keyword
 from pipeline.receipts.spool import encode_record
+from tests.helpers.receipts import count, write_spool
 
 T0 = 1750030000
 
@@ -45,20 +46,8 @@ def body(statuses: list | None = None, messages: list | None = None) -> bytes:
                        "entry": [{"id": "W", "changes": [{"field": "messages", "value": value}]}]}).encode()
 
 
-def write_spool(spool_dir: Path, name: str, lines: list[bytes]) -> Path:
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    path = spool_dir / f"spool-{name}.jsonl"
-    path.write_bytes(b"".join(line + b"\n" for line in lines))
-    return path
-
-
 def line(payload: bytes) -> bytes:
     return encode_record("whatsapp", payload, datetime(2025, 6, 16, tzinfo=UTC))
-
-
-@pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    return store.connect(tmp_path / "db.duckdb")
 
 
 def add_outbox(con: duckdb.DuckDBPyConnection, campaign: str, message_id: str, recipient: str) -> None:
@@ -75,9 +64,6 @@ def sent_as(con: duckdb.DuckDBPyConnection, *wamids: str) -> None:
         add_outbox(con, "c1", f"m-{wamid}", "+16505551234")
         con.execute("UPDATE outbox SET provider_message_id = ? WHERE message_id = ?", [wamid, f"m-{wamid}"])
 
-
-def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
 
 
 def test_ingest_maps_receipts_to_event_rows(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -21,6 +22,7 @@ from pipeline.receipts.spool import (
     encode_record,
     lines_table,
 )
+from tests.helpers.waiting import wait_for_async
 
 
 def lines_of(paths: list[Path]) -> list[bytes]:
@@ -56,22 +58,43 @@ def test_append_returns_only_after_its_bytes_are_fsynced(tmp_path: Path) -> None
     assert lines_of(closed_files(tmp_path)) == [f'{{"n": {i}}}'.encode() for i in range(5)]
 
 
+class GatedSpool(Spool):
+    """Holds its first batch write until `gate` is set, and remembers how many records each write carried."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.gate = threading.Event()
+        self.batch_sizes: list[int] = []
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _write_batch(self, data: bytes) -> None:
+        self.batch_sizes.append(data.count(b"\n"))
+        if len(self.batch_sizes) == 1:
+            assert self.gate.wait(30), "the test never released the first write"
+        super()._write_batch(data)
+
+
 def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
+    """Group commit, independent of timing: while one write + fsync is under way, every append that comes
+    meanwhile waits for the next one, and that one write + fsync carries them all."""
     n = 500
 
-    async def run() -> Spool:
-        spool = Spool(tmp_path)
-        await asyncio.gather(*(spool.append(f'{{"n": {i}}}'.encode()) for i in range(n)))
+    async def run() -> GatedSpool:
+        spool = GatedSpool(tmp_path)
+        first = asyncio.create_task(spool.append(b'{"n": 0}'))
+        await wait_for_async(lambda: spool.batch_sizes, timeout_s=10, what="the first write to start")
+        rest = [asyncio.create_task(spool.append(f'{{"n": {i}}}'.encode())) for i in range(1, n)]
+        await wait_for_async(lambda: spool.appends == n, timeout_s=10, what="every append to be queued")
+        assert not first.done() and spool.writes == 0  # the first write is still under way
+        spool.gate.set()
+        await asyncio.gather(first, *rest)
+        assert (spool.writes, spool.fsyncs, spool.batch_sizes) == (2, 2, [1, n - 1])
         await spool.close()
         return spool
 
     spool = asyncio.run(run())
     got = sorted(json.loads(line)["n"] for line in lines_of(closed_files(tmp_path)))
     assert got == list(range(n))
-    assert spool.appends == n
-    # One batch is written while the rest queue up; the next batch takes all of them.
-    assert spool.writes <= 5, spool.stats()
-    assert spool.fsyncs <= spool.writes + spool.rotations
+    assert spool.appends == n and spool.fsyncs == spool.writes + spool.rotations  # closing adds the file's last
 
 
 def test_rotation_by_size_keeps_every_record(tmp_path: Path) -> None:
@@ -90,21 +113,33 @@ def test_rotation_by_size_keeps_every_record(tmp_path: Path) -> None:
     assert all(f.name.startswith("spool-") and f.suffix == ".jsonl" for f in files)
 
 
+class CountingSpool(Spool):
+    """Counts the periodic task's rotation checks, so a test can wait for checks rather than for time."""
+
+    checks = 0
+
+    def rotate_if_due(self) -> Path | None:
+        try:
+            return super().rotate_if_due()
+        finally:
+            self.checks += 1
+
+
 def test_periodic_task_closes_an_old_open_file(tmp_path: Path) -> None:
     async def run() -> None:
-        spool = Spool(tmp_path, rotate_after_s=0.05)
-        spool.start()
+        spool = CountingSpool(tmp_path, rotate_after_s=0.05)
         await spool.append(b'{"a": 1}')
-        assert closed_files(tmp_path) == []  # still open
+        # Appending never closes the file itself (the periodic task is not running yet, so no race with it).
+        assert closed_files(tmp_path) == []
         assert len(list(tmp_path.glob("*.open"))) == 1
-        for _ in range(100):
-            if closed_files(tmp_path):
-                break
-            await asyncio.sleep(0.02)
+        spool.start()
+        await wait_for_async(lambda: closed_files(tmp_path), timeout_s=10, what="the periodic task to close the file")
         assert len(closed_files(tmp_path)) == 1
         assert not list(tmp_path.glob("*.open"))
-        await asyncio.sleep(0.15)  # idle: no empty files get created or closed
-        assert len(closed_files(tmp_path)) == 1
+        # Idle: three more checks create or close no empty file.
+        checked = spool.checks
+        await wait_for_async(lambda: spool.checks >= checked + 3, timeout_s=10, what="three more rotation checks")
+        assert len(closed_files(tmp_path)) == 1 and not list(tmp_path.glob("*.open"))
         await spool.close()
 
     asyncio.run(run())

@@ -12,25 +12,33 @@ from pipeline import store
 from pipeline.channels.email import from_spec
 from pipeline.receipts.ingest import ingest_spool
 from pipeline.render.prepare_ids import prepare_ids
-from tests.channels.test_channel_email import UNSUB_SECRET, WEBHOOK_SECRET, _addresses, _dispatch, _queue, _spec, stack
-from tests.receipts.spooling_receiver import spooling_receiver
+from tests.helpers.channels import dispatch
+from tests.helpers.providers import (
+    EMAIL_UNSUB_SECRET,
+    EMAIL_WEBHOOK_SECRET,
+    email_addresses,
+    email_queue,
+    email_spec,
+    email_stack,
+)
+from tests.helpers.receipts import spooling_receiver
 
-RECEIVER_ENV = {"EMAIL_UNSUBSCRIBE_SECRET": UNSUB_SECRET, "EMAIL_WEBHOOK_SECRET": WEBHOOK_SECRET}
+RECEIVER_ENV = {"EMAIL_UNSUBSCRIBE_SECRET": EMAIL_UNSUB_SECRET, "EMAIL_WEBHOOK_SECRET": EMAIL_WEBHOOK_SECRET}
 
 
 def test_one_click_unsubscribe_suppresses_the_address_for_the_next_campaign(
     con: duckdb.DuckDBPyConnection, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EMAIL_UNSUBSCRIBE_SECRET", UNSUB_SECRET)
+    monkeypatch.setenv("EMAIL_UNSUBSCRIBE_SECRET", EMAIL_UNSUB_SECRET)
     spool = tmp_path / "spool"
-    addresses = _addresses(4)
+    addresses = email_addresses(4)
     leaving = addresses[2]
     with spooling_receiver(spool, RECEIVER_ENV) as receiver, \
-            stack(webhook_url=f"{receiver}/webhooks/email") as (sandbox, _):
-        spec = _spec(unsubscribe_url=f"{receiver}/unsubscribe")
+            email_stack(webhook_url=f"{receiver}/webhooks/email") as (sandbox, _):
+        spec = email_spec(unsubscribe_url=f"{receiver}/unsubscribe")
         channel = from_spec(spec, sandbox.url)
-        _queue(con, channel, spec, addresses)
-        assert _dispatch(con, channel).sent == 4
+        email_queue(con, channel, spec, addresses)
+        assert dispatch(con, channel).sent == 4
         assert sandbox.drain(10)
         (message,) = [m for m in sandbox.messages() if m["To"] == leaving]
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

@@ -14,9 +14,16 @@ from pipeline.receipts.ingest import current_statuses, ingest_spool
 from pipeline.receipts.spool import encode_record
 from pipeline.sandbox.messenger import create_messenger_app
 from pipeline.servers import serve_in_thread
-from tests.channels.test_channel_messenger import SECRET, _channel, _config, _credentials, _drain, _queue, _run  # noqa: F401
-from tests.receipts.spooling_receiver import spooling_receiver
-from tests.receipts.test_receipts import count, write_spool
+from tests.helpers.channels import dispatch, drain
+from tests.helpers.providers import (
+    MESSENGER_ENV,
+    MESSENGER_SECRET,
+    messenger_channel,
+    messenger_config,
+    messenger_queue,
+    set_env,
+)
+from tests.helpers.receipts import count, spooling_receiver, write_spool
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 PAGE = "104857600001"
@@ -131,17 +138,18 @@ def test_instagram_watermarks_mark_instagram_messages(con: duckdb.DuckDBPyConnec
     assert statuses(con) == {"msg-ig1": "read"}
 
 
-def test_the_sandboxs_read_watermarks_reach_the_report(con: duckdb.DuckDBPyConnection, tmp_path) -> None:
+def test_the_sandboxs_read_watermarks_reach_the_report(con: duckdb.DuckDBPyConnection, tmp_path, monkeypatch) -> None:
     """Send API sandbox -> real dispatcher -> signed webhooks -> receiver spool -> ingest: every PSID the
     sandbox had read its message ends up read, the others delivered."""
+    set_env(monkeypatch, MESSENGER_ENV)
     spool = tmp_path / "spool"
-    with spooling_receiver(spool, {"MESSENGER_APP_SECRET": SECRET}) as receiver:
-        app = create_messenger_app(_config(webhook_url=f"{receiver}/webhooks/messenger", read_rate=0.5))
+    with spooling_receiver(spool, {"MESSENGER_APP_SECRET": MESSENGER_SECRET}) as receiver:
+        app = create_messenger_app(messenger_config(webhook_url=f"{receiver}/webhooks/messenger", read_rate=0.5))
         with serve_in_thread(app) as url:
-            channel = _channel(url)
-            _queue(con, channel, 30)
-            assert _run(con, channel).sent == 30
-            _drain(url)
+            channel = messenger_channel(url)
+            messenger_queue(con, channel, 30)
+            assert dispatch(con, channel).sent == 30
+            drain(url)
     fate = {m["to"]: m["outcome"] for m in app.state.sandbox.ledger.snapshot()["messages"]}
     assert set(fate.values()) == {"read", "delivered"}
     result = ingest_spool(con, spool)

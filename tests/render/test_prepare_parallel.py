@@ -164,18 +164,10 @@ def test_settings_from_the_spec_and_the_environment() -> None:
 # worker processes, against the single-process run of the same task.
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_campaign_prepare_task_on_dask(tmp_path: Path, harness, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_campaign_prepare_task_on_dask(tmp_path: Path, prefect_harness, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
 
     from flows.campaign import prepare
 
@@ -211,6 +203,7 @@ def test_campaign_prepare_task_on_dask(tmp_path: Path, harness, monkeypatch: pyt
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["prepare-chunks"])))
         assert [r.state.is_completed() for r in runs] == [True]
-        tasks = client.read_task_runs()
+        # The session's harness holds other tests' runs too: only this subflow's task runs.
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
         chunk_runs = [t for t in tasks if t.flow_run_id == runs[0].id and t.name.startswith("prepare-chunk")]
     assert len(chunk_runs) >= 4 and all(t.state.is_completed() for t in chunk_runs)

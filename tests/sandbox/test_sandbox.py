@@ -5,117 +5,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from pipeline.sandbox.__main__ import main as sandbox_main
 from pipeline.sandbox.outcomes import FAILURES, outcome_for
-from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
-
-TOKEN, SECRET, PNID = "test-token", "test-app-secret", "106540352242922"
-SEND = f"/v23.0/{PNID}/messages"
-
-
-def template_body(**overrides: Any) -> dict[str, Any]:
-    """A template send as in docs/providers.md §1.2 (what the pipeline's WhatsApp channel sends)."""
-    body: dict[str, Any] = {
-        "messaging_product": "whatsapp", "recipient_type": "individual", "to": "15551234567", "type": "template",
-        "template": {
-            "name": "order_update",
-            "language": {"code": "en_US", "policy": "deterministic"},
-            "components": [
-                {"type": "header", "parameters": [{"type": "text", "text": "Jane"}]},
-                {"type": "body", "parameters": [{"type": "text", "text": "A-1001"}]},
-                {"type": "button", "sub_type": "url", "index": "0", "parameters": [{"type": "text", "text": "A1"}]},
-                {"type": "button", "sub_type": "quick_reply", "index": "1",
-                 "parameters": [{"type": "payload", "payload": "STOP_PROMOS"}]},
-            ],
-        },
-        "biz_opaque_callback_data": "campaign42:recipient9001",
-    }
-    body.update(overrides)
-    return body
+from tests.helpers.channels import Receiver
+from tests.helpers.whatsapp import PNID, SECRET, SEND, config, drain, posted_statuses, running, template_body
 
 
 def text_body() -> dict[str, Any]:
     return {"messaging_product": "whatsapp", "to": "15551234567", "type": "text",
             "text": {"preview_url": False, "body": "Hello"}}
-
-
-class Receiver:
-    """A webhook endpoint that records raw bodies and answers from a script (default 200)."""
-
-    def __init__(self, answers: list[int] | None = None) -> None:
-        self.answers = list(answers or [])
-        self.bodies: list[bytes] = []
-        self.signatures: list[str] = []
-        self.accepted: list[bytes] = []
-        self._lock = threading.Lock()
-        self.app = Starlette(routes=[Route("/webhooks/whatsapp", self.handle, methods=["POST"])])
-
-    async def handle(self, request: Request) -> Response:
-        body = await request.body()
-        with self._lock:
-            status = self.answers.pop(0) if self.answers else 200
-            self.bodies.append(body)
-            self.signatures.append(request.headers.get("x-hub-signature-256", ""))
-            if status == 200:
-                self.accepted.append(body)
-        return Response(status_code=status)
-
-    def statuses(self) -> list[dict[str, Any]]:
-        """Acknowledged statuses in arrival order."""
-        out = []
-        for body in self.accepted:
-            for entry in json.loads(body)["entry"]:
-                for change in entry["changes"]:
-                    out.extend(change["value"]["statuses"])
-        return out
-
-
-def config(**overrides: Any) -> SandboxConfig:
-    values: dict[str, Any] = dict(
-        access_token=TOKEN, app_secret=SECRET, webhook_delay_s=(0.0, 0.02), webhook_retry_base_s=0.05, seed=7,
-    )
-    values.update(overrides)
-    return SandboxConfig(**values)
-
-
-@contextmanager
-def running(cfg: SandboxConfig, receiver: Receiver | None = None) -> Iterator[httpx.Client]:
-    """Sandbox (and receiver) on loopback; yields a client authorised with the right token."""
-    if receiver is None:
-        with serve_in_thread(create_app(cfg)) as url, _client(url) as client:
-            yield client
-        return
-    with serve_in_thread(receiver.app) as hook_url:
-        cfg = cfg.model_copy(update={"webhook_url": f"{hook_url}/webhooks/whatsapp"})
-        with serve_in_thread(create_app(cfg)) as url, _client(url) as client:
-            yield client
-
-
-@contextmanager
-def _client(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False) as client:
-        yield client
-
-
-def drain(client: httpx.Client, timeout: float = 10) -> dict[str, Any]:
-    result = client.post("/_sandbox/drain", params={"timeout": timeout}, timeout=timeout + 5).json()
-    assert result["drained"], result
-    return result
 
 
 # ---------------------------------------------------------------- synchronous answers
@@ -185,7 +90,7 @@ def test_unknown_template_is_132001_and_known_one_is_billed_in_its_category() ->
         drain(client)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == 132001
     assert known.status_code == 200
-    [pricing] = [s["pricing"] for s in receiver.statuses() if "pricing" in s]
+    [pricing] = [s["pricing"] for s in posted_statuses(receiver.posts) if "pricing" in s]
     assert pricing == {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "utility"}
 
 
@@ -238,7 +143,8 @@ def test_signed_webhooks_give_every_message_its_predicted_terminal_status() -> N
             sent[response.json()["messages"][0]["id"]] = (number, f"cb:{i}")
         stats = drain(client)
 
-    for body, signature in zip(receiver.bodies, receiver.signatures, strict=True):
+    for post in receiver.attempts:
+        body, signature = post.body, post.headers.get("x-hub-signature-256", "")
         expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(signature, expected)
         payload = json.loads(body)
@@ -248,7 +154,7 @@ def test_signed_webhooks_give_every_message_its_predicted_terminal_status() -> N
         assert 1 <= len(change["value"]["statuses"]) <= 7
 
     by_message: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for status in receiver.statuses():
+    for status in posted_statuses(receiver.posts):
         by_message[status["id"]].append(status)
     assert by_message.keys() == sent.keys()
     finals = Counter()
@@ -284,10 +190,10 @@ def test_webhook_is_retried_after_a_500_and_counted_once_acknowledged() -> None:
     with running(config(fail_rate=0.0, read_rate=0.0), receiver) as client:
         client.post(SEND, json=template_body(to="15550001111"))
         stats = drain(client)
-    first_attempt = json.loads(receiver.bodies[0])["entry"][0]["changes"][0]["value"]["statuses"]
-    acknowledged = receiver.statuses()
+    first_attempt = posted_statuses(receiver.attempts[:1])
+    acknowledged = posted_statuses(receiver.posts)
     assert stats["webhook_post_failures"] == 1
-    assert len(receiver.bodies) == len(receiver.accepted) + 1
+    assert len(receiver.attempts) == len(receiver.posts) + 1
     assert all(status in acknowledged for status in first_attempt)  # the refused batch came again
     assert sorted(s["status"] for s in acknowledged) == ["delivered", "sent"]
     assert stats["statuses_acknowledged"] == {"sent": 1, "delivered": 1}

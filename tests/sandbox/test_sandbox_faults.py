@@ -20,18 +20,11 @@ from pipeline.sandbox.__main__ import CONFIG_ENV, _config, parse_args
 from pipeline.sandbox.faults import FaultInjector
 from pipeline.sandbox.process import exit_code, sandbox_env, sandbox_process, started_pids
 from pipeline.sandbox.webhooks import _Http11Pool
-from tests.sandbox.test_sandbox import PNID, SEND, TOKEN, Receiver, config, drain, running, template_body
+from tests.helpers.channels import Receiver
+from tests.helpers.waiting import wait_for
+from tests.helpers.whatsapp import PNID, SEND, TOKEN, config, drain, posted_statuses, running, template_body
 
 SHORT = 0.5  # client timeout for requests a timeout fault holds (the sandbox holds them for 30 s)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def stats(client: httpx.Client) -> dict[str, Any]:
@@ -74,7 +67,7 @@ def test_timeout_drop_holds_the_request_and_does_not_send() -> None:
         with pytest.raises(httpx.ReadTimeout):
             client.post(SEND, json=template_body(biz_opaque_callback_data="drop:1"), timeout=SHORT)
         # The client hung up: the sandbox stops holding at once, not after 30 s.
-        assert wait_for(lambda: stats(client)["held"] == 0)
+        wait_for(lambda: stats(client)["held"] == 0, timeout_s=10, what="the sandbox to stop holding the request")
         result = stats(client)
     assert result["accepted"] == 0 and result["unique_callback_data"] == 0
     assert result["faults"]["timeout_drop"] == 1 and result["rejected"] == {"2": 1}
@@ -98,15 +91,15 @@ def test_timeout_after_accept_is_accepted_and_its_webhooks_are_posted() -> None:
         for _ in range(2):  # the client's retry after its timeout: the same message again
             with pytest.raises(httpx.ReadTimeout):
                 client.post(SEND, json=template_body(biz_opaque_callback_data="late:1"), timeout=SHORT)
-        assert wait_for(lambda: stats(client)["held"] == 0)
+        wait_for(lambda: stats(client)["held"] == 0, timeout_s=10, what="the sandbox to stop holding the request")
         result = drain(client)
         ids = client.get("/_sandbox/accepted_ids").json()
     assert result["accepted"] == 2 and result["duplicate_callback_data"] == 1 and result["unique_callback_data"] == 1
     assert result["faults"]["timeout_after_accept"] == 2 and result["rejected"] == {}
     assert ids == ["late:1"]
-    statuses = receiver.statuses()
-    assert sorted(s["status"] for s in statuses) == ["delivered", "delivered", "sent", "sent"]
-    assert {s["biz_opaque_callback_data"] for s in statuses} == {"late:1"}
+    posted = posted_statuses(receiver.posts)
+    assert sorted(s["status"] for s in posted) == ["delivered", "delivered", "sent", "sent"]
+    assert {s["biz_opaque_callback_data"] for s in posted} == {"late:1"}
 
 
 def test_timeout_after_accept_answers_200_late_to_a_patient_client() -> None:
@@ -130,11 +123,12 @@ def test_a_refused_timeout_after_accept_draw_is_not_counted_as_injected() -> Non
 def test_burst_window_answers_429_then_recovers() -> None:
     with running(config(burst_429_at_s=0.2, burst_429_for_s=0.4)) as client:
         answers = [client.post(SEND, json=template_body())]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (429 not in [a.status_code for a in answers]
-                                               or answers[-1].status_code != 200):
+
+        def window_over() -> bool:  # one more request; True once a 429 came and the last answer is 200 again
             answers.append(client.post(SEND, json=template_body()))
-            time.sleep(0.01)
+            return 429 in [a.status_code for a in answers] and answers[-1].status_code == 200
+
+        wait_for(window_over, timeout_s=10, what="the 429 window to open and close", every_s=0.01)
         result = stats(client)
     codes = [a.status_code for a in answers]
     assert codes[0] == 200 and codes[-1] == 200 and 429 in codes, codes
@@ -261,6 +255,7 @@ def test_poster_client_reads_length_chunked_and_close_delimited_answers() -> Non
 
 def test_poster_client_retries_a_stale_keep_alive_connection_once() -> None:
     connections = []
+    closed = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(writer)
@@ -268,10 +263,12 @@ def test_poster_client_retries_a_stale_keep_alive_connection_once() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         writer.close()  # keep-alive promised, then closed: the next POST must not fail for it
+        await writer.wait_closed()
+        closed.set()
 
     async def run(pool: _Http11Pool) -> list[int | None]:
         first = await pool.post(b"{}", {})
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(closed.wait(), 10)  # the pooled connection is now stale
         return [first, await pool.post(b"{}", {})]
 
     assert asyncio.run(_with_server(handler, run)) == [200, 200]

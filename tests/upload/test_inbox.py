@@ -135,16 +135,8 @@ def test_finish_moves_the_upload_and_writes_the_reason(tmp_path: Path):
 # --- the watcher flow ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
-def sandbox(tmp_path: Path, harness):
+def sandbox(tmp_path: Path, prefect_harness):
     from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
     from pipeline.sandbox.whatsapp import SandboxConfig, create_app
     from pipeline.servers import serve_in_thread
@@ -209,7 +201,7 @@ def test_the_watcher_starts_a_campaign_per_upload_and_files_each(tmp_path: Path,
     assert again == []
 
 
-def test_an_upload_with_no_eligible_recipient_fails_before_sending(tmp_path: Path, harness):
+def test_an_upload_with_no_eligible_recipient_fails_before_sending(tmp_path: Path, prefect_harness):
     from flows.watcher import inbox_watcher_flow
 
     folders = inbox.Folders.under(tmp_path / "audiences")
@@ -223,7 +215,7 @@ def test_an_upload_with_no_eligible_recipient_fails_before_sending(tmp_path: Pat
     assert not (tmp_path / "db.duckdb").exists()
 
 
-def test_with_a_deployment_each_upload_starts_its_own_deployment_run(tmp_path: Path, harness):
+def test_with_a_deployment_each_upload_starts_its_own_deployment_run(tmp_path: Path, prefect_harness):
     from prefect import get_client
 
     from flows.campaign import campaign_flow

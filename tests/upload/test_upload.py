@@ -5,12 +5,9 @@ start handing the file and its spec to the drop folder, then following the watch
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import logging
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,87 +16,12 @@ import pytest
 import yaml
 
 from pipeline.receipts.receiver import create_receiver_app
-from pipeline.servers import serve_in_thread
 from pipeline.upload import inbox
-from pipeline.upload.routes import SESSION_COOKIE, UploadConfig, add_upload_routes, install_from_env
+from pipeline.upload.routes import SESSION_COOKIE, install_from_env
 from pipeline.upload.stream import UploadRefused, receive_upload, safe_csv_name
+from tests.helpers.upload import HEADER, TOKEN, FakeRuns, Page, audience, serve_page, upload_config, visible_text
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "upload-token-for-tests-0123456789"
-HEADER = "phone,country,first_name,city,coupon,opt_in"
-
-
-def _audience(rows: int, *extra: str) -> str:
-    lines = (ROOT / "audiences/sample.csv").read_text().splitlines()
-    return "\n".join([*lines[: rows + 1], *extra]) + "\n"
-
-
-def _text(page: str) -> str:
-    """What a reader sees: tags dropped, entities decoded, white space collapsed."""
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
-
-
-class FakeRuns:
-    """pipeline.upload.routes.Runs without Prefect: records the watcher starts, answers states set by the test."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.started: list[Path] = []
-        self.states: dict[str, tuple[str, bool]] = {}
-
-    def start_watcher(self, audiences_dir: Path) -> str:
-        if self.fail:
-            raise RuntimeError("Deployment 'inbox-watcher/audience-inbox' not found")
-        self.started.append(audiences_dir)
-        self.states["watcher-1"] = ("Running", False)
-        return "watcher-1"
-
-    def state(self, flow_run_id: str) -> tuple[str, bool] | None:
-        return self.states.get(flow_run_id)
-
-    def url(self, flow_run_id: str) -> str:
-        return f"http://127.0.0.1:4200/runs/flow-run/{flow_run_id}"
-
-
-class Page:
-    def __init__(self, url: str, config: UploadConfig) -> None:
-        self.url, self.config = url, config
-        self.client = httpx.Client(base_url=url, follow_redirects=True, timeout=30)
-
-    def upload(self, content: str | bytes, *, name: str = "spring.csv", spec: str = "welcome.yaml",
-               token: str | None = TOKEN) -> httpx.Response:
-        data = {"token": token} if token is not None else {}
-        return self.client.post("/upload", data={**data, "spec": spec}, files={"file": (name, content, "text/csv")})
-
-
-@pytest.fixture
-def specs(tmp_path: Path) -> Path:
-    folder = tmp_path / "campaigns"
-    folder.mkdir()
-    shutil.copy(ROOT / "campaigns/welcome.yaml", folder)
-    welcome = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
-    (folder / "tight-budget.yaml").write_text(yaml.safe_dump({**welcome, "budget_usd": 0.01}))
-    (folder / "broken.yaml").write_text(yaml.safe_dump({**welcome, "channel": "carrier-pigeon"}))
-    return folder
-
-
-def _config(tmp_path: Path, specs: Path, **changes: Any) -> UploadConfig:
-    return UploadConfig(token=TOKEN, specs_dir=specs, audiences_dir=tmp_path / "audiences",
-                        staging_dir=tmp_path / "staging", **changes)
-
-
-@pytest.fixture
-def page(tmp_path: Path, specs: Path) -> Iterator[Page]:
-    yield from _serve(_config(tmp_path, specs, runs=FakeRuns()), tmp_path)
-
-
-def _serve(config: UploadConfig, tmp_path: Path) -> Iterator[Page]:
-    app = create_receiver_app(tmp_path / "spool", {"whatsapp_app_secret": "s"})
-    add_upload_routes(app, config)
-    with serve_in_thread(app) as url:
-        page = Page(url, config)
-        yield page
-        page.client.close()
 
 
 def _staged_files(page: Page) -> list[Path]:
@@ -121,7 +43,7 @@ def test_the_form_lists_the_specs_and_asks_for_nothing_from_the_network(page: Pa
 
 
 def test_no_token_401_wrong_token_403_and_nothing_written(page: Page):
-    csv = _audience(5)
+    csv = audience(5)
     missing = page.upload(csv, token=None)
     wrong = page.upload(csv, token="not-the-token-at-all")
     assert (missing.status_code, wrong.status_code) == (401, 403)
@@ -140,7 +62,7 @@ def test_no_token_401_wrong_token_403_and_nothing_written(page: Page):
 
 
 def test_the_session_cookie_is_http_only_strict_and_not_the_token(page: Page):
-    answer = page.upload(_audience(5))
+    answer = page.upload(audience(5))
     cookie = answer.history[0].headers["set-cookie"]
     assert cookie.startswith(f"{SESSION_COOKIE}=") and TOKEN not in cookie
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/upload" in cookie
@@ -148,14 +70,14 @@ def test_the_session_cookie_is_http_only_strict_and_not_the_token(page: Page):
 
 def test_a_header_token_works_for_scripts(page: Page):
     answer = httpx.post(f"{page.url}/upload", headers={"X-Upload-Token": TOKEN}, data={"spec": "welcome.yaml"},
-                        files={"file": ("list.csv", _audience(5), "text/csv")}, follow_redirects=True)
+                        files={"file": ("list.csv", audience(5), "text/csv")}, follow_redirects=True)
     assert answer.status_code == 200 and "rows read" in answer.text
 
 
 def test_the_token_never_reaches_the_log(page: Page, caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.DEBUG)
-    page.upload(_audience(5))
-    page.upload(_audience(5), token="wrong-token-value-123456")
+    page.upload(audience(5))
+    page.upload(audience(5), token="wrong-token-value-123456")
     assert caplog.records and TOKEN not in caplog.text and "wrong-token-value-123456" not in caplog.text
 
 
@@ -202,8 +124,8 @@ def test_the_file_reaches_the_disk_while_the_body_is_still_arriving(tmp_path: Pa
 
 
 def test_over_the_limit_413_with_a_message_and_nothing_kept(tmp_path: Path, specs: Path):
-    for page in _serve(_config(tmp_path, specs, max_bytes=2_000), tmp_path):
-        big = _audience(200)
+    for page in serve_page(upload_config(tmp_path, specs, max_bytes=2_000), tmp_path):
+        big = audience(200)
         declared = page.upload(big)  # refused from its Content-Length, before reading it
         assert declared.status_code == 413 and "larger than the upload limit of 0.002 MB" in declared.text
         # Without a Content-Length (chunked), the count while streaming stops it.
@@ -213,7 +135,7 @@ def test_over_the_limit_413_with_a_message_and_nothing_kept(tmp_path: Path, spec
         assert "content-length" not in streamed.request.headers
         assert streamed.status_code == 413 and "larger than the upload limit" in streamed.text
         assert _staged_files(page) == []
-        assert page.upload(_audience(3)).status_code == 200  # under the limit
+        assert page.upload(audience(3)).status_code == 200  # under the limit
 
 
 def test_file_names_are_sanitised():
@@ -229,9 +151,9 @@ def test_file_names_are_sanitised():
 
 def test_the_check_shows_counts_first_rejects_masked_and_escaped_and_the_estimate(page: Page):
     hostile = '+447700900123,GB,<script>alert(1)</script>,=HYPERLINK("http://x"),C-9,no'
-    answer = page.upload(_audience(60, hostile), name="../Spring list.csv")
+    answer = page.upload(audience(60, hostile), name="../Spring list.csv")
     assert answer.status_code == 200
-    text = _text(answer.text)
+    text = visible_text(answer.text)
     assert "Spring-list.csv with spec welcome.yaml" in text
     counts = dict(re.findall(r"<tr><td>([a-z_]+)</td><td class=n>(\d+)</td></tr>",
                              answer.text.split('id="reject-counts"')[1].split("</table>")[0]))
@@ -245,7 +167,7 @@ def test_the_check_shows_counts_first_rejects_masked_and_escaped_and_the_estimat
     assert "<script>" not in answer.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in first
     assert "&#x27;=HYPERLINK(" in first
     # The estimate: the flow's own pricing over the accepted rows.
-    estimate = _text(answer.text.split('id="estimate"')[1])
+    estimate = visible_text(answer.text.split('id="estimate"')[1])
     assert re.search(r"messages 54 platform fees \(USD\) [\d.]+ service fees \(USD\) 0\.270000 total \(USD\) ",
                      estimate)
     assert 'id="start"' in answer.text
@@ -257,8 +179,8 @@ def test_the_check_shows_counts_first_rejects_masked_and_escaped_and_the_estimat
 @pytest.mark.parametrize(("name", "content", "spec", "status", "message"), [
     ("notes.txt", "hello", "welcome.yaml", 415, "notes.txt is not a CSV file"),
     ("empty.csv", "", "welcome.yaml", 400, "empty.csv is empty"),
-    ("list.csv", _audience(3), "broken.yaml", 422, "broken.yaml: invalid campaign spec: channel"),
-    ("list.csv", _audience(3), "../campaigns/welcome.yaml", 400, "choose one of the campaign specs"),
+    ("list.csv", audience(3), "broken.yaml", 422, "broken.yaml: invalid campaign spec: channel"),
+    ("list.csv", audience(3), "../campaigns/welcome.yaml", 400, "choose one of the campaign specs"),
     ("list.csv", "mobile,opt_in\n+447700900123,yes\n", "welcome.yaml", 422, "list.csv: missing required column"),
     ("list.csv", "phone;opt_in\n+447700900123;yes\n", "welcome.yaml", 422, "is the separator ';'"),
     ("list.csv", b"phone,country,first_name,city,coupon,opt_in\n+447700900123,GB,J\xe9r,Leeds,C,yes\n",
@@ -268,7 +190,7 @@ def test_bad_input_gets_a_message_never_a_traceback(page: Page, name: str, conte
                                                     message: str):
     answer = page.upload(content, name=name, spec=spec)
     assert answer.status_code == status
-    error = _text(answer.text.split('id="error"')[1].split("</p>")[0])
+    error = visible_text(answer.text.split('id="error"')[1].split("</p>")[0])
     assert message in error, error
     assert "Traceback" not in answer.text and str(page.config.staging_dir) not in answer.text
     assert 'id="upload-form"' in answer.text  # the form again, to try once more
@@ -279,15 +201,15 @@ def test_all_rows_rejected_shows_the_counts_and_cannot_start(page: Page):
     answer = page.upload(f"{HEADER}\n+33 6 12 36 56 37,FR,Hugo,Paris,C-1,no\n+1 201-552-0895,,Liam,Austin,C-2,no\n")
     assert answer.status_code == 200
     assert "no_opt_in" in answer.text and 'id="start"' not in answer.text
-    assert "no eligible recipient" in _text(answer.text.split('id="cannot-start"')[1])
+    assert "no eligible recipient" in visible_text(answer.text.split('id="cannot-start"')[1])
     assert "No message to price" in answer.text
     refused = page.client.post(str(answer.url) + "/start")
     assert refused.status_code == 409 and not (page.config.audiences_dir / "inbox").exists()
 
 
 def test_over_budget_shows_why_and_cannot_start(page: Page):
-    answer = page.upload(_audience(30), spec="tight-budget.yaml")
-    assert "is over the budget USD 0.01" in _text(answer.text.split('id="cannot-start"')[1])
+    answer = page.upload(audience(30), spec="tight-budget.yaml")
+    assert "is over the budget USD 0.01" in visible_text(answer.text.split('id="cannot-start"')[1])
     assert 'id="start"' not in answer.text
 
 
@@ -295,7 +217,7 @@ def test_over_budget_shows_why_and_cannot_start(page: Page):
 
 
 def test_start_hands_the_file_and_its_spec_to_the_drop_folder_once(page: Page):
-    checked = page.upload(_audience(20), name="spring.csv")
+    checked = page.upload(audience(20), name="spring.csv")
     upload_id = str(checked.url).rsplit("/", 1)[1]
     started = page.client.post(str(checked.url) + "/start")
     again = page.client.post(str(checked.url) + "/start")
@@ -305,12 +227,12 @@ def test_start_hands_the_file_and_its_spec_to_the_drop_folder_once(page: Page):
     assert sorted(p.name for p in folders.inbox.iterdir()) == [f"{name}.csv", f"{name}.yaml"]  # no .part left
     assert yaml.safe_load((folders.inbox / f"{name}.yaml").read_text()) == yaml.safe_load(
         (ROOT / "campaigns/welcome.yaml").read_text())
-    assert (folders.inbox / f"{name}.csv").read_text() == _audience(20)
+    assert (folders.inbox / f"{name}.csv").read_text() == audience(20)
     # The watcher takes it at once (the start waited out its settle time), with the spec beside it.
     [ready] = inbox.ready_uploads(folders.inbox)
     assert ready.path.name == f"{name}.csv" and ready.sidecar is not None
     assert page.config.runs.started == [page.config.audiences_dir.resolve()]  # type: ignore[union-attr]
-    text = _text(again.text)
+    text = visible_text(again.text)
     assert f"Handed to the drop folder as {name}.csv" in text and "Watcher run: watcher-1 — Running" in text
     assert '<meta http-equiv="refresh"' in again.text  # the page follows the run
     assert 'id="start"' not in again.text
@@ -325,41 +247,41 @@ def test_start_hands_the_file_and_its_spec_to_the_drop_folder_once(page: Page):
     inbox.finish(moved, folders, "started", details={"flow_run_id": "campaign-run-1"})
     page.config.runs.states["campaign-run-1"] = ("Running", False)  # type: ignore[union-attr]
     running = page.client.get(str(checked.url))
-    assert f"Campaign {claimed.campaign_id} : started" in _text(running.text)
+    assert f"Campaign {claimed.campaign_id} : started" in visible_text(running.text)
     assert 'href="http://127.0.0.1:4200/runs/flow-run/campaign-run-1"' in running.text
     assert '<meta http-equiv="refresh"' in running.text
     page.config.runs.states["campaign-run-1"] = ("Completed", True)  # type: ignore[union-attr]
     done = page.client.get(str(checked.url))
-    assert "Campaign run: campaign-run-1 — Completed" in _text(done.text)
+    assert "Campaign run: campaign-run-1 — Completed" in visible_text(done.text)
     assert '<meta http-equiv="refresh"' not in done.text
 
 
 def test_a_refused_upload_shows_the_watchers_reason(page: Page):
-    checked = page.upload(_audience(10))
+    checked = page.upload(audience(10))
     page.client.post(str(checked.url) + "/start")
     folders = page.config.folders
     [ready] = inbox.ready_uploads(folders.inbox, settle_s=0)
     claimed = inbox.claim(ready, folders)
     assert claimed is not None
     inbox.finish(claimed, folders, "failed", reason="could not start the campaign through deployment 'x'")
-    text = _text(page.client.get(str(checked.url)).text)
+    text = visible_text(page.client.get(str(checked.url)).text)
     assert f"Campaign {claimed.campaign_id} : failed — could not start the campaign" in text
 
 
 def test_without_prefect_the_schedule_takes_the_file(tmp_path: Path, specs: Path):
-    for page in _serve(_config(tmp_path, specs, runs=FakeRuns(fail=True)), tmp_path):
-        checked = page.upload(_audience(10))
-        text = _text(page.client.post(str(checked.url) + "/start").text)
+    for page in serve_page(upload_config(tmp_path, specs, runs=FakeRuns(fail=True)), tmp_path):
+        checked = page.upload(audience(10))
+        text = visible_text(page.client.post(str(checked.url) + "/start").text)
         assert "could not be started now (Deployment 'inbox-watcher/audience-inbox' not found)" in text
         assert len(list(page.config.folders.inbox.glob("*.csv"))) == 1
-    for page in _serve(_config(tmp_path / "b", specs), tmp_path / "b"):
-        checked = page.upload(_audience(10))
-        text = _text(page.client.post(str(checked.url) + "/start").text)
+    for page in serve_page(upload_config(tmp_path / "b", specs), tmp_path / "b"):
+        checked = page.upload(audience(10))
+        text = visible_text(page.client.post(str(checked.url) + "/start").text)
         assert "Waiting for the inbox watcher (the audience-inbox deployment checks every minute)" in text
 
 
 def test_unknown_uploads_are_404(page: Page):
-    page.upload(_audience(3))  # for the session cookie
+    page.upload(audience(3))  # for the session cookie
     for path in ("/upload/0123456789abcdef", "/upload/0123456789ABCDEF", "/upload/0123456789abcdef/rejects.csv"):
         answer = page.client.get(path)
         assert answer.status_code == 404 and "no such upload" in answer.text, path

@@ -1,11 +1,13 @@
-"""The real webhook receiver on loopback, spooling to a folder, for tests that follow receipts from a
-sandbox through the spool into DuckDB."""
+"""Receipts for tests: the real webhook receiver on loopback spooling to a folder (to follow receipts from a
+sandbox through the spool into the store), hand-written spool files, and row counts."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+import duckdb
 
 from pipeline.receipts.receiver import create_receiver_app
 from pipeline.receipts.routes import add_provider_routes
@@ -21,3 +23,15 @@ def spooling_receiver(spool_dir: Path, environ: Mapping[str, str]) -> Iterator[s
     add_provider_routes(app, environ)
     with serve_in_thread(app) as url:
         yield url
+
+
+def write_spool(spool_dir: Path, name: str, lines: list[bytes]) -> Path:
+    """A closed spool file `spool-<name>.jsonl` holding `lines`, as the receiver would have left it."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    path = spool_dir / f"spool-{name}.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]

@@ -1,0 +1,2 @@
+"""Scaffolding the tests share (servers, browsers, fakes, waits); never tests themselves, so no test
+module imports another."""
