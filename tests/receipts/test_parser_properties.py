@@ -29,7 +29,7 @@ from pipeline.channels import (
 from pipeline.channels.email import unsubscribe_token
 from pipeline.receipts.ingest import PARSERS, ingest_spool
 from pipeline.receipts.spool import encode_record
-from tests.receipts.test_receipts import write_spool
+from tests.helpers.receipts import write_spool
 
 SECRET = "property-test-secret"
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,41 +13,7 @@ from pipeline import store
 from pipeline.receipts import ingest as receipts_mod
 from pipeline.receipts.ingest import current_statuses, ingest_spool, is_stop_keyword
 from pipeline.receipts.spool import encode_record
-from tests.helpers.receipts import count, write_spool
-
-T0 = 1750030000
-
-
-def status(pmid: str, st: str, ts: int, *, message_id: str | None = None, code: int | None = None,
-           recipient: str | None = "16505551234", category: str | None = None) -> dict:
-    obj: dict = {"id": pmid, "status": st, "timestamp": str(ts)}
-    if recipient:
-        obj["recipient_id"] = recipient
-    if message_id:
-        obj["biz_opaque_callback_data"] = message_id
-    if code is not None:
-        obj["errors"] = [{"code": code, "title": f"error {code}"}]
-    if category:
-        obj["pricing"] = {"type": "regular", "category": category}
-    return obj
-
-
-def inbound(sender: str, text: str, mid: str, ts: int = T0) -> dict:
-    return {"from": sender, "id": mid, "timestamp": str(ts), "type": "text", "text": {"body": text}}
-
-
-def body(statuses: list | None = None, messages: list | None = None) -> bytes:
-    value: dict = {"messaging_product": "whatsapp"}
-    if statuses:
-        value["statuses"] = statuses
-    if messages:
-        value["messages"] = messages
-    return json.dumps({"object": "whatsapp_business_account",
-                       "entry": [{"id": "W", "changes": [{"field": "messages", "value": value}]}]}).encode()
-
-
-def line(payload: bytes) -> bytes:
-    return encode_record("whatsapp", payload, datetime(2025, 6, 16, tzinfo=UTC))
+from tests.helpers.receipts import T0, body, count, inbound, line, status, write_spool
 
 
 def add_outbox(con: duckdb.DuckDBPyConnection, campaign: str, message_id: str, recipient: str) -> None:

@@ -14,7 +14,7 @@ from pipeline.costs.costing import cost_report, period_costs
 from pipeline.costs.summary import campaign_summary
 from pipeline.receipts.ingest import current_statuses, ingest_spool
 from pipeline.receipts.spool import encode_record
-from tests.receipts.test_receipts import T0, body, status, write_spool
+from tests.helpers.receipts import T0, body, status, write_spool
 
 ISO_DAY = date(2025, 6, 15)  # T0's day
 
