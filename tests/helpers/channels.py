@@ -10,7 +10,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 import httpx
 import polars as pl
 from starlette.applications import Starlette
@@ -24,6 +23,7 @@ from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.dispatch.policy import DispatchResult
 from pipeline.servers import serve_in_thread
 from pipeline.spec import CampaignSpec, RateSpec, RetrySpec
+from pipeline.store import Store
 
 CAMPAIGN = "t"
 FAST_RETRY = RetrySpec(max_attempts=20, base_delay_s=0.02, max_delay_s=0.3, deadline_s=30)
@@ -78,7 +78,7 @@ def serving(create_app: Callable[[Any], Starlette], config: Any, receiver: Recei
             yield url, app.state.sandbox
 
 
-def queue(con: duckdb.DuckDBPyConnection, spec: CampaignSpec, channel: Channel, recipients: list[str], *,
+def queue(db: Store, spec: CampaignSpec, channel: Channel, recipients: list[str], *,
           texts: list[str] | None = None, params: list[str] | None = None, region: str | None = None,
           regions: list[str | None] | None = None, number_type: str | None = "mobile") -> list[str]:
     """Queues one message per recipient (the key column is `phone_e164` whatever the channel addresses by)
@@ -90,15 +90,15 @@ def queue(con: duckdb.DuckDBPyConnection, spec: CampaignSpec, channel: Channel, 
         "text": texts if texts is not None else [f"Hi n{i}" for i in range(n)],
         "params_json": params if params is not None else ["{}"] * n,
     }, schema_overrides={"region": pl.String, "number_type": pl.String})
-    register_campaign(con, spec, CAMPAIGN)
-    enqueue_messages(con, spec, CAMPAIGN, channel, frame)
+    register_campaign(db, spec, CAMPAIGN)
+    enqueue_messages(db, spec, CAMPAIGN, channel, frame)
     return recipients
 
 
-def dispatch(con: duckdb.DuckDBPyConnection, channel: Channel, *, rate: float = 1000, concurrency: int = 4,
+def dispatch(db: Store, channel: Channel, *, rate: float = 1000, concurrency: int = 4,
              retry: RetrySpec = FAST_RETRY, **options: Any) -> DispatchResult:
     """The real dispatcher over campaign `t` (`options`: timeout_s, transport, reconcile, ...)."""
-    return asyncio.run(dispatch_campaign(con, CAMPAIGN, channel, rate=RateSpec(max_per_second=rate,
+    return asyncio.run(dispatch_campaign(db, CAMPAIGN, channel, rate=RateSpec(max_per_second=rate,
                                                                               concurrency=concurrency),
                                          retry=retry, **options))
 
@@ -111,5 +111,5 @@ def drain(url: str) -> dict[str, Any]:
     return result
 
 
-def states(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    return dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
+def states(db: Store) -> dict[str, int]:
+    return {state: n for state, n in db.rows("SELECT state, count(*) FROM outbox GROUP BY state")}

@@ -9,7 +9,6 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import duckdb
 import pytest
 
 from pipeline.channels.chatapp import ChatAppChannel
@@ -26,6 +25,7 @@ from pipeline.sandbox.smtp import SmtpSandbox, SmtpSandboxConfig
 from pipeline.sandbox.viber import ViberSandboxConfig, create_viber_app
 from pipeline.servers import serve_in_thread
 from pipeline.spec import CampaignSpec, parse_spec
+from pipeline.store import Store
 from tests.helpers.channels import Receiver, dispatch, drain, queue, serving
 
 
@@ -44,7 +44,7 @@ class Sandboxed:
     create_app: Callable[[Any], Any]
     webhook_path: str
     channel: Callable[[str], Any]
-    queue: Callable[[duckdb.DuckDBPyConnection, Any, int], list[str]]
+    queue: Callable[[Store, Any, int], list[str]]
     refused: dict[str, Any] = field(default_factory=dict)  # config that refuses our credentials
     stop_code: str = ""  # how the channel's stop reason starts when it is refused
 
@@ -52,14 +52,14 @@ class Sandboxed:
         """(URL, sandbox) of the sandbox with `config`, posting its callbacks to `receiver` if given."""
         return serving(self.create_app, config, receiver, self.webhook_path)
 
-    def send_all(self, con: duckdb.DuckDBPyConnection, n: int, *, config: Any = None, receiver: Receiver | None = None,
+    def send_all(self, db: Store, n: int, *, config: Any = None, receiver: Receiver | None = None,
                  channel_args: tuple[Any, ...] = ()) -> Sent:
         """Queues `n` messages, dispatches them to the sandbox and waits until it has had every callback
         acknowledged."""
         with self.running(config or self.config(), receiver) as (url, sandbox):
             channel = self.channel(url, *channel_args)
-            recipients = self.queue(con, channel, n)
-            result = dispatch(con, channel)
+            recipients = self.queue(db, channel, n)
+            result = dispatch(db, channel)
             drain(url)
         return Sent(result, sandbox, recipients)
 
@@ -92,11 +92,11 @@ def messenger_channel(url: str, platform: str = "messenger", **spec_overrides: A
     return (messenger_from_spec if platform == "messenger" else instagram_from_spec)(spec, url)
 
 
-def messenger_queue(con: duckdb.DuckDBPyConnection, channel: MessengerChannel, n: int,
+def messenger_queue(db: Store, channel: MessengerChannel, n: int,
                     **spec_overrides: Any) -> list[str]:
     """`n` messages to PSIDs 7100000000... (in the recipient column)."""
     spec = parse_spec({**MESSENGER_SPEC, "channel": channel.name, **spec_overrides})
-    return queue(con, spec, channel, [f"71000{i:05d}" for i in range(n)], number_type=None,
+    return queue(db, spec, channel, [f"71000{i:05d}" for i in range(n)], number_type=None,
                  texts=[f"Hi n{i}, 20% off this week" for i in range(n)])
 
 
@@ -126,9 +126,9 @@ def viber_channel(url: str, **spec_overrides: Any) -> ViberChannel:
     return viber_from_spec(parse_spec({**VIBER_SPEC, **spec_overrides}), url)
 
 
-def viber_queue(con: duckdb.DuckDBPyConnection, channel: ViberChannel, n: int) -> list[str]:
+def viber_queue(db: Store, channel: ViberChannel, n: int) -> list[str]:
     """`n` messages to Viber user ids (in the recipient column)."""
-    return queue(con, parse_spec(VIBER_SPEC), channel, [f"01234567890A{i:03d}=" for i in range(n)], region="UA")
+    return queue(db, parse_spec(VIBER_SPEC), channel, [f"01234567890A{i:03d}=" for i in range(n)], region="UA")
 
 
 VIBER = Sandboxed(VIBER_ENV, viber_config, create_viber_app, "/webhooks/viber", viber_channel, viber_queue,
@@ -159,9 +159,9 @@ def chatapp_channel(url: str, **spec_overrides: Any) -> ChatAppChannel:
     return chatapp_from_spec(parse_spec({**CHATAPP_SPEC, **spec_overrides}), url)
 
 
-def chatapp_queue(con: duckdb.DuckDBPyConnection, channel: ChatAppChannel, n: int) -> list[str]:
+def chatapp_queue(db: Store, channel: ChatAppChannel, n: int) -> list[str]:
     """`n` template messages to +6591000000... (Singapore mobiles)."""
-    return queue(con, parse_spec(CHATAPP_SPEC), channel, [f"+6591{i:06d}" for i in range(n)], region="SG",
+    return queue(db, parse_spec(CHATAPP_SPEC), channel, [f"+6591{i:06d}" for i in range(n)], region="SG",
                  params=[json.dumps({"body": [f"n{i}"]}) for i in range(n)])
 
 
@@ -201,8 +201,8 @@ def email_addresses(n: int) -> list[str]:
     return [f"reader{i}@example.com" for i in range(n)]
 
 
-def email_queue(con: duckdb.DuckDBPyConnection, channel: EmailChannel, spec: CampaignSpec,
+def email_queue(db: Store, channel: EmailChannel, spec: CampaignSpec,
                 addresses: list[str]) -> None:
     # The recipient key column is phone_e164 for now: for e-mail it holds the address.
-    queue(con, spec, channel, addresses, region="GB", number_type="email",
+    queue(db, spec, channel, addresses, region="GB", number_type="email",
           texts=[f"Hello reader {i} <b>&\n\nSee you — Acme" for i in range(len(addresses))])

@@ -8,9 +8,9 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
-import duckdb
 import httpx
 import polars as pl
 
@@ -18,6 +18,7 @@ from pipeline.channels.whatsapp import WhatsAppChannel
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.sandbox.whatsapp import Sandbox, SandboxConfig, create_app, meta_error
 from pipeline.spec import parse_spec
+from pipeline.store import Store
 from tests.helpers.channels import Post, Receiver, serving
 
 TOKEN, SECRET, PNID = "test-token", "test-app-secret", "106540352242922"
@@ -144,20 +145,20 @@ def channel(sender: str = "111") -> WhatsAppChannel:
                            access_token="tok")
 
 
-def queue(con: duckdb.DuckDBPyConnection, n: int, *, senders: list[str] | None = None, cost: float | None = None,
+def queue(db: Store, n: int, *, senders: list[str] | None = None, cost: float | None = None,
           tz: str | None = None) -> list[str]:
     """`n` queued template messages of campaign `t` to +447700900000...; optionally each with an estimated
     cost or a recipient time zone. Returns the numbers."""
     spec = parse_spec(SPEC)
-    register_campaign(con, spec, "t")
+    register_campaign(db, spec, "t")
     phones = [f"+4477009{i:05d}" for i in range(n)]
     frame = pl.DataFrame({
         "row_number": list(range(2, n + 2)), "phone_e164": phones, "region": ["GB"] * n, "number_type": ["mobile"] * n,
         "text": ["Hi"] * n, "params_json": [json.dumps({"body": [f"n{i}"]}) for i in range(n)],
     })
-    enqueue_messages(con, spec, "t", channel(), frame, senders=senders)
+    enqueue_messages(db, spec, "t", channel(), frame, senders=senders)
     if cost is not None:
-        con.execute("UPDATE outbox SET est_cost_usd = ?", [cost])
+        db.execute("UPDATE outbox SET est_cost_usd = :cost", cost=Decimal(str(cost)))
     if tz is not None:
-        con.execute("UPDATE outbox SET timezone = ?", [tz])
+        db.execute("UPDATE outbox SET timezone = :tz", tz=tz)
     return phones
