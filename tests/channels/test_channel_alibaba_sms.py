@@ -16,8 +16,11 @@ import pytest
 from pipeline.channels import alibaba_sms_webhooks as ali
 from pipeline.channels.alibaba_rpc import encode_form
 from pipeline.channels.alibaba_sms import AlibabaSmsChannel, alibaba_segments, from_spec
+from pipeline.receipts.links import link_alibaba
+from pipeline.records import Receipt
 from pipeline.sandbox.alibaba_sms import AlibabaSmsSandboxConfig, create_alibaba_sms_app
 from pipeline.spec import parse_spec
+from pipeline.store import Store, run_many
 from tests.helpers.channels import Receiver, dispatch, drain, queue, serving, states
 
 KEY_ID, KEY_SECRET, REPORT_TOKEN = "LTAI-test", "alibaba-test-secret", "report-token"
@@ -52,13 +55,13 @@ def _phones(n: int) -> list[str]:
     return [f"+4477009{i:05d}" if i % 3 else f"+86139{i:08d}" for i in range(n)]
 
 
-def _queue(con, channel: AlibabaSmsChannel, spec: Any, phones: list[str]) -> None:
-    queue(con, spec, channel, phones, regions=["CN" if p.startswith("+86") else "GB" for p in phones],
+def _queue(db: Store, channel: AlibabaSmsChannel, spec: Any, phones: list[str]) -> None:
+    queue(db, spec, channel, phones, regions=["CN" if p.startswith("+86") else "GB" for p in phones],
           params=[json.dumps({"body": [f"n{i}"]}) for i in range(len(phones))])
 
 
-def _payloads(con) -> list[str]:
-    return [r[0] for r in con.execute("SELECT payload_json FROM outbox ORDER BY seq").fetchall()]
+def _payloads(db: Store) -> list[str]:
+    return [r[0] for r in db.rows("SELECT payload_json FROM outbox ORDER BY seq")]
 
 
 async def _send_batch(channel: AlibabaSmsChannel, payloads: list[str]):
@@ -66,25 +69,27 @@ async def _send_batch(channel: AlibabaSmsChannel, payloads: list[str]):
         return await channel.send(session, payloads)
 
 
-def _store_receipts(con, receipts) -> None:
+def _store_receipts(db: Store, receipts: list[Receipt]) -> None:
     now = datetime.now(UTC)
-    for i, r in enumerate(receipts):
-        con.execute(
-            "INSERT INTO events (event_id, provider, provider_message_id, message_id, status, error_code, recipient,"
-            " occurred_at, received_at, raw_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [f"e{i}", r.provider, r.provider_message_id, r.message_id, r.status, r.error_code, r.recipient,
-             r.occurred_at, now, r.raw_json])
+    with db.write() as conn:
+        run_many(conn, "INSERT INTO events (event_id, provider, provider_message_id, message_id, status, error_code,"
+                       " recipient, occurred_at, received_at, raw_json) VALUES (:e, :provider, :pid, :m, :status,"
+                       " :code, :recipient, :at, :received, :raw)",
+                 [{"e": f"e{i}", "provider": r.provider, "pid": r.provider_message_id, "m": r.message_id,
+                   "status": r.status, "code": r.error_code, "recipient": r.recipient, "at": r.occurred_at,
+                   "received": now, "raw": r.raw_json} for i, r in enumerate(receipts)])
 
 
-def test_happy_path_through_the_dispatcher_and_reports_find_their_messages(con, monkeypatch):
+def test_happy_path_through_the_dispatcher_and_reports_find_their_messages(db: Store, monkeypatch):
+    # On both backends: the end of it is the store linking receipts that lost their BizId (link_alibaba's SQL).
     with stack(answers=[500]) as (sandbox_url, receiver, sandbox):  # the first push is refused, then retried
         channel, spec = _channel(monkeypatch, sandbox_url)
-        _queue(con, channel, spec, _phones(9))
-        result = dispatch(con, channel)
+        _queue(db, channel, spec, _phones(9))
+        result = dispatch(db, channel)
         assert result.sent == 9 and result.failed == 0
         stats = httpx.get(f"{sandbox_url}/_sandbox/stats").json()
         drain(sandbox_url)
-    outbox = dict(con.execute("SELECT message_id, provider_message_id FROM outbox").fetchall())
+    outbox = dict(db.rows("SELECT message_id, provider_message_id FROM outbox"))
     assert stats["accepted"] == 9 and stats["duplicate_callback_data"] == 0 and stats["rejected"] == {}
     # Each call's OutId is the id of its first message, and the call's BizId is on each of its messages.
     assert {m["correlation_id"] for m in stats["messages"]} <= set(outbox)
@@ -102,19 +107,19 @@ def test_happy_path_through_the_dispatcher_and_reports_find_their_messages(con, 
     assert {r.provider_message_id for r in receipts} == set(outbox.values())
     # As after a crash: one message's BizId never reached the outbox; out_id + phone still find it.
     lost = next(iter(outbox))
-    con.execute("UPDATE outbox SET provider_message_id = NULL WHERE message_id = ?", [lost])
-    _store_receipts(con, receipts)
-    assert ali.resolve_message_ids(con) == 9
-    assert con.execute("SELECT count(*) FROM events WHERE message_id = ?", [lost]).fetchone()[0] == 1
-    linked = con.execute("SELECT message_id, provider_message_id FROM events").fetchall()
+    db.execute("UPDATE outbox SET provider_message_id = NULL WHERE message_id = :m", m=lost)
+    _store_receipts(db, receipts)
+    assert link_alibaba(db) == 9
+    assert db.scalar("SELECT count(*) FROM events WHERE message_id = :m", m=lost) == 1
+    linked = db.rows("SELECT message_id, provider_message_id FROM events")
     assert {(mid, pid) for mid, pid in linked} == set(outbox.items())
 
 
-def test_a_batch_of_150_goes_as_two_signed_calls_with_one_outid_each(con, monkeypatch):
+def test_a_batch_of_150_goes_as_two_signed_calls_with_one_outid_each(sqlite_db: Store, monkeypatch):
     with stack(webhook_url=None) as (sandbox_url, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url)
-        _queue(con, channel, spec, _phones(150))
-        payloads = _payloads(con)
+        _queue(sqlite_db, channel, spec, _phones(150))
+        payloads = _payloads(sqlite_db)
         outcomes = asyncio.run(_send_batch(channel, payloads))
     assert [o.kind for o in outcomes] == ["sent"] * 150 and sandbox.calls == 2
     assert sandbox.tally.accepted == 150 and sandbox.tally.duplicate_callback_data == 0
@@ -124,53 +129,53 @@ def test_a_batch_of_150_goes_as_two_signed_calls_with_one_outid_each(con, monkey
     assert len(set(biz_ids[:100])) == 1 and len(set(biz_ids[100:])) == 1 and biz_ids[0] != biz_ids[100]
 
 
-def test_an_illegal_number_in_a_batch_fails_alone_and_the_rest_is_sent(con, monkeypatch):
+def test_an_illegal_number_in_a_batch_fails_alone_and_the_rest_is_sent(sqlite_db: Store, monkeypatch):
     with stack(webhook_url=None, illegal_rate=0.2, seed=3) as (sandbox_url, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url)
         phones = _phones(12)
         illegal = {p for p in phones if sandbox.config.outcome(p.lstrip("+"))[0] == "illegal"}
         assert 0 < len(illegal) < 12
-        _queue(con, channel, spec, phones)
-        outcomes = asyncio.run(_send_batch(channel, _payloads(con)))
+        _queue(sqlite_db, channel, spec, phones)
+        outcomes = asyncio.run(_send_batch(channel, _payloads(sqlite_db)))
     kinds = {p: (o.kind, o.error_code) for p, o in zip(phones, outcomes, strict=True)}
     assert {p for p, k in kinds.items() if k == ("permanent", "isv.MOBILE_NUMBER_ILLEGAL")} == illegal
     assert all(k[0] == "sent" for p, k in kinds.items() if p not in illegal)
     assert sandbox.tally.accepted == 12 - len(illegal) and sandbox.tally.duplicate_callback_data == 0
 
 
-def test_permanent_error_through_the_dispatcher(con, monkeypatch):
+def test_permanent_error_through_the_dispatcher(sqlite_db: Store, monkeypatch):
     with stack(webhook_url=None, illegal_rate=0.3, seed=5) as (sandbox_url, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url)
         phones = _phones(10)
         illegal = {p for p in phones if sandbox.config.outcome(p.lstrip("+"))[0] == "illegal"}
         assert illegal
-        _queue(con, channel, spec, phones)
-        result = dispatch(con, channel)
+        _queue(sqlite_db, channel, spec, phones)
+        result = dispatch(sqlite_db, channel)
     assert result.failed == len(illegal) and result.sent == 10 - len(illegal)
-    failed = dict(con.execute("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'").fetchall())
+    failed = dict(sqlite_db.rows("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'"))
     assert failed == {p: "isv.MOBILE_NUMBER_ILLEGAL" for p in illegal}
 
 
-def test_rate_limit_answers_are_throttled_retries(con, monkeypatch):
+def test_rate_limit_answers_are_throttled_retries(sqlite_db: Store, monkeypatch):
     # One number per call, so that the calls (Alibaba's QPS counts calls) outrun the limit: the
     # dispatcher batches whatever is waiting, and 30 numbers would otherwise fit in two calls.
     with stack(webhook_url=None, throughput_per_s=20.0) as (sandbox_url, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, max_batch=1)
-        _queue(con, channel, spec, _phones(30))
-        result = dispatch(con, channel)
+        _queue(sqlite_db, channel, spec, _phones(30))
+        result = dispatch(sqlite_db, channel)
     assert result.sent == 30 and result.failed == 0 and result.throttled > 0
     assert sandbox.tally.rejected["isv.BUSINESS_LIMIT_CONTROL"] > 0
     assert sandbox.tally.accepted == 30 and sandbox.tally.duplicate_callback_data == 0
 
 
-def test_a_wrong_secret_fails_the_signature_check_and_stops_the_channel(con, monkeypatch):
+def test_a_wrong_secret_fails_the_signature_check_and_stops_the_channel(sqlite_db: Store, monkeypatch):
     with stack(webhook_url=None) as (sandbox_url, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, secret="not-the-secret")
-        _queue(con, channel, spec, _phones(5))
-        result = dispatch(con, channel, concurrency=1)
+        _queue(sqlite_db, channel, spec, _phones(5))
+        result = dispatch(sqlite_db, channel, concurrency=1)
     assert result.stopped_reason and result.stopped_reason.startswith("SignatureDoesNotMatch")
     assert sandbox.tally.rejected["SignatureDoesNotMatch"] >= 1 and sandbox.tally.accepted == 0
-    assert states(con) == {"queued": 5}
+    assert states(sqlite_db) == {"queued": 5}
 
 
 def test_sandbox_limits_and_replayed_nonces(monkeypatch):
@@ -186,12 +191,12 @@ def test_sandbox_limits_and_replayed_nonces(monkeypatch):
         assert replay.status_code == 400 and replay.json()["Code"] == "SignatureNonceUsed"
 
 
-def test_malformed_answers_are_not_counted_as_sent(con, monkeypatch):
+def test_malformed_answers_are_not_counted_as_sent(sqlite_db: Store, monkeypatch):
     channel, spec = _channel(monkeypatch, "http://dysmsapi.test")
-    _queue(con, channel, spec, _phones(3))
-    result = dispatch(con, channel, transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")))
+    _queue(sqlite_db, channel, spec, _phones(3))
+    result = dispatch(sqlite_db, channel, transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")))
     assert result.sent == 0 and result.failed == 3
-    assert con.execute("SELECT DISTINCT error_code FROM outbox").fetchall() == [("http_200",)]
+    assert [tuple(r) for r in sqlite_db.rows("SELECT DISTINCT error_code FROM outbox")] == [("http_200",)]
     ok_without_biz_id = channel.classify_response(200, b'{"Code":"OK","Message":"OK","RequestId":"r"}', {})
     assert ok_without_biz_id.kind == "permanent" and ok_without_biz_id.error_detail == "malformed provider response"
     assert channel.classify_response(503, b"busy", {}).kind == "retry"
