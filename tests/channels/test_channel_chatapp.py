@@ -16,6 +16,7 @@ from pipeline.channels.acs3 import sign_request
 from pipeline.channels.base import Outgoing
 from pipeline.channels.chatapp import encode_form, mass_task_id
 from pipeline.spec import SpecError, parse_spec
+from pipeline.store import Store
 from tests.helpers.channels import Receiver, dispatch, drain
 from tests.helpers.providers import CHATAPP, CHATAPP_KEY_ID, CHATAPP_KEY_SECRET, CHATAPP_SPEC, CHATAPP_TOKEN, set_env
 
@@ -25,8 +26,8 @@ def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     set_env(monkeypatch, CHATAPP.env)
 
 
-def _outbox(con) -> dict[str, tuple[str, str | None]]:
-    rows = con.execute("SELECT message_id, state, provider_message_id FROM outbox").fetchall()
+def _outbox(db: Store) -> dict[str, tuple[str, str | None]]:
+    rows = db.rows("SELECT message_id, state, provider_message_id FROM outbox")
     return {m: (state, pid) for m, state, pid in rows}
 
 
@@ -46,11 +47,11 @@ def test_payload_is_the_send_chatapp_message_parameters() -> None:
         CHATAPP.channel("http://x.test", provider={"options": {"channel_type": "sms"}})
 
 
-def test_happy_path_each_message_once_with_task_id_and_signed_callbacks(con) -> None:
+def test_happy_path_each_message_once_with_task_id_and_signed_callbacks(sqlite_db: Store) -> None:
     receiver = Receiver()
-    result, sandbox, _ = CHATAPP.send_all(con, 20, receiver=receiver)
+    result, sandbox, _ = CHATAPP.send_all(sqlite_db, 20, receiver=receiver)
     assert result.sent == 20 and result.failed == 0 and result.throttled == 0
-    outbox = _outbox(con)
+    outbox = _outbox(sqlite_db)
     stats = sandbox.ledger.snapshot()
     assert stats["accepted"] == 20 and stats["calls"] == 20 and stats["duplicate_callback_data"] == 0
     assert sorted(m["correlation_id"] for m in stats["messages"]) == sorted(outbox)
@@ -69,12 +70,12 @@ def test_happy_path_each_message_once_with_task_id_and_signed_callbacks(con) -> 
     assert sum(r.status == "read" for r in receipts) == expected_reads
 
 
-def test_mass_send_is_one_call_with_one_outcome_per_recipient(con) -> None:
+def test_mass_send_is_one_call_with_one_outcome_per_recipient(sqlite_db: Store) -> None:
     receiver = Receiver()
     with CHATAPP.running(CHATAPP.config(), receiver) as (url, sandbox):
         channel = CHATAPP.channel(url)
-        CHATAPP.queue(con, channel, 30)
-        rows = con.execute("SELECT message_id, payload_json FROM outbox ORDER BY seq").fetchall()
+        CHATAPP.queue(sqlite_db, channel, 30)
+        rows = sqlite_db.rows("SELECT message_id, payload_json FROM outbox ORDER BY seq")
 
         async def send() -> list:
             async with channel.open_session(5.0) as session:
@@ -113,15 +114,15 @@ def test_batch_level_error_applies_to_every_recipient() -> None:
     assert all(o.kind == "retry" and o.throttled and o.error_code == "Throttling.User" for o in outcomes)
 
 
-def test_permanent_error_is_recorded_with_its_code(con) -> None:
+def test_permanent_error_is_recorded_with_its_code(sqlite_db: Store) -> None:
     bad = "6591000003"
     with CHATAPP.running(CHATAPP.config(invalid_recipients=frozenset({bad}))) as (url, _sandbox):
         channel = CHATAPP.channel(url)
-        phones = CHATAPP.queue(con, channel, 6)
-        result = dispatch(con, channel)
+        phones = CHATAPP.queue(sqlite_db, channel, 6)
+        result = dispatch(sqlite_db, channel)
     assert result.sent == 5 and result.failed == 1
-    row = con.execute("SELECT state, error_code, attempts FROM outbox WHERE recipient_key = ?", [phones[3]]).fetchone()
-    assert row == ("failed", "InvalidParameter.PhoneNumberError", 1)
+    (row,) = sqlite_db.rows("SELECT state, error_code, attempts FROM outbox WHERE recipient_key = :key", key=phones[3])
+    assert tuple(row) == ("failed", "InvalidParameter.PhoneNumberError", 1)
 
 
 def test_sandbox_verifies_signature_nonce_date_and_body_hash() -> None:

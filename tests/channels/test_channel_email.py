@@ -15,6 +15,7 @@ from pipeline.channels.email import classify_reply, from_spec, verify_unsubscrib
 from pipeline.sandbox.smtp import SmtpSandbox, create_smtp_stats_app
 from pipeline.servers import serve_in_thread
 from pipeline.spec import SpecError
+from pipeline.store import Store
 from tests.helpers.channels import dispatch, states
 from tests.helpers.providers import (
     EMAIL_UNSUB_SECRET,
@@ -38,16 +39,16 @@ def _channel(monkeypatch, sandbox: SmtpSandbox, *, username: str | None = None, 
     return from_spec(spec, sandbox.url), spec
 
 
-def test_happy_path_multipart_rfc8058_headers_and_signed_delivery_reports(con, monkeypatch):
+def test_happy_path_multipart_rfc8058_headers_and_signed_delivery_reports(sqlite_db: Store, monkeypatch):
     with email_stack() as (sandbox, receiver):
         channel, spec = _channel(monkeypatch, sandbox)
         addresses = email_addresses(8)
-        email_queue(con, channel, spec, addresses)
-        result = dispatch(con, channel)
+        email_queue(sqlite_db, channel, spec, addresses)
+        result = dispatch(sqlite_db, channel)
         assert result.sent == 8 and result.failed == 0
         assert sandbox.drain(10)
         stats, messages = sandbox.stats(), sandbox.messages()
-    outbox = dict(con.execute("SELECT message_id, provider_message_id FROM outbox").fetchall())
+    outbox = dict(sqlite_db.rows("SELECT message_id, provider_message_id FROM outbox"))
     assert stats["accepted"] == 8 and stats["duplicate_callback_data"] == 0 and stats["rejected"] == {}
     assert sorted(m["correlation_id"] for m in stats["messages"]) == sorted(outbox)
     assert {m["id"] for m in stats["messages"]} == set(outbox.values())  # the queue id from "250 ... queued as"
@@ -75,29 +76,29 @@ def test_happy_path_multipart_rfc8058_headers_and_signed_delivery_reports(con, m
     assert all(outbox[r.message_id] == r.provider_message_id for r in receipts)
 
 
-def test_throughput_limit_answers_421_the_channel_reconnects_and_everything_is_sent_once(con, monkeypatch):
+def test_throughput_limit_answers_421_the_channel_reconnects_and_everything_is_sent_once(sqlite_db: Store, monkeypatch):
     with email_stack(throughput_per_s=10.0, webhook_url=None) as (sandbox, _):
         channel, spec = _channel(monkeypatch, sandbox)
-        email_queue(con, channel, spec, email_addresses(24))
-        result = dispatch(con, channel)
+        email_queue(sqlite_db, channel, spec, email_addresses(24))
+        result = dispatch(sqlite_db, channel)
         stats = sandbox.stats()
     assert result.sent == 24 and result.failed == 0 and result.throttled > 0
     assert stats["throttled"] == stats["rejected"]["421"] > 0
     assert stats["accepted"] == 24 and stats["duplicate_callback_data"] == 0
 
 
-def test_refused_recipients_are_permanent_550_and_bounces_come_back_as_failed_receipts(con, monkeypatch):
+def test_refused_recipients_are_permanent_550_and_bounces_come_back_as_failed_receipts(sqlite_db: Store, monkeypatch):
     with email_stack(reject_rate=0.25, bounce_rate=0.3, seed=11) as (sandbox, receiver):
         channel, spec = _channel(monkeypatch, sandbox)
         addresses = email_addresses(16)
         fates = {a: sandbox.config.outcome(a) for a in addresses}
         assert set(fates.values()) == {"rejected", "bounced", "delivered"}  # the seed gives a mix
-        email_queue(con, channel, spec, addresses)
-        result = dispatch(con, channel)
+        email_queue(sqlite_db, channel, spec, addresses)
+        result = dispatch(sqlite_db, channel)
         assert sandbox.drain(10)
     rejected = {a for a, f in fates.items() if f == "rejected"}
     assert result.failed == len(rejected) and result.sent == 16 - len(rejected)
-    failed = dict(con.execute("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'").fetchall())
+    failed = dict(sqlite_db.rows("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'"))
     assert failed == {a: "550" for a in rejected}
     receipts = [r for post in receiver.posts if ew.verify(post.body, post.headers, EMAIL_WEBHOOK_SECRET)
                 for r in ew.parse(post.body)[0]]
@@ -107,39 +108,39 @@ def test_refused_recipients_are_permanent_550_and_bounces_come_back_as_failed_re
     assert all(r.error_title and r.error_title.startswith("55") for r in bounced.values())
 
 
-def test_a_reply_that_is_not_smtp_is_permanent_and_never_resent(con, monkeypatch):
+def test_a_reply_that_is_not_smtp_is_permanent_and_never_resent(sqlite_db: Store, monkeypatch):
     with email_stack(malformed_reply=True, webhook_url=None) as (sandbox, _):
         channel, spec = _channel(monkeypatch, sandbox)
-        email_queue(con, channel, spec, email_addresses(3))
-        result = dispatch(con, channel, concurrency=1)
+        email_queue(sqlite_db, channel, spec, email_addresses(3))
+        result = dispatch(sqlite_db, channel, concurrency=1)
         stats = sandbox.stats()
     assert result.sent == 0 and result.failed == 3 and result.retries == 0
-    rows = con.execute("SELECT DISTINCT error_code, error_detail FROM outbox").fetchall()
+    rows = sqlite_db.rows("SELECT DISTINCT error_code, error_detail FROM outbox")
     assert [r[0] for r in rows] == ["smtp_-1"] and "malformed provider response" in rows[0][1]
     # The server did take each message once: nothing is sent twice on a reply we cannot read.
     assert stats["accepted"] == 3 and stats["duplicate_callback_data"] == 0
 
 
-def test_a_timeout_after_data_is_unknown_and_never_resent_blindly(con, monkeypatch):
+def test_a_timeout_after_data_is_unknown_and_never_resent_blindly(sqlite_db: Store, monkeypatch):
     with email_stack(reply_delay_s=0.5, webhook_url=None) as (sandbox, _):
         channel, spec = _channel(monkeypatch, sandbox)
-        email_queue(con, channel, spec, email_addresses(2))
-        result = dispatch(con, channel, concurrency=2, timeout_s=0.2)
+        email_queue(sqlite_db, channel, spec, email_addresses(2))
+        result = dispatch(sqlite_db, channel, concurrency=2, timeout_s=0.2)
         stats = sandbox.stats()
     assert result.sent == 0 and result.unknown == 2 and result.retries == 0
-    assert states(con) == {"unknown": 2}
+    assert states(sqlite_db) == {"unknown": 2}
     assert stats["accepted"] == 2 and stats["duplicate_callback_data"] == 0
 
 
-def test_authentication_failure_stops_the_channel_and_good_credentials_send(con, monkeypatch):
+def test_authentication_failure_stops_the_channel_and_good_credentials_send(sqlite_db: Store, monkeypatch):
     with email_stack(username="mailer", password="s3cret", webhook_url=None) as (sandbox, _):
         channel, spec = _channel(monkeypatch, sandbox, username="mailer", password="wrong")
-        email_queue(con, channel, spec, email_addresses(4))
-        result = dispatch(con, channel, concurrency=1)
+        email_queue(sqlite_db, channel, spec, email_addresses(4))
+        result = dispatch(sqlite_db, channel, concurrency=1)
         assert result.stopped_reason and result.stopped_reason.startswith("535")
-        assert states(con) == {"queued": 4}
+        assert states(sqlite_db) == {"queued": 4}
         channel, _ = _channel(monkeypatch, sandbox, username="mailer", password="s3cret")
-        assert dispatch(con, channel).sent == 4
+        assert dispatch(sqlite_db, channel).sent == 4
         # Without credentials at all the server refuses MAIL: 530, which stops too.
         assert classify_reply(530, "5.7.0 Authentication required").kind == "stop"
 

@@ -10,6 +10,7 @@ from pipeline.channels import messenger_webhooks
 from pipeline.channels.base import Outgoing
 from pipeline.channels.whatsapp_webhooks import sign
 from pipeline.spec import SpecError, parse_spec
+from pipeline.store import Store
 from tests.helpers.channels import Receiver, dispatch
 from tests.helpers.providers import MESSENGER, MESSENGER_PAGE, MESSENGER_SECRET, MESSENGER_SPEC, set_env
 
@@ -37,15 +38,15 @@ def test_payload_is_the_send_api_body() -> None:
 
 
 @pytest.mark.parametrize("platform", ["messenger", "instagram"])
-def test_happy_path_each_psid_once_and_signed_receipts_name_our_mids(con, platform: str) -> None:
+def test_happy_path_each_psid_once_and_signed_receipts_name_our_mids(sqlite_db: Store, platform: str) -> None:
     receiver = Receiver()
-    result, sandbox, psids = MESSENGER.send_all(con, 20, config=MESSENGER.config(platform=platform),
+    result, sandbox, psids = MESSENGER.send_all(sqlite_db, 20, config=MESSENGER.config(platform=platform),
                                                 receiver=receiver, channel_args=(platform,))
     assert result.sent == 20 and result.failed == 0
     stats = sandbox.ledger.snapshot()
     assert stats["accepted"] == 20 and stats["duplicate_callback_data"] == 0
     assert sorted(m["to"] for m in stats["messages"]) == sorted(psids)
-    outbox = dict(con.execute("SELECT recipient_key, provider_message_id FROM outbox WHERE state = 'sent'").fetchall())
+    outbox = dict(sqlite_db.rows("SELECT recipient_key, provider_message_id FROM outbox WHERE state = 'sent'"))
     by_psid = {m["to"]: m for m in stats["messages"]}
     assert all(outbox[p] == by_psid[p]["id"] for p in psids)  # the mid Meta returned is what we stored
     receipts = []
@@ -67,24 +68,24 @@ def test_happy_path_each_psid_once_and_signed_receipts_name_our_mids(con, platfo
         assert {r.provider_message_id for r in reads} == {outbox[p] for p in readers}
 
 
-def test_permanent_errors_unavailable_and_outside_window(con) -> None:
+def test_permanent_errors_unavailable_and_outside_window(sqlite_db: Store) -> None:
     config = MESSENGER.config(unavailable=frozenset({"7100000003"}), outside_window=frozenset({"7100000005"}))
     with MESSENGER.running(config) as (url, _):
         channel = MESSENGER.channel(url)
-        MESSENGER.queue(con, channel, 8)
-        result = dispatch(con, channel)
+        MESSENGER.queue(sqlite_db, channel, 8)
+        result = dispatch(sqlite_db, channel)
     assert result.sent == 6 and result.failed == 2
-    rows = dict(con.execute("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'").fetchall())
+    rows = dict(sqlite_db.rows("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'"))
     assert rows == {"7100000003": "551/1545041", "7100000005": "10/2018278"}
 
 
-def test_tagged_update_reaches_a_user_outside_the_window(con) -> None:
+def test_tagged_update_reaches_a_user_outside_the_window(sqlite_db: Store) -> None:
     overrides = {"template": {**MESSENGER_SPEC["template"], "category": "utility"},
                  "provider": {"options": {"message_tag": "POST_PURCHASE_UPDATE"}}}
     with MESSENGER.running(MESSENGER.config(outside_window=frozenset({"7100000001"}))) as (url, _):
         channel = MESSENGER.channel(url, **overrides)
-        MESSENGER.queue(con, channel, 3, **overrides)
-        assert dispatch(con, channel).sent == 3
+        MESSENGER.queue(sqlite_db, channel, 3, **overrides)
+        assert dispatch(sqlite_db, channel).sent == 3
 
 
 def test_forged_webhook_is_refused_and_a_genuine_one_parses() -> None:

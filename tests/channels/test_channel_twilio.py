@@ -16,6 +16,7 @@ from pipeline.channels.twilio_sms import TwilioSmsChannel, callback_url, from_sp
 from pipeline.sandbox.twilio import TwilioSandboxConfig, create_twilio_app
 from pipeline.servers import serve_in_thread
 from pipeline.spec import parse_spec
+from pipeline.store import Store
 from tests.helpers.channels import Receiver, dispatch, drain, queue, serving, states
 
 SID, TOKEN = "AC" + "a1" * 16, "twilio-test-token"
@@ -45,8 +46,8 @@ def _spec(status_callback: str | None) -> Any:
     })
 
 
-def _queue(con, channel: TwilioSmsChannel, spec: Any, phones: list[str]) -> None:
-    queue(con, spec, channel, phones, regions=["US" if p.startswith("+1") else "GB" for p in phones],
+def _queue(db: Store, channel: TwilioSmsChannel, spec: Any, phones: list[str]) -> None:
+    queue(db, spec, channel, phones, regions=["US" if p.startswith("+1") else "GB" for p in phones],
           texts=[f"Hi n{i} €" for i in range(len(phones))])
 
 
@@ -61,16 +62,16 @@ def _channel(monkeypatch, sandbox_url: str, receiver_url: str | None, token: str
     return from_spec(spec, sandbox_url), spec
 
 
-def test_happy_path_sends_each_once_and_callbacks_verify_and_correlate(con, monkeypatch):
+def test_happy_path_sends_each_once_and_callbacks_verify_and_correlate(sqlite_db: Store, monkeypatch):
     with stack() as (sandbox_url, receiver_url, receiver, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, receiver_url)
         phones = _phones(12)
-        _queue(con, channel, spec, phones)
-        result = dispatch(con, channel)
+        _queue(sqlite_db, channel, spec, phones)
+        result = dispatch(sqlite_db, channel)
         assert result.sent == 12 and result.failed == 0
         stats = httpx.get(f"{sandbox_url}/_sandbox/stats").json()
         assert stats["accepted"] == 12 and stats["duplicate_callback_data"] == 0 and stats["rejected"] == {}
-        outbox = dict(con.execute("SELECT message_id, provider_message_id FROM outbox").fetchall())
+        outbox = dict(sqlite_db.rows("SELECT message_id, provider_message_id FROM outbox"))
         assert sorted(m["correlation_id"] for m in stats["messages"]) == sorted(outbox)
         assert all(pid.startswith("SM") and len(pid) == 34 for pid in outbox.values())
         froms = {m["to"]: m["from"] for m in stats["messages"]}
@@ -92,45 +93,45 @@ def test_happy_path_sends_each_once_and_callbacks_verify_and_correlate(con, monk
     assert set(by_message) == set(outbox) and all(s == {"sent", "delivered"} for s in by_message.values())
 
 
-def test_rate_limit_answers_are_throttled_retries_and_everything_is_sent_once(con, monkeypatch):
+def test_rate_limit_answers_are_throttled_retries_and_everything_is_sent_once(sqlite_db: Store, monkeypatch):
     with stack(throughput_per_s=20.0) as (sandbox_url, _, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, None)
-        _queue(con, channel, spec, _phones(30))
-        result = dispatch(con, channel, rate=500)
+        _queue(sqlite_db, channel, spec, _phones(30))
+        result = dispatch(sqlite_db, channel, rate=500)
         stats = sandbox.tally.snapshot(None)
     assert result.sent == 30 and result.failed == 0 and result.throttled > 0
     assert stats["throttled"] == stats["rejected"]["20429"] > 0
     assert stats["accepted"] == 30 and stats["duplicate_callback_data"] == 0
 
 
-def test_refusals_are_permanent_with_twilio_codes_and_the_rest_is_sent(con, monkeypatch):
+def test_refusals_are_permanent_with_twilio_codes_and_the_rest_is_sent(sqlite_db: Store, monkeypatch):
     with stack(refuse_rate=0.35, seed=7) as (sandbox_url, _, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, None)
         phones = _phones(20)
         expected = {p: sandbox.config.outcome(p).refusal for p in phones}
         assert any(expected.values()) and not all(expected.values())  # the seed gives a mix
-        _queue(con, channel, spec, phones)
-        result = dispatch(con, channel)
+        _queue(sqlite_db, channel, spec, phones)
+        result = dispatch(sqlite_db, channel)
     refused = {p: c for p, c in expected.items() if c}
     assert result.failed == len(refused) and result.sent == 20 - len(refused)
-    rows = dict(con.execute("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'").fetchall())
+    rows = dict(sqlite_db.rows("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'"))
     assert rows == {p: str(c) for p, c in refused.items()}
     assert set(rows.values()) <= {"21610", "21635", "21408"}
 
 
-def test_bad_credentials_stop_the_channel_with_everything_still_queued(con, monkeypatch):
+def test_bad_credentials_stop_the_channel_with_everything_still_queued(sqlite_db: Store, monkeypatch):
     with stack() as (sandbox_url, _, _, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, None, token="wrong")
-        _queue(con, channel, spec, _phones(6))
-        result = dispatch(con, channel, concurrency=1)
+        _queue(sqlite_db, channel, spec, _phones(6))
+        result = dispatch(sqlite_db, channel, concurrency=1)
     assert result.stopped_reason and result.stopped_reason.startswith("20003")
-    assert states(con) == {"queued": 6}
+    assert states(sqlite_db) == {"queued": 6}
     assert sandbox.tally.accepted == 0
 
 
-def test_malformed_answers_are_never_counted_as_sent(con, monkeypatch):
+def test_malformed_answers_are_never_counted_as_sent(sqlite_db: Store, monkeypatch):
     channel, spec = _channel(monkeypatch, "http://twilio.test", None)
-    _queue(con, channel, spec, _phones(4))
+    _queue(sqlite_db, channel, spec, _phones(4))
     calls = {"n": 0}
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -138,9 +139,9 @@ def test_malformed_answers_are_never_counted_as_sent(con, monkeypatch):
         assert request.headers["content-type"] == "application/x-www-form-urlencoded"
         return httpx.Response(201, content=b"<html>gateway says hi</html>")
 
-    result = dispatch(con, channel, transport=httpx.MockTransport(handler))
+    result = dispatch(sqlite_db, channel, transport=httpx.MockTransport(handler))
     assert result.sent == 0 and result.failed == 4 and calls["n"] == 4  # not retried: it may have gone out
-    assert con.execute("SELECT DISTINCT error_code FROM outbox").fetchall() == [("http_201",)]
+    assert [tuple(r) for r in sqlite_db.rows("SELECT DISTINCT error_code FROM outbox")] == [("http_201",)]
     # A 502 without Twilio's body is Twilio's trouble: retried, not permanent.
     outcome = channel.classify_response(502, b"Bad Gateway", {})
     assert outcome.kind == "retry" and outcome.error_detail == "malformed provider response"
@@ -189,11 +190,11 @@ def test_status_callback_signature_forged_or_tampered_is_refused():
         tw.parse(b"\xff\xfe")
 
 
-def test_stop_reply_arrives_as_inbound_and_later_sends_are_refused_21610(con, monkeypatch):
+def test_stop_reply_arrives_as_inbound_and_later_sends_are_refused_21610(sqlite_db: Store, monkeypatch):
     with stack(stop_rate=1.0, inbound=True) as (sandbox_url, receiver_url, receiver, sandbox):
         channel, spec = _channel(monkeypatch, sandbox_url, receiver_url)
-        _queue(con, channel, spec, ["+447700900123"])
-        assert dispatch(con, channel).sent == 1
+        _queue(sqlite_db, channel, spec, ["+447700900123"])
+        assert dispatch(sqlite_db, channel).sent == 1
         drain(sandbox_url)
         inbound = [m for post in receiver.posts if tw.verify(post.body, post.headers, TOKEN, post.url)
                    for m in tw.parse(tw.spool_body(post.body, post.url))[1]]

@@ -10,6 +10,7 @@ import pytest
 from pipeline.channels import viber_webhooks
 from pipeline.channels.base import Outgoing
 from pipeline.spec import SpecError, parse_spec
+from pipeline.store import Store
 from tests.helpers.channels import Receiver, dispatch, drain
 from tests.helpers.providers import VIBER, VIBER_SPEC, VIBER_TOKEN, set_env
 
@@ -34,12 +35,12 @@ def test_payload_carries_tracking_data_and_the_message_class() -> None:
         VIBER.channel("http://v.test", provider={"options": {"sender_name": "x" * 29}})
 
 
-def test_happy_path_tracking_data_is_our_id_and_signed_callbacks_name_our_tokens(con) -> None:
+def test_happy_path_tracking_data_is_our_id_and_signed_callbacks_name_our_tokens(sqlite_db: Store) -> None:
     receiver = Receiver()
-    result, sandbox, _ = VIBER.send_all(con, 20, receiver=receiver)
+    result, sandbox, _ = VIBER.send_all(sqlite_db, 20, receiver=receiver)
     assert result.sent == 20 and result.failed == 0
     stats = sandbox.ledger.snapshot()
-    outbox = dict(con.execute("SELECT message_id, provider_message_id FROM outbox WHERE state = 'sent'").fetchall())
+    outbox = dict(sqlite_db.rows("SELECT message_id, provider_message_id FROM outbox WHERE state = 'sent'"))
     assert stats["accepted"] == 20 and stats["duplicate_callback_data"] == 0
     assert sorted(m["correlation_id"] for m in stats["messages"]) == sorted(outbox)
     assert all(outbox[m["correlation_id"]] == m["id"] for m in stats["messages"])
@@ -57,15 +58,15 @@ def test_happy_path_tracking_data_is_our_id_and_signed_callbacks_name_our_tokens
     assert read == {t for t, f in fates.items() if f == "read"}
 
 
-def test_permanent_error_in_a_200_body_is_recorded_with_its_status(con) -> None:
+def test_permanent_error_in_a_200_body_is_recorded_with_its_status(sqlite_db: Store) -> None:
     with VIBER.running(VIBER.config(not_subscribed=frozenset({"01234567890A003="}))) as (url, _):
         channel = VIBER.channel(url)
-        users = VIBER.queue(con, channel, 6)
-        result = dispatch(con, channel)
+        users = VIBER.queue(sqlite_db, channel, 6)
+        result = dispatch(sqlite_db, channel)
     assert result.sent == 5 and result.failed == 1
-    sql = "SELECT state, error_code, error_detail FROM outbox WHERE recipient_key = ?"
-    row = con.execute(sql, [users[3]]).fetchone()
-    assert row == ("failed", "6", "receiverNotSubscribed")
+    sql = "SELECT state, error_code, error_detail FROM outbox WHERE recipient_key = :key"
+    (row,) = sqlite_db.rows(sql, key=users[3])
+    assert tuple(row) == ("failed", "6", "receiverNotSubscribed")
 
 
 def test_unsubscribe_arrives_as_a_signed_inbound() -> None:
