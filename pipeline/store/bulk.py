@@ -57,9 +57,10 @@ def insert_frame(
         placeholders = ", ".join("?" for _ in columns)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            before = conn.connection.driver_connection.total_changes  # type: ignore[union-attr]
             cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({placeholders}){ignore}", rows)
-            return conn.connection.driver_connection.total_changes - before  # type: ignore[union-attr]
+            # The rows this insert added: summed over the rows' statements, and, unlike the connection's
+            # total_changes, without what triggers wrote (outbox marks its campaign in billing_changes).
+            return cursor.rowcount
         finally:
             cursor.close()
     stage = f"_load_{secrets.token_hex(4)}"
