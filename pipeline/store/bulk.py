@@ -124,9 +124,8 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
                     raw.execute("BEGIN IMMEDIATE")
                     try:
                         for sql in statements:
-                            before = raw.total_changes
-                            raw.execute(sql.format(stage="stage.rows", chunk=chunk))
-                            changed.append(raw.total_changes - before)
+                            # rowcount: the statement's own rows (total_changes would add what triggers wrote)
+                            changed.append(raw.execute(sql.format(stage="stage.rows", chunk=chunk)).rowcount)
                         raw.execute("COMMIT")
                     except BaseException:
                         raw.execute("ROLLBACK")
