@@ -8,6 +8,7 @@ from decimal import Decimal
 from pipeline.spec import SpecError
 from pipeline.store import Store, run, run_many
 
+
 class OverBudget(SpecError):
     """The pre-send estimate is over the spec's budget: nothing is sent."""
 
