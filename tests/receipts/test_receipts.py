@@ -175,6 +175,25 @@ def test_stop_replies_and_opt_out_errors_become_suppressions(db: store.Store, tm
     assert count(db, "inbound") == 5
 
 
+def test_text_holding_nul_is_stored_with_a_replacement_character(db: store.Store, tmp_path: Path) -> None:
+    # PostgreSQL's text holds no NUL, yet a signed body may carry one (JSON's \u0000): every store keeps U+FFFD.
+    add_messages(db, "m-A")
+    write_spool(tmp_path / "sp", "1", [
+        line(body([status("wamid.\u0000A", "delivered", T0, message_id="m-A"),
+                   status("wamid.F", "failed", T0, message_id="m-\u0000", code=131050, recipient=None)],
+                  [inbound("16505551234", "hi\u0000there", "wamid.\u0000in")])),
+    ])
+    result = ingest_spool(db, tmp_path / "sp")
+    assert (result.events_added, result.unmatched, result.inbound_added, result.quarantined) == (1, 1, 1, 0)
+    assert db.scalar("SELECT provider_message_id FROM events") == "wamid.\ufffdA"
+    assert db.scalar("SELECT message_id FROM unmatched_events") == "m-\ufffd"
+    assert [tuple(r) for r in db.rows("SELECT sender, text FROM inbound")] == [("16505551234", "hi\ufffdthere")]
+    assert count(db, "suppressions") == 0  # the opt-out names no message of ours, nor an address
+    db.execute("DELETE FROM spool_files")
+    replay = ingest_spool(db, tmp_path / "sp")  # the ids hash the values as received: nothing twice
+    assert (replay.events_added, replay.unmatched, replay.inbound_added) == (0, 0, 0)
+
+
 @pytest.mark.parametrize("text,expected", [
     ("STOP", True), (" stopall\n", True), ("End", True), ("cancel", True), ("QUIT", True),
     ("退订", True), ("UNSUBSCRIBE", True), ("stop it", False), ("", False), (None, False), ("start", False),
