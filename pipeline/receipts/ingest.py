@@ -367,9 +367,20 @@ def _storable(rows: pa.Table) -> pa.Table:
     for i, column_field in enumerate(rows.schema):
         if pa.types.is_string(column_field.type) or pa.types.is_large_string(column_field.type):
             column = rows.column(i)
-            if pc.any(pc.match_substring(column, _NUL)).as_py():
+            if _may_hold_nul(column):
                 rows = rows.set_column(i, column_field, pc.replace_substring(column, _NUL, "\ufffd"))
     return rows
+
+
+def _may_hold_nul(column: pa.ChunkedArray) -> bool:
+    """Whether a zero byte is among the column's characters: one pass over each chunk's bytes (a tenth of the
+    time of a substring search of every value), which may also see bytes of values sliced away."""
+    for chunk in column.chunks:
+        data = chunk.buffers()[2]
+        if data is not None and data.size and pc.min(pa.Array.from_buffers(pa.uint8(), data.size, [None, data])
+                                                     ).as_py() == 0:
+            return True
+    return False
 
 
 def _insert(conn: Connection, table: str, frame: pl.DataFrame) -> int:
