@@ -163,12 +163,10 @@ def drop_repeats(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(accepted, rejects): candidates whose number an earlier row had (in this batch or one
     `carry` has seen) join the rejects as duplicates, in row order with their values as written."""
-    accepted, duplicates = drop_duplicates(candidates, carry)
+    accepted, duplicates = drop_duplicates(candidates, carry, keep=columns)
     if duplicates.height == 0:
         return accepted, rejects
-    # Same order on both sides: drop_duplicates keeps the candidates' order.
-    originals = candidates.filter(pl.col("row_number").is_in(duplicates["row_number"].implode())).select(columns)
-    return accepted, pl.concat([rejects, duplicates.hstack(originals)]).sort("row_number")
+    return accepted, pl.concat([rejects, duplicates]).sort("row_number")
 
 
 class Collector:
