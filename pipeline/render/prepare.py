@@ -264,8 +264,15 @@ def prepare_audience(
     with reader, Collector(path, out_dir, keep_frames=keep_frames) as collector:
         carry = Carry()
         for loaded in reader:
+            # Each batch's frames are let go as soon as the next stage has what it needs: what is
+            # held at once is one batch, never two.
+            rows_read = loaded.rows_read
             candidates, rejects = stages.candidates(loaded, reader.columns, carry)
-            collector.add(*drop_repeats(candidates, rejects, reader.columns, carry), loaded.rows_read)
+            del loaded
+            accepted, rejects = drop_repeats(candidates, rejects, reader.columns, carry)
+            del candidates
+            collector.add(accepted, rejects, rows_read)
+            del accepted, rejects
         return collector.finish(reader.columns, rendered=template is not None, fallback_rows=carry.fallback_rows)
 
 
