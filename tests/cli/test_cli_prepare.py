@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipeline.audience.load import DEFAULT_BATCH_BYTES
 from pipeline.cli.prepare import add_prepare_command
 from pipeline.store import Store
 
@@ -25,6 +26,12 @@ def run(*argv: str) -> int:
     add_prepare_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["prepare", *argv])
     return args.func(args)
+
+
+def test_batch_default_is_the_library_default() -> None:
+    parser = argparse.ArgumentParser(prog="campaign")
+    add_prepare_command(parser.add_subparsers(dest="command", required=True))
+    assert parser.parse_args(["prepare", "a.csv"]).batch_mb << 20 == DEFAULT_BATCH_BYTES
 
 
 def test_plain_text_template_and_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,17 +17,15 @@ from urllib.parse import urlencode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pipeline.channels.alibaba_sms_webhooks as alibaba_sms_webhooks
+import pipeline.channels.chatapp_webhooks as chatapp_webhooks
+import pipeline.channels.email_webhooks as email_webhooks
+import pipeline.channels.messenger_webhooks as messenger_webhooks
+import pipeline.channels.twilio_webhooks as twilio_webhooks
+import pipeline.channels.unsubscribe_webhooks as unsubscribe_webhooks
+import pipeline.channels.viber_webhooks as viber_webhooks
+import pipeline.channels.whatsapp_webhooks as whatsapp_webhooks
 from pipeline import store
-from pipeline.channels import (
-    alibaba_sms_webhooks,
-    chatapp_webhooks,
-    email_webhooks,
-    messenger_webhooks,
-    twilio_webhooks,
-    unsubscribe_webhooks,
-    viber_webhooks,
-    whatsapp_webhooks,
-)
 from pipeline.channels.email import unsubscribe_token
 from pipeline.receipts.ingest import PARSERS, ingest_spool
 from pipeline.receipts.spool import encode_record
