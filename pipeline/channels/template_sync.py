@@ -1,0 +1,62 @@
+"""`campaign templates sync`: a spec's provider account read into the registry (pipeline/channels/templates.py).
+
+WhatsApp (Meta): `provider.options.waba_id` names the WhatsApp Business Account; Chat App: `provider.options.
+cust_space_id` (none for a direct customer). Credentials are the spec's own (its named environment variables).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.channels import chatapp
+from pipeline.channels.chatapp_manage import ChatAppManagement
+from pipeline.channels.templates import Limits, SyncError, store_numbers, store_templates
+from pipeline.channels.whatsapp import WhatsAppChannel
+from pipeline.channels.whatsapp_manage import MetaManagement
+from pipeline.spec import CampaignSpec
+from pipeline.store import Store
+
+
+def provider_of(spec: CampaignSpec) -> str:
+    if spec.channel not in ("whatsapp", "chatapp"):
+        raise SyncError(f"channel {spec.channel!r} has no template registry (whatsapp and chatapp have)")
+    return spec.channel
+
+
+def account_of(spec: CampaignSpec) -> str:
+    options = spec.provider.options
+    if spec.channel == "whatsapp":
+        waba = options.get("waba_id")
+        if not waba:
+            raise SyncError("provider.options.waba_id: the WhatsApp Business Account id is needed to read templates")
+        return str(waba)
+    return str(options.get("cust_space_id") or "")
+
+
+def management(spec: CampaignSpec, base_url: str | None = None, limits: Limits | None = None,
+               transport: Any = None) -> MetaManagement | ChatAppManagement:
+    """The provider's management client for the spec's account."""
+    provider = provider_of(spec)
+    if provider == "whatsapp":
+        return MetaManagement(
+            base_url=base_url or spec.provider.base_url or "https://graph.facebook.com",
+            api_version=spec.provider.api_version or "v23.0", waba_id=account_of(spec),
+            access_token=spec.secret("access_token", WhatsAppChannel.credentials["access_token"]),
+            limits=limits or Limits.from_env(), transport=transport)
+    env = chatapp.ChatAppChannel.credentials
+    return ChatAppManagement(
+        base_url=base_url or spec.provider.base_url or chatapp.DEFAULT_BASE_URL,
+        access_key_id=spec.secret("access_key_id", env["access_key_id"]),
+        access_key_secret=spec.secret("access_key_secret", env["access_key_secret"]),
+        cust_space_id=account_of(spec) or None, limits=limits or Limits.from_env(), transport=transport)
+
+
+def sync(db: Store, spec: CampaignSpec, base_url: str | None = None, limits: Limits | None = None,
+         transport: Any = None) -> dict[str, int]:
+    """Reads the account's templates and numbers from the provider into the store; counts of what it wrote."""
+    with management(spec, base_url, limits, transport) as api:
+        listed = api.templates()
+        found = api.numbers()
+    counts = store_templates(db, provider_of(spec), api.account, listed)
+    counts["numbers"] = store_numbers(db, provider_of(spec), api.account, found)
+    return counts
