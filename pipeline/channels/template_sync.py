@@ -60,3 +60,15 @@ def sync(db: Store, spec: CampaignSpec, base_url: str | None = None, limits: Lim
     counts = store_templates(db, provider_of(spec), api.account, listed)
     counts["numbers"] = store_numbers(db, provider_of(spec), api.account, found)
     return counts
+
+
+def registry_target(spec: CampaignSpec) -> tuple[str, str] | None:
+    """(provider, account) whose registry the campaign is checked and watched against, or None when the spec does
+    not name its account: WhatsApp with `provider.options.waba_id`, Chat App with `provider.options.template_registry:
+    true` (its account is `cust_space_id`, none for a direct customer)."""
+    options = spec.provider.options
+    if spec.channel == "whatsapp" and options.get("waba_id"):
+        return "whatsapp", str(options["waba_id"])
+    if spec.channel == "chatapp" and options.get("template_registry"):
+        return "chatapp", str(options.get("cust_space_id") or "")
+    return None

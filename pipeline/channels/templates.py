@@ -288,7 +288,7 @@ def record_submission(db: Store, t: ProviderTemplate, kind: str, at: datetime | 
 
 def apply_updates(conn: Connection, updates: list[Update]) -> int:
     """Applies the provider's announced changes in the caller's transaction (receipts ingest), oldest first; a
-    change older than what the registry already holds for that template is kept in the history only (webhooks
+    change older than a webhook already applied of the same kind is kept in the history only (webhooks
     arrive out of order and are replayed). A template the registry has never seen is added. Returns how many
     changed the registry."""
     applied = 0
@@ -303,9 +303,12 @@ def apply_updates(conn: Connection, updates: list[Update]) -> int:
         before = getattr(current, column) if current else None
         if before == u.value and current is not None:
             continue  # a replay, or a sync already saw it
+        later = run(conn, """SELECT count(*) FROM template_changes WHERE provider = :p AND account = :a AND name = :n
+                             AND language = :l AND kind = :k AND source = 'webhook' AND at > :at""",
+                    p=u.provider, a=u.account, n=u.name, l=u.language, k=u.kind, at=u.at).scalar()
         _record(conn, u, u.kind, before, u.value, "webhook", u.at)
-        if current is not None and current.changed_at is not None and current.changed_at > u.at:
-            continue  # an older change arriving late: history only
+        if later:
+            continue  # an older change arriving after a newer one of the same kind: history only
         if current is None:
             run(conn, f"""INSERT INTO provider_templates ({_TEMPLATE_COLUMNS}, synced_at)
                           VALUES (:p, :a, :n, :l, :tid, :st, :cat, NULL, '[]', :q, :r, :at, NULL, NULL)""",
@@ -332,13 +335,18 @@ _NUMBER_EVENTS = {"FLAGGED": ("RED", "FLAGGED"), "UNFLAGGED": ("GREEN", "CONNECT
 def _apply_number(conn: Connection, u: Update) -> int:
     quality, status = _NUMBER_EVENTS.get((u.value or "").upper(), (None, None))
     digits = "".join(ch for ch in (u.phone or "") if ch.isdigit())
-    rows = [r for r in run(conn, "SELECT phone_number_id, display_phone_number, changed_at FROM provider_numbers "
-                                 "WHERE provider = :p AND account = :a", p=u.provider, a=u.account)
+    rows = [r for r in run(conn, "SELECT phone_number_id, display_phone_number, changed_at, quality_rating, status, "
+                                 "messaging_limit_tier FROM provider_numbers WHERE provider = :p AND account = :a",
+                           p=u.provider, a=u.account)
             if "".join(ch for ch in (r.display_phone_number or "") if ch.isdigit()) == digits]
     n = 0
     for r in rows:
-        if r.changed_at is not None and utc(r.changed_at) > u.at:
-            continue
+        known = utc(r.changed_at)
+        if known is not None and known.replace(microsecond=0) > u.at:  # Meta's times are whole seconds
+            continue  # the number changed (or was synced) after this event
+        if (quality or r.quality_rating, status or r.status, u.limit_tier or r.messaging_limit_tier) == (
+                r.quality_rating, r.status, r.messaging_limit_tier):
+            continue  # a replay: nothing to change
         run(conn, """UPDATE provider_numbers SET quality_rating = coalesce(:q, quality_rating),
                          status = coalesce(:s, status), messaging_limit_tier = coalesce(:t, messaging_limit_tier),
                          changed_at = :at WHERE provider = :p AND account = :a AND phone_number_id = :i""",

@@ -93,12 +93,21 @@ class TemplateSet:
         self.sent_by_template[key] = self.sent_by_template.get(key, 0) + 1
         self.sent_after_change[key] = self.sent_after_change.get(key, 0) + 1
         if self.pause_after is not None and self.sent_by_template[key] == self.pause_after:
-            self._spawn(self.change_template(name, language, status="PAUSED"))
+            # Paused at once (the next send is refused), its webhook posted beside.
+            for change in self._changed(name, language, status="PAUSED"):
+                self._spawn(self._post(change))
 
     # ------------------------------------------------------------------ changes and their webhooks
 
     async def change_template(self, name: str, language: str, *, status: str | None = None,
                               category: str | None = None, quality: str | None = None) -> dict[str, Any]:
+        for change in self._changed(name, language, status=status, category=category, quality=quality):
+            await self._post(change)
+        return self.templates[(name, language)]
+
+    def _changed(self, name: str, language: str, *, status: str | None = None, category: str | None = None,
+                 quality: str | None = None) -> list[dict[str, Any]]:
+        """Makes the change; the webhook changes Meta would post for it."""
         t = self.templates[(name, language)]
         changes: list[dict[str, Any]] = []
         base = {"message_template_id": int(t["id"]), "message_template_name": name,
@@ -117,9 +126,7 @@ class TemplateSet:
             changes.append({"field": "message_template_quality_update", "value": {
                 **base, "previous_quality_score": t["quality"], "new_quality_score": quality}})
             t["quality"] = quality
-        for change in changes:
-            await self._post(change)
-        return t
+        return changes
 
     async def change_number(self, number_id: str, *, event: str, quality_rating: str | None = None,
                             limit_tier: str | None = None) -> dict[str, Any]:
