@@ -72,3 +72,37 @@ def registry_target(spec: CampaignSpec) -> tuple[str, str] | None:
     if spec.channel == "chatapp" and options.get("template_registry"):
         return "chatapp", str(options.get("cust_space_id") or "")
     return None
+
+
+def submit(db: Store, spec: CampaignSpec, template: dict[str, Any], base_url: str | None = None,
+           transport: Any = None) -> tuple[str, dict[str, Any]]:
+    """Creates or edits a template (`{name, language, category, components}` in Meta's shape) at the spec's
+    provider account, after Meta's lint and the FAQ's limits (template_rules.py): SyncError naming every finding
+    before any call. Returns (create | edit, the provider's answer)."""
+    from pipeline.channels.template_rules import lint, submission_refusal
+    from pipeline.channels.templates import ProviderTemplate, record_submission
+
+    name, language = str(template.get("name", "")), str(template.get("language", ""))
+    category, components = str(template.get("category", "")).upper(), template.get("components") or []
+    findings = lint(name, components)
+    if category not in ("MARKETING", "UTILITY", "AUTHENTICATION"):
+        findings.append(f"category: {category or '(none)'} is not MARKETING, UTILITY or AUTHENTICATION")
+    if findings:
+        raise SyncError(f"{name}: not submitted: " + "; ".join(findings))
+    provider, account = provider_of(spec), account_of(spec)
+    refusal, existing = submission_refusal(db, provider, account, name, language)
+    if refusal:
+        raise SyncError(f"{name}: not submitted: {refusal}")
+    with management(spec, base_url, transport=transport) as api:
+        if existing is None:
+            answer = api.create(name, language, category, components)
+            kind, template_id = "create", str(answer.get("id") or answer.get("TemplateCode") or "")
+        else:
+            assert existing.template_id is not None
+            answer = (api.edit(existing.template_id, category, components) if isinstance(api, MetaManagement)
+                      else api.edit(existing.template_id, language, category, components))
+            kind, template_id = "edit", existing.template_id
+    record_submission(db, ProviderTemplate(provider=provider, account=account, name=name, language=language,
+                                           status="PENDING", category=category, components=components,
+                                           template_id=template_id), kind)
+    return kind, answer

@@ -71,6 +71,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.channels.template_sync import submit
+
+    spec = load_spec(args.spec)
+    template = yaml.safe_load(open(args.file, encoding="utf-8"))
+    if not isinstance(template, dict):
+        print(f"error: {args.file}: a template is a mapping of name, language, category and components")
+        return 2
+    with store.connect(args.db) as db:
+        kind, answer = submit(db, spec, template, base_url=args.provider_base_url)
+    print(f"{kind}: {template['name']} [{template['language']}] submitted; the provider answered "
+          f"{json.dumps(answer)} (review follows: `campaign templates sync` or its webhook tells the outcome)")
+    return 0
+
+
 def add_template_commands(sub: Any) -> None:
     group = sub.add_parser("templates", help="templates and numbers as the provider knows them")
     tsub = group.add_subparsers(dest="templates_command", required=True, metavar="ACTION")
@@ -79,6 +96,12 @@ def add_template_commands(sub: Any) -> None:
     p.add_argument("--provider-base-url", help="the provider's base URL instead of the spec's (e.g. a sandbox)")
     add_db_arg(p)
     p.set_defaults(func=cmd_sync)
+    p = tsub.add_parser("submit", help="create or edit a template (lint and the edit limits first)")
+    p.add_argument("file", help="YAML: name, language, category, components (Meta's shape)")
+    p.add_argument("--spec", required=True, help="a campaign spec naming the provider account and credentials")
+    p.add_argument("--provider-base-url", help="the provider's base URL instead of the spec's (e.g. a sandbox)")
+    add_db_arg(p)
+    p.set_defaults(func=cmd_submit)
     p = tsub.add_parser("list", help="every template and number in the registry")
     p.add_argument("--provider", choices=["whatsapp", "chatapp"])
     p.add_argument("--json", action="store_true")
