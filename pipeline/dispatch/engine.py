@@ -291,6 +291,13 @@ class _Dispatch:
                     session = await lane.sessions.get()
                 elif wait > 0:
                     await asyncio.sleep(wait)
+            if self.stop.is_set() and not any(item.seq in self.resending for item, _ in batch):
+                # Stopped while this claimed batch waited for its slot: back to queued, never sent.
+                lane.sessions.put_nowait(session)
+                for item, attempts in batch:
+                    self._finish(lane, item, SendOutcome(kind="stop", error_detail="stopped before its slot"),
+                                 attempts)
+                continue
             try:
                 await self._send(lane, session, batch)
             finally:
