@@ -167,7 +167,7 @@ class _Dispatch:
             self.result.total = counts.get("queued", 0)
             await self._db(self.guards.prepare, self.ledger, self._channel_name())
             senders = await self._db(self.ledger.senders)
-            self.lanes = [_Lane(s, self._channel(s), self.rate) for s in senders]
+            self.lanes = [_Lane(s, self._channel(s), self.guards.lane_rate(s, self.rate)) for s in senders]
             tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self._ticker())]
             if self.reconcile_fn:
                 tasks.append(asyncio.create_task(self._reconciler()))
@@ -233,7 +233,7 @@ class _Dispatch:
                     return
                 last_seq = page[-1].seq
                 for item in page:
-                    if self.stop.is_set():
+                    if self.stop.is_set() or self._lane_paused(lane):
                         return
                     verdict = self.guards.admit(item)
                     if verdict == "wait":
@@ -256,7 +256,7 @@ class _Dispatch:
             # Batch APIs (max_batch > 1) take what is already waiting, never wait to fill up.
             while len(batch) < lane.channel.max_batch and not lane.queue.empty():
                 batch.append(lane.queue.get_nowait())
-            if self.stop.is_set():
+            if self.stop.is_set() or self._lane_paused(lane):
                 for item, attempts in batch:
                     if item.seq in self.resending:  # held since a timeout: settled as the reconciler would
                         self.resending.discard(item.seq)
@@ -291,6 +291,13 @@ class _Dispatch:
                     session = await lane.sessions.get()
                 elif wait > 0:
                     await asyncio.sleep(wait)
+            if self.stop.is_set() and not any(item.seq in self.resending for item, _ in batch):
+                # Stopped while this claimed batch waited for its slot: back to queued, never sent.
+                lane.sessions.put_nowait(session)
+                for item, attempts in batch:
+                    self._finish(lane, item, SendOutcome(kind="stop", error_detail="stopped before its slot"),
+                                 attempts)
+                continue
             try:
                 await self._send(lane, session, batch)
             finally:
@@ -375,6 +382,14 @@ class _Dispatch:
             self.result.errors[key] = self.result.errors.get(key, 0) + 1
         self.writer.record(Outcome(item.seq, state, outcome.provider_message_id, outcome.error_code,
                                    outcome.error_detail, sent_at, attempts, not_before, retryable))
+
+    def _lane_paused(self, lane: _Lane) -> bool:
+        """A lane whose number the provider rates RED / FLAGGED stops feeding and sending; the others go on."""
+        reason = self.guards.lane_paused(lane.sender)
+        if reason and lane.sender not in self.result.lanes_paused:
+            self.result.lanes_paused[lane.sender] = reason
+            log.error("lane %s paused: %s", lane.sender, reason)
+        return reason is not None
 
     def _stop(self, reason: str) -> None:
         if not self.stop.is_set():

@@ -45,7 +45,9 @@ from pipeline.channels import (
     twilio_webhooks,
     unsubscribe_webhooks,
     viber_webhooks,
+    whatsapp_account_webhooks,
 )
+from pipeline.channels.templates import Update, apply_updates
 from pipeline.channels.whatsapp_webhooks import BULK_CANDIDATE, bulk_statuses_sql, inbound_message_id, parse_webhook
 from pipeline.receipts import unmatched
 from pipeline.receipts.event_ids import EVENT_ID_SQL, _hash, event_id
@@ -125,6 +127,7 @@ class IngestResult:
     derived_events: int = 0  # per-message receipts added for Messenger/Instagram watermarks
     unmatched: int = 0  # receipts naming no message of the outbox, kept apart (unmatched_events)
     promoted: int = 0  # receipts kept apart earlier whose message has appeared, moved into events
+    registry_updates: int = 0  # template and number changes applied to the registry (channels/templates.py)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -152,6 +155,15 @@ class _Staged:
         self.inbound: list[dict[str, Any]] = []
         self.quarantine: list[dict[str, Any]] = []
         self.stops: list[dict[str, Any]] = []
+        self.updates: list[Update] = []  # Meta's template and number webhooks
+
+    def add_updates(self, name: str, line_no: int, body: bytes) -> None:
+        """A line the bulk parser took whose body also announces template or number changes."""
+        try:
+            self.updates += whatsapp_account_webhooks.parse_updates(body)
+        except ValueError as exc:
+            self.quarantine.append({"spool_file": name, "line_number": line_no, "raw": body.decode(errors="replace"),
+                                    "reason": f"{type(exc).__name__}: {exc}"[:500]})
 
     def add_line(self, file_idx: int, name: str, line_no: int, line: bytes) -> None:
         if not line.strip():
@@ -168,6 +180,9 @@ class _Staged:
                 "raw": line.decode("utf-8", errors="replace"),
             })
             return
+        if provider == "whatsapp" and whatsapp_account_webhooks.mentions_updates(body):
+            # As on the bulk path: a malformed template/number change is quarantined, the line's receipts stay.
+            self.add_updates(name, line_no, body)
         order = {"file_idx": file_idx, "line_no": line_no}
         for pos, r in enumerate(receipts):
             self.events.append({
@@ -283,10 +298,17 @@ def _parse_bulk(cur: duckdb.DuckDBPyConnection, batch: _Batch, tables: list[pa.T
             UNION ALL
             SELECT file_idx, line_no, line FROM _spool_lines SEMI JOIN {bad} USING (file_idx, line_no)
             ORDER BY file_idx, line_no""").fetchall()
+        # Lines the bulk parser took (or skipped as carrying no status) that announce template or number changes.
+        marked = " OR ".join(f"contains(line, '{m.decode()}')" for m in whatsapp_account_webhooks.MARKERS)
+        announcing = cur.execute(f"""
+            SELECT file_idx, line_no, body FROM _spool_lines ANTI JOIN {bad} USING (file_idx, line_no)
+            WHERE {BULK_CANDIDATE} AND ({marked}) ORDER BY file_idx, line_no""").fetchall()
     finally:
         cur.unregister("_spool_lines")
     for idx, line_no, line in leftovers:
         batch.staged.add_line(idx, batch.paths[idx].name, line_no, line.encode("utf-8"))
+    for idx, line_no, body in announcing:
+        batch.staged.add_updates(batch.paths[idx].name, line_no, body.encode("utf-8"))
 
 
 def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool) -> _Batch:
@@ -346,6 +368,7 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
             result.inbound_added += _insert(conn, "inbound", inbound)
             result.quarantined += _insert(conn, "quarantine", quarantine)
             result.suppressions_added += _insert(conn, "suppressions", suppressions)
+            result.registry_updates += apply_updates(conn, staged.updates)
             insert_frame(conn, "spool_files", spool_rows, on_conflict="ignore")
     finally:
         for view in ("_py_inbound", "_py_stops", "_addresses"):
