@@ -27,6 +27,7 @@ from pipeline.costs.report import write_report
 from pipeline.costs.summary import campaign_summary
 from pipeline.dispatch.budget import check_budget, price_queued_messages
 from pipeline.dispatch.engine import dispatch_campaign
+from pipeline.dispatch.experiment import queue_experiment
 from pipeline.dispatch.fallback import fallback_leg_id, send_fallback
 from pipeline.dispatch.locks import campaign_lock
 from pipeline.dispatch.operations import is_paused, record_status
@@ -88,6 +89,9 @@ def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: st
         accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
     with store.connect(database) as db:
         register_campaign(db, spec, campaign_id)
+        if spec.experiment is not None:  # variants and a holdout: arms recorded, the holdout sent nothing
+            return queue_experiment(db, spec, campaign_id, channel_for(spec, base_url=base_url), accepted,
+                                    prepared.rejects, senders=spec.all_senders)
         store_preparation(db, campaign_id, prepared.accepted, prepared.rejects)
         return enqueue_messages(
             db, spec, campaign_id, channel_for(spec, base_url=base_url), accepted, senders=spec.all_senders

@@ -115,6 +115,61 @@ class PrepareSpec(_Spec):
     chunk_mb: float = Field(default=64.0, gt=0)
 
 
+class VariantSpec(_Spec):
+    """One arm of an experiment: its own approved template and a weight among the arms that are sent."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    template: TemplateSpec
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+
+class ExperimentSpec(_Spec):
+    """Variants and a holdout (issue 20; pipeline/render/arms.py assigns, pipeline/dispatch/experiment.py queues).
+    No variants: the spec's own template is the one sent arm, `control`. `outcome_column`: an audience column
+    holding a conversion (a value, or yes/true/1), read at queue time into the store's conversions."""
+
+    variants: list[VariantSpec] = Field(default_factory=list, max_length=20)
+    holdout: float = Field(default=0.0, ge=0, le=0.5)
+    outcome_column: str | None = None
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentSpec:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names) or "holdout" in names:
+            raise ValueError(f"variant names must be unique and not 'holdout': {names}")
+        return self
+
+
+class GeneratedVariable(_Spec):
+    """A template variable a model writes per recipient from `prompt` (Jinja2 over the audience's columns)."""
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    fallback: str = Field(min_length=1, max_length=1024)  # sent when the model's answer is refused or missing
+    max_chars: int | None = Field(default=None, ge=1, le=1024)  # below the channel's parameter limit
+
+
+class GenerateSpec(_Spec):
+    """Model-written personalisation (pipeline/render/personalise.py) over an OpenAI-compatible endpoint.
+    CAMPAIGN_LLM_BASE_URL / CAMPAIGN_LLM_MODEL override `base_url` / `model`; the key is read from `api_key_env`."""
+
+    variables: dict[str, GeneratedVariable] = Field(min_length=1, max_length=8)
+    base_url: str = "http://127.0.0.1:8809/v1"
+    model: str = Field(default="qwen-plus", min_length=1, max_length=200)
+    api_key_env: str = "CAMPAIGN_LLM_API_KEY"
+    concurrency: int = Field(default=8, ge=1, le=256)
+    max_per_second: float = Field(default=20.0, gt=0, le=10_000)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    max_tokens: int = Field(default=120, ge=1, le=4096)
+    input_usd_per_1m_tokens: float = Field(default=0.4, ge=0)
+    output_usd_per_1m_tokens: float = Field(default=1.2, ge=0)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, value: str) -> str:
+        return _env_name(value)
+
+
 class CampaignSpec(_Spec):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     audience: Path
@@ -142,6 +197,8 @@ class CampaignSpec(_Spec):
     receipts_wait_s: float = Field(default=60.0, ge=0)
     fallback: FallbackSpec | None = None
     prepare: PrepareSpec = PrepareSpec()
+    experiment: ExperimentSpec | None = None  # variants and a holdout (issue 20)
+    generate: GenerateSpec | None = None  # model-written variables (issue 20)
 
     @field_validator("variables")
     @classmethod

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -431,4 +432,31 @@ provider_numbers = Table(
     Column("code_verification_status", String),
     Column("changed_at", TS),
     Column("synced_at", TS),
+)
+# Experiments (issue 20, migration 0004): every accepted recipient's arm, the holdout included (the outbox never
+# holds it); outcomes imported or read from the audience; a model's answers by input hash (a re-run calls nothing).
+experiment_arms = Table(
+    "experiment_arms", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("recipient_key", String, primary_key=True),
+    Column("arm", String, nullable=False),  # a variant's name, `control`, or `holdout`
+    Column("country", String),
+    Column("assigned_at", TS, nullable=False),
+)
+conversions = Table(
+    "conversions", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("recipient_key", String, primary_key=True),
+    Column("converted_at", TS, primary_key=True),
+    Column("value", Float),
+    Column("source", String, nullable=False),  # import:<file name> | audience
+)
+generated_values = Table(
+    "generated_values", metadata,
+    Column("input_hash", String, primary_key=True),  # sha256 of model, prompt and settings
+    Column("value", Text),  # the model's answer as it came (checked on every use)
+    Column("model", String, nullable=False),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("created_at", TS, nullable=False),
 )
