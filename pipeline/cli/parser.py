@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cost_commands(sub)
 
+    from pipeline.cli.experiments import add_experiment_commands
+
+    add_experiment_commands(sub)
+
     from pipeline.cli.upload import add_upload_command
 
     add_upload_command(sub)
