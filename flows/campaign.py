@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import artifact_key, publish_rejects, publish_report
 from flows.logging_mask import install_log_masking
+from flows.personalise import personalise_task
 from flows.prepare_parallel import audience_preparer
 from pipeline import store
 from pipeline.audience.frequency import recently_messaged
@@ -36,6 +37,7 @@ from pipeline.dispatch.policy import DispatchResult, Guards
 from pipeline.dispatch.template_watch import TemplateWatch, ends_not_completed
 from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
+from pipeline.render.personalise import stand_in
 from pipeline.render.prepare import Prepared
 from pipeline.render.prepare_ids import prepare_ids, uses_ids
 from pipeline.spec import CampaignSpec, load_spec
@@ -99,12 +101,16 @@ def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: st
 
 
 @task(name="estimate", cache_policy=NO_CACHE)
-def estimate(spec: CampaignSpec, campaign_id: str, database: str) -> dict[str, Any]:
+def estimate(spec: CampaignSpec, campaign_id: str, database: str,
+             generation: dict[str, Any] | None = None) -> dict[str, Any]:
     with store.connect(database) as db:
         load_prices(db, service_fee_usd=spec.service_fee_usd if spec.service_fee_usd is not None else 0.005)
         price_queued_messages(db, campaign_id)
         result = estimate_cost(db, campaign_id)
     totals = {"messages": result.messages, "total_usd": float(result.total_usd)}
+    if generation is not None:  # the model's tokens are part of what the campaign costs
+        totals |= {"generation_usd": generation["cost_usd"], "total_usd": totals["total_usd"] + generation["cost_usd"],
+                   "tokens": generation["prompt_tokens"] + generation["completion_tokens"]}
     get_run_logger().info("estimate: %d messages, USD %.4f", totals["messages"], totals["total_usd"])
     # The budget guard refuses before anything is sent.
     check_budget(totals["total_usd"], spec.budget_usd, campaign_id)
@@ -210,11 +216,15 @@ def campaign_flow(
     with store.connect(db) as shared, campaign_lock(shared, campaign_id, flow_run_id=flow_run.id,
                                                     flow_run_name=flow_run.name):
         spec = template_check(spec, db, provider_base_url)
-        prepared = prepare(spec, campaign_id, db, out)
+        # With `generate:`, preparation renders each generated variable as its fallback; personalise writes them.
+        prepared = prepare(stand_in(spec), campaign_id, db, out)
         publish_rejects(campaign_id, prepared)
+        generation = None
+        if spec.generate is not None:
+            prepared, generation = personalise_task(spec, campaign_id, db, prepared)
         queued = queue(spec, campaign_id, prepared, db, provider_base_url)
         get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
-        estimate(spec, campaign_id, db)
+        estimate(spec, campaign_id, db, generation)
         result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
         receipts(spec, campaign_id, db, Path(spool_dir))
         summary = report(campaign_id, db, out, prepared)

@@ -17,6 +17,7 @@ from pipeline.channels.base import Channel
 from pipeline.dispatch.outbox import enqueue_messages, store_preparation
 from pipeline.render.arms import HOLDOUT, arms_of, assign_arms, render_arms
 from pipeline.render.limits import RenderLimits
+from pipeline.render.personalise import gen_column
 from pipeline.spec import CampaignSpec
 from pipeline.store import Store, run
 from pipeline.store.bulk import insert_frame
@@ -42,7 +43,8 @@ def queue_experiment(
     arms = arms_of(spec.experiment, spec.template)
     frame = _with_key(accepted)
     frame = frame.with_columns(assign_arms(campaign_id, frame["recipient_key"], arms))
-    frame, failed = render_arms(frame, arms, spec.variables, RenderLimits.for_channel(spec.channel))
+    variables = {**spec.variables, **{n: gen_column(n) for n in (spec.generate.variables if spec.generate else {})}}
+    frame, failed = render_arms(frame, arms, variables, RenderLimits.for_channel(spec.channel))
     if failed.height:  # the arm's template could not render this row: rejected as in preparation
         frame = frame.filter(~pl.col("row_number").is_in(failed["row_number"].implode()))
         rejects = pl.concat([rejects, failed], how="diagonal_relaxed")
