@@ -75,3 +75,31 @@ def test_holdout_is_never_sent_to_and_arms_hold_across_a_resume(tmp_path, sandbo
     assert {k: after[k] for k in arms} == arms
     to = ["+" + m["to"] for m in again["messages"]]
     assert len(to) == len(set(to)) and set(to) == {k for k, a in after.items() if a != "holdout"}
+
+
+def test_generated_values_reach_the_sandbox_and_a_rerun_calls_the_model_nothing(tmp_path, sandbox, monkeypatch):
+    from flows.campaign import campaign_flow
+    from pipeline.sandbox.llm import LlmSandboxConfig, create_llm_app
+
+    monkeypatch.setenv("CAMPAIGN_LLM_API_KEY", "sandbox-llm-key")
+    path = _spec(tmp_path, 40)
+    data = yaml.safe_load(path.read_text())
+    data.pop("experiment")
+    data["template"]["body"][0] = "{{ opener }}"
+    data["generate"] = {"variables": {"opener": {"prompt": "One warm line for {{ first_name }}",
+                                                 "fallback": "Hello", "max_chars": 60}}}
+    with serve_in_thread(create_llm_app(LlmSandboxConfig())) as llm:
+        data["generate"]["base_url"] = f"{llm}/v1"
+        path.write_text(yaml.safe_dump(data))
+        run = dict(database=str(tmp_path / "gen.sqlite"), spool_dir=str(sandbox["spool"]),
+                   reports_dir=str(tmp_path / "reports"), provider_base_url=sandbox["url"])
+        summary = campaign_flow(str(path), **run)
+        calls = httpx.get(f"{llm}/_sandbox/stats").json()["requests"]
+        with store.connect(run["database"]) as shared:
+            firsts = [json.loads(p)["template"]["components"][0]["parameters"][0]["text"]
+                      for (p,) in shared.rows("SELECT payload_json FROM outbox")]
+        # One call per distinct prompt (recipients of one first name share theirs).
+        assert 0 < calls <= summary["accepted"] and len(firsts) == summary["accepted"]
+        assert "Hello" not in firsts and all(f for f in firsts)  # the model's lines went out, not the fallback
+        campaign_flow(str(path), **run)
+        assert httpx.get(f"{llm}/_sandbox/stats").json()["requests"] == calls
