@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.artifacts import artifact_key, publish_rejects, publish_report
+from flows.continuation import schedule_continuation, wait_for_scheduled_start
 from flows.logging_mask import install_log_masking
 from flows.prepare_parallel import audience_preparer
 from pipeline import store
@@ -32,6 +34,7 @@ from pipeline.dispatch.locks import campaign_lock
 from pipeline.dispatch.operations import is_paused, record_status
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import DispatchResult, Guards
+from pipeline.dispatch.schedule import release_times
 from pipeline.dispatch.template_watch import TemplateWatch, ends_not_completed
 from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
@@ -84,8 +87,11 @@ def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) 
 @task(name="queue", cache_policy=NO_CACHE)
 def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: str, base_url: str | None) -> int:
     accepted = prepared.accepted
-    if spec.send_window is not None and not uses_ids(spec.channel):
-        accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
+    timed = spec.send_window or spec.send_at
+    if timed is not None and not uses_ids(spec.channel):
+        accepted = accepted.with_columns(recipient_timezones(accepted, timed.timezone_column))
+        if spec.send_at is not None:  # each recipient's 10:00 in their own zone
+            accepted = accepted.with_columns(release_times(accepted["timezone"], spec.send_at, datetime.now(UTC)))
     with store.connect(database) as db:
         register_campaign(db, spec, campaign_id)
         store_preparation(db, campaign_id, prepared.accepted, prepared.rejects)
@@ -200,6 +206,7 @@ def campaign_flow(
     install_log_masking()  # again: a worker's subprocess may have reconfigured logging since import
     spec = load_spec(spec_path)
     campaign_id = campaign_id or spec.name
+    wait_for_scheduled_start()
     db, out = store.database_url(database), Path(reports_dir) / campaign_id
     # One run per campaign, wherever it runs: a second one refuses here, naming the running one, before it
     # touches the store or the report folder (pipeline/dispatch/locks.py: a lease the holder renews).
@@ -216,6 +223,8 @@ def campaign_flow(
         summary = report(campaign_id, db, out, prepared)
         if spec.fallback is not None:
             summary["fallback"] = fallback(spec, campaign_id, db, fallback_base_url, Path(spool_dir), Path(reports_dir))
+    # Outside the lease: a continuation due at once must find the campaign free.
+    summary["continues"] = schedule_continuation(campaign_id, spec_path, result)
     if result.stopped_reason:
         create_markdown_artifact(
             f"**Channel stopped:** {result.stopped_reason}", key=artifact_key(campaign_id, "stopped")

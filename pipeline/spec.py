@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,12 +70,47 @@ class RetrySpec(_Spec):
     reconcile_grace_s: float = Field(default=30.0, ge=0)
 
 
-class SendWindow(_Spec):
-    """Recipients' local hours in which messages may go out; outside them they wait."""
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$"  # HH:MM or HH:MM:SS
 
-    start: str = Field(default="09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    end: str = Field(default="21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+class WindowSlot(_Spec):
+    """One dated period in which messages may go out: a naive time is each recipient's local time, one with an
+    offset the same instant everywhere."""
+
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowSlot:
+        if (self.start.tzinfo is None) != (self.end.tzinfo is None):
+            raise ValueError("start and end must both have a UTC offset, or neither")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class SendWindow(_Spec):
+    """Recipients' local hours in which messages may go out (every day), or dated `slots` instead; outside them
+    messages wait, and the campaign continues by itself at the next opening (flows/continuation.py)."""
+
+    start: str = Field(default="09:00", pattern=_CLOCK)
+    end: str = Field(default="21:00", pattern=_CLOCK)
+    slots: list[WindowSlot] = Field(default_factory=list, max_length=1000)
     timezone_column: str = "timezone"  # used when the audience has it; else the number's zone
+
+
+class SendAt(_Spec):
+    """Release each recipient's message at `local_time` in the recipient's own zone (the next such time; one
+    that passed less than `late_s` ago counts as now, so a campaign started at 10:05 still reaches 10:00's)."""
+
+    local_time: str = Field(pattern=_CLOCK)
+    late_s: float = Field(default=3600.0, ge=0, le=86_400)
+    timezone_column: str = "timezone"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_time(cls, value: Any) -> Any:
+        return {"local_time": value} if isinstance(value, str) else value
 
 
 class ProviderSpec(_Spec):
@@ -136,6 +172,7 @@ class CampaignSpec(_Spec):
     service_fee_usd: float | None = Field(default=None, ge=0)
     budget_usd: float | None = Field(default=None, gt=0)
     send_window: SendWindow | None = None
+    send_at: SendAt | None = None  # "10:00": each recipient at 10:00 local time
     # WhatsApp's unique business-initiated recipients per rolling 24 h (per portfolio);
     # None = unlimited.
     messaging_limit: Literal[250, 2000, 10000, 100000] | None = None

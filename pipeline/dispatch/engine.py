@@ -197,6 +197,10 @@ class _Dispatch:
             await self.writer.flush()
             self.result.seconds = time.monotonic() - self.started
             self.result.states = await self._db(self.ledger.counts)
+            self.result.waiting = self.result.states.get("queued", 0)
+            if self.result.waiting:
+                self.result.continue_at = await self._db(self.guards.continue_at, self.ledger,
+                                                         self.result.stopped_reason)
             self._progress(final=True)
             return self.result
         finally:
@@ -291,6 +295,11 @@ class _Dispatch:
                     session = await lane.sessions.get()
                 elif wait > 0:
                     await asyncio.sleep(wait)
+            if not self.stop.is_set() and self.guards.send_window is not None:
+                batch = self._closed_window_back(lane, batch)
+                if not batch:
+                    lane.sessions.put_nowait(session)
+                    continue
             if self.stop.is_set() and not any(item.seq in self.resending for item, _ in batch):
                 # Stopped while this claimed batch waited for its slot: back to queued, never sent.
                 lane.sessions.put_nowait(session)
@@ -302,6 +311,18 @@ class _Dispatch:
                 await self._send(lane, session, batch)
             finally:
                 lane.sessions.put_nowait(session)
+
+    def _closed_window_back(self, lane: _Lane, batch: list[tuple[Pending, int]]) -> list[tuple[Pending, int]]:
+        """The batch without the messages whose send window closed while they waited for their slot: those go back
+        to queued (the next opening's run sends them), so nothing leaves after the close."""
+        keep = []
+        for item, attempts in batch:
+            if item.seq in self.resending or self.guards.still_open(item):
+                keep.append((item, attempts))
+            else:
+                lane.outstanding -= 1
+                self.writer.record(Outcome(item.seq, "queued", None, None, None, None, attempts - 1))
+        return keep
 
     async def _claim(self, lane: _Lane, batch: list[tuple[Pending, int]]) -> set[int]:
         """The batch's seqs this run may send: fresh ones it claimed now, and resends it still holds."""

@@ -130,6 +130,11 @@ class Ledger:
             """, c=self.campaign_id, sender=sender, after=after_seq, now=now, limit=limit)
         return [Pending(*row[:7], float(Decimal(str(row[7]))) if row[7] is not None else 0.0) for row in rows]
 
+    def next_release(self, now: datetime) -> datetime | None:
+        """The earliest time a queued message held back until later (send-at, a deferral) may go."""
+        return utc(self.db.scalar("SELECT min(not_before) FROM outbox WHERE campaign_id = :c AND state = 'queued' "
+                                  "AND not_before > :now", c=self.campaign_id, now=now))
+
     def senders(self) -> list[str]:
         rows = self.db.rows("SELECT DISTINCT sender FROM outbox WHERE campaign_id = :c AND state = 'queued' "
                             "ORDER BY 1", c=self.campaign_id)

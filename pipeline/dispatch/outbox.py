@@ -69,7 +69,8 @@ def enqueue_messages(
     """Queues one message per accepted recipient; messages already in the outbox are left as they are.
 
     With several senders, recipients are spread over them in turn. A `timezone` column of
-    `accepted` (IANA names) is kept for send windows. Returns how many new messages were queued.
+    `accepted` (IANA names) is kept for send windows; a `not_before` column (UTC) holds each message back until
+    then (send-at). Returns how many new messages were queued.
     """
     senders = senders or [spec.sender]
     ids, payloads = [], []
@@ -98,6 +99,9 @@ def enqueue_messages(
         pl.lit(pl.Series(senders)).gather(pl.int_range(pl.len()) % len(senders)).alias("sender")
         if len(senders) > 1 else pl.lit(senders[0]).alias("sender"),
         (accepted["timezone"] if "timezone" in accepted.columns else pl.lit(None, dtype=pl.String)).alias("timezone"),
+        # "send at 10:00 local time": each message's release (pipeline/dispatch/schedule.py); else at once.
+        (accepted["not_before"] if "not_before" in accepted.columns
+         else pl.lit(None, dtype=pl.Datetime("us", "UTC"))).alias("not_before"),
         pl.lit(spec.template.category).alias("category"),
         pl.lit("queued").alias("state"),
         pl.lit(0, dtype=pl.Int32).alias("attempts"),
