@@ -17,7 +17,7 @@ from flows.continuation import schedule_continuation, wait_for_scheduled_start
 from flows.logging_mask import install_log_masking
 from flows.prepare_parallel import audience_preparer
 from pipeline import store
-from pipeline.audience.frequency import recently_messaged
+from pipeline.audience.frequency import capped_recipients, describe, frequency_cap_for
 from pipeline.audience.policy import blocked_policy
 from pipeline.audience.timezones import recipient_timezones
 from pipeline.audience.windows import last_inbound_times
@@ -67,8 +67,10 @@ def template_check(spec: CampaignSpec, database: str, base_url: str | None) -> C
 def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) -> Prepared:
     with store.connect(database) as db:
         suppressed = store.suppressed_addresses(db, spec.channel)
-        # The campaign's own sends don't count: a resumed campaign must not cap itself.
-        capped = recently_messaged(db, spec.channel, exclude_campaign=campaign_id)
+        # The team's cap across campaigns and the channels reaching the same app; the campaign's own sends don't
+        # count: a resumed campaign must not cap itself.
+        cap = frequency_cap_for(spec)
+        capped = capped_recipients(db, cap, exclude_campaign=campaign_id)
         last_inbound = last_inbound_times(db, spec.channel) if uses_ids(spec.channel) else {}
     if uses_ids(spec.channel):  # PSIDs, Viber ids, e-mail addresses
         return prepare_ids(
@@ -81,6 +83,7 @@ def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) 
         spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
         suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
+        frequency_detail=describe(cap), capped_categories=frozenset(cap.categories),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,6 +113,31 @@ class SendAt(_Spec):
         return {"local_time": value} if isinstance(value, str) else value
 
 
+class FrequencyCap(_Spec):
+    """At most `max` messages per recipient per `per` ("7d", "24h", "90m"), counted across campaigns over `channels`
+    (empty: the campaign's channel and those reaching the same app, pipeline/data/controls.yaml) for `categories`."""
+
+    max: int = Field(ge=1, le=10_000)
+    per: str = Field(pattern=r"^[1-9]\d{0,4}[mhd]$")
+    channels: list[ChannelName] = Field(default_factory=list)
+    categories: list[Category] = Field(default_factory=lambda: ["marketing"])
+
+    @property
+    def window(self) -> timedelta:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[self.per[-1]]
+        return timedelta(**{unit: int(self.per[:-1])})
+
+
+class ApprovalSpec(_Spec):
+    """A person approves the campaign in the Prefect UI (or `campaign approve`) after its estimate, before it sends.
+    `required: None` takes pipeline/data/controls.yaml's `required_for` (scheduled and uploaded runs)."""
+
+    required: bool | None = None
+    approvers: list[str] = Field(default_factory=list, max_length=100)  # empty: anyone but the starter
+    allow_self_approval: bool | None = None
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 86_400)
+
+
 class ProviderSpec(_Spec):
     """Where and how to reach the provider; unset values take the channel's defaults."""
 
@@ -173,6 +198,8 @@ class CampaignSpec(_Spec):
     budget_usd: float | None = Field(default=None, gt=0)
     send_window: SendWindow | None = None
     send_at: SendAt | None = None  # "10:00": each recipient at 10:00 local time
+    frequency_cap: FrequencyCap | None = None  # None: the team's default (pipeline/data/controls.yaml)
+    approval: ApprovalSpec = ApprovalSpec()
     # WhatsApp's unique business-initiated recipients per rolling 24 h (per portfolio);
     # None = unlimited.
     messaging_limit: Literal[250, 2000, 10000, 100000] | None = None
@@ -237,6 +264,22 @@ def positive_setting(name: str, default: int, environ: Mapping[str, str] = os.en
     if not raw.isdigit() or int(raw) < 1:
         raise SpecError(f"{name}: {environ[name]!r} is not a whole number of at least 1")
     return int(raw)
+
+
+CONTROLS_FILE = Path(__file__).resolve().parent / "data" / "controls.yaml"
+
+
+def controls(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The team's defaults (frequency cap, channels reaching the same app, approval): CAMPAIGN_CONTROLS_FILE, else
+    pipeline/data/controls.yaml. A file that cannot be read or is not a mapping is a SpecError naming it."""
+    path = Path(environ.get("CAMPAIGN_CONTROLS_FILE") or CONTROLS_FILE)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read the controls settings: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the controls settings must be a YAML mapping")
+    return data
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

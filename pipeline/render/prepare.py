@@ -127,6 +127,8 @@ class Stages:
     suppressed: frozenset[str] = frozenset()
     recently_messaged: frozenset[str] = frozenset()
     frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW
+    frequency_detail: str | None = None  # a team's cap says what it counted (pipeline/audience/frequency.py)
+    capped_categories: frozenset[str] = frozenset({"marketing"})
     opt_in_max_age: timedelta | None = DEFAULT_OPT_IN_MAX_AGE
     now: datetime | None = None
     default_country: str | None = None
@@ -148,6 +150,7 @@ class Stages:
             suppressed=self.suppressed, default_country=self.default_country,
             recently_messaged=self.recently_messaged, frequency_window=self.frequency_window,
             opt_in_max_age=self.opt_in_max_age, now=self.now, carry=carry, dedupe=False,
+            frequency_detail=self.frequency_detail, capped_categories=self.capped_categories,
         )  # fmt: skip
         parts = [loaded.rejects, number_rejects]
         if self.template is not None:
@@ -233,6 +236,8 @@ def prepare_audience(
     suppressed: Iterable[str] = frozenset(),
     recently_messaged: Iterable[str] = frozenset(),
     frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW,
+    frequency_detail: str | None = None,
+    capped_categories: frozenset[str] = frozenset({"marketing"}),
     opt_in_max_age: timedelta | None = DEFAULT_OPT_IN_MAX_AGE,
     now: datetime | None = None,
     out_dir: Path | str | None = None,
@@ -253,6 +258,7 @@ def prepare_audience(
     stages = make_stages(
         channel=channel, category=category, template=template, variables=variables, policy=policy,
         suppressed=suppressed, recently_messaged=recently_messaged, frequency_window=frequency_window,
+        frequency_detail=frequency_detail, capped_categories=frozenset(capped_categories),
         opt_in_max_age=opt_in_max_age, now=now, default_country=default_country, render_limits=render_limits,
     )  # fmt: skip
     reader = AudienceReader(path, batch_bytes=batch_bytes, limits=read_limits)
