@@ -24,6 +24,7 @@ from pipeline.audience.windows import last_inbound_times
 from pipeline.channels import channel_for
 from pipeline.channels.template_rules import checked_spec
 from pipeline.channels.template_sync import registry_target, sync
+from pipeline.channels.templates import approved_languages
 from pipeline.costs.costing import estimate_cost, load_prices
 from pipeline.costs.report import write_report
 from pipeline.costs.summary import campaign_summary
@@ -72,6 +73,9 @@ def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) 
         cap = frequency_cap_for(spec)
         capped = capped_recipients(db, cap, exclude_campaign=campaign_id)
         last_inbound = last_inbound_times(db, spec.channel) if uses_ids(spec.channel) else {}
+        # The languages the template exists in at the provider (the registry), when the spec names its account.
+        target = registry_target(spec)
+        languages = approved_languages(db, *target, spec.template.name) if target else ()
     if uses_ids(spec.channel):  # PSIDs, Viber ids, e-mail addresses
         return prepare_ids(
             spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
@@ -83,7 +87,7 @@ def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) 
         spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
         suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
-        frequency_detail=describe(cap), capped_categories=frozenset(cap.categories),
+        frequency_detail=describe(cap), capped_categories=frozenset(cap.categories), languages=languages,
     )
 
 

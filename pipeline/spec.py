@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,6 +38,9 @@ class ButtonSpec(_Spec):
         return self
 
 
+_LANGUAGE = r"^[a-z]{2,3}(_[A-Z]{2})?$"  # the providers' template language codes: en, en_US, fil
+
+
 class TemplateSpec(_Spec):
     """An approved provider template and how to fill it.
 
@@ -47,12 +50,22 @@ class TemplateSpec(_Spec):
     """
 
     name: str = Field(min_length=1, max_length=512)
-    language: str = Field(pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    language: str = Field(pattern=_LANGUAGE)
     category: Category
     text: str = Field(min_length=1)
     header: list[str] = Field(default_factory=list)
     body: list[str] = Field(default_factory=list)
     buttons: list[ButtonSpec] = Field(default_factory=list, max_length=10)
+    # Language per recipient (pipeline/render/languages.py): the audience's `language_column` picks one of the
+    # languages the template exists in (the provider's registry when the spec names its account, else `languages`);
+    # no match takes `fallback_language` (default: `language`).
+    language_column: str = "language"
+    languages: list[Annotated[str, Field(pattern=_LANGUAGE)]] = Field(default_factory=list, max_length=200)
+    fallback_language: str | None = Field(default=None, pattern=_LANGUAGE)
+
+    @property
+    def fallback(self) -> str:
+        return self.fallback_language or self.language
 
 
 class RateSpec(_Spec):

@@ -76,12 +76,20 @@ def enqueue_messages(
     ids, payloads = [], []
     accepted = accepted.with_columns(_key(accepted))
     text = accepted["text"] if "text" in accepted.columns else pl.Series([None] * accepted.height)
-    columns = accepted.select("recipient_key", "region", "params_json").with_columns(text.alias("text"))
-    for to, country, params_json, body in columns.iter_rows():
+    # Each recipient's template language when the preparation picked one (pipeline/render/languages.py).
+    language = (accepted["template_language"] if "template_language" in accepted.columns
+                else pl.Series([spec.template.language] * accepted.height, dtype=pl.String))
+    templates = {spec.template.language: spec.template}
+    columns = accepted.select("recipient_key", "region", "params_json").with_columns(text.alias("text"),
+                                                                                     language.alias("language"))
+    for to, country, params_json, body, code in columns.iter_rows():
         message_id = message_id_for(campaign_id, to, channel.name)
         params = json.loads(params_json) if params_json else {}
+        template = templates.get(code)
+        if template is None:
+            template = templates[code] = spec.template.model_copy(update={"language": code})
         message = Outgoing(message_id=message_id, to=to, country=country, text=body, params=params,
-                           template=spec.template)
+                           template=template)
         payload = channel.build_payload(message)
         ids.append(message_id)
         payloads.append(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
