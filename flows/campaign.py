@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.approval import await_approval
 from flows.artifacts import artifact_key, publish_rejects, publish_report
 from flows.continuation import schedule_continuation, wait_for_scheduled_start
 from flows.logging_mask import install_log_masking
@@ -206,10 +207,14 @@ def campaign_flow(
     reports_dir: str = "reports",
     provider_base_url: str | None = None,
     fallback_base_url: str | None = None,
+    origin: str | None = None,
+    started_by: str | None = None,
 ) -> dict[str, Any]:
     """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec
     (and, when the spec names one, the fallback leg for recipients the first channel missed).
-    `database`: the store's URL or SQLite path (default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite)."""
+    `database`: the store's URL or SQLite path (default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite).
+    `origin` (manual | scheduled | upload) and `started_by` decide whether it waits for an approval and who may
+    not give it (flows/approval.py)."""
     install_log_masking()  # again: a worker's subprocess may have reconfigured logging since import
     spec = load_spec(spec_path)
     campaign_id = campaign_id or spec.name
@@ -224,10 +229,13 @@ def campaign_flow(
         publish_rejects(campaign_id, prepared)
         queued = queue(spec, campaign_id, prepared, db, provider_base_url)
         get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
-        estimate(spec, campaign_id, db)
+        totals = estimate(spec, campaign_id, db)
+        # A person approves here when the spec or the team's controls ask for it; a rejection sends nothing.
+        approval = await_approval(spec, campaign_id, db, totals, prepared, origin=origin, started_by=started_by)
         result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
         receipts(spec, campaign_id, db, Path(spool_dir))
         summary = report(campaign_id, db, out, prepared)
+        summary["approval"] = approval
         if spec.fallback is not None:
             summary["fallback"] = fallback(spec, campaign_id, db, fallback_base_url, Path(spool_dir), Path(reports_dir))
     # Outside the lease: a continuation due at once must find the campaign free.
