@@ -122,7 +122,8 @@ def dispatch_in_groups(
     lease_renew_s: float | None = None, work_queue_name: str | None = None, poll_s: float = POLL_S,
 ) -> DispatchResult:
     """Starts one `deployment` run per group of `senders` (subflow runs of the calling flow), replaces any that
-    die, waits for all of them, and adds up their results."""
+    die, waits for all of them, and adds up their results. Meanwhile it ingests the webhook spool `spool_dir` (this
+    machine's receivers') into the store every `poll_s`: the group runs, wherever they run, reconcile from the store."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
@@ -136,7 +137,7 @@ def dispatch_in_groups(
             deployment, timeout=0, as_subflow=True, work_queue_name=work_queue_name,
             flow_run_name=f"{campaign_id}-group-{index}" + (f"-replacement-{attempt}" if attempt else ""),
             parameters={"spec_path": spec_path, "campaign_id": campaign_id, "senders": parts[index], "group": index,
-                        "database": database, "spool_dir": spool_dir, "provider_base_url": provider_base_url,
+                        "database": database, "spool_dir": None, "provider_base_url": provider_base_url,
                         "lease_ttl_s": lease_ttl_s, "lease_renew_s": lease_renew_s},
         )
         return run.id
@@ -172,6 +173,8 @@ def dispatch_in_groups(
                 runs[index] = start(index, replaced[index])
                 logger.warning("dispatch group %d: flow run %s %s; replaced by %s", index, run_id, why, runs[index])
             if len(results) < len(parts):
+                if spool_dir and Path(spool_dir).is_dir():
+                    ingest_spool(db, spool_dir)
                 time.sleep(poll_s)
         states = Ledger(db, campaign_id).counts()
     return add_up([results[i] for i in sorted(results)], states)
