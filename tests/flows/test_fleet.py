@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipeline import store
 from pipeline.dispatch.locks import LockHolder, sender_holders
@@ -27,6 +26,7 @@ from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
 from tests.helpers import stores
+from tests.helpers.fleet import fleet_spec
 from tests.helpers.prefect import PREFECT, PrefectServer, prefect_server, run_setup_command
 from tests.helpers.waiting import Deadline, wait_for
 
@@ -34,18 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SETUP_S = 240  # server, work pool, deployment, at most
 SENDERS = ["1065000001", "1065000002", "1065000003", "1065000004"]
 ROWS = 240
-
-
-def fleet_spec(tmp: Path, n: int, rate: float) -> Path:
-    audience = tmp / "audience.csv"
-    rows = [f"+4474002{i:05d},GB,Ann{i},Leeds,W-{i},yes" for i in range(n)]  # UK mobiles, all sendable
-    audience.write_text("phone,country,first_name,city,coupon,opt_in\n" + "\n".join(rows) + "\n")
-    data = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
-    data.update(name="fleet", audience=str(audience), sender=SENDERS[0], senders=SENDERS, receipts_wait_s=15,
-                rate_limit={"max_per_second": rate, "concurrency": 4}, retry={"reconcile_grace_s": 5})
-    path = tmp / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +97,8 @@ def test_a_campaign_of_4_senders_in_2_groups_runs_on_a_worker_with_nothing_lost_
 ) -> None:
     db_url = stores.new_store_url("postgresql", tmp_path, request)
     with sandbox_and_receiver(tmp_path / "spool") as (url, sandbox):
-        summary = run_campaign(pool_server, fleet_spec(tmp_path, ROWS, rate=20), db_url, tmp_path, url)
+        spec = fleet_spec(tmp_path, SENDERS, ROWS, rate=20, concurrency=4, receipts_wait_s=15)
+        summary = run_campaign(pool_server, spec, db_url, tmp_path, url)
         # The sandbox's own counts: every message accepted once, none twice, spread over the four numbers.
         assert sandbox.accepted == ROWS and sandbox.duplicate_callback_data == 0
         assert len(sandbox.accepted_callback_data()) == ROWS
@@ -138,7 +127,7 @@ def test_a_group_run_killed_mid_run_is_replaced_and_the_campaign_completes_sendi
 ) -> None:
     rows = 400  # 100 per sender at 10/s: the kill lands mid-run
     db_url = stores.new_store_url("postgresql", tmp_path, request)
-    spec = fleet_spec(tmp_path, rows, rate=10)
+    spec = fleet_spec(tmp_path, SENDERS, rows, rate=10, concurrency=4, receipts_wait_s=15)
     killed: list[Any] = []
 
     def kill_a_group_mid_run(db: store.Store, sandbox: Any) -> None:

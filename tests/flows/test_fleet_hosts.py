@@ -9,14 +9,14 @@ One campaign of 4 senders at 50 msg/s each, dispatched in 2 groups:
 - the flow-run process on B is killed with SIGKILL mid-run; its senders' leases expire, a replacement run takes them,
   and the campaign completes;
 - then the operator's resend-unknown (what the kill left claimed but unsent); the sandbox counts 0 duplicates and 0
-  lost, and no sender above its rate in any 1-s window (from the sandbox's per-sender acceptance times);
+  lost, and no sender above its rate in any 1-s window (from the sandbox's per-sender acceptance times, within the
+  measurement's own jitter: +5 % and one message);
 - everything it started is stopped and the namespaces deleted, also when it fails.
 
 Runs wherever namespaces can be made (root, iproute2: CI runs as root); elsewhere it says why, plainly."""
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import shutil
@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from pipeline.store.local_pg import USER, binaries
+from tests.helpers.fleet import fleet_spec, max_window
 from tests.helpers.netns import Host, namespaces_left, private_hosts, why_not
 from tests.helpers.prefect import PREFECT, SECRETS, server_env
 from tests.helpers.processes import Processes, descendants
@@ -55,13 +55,6 @@ from flows.campaign import campaign_flow
 summary = campaign_flow(**json.loads(sys.argv[1]))
 print("SUMMARY " + json.dumps(summary["dispatch"]), flush=True)
 """
-
-
-def max_window(stamps: list[float], width: float = 1.0) -> int:
-    best = 0
-    for i, start in enumerate(stamps):
-        best = max(best, bisect.bisect_left(stamps, start + width, lo=i) - i)
-    return best
 
 
 def _listening(address: str, port: int) -> bool:
@@ -125,18 +118,6 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def fleet_spec(tmp: Path) -> Path:
-    audience = tmp / "audience.csv"
-    rows = [f"+4474003{i:05d},GB,Ann{i},Leeds,W-{i},yes" for i in range(ROWS)]  # UK mobiles, all sendable
-    audience.write_text("phone,country,first_name,city,coupon,opt_in\n" + "\n".join(rows) + "\n")
-    data = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
-    data.update(name="fleet", audience=str(audience), sender=SENDERS[0], senders=SENDERS, receipts_wait_s=10,
-                rate_limit={"max_per_second": RATE, "concurrency": 8}, retry={"reconcile_grace_s": 5})
-    path = tmp / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def workers_of_runs(a: Host, api: str) -> dict[str, str]:
     """Flow run id -> the worker that took it, from the Prefect API's `prefect.worker.submitted-flow-run` events (the
     worker is the event's resource, the flow run among its related resources)."""
@@ -168,7 +149,8 @@ def test_a_campaign_across_three_hosts_survives_a_killed_worker_run(tmp_path: Pa
     tag = f"cf{os.getpid()}"
     deadline = Deadline(SETUP_S, "the multi-host set-up")
     procs = Processes(tmp_path / "logs")
-    spool, spec = tmp_path / "spool", fleet_spec(tmp_path)
+    spool = tmp_path / "spool"
+    spec = fleet_spec(tmp_path, SENDERS, ROWS, rate=RATE, concurrency=8, receipts_wait_s=10)
     try:
         with private_hosts(["host-a", "host-b", "host-c"]) as (a, b, c), hub_postgres(a, procs, deadline) as pg, \
                 stopped_at_exit(procs):
@@ -272,7 +254,9 @@ def test_a_campaign_across_three_hosts_survives_a_killed_worker_run(tmp_path: Pa
         assert stats["accepted"] == ROWS and stats["unique_callback_data"] == ROWS, stats
         assert stats["duplicate_callback_data"] == 0
         windows = {s: max_window(sorted(stats["accepted_at"][s])) for s in SENDERS}
-        assert all(n <= RATE * 1.05 for n in windows.values()), windows
+        # The limiter makes a late slot up at most 2 % faster; the sandbox stamps a request when its event loop gets to
+        # it, so on a loaded machine a message sent on time can be stamped beside the next one: +5 % and one message.
+        assert all(n <= RATE * 1.05 + 1 for n in windows.values()), windows
         # The first campaign's group runs ran on both workers; the killed one is Crashed and was replaced.
         dead = next(r for r in runs if r["id"] == victim["id"])
         assert dead["state_type"] == "CRASHED", dead["state"]
