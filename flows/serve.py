@@ -119,7 +119,7 @@ def deploy_to_pool(names: list[str], pool: str = WORK_POOL, path: Path = ROOT / 
         ids.append(flow_.deploy(
             name=entry["name"], work_pool_name=pool, description=entry.get("description"), tags=entry.get("tags"),
             parameters=entry.get("parameters") or {}, schedules=schedules_of(entry), job_variables={"env": job_env},
-            print_next_steps=False,
+            print_next_steps=False, ignore_warnings=True,
         ))
     missing = set(names) - {e["name"] for e in deployment_entries(path)}
     if missing:
