@@ -4,10 +4,12 @@ dispatches and receipts are ingested, then `campaign prepare`'s peak memory as f
 Every part is its own process on loopback: the receiver (`python -m pipeline.receipts.receiver`, whose
 resident memory is sampled each second), the load generator (benchmarks/_load.py, `--rate` signed
 WhatsApp status POSTs a second, paced), the WhatsApp sandbox (its status webhooks for the dispatched
-messages go to the same receiver), the dispatcher (`python -m pipeline.cli.shard_worker` over a queued
-campaign at `--dispatch-rate`) and the collector (ingesting closed spool files in a loop). Afterwards:
-`lost` counts POSTs answered 200 that are missing from the spool or from the ingested events;
-`rss_start_mb` is the receiver's memory 10 s in, `rss_end_mb` at the end of the load.
+messages go to the same receiver), the dispatcher (benchmarks/_dispatcher.py over a queued campaign at
+`--dispatch-rate`) and the collector (ingesting closed spool files in a loop). The dispatcher and the
+collector share one store, a SQLite file (WAL) in the temporary folder. Afterwards: `lost` counts POSTs
+answered 200 that are missing from the spool or from the store (the load's receipts name no message of
+the campaign, so they are kept apart in `unmatched_events`; the dispatched messages' receipts are counted
+in `events`); `rss_start_mb` is the receiver's memory 10 s in, `rss_end_mb` at the end of the load.
 
 Then `campaign prepare` (one subprocess at a time, peak RSS from wait4) over seeded audiences of
 `--rows` rows (benchmarks/prepare.py's generator; the smaller files are the first rows of the largest).
@@ -28,6 +30,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -87,30 +90,34 @@ class RssSampler(threading.Thread):
         return next((mb for t, mb in self.samples if t >= seconds), None)
 
 
-def collector(db_path: str, spool_dir: str, stop: Any, results: Any, poll_s: float) -> None:
-    """The receipts side, in its own process: ingests closed spool files every `poll_s` until `stop`,
-    once more after it, then reports which bench POSTs the store holds and how many other receipts.
-    The only code here that knows the store (DuckDB, pipeline/receipts/ingest.py): moving the store
-    to another database changes this function alone."""
+BENCH_ID = re.compile(r"^wamid\.bench(\d+)\.")
+
+
+def collector(database: str, spool_dir: str, stop: Any, results: Any, poll_s: float) -> None:
+    """The receipts side, in its own process: ingests closed spool files into the store every `poll_s` until
+    `stop`, once more after it, then reports which bench POSTs the store holds (counted or kept apart: they name
+    no message of the campaign) and how many other receipts it counts (the dispatched messages')."""
     from pipeline.receipts.ingest import ingest_spool
 
-    con = store.connect(Path(db_path))
-    con.execute("SET enable_progress_bar = false")  # it would draw over the soak's own lines
+    db = store.connect(database)
     cycles, slowest_s, added = 0, 0.0, 0
     try:
         while True:
             final = stop.wait(poll_s)
             started = time.perf_counter()
-            added += ingest_spool(con, Path(spool_dir)).events_added
+            result = ingest_spool(db, Path(spool_dir))
+            added += result.events_added + result.unmatched
             slowest_s, cycles = max(slowest_s, time.perf_counter() - started), cycles + 1
             if final:
                 break
-        bench = con.execute("SELECT DISTINCT CAST(regexp_extract(provider_message_id, '^wamid\\.bench(\\d+)\\.', 1)"
-                            " AS BIGINT) FROM events WHERE provider_message_id LIKE 'wamid.bench%'").fetchall()
-        other = store.scalar(con, "SELECT count(*) FROM events WHERE provider_message_id NOT LIKE 'wamid.bench%'")
+        bench = {int(match.group(1)) for table in ("events", "unmatched_events")
+                 for (pid,) in db.rows(f"SELECT provider_message_id FROM {table}"
+                                       " WHERE provider_message_id LIKE 'wamid.bench%'")
+                 if (match := BENCH_ID.match(pid))}
+        other = db.scalar("SELECT count(*) FROM events WHERE provider_message_id NOT LIKE 'wamid.bench%'")
     finally:
-        con.close()
-    results.put({"bench_ids": [n for (n,) in bench], "other_events": other, "events_added": added,
+        db.close()
+    results.put({"bench_ids": sorted(bench), "other_events": other, "events_added": added,
                  "cycles": cycles, "slowest_s": round(slowest_s, 3)})
 
 
@@ -128,12 +135,13 @@ def collected_result(ingest: Any, results: Any, timeout_s: float) -> dict[str, A
 
 
 def soak(seconds: float, rate: float, dispatch_rate: float, work: Path, poll_s: float) -> dict[str, Any]:
-    spool, ledger, db = work / "spool", work / "ledger.duckdb", work / "receipts.duckdb"
+    spool, database = work / "spool", str(work / "campaigns.sqlite")
     os.environ.update(ENV)
-    queue_campaign(ledger, int(dispatch_rate * seconds))
-    with store.connect(ledger) as con:  # the stored spec is what the dispatcher reads
-        con.execute("UPDATE campaigns SET spec_json = json_merge_patch(spec_json, ?)",
-                    [json.dumps({"rate_limit": {"max_per_second": dispatch_rate, "concurrency": 16}})])
+    queue_campaign(database, int(dispatch_rate * seconds))
+    with store.connect(database) as db:  # the stored spec is what the dispatcher reads
+        spec = json.loads(db.scalar("SELECT spec_json FROM campaigns WHERE campaign_id = 'bench'"))
+        spec["rate_limit"] = {**(spec.get("rate_limit") or {}), "max_per_second": dispatch_rate, "concurrency": 16}
+        db.execute("UPDATE campaigns SET spec_json = :spec WHERE campaign_id = 'bench'", spec=json.dumps(spec))
     ctx = mp.get_context("spawn")
     stop, results = ctx.Event(), ctx.Queue()
     with contextlib.ExitStack() as stack:
@@ -143,7 +151,7 @@ def soak(seconds: float, rate: float, dispatch_rate: float, work: Path, poll_s: 
         sandbox_url = stack.enter_context(sandbox_process(SandboxConfig(
             access_token=TOKEN, app_secret=SECRET, webhook_url=receiver_url + PATH,
             throughput_per_s=max(1000.0, 2 * dispatch_rate))))
-        ingest = ctx.Process(target=collector, args=(str(db), str(spool), stop, results, poll_s), daemon=True)
+        ingest = ctx.Process(target=collector, args=(database, str(spool), stop, results, poll_s), daemon=True)
         ingest.start()
         stack.callback(lambda: ingest.is_alive() and (ingest.terminate(), ingest.join(10)))
         sampler = RssSampler(receiver.pid)
@@ -152,7 +160,7 @@ def soak(seconds: float, rate: float, dispatch_rate: float, work: Path, poll_s: 
         def start() -> None:  # when the load's clock starts
             sampler.start()
             dispatcher.append(subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli.shard_worker", str(ledger), "bench",
+                [sys.executable, str(ROOT / "benchmarks" / "_dispatcher.py"), database, "bench",
                  "--provider-base-url", sandbox_url], stdout=dispatch_out, stderr=log,
                 start_new_session=True))
             stack.callback(stop_group, dispatcher[0], 10)

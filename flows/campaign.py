@@ -21,6 +21,8 @@ from pipeline.audience.policy import blocked_policy
 from pipeline.audience.timezones import recipient_timezones
 from pipeline.audience.windows import last_inbound_times
 from pipeline.channels import channel_for
+from pipeline.channels.template_rules import checked_spec
+from pipeline.channels.template_sync import registry_target, sync
 from pipeline.costs.costing import estimate_cost, load_prices
 from pipeline.costs.report import write_report
 from pipeline.costs.summary import campaign_summary
@@ -31,6 +33,7 @@ from pipeline.dispatch.locks import campaign_lock
 from pipeline.dispatch.operations import is_paused, record_status
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import DispatchResult, Guards
+from pipeline.dispatch.template_watch import TemplateWatch, ends_not_completed
 from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
 from pipeline.render.prepare import Prepared
@@ -38,6 +41,24 @@ from pipeline.render.prepare_ids import prepare_ids, uses_ids
 from pipeline.spec import CampaignSpec, load_spec
 
 install_log_masking()
+
+
+@task(name="template check", cache_policy=NO_CACHE)
+def template_check(spec: CampaignSpec, database: str, base_url: str | None) -> CampaignSpec:
+    """Before anything is prepared or sent: the template as the provider knows it now (synced), refused with every
+    reason when it cannot be sent; the spec as it will send (the provider's category). Specs that do not name their
+    provider account (pipeline/channels/template_sync.py) pass unchecked."""
+    target = registry_target(spec)
+    if target is None:
+        return spec
+    with store.connect(database) as db:
+        sync(db, spec, base_url=base_url)
+        checked, notes = checked_spec(db, spec, *target)
+    for note in notes:
+        get_run_logger().warning("%s", note)
+    if notes:
+        create_markdown_artifact("\n".join(f"- {n}" for n in notes), key=artifact_key(spec.name, "template"))
+    return checked
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
@@ -106,9 +127,17 @@ def dispatch(
 
     channels = {sender: channel_for(spec, base_url=base_url, sender=sender) for sender in spec.all_senders}
     with store.connect(database) as db:
+        target, watch, limit = registry_target(spec), None, spec.messaging_limit
+        if target is not None:  # the template and numbers at the provider, watched while sending
+            watch = TemplateWatch(db, provider=target[0], account=target[1], name=spec.template.name,
+                                  language=spec.template.language, senders=spec.all_senders,
+                                  ingest=lambda: ingest_spool(db, spool_dir))
+            known = watch.messaging_limit()
+            limit = limit if known is False else known  # the provider's tier, not the spec's, when it is known
+        whatsapp = spec.channel == "whatsapp" or spec.provider.options.get("channel_type") == "whatsapp"
         guards = Guards(
             budget_usd=spec.budget_usd, send_window=spec.send_window, pause_check=lambda: is_paused(db, campaign_id),
-            messaging_limit=spec.messaging_limit if spec.channel == "whatsapp" else None,
+            messaging_limit=limit if whatsapp else None, watch=watch,
         )
         result = asyncio.run(dispatch_campaign(
             db, campaign_id, channels, rate=spec.rate_limit, retry=spec.retry, guards=guards,
@@ -117,6 +146,8 @@ def dispatch(
         ))
     if result.stopped_reason:
         logger.error("dispatch stopped: %s; unsent messages stay queued", result.stopped_reason)
+    for sender, reason in result.lanes_paused.items():
+        logger.error("lane %s paused: %s", sender, reason)
     return result
 
 
@@ -179,6 +210,7 @@ def campaign_flow(
     # touches the store or the report folder (pipeline/dispatch/locks.py: a lease the holder renews).
     with store.connect(db) as shared, campaign_lock(shared, campaign_id, flow_run_id=flow_run.id,
                                                     flow_run_name=flow_run.name):
+        spec = template_check(spec, db, provider_base_url)
         prepared = prepare(spec, campaign_id, db, out)
         publish_rejects(campaign_id, prepared)
         queued = queue(spec, campaign_id, prepared, db, provider_base_url)
@@ -207,7 +239,17 @@ def campaign_flow(
         create_markdown_artifact(
             f"**Channel stopped:** {result.stopped_reason}", key=artifact_key(campaign_id, "stopped")
         )
+    # A template or a number the provider stopped leaves the campaign unfinished: the run ends Failed with the
+    # reason (what was sent is reported above; the rest stays queued for the next run).
+    reasons = ([result.stopped_reason] if ends_not_completed(result.stopped_reason) else []) + [
+        f"lane {sender}: {why}" for sender, why in result.lanes_paused.items()]
+    if reasons:
+        raise CampaignNotCompleted("; ".join(reasons))
     return summary
+
+
+class CampaignNotCompleted(RuntimeError):
+    """The provider stopped the template or a number mid-campaign: unsent messages stay queued."""
 
 
 if __name__ == "__main__":

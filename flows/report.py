@@ -51,14 +51,14 @@ def period_report(day: date, db_url: str | None, reports_dir: Path) -> dict[str,
 
 @flow(name="daily-cost-report", log_prints=False)
 def daily_report_flow(
-    day: str | None = None, db_path: str | None = None, reports_dir: str = "reports"
+    day: str | None = None, database: str | None = None, reports_dir: str = "reports"
 ) -> dict[str, Any]:
-    """`day` is YYYY-MM-DD (UTC); by default yesterday. `db_path`: the store (a SQLite path or a URL; default:
+    """`day` is YYYY-MM-DD (UTC); by default yesterday. `database`: the store (a SQLite path or a URL; default:
     CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite)."""
     install_log_masking()
     the_day = date.fromisoformat(day) if day else datetime.now(UTC).date() - timedelta(days=1)
-    rows = campaign_reports(the_day, db_path, Path(reports_dir))
-    bill = period_report(the_day, db_path, Path(reports_dir))
+    rows = campaign_reports(the_day, database, Path(reports_dir))
+    bill = period_report(the_day, database, Path(reports_dir))
     get_run_logger().info("%s: %d campaign report(s), bill %s", the_day, len(rows), bill["html"])
     create_table_artifact(
         [{k: v for k, v in r.items() if k != "report_html"} for r in rows] or [{"campaign_id": "(none)"}],

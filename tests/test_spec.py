@@ -67,10 +67,10 @@ def test_not_yaml_and_missing_file(tmp_path):
 
 def test_cli_run_reports_a_spec_error_before_sending(tmp_path, capsys):
     path = _write(tmp_path, template__category="promo")
-    assert main(["run", str(path), "--db", str(tmp_path / "db.duckdb")]) == 2
+    assert main(["run", str(path), "--db", str(tmp_path / "db.sqlite")]) == 2
     err = capsys.readouterr().err
     assert "template.category" in err and "Traceback" not in err
-    assert not (tmp_path / "db.duckdb").exists()
+    assert not (tmp_path / "db.sqlite").exists()
 
 
 def test_missing_secret_names_the_env_var(monkeypatch):

@@ -90,17 +90,17 @@ def blocks(handle: BinaryIO, size: int, max_row_bytes: int, *, cr: bool = False)
         # (+ 1: a final "\r" may be the first half of the record's "\r\n")
         open_bytes = len(block) - cut - block.count(b"\n", cut) - block.count(b"\r\n", cut) - block.endswith(b"\r")
         if open_bytes <= max_row_bytes:
-            piece, carry = block[:cut], block[cut:]
-            del block  # the consumer parses `piece`: hold nothing else meanwhile
-            if piece:
-                yield piece
+            pieces, carry = [block[:cut]] if cut else [], block[cut:]
+            del block  # the consumer parses the piece: hold nothing else meanwhile, nor the piece itself
+            if pieces:
+                yield pieces.pop()
             continue
-        piece, head, quotes = block[:cut], block[cut : cut + max_row_bytes], block.count(b'"', cut)
+        pieces = [block[:cut]] if cut else []
+        head, quotes = block[cut : cut + max_row_bytes], block.count(b'"', cut)
         spans, read, last = block.find(b"\n", cut) >= 0, len(block) - cut, block[-1:]
         del block
-        if piece:
-            yield piece
-        del piece
+        if pieces:
+            yield pieces.pop()
         if spans:  # no newline in an open record ends it: each is inside quotes
             yield Oversized(open_bytes, 0, head, True)
             return

@@ -21,8 +21,12 @@ from pipeline.audience.blocks import Oversized, ReadLimits, blocks, open_quote_p
 from pipeline.audience.header import AudienceError, check_header, csv_problem, decode, open_file
 from pipeline.records import REJECTS_SCHEMA, empty_rejects
 
-# ≈ 1M rows of a typical audience (names, city, coupon) per batch.
-DEFAULT_BATCH_BYTES = 128 * 1024 * 1024
+# ≈ 700k rows of a typical audience (names, city, coupon) per batch. Preparing a batch takes about 20-25
+# bytes of memory per byte of CSV (Polars' columns and the stages' intermediates): about 1 GB at 32 MB,
+# whatever the file's size (benchmarks/soak.py). Larger batches are a little faster (each batch costs about
+# 0.2 s of CPU besides its rows): 1M rows take as long in two batches as the 128 MB default took in one,
+# which its duplicate check re-hashing every earlier number had made slower.
+DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,26 +104,31 @@ class AudienceReader:
 
     def __iter__(self) -> Iterator[Loaded]:
         row, line = 2, 1
-        first, self._first = self._first, b""
-        items: Iterator[tuple[bytes | None, bytes] | Oversized] = (
-            item if isinstance(item, Oversized) else (self._header_bytes, item) for item in self._blocks
-        )
-        if self._has_rows:
-            items = itertools.chain([(None, first)], items)
-        else:
-            line += first.count(b"\n")
+        # The first block is read with its own header line (no copy of it), the others after a copy of it.
+        pending: list[tuple[bytes | None, bytes]] = [(None, self._first)] if self._has_rows else []
+        if not self._has_rows:
+            line += self._first.count(b"\n")
+        self._first = b""
         try:
-            for item in items:  # one at a time: a file larger than memory streams through
+            while True:  # one block at a time: a file larger than memory streams through
+                if pending:
+                    header, item = pending.pop()
+                else:
+                    header, item = self._header_bytes, next(self._blocks, None)
+                    if item is None:
+                        break
                 if isinstance(item, Oversized):
                     loaded, lines = self._oversized(item, row, line), item.lines
                 else:
-                    header, block = item
                     loaded = read_block(
-                        self.path, self.columns, header, block, first_row=row, first_line=line, limits=self.limits
+                        self.path, self.columns, header, item, first_row=row, first_line=line, limits=self.limits
                     )
-                    lines = block.count(b"\n")
+                    lines = item.count(b"\n")
+                del item  # the block is parsed: none of it is held while the caller works on the batch
                 row, line = row + loaded.rows_read, line + lines
-                yield loaded
+                box = [loaded]  # handed over, not kept by this generator while it waits
+                del loaded
+                yield box.pop()
         finally:
             self.close()
 

@@ -6,7 +6,7 @@ inputs it does not model to classify_number (phonenumbers itself, once per uniqu
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -149,16 +149,62 @@ def _normalise_addresses(addresses: Iterable[str]) -> list[str]:
     return sorted({"+" + d for d in digits if d})
 
 
+# A plain E.164 number, kept in the dedupe carry as one Int64 of its digits ("+447400123456" is
+# 447400123456): no leading 0 (calling codes start 1-9), so the integer names exactly one text, and
+# at most 18 digits, so it fits. phonenumbers writes every valid number so; any other key is kept as text.
+PLAIN_E164 = r"^\+[1-9][0-9]{0,17}$"
+# A new run of keys is merged into the run before it while that one is at most this many times larger:
+# runs stay few (about log2 of numbers / batch) and a number is copied a few times, not once per batch.
+_RUN_FACTOR = 2
+
+
+@dataclass
+class SeenKeys:
+    """Keys (all Int64 or all String), each with the row that had it first, as a few runs sorted by
+    key (`_key`, unique across runs; `_first`): a batch sorted by key is looked up by a merge join
+    against each run, so what earlier batches held is never hashed again."""
+
+    dtype: pl.DataType
+    runs: list[pl.DataFrame] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return sum(run.height for run in self.runs)
+
+    def first_rows(self, ordered: pl.DataFrame) -> pl.Series:
+        """For `ordered` (`_key` sorted ascending), the row that had each key in an earlier batch, else null."""
+        keys = ordered.select(pl.col("_key").set_sorted())
+        hits = [keys.join(run, on="_key", how="left", maintain_order="left", nulls_equal=True) for run in self.runs]
+        hits = [hit["_first"] for hit in hits]
+        if not hits:
+            return pl.repeat(None, ordered.height, dtype=pl.Int64, eager=True).alias("_first")
+        return hits[0] if len(hits) == 1 else pl.select(pl.coalesce(hits)).to_series().alias("_first")
+
+    def add(self, winners: pl.DataFrame) -> None:
+        """Adds keys not held yet (`_key` sorted ascending and unique, `_first`)."""
+        if winners.height == 0:
+            return
+        self.runs.append(winners.select(pl.col("_key").cast(self.dtype).set_sorted(), pl.col("_first").cast(pl.Int64)))
+        while len(self.runs) > 1 and self.runs[-2].height <= _RUN_FACTOR * self.runs[-1].height:
+            newer, older = self.runs.pop(), self.runs.pop()
+            self.runs.append(older.merge_sorted(newer, key="_key").with_columns(pl.col("_key").set_sorted()))
+
+
 @dataclass
 class Carry:
     """What one batch of an audience hands the next: the numbers accepted so far with the row
     that had each first (so a duplicate in a later batch names it), and how many rows were
-    classified by phonenumbers itself rather than the vectorised path."""
+    classified by phonenumbers itself rather than the vectorised path. Numbers are held compactly:
+    plain E.164 numbers as Int64 (16 bytes a number with its row), any other key as text."""
 
-    first_seen: pl.DataFrame = field(
-        default_factory=lambda: pl.DataFrame(schema={"phone_e164": pl.String, "_first": pl.Int64})
-    )
+    numbers: SeenKeys = field(default_factory=lambda: SeenKeys(pl.Int64()))
+    texts: SeenKeys = field(default_factory=lambda: SeenKeys(pl.String()))
     fallback_rows: int = 0
+
+    @property
+    def seen(self) -> int:
+        """How many numbers the carry holds."""
+        return self.numbers.height + self.texts.height
 
 
 def validate_numbers(
@@ -240,19 +286,46 @@ def validate_numbers(
     return accepted, rejects.select(list(REJECTS_SCHEMA)).cast(REJECTS_SCHEMA)
 
 
-def drop_duplicates(accepted: pl.DataFrame, carry: Carry) -> tuple[pl.DataFrame, pl.DataFrame]:
+def drop_duplicates(
+    accepted: pl.DataFrame, carry: Carry, keep: Sequence[str] = ()
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(accepted, duplicate rejects): the first row (spreadsheet order) with each E.164 number
-    wins, across the batches `carry` has seen; later ones are rejected naming it."""
-    first = pl.col("phone_e164").is_first_distinct()
-    if carry.first_seen.height:  # numbers an earlier batch had
-        first = first & ~pl.col("phone_e164").is_in(carry.first_seen["phone_e164"].implode())
-    winning = accepted.select(first).to_series()  # once: both filters below use it
-    winners = accepted.filter(winning)
-    carry.first_seen = pl.concat([carry.first_seen, winners.select("phone_e164", _first=pl.col("row_number"))])
-    duplicates = accepted.filter(~winning).select("row_number", "phone_e164")
-    duplicates = duplicates.join(carry.first_seen, on="phone_e164", how="left", maintain_order="left").select(
+    wins, across the batches `carry` has seen; later ones are rejected naming it, with the
+    columns `keep` after the reject's own. Both keep the order of `accepted`."""
+    first = first_rows(accepted["phone_e164"], accepted["row_number"].cast(pl.Int64), carry)
+    winning = first == accepted["row_number"]
+    duplicates = accepted.with_columns(first.alias("_first")).filter(~winning).select(
         pl.col("row_number").cast(pl.Int64),
         pl.lit("duplicate").alias("reason"),
         pl.format("same number as row {}", pl.col("_first")).alias("detail"),
+        *keep,
     )
-    return winners, duplicates
+    return accepted.filter(winning), duplicates
+
+
+def first_rows(keys: pl.Series, rows: pl.Series, carry: Carry) -> pl.Series:
+    """The row that had each key first, in an earlier batch (`carry`) or in this one (`rows`: the
+    keys' rows); the keys this batch has first are added to `carry`."""
+    frame = pl.DataFrame({"_key": keys, "row_number": rows}).with_row_index("_i")
+    plain = keys.str.contains(PLAIN_E164).fill_null(False)
+    parts = [(frame, carry.numbers)] if plain.all() else [
+        (frame.filter(plain), carry.numbers),
+        (frame.filter(~plain), carry.texts),  # not expected of validated numbers (a missing key is one key too)
+    ]  # fmt: skip
+    found = []
+    for part, seen in parts:
+        if part.height == 0:
+            continue
+        key = pl.col("_key").str.slice(1).cast(pl.Int64) if seen is carry.numbers else pl.col("_key")
+        ordered = part.with_columns(key).sort("_key", "row_number")
+        # Sorted, so a key's first row here is where the key changes.
+        start = pl.col("_key").ne_missing(pl.col("_key").shift(1)) | (pl.int_range(pl.len()) == 0)
+        here = pl.when(start).then(pl.col("row_number")).forward_fill()
+        ordered = ordered.with_columns(_earlier=seen.first_rows(ordered)).with_columns(
+            _first=pl.coalesce("_earlier", here)
+        )
+        seen.add(ordered.filter(pl.col("_first") == pl.col("row_number")).select("_key", "_first"))
+        found.append(ordered.select("_i", "_first"))
+    if not found:
+        return pl.Series("_first", [], dtype=pl.Int64)
+    return (found[0] if len(found) == 1 else pl.concat(found)).sort("_i")["_first"]

@@ -20,7 +20,10 @@ PAIR_LIMIT_WAIT_S = 6.0
 RETRYABLE_CODES = frozenset({1, 2, 131000, 131016, 131057, 133004, PAIR_LIMIT_CODE}) | THROTTLE_CODES
 # Errors that concern the whole account, number or template: continuing would only fail again
 # (or harm the number's quality), so the channel stops and everything unsent stays queued.
-STOP_CODES = frozenset({0, 3, 10, 190, 368, 131031, 131042, 131048, 131064, 132015, 132016}) | frozenset(
+# The template family (132001 unknown or not approved, 132005 text too long, 132007 policy, 132012 parameter
+# format, 132015 paused, 132016 disabled) concerns every message of the template: the first one stops the channel.
+TEMPLATE_STOP_CODES = frozenset({132001, 132005, 132007, 132012, 132015, 132016})
+STOP_CODES = frozenset({0, 3, 10, 190, 368, 131031, 131042, 131048, 131064}) | TEMPLATE_STOP_CODES | frozenset(
     range(200, 300)
 )
 # 131049 (per-user marketing limit): Meta says resending within 24 h just fails again.

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_upload_command(sub)
 
+    from pipeline.cli.templates import add_template_commands
+
+    add_template_commands(sub)
+
     from pipeline.cli.db import add_db_commands
 
     add_db_commands(sub)
@@ -99,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # bad input gets a message naming file, row and field, not a traceback
         from pipeline.audience.load import AudienceError
         from pipeline.audience.policy import PolicyError
+        from pipeline.channels.templates import SyncError
         from pipeline.dispatch.locks import CampaignLocked
         from pipeline.render.templates import TemplateProblem
         from pipeline.store import StoreError
 
-        if isinstance(exc, AudienceError | PolicyError | TemplateProblem | CampaignLocked | StoreError):
+        if isinstance(exc, AudienceError | PolicyError | TemplateProblem | CampaignLocked | StoreError | SyncError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.cli.common import add_db_arg
 
 CATEGORIES = ["marketing", "utility", "authentication", "service"]
+DEFAULT_BATCH_MB = 32  # pipeline.audience.load.DEFAULT_BATCH_BYTES, without importing Polars to build the parser
 
 
 def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -38,7 +39,8 @@ def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--frequency-window-hours", type=float, default=24.0, help="marketing frequency cap window")
     p.add_argument("--opt-in-max-age-days", type=int, default=730, help="older opt_in_at is stale (0: no limit)")
     p.add_argument("--default-country", help="ISO 3166 code for rows without a country (national numbers)")
-    p.add_argument("--batch-mb", type=int, default=128, help="read the CSV in batches of about this size")
+    p.add_argument("--batch-mb", type=int, default=DEFAULT_BATCH_MB,
+                   help=f"read the CSV in batches of about this size; memory follows it (default: {DEFAULT_BATCH_MB})")
     p.add_argument("--max-field-bytes", type=_positive, metavar="N",
                    help="a longer field rejects its row (default: $CAMPAIGN_MAX_FIELD_BYTES or 65536)")
     p.add_argument("--max-row-bytes", type=_positive, metavar="N",

@@ -232,7 +232,7 @@ class _Dispatch:
         queued = (await self._db(lambda: self.ledger.counts(taken))).get("queued", 0)
         self.result.total += queued
         for sender in taken:
-            lane = _Lane(sender, self._channel(sender), self.rate)
+            lane = _Lane(sender, self._channel(sender), self.guards.lane_rate(sender, self.rate))
             for _ in range(self.rate.concurrency):
                 session = lane.channel.open_session(self.timeout_s, self.transport)
                 lane.sessions.put_nowait(await sessions.enter_async_context(session))
@@ -281,7 +281,7 @@ class _Dispatch:
                     return
                 last_seq = page[-1].seq
                 for item in page:
-                    if self.stop.is_set() or lane.lost:
+                    if self.stop.is_set() or lane.lost or self._lane_paused(lane):
                         return
                     verdict = self.guards.admit(item)
                     if verdict == "wait":
@@ -304,7 +304,7 @@ class _Dispatch:
             # Batch APIs (max_batch > 1) take what is already waiting, never wait to fill up.
             while len(batch) < lane.channel.max_batch and not lane.queue.empty():
                 batch.append(lane.queue.get_nowait())
-            if self.stop.is_set() or lane.lost:
+            if self.stop.is_set() or lane.lost or self._lane_paused(lane):
                 for item, attempts in batch:
                     if item.seq in self.resending:  # held since a timeout: settled as the reconciler would
                         self.resending.discard(item.seq)
@@ -342,6 +342,13 @@ class _Dispatch:
                     session = await lane.sessions.get()
                 elif wait > 0:
                     await asyncio.sleep(wait)
+            if self.stop.is_set() and not any(item.seq in self.resending for item, _ in batch):
+                # Stopped while this claimed batch waited for its slot: back to queued, never sent.
+                lane.sessions.put_nowait(session)
+                for item, attempts in batch:
+                    self._finish(lane, item, SendOutcome(kind="stop", error_detail="stopped before its slot"),
+                                 attempts)
+                continue
             try:
                 await self._send(lane, session, batch)
             finally:
@@ -429,6 +436,14 @@ class _Dispatch:
             self.result.errors[key] = self.result.errors.get(key, 0) + 1
         self.writer.record(Outcome(item.seq, state, outcome.provider_message_id, outcome.error_code,
                                    outcome.error_detail, sent_at, attempts, not_before, retryable))
+
+    def _lane_paused(self, lane: _Lane) -> bool:
+        """A lane whose number the provider rates RED / FLAGGED stops feeding and sending; the others go on."""
+        reason = self.guards.lane_paused(lane.sender)
+        if reason and lane.sender not in self.result.lanes_paused:
+            self.result.lanes_paused[lane.sender] = reason
+            log.error("lane %s paused: %s", lane.sender, reason)
+        return reason is not None
 
     def _stop(self, reason: str) -> None:
         if not self.stop.is_set():

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from pipeline.channels.base import SendOutcome
 from pipeline.dispatch.ledger import Ledger, Pending
-from pipeline.spec import RetrySpec, SendWindow
+from pipeline.spec import RateSpec, RetrySpec, SendWindow
 
 
 def backoff_delay(attempt: int, retry: RetrySpec, outcome: SendOutcome, rng: random.Random) -> float:
@@ -33,6 +33,7 @@ class DispatchResult:
     unknown: int = 0
     resent_after_timeout: int = 0
     stopped_reason: str | None = None
+    lanes_paused: dict[str, str] = field(default_factory=dict)  # sender -> why its lane paused (the others went on)
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
@@ -51,7 +52,7 @@ class DispatchResult:
             "throttled": self.throttled, "retries": self.retries, "per_s": round(per_s, 1),
             "fraction": done / self.total if self.total else 1.0,
             "eta_s": round(left / per_s, 1) if per_s and not final else None, "final": final,
-            "stopped_reason": self.stopped_reason,
+            "stopped_reason": self.stopped_reason, "lanes_paused": dict(self.lanes_paused),
         }
 
 
@@ -61,12 +62,15 @@ class Guards:
     def __init__(
         self, *, budget_usd: float | None = None, messaging_limit: int | None = None,
         send_window: SendWindow | None = None, pause_check: Callable[[], bool] | None = None,
+        watch: Any = None,
     ) -> None:
         self.budget_usd = budget_usd
         self.messaging_limit = messaging_limit
         self.send_window = send_window
         self.pause_check = pause_check  # reads the operator's pause flag (the store), on the ledger's thread
         self.pause_requested = False
+        # The template and numbers at the provider (pipeline/dispatch/template_watch.py), polled with the pause flag.
+        self.watch = watch
         self.reserved_usd = 0.0
         self.capacity: int | None = None
         self.limit_frees_at: datetime | None = None
@@ -80,6 +84,8 @@ class Guards:
     def prepare(self, ledger: Ledger, channel: str) -> None:
         """Reads what earlier sends already used: the rolling 24 h recipients and the spend so far."""
         now = datetime.now(UTC)
+        if self.watch is not None:
+            self.watch.poll()
         if self.messaging_limit is not None:
             used, frees_at = ledger.recently_messaged(channel, timedelta(hours=24), now)
             self.capacity = max(0, self.messaging_limit - used)
@@ -111,11 +117,22 @@ class Guards:
         """Reads the pause flag (blocking: call it off the event loop)."""
         if self.pause_check is not None:
             self.pause_requested = self.pause_check()
+        if self.watch is not None:
+            self.watch.poll()
 
     def paused(self) -> str | None:
         if self.pause_requested:
             return "paused by the operator (`campaign resume` continues)"
-        return None
+        return self.watch.reason if self.watch is not None else None
+
+    def lane_paused(self, sender: str) -> str | None:
+        """Why this sender's lane must not send now (its number at the provider), or None."""
+        return self.watch.lane_paused(sender) if self.watch is not None else None
+
+    def lane_rate(self, sender: str, rate: RateSpec) -> RateSpec:
+        """The lane's rate: slowed for a number the provider rates YELLOW."""
+        factor = self.watch.lane_factor(sender) if self.watch is not None else 1.0
+        return rate if factor == 1.0 else rate.model_copy(update={"max_per_second": rate.max_per_second * factor})
 
     def _zone(self, name: str | None) -> ZoneInfo:
         key = name or "UTC"

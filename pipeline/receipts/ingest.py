@@ -34,6 +34,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection
 
 from pipeline.channels import (
@@ -44,7 +45,9 @@ from pipeline.channels import (
     twilio_webhooks,
     unsubscribe_webhooks,
     viber_webhooks,
+    whatsapp_account_webhooks,
 )
+from pipeline.channels.templates import Update, apply_updates
 from pipeline.channels.whatsapp_webhooks import BULK_CANDIDATE, bulk_statuses_sql, inbound_message_id, parse_webhook
 from pipeline.receipts import unmatched
 from pipeline.receipts.event_ids import EVENT_ID_SQL, _hash, event_id
@@ -124,6 +127,7 @@ class IngestResult:
     derived_events: int = 0  # per-message receipts added for Messenger/Instagram watermarks
     unmatched: int = 0  # receipts naming no message of the outbox, kept apart (unmatched_events)
     promoted: int = 0  # receipts kept apart earlier whose message has appeared, moved into events
+    registry_updates: int = 0  # template and number changes applied to the registry (channels/templates.py)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -151,6 +155,15 @@ class _Staged:
         self.inbound: list[dict[str, Any]] = []
         self.quarantine: list[dict[str, Any]] = []
         self.stops: list[dict[str, Any]] = []
+        self.updates: list[Update] = []  # Meta's template and number webhooks
+
+    def add_updates(self, name: str, line_no: int, body: bytes) -> None:
+        """A line the bulk parser took whose body also announces template or number changes."""
+        try:
+            self.updates += whatsapp_account_webhooks.parse_updates(body)
+        except ValueError as exc:
+            self.quarantine.append({"spool_file": name, "line_number": line_no, "raw": body.decode(errors="replace"),
+                                    "reason": f"{type(exc).__name__}: {exc}"[:500]})
 
     def add_line(self, file_idx: int, name: str, line_no: int, line: bytes) -> None:
         if not line.strip():
@@ -167,6 +180,9 @@ class _Staged:
                 "raw": line.decode("utf-8", errors="replace"),
             })
             return
+        if provider == "whatsapp" and whatsapp_account_webhooks.mentions_updates(body):
+            # As on the bulk path: a malformed template/number change is quarantined, the line's receipts stay.
+            self.add_updates(name, line_no, body)
         order = {"file_idx": file_idx, "line_no": line_no}
         for pos, r in enumerate(receipts):
             self.events.append({
@@ -282,10 +298,17 @@ def _parse_bulk(cur: duckdb.DuckDBPyConnection, batch: _Batch, tables: list[pa.T
             UNION ALL
             SELECT file_idx, line_no, line FROM _spool_lines SEMI JOIN {bad} USING (file_idx, line_no)
             ORDER BY file_idx, line_no""").fetchall()
+        # Lines the bulk parser took (or skipped as carrying no status) that announce template or number changes.
+        marked = " OR ".join(f"contains(line, '{m.decode()}')" for m in whatsapp_account_webhooks.MARKERS)
+        announcing = cur.execute(f"""
+            SELECT file_idx, line_no, body FROM _spool_lines ANTI JOIN {bad} USING (file_idx, line_no)
+            WHERE {BULK_CANDIDATE} AND ({marked}) ORDER BY file_idx, line_no""").fetchall()
     finally:
         cur.unregister("_spool_lines")
     for idx, line_no, line in leftovers:
         batch.staged.add_line(idx, batch.paths[idx].name, line_no, line.encode("utf-8"))
+    for idx, line_no, body in announcing:
+        batch.staged.add_updates(batch.paths[idx].name, line_no, body.encode("utf-8"))
 
 
 def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool) -> _Batch:
@@ -323,18 +346,19 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
         duck.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
     try:
         events = duck.sql(_BATCH_EVENTS_SQL.format(events=batch.events_sql(), dups=batch.table("dups")))
-        with staged_beside_store(db, "events", events.to_arrow_table(), rows_per_transaction=write_rows,
+        with staged_beside_store(db, "events", _storable(events.to_arrow_table()), rows_per_transaction=write_rows,
                                  durable=False) as rows:
             added, kept_apart = rows.each_chunk(*unmatched.SPLIT_SQL)
         result.events_added += added
         result.unmatched += kept_apart
-        inbound = pl.from_arrow(duck.sql(_BATCH_INBOUND_SQL).to_arrow_table())
-        quarantine = pl.DataFrame(staged.quarantine, schema=QUARANTINE_SCHEMA)
+        inbound = pl.from_arrow(_storable(duck.sql(_BATCH_INBOUND_SQL).to_arrow_table()))
+        quarantine = pl.from_arrow(_storable(pl.DataFrame(staged.quarantine, schema=QUARANTINE_SCHEMA).to_arrow()))
         opt_outs = duck.execute(f"SELECT DISTINCT message_id FROM {batch.table('opt_outs')} "
                                 "WHERE address IS NULL AND message_id IS NOT NULL").fetchall()
-        duck.register("_addresses", _addresses(db, [m for (m,) in opt_outs]).to_arrow())
-        suppressions = pl.from_arrow(duck.sql(
-            _BATCH_SUPPRESSIONS_SQL.format(opt_outs=batch.table("opt_outs"))).to_arrow_table())
+        # An id holding NUL names no message of ours (and PostgreSQL could not even be asked about it).
+        duck.register("_addresses", _addresses(db, [m for (m,) in opt_outs if _NUL not in m]).to_arrow())
+        suppressions = pl.from_arrow(_storable(duck.sql(
+            _BATCH_SUPPRESSIONS_SQL.format(opt_outs=batch.table("opt_outs"))).to_arrow_table()))
         spool_rows = pl.DataFrame({
             "name": [p.name for p in batch.paths], "bytes": batch.sizes,
             "events": [batch.per_file.get(i, 0) for i in range(len(batch.paths))],
@@ -344,6 +368,7 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
             result.inbound_added += _insert(conn, "inbound", inbound)
             result.quarantined += _insert(conn, "quarantine", quarantine)
             result.suppressions_added += _insert(conn, "suppressions", suppressions)
+            result.registry_updates += apply_updates(conn, staged.updates)
             insert_frame(conn, "spool_files", spool_rows, on_conflict="ignore")
     finally:
         for view in ("_py_inbound", "_py_stops", "_addresses"):
@@ -353,6 +378,32 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
     result.files += len(batch.paths)
     if staged.quarantine:
         log.warning("receipts: %d line(s) quarantined in %d file(s)", len(staged.quarantine), len(batch.paths))
+
+
+_NUL = "\x00"
+
+
+def _storable(rows: pa.Table) -> pa.Table:
+    """Text as every store can hold it: PostgreSQL's text has no NUL character, which a signed body may still
+    carry (JSON's \\u0000 in an id, a name, a reply): U+FFFD takes its place, on SQLite too, so that both stores
+    hold the same. Event ids were computed before, from the values as received."""
+    for i, column_field in enumerate(rows.schema):
+        if pa.types.is_string(column_field.type) or pa.types.is_large_string(column_field.type):
+            column = rows.column(i)
+            if _may_hold_nul(column):
+                rows = rows.set_column(i, column_field, pc.replace_substring(column, _NUL, "\ufffd"))
+    return rows
+
+
+def _may_hold_nul(column: pa.ChunkedArray) -> bool:
+    """Whether a zero byte is among the column's characters: one pass over each chunk's bytes (a tenth of the
+    time of a substring search of every value), which may also see bytes of values sliced away."""
+    for chunk in column.chunks:
+        data = chunk.buffers()[2]
+        if data is not None and data.size and pc.min(pa.Array.from_buffers(pa.uint8(), data.size, [None, data])
+                                                     ).as_py() == 0:
+            return True
+    return False
 
 
 def _insert(conn: Connection, table: str, frame: pl.DataFrame) -> int:

@@ -163,12 +163,10 @@ def drop_repeats(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(accepted, rejects): candidates whose number an earlier row had (in this batch or one
     `carry` has seen) join the rejects as duplicates, in row order with their values as written."""
-    accepted, duplicates = drop_duplicates(candidates, carry)
+    accepted, duplicates = drop_duplicates(candidates, carry, keep=columns)
     if duplicates.height == 0:
         return accepted, rejects
-    # Same order on both sides: drop_duplicates keeps the candidates' order.
-    originals = candidates.filter(pl.col("row_number").is_in(duplicates["row_number"].implode())).select(columns)
-    return accepted, pl.concat([rejects, duplicates.hstack(originals)]).sort("row_number")
+    return accepted, pl.concat([rejects, duplicates]).sort("row_number")
 
 
 class Collector:
@@ -266,8 +264,15 @@ def prepare_audience(
     with reader, Collector(path, out_dir, keep_frames=keep_frames) as collector:
         carry = Carry()
         for loaded in reader:
+            # Each batch's frames are let go as soon as the next stage has what it needs: what is
+            # held at once is one batch, never two.
+            rows_read = loaded.rows_read
             candidates, rejects = stages.candidates(loaded, reader.columns, carry)
-            collector.add(*drop_repeats(candidates, rejects, reader.columns, carry), loaded.rows_read)
+            del loaded
+            accepted, rejects = drop_repeats(candidates, rejects, reader.columns, carry)
+            del candidates
+            collector.add(accepted, rejects, rows_read)
+            del accepted, rejects
         return collector.finish(reader.columns, rendered=template is not None, fallback_rows=carry.fallback_rows)
 
 

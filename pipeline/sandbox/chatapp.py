@@ -26,9 +26,14 @@ from starlette.routing import Route
 from pipeline.records import Category
 from pipeline.sandbox.common import Ledger, delays, fate_for
 from pipeline.sandbox.kit import PosterSettings, Throttle
+from pipeline.sandbox.whatsapp_templates import SandboxNumber, SandboxTemplate
 
 VERSION = "2020-06-06"
-ACTIONS = frozenset({"SendChatappMessage", "SendChatappMassMessage"})
+SEND_ACTIONS = frozenset({"SendChatappMessage", "SendChatappMassMessage"})
+# Templates and numbers (docs/providers.md §3.8), served from the configured set (sandbox/whatsapp_templates.py).
+MANAGE_ACTIONS = frozenset({"ListChatappTemplate", "GetChatappTemplateDetail", "QueryChatappPhoneNumbers",
+                            "CreateChatappTemplate", "ModifyChatappTemplate"})
+ACTIONS = SEND_ACTIONS | MANAGE_ACTIONS
 CHANNEL_TYPES = frozenset({"whatsapp", "viber", "messenger", "instagram", "telegram", "line"})
 REQUIRED_SIGNED = ("host", "x-acs-action", "x-acs-content-sha256", "x-acs-date", "x-acs-signature-nonce",
                    "x-acs-version")
@@ -57,6 +62,8 @@ class ChatAppSandboxConfig(BaseModel):
     webhook_retry_base_s: float = Field(default=0.2, gt=0)
     webhook_retry_max_s: float = Field(default=10.0, gt=0)
     seed: int = 0
+    template_set: list[SandboxTemplate] = Field(default_factory=list)
+    phone_numbers: list[SandboxNumber] = Field(default_factory=list)
 
 
 class _Refused(Exception):
@@ -78,6 +85,9 @@ class ChatAppSandbox:
         settings = PosterSettings(batch=config.webhook_batch, retry_base_s=config.webhook_retry_base_s,
                                   retry_max_s=config.webhook_retry_max_s)
         self.ledger = Ledger("Throttling.User", config.webhook_url, self._render, settings)
+        self.templates: dict[str, dict[str, Any]] = {
+            f"{744000000000 + i}": {"code": f"{744000000000 + i}", **t.model_dump()}
+            for i, t in enumerate(config.template_set)}
 
     def _render(self, _url: str, reports: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(reports, separators=(",", ":"), ensure_ascii=False).encode()
@@ -94,7 +104,7 @@ class ChatAppSandbox:
                 return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
             params = dict(urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True))
             params.update(request.query_params)
-            answer = self._send(action, params)
+            answer = self._manage(action, params) if action in MANAGE_ACTIONS else self._send(action, params)
         except _Refused as refused:
             self.ledger.rejected[refused.code] += 1
             return JSONResponse({"RequestId": request_id, "Code": refused.code, "Message": refused.message,
@@ -145,6 +155,55 @@ class ChatAppSandbox:
         if headers["x-acs-action"] not in ACTIONS:
             raise _Refused(404, "InvalidAction.NotFound", "Specified api is not found, please check your url.")
         return headers["x-acs-action"]
+
+    # ------------------------------------------------------------------ templates and numbers
+
+    _AUDIT = {"APPROVED": "pass", "REJECTED": "fail", "PENDING": "auditing", "PAUSED": "unaudit",
+              "DISABLED": "fail"}
+
+    def _manage(self, action: str, params: dict[str, str]) -> dict[str, Any]:
+        templates = self.templates
+        if action == "ListChatappTemplate":
+            page = self._json(params.get("Page") or '{"Index":1,"Size":10}', dict, "Page")
+            index, size = int(page.get("Index", 1)), int(page.get("Size", 10))
+            if not 1 <= size <= 100 or index < 1:
+                raise _Refused(400, "InvalidParameter.PageInvalid", "Page.Size must be 1 to 100.")
+            rows = [{"TemplateCode": t["code"], "TemplateName": t["name"], "Language": t["language"],
+                     "Category": t["category"], "AuditStatus": self._AUDIT.get(t["status"], "auditing"),
+                     "TemplateType": "WHATSAPP"} for t in templates.values()]
+            return {"ListTemplate": rows[(index - 1) * size:index * size], "Total": len(rows)}
+        if action == "GetChatappTemplateDetail":
+            t = templates.get(params.get("TemplateCode", ""))
+            if t is None:
+                raise _Refused(400, "DetailError.TemplateNotExist", "The template does not exist.")
+            components = [{"Type": c.get("type", "").upper(), **({"Format": c["format"]} if c.get("format") else {}),
+                           **({"Text": c["text"]} if "text" in c else {}),
+                           **({"Buttons": [{k.capitalize(): v for k, v in b.items()} for b in c["buttons"]]}
+                              if c.get("buttons") else {})} for c in t["components"]]
+            return {"Data": {"TemplateCode": t["code"], "Name": t["name"], "Language": t["language"],
+                             "Category": t["category"], "AuditStatus": self._AUDIT.get(t["status"], "auditing"),
+                             "QualityScore": t["quality"], "Components": components}}
+        if action == "QueryChatappPhoneNumbers":
+            return {"PhoneNumbers": [{"PhoneNumber": n.display_phone_number, "VerifiedName": n.verified_name,
+                                      "Status": n.status, "QualityRating": n.quality_rating,
+                                      "MessagingLimitTier": n.messaging_limit_tier,
+                                      "CodeVerificationStatus": n.code_verification_status}
+                                     for n in self.config.phone_numbers]}
+        components = self._json(params.get("Components") or "[]", list, "Components")
+        if action == "CreateChatappTemplate":
+            if any(t["name"] == params.get("Name") and t["language"] == params.get("Language")
+                   for t in templates.values()):
+                raise _Refused(400, "InvalidParameter.TemplateNameExist", "The template name already exists.")
+            code = f"{744000000000 + len(templates)}"
+            templates[code] = {"code": code, "name": params.get("Name"), "language": params.get("Language"),
+                               "category": params.get("Category"), "status": "PENDING", "quality": "UNKNOWN",
+                               "components": [{k.lower(): v for k, v in c.items()} for c in components]}
+            return {"Data": {"TemplateCode": code, "TemplateName": params.get("Name")}}
+        t = templates.get(params.get("TemplateCode", ""))
+        if t is None:
+            raise _Refused(400, "DetailError.TemplateNotExist", "The template does not exist.")
+        t["components"], t["status"] = [{k.lower(): v for k, v in c.items()} for c in components], "PENDING"
+        return {"Data": {"TemplateCode": t["code"], "TemplateName": t["name"]}}
 
     # ------------------------------------------------------------------ the send
 

@@ -30,6 +30,7 @@ from pipeline.sandbox.kit import poster_stats
 from pipeline.sandbox.outcomes import Outcome, Pricing, outcome_for, plan_statuses, wa_id
 from pipeline.sandbox.schema import validate_message
 from pipeline.sandbox.webhooks import PosterSettings, WebhookPoster
+from pipeline.sandbox.whatsapp_templates import SandboxNumber, SandboxTemplate, TemplateSet
 
 _VERSION = re.compile(r"v\d+\.\d+")
 
@@ -43,6 +44,15 @@ class SandboxConfig(BaseModel):
     throughput_per_s: float = Field(default=1000.0, gt=0, description="per phone-number-id")
     # None: any template name is accepted and billed as marketing; a dict: unknown names -> 132001.
     templates: dict[str, Category] | None = None
+    # The template and number set the management endpoints serve (pipeline/sandbox/whatsapp_templates.py); when
+    # given, a send must name one of these templates in its language, and one that is not APPROVED is refused as
+    # Meta refuses it (132001 / 132015 / 132016).
+    template_set: list[SandboxTemplate] | None = None
+    phone_numbers: list[SandboxNumber] = Field(default_factory=lambda: [SandboxNumber(id="106540352242922")])
+    pause_after: int | None = Field(default=None, ge=1, description="a template pauses after this many sends")
+    # False: sends of a template that is not APPROVED are still accepted (benchmarks/templates.py measures the
+    # webhook path alone, and counts what is accepted after the change).
+    enforce_template_status: bool = True
     fail_rate: float = Field(default=0.04, ge=0, le=1)
     read_rate: float = Field(default=0.6, ge=0, le=1)
     out_of_order_rate: float = Field(default=0.1, ge=0, le=1)
@@ -151,6 +161,9 @@ class Sandbox:
         self.accepted_at: dict[str, list[float]] = {}
         self._latency = random.Random(config.seed + 1)
         self.poster = self._make_poster(config)
+        self.template_set = TemplateSet(
+            config.template_set or [], config.phone_numbers, waba_id=config.waba_id, app_secret=config.app_secret,
+            webhook_url=config.webhook_url, pause_after=config.pause_after)
 
     @staticmethod
     def _make_poster(config: SandboxConfig) -> WebhookPoster | None:
@@ -240,6 +253,14 @@ class Sandbox:
             # Free-form messages only go out inside a customer service window, which is free.
             return Pricing("service", "free_customer_service", billable=False)
         template = body["template"]
+        if self.config.template_set is not None:
+            verdict = self.template_set.check_send(template["name"], template["language"]["code"])
+            if isinstance(verdict, tuple) and not self.config.enforce_template_status:
+                verdict = "marketing"
+            if isinstance(verdict, tuple):
+                code, message, details, status = verdict
+                raise _Rejected(int(status), meta_error(code, message, details))
+            return Pricing(verdict, "regular", billable=True)  # type: ignore[arg-type]
         templates = self.config.templates
         if templates is None:
             return Pricing("marketing", "regular", billable=True)
@@ -263,6 +284,8 @@ class Sandbox:
             else:
                 self._callbacks[callback_data] = None
         self.messages.append((wamid, to, callback_data, outcome.final, outcome.error_code))
+        if self.config.template_set is not None and body["type"] == "template":
+            self.template_set.accepted(body["template"]["name"], body["template"]["language"]["code"])
         if self.poster:
             planned = plan_statuses(
                 outcome, wamid=wamid, recipient_id=recipient, callback_data=callback_data, pricing=pricing,
@@ -277,6 +300,15 @@ class Sandbox:
             f'{{"messaging_product":"whatsapp","contacts":[{{"input":{json.dumps(to, ensure_ascii=False)},'
             f'"wa_id":"{recipient}"}}],"messages":[{{"id":"{wamid}"{status}}}]}}'
         ).encode()
+
+    def authorised(self, handler: Any) -> Any:
+        """`handler` behind Meta's Bearer check (401 / 190 otherwise)."""
+        async def checked(request: Request) -> Response:
+            token = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(token, self._auth):
+                return JSONResponse(meta_error(190, "Invalid OAuth access token - Cannot parse access token"), 401)
+            return await handler(request)
+        return checked
 
     # ------------------------------------------------------------------ /_sandbox
 
@@ -339,6 +371,7 @@ def create_app(config: SandboxConfig) -> Starlette:
         Route("/_sandbox/accepted_ids", sandbox.accepted_ids, methods=["GET"]),
         Route("/_sandbox/drain", sandbox.drain, methods=["POST"]),
     ]
+    routes += sandbox.template_set.routes(sandbox.authorised)
     app = Starlette(routes=routes, lifespan=sandbox.lifespan)
     app.state.sandbox = sandbox
     return app

@@ -57,9 +57,10 @@ def insert_frame(
         placeholders = ", ".join("?" for _ in columns)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            before = conn.connection.driver_connection.total_changes  # type: ignore[union-attr]
             cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({placeholders}){ignore}", rows)
-            return conn.connection.driver_connection.total_changes - before  # type: ignore[union-attr]
+            # The rows this insert added: summed over the rows' statements, and, unlike the connection's
+            # total_changes, without what triggers wrote (outbox marks its campaign in billing_changes).
+            return cursor.rowcount
         finally:
             cursor.close()
     stage = f"_load_{secrets.token_hex(4)}"
@@ -123,9 +124,8 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
                     raw.execute("BEGIN IMMEDIATE")
                     try:
                         for sql in statements:
-                            before = raw.total_changes
-                            raw.execute(sql.format(stage="stage.rows", chunk=chunk))
-                            changed.append(raw.total_changes - before)
+                            # rowcount: the statement's own rows (total_changes would add what triggers wrote)
+                            changed.append(raw.execute(sql.format(stage="stage.rows", chunk=chunk)).rowcount)
                         raw.execute("COMMIT")
                     except BaseException:
                         raw.execute("ROLLBACK")

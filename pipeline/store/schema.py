@@ -382,3 +382,53 @@ campaign_control = Table(
     Column("status_json", Text),
     Column("status_at", TS),
 )
+# Templates and sending numbers as the provider knows them (pipeline/channels/templates.py): synced from its API
+# (`campaign templates sync`), kept current by its webhooks (receipts ingest), read before and during a send.
+# `account` is the WhatsApp Business Account id (Meta) or the CustSpaceId (Chat App, '' for a direct customer).
+provider_templates = Table(
+    "provider_templates", metadata,
+    Column("provider", String, primary_key=True),  # whatsapp | chatapp
+    Column("account", String, primary_key=True),
+    Column("name", String, primary_key=True),
+    Column("language", String, primary_key=True),
+    Column("template_id", String),  # Meta's id / Chat App's TemplateCode
+    Column("status", String, nullable=False),  # APPROVED, PENDING, REJECTED, PAUSED, DISABLED, DELETED, ...
+    Column("category", String),  # MARKETING | UTILITY | AUTHENTICATION, as the provider has it now
+    Column("previous_category", String),
+    Column("components_json", Text),  # the provider's components, as it lists them
+    Column("quality", String),  # GREEN | YELLOW | RED | UNKNOWN
+    Column("reason", Text),  # the provider's reason for the last status (rejection, pause, ...)
+    Column("changed_at", TS),  # the provider's time of the last change we know of
+    Column("synced_at", TS),
+    Column("deleted_at", TS),  # a deleted name cannot be created again for 30 days
+)
+# Every change of a template: status, category and quality changes (sync or webhook) and our own submissions
+# (kind `create` / `edit` / `delete`), which the edit limits count.
+template_changes = Table(
+    "template_changes", metadata,
+    Column("change_id", Integer, primary_key=True, autoincrement=True),
+    Column("provider", String, nullable=False),
+    Column("account", String, nullable=False),
+    Column("name", String, nullable=False),
+    Column("language", String, nullable=False),
+    Column("kind", String, nullable=False),  # status | category | quality | create | edit | delete
+    Column("old_value", String),
+    Column("new_value", String),
+    Column("source", String, nullable=False),  # sync | webhook | submit
+    Column("at", TS, nullable=False),
+    Index("template_changes_name", "provider", "account", "name", "at"),
+)
+provider_numbers = Table(
+    "provider_numbers", metadata,
+    Column("provider", String, primary_key=True),
+    Column("account", String, primary_key=True),
+    Column("phone_number_id", String, primary_key=True),  # Meta's id; Chat App: the number itself
+    Column("display_phone_number", String),
+    Column("verified_name", String),
+    Column("status", String),  # CONNECTED, FLAGGED, RESTRICTED, ...
+    Column("quality_rating", String),  # GREEN | YELLOW | RED | UNKNOWN
+    Column("messaging_limit_tier", String),  # TIER_250, TIER_2K, ..., TIER_UNLIMITED
+    Column("code_verification_status", String),
+    Column("changed_at", TS),
+    Column("synced_at", TS),
+)

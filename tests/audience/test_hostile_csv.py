@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from pipeline.audience.blocks import Oversized, ReadLimits, blocks
-from pipeline.audience.load import AudienceError, load_audience
+from pipeline.audience.load import AudienceError, AudienceReader, load_audience
 from pipeline.cli.prepare import add_prepare_command
 from pipeline.render.prepare import prepare_audience
 from pipeline.spec import SpecError
@@ -67,6 +68,24 @@ def test_the_reader_never_holds_more_than_a_piece_and_one_bounded_record() -> No
     assert (items[0].size, items[0].lines, items[0].open_quote) == (5_000_000, 1, False)
     assert len(items[0].head) == 1024
     assert items[1:] == [ROW]
+
+
+def test_a_batch_handed_over_is_not_held_by_the_reader(tmp_path: Path) -> None:
+    """While the caller works on a batch, neither the reader nor its block generator keeps the batch or
+    the bytes it was parsed from (at most the start of the next record): one batch in memory, never two."""
+    path = write(tmp_path, HEADER + ROW * 2_000)
+    pieces = blocks(io.BytesIO(ROW * 2_000), 4096, 1024)
+    for piece in pieces:
+        assert sys.getrefcount(piece) == 2  # `piece` and getrefcount's argument: nobody else
+    with AudienceReader(path, batch_bytes=4096, limits=ReadLimits(max_row_bytes=1024)) as reader:
+        batches, count = iter(reader), 0
+        for loaded in batches:
+            assert sys.getrefcount(loaded) == 2
+            frames = [batches.gi_frame, reader._blocks.gi_frame]
+            held = sum(len(v) for frame in frames for v in frame.f_locals.values() if isinstance(v, bytes))
+            assert held <= len(HEADER) + 1024, held
+            count += 1
+    assert count > 10
 
 
 def test_an_unterminated_quote_past_the_row_bound_is_an_error_naming_row_and_field(tmp_path: Path) -> None:

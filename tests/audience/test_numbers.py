@@ -10,6 +10,8 @@ from pathlib import Path
 import phonenumbers
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 import pipeline.audience.numbers as numbers
@@ -322,3 +324,77 @@ def test_policy_file_entries_are_dated_and_sourced() -> None:
             assert entry.source and re.fullmatch(r"\d{4}-\d{2}-\d{2}", entry.date), entry
     assert not blocked_policy("sms").entries  # a channel the file does not name blocks nothing
     assert blocked_policy("whatsapp").reason("+380621234567", "UA") is not None
+
+
+# --- dedupe across batches --------------------------------------------------------------------------------------
+
+
+def _candidates(keys: list[str | None], first_row: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"row_number": range(first_row, first_row + len(keys)), "phone_e164": keys},
+        schema={"row_number": pl.Int64, "phone_e164": pl.String},
+    )
+
+
+def _in_batches(keys: list[str | None], sizes: list[int]) -> tuple[list[int], dict[int, str], numbers.Carry]:
+    """drop_duplicates over `keys` (rows 2, 3, …) cut into batches of `sizes`: (accepted rows, duplicate row ->
+    detail, the carry)."""
+    carry, accepted, duplicates, start = numbers.Carry(), [], {}, 0
+    for size in sizes:
+        batch = _candidates(keys[start : start + size], start + 2)
+        winners, rejects = numbers.drop_duplicates(batch, carry)
+        assert winners["row_number"].is_sorted() and rejects["row_number"].is_sorted()
+        accepted += winners["row_number"].to_list()
+        duplicates |= {row: detail for row, reason, detail in rejects.rows() if reason == "duplicate"}
+        start += size
+    assert start == len(keys)
+    return accepted, duplicates, carry
+
+
+def _one_pass(keys: list[str | None]) -> tuple[list[int], dict[int, str]]:
+    first: dict[str | None, int] = {}
+    for row, key in enumerate(keys, start=2):
+        first.setdefault(key, row)
+    accepted = sorted(first.values())
+    duplicates = {row: f"same number as row {first[key]}" for row, key in enumerate(keys, start=2) if first[key] != row}
+    return accepted, duplicates
+
+
+def test_a_duplicate_many_batches_apart_names_the_first_row_and_the_carry_stays_compact() -> None:
+    rng = random.Random(11)
+    pool = [f"+4474{rng.randrange(10**8):08d}" for _ in range(3_000)]
+    keys = [GB_MOBILE, *(rng.choice(pool) for _ in range(5_999)), GB_MOBILE]
+    sizes = [150] * 40 + [1]  # the first row's number comes back 40 batches later
+    accepted, duplicates, carry = _in_batches(keys, sizes)
+    assert (accepted, duplicates) == _one_pass(keys)
+    assert duplicates[len(keys) + 1] == "same number as row 2" and 2 in accepted
+    # Plain E.164 numbers are kept as Int64 with their first row (16 bytes each), in a few sorted runs.
+    assert carry.seen == len(set(keys)) and carry.texts.height == 0
+    runs = carry.numbers.runs
+    assert len(runs) <= 7  # about log2(40 batches) + 1, not one per batch
+    for run in runs:
+        assert run.schema == pl.Schema({"_key": pl.Int64, "_first": pl.Int64})
+        assert run["_key"].is_sorted() and run["_key"].is_unique().all()
+    assert pl.concat(runs).estimated_size() == 16 * carry.seen
+    assert pl.concat(runs).filter(pl.col("_key") == int(GB_MOBILE[1:]))["_first"].to_list() == [2]
+
+
+def test_keys_that_are_not_plain_e164_dedupe_the_same_way() -> None:
+    odd = ["+0447400123456", "447400123456", "+44 7400 123456", "+1234567890123456789", "abc", "", None]
+    rng = random.Random(5)
+    keys = [rng.choice([*odd, GB_MOBILE, "+33612345678"]) for _ in range(400)]
+    accepted, duplicates, carry = _in_batches(keys, [37] * 10 + [30])
+    assert (accepted, duplicates) == _one_pass(keys)
+    assert carry.texts.height == len({k for k in keys if k not in (GB_MOBILE, "+33612345678")})
+    assert carry.numbers.height == len({GB_MOBILE, "+33612345678"} & set(keys))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    keys=st.lists(st.sampled_from([GB_MOBILE, "+33612345678", "+1", "+0447400123456", "abc", "", None]), max_size=60),
+    cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=8),
+)
+def test_any_split_into_batches_dedupes_as_one_pass(keys: list[str | None], cuts: list[int]) -> None:
+    bounds = sorted({0, len(keys), *(c for c in cuts if c <= len(keys))})
+    accepted, duplicates, _ = _in_batches(keys, [b - a for a, b in zip(bounds, bounds[1:], strict=False)])
+    assert (accepted, duplicates) == _one_pass(keys)

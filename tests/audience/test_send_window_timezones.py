@@ -1,6 +1,7 @@
 """Send windows over recipients' own time zones (pipeline/audience/timezones.py): the audience's `timezone`
 column where it has one (an unknown zone falls back), else the zone of the number; through the campaign flow,
-those whose local time is outside the window stay queued and the sandbox receives only the others."""
+those whose local time is outside the window stay queued and the sandbox receives only the others. The flow runs
+on a SQLite store: its subject is the send window, not the store."""
 
 from __future__ import annotations
 
@@ -65,18 +66,18 @@ def test_a_send_window_sends_only_to_recipients_inside_it_with_and_without_a_zon
     zones = {UK3: "Asia/Tokyo", JP3: "Europe/London", UK4: "Mars/Olympus", JP4: ""}
     zoned = _campaign(tmp_path, "zoned", [f"{n},Ann,Leeds,W-1,yes,{zone}" for n, zone in zones.items()],
                       "phone,first_name,city,coupon,opt_in,timezone")
-    db = tmp_path / "campaigns.duckdb"
+    db = tmp_path / "campaigns.sqlite"
     config = SandboxConfig(access_token="test-token", app_secret="test-app-secret",
                            templates={"welcome_offer": "marketing"})
     app = create_app(config)
     with serve_in_thread(app) as url:
         for spec in (plain, zoned):
-            campaign_flow(str(spec), db_path=str(db), spool_dir=str(tmp_path / "spool"),
+            campaign_flow(str(spec), database=str(db), spool_dir=str(tmp_path / "spool"),
                           reports_dir=str(tmp_path / "reports"), provider_base_url=url)
     sent_to = [to for _, to, *_ in app.state.sandbox.messages]
-    with store.connect(db, read_only=True) as con:
-        ledger = {(c, k): (s, z) for c, k, s, z in con.execute(
-            "SELECT campaign_id, recipient_key, state, timezone FROM outbox").fetchall()}
+    with store.connect(db) as shared:
+        ledger = {(c, k): (s, z) for c, k, s, z in shared.rows(
+            "SELECT campaign_id, recipient_key, state, timezone FROM outbox")}
     # Without the column: the numbers' zones, so the UK numbers go and the Japanese ones wait.
     assert {k: s for (c, k), (s, _) in ledger.items() if c == "plain"} == {
         UK: "sent", UK2: "sent", JP: "queued", JP2: "queued"}

@@ -1,4 +1,5 @@
-"""The Messenger / Instagram 24-hour window: eligibility from the last inbound times (pipeline.audience.windows)."""
+"""The Messenger / Instagram 24-hour window: eligibility from the last inbound times (pipeline.audience.windows).
+Last inbound times are read from the store: on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import polars as pl
 from pipeline.audience.windows import last_inbound_times, outside_window
 from pipeline.channels import messenger_webhooks
 from pipeline.channels.whatsapp_webhooks import sign
+from pipeline.store import Store, run_many
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 FRAME = pl.DataFrame({"row_number": [2, 3, 4, 5, 6], "user_id": ["a", "b", "c", "d", "e"], "text": list("vwxyz")})
@@ -53,17 +55,19 @@ def test_empty_inputs() -> None:
     assert eligible.is_empty() and rejects.is_empty()
 
 
-def test_last_inbound_times_per_provider_from_duckdb(con) -> None:
+def test_last_inbound_times_per_provider_from_the_store(db: Store) -> None:
     rows = [("e1", "messenger", "a", NOW - timedelta(hours=5)), ("e2", "messenger", "a", NOW - timedelta(hours=2)),
             ("e3", "instagram", "a", NOW), ("e4", "messenger", "b", NOW - timedelta(days=3))]
-    con.executemany("INSERT INTO inbound (event_id, provider, sender, occurred_at) VALUES (?, ?, ?, ?)", rows)
-    times = last_inbound_times(con, "messenger")
+    with db.write() as conn:
+        run_many(conn, "INSERT INTO inbound (event_id, provider, sender, occurred_at) VALUES (:e, :p, :s, :at)",
+                 [{"e": e, "p": p, "s": s, "at": at} for e, p, s, at in rows])
+    times = last_inbound_times(db, "messenger")
     assert times == {"a": NOW - timedelta(hours=2), "b": NOW - timedelta(days=3)}
     assert all(t.tzinfo is not None and t.utcoffset() == timedelta(0) for t in times.values())
-    assert last_inbound_times(con, "viber") == {}
+    assert last_inbound_times(db, "viber") == {}
 
 
-def test_a_webhook_reply_opens_the_window(con) -> None:
+def test_a_webhook_reply_opens_the_window(db: Store) -> None:
     """An inbound message parsed from a (signed) webhook, stored in `inbound`, makes its sender eligible."""
     at_ms = int((NOW - timedelta(hours=3)).timestamp() * 1000)
     body = json.dumps({"object": "page", "entry": [{"id": "P", "time": at_ms, "messaging": [
@@ -71,9 +75,11 @@ def test_a_webhook_reply_opens_the_window(con) -> None:
     ]}]}).encode()
     assert messenger_webhooks.verify(body, {"X-Hub-Signature-256": sign(body, "s")}, "s")
     _, inbound = messenger_webhooks.parse(body)
-    for i, item in enumerate(inbound):
-        con.execute("INSERT INTO inbound VALUES (?, ?, ?, ?, ?, ?)",
-                    [f"i{i}", item.provider, item.sender, item.text, item.occurred_at, item.raw_json])
-    eligible, rejects = outside_window(FRAME, user_column="user_id", last_inbound=last_inbound_times(con, "messenger"),
+    with db.write() as conn:
+        run_many(conn, "INSERT INTO inbound (event_id, provider, sender, text, occurred_at, raw_json) "
+                       "VALUES (:e, :p, :s, :t, :at, :raw)",
+                 [{"e": f"i{i}", "p": item.provider, "s": item.sender, "t": item.text, "at": item.occurred_at,
+                   "raw": item.raw_json} for i, item in enumerate(inbound)])
+    eligible, rejects = outside_window(FRAME, user_column="user_id", last_inbound=last_inbound_times(db, "messenger"),
                                        now=NOW, category="marketing")
     assert eligible["user_id"].to_list() == ["c"] and rejects.height == 4

@@ -64,6 +64,7 @@ def _error(code: int, status: int = 400, headers: dict | None = None):
         (131026, 400, "permanent", False),
         (131050, 400, "permanent", False),
         (132015, 400, "stop", False),
+        *[(code, 400, "stop", False) for code in (132001, 132005, 132007, 132012, 132016)],
         (368, 400, "stop", False),
         (190, 401, "stop", False),
     ],

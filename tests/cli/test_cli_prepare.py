@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from pipeline.audience.load import DEFAULT_BATCH_BYTES
 from pipeline.cli.prepare import add_prepare_command
+from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 CSV = (
@@ -23,6 +26,12 @@ def run(*argv: str) -> int:
     add_prepare_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["prepare", *argv])
     return args.func(args)
+
+
+def test_batch_default_is_the_library_default() -> None:
+    parser = argparse.ArgumentParser(prog="campaign")
+    add_prepare_command(parser.add_subparsers(dest="command", required=True))
+    assert parser.parse_args(["prepare", "a.csv"]).batch_mb << 20 == DEFAULT_BATCH_BYTES
 
 
 def test_plain_text_template_and_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,11 +90,12 @@ def test_errors_are_one_line_not_a_traceback(
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-def test_suppressions_from_the_database(tmp_path: Path, con, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
-    con.execute("INSERT INTO suppressions VALUES ('whatsapp', '+447400123456', 'stop', 'reply', now())")
-    con.close()
+def test_suppressions_from_the_database(tmp_path: Path, sqlite_db: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    sqlite_db.execute("INSERT INTO suppressions (channel, address, reason, source, since)"
+                      " VALUES ('whatsapp', '+447400123456', 'stop', 'reply', :at)", at=datetime.now(UTC))
+    sqlite_db.close()
     audience = tmp_path / "a.csv"
     audience.write_text(CSV, encoding="utf-8")
-    assert run(str(audience), "--db", str(tmp_path / "campaigns.duckdb"), "--out", str(tmp_path / "o"), "--json") == 0
+    assert run(str(audience), "--db", str(sqlite_db.path), "--out", str(tmp_path / "o"), "--json") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["by_reason"] == {"invalid_number": 1, "suppressed": 1}

@@ -1,68 +1,93 @@
-"""Operator actions: status (from the ledger or, while a dispatch holds it, its status file),
-pause flag, retry-failed and resend-unknown."""
+"""Operator actions: status (from the store, with the progress a running dispatch records there from its own
+process), the pause flag, retry-failed and resend-unknown. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import textwrap
 from datetime import UTC, datetime, timedelta
 
 from pipeline import store
 from pipeline.cli import main
 from pipeline.dispatch import operations
+from pipeline.dispatch.locks import current_holder
+from pipeline.store import run_many
 from tests.helpers.whatsapp import queue
 
 
-def test_retry_failed_requeues_only_retryable_and_expired_deferrals(con):
-    queue(con, 5)
-    seqs = [r[0] for r in con.execute("SELECT seq FROM outbox ORDER BY seq").fetchall()]
+def test_retry_failed_requeues_only_retryable_and_expired_deferrals(db: store.Store):
+    queue(db, 5)
+    seqs = [r[0] for r in db.rows("SELECT seq FROM outbox ORDER BY seq")]
     past, future = datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=20)
     rows = [("failed", True, None), ("failed", False, None), ("deferred", True, past), ("deferred", True, future),
             ("sent", None, None)]
-    for seq, (state, retryable, not_before) in zip(seqs, rows, strict=True):
-        con.execute("UPDATE outbox SET state = ?, retryable = ?, not_before = ? WHERE seq = ?",
-                    [state, retryable, not_before, seq])
-    assert operations.requeue_failed(con, "t") == 2
-    got = [r[0] for r in con.execute("SELECT state FROM outbox ORDER BY seq").fetchall()]
+    with db.write() as conn:
+        run_many(conn, "UPDATE outbox SET state = :state, retryable = :retryable, not_before = :not_before "
+                       "WHERE seq = :seq",
+                 [{"state": state, "retryable": retryable, "not_before": not_before, "seq": seq}
+                  for seq, (state, retryable, not_before) in zip(seqs, rows, strict=True)])
+    assert operations.requeue_failed(db, "t") == 2
+    got = [r[0] for r in db.rows("SELECT state FROM outbox ORDER BY seq")]
     assert got == ["queued", "failed", "queued", "deferred", "sent"]
 
 
-def test_resend_unknown_is_the_operators_call(con):
-    queue(con, 3)
-    con.execute("UPDATE outbox SET state = 'unknown' WHERE seq < 2")
-    assert operations.requeue_unknown(con, "t") == 2
-    assert dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY 1").fetchall()) == {"queued": 3}
+def test_resend_unknown_is_the_operators_call(db: store.Store):
+    queue(db, 3)
+    db.execute("UPDATE outbox SET state = 'unknown' WHERE seq < 2")
+    assert operations.requeue_unknown(db, "t") == 2
+    assert {state: n for state, n in db.rows("SELECT state, count(*) FROM outbox GROUP BY state")} == {"queued": 3}
 
 
-def test_status_reads_the_ledger_or_the_running_dispatchs_status_file(tmp_path, capsys):
-    db = tmp_path / "campaigns.duckdb"
-    with store.connect(db) as con:
-        queue(con, 4)
-        con.execute("UPDATE outbox SET state = 'sent' WHERE seq = 0")
-    assert main(["status", "t", "--db", str(db), "--json"]) == 0
+# A running dispatch in another process: it holds the campaign's lease and records its progress in the store.
+RUNNING = textwrap.dedent("""
+    import sys, time
+    from pipeline import store
+    from pipeline.dispatch.locks import campaign_lock
+    from pipeline.dispatch.operations import record_status
+    db = store.connect(sys.argv[1])
+    with campaign_lock(db, "t", flow_run_id="run-elsewhere"):
+        record_status(db, "t", {"sent": 7, "failed": 0, "total": 9, "per_s": 80.0, "eta_s": 0.1,
+                                "stopped_reason": None})
+        print("running", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_status_reads_the_store_and_the_running_dispatchs_progress(db: store.Store, db_url: str, capsys):
+    queue(db, 4)
+    db.execute("UPDATE outbox SET state = 'sent' WHERE seq = 0")
+    assert main(["status", "t", "--db", db_url, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["source"] == "ledger" and status["states"] == {"queued": 3, "sent": 1}
+    assert status["source"] == "store" and status["states"] == {"queued": 3, "sent": 1}
+    assert status["last_run"] is None and status["paused"] is False
 
-    _, status_file = operations.control_paths(db, "t")
-    status_file.parent.mkdir(parents=True)
-    status_file.write_text(json.dumps({"sent": 7, "failed": 0, "total": 9, "per_s": 80.0, "eta_s": 0.1}))
-    # Another process holds the ledger, as a running dispatch does.
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(db)!r}); "
-                               "print('held', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    # While a dispatch runs in another process (once, with DuckDB, it held the ledger and status fell back to a
+    # status file beside it), status still reads the store, and shows the progress that run recorded there.
+    running = subprocess.Popen([sys.executable, "-c", RUNNING, db_url], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
     try:
-        assert holder.stdout.readline().strip() == "held"
-        assert main(["status", "t", "--db", str(db)]) == 0
+        assert running.stdout is not None and running.stdout.readline().strip() == "running"
+        assert current_holder(db, "t").pid == running.pid
+        assert main(["status", "t", "--db", db_url]) == 0
         out = capsys.readouterr().out
-        assert "running dispatch" in out and "7 sent" in out and "ETA" in out
+        assert "campaign t (store)" in out and "queued" in out and "sent" in out
+        assert "last dispatch: 7 sent" in out and "of 9" in out and "ETA" in out
+        assert main(["status", "t", "--db", db_url, "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["states"] == {"queued": 3, "sent": 1} and status["last_run"]["sent"] == 7
     finally:
-        holder.kill()
-        holder.wait()
+        running.kill()
+        running.wait(timeout=10)
 
 
-def test_pause_then_resume_clears_the_flag(tmp_path, capsys):
-    db = tmp_path / "campaigns.duckdb"
-    assert main(["pause", "welcome", "--db", str(db)]) == 0
-    pause, _ = operations.control_paths(db, "welcome")
-    assert pause.exists() and "pause requested" in capsys.readouterr().out
-    assert operations.clear_pause(db, "welcome") and not pause.exists()
+def test_pause_then_resume_clears_the_flag(db: store.Store, db_url: str, capsys):
+    assert main(["pause", "welcome", "--db", db_url]) == 0
+    # The flag is the campaign's row in the store (once a file beside the ledger), for every process to read.
+    paused_at = store.utc(db.scalar("SELECT paused_at FROM campaign_control WHERE campaign_id = 'welcome'"))
+    assert paused_at is not None and paused_at <= datetime.now(UTC)
+    assert operations.is_paused(db, "welcome") and "pause requested" in capsys.readouterr().out
+    assert main(["status", "welcome", "--db", db_url]) == 0 and "PAUSED" in capsys.readouterr().out
+    assert operations.clear_pause(db, "welcome") and not operations.is_paused(db, "welcome")
+    assert not operations.clear_pause(db, "welcome")  # nothing left to clear

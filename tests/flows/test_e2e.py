@@ -1,7 +1,8 @@
 """End to end: the real Prefect flow against the sandbox and the receiver on loopback.
 
-The numbers in DuckDB and in the report are checked against what the sandbox says it accepted
-and which outcome it reported for each message — counted by the sandbox, not by us.
+The numbers in the store (a SQLite file: the subject is the flow, not the store) and in the report are checked
+against what the sandbox says it accepted and which outcome it reported for each message — counted by the sandbox,
+not by us.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipeline.receipts.ingest import ingest_spool
 from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
+from pipeline.store.arrow import read_arrow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,18 +57,18 @@ def _spec(tmp_path: Path, rows: int) -> Path:
 def test_campaign_flow_end_to_end(tmp_path, services):
     from flows.campaign import campaign_flow
 
-    db = tmp_path / "campaigns.duckdb"
+    db = str(tmp_path / "campaigns.sqlite")
     summary = campaign_flow(
-        str(_spec(tmp_path, 400)), db_path=str(db), spool_dir=str(services["spool"]),
+        str(_spec(tmp_path, 400)), database=db, spool_dir=str(services["spool"]),
         reports_dir=str(tmp_path / "reports"), provider_base_url=services["sandbox"],
     )
     stats = httpx.get(f"{services['sandbox']}/_sandbox/stats").json()
     by_id = {m["biz_opaque_callback_data"]: m for m in stats["messages"]}
 
-    with store.connect(db) as con:
-        outbox = con.sql("SELECT message_id, state, recipient_key FROM outbox").pl()
-        status = con.sql("SELECT message_id, status, error_code FROM message_status").pl()
-        rejects = con.execute("SELECT count(*) FROM rejects").fetchall()[0][0]
+    with store.connect(db) as shared:
+        outbox = pl.from_arrow(read_arrow(shared, "SELECT message_id, state, recipient_key FROM outbox"))
+        status = pl.from_arrow(read_arrow(shared, "SELECT message_id, status, error_code FROM message_status"))
+        rejects = shared.scalar("SELECT count(*) FROM rejects")
 
     # Every accepted row was sent exactly once, and the sandbox accepted exactly those.
     assert summary["rows_read"] == 400 and summary["accepted"] + rejects == 400
@@ -90,22 +92,23 @@ def test_campaign_flow_end_to_end(tmp_path, services):
 
     # The report prices every delivered marketing message at its market's card rate.
     report = pl.read_csv(Path(summary["report_csv"]), infer_schema=False)
-    with store.connect(db) as con:
-        expected_fee = con.execute(
+    with store.connect(db) as shared:
+        fees = shared.rows(
             """
-            SELECT sum(p.platform_fee_usd) FROM outbox o JOIN message_status s USING (message_id)
+            SELECT p.platform_fee_usd FROM outbox o JOIN message_status s ON s.message_id = o.message_id
             JOIN markets m ON m.channel = 'whatsapp' AND m.region = o.country
             JOIN prices p ON p.channel = 'whatsapp' AND p.market = m.market AND p.category = 'marketing'
             WHERE s.status IN ('delivered', 'read')
             """
-        ).fetchall()[0][0]
+        )
+    expected_fee = sum(Decimal(str(fee)) for (fee,) in fees)  # money is exact (its text on SQLite)
     assert sum(Decimal(v) for v in report["platform_fee_usd"]) == pytest.approx(expected_fee)
     assert Decimal(str(summary["service_fee_usd"])) == Decimal("0.005") * outbox.height
     assert Path(summary["report_html"]).read_text().count("<tr") > 3
 
     # Running the same campaign again sends nothing twice.
     again = campaign_flow(
-        str(_spec(tmp_path, 400)), db_path=str(db), spool_dir=str(services["spool"]),
+        str(_spec(tmp_path, 400)), database=db, spool_dir=str(services["spool"]),
         reports_dir=str(tmp_path / "reports"), provider_base_url=services["sandbox"],
     )
     assert httpx.get(f"{services['sandbox']}/_sandbox/stats?messages=0").json()["accepted"] == stats["accepted"]
@@ -127,12 +130,12 @@ def test_forged_webhook_is_rejected_and_leaves_no_event(tmp_path):
         assert httpx.post(f"{receiver}/webhooks/whatsapp", content=body,
                           headers={"X-Hub-Signature-256": genuine}).status_code == 200
     # The receiver has stopped, which closed its spool file: everything it acknowledged is ready to ingest.
-    with store.connect(tmp_path / "db.duckdb") as con:
-        ingest_spool(con, spool)
-        ids = [r[0] for r in con.execute("SELECT provider_message_id FROM unmatched_events").fetchall()]
-        events = con.execute("SELECT count(*) FROM events WHERE provider_message_id = 'wamid.forged'").fetchall()
+    with store.connect(tmp_path / "campaigns.sqlite") as shared:
+        ingest_spool(shared, spool)
+        ids = [r[0] for r in shared.rows("SELECT provider_message_id FROM unmatched_events")]
+        events = shared.scalar("SELECT count(*) FROM events WHERE provider_message_id = 'wamid.forged'")
     # Only the genuine copy landed, kept apart (it names no message of ours); the forged one left nothing.
-    assert ids == ["wamid.forged"] and events == [(0,)]
+    assert ids == ["wamid.forged"] and events == 0
 
 
 def test_whatsapp_to_sms_fallback_reaches_the_undeliverable_once(tmp_path, prefect_harness, monkeypatch):
@@ -158,8 +161,8 @@ def test_whatsapp_to_sms_fallback_reaches_the_undeliverable_once(tmp_path, prefe
             data["fallback"] = {"channel": "sms", "sender": "+15005550006", "after_s": 3600,
                                 "provider": {"options": {"status_callback": f"{receiver_url}/webhooks/twilio"}}}
             spec.write_text(yaml.safe_dump(data))
-            db = tmp_path / "fb.duckdb"
-            summary = campaign_flow(str(spec), db_path=str(db), spool_dir=str(spool),
+            db = str(tmp_path / "fb.sqlite")
+            summary = campaign_flow(str(spec), database=db, spool_dir=str(spool),
                                     reports_dir=str(tmp_path / "reports"), provider_base_url=wa_url,
                                     fallback_base_url=sms_url)
             wa_stats = httpx.get(f"{wa_url}/_sandbox/stats").json()
@@ -171,6 +174,6 @@ def test_whatsapp_to_sms_fallback_reaches_the_undeliverable_once(tmp_path, prefe
     assert sorted(sms_to) == sorted(undeliverable) and len(set(sms_to)) == len(sms_to)
     leg = summary["fallback"]
     assert leg["channel"] == "sms" and leg["sent"] == len(undeliverable) and leg["delivered"] > 0
-    with store.connect(db) as con:
-        legs = dict(con.execute("SELECT campaign_id, count(*) FROM outbox GROUP BY 1").fetchall())
+    with store.connect(db) as shared:
+        legs = {c: n for c, n in shared.rows("SELECT campaign_id, count(*) FROM outbox GROUP BY campaign_id")}
     assert legs == {"welcome": summary["sent"], "welcome-fallback": len(undeliverable)}

@@ -70,13 +70,13 @@ with serve_in_thread(create_receiver_app(spool, secrets_from_env())) as receiver
                            webhook_url=f"{receiver}/webhooks/whatsapp", templates={"welcome_offer": "marketing"},
                            seed=11, webhook_delay_s=(0.01, 0.05))
     with serve_in_thread(create_app(config)) as sandbox:
-        state = campaign_flow(str(spec), db_path=str(tmp / "campaigns.duckdb"), spool_dir=str(spool),
+        state = campaign_flow(str(spec), database=str(tmp / "campaigns.sqlite"), spool_dir=str(spool),
                               reports_dir=str(tmp / "reports"), provider_base_url=sandbox, return_state=True)
 check = log_masking_check(sys.argv[4], sys.argv[5], return_state=True)
 # The daily cost report of the day the campaign was sent (the deployment runs it for yesterday).
 from datetime import UTC, datetime
 from flows.report import daily_report_flow
-daily = daily_report_flow(day=datetime.now(UTC).date().isoformat(), db_path=str(tmp / "campaigns.duckdb"),
+daily = daily_report_flow(day=datetime.now(UTC).date().isoformat(), database=str(tmp / "campaigns.sqlite"),
                           reports_dir=str(tmp / "reports"), return_state=True)
 print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "state": state.type.value,
                   "summary": state.result() if state.is_completed() else None,

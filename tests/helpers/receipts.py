@@ -1,20 +1,26 @@
 """Receipts for tests: the real webhook receiver on loopback spooling to a folder (to follow receipts from a
-sandbox through the spool into the store), hand-written spool files, and row counts."""
+sandbox through the spool into the store), hand-written spool files, outbox messages for receipts to name, a
+second store to compare an ingest with, and row counts."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
+import polars as pl
+import pytest
+from sqlalchemy import Connection
 
+from pipeline import store
 from pipeline.receipts.receiver import create_receiver_app
 from pipeline.receipts.routes import add_provider_routes
 from pipeline.receipts.spool import encode_record
 from pipeline.servers import serve_in_thread
+from pipeline.store.bulk import insert_frame
+from tests.helpers import stores
 
 
 @contextmanager
@@ -36,8 +42,54 @@ def write_spool(spool_dir: Path, name: str, lines: list[bytes]) -> Path:
     return path
 
 
-def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+def count(db: store.Store, table: str) -> int:
+    return int(db.scalar(f"SELECT count(*) FROM {table}"))
+
+
+def add_messages(db: store.Store, *message_ids: str, campaign: str = "c1", recipient: str = "+16505551234",
+                 channel: str = "whatsapp", sender: str = "S1", state: str = "sent",
+                 provider_ids: Sequence[str | None] | None = None, queued_at: datetime | None = None,
+                 sent_at: datetime | None = None) -> None:
+    """Outbox messages that receipts can name (receipts naming none are kept apart), numbered after the
+    campaign's last, in one transaction."""
+    first = db.scalar("SELECT coalesce(max(seq), -1) + 1 FROM outbox WHERE campaign_id = :c", c=campaign)
+    n = len(message_ids)
+    rows = pl.DataFrame({
+        "message_id": list(message_ids), "campaign_id": [campaign] * n, "seq": list(range(first, first + n)),
+        "recipient_key": [recipient] * n, "channel": [channel] * n, "sender": [sender] * n,
+        "payload_json": ["{}"] * n, "state": [state] * n, "attempts": [1] * n,
+        "provider_message_id": list(provider_ids) if provider_ids is not None else [None] * n,
+        "queued_at": [queued_at or datetime.now(UTC)] * n, "sent_at": [sent_at] * n,
+    }, schema_overrides={"provider_message_id": pl.String, "sent_at": pl.Datetime("us", "UTC")})
+    with db.write() as conn:
+        insert_frame(conn, "outbox", rows)
+
+
+def second_store(db: store.Store, folder: Path, request: pytest.FixtureRequest) -> store.Store:
+    """Another fresh store on `db`'s backend (a test comparing two ingests); `folder` is the test's own, and the
+    caller closes it."""
+    if db.dialect == "sqlite":
+        return store.connect(folder / "second.sqlite")
+    return store.connect(stores.new_store_url("postgresql", folder, request))
+
+
+@contextmanager
+def pooled_connections(db: store.Store) -> Iterator[list[Connection]]:
+    """Every connection `db`'s pool holds (the idle ones are handed out before a new one is opened)."""
+    with ExitStack() as stack:
+        first = stack.enter_context(db.engine.connect())
+        idle = db.engine.pool.checkedin()  # type: ignore[attr-defined]
+        yield [first, *(stack.enter_context(db.engine.connect()) for _ in range(idle))]
+
+
+def staging_left(db: store.Store) -> list[str]:
+    """What an ingest staged beside the store and should have removed (pipeline/store/bulk.py): databases still
+    attached to a pooled SQLite connection, tables `_load_*` on PostgreSQL."""
+    if db.dialect == "postgresql":
+        return [name for (name,) in db.rows("SELECT tablename FROM pg_tables") if name.startswith("_load_")]
+    with pooled_connections(db) as connections:
+        return [name for c in connections for (_, name, _) in c.exec_driver_sql("PRAGMA database_list")
+                if name not in ("main", "temp")]
 
 
 # WhatsApp webhook bodies as Meta posts them, and their spool lines.

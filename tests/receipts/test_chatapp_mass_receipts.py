@@ -1,16 +1,16 @@
 """ChatApp mass sends (SendChatappMassMessage): one TaskId for up to 1,000 recipients, yet each status
 callback resolves to that recipient's own message, from the sandbox through the real dispatcher, the
-receiver's spool and ingest into DuckDB."""
+receiver's spool and ingest into the store (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-import duckdb
 import httpx
 import pytest
 
+from pipeline import store
 from pipeline.channels import chatapp_webhooks
 from pipeline.channels.chatapp import MASS_PREFIX
 from pipeline.dispatch.engine import dispatch_campaign
@@ -21,7 +21,7 @@ from pipeline.servers import serve_in_thread
 from pipeline.spec import RateSpec, RetrySpec
 from tests.helpers.channels import dispatch, drain
 from tests.helpers.providers import CHATAPP_ENV, CHATAPP_TOKEN, chatapp_channel, chatapp_config, chatapp_queue, set_env
-from tests.helpers.receipts import spooling_receiver, write_spool
+from tests.helpers.receipts import add_messages, count, spooling_receiver, write_spool
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 MASS = {"provider": {"options": {"channel_type": "whatsapp", "cust_space_id": "cams-8c8test", "mass_send": True}}}
 
 
-def test_mass_send_receipts_resolve_to_each_recipients_message(con: duckdb.DuckDBPyConnection, tmp_path) -> None:
+def test_mass_send_receipts_resolve_to_each_recipients_message(db: store.Store, tmp_path) -> None:
     spool = tmp_path / "spool"
     refused = "6591000004"  # accepted within the batch, then reported Failed
     with spooling_receiver(spool, {"CHATAPP_CALLBACK_TOKEN": CHATAPP_TOKEN}) as receiver:
@@ -41,30 +41,29 @@ def test_mass_send_receipts_resolve_to_each_recipients_message(con: duckdb.DuckD
         app = create_chatapp_app(config)
         with serve_in_thread(app) as url:
             channel = chatapp_channel(url, **MASS)
-            chatapp_queue(con, channel, 40)
-            result = dispatch(con, channel)
+            chatapp_queue(db, channel, 40)
+            result = dispatch(db, channel)
             drain(url)
     stats = app.state.sandbox.ledger.snapshot()
     assert result.sent == 40 and stats["accepted"] == 40 and stats["calls"] < 40  # batches went out as mass sends
 
-    ingested = ingest_spool(con, spool)
+    ingested = ingest_spool(db, spool)
     assert ingested.quarantined == 0 and ingested.events_added > 40
     # Every receipt names the mass send's TaskId and the recipient, and resolves to our message.
-    unresolved = con.execute("SELECT count(*) FROM events WHERE message_id IS NULL").fetchall()[0][0]
+    unresolved = db.scalar("SELECT count(*) FROM events WHERE message_id IS NULL")
     assert unresolved == 0
     assert {pid.split(":")[0].startswith(MASS_PREFIX) for (pid,) in
-            con.execute("SELECT DISTINCT provider_message_id FROM events").fetchall()} == {True}
+            db.rows("SELECT DISTINCT provider_message_id FROM events")} == {True}
     fate = {m["to"]: m["outcome"] for m in stats["messages"]}
-    got = dict(con.execute("SELECT o.recipient_key, s.status FROM outbox o JOIN message_status s USING (message_id)"
-                           ).fetchall())
+    got = dict(db.rows("SELECT o.recipient_key, s.status FROM outbox o JOIN message_status s USING (message_id)"))
     assert got == {f"+{to}": outcome for to, outcome in fate.items()}
     assert got[f"+{refused}"] == "failed"
-    codes = con.execute("SELECT s.error_code FROM message_status s JOIN outbox o USING (message_id)"
-                        " WHERE o.recipient_key = ?", [f"+{refused}"]).fetchall()
-    assert codes == [("InvalidParameter.PhoneNumberError",)]
+    codes = db.rows("SELECT s.error_code FROM message_status s JOIN outbox o USING (message_id)"
+                    " WHERE o.recipient_key = :key", key=f"+{refused}")
+    assert [tuple(c) for c in codes] == [("InvalidParameter.PhoneNumberError",)]
     # Replaying the spool changes nothing.
-    con.execute("DELETE FROM spool_files")
-    assert ingest_spool(con, spool).events_added == 0
+    db.execute("DELETE FROM spool_files")
+    assert ingest_spool(db, spool).events_added == 0
 
 
 def test_a_mass_report_names_the_recipient_as_the_send_stored_it() -> None:
@@ -78,21 +77,20 @@ def test_a_mass_report_names_the_recipient_as_the_send_stored_it() -> None:
 
 
 def test_reports_that_arrive_before_the_send_is_recorded_resolve_on_a_later_ingest(
-    con: duckdb.DuckDBPyConnection, tmp_path
+    db: store.Store, tmp_path
 ) -> None:
     task = MASS_PREFIX + "1" * 32
-    con.execute("INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, payload_json, state,"
-                " queued_at) VALUES ('m-1', 'c1', '+6591000001', 'chatapp', 'S', '{}', 'sending', now())")
+    add_messages(db, "m-1", recipient="+6591000001", channel="chatapp", sender="S", state="sending")
     report = {"Status": "Delivered", "TaskId": task, "To": "6591000001", "MessageId": "a1", "Timestamp": 1764000000000}
     write_spool(tmp_path / "sp", "1", [encode_record("chatapp", json.dumps([report]).encode())])
-    first = ingest_spool(con, tmp_path / "sp")
+    first = ingest_spool(db, tmp_path / "sp")
     assert (first.events_added, first.unmatched) == (0, 1)  # kept apart until its message is known
-    assert con.execute("SELECT count(*) FROM events").fetchall() == [(0,)]
+    assert count(db, "events") == 0
     # The dispatcher records the mass send's outcome; the next collect pass links without a new file.
-    con.execute("UPDATE outbox SET state = 'sent', provider_message_id = ? WHERE message_id = 'm-1'",
-                [f"{task}:6591000001"])
-    assert ingest_spool(con, tmp_path / "sp").promoted == 1
-    assert con.execute("SELECT message_id, status FROM message_status").fetchall() == [("m-1", "delivered")]
+    db.execute("UPDATE outbox SET state = 'sent', provider_message_id = :pid WHERE message_id = 'm-1'",
+               pid=f"{task}:6591000001")
+    assert ingest_spool(db, tmp_path / "sp").promoted == 1
+    assert [tuple(r) for r in db.rows("SELECT message_id, status FROM message_status")] == [("m-1", "delivered")]
 
 
 class _AnswerLostOnce(httpx.AsyncBaseTransport):
@@ -111,9 +109,12 @@ class _AnswerLostOnce(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout("answer lost", request=request)
         return response
 
+    async def aclose(self) -> None:  # the dispatcher's client closes its transport: the network's connections too
+        await self.network.aclose()
+
 
 def test_a_mass_send_whose_answer_is_lost_is_settled_from_receipts_not_sent_twice(
-    con: duckdb.DuckDBPyConnection, tmp_path
+    db: store.Store, tmp_path
 ) -> None:
     spool = tmp_path / "spool"
     transport = _AnswerLostOnce()
@@ -121,11 +122,11 @@ def test_a_mass_send_whose_answer_is_lost_is_settled_from_receipts_not_sent_twic
         app = create_chatapp_app(chatapp_config(webhook_url=f"{receiver}/webhooks/chatapp", read_rate=0.0))
         with serve_in_thread(app) as url:
             channel = chatapp_channel(url, **MASS)
-            chatapp_queue(con, channel, 40)
+            chatapp_queue(db, channel, 40)
             result = asyncio.run(dispatch_campaign(
-                con, "t", channel, rate=RateSpec(max_per_second=1000, concurrency=2), timeout_s=5,
+                db, "t", channel, rate=RateSpec(max_per_second=1000, concurrency=2), timeout_s=5,
                 retry=RetrySpec(max_attempts=5, base_delay_s=0.02, deadline_s=60, reconcile_grace_s=20),
-                reconcile=lambda: ingest_spool(con, spool), transport=transport))
+                reconcile=lambda: ingest_spool(db, spool), transport=transport))
             drain(url)
     stats = app.state.sandbox.ledger.snapshot()
     assert transport.lost  # a mass send's answer was lost ...
@@ -133,7 +134,7 @@ def test_a_mass_send_whose_answer_is_lost_is_settled_from_receipts_not_sent_twic
     sent_to = [m["to"] for m in stats["messages"]]
     assert len(sent_to) == 40 and len(set(sent_to)) == 40
     assert result.sent == 40 and result.reconciled_sent >= 2 and result.resent_after_timeout == 0
-    states = dict(con.execute("SELECT state, count(*) FROM outbox GROUP BY 1").fetchall())
+    states = dict(db.rows("SELECT state, count(*) FROM outbox GROUP BY state"))
     assert states == {"sent": 40}
-    ingest_spool(con, spool)
-    assert con.execute("SELECT count(*) FROM events WHERE message_id IS NULL").fetchall()[0][0] == 0
+    ingest_spool(db, spool)
+    assert db.scalar("SELECT count(*) FROM events WHERE message_id IS NULL") == 0

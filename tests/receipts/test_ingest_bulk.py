@@ -1,7 +1,7 @@
 """The bulk ingest path (DuckDB SQL) against the reference parser (Python, per event): same rows.
 
-Every test ingests the same spool twice, once with `bulk=True` and once with `bulk=False`, and
-compares every table the receipts stage writes.
+Every test ingests the same spool twice, once with `bulk=True` and once with `bulk=False` (each into a store of
+its own, on SQLite and on PostgreSQL), and compares every table the receipts stage writes.
 """
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ from pipeline import store
 from pipeline.channels.whatsapp_webhooks import bulk_statuses_sql
 from pipeline.receipts.ingest import EVENT_ID_SQL, event_id, ingest_spool
 from pipeline.receipts.spool import encode_record
+from pipeline.receipts.unmatched import COLUMNS
 from pipeline.records import Receipt
+from tests.helpers.receipts import add_messages, second_store
 from tests.helpers.whatsapp import envelope
 
 T0 = 1750030000
 RECEIVED = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 TABLES = {
-    # Every receipt stored, whether it names a message of the outbox or is kept apart until one appears.
-    "events": "SELECT * FROM events UNION ALL SELECT * FROM unmatched_events",
-    "unmatched_events": "SELECT * FROM unmatched_events",
+    # Every receipt stored, whether it names a message of the outbox or is kept apart until one appears; without
+    # `seq`, the order in which the store numbered them.
+    "events": f"SELECT {COLUMNS} FROM events UNION ALL SELECT {COLUMNS} FROM unmatched_events",
+    "unmatched_events": f"SELECT {COLUMNS} FROM unmatched_events",
     "inbound": "SELECT * FROM inbound",
     "quarantine": "SELECT * FROM quarantine",
     "suppressions": "SELECT * FROM suppressions",
@@ -155,28 +158,30 @@ def write(spool: Path, files: list[list[bytes]]) -> None:
         (spool / f"spool-20261125T100000.000000Z-{i:06d}.jsonl").write_bytes(b"".join(x + b"\n" for x in lines))
 
 
-def tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
-    return {name: sorted(con.execute(sql).fetchall(), key=repr) for name, sql in TABLES.items()}
+def tables(db: store.Store) -> dict[str, list[tuple]]:
+    return {name: sorted((tuple(r) for r in db.rows(sql)), key=repr) for name, sql in TABLES.items()}
 
 
-def both(tmp_path: Path, files: list[list[bytes]], **kwargs: object) -> tuple[dict, dict]:
-    """Ingests the same spool with each parser into its own database; returns both sets of tables."""
+def both(db: store.Store, request: pytest.FixtureRequest, tmp_path: Path, files: list[list[bytes]],
+         **kwargs: object) -> tuple[dict, dict]:
+    """Ingests the same spool with the bulk parser into `db` and with the reference parser into a second store of
+    its backend; returns both sets of tables."""
     out = []
-    for bulk in (True, False):
-        spool = tmp_path / f"spool-{bulk}"
-        write(spool, files)
-        con = store.connect(tmp_path / f"db-{bulk}.duckdb")
-        con.execute("INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, payload_json, state,"
-                    " queued_at) VALUES ('msg-D', 'c1', '+4915112345678', 'whatsapp', 'S1', '{}', 'sent', now())")
-        ingest_spool(con, spool, bulk=bulk, **kwargs)  # type: ignore[arg-type]
-        out.append(tables(con))
-        con.close()
+    with second_store(db, tmp_path, request) as reference:
+        for bulk, into in ((True, db), (False, reference)):
+            spool = tmp_path / f"spool-{bulk}"
+            write(spool, files)
+            add_messages(into, "msg-D", recipient="+4915112345678")
+            ingest_spool(into, spool, bulk=bulk, **kwargs)  # type: ignore[arg-type]
+            out.append(tables(into))
     return out[0], out[1]
 
 
-def test_bulk_and_reference_parser_write_identical_rows(tmp_path: Path) -> None:
+def test_bulk_and_reference_parser_write_identical_rows(
+    db: store.Store, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     lines = mixed_lines()
-    bulk, reference = both(tmp_path, [lines[:12], lines[12:25], lines[25:]])
+    bulk, reference = both(db, request, tmp_path, [lines[:12], lines[12:25], lines[25:]])
     for name in TABLES:
         assert bulk[name] == reference[name], name
     events = {r[2]: r for r in bulk["events"]}  # by provider_message_id
@@ -188,7 +193,7 @@ def test_bulk_and_reference_parser_write_identical_rows(tmp_path: Path) -> None:
     # Of two copies of one receipt the first seen is kept: V's has pricing, A's read is Meta's first try.
     assert events["V"][7] == "utility"
     read_a = next(r for r in bulk["events"] if r[2] == "A" and r[4] == "read")
-    assert read_a[11] == RECEIVED + timedelta(milliseconds=1)
+    assert store.utc(read_a[11]) == RECEIVED + timedelta(milliseconds=1)
     assert "Q" in events and "R" in events and "S" in events and "U" in events and "T" not in events
     assert {r[1] for r in bulk["suppressions"]} == {"+16505551234", "+34600111222", "+16505559999",
                                                    "+447700900123", "+4915112345678"}
@@ -213,7 +218,7 @@ def test_bulk_path_parses_the_plain_lines_itself(tmp_path: Path) -> None:
     assert {len(ok) + 1, len(ok) + 2} <= {n for n, is_ok, _ in rows if not is_ok}
 
 
-def test_random_status_objects_agree(tmp_path: Path) -> None:
+def test_random_status_objects_agree(db: store.Store, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     rng = random.Random(20261125)
     values: list[object] = ["x", "", "sent", "read", "131050", 131050, -1, 0, 1.25, 1e-9, True, False, None,
                             [], {}, ["a"], {"k": "v"}, "ü\u0000", 10**20, "1750030000", 1750030000]
@@ -231,25 +236,28 @@ def test_random_status_objects_agree(tmp_path: Path) -> None:
             else:
                 status[key] = rng.choice(values)
         lines.append(rec(envelope([status]), n))
-    bulk, reference = both(tmp_path, [lines[:150], lines[150:]])
+    bulk, reference = both(db, request, tmp_path, [lines[:150], lines[150:]])
     for name in TABLES:
         assert bulk[name] == reference[name], name
     assert len(bulk["events"]) > 100 and len(bulk["quarantine"]) > 30
 
 
 @pytest.mark.parametrize("batch_bytes", [1, 10**9])
-def test_batches_and_replays_agree(tmp_path: Path, batch_bytes: int) -> None:
+def test_batches_and_replays_agree(
+    db: store.Store, request: pytest.FixtureRequest, tmp_path: Path, batch_bytes: int
+) -> None:
     lines = mixed_lines()
     files = [lines[i:i + 7] for i in range(0, len(lines), 7)]
-    bulk, reference = both(tmp_path, files, batch_bytes=batch_bytes)
+    bulk, reference = both(db, request, tmp_path, files, batch_bytes=batch_bytes)
     assert bulk == reference
-    con = store.connect(tmp_path / "db-True.duckdb")
-    con.execute("DELETE FROM spool_files")
-    replay = ingest_spool(con, tmp_path / "spool-True", batch_bytes=batch_bytes)
+    db.execute("DELETE FROM spool_files")
+    replay = ingest_spool(db, tmp_path / "spool-True", batch_bytes=batch_bytes)
     assert (replay.events_added, replay.unmatched, replay.inbound_added, replay.suppressions_added) == (0, 0, 0, 0)
     shutil.copy(tmp_path / "spool-True" / "spool-20261125T100000.000000Z-000000.jsonl",
                 tmp_path / "spool-True" / "spool-20261125T100001.000000Z-000099.jsonl")
-    assert ingest_spool(con, tmp_path / "spool-True").events_added == 0
+    assert ingest_spool(db, tmp_path / "spool-True").events_added == 0
+    after = tables(db)
+    assert {t: after[t] for t in TABLES if t != "spool_files"} == {t: bulk[t] for t in TABLES if t != "spool_files"}
 
 
 @pytest.mark.parametrize("occurred", [datetime(2025, 6, 15, 23, 27, 53, tzinfo=UTC),

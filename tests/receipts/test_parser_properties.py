@@ -1,7 +1,9 @@
 """Properties of every webhook parser (pipeline/channels/*_webhooks.py): a body that passes its provider's
 signature check — arbitrary bytes, arbitrary JSON, or a real payload with any of its values replaced — is
 parsed or refused with the module's MalformedPayload, never another exception; and through ingest every
-such line is stored or quarantined with a reason, the bulk SQL parser agreeing with the reference one."""
+such line is stored or quarantined with a reason, the bulk SQL parser agreeing with the reference one (in fresh
+SQLite stores, one per example and parser: the parsers are the subject; tests/receipts/test_ingest_bulk.py compares
+them on both stores)."""
 
 from __future__ import annotations
 
@@ -15,20 +17,19 @@ from urllib.parse import urlencode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pipeline.channels.alibaba_sms_webhooks as alibaba_sms_webhooks
+import pipeline.channels.chatapp_webhooks as chatapp_webhooks
+import pipeline.channels.email_webhooks as email_webhooks
+import pipeline.channels.messenger_webhooks as messenger_webhooks
+import pipeline.channels.twilio_webhooks as twilio_webhooks
+import pipeline.channels.unsubscribe_webhooks as unsubscribe_webhooks
+import pipeline.channels.viber_webhooks as viber_webhooks
+import pipeline.channels.whatsapp_webhooks as whatsapp_webhooks
 from pipeline import store
-from pipeline.channels import (
-    alibaba_sms_webhooks,
-    chatapp_webhooks,
-    email_webhooks,
-    messenger_webhooks,
-    twilio_webhooks,
-    unsubscribe_webhooks,
-    viber_webhooks,
-    whatsapp_webhooks,
-)
 from pipeline.channels.email import unsubscribe_token
 from pipeline.receipts.ingest import PARSERS, ingest_spool
 from pipeline.receipts.spool import encode_record
+from pipeline.receipts.unmatched import COLUMNS
 from tests.helpers.receipts import write_spool
 
 SECRET = "property-test-secret"
@@ -186,12 +187,13 @@ def test_signed_lines_are_ingested_or_quarantined_and_both_parsers_agree(tmp_pat
         for bulk in (True, False):
             spool = tmp_path / f"spool-{run}-{bulk}"
             write_spool(spool, "1", records)
-            with store.connect(tmp_path / f"db-{run}-{bulk}.duckdb") as con:
-                ingest_spool(con, spool, bulk=bulk)
-                quarantined = con.execute("SELECT reason FROM quarantine").fetchall()
+            with store.connect(tmp_path / f"db-{run}-{bulk}.sqlite") as db:
+                ingest_spool(db, spool, bulk=bulk)
+                quarantined = db.rows("SELECT reason FROM quarantine")
                 assert all(reason for (reason,) in quarantined)
-                tables.append([sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
-                               for t in ("events", "unmatched_events", "inbound", "quarantine", "suppressions")])
+                tables.append([sorted((tuple(r) for r in db.rows(sql)), key=repr) for sql in (
+                    f"SELECT {COLUMNS} FROM events", f"SELECT {COLUMNS} FROM unmatched_events", "SELECT * FROM inbound",
+                    "SELECT * FROM quarantine", "SELECT * FROM suppressions")])
         assert tables[0] == tables[1]
 
     check()

@@ -1,4 +1,5 @@
-"""The webhook receiver over real HTTP (pipeline.receipts.receiver): handshake, signatures, spooling, ingest."""
+"""The webhook receiver over real HTTP (pipeline.receipts.receiver): handshake, signatures, spooling, ingest (into a
+SQLite store: the receiver is the subject; tests/receipts/test_receipts.py ingests on both stores)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pipeline.receipts.ingest import ingest_spool
 from pipeline.receipts.receiver import create_receiver_app, main, secrets_from_env, server_config
 from pipeline.receipts.spool import closed_files, decode_record
 from pipeline.servers import serve_in_thread
+from tests.helpers.receipts import add_messages
 from tests.helpers.waiting import wait_for
 
 SECRETS = {"whatsapp_app_secret": "s3cret-app", "whatsapp_verify_token": "verify-me"}
@@ -38,11 +40,9 @@ def signed(body: bytes, secret: str = SECRETS["whatsapp_app_secret"]) -> dict[st
     return {"X-Hub-Signature-256": sign(body, secret), "Content-Type": "application/json"}
 
 
-def queued(con, n: int) -> None:
+def queued(db: store.Store, n: int) -> None:
     """Outbox messages msg-0 .. msg-<n-1>, which status_body names (receipts naming none are kept apart)."""
-    con.execute("INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, payload_json, state,"
-                " queued_at) SELECT 'msg-' || i, 'c1', '+16505551234', 'whatsapp', 'S1', '{}', 'sent', now()"
-                " FROM range(?) t(i)", [n])
+    add_messages(db, *(f"msg-{i}" for i in range(n)))
 
 
 def spooled_lines(spool_dir: Path) -> int:
@@ -68,7 +68,7 @@ def test_handshake(tmp_path: Path) -> None:
         assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
-def test_signed_post_is_spooled_and_ingested_forged_ones_are_not(tmp_path: Path) -> None:
+def test_signed_post_is_spooled_and_ingested_forged_ones_are_not(sqlite_db: store.Store, tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     app = create_receiver_app(spool_dir, SECRETS)
     good, forged = status_body(1), status_body(2)
@@ -84,15 +84,16 @@ def test_signed_post_is_spooled_and_ingested_forged_ones_are_not(tmp_path: Path)
     # Shutdown (lifespan) closed the open file, so it is ready for ingest.
     assert not list(spool_dir.glob("*.open"))
     assert spooled_lines(spool_dir) == 1
-    con = store.connect(tmp_path / "db.duckdb")
-    queued(con, 2)
-    result = ingest_spool(con, spool_dir)
+    queued(sqlite_db, 2)
+    result = ingest_spool(sqlite_db, spool_dir)
     assert (result.files, result.events_added, result.quarantined) == (1, 1, 0)
-    rows = con.execute("SELECT provider_message_id, message_id, status FROM events").fetchall()
+    rows = [tuple(r) for r in sqlite_db.rows("SELECT provider_message_id, message_id, status FROM events")]
     assert rows == [("wamid.1", "msg-1", "delivered")]
 
 
-def test_concurrent_posts_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_posts_share_fsyncs(
+    sqlite_db: store.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Group commit over real HTTP, independent of timing: the first write is held until all `n` webhooks have
     reached the spool, so they take exactly two writes + fsyncs, and each is answered 200 only after its own."""
     n = 200
@@ -126,10 +127,9 @@ def test_concurrent_posts_share_fsyncs(tmp_path: Path, monkeypatch: pytest.Monke
     assert codes == [200] * n
     assert spool.writes == 2 and sum(batch_sizes) == n, (batch_sizes, spool.stats())
     assert spool.fsyncs == spool.writes + spool.rotations, spool.stats()  # a rotation closes with its own
-    con = store.connect(tmp_path / "db.duckdb")
-    queued(con, n)
-    assert ingest_spool(con, spool_dir).events_added == n
-    assert con.execute("SELECT count(DISTINCT provider_message_id) FROM events").fetchone() == (n,)
+    queued(sqlite_db, n)
+    assert ingest_spool(sqlite_db, spool_dir).events_added == n
+    assert sqlite_db.scalar("SELECT count(DISTINCT provider_message_id) FROM events") == n
 
 
 def test_oversized_body_is_refused(tmp_path: Path) -> None:

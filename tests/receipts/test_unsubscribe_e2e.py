@@ -1,10 +1,10 @@
 """E-mail unsubscribe end to end: a campaign through the SMTP sandbox, the recipient's mail client
 POSTs RFC 8058 one-click to the List-Unsubscribe URL of the message it received, the receiver spools
-it, ingest makes it a suppression, and the next campaign's preparation rejects the address."""
+it, ingest makes it a suppression (on SQLite and on PostgreSQL), and the next campaign's preparation rejects the
+address."""
 
 from __future__ import annotations
 
-import duckdb
 import httpx
 import pytest
 
@@ -27,7 +27,7 @@ RECEIVER_ENV = {"EMAIL_UNSUBSCRIBE_SECRET": EMAIL_UNSUB_SECRET, "EMAIL_WEBHOOK_S
 
 
 def test_one_click_unsubscribe_suppresses_the_address_for_the_next_campaign(
-    con: duckdb.DuckDBPyConnection, tmp_path, monkeypatch: pytest.MonkeyPatch
+    db: store.Store, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMAIL_UNSUBSCRIBE_SECRET", EMAIL_UNSUB_SECRET)
     spool = tmp_path / "spool"
@@ -37,8 +37,8 @@ def test_one_click_unsubscribe_suppresses_the_address_for_the_next_campaign(
             email_stack(webhook_url=f"{receiver}/webhooks/email") as (sandbox, _):
         spec = email_spec(unsubscribe_url=f"{receiver}/unsubscribe")
         channel = from_spec(spec, sandbox.url)
-        email_queue(con, channel, spec, addresses)
-        assert dispatch(con, channel).sent == 4
+        email_queue(db, channel, spec, addresses)
+        assert dispatch(db, channel).sent == 4
         assert sandbox.drain(10)
         (message,) = [m for m in sandbox.messages() if m["To"] == leaving]
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -49,21 +49,21 @@ def test_one_click_unsubscribe_suppresses_the_address_for_the_next_campaign(
             answer = client.post(link, data={"List-Unsubscribe": "One-Click"})
         assert answer.status_code == 200
 
-    result = ingest_spool(con, spool)
+    result = ingest_spool(db, spool)
     assert (result.quarantined, result.suppressions_added) == (0, 1)
     # The delivery reports came back through the same receiver.
-    assert con.execute("SELECT count(*) FROM events WHERE provider = 'email' AND status = 'delivered'"
-                       " AND message_id IS NOT NULL").fetchall() == [(4,)]
-    (row,) = con.execute("SELECT channel, address, reason, source FROM suppressions").fetchall()
+    assert db.scalar("SELECT count(*) FROM events WHERE provider = 'email' AND status = 'delivered'"
+                     " AND message_id IS NOT NULL") == 4
+    (row,) = db.rows("SELECT channel, address, reason, source FROM suppressions")
     token = link.rsplit("/", 1)[1]
-    assert row == ("email", leaving, "unsubscribe", f"list-unsubscribe:{token}")
+    assert tuple(row) == ("email", leaving, "unsubscribe", f"list-unsubscribe:{token}")
 
     # The next campaign to the same list (the address written differently) leaves it out.
     audience = tmp_path / "next.csv"
     audience.write_text("email,opt_in,name\n"
                         + "".join(f"{a.upper() if a == leaving else a},yes,Reader\n" for a in addresses))
     prepared = prepare_ids(audience, channel="email", category="marketing", template=spec.template,
-                           variables={"n": "name"}, suppressed=store.suppressed_addresses(con, "email"))
+                           variables={"n": "name"}, suppressed=store.suppressed_addresses(db, "email"))
     assert prepared.counts == {"suppressed": 1}
     assert prepared.rejects.select("row_number", "reason").rows() == [(4, "suppressed")]
     assert sorted(prepared.accepted["recipient_key"]) == sorted(a for a in addresses if a != leaving)

@@ -71,7 +71,7 @@ def test_the_campaign_flows_prepare_task_with_a_plain_text_template(tmp_path: Pa
     spec = yaml.safe_load((ROOT / "campaigns" / "welcome.yaml").read_text())
     spec["template"] |= {"text": "Your order has shipped.", "body": []}
     spec |= {"variables": {}, "audience": str(audience)}
-    prepared = prepare.fn(parse_spec(spec), "welcome", tmp_path / "campaigns.duckdb", tmp_path / "prepared")
+    prepared = prepare.fn(parse_spec(spec), "welcome", str(tmp_path / "campaigns.sqlite"), tmp_path / "prepared")
     assert prepared.accepted["text"].to_list() == ["Your order has shipped."] * 5
 
 

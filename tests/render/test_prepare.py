@@ -9,12 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipeline import store
 from pipeline.audience.load import AudienceError
 from pipeline.audience.policy import blocked_policy
 from pipeline.records import REJECT_REASONS
 from pipeline.render.prepare import escape_formulas, prepare_audience
 from pipeline.render.templates import TemplateProblem
 from pipeline.spec import TemplateSpec, load_spec
+from pipeline.store import run_many
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = TemplateSpec(
@@ -239,7 +241,7 @@ def test_frequency_cap_for_marketing_only(tmp_path: Path) -> None:
     assert prepare(path, category="utility", **options).counts == {}
 
 
-def test_recently_messaged_reads_the_outbox(con) -> None:  # noqa: ANN001 - the conftest DuckDB fixture
+def test_recently_messaged_reads_the_outbox(db: store.Store) -> None:
     from pipeline.audience.frequency import recently_messaged
 
     now = datetime(2026, 1, 2, 12, tzinfo=UTC)
@@ -251,17 +253,17 @@ def test_recently_messaged_reads_the_outbox(con) -> None:  # noqa: ANN001 - the 
         ("m5", "c1", "+447400000005", "whatsapp", "marketing", "failed", now - timedelta(hours=1)),  # not sent
         ("m6", "c2", "+447400000006", "whatsapp", "marketing", "sent", now - timedelta(hours=23)),
     ]
-    for message_id, campaign, key, channel, category, state, sent_at in rows:
-        con.execute(
-            "INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, category, payload_json,"
-            " state, queued_at, sent_at) VALUES (?, ?, ?, ?, 's', ?, '{}', ?, ?, ?)",
-            [message_id, campaign, key, channel, category, state, sent_at, sent_at],
-        )
-    assert recently_messaged(con, "whatsapp", now=now) == {"+447400000001", "+447400000006"}
-    assert recently_messaged(con, "whatsapp", now=now, window=timedelta(hours=48)) == {
+    with db.write() as conn:
+        run_many(conn, "INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, category,"
+                 " payload_json, state, queued_at, sent_at) VALUES (:m, :c, :seq, :key, :channel, 's', :category,"
+                 " '{}', :state, :at, :at)",
+                 [{"m": m, "c": c, "seq": seq, "key": key, "channel": channel, "category": category, "state": state,
+                   "at": at} for seq, (m, c, key, channel, category, state, at) in enumerate(rows)])
+    assert recently_messaged(db, "whatsapp", now=now) == {"+447400000001", "+447400000006"}
+    assert recently_messaged(db, "whatsapp", now=now, window=timedelta(hours=48)) == {
         "+447400000001", "+447400000002", "+447400000006",
     }  # fmt: skip
-    assert recently_messaged(con, "whatsapp", now=now, exclude_campaign="c2") == {"+447400000001"}
+    assert recently_messaged(db, "whatsapp", now=now, exclude_campaign="c2") == {"+447400000001"}
 
 
 def test_header_only_file_writes_empty_outputs(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pipeline.render.prepare import Prepared, prepare_audience
 from pipeline.render.prepare_chunks import ChunkJob, ChunkResult, prepare_chunk, prepare_in_chunks, prepare_settings
 from pipeline.render.templates import TemplateProblem
 from pipeline.spec import PrepareSpec, SpecError, TemplateSpec, parse_spec
+from pipeline.store import run
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TEMPLATE = TemplateSpec(
@@ -172,15 +173,15 @@ def test_campaign_prepare_task_on_dask(tmp_path: Path, prefect_harness, monkeypa
     from flows.campaign import prepare
 
     monkeypatch.delenv("CAMPAIGN_PREPARE_RUNNER", raising=False)
-    db = tmp_path / "campaigns.duckdb"
-    with store.connect(db) as con:  # the suppression list and a recent marketing send, as the task reads them
-        con.execute("INSERT INTO suppressions VALUES ('whatsapp', ?, 'stop', 'test', now())", [SUPPRESSED])
+    db = str(tmp_path / "campaigns.sqlite")
+    with store.connect(db) as shared:  # the suppression list and a recent marketing send, as the task reads them
         sent = datetime.now(UTC) - timedelta(hours=1)
-        con.execute(
-            "INSERT INTO outbox (message_id, campaign_id, recipient_key, channel, sender, category, payload_json,"
-            " state, queued_at, sent_at) VALUES ('m1', 'earlier', ?, 'whatsapp', 's', 'marketing', '{}', 'sent', ?, ?)",
-            [CAPPED, sent, sent],
-        )
+        with shared.write() as conn:
+            run(conn, "INSERT INTO suppressions (channel, address, reason, source, since)"
+                " VALUES ('whatsapp', :address, 'stop', 'test', :at)", address=SUPPRESSED, at=datetime.now(UTC))
+            run(conn, "INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, category,"
+                " payload_json, state, queued_at, sent_at) VALUES ('m1', 'earlier', 0, :key, 'whatsapp', 's',"
+                " 'marketing', '{}', 'sent', :at, :at)", key=CAPPED, at=sent)
     spec = {
         "name": "welcome", "audience": str(_corpus(tmp_path)), "channel": "whatsapp", "sender": "1",
         "template": TEMPLATE.model_dump(), "variables": VARIABLES,

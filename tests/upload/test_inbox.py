@@ -166,9 +166,9 @@ def test_the_watcher_starts_a_campaign_per_upload_and_files_each(tmp_path: Path,
     (folders.inbox / "spring.yaml").write_text(_sidecar())
     (folders.inbox / "no-phone.csv").write_text("mobile,opt_in\n+447700900123,yes\n")
     (folders.inbox / "notes.txt").write_text("not an audience")
-    db = tmp_path / "campaigns.duckdb"
+    db = str(tmp_path / "campaigns.sqlite")
     results = inbox_watcher_flow(
-        audiences_dir=str(tmp_path / "audiences"), db_path=str(db), spool_dir=str(tmp_path / "spool"),
+        audiences_dir=str(tmp_path / "audiences"), database=db, spool_dir=str(tmp_path / "spool"),
         reports_dir=str(tmp_path / "reports"), provider_base_url=sandbox, settle_s=0,
     )
     by_file = {r["file"]: r for r in results}
@@ -182,9 +182,9 @@ def test_the_watcher_starts_a_campaign_per_upload_and_files_each(tmp_path: Path,
     reason = json.loads((folders.processed / f"{cid}.reason.json").read_text())
     assert reason["outcome"] == "started" and reason["rows_read"] == 30 and reason["sent"] > 0
     accepted = httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"]
-    with store.connect(db, read_only=True) as con:
-        sent = con.execute("SELECT count(*) FROM outbox WHERE campaign_id = ? AND state = 'sent'", [cid]).fetchall()
-    assert sent[0][0] == accepted == reason["sent"]
+    with store.connect(db) as shared:
+        sent = shared.scalar("SELECT count(*) FROM outbox WHERE campaign_id = :c AND state = 'sent'", c=cid)
+    assert sent == accepted == reason["sent"]
     assert (tmp_path / "reports" / cid / "report.html").exists()
     spec = yaml.safe_load((folders.processed / f"{cid}.yaml").read_text())
     assert spec["name"] == cid and spec["audience"] == f"{cid}.csv"  # resumable: `campaign resume` this file
@@ -197,7 +197,7 @@ def test_the_watcher_starts_a_campaign_per_upload_and_files_each(tmp_path: Path,
     assert (folders.failed / f"{by_file['notes.txt']['campaign_id']}.txt").exists()
 
     # Nothing left to do on the next round.
-    again = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), db_path=str(db), settle_s=0)
+    again = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), database=db, settle_s=0)
     assert again == []
 
 
@@ -208,11 +208,11 @@ def test_an_upload_with_no_eligible_recipient_fails_before_sending(tmp_path: Pat
     folders.create()
     (folders.inbox / "nobody.csv").write_text(
         "phone,country,first_name,city,coupon,opt_in\n+33 6 12 36 56 37,FR,Hugo,Paris,C-1,no\n")
-    [result] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), db_path=str(tmp_path / "db.duckdb"),
+    [result] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), database=str(tmp_path / "db.sqlite"),
                                   settle_s=0)
     assert result["outcome"] == "failed" and "no eligible recipient" in result["reason"]
     assert "no_opt_in" in result["reason"] and "36 56 37" not in json.dumps(result)
-    assert not (tmp_path / "db.duckdb").exists()
+    assert not (tmp_path / "db.sqlite").exists()
 
 
 def test_with_a_deployment_each_upload_starts_its_own_deployment_run(tmp_path: Path, prefect_harness):
@@ -225,7 +225,7 @@ def test_with_a_deployment_each_upload_starts_its_own_deployment_run(tmp_path: P
     folders = inbox.Folders.under(tmp_path / "audiences")
     folders.create()
     _audience(folders.inbox / "autumn.csv", 10)
-    [result] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), db_path=str(tmp_path / "db.duckdb"),
+    [result] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), database=str(tmp_path / "db.sqlite"),
                                   campaign_deployment="campaign/inbox-campaign", settle_s=0)
     assert result["outcome"] == "started"
     cid = result["campaign_id"]
@@ -240,7 +240,7 @@ def test_with_a_deployment_each_upload_starts_its_own_deployment_run(tmp_path: P
 
     # Without that deployment, the upload fails with the reason instead of vanishing.
     _audience(folders.inbox / "winter.csv", 10)
-    [missing] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), db_path=str(tmp_path / "db.duckdb"),
+    [missing] = inbox_watcher_flow(audiences_dir=str(tmp_path / "audiences"), database=str(tmp_path / "db.sqlite"),
                                    campaign_deployment="campaign/no-such-deployment", settle_s=0)
     assert missing["outcome"] == "failed" and "no-such-deployment" in missing["reason"]
     assert (folders.failed / f"{missing['campaign_id']}.csv").exists()

@@ -71,7 +71,7 @@ def _stack(stack: ExitStack) -> dict[str, Any]:
         access_token="test-token", app_secret="test-app-secret", templates={"welcome_offer": "marketing"},
         webhook_url=f"http://127.0.0.1:{port}/webhooks/whatsapp", seed=3, webhook_delay_s=(0.01, 0.03))
     sandbox = stack.enter_context(serve_in_thread(create_app(sandbox_config)))
-    params = {"audiences_dir": str(tmp / "audiences"), "db_path": str(tmp / "campaigns.duckdb"),
+    params = {"audiences_dir": str(tmp / "audiences"), "database": str(tmp / "campaigns.sqlite"),
               "spool_dir": str(spool), "reports_dir": str(tmp / "reports"), "provider_base_url": sandbox,
               "campaign_deployment": "campaign/inbox-campaign"}
     procs.start("serve", [sys.executable, "-c", SERVE, json.dumps(params)], env=server.env, cwd=tmp)
@@ -170,9 +170,8 @@ def test_upload_check_start_and_follow_the_run_to_its_end(stack: dict[str, Any],
 
     # What was sent: the ledger, the sandbox and the report agree.
     accepted = httpx.get(f"{stack['sandbox']}/_sandbox/stats?messages=0").json()["accepted"]
-    with store.connect(stack["tmp"] / "campaigns.duckdb", read_only=True) as con:
-        [(sent,)] = con.execute("SELECT count(*) FROM outbox WHERE campaign_id = ? AND state = 'sent'",
-                                [campaign_id]).fetchall()
+    with store.connect(stack["tmp"] / "campaigns.sqlite") as shared:
+        sent = shared.scalar("SELECT count(*) FROM outbox WHERE campaign_id = :c AND state = 'sent'", c=campaign_id)
     assert sent == accepted > 0
     assert (stack["tmp"] / "reports" / campaign_id / "report.html").exists()
 
