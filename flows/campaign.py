@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from flows.approval import await_approval
 from flows.artifacts import artifact_key, publish_rejects, publish_report
 from flows.continuation import schedule_continuation, wait_for_scheduled_start
+from flows.fleet import DISPATCH_DEPLOYMENT, dispatch_in_groups, result_dict
 from flows.logging_mask import install_log_masking
 from flows.prepare_parallel import audience_preparer
 from pipeline import store
@@ -209,12 +210,16 @@ def campaign_flow(
     fallback_base_url: str | None = None,
     origin: str | None = None,
     started_by: str | None = None,
+    dispatch_groups: int = 1,
+    dispatch_deployment: str = DISPATCH_DEPLOYMENT,
 ) -> dict[str, Any]:
     """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec
     (and, when the spec names one, the fallback leg for recipients the first channel missed).
     `database`: the store's URL or SQLite path (default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite).
     `origin` (manual | scheduled | upload) and `started_by` decide whether it waits for an approval and who may
-    not give it (flows/approval.py)."""
+    not give it (flows/approval.py).
+    `dispatch_groups` > 1 on a PostgreSQL store: the senders are split into that many groups, each dispatched by a
+    run of `dispatch_deployment` on whichever worker takes it (flows/fleet.py); otherwise in this process."""
     install_log_masking()  # again: a worker's subprocess may have reconfigured logging since import
     spec = load_spec(spec_path)
     campaign_id = campaign_id or spec.name
@@ -232,9 +237,23 @@ def campaign_flow(
         totals = estimate(spec, campaign_id, db)
         # A person approves here when the spec or the team's controls ask for it; a rejection sends nothing.
         approval = await_approval(spec, campaign_id, db, totals, prepared, origin=origin, started_by=started_by)
-        result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
+        groups = min(dispatch_groups, len(spec.all_senders)) if shared.dialect == "postgresql" else 1
+        if groups > 1:
+            result = dispatch_in_groups(
+                str(Path(spec_path).resolve()), campaign_id, list(spec.all_senders), groups,
+                database=database,  # as given (None: each worker's CAMPAIGN_DATABASE_URL): no password in parameters
+                spool_dir=str(Path(spool_dir).resolve()), provider_base_url=provider_base_url,
+                deployment=dispatch_deployment)
+            get_run_logger().info("dispatch: %d sent, %d failed over %d groups; states %s", result.sent,
+                                  result.failed, groups, result.states)
+        else:  # one group, and every SQLite store: in this process
+            if dispatch_groups > 1:
+                get_run_logger().info("dispatch in this process: groups of senders need a PostgreSQL store and more "
+                                      "than one sender")
+            result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
         receipts(spec, campaign_id, db, Path(spool_dir))
         summary = report(campaign_id, db, out, prepared)
+        summary["dispatch"] = {**result_dict(result), "groups": groups}
         summary["approval"] = approval
         if spec.fallback is not None:
             summary["fallback"] = fallback(spec, campaign_id, db, fallback_base_url, Path(spool_dir), Path(reports_dir))
