@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,22 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.approval import await_approval
 from flows.artifacts import artifact_key, publish_rejects, publish_report
+from flows.continuation import schedule_continuation, wait_for_scheduled_start
+from flows.fleet import DISPATCH_DEPLOYMENT, dispatch_in_groups, result_dict
 from flows.logging_mask import install_log_masking
 from flows.personalise import personalise_task
 from flows.prepare_parallel import audience_preparer
 from pipeline import store
-from pipeline.audience.frequency import recently_messaged
+from pipeline.audience.frequency import capped_recipients, describe, frequency_cap_for
 from pipeline.audience.policy import blocked_policy
 from pipeline.audience.timezones import recipient_timezones
 from pipeline.audience.windows import last_inbound_times
 from pipeline.channels import channel_for
 from pipeline.channels.template_rules import checked_spec
 from pipeline.channels.template_sync import registry_target, sync
+from pipeline.channels.templates import approved_languages
 from pipeline.costs.costing import estimate_cost, load_prices
 from pipeline.costs.report import write_report
 from pipeline.costs.summary import campaign_summary
@@ -34,6 +39,7 @@ from pipeline.dispatch.locks import campaign_lock
 from pipeline.dispatch.operations import is_paused, record_status
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import DispatchResult, Guards
+from pipeline.dispatch.schedule import release_times
 from pipeline.dispatch.template_watch import TemplateWatch, ends_not_completed
 from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
@@ -67,9 +73,14 @@ def template_check(spec: CampaignSpec, database: str, base_url: str | None) -> C
 def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) -> Prepared:
     with store.connect(database) as db:
         suppressed = store.suppressed_addresses(db, spec.channel)
-        # The campaign's own sends don't count: a resumed campaign must not cap itself.
-        capped = recently_messaged(db, spec.channel, exclude_campaign=campaign_id)
+        # The team's cap across campaigns and the channels reaching the same app; the campaign's own sends don't
+        # count: a resumed campaign must not cap itself.
+        cap = frequency_cap_for(spec)
+        capped = capped_recipients(db, cap, exclude_campaign=campaign_id)
         last_inbound = last_inbound_times(db, spec.channel) if uses_ids(spec.channel) else {}
+        # The languages the template exists in at the provider (the registry), when the spec names its account.
+        target = registry_target(spec)
+        languages = approved_languages(db, *target, spec.template.name) if target else ()
     if uses_ids(spec.channel):  # PSIDs, Viber ids, e-mail addresses
         return prepare_ids(
             spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
@@ -81,14 +92,18 @@ def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) 
         spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
         suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
+        frequency_detail=describe(cap), capped_categories=frozenset(cap.categories), languages=languages,
     )
 
 
 @task(name="queue", cache_policy=NO_CACHE)
 def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: str, base_url: str | None) -> int:
     accepted = prepared.accepted
-    if spec.send_window is not None and not uses_ids(spec.channel):
-        accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
+    timed = spec.send_window or spec.send_at
+    if timed is not None and not uses_ids(spec.channel):
+        accepted = accepted.with_columns(recipient_timezones(accepted, timed.timezone_column))
+        if spec.send_at is not None:  # each recipient's 10:00 in their own zone
+            accepted = accepted.with_columns(release_times(accepted["timezone"], spec.send_at, datetime.now(UTC)))
     with store.connect(database) as db:
         register_campaign(db, spec, campaign_id)
         if spec.experiment is not None:  # variants and a holdout: arms recorded, the holdout sent nothing
@@ -203,13 +218,22 @@ def campaign_flow(
     reports_dir: str = "reports",
     provider_base_url: str | None = None,
     fallback_base_url: str | None = None,
+    origin: str | None = None,
+    started_by: str | None = None,
+    dispatch_groups: int = 1,
+    dispatch_deployment: str = DISPATCH_DEPLOYMENT,
 ) -> dict[str, Any]:
     """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec
     (and, when the spec names one, the fallback leg for recipients the first channel missed).
-    `database`: the store's URL or SQLite path (default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite)."""
+    `database`: the store's URL or SQLite path (default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite).
+    `origin` (manual | scheduled | upload) and `started_by` decide whether it waits for an approval and who may
+    not give it (flows/approval.py).
+    `dispatch_groups` > 1 on a PostgreSQL store: the senders are split into that many groups, each dispatched by a
+    run of `dispatch_deployment` on whichever worker takes it (flows/fleet.py); otherwise in this process."""
     install_log_masking()  # again: a worker's subprocess may have reconfigured logging since import
     spec = load_spec(spec_path)
     campaign_id = campaign_id or spec.name
+    wait_for_scheduled_start()
     db, out = store.database_url(database), Path(reports_dir) / campaign_id
     # One run per campaign, wherever it runs: a second one refuses here, naming the running one, before it
     # touches the store or the report folder (pipeline/dispatch/locks.py: a lease the holder renews).
@@ -224,12 +248,31 @@ def campaign_flow(
             prepared, generation = personalise_task(spec, campaign_id, db, prepared)
         queued = queue(spec, campaign_id, prepared, db, provider_base_url)
         get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
-        estimate(spec, campaign_id, db, generation)
-        result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
+        totals = estimate(spec, campaign_id, db, generation)
+        # A person approves here when the spec or the team's controls ask for it; a rejection sends nothing.
+        approval = await_approval(spec, campaign_id, db, totals, prepared, origin=origin, started_by=started_by)
+        groups = min(dispatch_groups, len(spec.all_senders)) if shared.dialect == "postgresql" else 1
+        if groups > 1:
+            result = dispatch_in_groups(
+                str(Path(spec_path).resolve()), campaign_id, list(spec.all_senders), groups,
+                database=database,  # as given (None: each worker's CAMPAIGN_DATABASE_URL): no password in parameters
+                spool_dir=str(Path(spool_dir).resolve()), provider_base_url=provider_base_url,
+                deployment=dispatch_deployment)
+            get_run_logger().info("dispatch: %d sent, %d failed over %d groups; states %s", result.sent,
+                                  result.failed, groups, result.states)
+        else:  # one group, and every SQLite store: in this process
+            if dispatch_groups > 1:
+                get_run_logger().info("dispatch in this process: groups of senders need a PostgreSQL store and more "
+                                      "than one sender")
+            result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
         receipts(spec, campaign_id, db, Path(spool_dir))
         summary = report(campaign_id, db, out, prepared)
+        summary["dispatch"] = {**result_dict(result), "groups": groups}
+        summary["approval"] = approval
         if spec.fallback is not None:
             summary["fallback"] = fallback(spec, campaign_id, db, fallback_base_url, Path(spool_dir), Path(reports_dir))
+    # Outside the lease: a continuation due at once must find the campaign free.
+    summary["continues"] = schedule_continuation(campaign_id, spec_path, result)
     if result.stopped_reason:
         create_markdown_artifact(
             f"**Channel stopped:** {result.stopped_reason}", key=artifact_key(campaign_id, "stopped")

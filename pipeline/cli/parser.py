@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.add_argument("--campaign-id", help="defaults to the spec's name; a re-run with the same id resumes it")
     p.add_argument("--provider-base-url", help="send to this base URL instead of the spec's (e.g. a sandbox)")
+    p.add_argument("--dispatch-groups", type=int, default=1, metavar="N",
+                   help="on a PostgreSQL store: split the senders into N groups, each dispatched by a run of the "
+                        "dispatch-senders deployment on the work pool's workers (default 1: in this process)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="start the sandbox and receiver on loopback and run the sample campaign")

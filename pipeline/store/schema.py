@@ -460,3 +460,22 @@ generated_values = Table(
     Column("completion_tokens", Integer),
     Column("created_at", TS, nullable=False),
 )
+# Approvals before sending (flows/approval.py): each request and its outcome, kept with the campaign.
+campaign_approvals = Table(
+    "campaign_approvals", metadata,
+    Column("request_id", String, primary_key=True),  # <flow run id>:<attempt>
+    Column("campaign_id", String, nullable=False),
+    Column("flow_run_id", String),
+    Column("origin", String),  # manual | scheduled | upload
+    Column("requested_by", String),  # who started or uploaded the run, when known
+    Column("requested_at", TS, nullable=False),
+    Column("expires_at", TS),
+    Column("messages", BigInteger),  # queued when it was asked
+    Column("max_seq", BigInteger),  # the approval covers the outbox up to this seq
+    Column("estimate_usd", Money),
+    Column("decision", String, nullable=False),  # pending | approved | rejected | refused | expired
+    Column("approver", String),
+    Column("comment", Text),
+    Column("decided_at", TS),
+    Index("campaign_approvals_campaign", "campaign_id", "requested_at"),
+)

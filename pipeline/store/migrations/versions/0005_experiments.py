@@ -1,7 +1,7 @@
 """experiments: each recipient's arm (the holdout among them), conversions, and the model-written values' cache
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-10 10:00:00
 
 experiment_arms records every accepted recipient's arm when a campaign with variants or a holdout is queued:
@@ -15,8 +15,8 @@ from alembic import op
 
 from pipeline.store.schema import UtcTimestamp
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
