@@ -21,7 +21,7 @@ import pytest
 
 from pipeline import store
 from pipeline.dispatch.locks import LockHolder, sender_holders
-from pipeline.dispatch.operations import requeue_unknown
+from pipeline.dispatch.operations import campaign_status, requeue_unknown
 from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
@@ -69,7 +69,8 @@ def sandbox_and_receiver(spool: Path) -> Iterator[tuple[str, Any]]:
             yield url, app.state.sandbox
 
 
-def run_campaign(server: PrefectServer, spec: Path, db_url: str, tmp: Path, url: str) -> dict[str, Any]:
+def run_campaign(server: PrefectServer, spec: Path, db_url: str, tmp: Path, url: str,
+                 campaign_id: str | None = None) -> dict[str, Any]:
     """The campaign flow in this process, reporting to `server`, dispatching in 2 groups."""
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -78,7 +79,7 @@ def run_campaign(server: PrefectServer, spec: Path, db_url: str, tmp: Path, url:
 
     with temporary_settings(updates={PREFECT_API_URL: server.api}):
         try:
-            return campaign_flow(str(spec), database=db_url, spool_dir=str(tmp / "spool"),
+            return campaign_flow(str(spec), campaign_id=campaign_id, database=db_url, spool_dir=str(tmp / "spool"),
                                  reports_dir=str(tmp / "reports"), provider_base_url=url, dispatch_groups=2)
         finally:
             APILogWorker.drain_all()
@@ -96,9 +97,26 @@ def test_a_campaign_of_4_senders_in_2_groups_runs_on_a_worker_with_nothing_lost_
     tmp_path: Path, request: pytest.FixtureRequest, pool_server: PrefectServer, worker: None
 ) -> None:
     db_url = stores.new_store_url("postgresql", tmp_path, request)
+    seen: list[dict[str, Any]] = []  # `campaign status` while the groups send, as an operator would see it
+    stop = threading.Event()
+
+    def watch_status() -> None:
+        with store.connect(db_url) as db:
+            while not stop.wait(0.2):
+                last = campaign_status(db, "fleet")["last_run"]
+                if last and last.get("groups"):
+                    seen.append(last)
+
     with sandbox_and_receiver(tmp_path / "spool") as (url, sandbox):
-        spec = fleet_spec(tmp_path, SENDERS, ROWS, rate=20, concurrency=4, receipts_wait_s=15)
-        summary = run_campaign(pool_server, spec, db_url, tmp_path, url)
+        # 5/s a sender: 12 s a group, progress reported every 3 s while it sends
+        spec = fleet_spec(tmp_path, SENDERS, ROWS, rate=5, concurrency=4, receipts_wait_s=15)
+        watcher = threading.Thread(target=watch_status, daemon=True)
+        watcher.start()
+        try:
+            summary = run_campaign(pool_server, spec, db_url, tmp_path, url)
+        finally:
+            stop.set()
+            watcher.join(timeout=10)
         # The sandbox's own counts: every message accepted once, none twice, spread over the four numbers.
         assert sandbox.accepted == ROWS and sandbox.duplicate_callback_data == 0
         assert len(sandbox.accepted_callback_data()) == ROWS
@@ -109,6 +127,11 @@ def test_a_campaign_of_4_senders_in_2_groups_runs_on_a_worker_with_nothing_lost_
     # The campaign's result adds up its groups' results.
     assert summary["dispatch"]["sent"] == ROWS and summary["dispatch"]["total"] == ROWS
     assert summary["dispatch"]["states"] == {"sent": ROWS} and summary["dispatch"]["groups"] == 2
+    # Live progress in the store while both groups sent: their sum, with a rate and an ETA, then the final figures.
+    live = [s for s in seen if len(s["groups"]) == 2 and not s["final"] and 0 < s["sent"] < ROWS]
+    assert live and all(s["eta_s"] for s in live) and all(s["total"] == ROWS for s in live), seen[-3:]
+    assert all(s["sent"] == sum(g["sent"] for g in s["groups"].values()) for s in live)
+    assert seen[-1]["final"] and seen[-1]["sent"] == ROWS and seen[-1]["group_count"] == 2
 
     # Two runs of the deployment, subflow runs of the campaign's run, each with its own group, both completed on
     # the worker.
@@ -169,3 +192,27 @@ def test_a_group_run_killed_mid_run_is_replaced_and_the_campaign_completes_sendi
     [replacement] = [r for r in runs if r["name"] == dead["name"] + "-replacement-1"]
     assert replacement["state_type"] == "COMPLETED" and replacement["parameters"] == dead["parameters"]
     assert replacement["parent_task_run_id"]  # a subflow run of the campaign too
+
+
+@pytest.mark.timeout(300)
+def test_group_runs_no_worker_starts_are_cancelled_and_the_campaign_fails_naming_group_and_pool(
+    tmp_path: Path, request: pytest.FixtureRequest, pool_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No worker serves the pool: without a bound, the campaign flow would wait for its group runs forever."""
+    from flows.fleet import GroupsNotStarted
+
+    monkeypatch.setenv("CAMPAIGN_GROUP_START_TIMEOUT_S", "4")
+    db_url = stores.new_store_url("postgresql", tmp_path, request)
+    with sandbox_and_receiver(tmp_path / "spool") as (url, sandbox):
+        spec = fleet_spec(tmp_path, SENDERS, 40, rate=20, concurrency=4, receipts_wait_s=1)
+        with pytest.raises(GroupsNotStarted) as failed:
+            run_campaign(pool_server, spec, db_url, tmp_path, url, campaign_id="nobody")
+        assert sandbox.accepted == 0
+    message = str(failed.value)
+    assert "dispatch group 0" in message and "dispatch group 1" in message
+    assert "work pool 'local-process'" in message and "CAMPAIGN_GROUP_START_TIMEOUT_S" in message
+    with store.connect(db_url) as db:  # nothing sent, everything queued for a resume
+        assert dict(db.rows("SELECT state, count(*) FROM outbox GROUP BY state")) == {"queued": 40}
+    runs = [r for r in group_runs(pool_server) if r["name"].startswith("nobody-group-")]
+    assert sorted(r["name"] for r in runs) == ["nobody-group-0", "nobody-group-1"]
+    assert all(r["state_type"] == "CANCELLED" for r in runs), [r["state"] for r in runs]
