@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import pytest
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
@@ -16,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.continuation import schedule_continuation
-from flows.fleet import RESULT_DESCRIPTION, add_up, artifact_row, read_result, result_dict
+from flows.fleet import RESULT_DESCRIPTION, add_up, artifact_row, group_start_timeout_s, read_result, result_dict
 from pipeline.dispatch.policy import DispatchResult
 from tests.helpers.prefect import PrefectServer
 
@@ -52,3 +53,14 @@ def test_what_waits_and_when_survive_the_groups_artifacts_and_schedule_the_conti
         # Not from a deployment: nothing could start it later, and the run says when and how (flows/continuation.py).
         continues = continue_from(results)
     assert continues == {"waiting": 7, "continue_at": REOPEN.isoformat(), "flow_run_id": None}
+
+
+def test_the_group_start_timeout_setting_is_a_positive_number_of_seconds(monkeypatch) -> None:
+    monkeypatch.delenv("CAMPAIGN_GROUP_START_TIMEOUT_S", raising=False)
+    assert group_start_timeout_s() == 300.0
+    monkeypatch.setenv("CAMPAIGN_GROUP_START_TIMEOUT_S", "45")
+    assert group_start_timeout_s() == 45.0
+    for bad in ("0", "-3", "soon", "nan"):
+        monkeypatch.setenv("CAMPAIGN_GROUP_START_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match=f"CAMPAIGN_GROUP_START_TIMEOUT_S: '{bad}' is not a positive"):
+            group_start_timeout_s()
