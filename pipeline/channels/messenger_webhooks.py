@@ -94,17 +94,23 @@ def _receipts(provider: str, event: dict[str, Any], kind: str, where: str) -> li
     stamp = event.get("timestamp", watermark)
     occurred = _at(_millis(stamp, f"{where}.timestamp"), f"{where}.timestamp") if stamp is not None else None
     raw = _dumps(event)
+    named: list[Receipt] = []
     if mids:
         if not isinstance(mids, list):
             raise MalformedPayload(f"{where}.{kind}.mids: expected a list")
         if occurred is None:
             raise MalformedPayload(f"{where}: a {kind} event needs a timestamp or watermark")
-        return [Receipt(provider=provider, provider_message_id=_id(mid, f"{where}.{kind}.mids[{i}]"),
-                        message_id=None, status=status, recipient=psid, occurred_at=occurred,  # type: ignore[arg-type]
-                        raw_json=raw) for i, mid in enumerate(mids)]
+        named = [Receipt(provider=provider, provider_message_id=_id(mid, f"{where}.{kind}.mids[{i}]"),
+                         message_id=None, status=status, recipient=psid, occurred_at=occurred,  # type: ignore[arg-type]
+                         raw_json=raw) for i, mid in enumerate(mids)]
+        if watermark is None:
+            return named
+    # The watermark says "everything before this instant", the mids only some of it: Meta's delivery
+    # reference tells receivers to apply the watermark as well, so earlier messages it covers count too.
     ms = _millis(watermark, f"{where}.{kind}.watermark")
-    return [Receipt(provider=provider, provider_message_id=watermark_id(psid, ms), message_id=None,
-                    status=status, recipient=psid, occurred_at=_at(ms, where), raw_json=raw)]  # type: ignore[arg-type]
+    return [*named, Receipt(provider=provider, provider_message_id=watermark_id(psid, ms), message_id=None,
+                            status=status, recipient=psid, occurred_at=_at(ms, where),  # type: ignore[arg-type]
+                            raw_json=raw)]
 
 
 def _inbound(provider: str, event: dict[str, Any], where: str) -> Inbound | None:

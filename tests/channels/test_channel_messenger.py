@@ -59,7 +59,10 @@ def test_happy_path_each_psid_once_and_signed_receipts_name_our_mids(sqlite_db: 
     assert {r.recipient for r in reads} == readers
     if platform == "messenger":
         delivered = [r for r in receipts if r.status == "delivered"]
-        assert sorted(r.provider_message_id for r in delivered) == sorted(outbox.values())
+        named = [r for r in delivered if not messenger_webhooks.parse_watermark(r.provider_message_id)]
+        assert sorted(r.provider_message_id for r in named) == sorted(outbox.values())
+        # Each delivery also carries its watermark, applied too (earlier messages it covers).
+        assert len(delivered) == 2 * len(named)
         # Messenger's read event is a watermark: ingest resolves it to the PSID's earlier messages.
         for r in reads:
             psid, at = messenger_webhooks.parse_watermark(r.provider_message_id) or ("", None)
@@ -108,7 +111,9 @@ def test_forged_webhook_is_refused_and_a_genuine_one_parses() -> None:
     assert not messenger_webhooks.verify(body, {}, MESSENGER_SECRET)
     receipts, inbound = messenger_webhooks.parse(body)
     assert [(r.provider_message_id, r.status, r.message_id) for r in receipts] == [
-        ("m_a", "delivered", None), ("m_b", "delivered", None), ("watermark:7100000001:1750000000150", "read", None)]
+        ("m_a", "delivered", None), ("m_b", "delivered", None),
+        ("watermark:7100000001:1750000000100", "delivered", None),  # the delivery's watermark, applied too
+        ("watermark:7100000001:1750000000150", "read", None)]
     assert [(i.provider, i.sender, i.text) for i in inbound] == [("messenger", "7100000002", "STOP")]
     for bad in (b"{", b'{"object": "whatsapp_business_account", "entry": []}', b'{"object": "page", "entry": [1]}',
                 b'{"object": "page", "entry": [{"messaging": [{"sender": {"id": "1"}, "read": {}}]}]}'):
