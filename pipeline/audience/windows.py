@@ -15,6 +15,10 @@ import polars as pl
 from pipeline.records import Category, empty_rejects, make_rejects
 from pipeline.store import Store, utc
 
+# Hours after the user's last message in which a tag may still be sent (Meta's message-tag reference:
+# HUMAN_AGENT 7 days); tags not listed have no limit once the user has written (docs/providers.md §5).
+TAG_WINDOW_H: dict[str, float] = {"HUMAN_AGENT": 7 * 24.0}
+
 
 def last_inbound_times(db: Store, provider: str) -> dict[str, datetime]:
     """The latest inbound message time (UTC) per sender for `provider` ("messenger", "instagram", ...)."""
@@ -36,12 +40,15 @@ def outside_window(
 
     A user is inside the window when their last inbound is at most `hours` old. Outside it, a
     marketing send is always rejected; a non-marketing one only goes out with a message tag
-    (`message_tag`), and is rejected without one, since Meta would refuse it anyway.
+    (`message_tag`), and is rejected without one, since Meta would refuse it anyway. A tag has a
+    window of its own (TAG_WINDOW_H: HUMAN_AGENT 7 days after the user's last message), and no tag
+    reaches a user who never wrote: Meta's tags answer a conversation the user started.
     `now` should be the planned send time: a row inside the window now may be outside it later.
     """
-    if frame.is_empty() or (category != "marketing" and message_tag):
+    if frame.is_empty():
         return frame, empty_rejects()
-    cutoff = _utc(now) - timedelta(hours=hours)
+    tagged = category != "marketing" and bool(message_tag)
+    limit = TAG_WINDOW_H.get(message_tag or "") if tagged else hours
     known = pl.DataFrame(
         {"_user": list(last_inbound), "_last_inbound": [_utc(t) for t in last_inbound.values()]},
         schema={"_user": pl.String, "_last_inbound": pl.Datetime("us", "UTC")},
@@ -49,16 +56,20 @@ def outside_window(
     joined = frame.with_row_index("_order").join(
         known, left_on=pl.col(user_column).cast(pl.String), right_on="_user", how="left"
     ).sort("_order")
-    inside = pl.col("_last_inbound").is_not_null() & (pl.col("_last_inbound") >= pl.lit(cutoff))
+    inside = pl.col("_last_inbound").is_not_null()
+    if limit is not None:
+        inside = inside & (pl.col("_last_inbound") >= pl.lit(_utc(now) - timedelta(hours=limit)))
     eligible = joined.filter(inside).select(frame.columns)
     outside = joined.filter(~inside)
+    why = "" if limit is None else f"more than {limit:g} h before the send" + (
+        f" ({message_tag} allows {limit:g} h)" if tagged else "")
     detail = (
         pl.when(pl.col("_last_inbound").is_null())
-        .then(pl.lit("no message from this user on record"))
+        .then(pl.lit("no message from this user on record" + (f": {message_tag} needs one" if tagged else "")))
         .otherwise(
             pl.lit("last message from this user at ")
             + pl.col("_last_inbound").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-            + pl.lit(f", more than {hours:g} h before the send")
+            + pl.lit(f", {why}")
         )
     )
     return eligible, make_rejects(outside, "outside_window", detail)

@@ -112,6 +112,10 @@ def _build(cls: type[MessengerChannel], spec: CampaignSpec, base_url: str | None
     if options.get("message_tag") and spec.template.category == "marketing":
         # Meta's policy: tags are for non-promotional updates; a tagged marketing send risks the Page.
         raise SpecError("provider.options.message_tag: message tags may not carry marketing content")
+    if options.get("message_tag") == "CUSTOMER_FEEDBACK":
+        # Meta: the tag is for the Customer Feedback template only, which a campaign message is not.
+        raise SpecError("provider.options.message_tag: CUSTOMER_FEEDBACK may only carry Meta's Customer Feedback "
+                        "template; this campaign sends its own message")
     return cls(
         base_url=base_url or spec.provider.base_url or cls.default_base_url,
         api_version=spec.provider.api_version or "v23.0",

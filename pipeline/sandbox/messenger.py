@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline.audience.windows import TAG_WINDOW_H
 from pipeline.channels.messenger import MESSAGE_TAGS, MESSAGING_TYPES
 from pipeline.channels.whatsapp_webhooks import sign
 from pipeline.sandbox.common import Ledger, delays, fate_for
@@ -41,6 +42,9 @@ class MessengerSandboxConfig(BaseModel):
     fail_rate: float = Field(default=0.02, ge=0, le=1, description="share of PSIDs answered 551 (unavailable)")
     read_rate: float = Field(default=0.6, ge=0, le=1)
     outside_window: frozenset[str] = Field(default=frozenset(), description="PSIDs past their 24 h window")
+    # Hours since each user's last message (None: never wrote), for the tags' own windows; users not
+    # listed are not judged (Meta's tag reference: HUMAN_AGENT 7 days, no tag for a user who never wrote).
+    last_message_age_h: dict[str, float | None] = Field(default_factory=dict)
     unavailable: frozenset[str] = frozenset()
     malformed: bool = Field(default=False, description="answer every send with an HTML page (a broken proxy)")
     webhook_delay_s: tuple[float, float] = (0.05, 0.3)
@@ -52,6 +56,12 @@ class MessengerSandboxConfig(BaseModel):
     @property
     def max_text(self) -> int:
         return 1000 if self.platform == "instagram" else 2000
+
+
+def _template_type(message: Any) -> str | None:
+    attachment = message.get("attachment") if isinstance(message, dict) else None
+    payload = attachment.get("payload") if isinstance(attachment, dict) else None
+    return payload.get("template_type") if isinstance(payload, dict) else None
 
 
 def graph_error(code: int, subcode: int | None, message: str) -> dict[str, Any]:
@@ -102,6 +112,10 @@ class MessengerSandbox:
             psid = body["recipient"]["id"]
             if psid in self.config.outside_window and body.get("messaging_type") != "MESSAGE_TAG":
                 raise _Refused(400, *OUTSIDE_WINDOW)
+            if body.get("messaging_type") == "MESSAGE_TAG" and psid in self.config.last_message_age_h:
+                age = self.config.last_message_age_h[psid]
+                if age is None or age > TAG_WINDOW_H.get(body["tag"], float("inf")):
+                    raise _Refused(400, *OUTSIDE_WINDOW)
             fate = fate_for(self.config.seed, psid, fail_rate=self.config.fail_rate, read_rate=self.config.read_rate)
             if psid in self.config.unavailable or fate.final == "failed":
                 raise _Refused(400, *UNAVAILABLE)
@@ -140,6 +154,8 @@ class MessengerSandbox:
             return f"param messaging_type must be one of {sorted(MESSAGING_TYPES)}"
         if kind == "MESSAGE_TAG" and body.get("tag") not in MESSAGE_TAGS:
             return "param tag must be a valid message tag when messaging_type is MESSAGE_TAG"
+        if body.get("tag") == "CUSTOMER_FEEDBACK" and _template_type(body.get("message")) != "customer_feedback":
+            return "the CUSTOMER_FEEDBACK tag may only be used with the Customer Feedback template"
         message = body.get("message")
         if not isinstance(message, dict) or not isinstance(message.get("text"), str) or not message["text"]:
             return "param message[text] must be a non-empty string"
