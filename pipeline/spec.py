@@ -27,6 +27,8 @@ class ButtonSpec(_Spec):
     # quick_reply buttons carry a fixed payload; url buttons a Jinja2 text for the URL suffix.
     payload: str | None = None
     text: str | None = None
+    # A quick reply that opts the recipient out: a tap suppresses them on the channel, as a STOP reply does.
+    opt_out: bool = False
 
     @model_validator(mode="after")
     def _one_value(self) -> ButtonSpec:
@@ -34,6 +36,8 @@ class ButtonSpec(_Spec):
             raise ValueError("a quick_reply button needs 'payload'")
         if self.sub_type == "url" and not self.text:
             raise ValueError("a url button needs 'text'")
+        if self.opt_out and self.sub_type != "quick_reply":
+            raise ValueError("only a quick_reply button can be an opt-out")
         return self
 
 

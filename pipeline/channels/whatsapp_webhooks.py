@@ -209,15 +209,30 @@ def _inbound_text(m: dict[str, Any]) -> str | None:
     return None
 
 
+def _inbound_payload(m: dict[str, Any]) -> str | None:
+    """A tapped button's payload: a template quick reply's `button.payload`, an interactive reply's id."""
+    body = m.get(m.get("type")) if isinstance(m.get("type"), str) else None
+    if not isinstance(body, dict):
+        return None
+    if m.get("type") == "button":
+        return _opt_str(body.get("payload"))
+    reply = body.get("button_reply") or body.get("list_reply")
+    return _opt_str(reply.get("id")) if isinstance(reply, dict) else None
+
+
 def _inbound(message_obj: Any, where: str) -> Inbound:
     m = _obj(message_obj, where)
     _str(m.get("id"), f"{where}.id")  # the provider message id: ingest keys and cites it
+    context = m.get("context")
     return Inbound(
         provider=PROVIDER,
         sender=_str(m.get("from"), f"{where}.from"),
         text=_inbound_text(m),
         occurred_at=_timestamp(m.get("timestamp"), f"{where}.timestamp"),
         raw_json=_raw_json(m, where),
+        payload=_inbound_payload(m),
+        # The message replied to or whose button was tapped: Meta's wamid of our send.
+        context_id=_opt_str(context.get("id")) if isinstance(context, dict) else None,
     )
 
 

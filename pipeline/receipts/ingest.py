@@ -52,6 +52,7 @@ from pipeline.channels.whatsapp_webhooks import BULK_CANDIDATE, bulk_statuses_sq
 from pipeline.receipts import unmatched
 from pipeline.receipts.event_ids import EVENT_ID_SQL, _hash, event_id
 from pipeline.receipts.links import apply_watermarks, link_receipts
+from pipeline.receipts.replies import opt_out_payloads
 from pipeline.receipts.spool import batches_of, closed_files, decode_record, lines_table, read_spool_file
 from pipeline.records import Inbound, Receipt
 from pipeline.store import Store
@@ -88,6 +89,9 @@ def suppression_key(provider: str, sender: str | None) -> tuple[str, str | None]
     if channel == "email":
         return channel, sender.strip().lower()
     if channel in _ID_CHANNELS:
+        return channel, sender.strip()
+    if provider == "chatapp" and not sender.startswith("+"):
+        # Chat App's Messenger/Instagram users arrive as their ids (chatapp_webhooks.py writes phones as E.164).
         return channel, sender.strip()
     return channel, _address(sender)
 
@@ -150,7 +154,8 @@ def _address(digits_or_e164: str | None) -> str | None:
 class _Staged:
     """Rows the reference parser gives for the lines of one batch, before they are written."""
 
-    def __init__(self) -> None:
+    def __init__(self, opt_outs: frozenset[str] = frozenset()) -> None:
+        self.opt_outs = opt_outs  # quick-reply payloads that opt out (pipeline/receipts/replies.py)
         self.events: list[dict[str, Any]] = []
         self.inbound: list[dict[str, Any]] = []
         self.quarantine: list[dict[str, Any]] = []
@@ -198,8 +203,9 @@ class _Staged:
                 "sender": m.sender, "text": m.text, "occurred_at": m.occurred_at, "raw_json": m.raw_json,
             })
             channel, address = suppression_key(provider, m.sender)
-            if is_stop_keyword(m.text) and address:
-                reason = "unsubscribe" if provider == "unsubscribe" else "stop_reply"
+            tapped = m.payload is not None and m.payload in self.opt_outs
+            if (is_stop_keyword(m.text) or tapped) and address:
+                reason = "unsubscribe" if provider == "unsubscribe" else "opt_out_button" if tapped else "stop_reply"
                 source = (unsubscribe_webhooks.suppression_source(m) if provider == unsubscribe_webhooks.PROVIDER
                           else inbound_message_id(m))
                 self.stops.append({**order, "pos": pos, "channel": channel, "address": address, "reason": reason,
@@ -311,13 +317,14 @@ def _parse_bulk(cur: duckdb.DuckDBPyConnection, batch: _Batch, tables: list[pa.T
         batch.staged.add_updates(batch.paths[idx].name, line_no, body.encode("utf-8"))
 
 
-def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool) -> _Batch:
+def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool,
+           opt_outs: frozenset[str] = frozenset()) -> _Batch:
     """Parses one batch into DuckDB tables (bulk SQL) and a _Staged (everything else), with what the
     write needs to know about it: repeated receipts, opt-outs, counts per file.
 
     Runs on a cursor of the in-memory DuckDB, in a worker thread while the previous batch is written.
     """
-    staged = _Staged()
+    staged = _Staged(opt_outs)
     sizes, tables = _read_lines(paths, staged, bulk)
     batch = _Batch(number, paths, sizes, staged, bulk=bool(tables))
     if tables:
@@ -439,18 +446,19 @@ def ingest_spool(
             pending.append(path)
     batches = list(batches_of(pending, batch_bytes))
     if batches:
+        opt_outs = opt_out_payloads(db)
         duck = duckdb.connect()  # in memory: parsing and staging only
         cur = duck.cursor()
         try:
             stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receipts-stage")
             with stager as pool:
-                upcoming: Future[_Batch] | None = pool.submit(_stage, cur, 0, batches[0], bulk)
+                upcoming: Future[_Batch] | None = pool.submit(_stage, cur, 0, batches[0], bulk, opt_outs)
                 for number in range(len(batches)):
                     assert upcoming is not None
                     batch = upcoming.result()
                     upcoming = None
                     if number + 1 < len(batches):
-                        upcoming = pool.submit(_stage, cur, number + 1, batches[number + 1], bulk)
+                        upcoming = pool.submit(_stage, cur, number + 1, batches[number + 1], bulk, opt_outs)
                     _write(db, duck, batch, result, write_rows)
         finally:  # also after a failure: the pool has finished any batch it was staging
             cur.close()
