@@ -20,15 +20,20 @@ import httpx
 
 from pipeline.channels.acs3 import percent_encode, sign_request
 from pipeline.channels.base import HttpSession, Outgoing, SendOutcome, classify_exception, http_session
-from pipeline.spec import CampaignSpec, SpecError
+from pipeline.spec import CampaignSpec, SpecError, TemplateSpec
 
 API_VERSION = "2020-06-06"
 DEFAULT_BASE_URL = "https://cams.ap-southeast-1.aliyuncs.com"
 CHANNEL_TYPES = frozenset({"whatsapp", "viber", "messenger", "instagram"})
 MASS_PREFIX = "mass-"
 MAX_MASS = 1000
-# Per-recipient parameters of a stored payload; everything else is shared by a mass send.
-_PER_RECIPIENT = ("To", "TemplateParams", "TaskId")
+# Per-recipient parameters of a stored payload (a SenderList item's fields in the SDK's
+# SendChatappMassMessageRequestSenderList, plus our TaskId); everything else is shared by a mass send.
+_PER_RECIPIENT = ("To", "TemplateParams", "Payload", "FlowAction", "TaskId")
+# SendChatappMessage parameters SendChatappMassMessage does not take (its SDK model lacks them).
+_SINGLE_ONLY = ("Type", "MessageType", "Content", "ContextMessageId")
+# Chat App's native fallback (docs/providers.md §3.2): policy id, text, seconds without a delivery, rule.
+FALLBACK_RULES = frozenset({"undelivered", "sentFailed"})
 
 # Codes (docs/providers.md §3.5 and Alibaba's gateway codes) by what the dispatcher should do.
 _STOP_PREFIXES = ("Authentication.", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -83,6 +88,7 @@ class ChatAppChannel:
     def __init__(
         self, *, base_url: str, access_key_id: str, access_key_secret: str, channel_type: str, sender: str,
         cust_space_id: str | None = None, template_code: str | None = None, viber_ttl_s: int | None = None,
+        fallback: dict[str, Any] | None = None,
     ) -> None:
         if channel_type not in CHANNEL_TYPES:
             raise SpecError(f"provider.options.channel_type: {channel_type!r} is not one of {sorted(CHANNEL_TYPES)}")
@@ -93,24 +99,29 @@ class ChatAppChannel:
         self.cust_space_id = cust_space_id
         self.template_code = template_code
         self.viber_ttl_s = viber_ttl_s
+        self.fallback = fallback or {}
         self._key_id = access_key_id
         self._key_secret = access_key_secret
 
     # ------------------------------------------------------------------ payloads
 
     def build_payload(self, message: Outgoing) -> dict[str, Any]:
-        """The `SendChatappMessage` parameters; TemplateParams keys are the template's positions "1".."n"."""
+        """The `SendChatappMessage` parameters: TemplateParams by `template_params`, the quick replies'
+        payloads in `Payload` (button order), the fallback settings."""
         template = message.template
-        values = message.params.get("body") or []
         params: dict[str, Any] = {
             "ChannelType": self.channel_type,
             "Type": "template",
             "Language": template.language,
             "From": self.sender,
             "To": self._address(message.to),
-            "TemplateParams": {str(i): v for i, v in enumerate(values, start=1)},
+            "TemplateParams": template_params(template, message.params),
             "TaskId": message.message_id,  # echoed in every ChatAppStatus: the correlation id
         }
+        payloads = [b.payload for b in template.buttons if b.sub_type == "quick_reply" and b.payload]
+        if payloads:
+            params["Payload"] = payloads
+        params.update(self.fallback)
         if self.template_code:
             params["TemplateCode"] = self.template_code
         else:
@@ -169,9 +180,9 @@ class ChatAppChannel:
 
     async def _send_mass(self, session: HttpSession, batch: list[dict[str, Any]]) -> list[SendOutcome]:
         task_id = mass_task_id([p["TaskId"] for p in batch])
-        params = {k: v for k, v in batch[0].items() if k not in _PER_RECIPIENT}
+        params = {k: v for k, v in batch[0].items() if k not in _PER_RECIPIENT and k not in _SINGLE_ONLY}
         params["TaskId"] = task_id
-        params["SenderList"] = [{"To": p["To"], "TemplateParams": p.get("TemplateParams") or {}} for p in batch]
+        params["SenderList"] = [{k: p[k] for k in _PER_RECIPIENT if k != "TaskId" and k in p} for p in batch]
         outcome, data = await self._call(session, "SendChatappMassMessage", params)
         if data is None:  # a batch-level answer applies to every recipient of the batch
             return [outcome] * len(batch)
@@ -197,11 +208,15 @@ def _calls(parsed: list[dict[str, Any]]) -> list[list[int]]:
     """The provider calls a batch goes out as, by index: same-shaped messages (all but the
     recipient's own fields equal) share mass sends of up to MAX_MASS; a lone one is a single send."""
     groups: dict[str, list[int]] = {}
+    singles: list[list[int]] = []
     for index, params in enumerate(parsed):
+        if params.get("Type") != "template":  # free-form messages have no mass send
+            singles.append([index])
+            continue
         shared = {k: v for k, v in params.items() if k not in _PER_RECIPIENT}
         groups.setdefault(json.dumps(shared, sort_keys=True), []).append(index)
-    return [indices[start : start + MAX_MASS] for indices in groups.values()
-            for start in range(0, len(indices), MAX_MASS)]
+    return singles + [indices[start : start + MAX_MASS] for indices in groups.values()
+                      for start in range(0, len(indices), MAX_MASS)]
 
 
 def encode_form(params: dict[str, Any]) -> bytes:
@@ -211,9 +226,45 @@ def encode_form(params: dict[str, Any]) -> bytes:
     return urllib.parse.urlencode(flat, quote_via=lambda s, *_: percent_encode(str(s))).encode("ascii")
 
 
+def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dict[str, str]:
+    """TemplateParams of one recipient: body positions "1".."n" (as before), the header's text variable as
+    "header.1", a URL button's dynamic suffix as "button.<index>". Alibaba's reference gives TemplateParams
+    only as a map of variable to value; these names for header and button variables are the project's
+    (docs/providers.md §3.2), checked by the sandbox against the template's components."""
+    values = {str(i): v for i, v in enumerate(params.get("body") or [], start=1)}
+    values.update({f"header.{i}": v for i, v in enumerate(params.get("header") or [], start=1)})
+    buttons = params.get("buttons") or []
+    for index, button in enumerate(template.buttons):
+        if button.sub_type != "quick_reply" and index < len(buttons):
+            values[f"button.{index}"] = buttons[index]
+    return values
+
+
+def _fallback(options: dict[str, Any]) -> dict[str, Any]:
+    """FallBackId / FallBackContent / FallBackDuration / FallBackRule from provider.options."""
+    out: dict[str, Any] = {}
+    if options.get("fallback_id"):
+        out["FallBackId"] = str(options["fallback_id"])
+    if options.get("fallback_content"):
+        out["FallBackContent"] = str(options["fallback_content"])
+    if options.get("fallback_duration_s") is not None:
+        seconds = int(options["fallback_duration_s"])
+        if not 60 <= seconds <= 43200:
+            raise SpecError(f"provider.options.fallback_duration_s: {seconds} is not 60 to 43200 seconds")
+        out["FallBackDuration"] = seconds
+    if options.get("fallback_rule") is not None:
+        if options["fallback_rule"] not in FALLBACK_RULES:
+            raise SpecError(f"provider.options.fallback_rule: {options['fallback_rule']!r} is not one of "
+                            f"{sorted(FALLBACK_RULES)}")
+        out["FallBackRule"] = options["fallback_rule"]
+    if out and "FallBackId" not in out:
+        raise SpecError("provider.options.fallback_id: Chat App's fallback needs the policy id (S0…)")
+    return out
+
+
 def from_spec(spec: CampaignSpec, base_url: str | None, sender: str | None = None) -> ChatAppChannel:
     """`provider.options`: channel_type (required), cust_space_id, template_code, viber_ttl_s,
-    mass_send (default false).
+    mass_send (default false), fallback_id / fallback_content / fallback_duration_s / fallback_rule.
 
     Without mass_send every message is its own SendChatappMessage whose TaskId is our message id,
     so each receipt names its message. With mass_send, up to 1,000 recipients share one
@@ -230,6 +281,7 @@ def from_spec(spec: CampaignSpec, base_url: str | None, sender: str | None = Non
         cust_space_id=options.get("cust_space_id"),
         template_code=options.get("template_code"),
         viber_ttl_s=int(ttl) if ttl is not None else None,
+        fallback=_fallback(options),
     )
     channel.max_batch = MAX_MASS if options.get("mass_send") else 1
     return channel
