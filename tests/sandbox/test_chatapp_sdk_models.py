@@ -23,8 +23,15 @@ from pipeline.servers import serve_in_thread
 from pipeline.spec import parse_spec
 from pipeline.store import Store
 from tests.helpers.channels import dispatch, queue
-from tests.helpers.providers import CHATAPP_ENV, CHATAPP_KEY_ID, CHATAPP_KEY_SECRET, CHATAPP_SPEC, chatapp_config
-from tests.helpers.providers import chatapp_channel, set_env
+from tests.helpers.providers import (
+    CHATAPP_ENV,
+    CHATAPP_KEY_ID,
+    CHATAPP_KEY_SECRET,
+    CHATAPP_SPEC,
+    chatapp_channel,
+    chatapp_config,
+    set_env,
+)
 
 HEADER = {"type": "HEADER", "format": "TEXT", "text": "Hello {{1}}"}
 BODY = {"type": "BODY", "text": "Hi {{1}}, your code is {{2}}."}
