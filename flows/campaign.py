@@ -36,7 +36,7 @@ from pipeline.dispatch.template_watch import TemplateWatch, ends_not_completed
 from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
 from pipeline.render.prepare import Prepared
-from pipeline.render.prepare_ids import prepare_ids, uses_ids
+from pipeline.render.prepare_ids import id_channel, prepare_ids
 from pipeline.spec import CampaignSpec, load_spec
 
 install_log_masking()
@@ -66,10 +66,11 @@ def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) 
         suppressed = store.suppressed_addresses(db, spec.channel)
         # The campaign's own sends don't count: a resumed campaign must not cap itself.
         capped = recently_messaged(db, spec.channel, exclude_campaign=campaign_id)
-        last_inbound = last_inbound_times(db, spec.channel) if uses_ids(spec.channel) else {}
-    if uses_ids(spec.channel):  # PSIDs, Viber ids, e-mail addresses
+        by_id = id_channel(spec.channel, spec.provider.options)  # Chat App to Messenger/Instagram too
+        last_inbound = last_inbound_times(db, spec.channel) if by_id else {}
+    if by_id:  # PSIDs, Viber ids, e-mail addresses
         return prepare_ids(
-            spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
+            spec.audience, channel=by_id, category=spec.template.category, template=spec.template,
             variables=spec.variables, suppressed=suppressed, last_inbound=last_inbound,
             message_tag=spec.provider.options.get("message_tag"), out_dir=out_dir,
         )
@@ -84,7 +85,7 @@ def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) 
 @task(name="queue", cache_policy=NO_CACHE)
 def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: str, base_url: str | None) -> int:
     accepted = prepared.accepted
-    if spec.send_window is not None and not uses_ids(spec.channel):
+    if spec.send_window is not None and not id_channel(spec.channel, spec.provider.options):
         accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
     with store.connect(database) as db:
         register_campaign(db, spec, campaign_id)

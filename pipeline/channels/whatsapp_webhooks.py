@@ -272,7 +272,8 @@ def parse_webhook(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
 def inbound_message_id(item: Inbound) -> str | None:
     """The provider's id of an inbound message (kept in its raw JSON; Inbound has no field for it)."""
     try:
-        value = _loads(item.raw_json).get("id")
+        raw = _loads(item.raw_json)
+        value = raw.get("id") or raw.get("MessageId")  # Meta's wamid; Chat App's MessageId
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None

@@ -3,6 +3,8 @@ recipient, as STOP does, and the next campaign skips them; another button's tap 
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,9 @@ from pipeline import store
 from pipeline.dispatch.outbox import register_campaign
 from pipeline.receipts.ingest import ingest_spool
 from pipeline.receipts.replies import opt_out_payloads
+from pipeline.receipts.spool import encode_record
 from pipeline.render.prepare import prepare_audience
+from pipeline.render.prepare_ids import id_channel, prepare_ids
 from pipeline.spec import SpecError, load_spec
 from tests.helpers.receipts import T0, body, line, write_spool
 
@@ -54,3 +58,42 @@ def test_opt_out_payloads_are_bounded(db: store.Store) -> None:
     assert opt_out_payloads(db, {"CAMPAIGN_MAX_OPT_OUT_PAYLOADS": "2"}) == {"STOP_PROMOS", "STOP_2"}
     with pytest.raises(SpecError, match="CAMPAIGN_MAX_OPT_OUT_PAYLOADS: more than 1"):
         opt_out_payloads(db, {"CAMPAIGN_MAX_OPT_OUT_PAYLOADS": "1"})
+
+
+def chatapp_line(items: list[dict]) -> bytes:
+    return encode_record("chatapp", json.dumps(items).encode(), datetime(2026, 6, 1, tzinfo=UTC))
+
+
+def test_chatapp_replies_and_taps_suppress_by_phone_and_by_user_id(db: store.Store, tmp_path: Path) -> None:
+    spec = load_spec("campaigns/welcome.yaml")
+    register_campaign(db, spec, "welcome")  # names STOP_PROMOS as an opt-out
+    ms = T0 * 1000
+    write_spool(tmp_path / "sp", "1", [chatapp_line([
+        {"MessageId": "in-1", "From": "6591000001", "To": "8613100000001", "Timestamp": ms, "Type": "TEXT",
+         "Message": "STOP", "DisplayName": "A", "Name": "A"},
+        {"MessageId": "in-2", "From": "6591000002", "To": "8613100000001", "Timestamp": ms, "Type": "REPLY",
+         "Message": {"payload": "STOP_PROMOS", "text": "Stop promotions"}, "DisplayName": "B", "Name": "B",
+         "ContextMessageId": "61851ccb2f1365b16aee0001"},
+        {"MessageId": "in-3", "From": "6591000003", "To": "8613100000001", "Timestamp": ms, "Type": "TEXT",
+         "Message": "Thanks!", "DisplayName": "C", "Name": "C"},
+        {"MessageId": "in-4", "From": "7100000000000001", "To": "104857600001", "Timestamp": ms, "Type": "TEXT",
+         "Message": "stop", "ChannelType": "messenger", "DisplayName": "D", "Name": "D"},
+        {"MessageId": "6185", "TaskId": "m-1", "From": "8613100000001", "To": "6591000004", "Timestamp": ms,
+         "Status": "Delivered"},
+    ])])
+    result = ingest_spool(db, tmp_path / "sp")
+    assert (result.inbound_added, result.quarantined, result.suppressions_added) == (4, 0, 3)
+    assert sorted(db.rows("SELECT channel, address, reason, source FROM suppressions")) == [
+        ("chatapp", "+6591000001", "stop_reply", "in-1"),
+        ("chatapp", "+6591000002", "opt_out_button", "in-2"),
+        ("chatapp", "7100000000000001", "stop_reply", "in-4"),
+    ]
+    # The next Chat App campaign to Messenger users, prepared by user id, skips the one who wrote STOP.
+    audience = tmp_path / "u.csv"
+    audience.write_text("user_id,first_name,city,opt_in\n7100000000000001,Ann,Rome,yes\n7100000000000002,Bo,Rome,yes\n")
+    channel = id_channel("chatapp", {"channel_type": "messenger"})
+    assert channel == "messenger"
+    prepared = prepare_ids(audience, channel=channel, category="utility", suppressed=store.suppressed_addresses(
+        db, "chatapp"), last_inbound={"7100000000000002": datetime.now(UTC)})
+    assert prepared.accepted["recipient_key"].to_list() == ["7100000000000002"]
+    assert prepared.counts == {"suppressed": 1}
