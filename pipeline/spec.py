@@ -22,6 +22,24 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class MediaHeader(_Spec):
+    """A template's media header: the file by `link` (Jinja2 over the campaign's variables, so a column can give
+    each recipient their own) or by an uploaded media `id`; a document may name its `filename`."""
+
+    format: Literal["image", "video", "document"]
+    link: str | None = Field(default=None, min_length=1)
+    id: str | None = Field(default=None, min_length=1)
+    filename: str | None = Field(default=None, min_length=1, max_length=240)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MediaHeader:
+        if (self.link is None) == (self.id is None):
+            raise ValueError("a media header needs exactly one of 'link' and 'id'")
+        if self.filename and self.format != "document":
+            raise ValueError("only a document header takes 'filename'")
+        return self
+
+
 class ButtonSpec(_Spec):
     sub_type: Literal["quick_reply", "url"]
     # quick_reply buttons carry a fixed payload; url buttons a Jinja2 text for the URL suffix.
@@ -56,6 +74,23 @@ class TemplateSpec(_Spec):
     header: list[str] = Field(default_factory=list)
     body: list[str] = Field(default_factory=list)
     buttons: list[ButtonSpec] = Field(default_factory=list, max_length=10)
+    # An image, video or document header instead of a text one (`header` then stays empty).
+    header_media: MediaHeader | None = None
+
+    @model_validator(mode="after")
+    def _one_header(self) -> TemplateSpec:
+        if self.header_media is not None and self.header:
+            raise ValueError("a template has a text header ('header') or a media one ('header_media'), not both")
+        return self
+
+    @property
+    def header_sources(self) -> list[str]:
+        """The Jinja2 sources rendered per recipient for the header: its text parameters, or the media's
+        link or id (rendered like any parameter, so a plain column takes the fast path)."""
+        media = self.header_media
+        if media is None:
+            return list(self.header)
+        return [media.link or media.id or ""]
 
 
 class RateSpec(_Spec):

@@ -232,7 +232,13 @@ def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dic
     only as a map of variable to value; these names for header and button variables are the project's
     (docs/providers.md §3.2), checked by the sandbox against the template's components."""
     values = {str(i): v for i, v in enumerate(params.get("body") or [], start=1)}
-    values.update({f"header.{i}": v for i, v in enumerate(params.get("header") or [], start=1)})
+    media = template.header_media
+    if media is not None and params.get("header"):  # a media header's file: "header.link" or "header.id"
+        values["header.link" if media.link is not None else "header.id"] = params["header"][0]
+        if media.filename:
+            values["header.fileName"] = media.filename
+    else:
+        values.update({f"header.{i}": v for i, v in enumerate(params.get("header") or [], start=1)})
     buttons = params.get("buttons") or []
     for index, button in enumerate(template.buttons):
         if button.sub_type != "quick_reply" and index < len(buttons):

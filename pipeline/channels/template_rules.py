@@ -53,8 +53,16 @@ def check_spec(spec: CampaignSpec, t: registry.ProviderTemplate | None, provider
     comps = t.components
     header = _component(comps, "HEADER")
     fmt = str(header.get("format", "TEXT")).upper() if header else None
-    if header and fmt != "TEXT":
-        v.problems.append(f"header_format: the template's header is {fmt}; the spec can fill text headers only")
+    media = spec.template.header_media
+    if header and fmt in ("IMAGE", "VIDEO", "DOCUMENT"):
+        if media is None or media.format.upper() != fmt:
+            v.problems.append(f"header_format: the template's header is {fmt}; the spec gives "
+                              f"{media.format.upper() if media else 'no media'} (header_media)")
+    elif header and fmt != "TEXT":
+        v.problems.append(f"header_format: the template's header is {fmt}; the spec cannot fill it")
+    elif media is not None:
+        v.problems.append(f"header_format: the spec gives a {media.format} header, the template's is "
+                          f"{fmt or 'absent'}")
     wanted = len(_variables(header.get("text"))) if header and fmt == "TEXT" else 0
     if wanted != len(spec.template.header):
         v.problems.append(f"header_parameters: the template's header takes {wanted}, the spec fills "

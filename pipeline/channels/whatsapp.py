@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
+from pipeline.render.templates import media_header
 
 # Meta's error codes by what the dispatcher should do about them (docs/providers.md §1.5).
 THROTTLE_CODES = frozenset({4, 80007, 130429})
@@ -65,7 +66,9 @@ class WhatsAppChannel(HttpChannel):
         components: list[dict[str, Any]] = []
         for kind in ("header", "body"):
             values = params.get(kind) or []
-            if values:
+            if kind == "header" and values and template.header_media is not None:
+                components.append(media_header(template, values[0]))
+            elif values:
                 components.append(
                     {"type": kind, "parameters": [{"type": "text", "text": v} for v in values]}
                 )

@@ -178,7 +178,7 @@ class FastTemplate:
                 buttons.append(button.payload or "")
         return cls(
             text=compile_source(env, template.text, variables),
-            header=tuple(compile_source(env, s, variables) for s in template.header),
+            header=tuple(compile_source(env, s, variables) for s in template.header_sources),
             body=tuple(compile_source(env, s, variables) for s in template.body),
             buttons=tuple(buttons),
         )

@@ -33,7 +33,7 @@ class TemplateProblem(ValueError):
 def _sources(template: TemplateSpec) -> list[tuple[str, str]]:
     """(where, Jinja2 source) for every rendered part; quick_reply payloads are fixed text."""
     parts = [("text", template.text)]
-    parts += [(f"header parameter {{{{{i}}}}}", src) for i, src in enumerate(template.header, 1)]
+    parts += [(f"header parameter {{{{{i}}}}}", src) for i, src in enumerate(template.header_sources, 1)]
     parts += [(f"body parameter {{{{{i}}}}}", src) for i, src in enumerate(template.body, 1)]
     parts += [(f"button {i} url", b.text) for i, b in enumerate(template.buttons) if b.sub_type == "url" and b.text]
     return parts
@@ -77,7 +77,7 @@ class CompiledTemplate:
                 buttons.append((button.sub_type, button.payload or ""))
         return cls(
             text=_ENV.compile_bounded(template.text),
-            header=tuple(_ENV.compile_bounded(s) for s in template.header),
+            header=tuple(_ENV.compile_bounded(s) for s in template.header_sources),
             body=tuple(_ENV.compile_bounded(s) for s in template.body),
             buttons=tuple(buttons),
         )
@@ -238,6 +238,16 @@ def _missing_detail(message: str, variables: dict[str, str]) -> str:
     return f"{name} is empty" if column in (None, name) else f"{name} is empty (column {column})"
 
 
+def media_header(template: TemplateSpec, value: str) -> dict[str, Any]:
+    """Meta's header component for a media header: `{"type": "image", "image": {"link": ...}}` (or `id`)."""
+    media = template.header_media
+    assert media is not None
+    source: dict[str, str] = {"link": value} if media.link is not None else {"id": value}
+    if media.filename:
+        source["filename"] = media.filename
+    return {"type": "header", "parameters": [{"type": media.format, media.format: source}]}
+
+
 def build_whatsapp_components(template: TemplateSpec, params: dict[str, Any] | str) -> list[dict[str, Any]]:
     """The Meta Cloud API `template.components` array for one recipient's rendered params."""
     if isinstance(params, str):
@@ -245,7 +255,9 @@ def build_whatsapp_components(template: TemplateSpec, params: dict[str, Any] | s
     components: list[dict[str, Any]] = []
     for part in ("header", "body"):
         values = params.get(part) or []
-        if values:
+        if part == "header" and values and template.header_media is not None:
+            components.append(media_header(template, str(values[0])))
+        elif values:
             components.append({"type": part, "parameters": [{"type": "text", "text": str(v)} for v in values]})
     values = params.get("buttons") or []
     for index, button in enumerate(template.buttons):
