@@ -24,36 +24,59 @@ class _Spec(BaseModel):
 
 class MediaHeader(_Spec):
     """A template's media header: the file by `link` (Jinja2 over the campaign's variables, so a column can give
-    each recipient their own) or by an uploaded media `id`; a document may name its `filename`."""
+    each recipient their own) or by an uploaded media `id`; a document may name its `filename`. A location
+    header gives `latitude`, `longitude` and optionally `name` and `address` instead."""
 
-    format: Literal["image", "video", "document"]
+    format: Literal["image", "video", "document", "location"]
     link: str | None = Field(default=None, min_length=1)
     id: str | None = Field(default=None, min_length=1)
     filename: str | None = Field(default=None, min_length=1, max_length=240)
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
+    name: str | None = Field(default=None, max_length=1000)
+    address: str | None = Field(default=None, max_length=1000)
 
     @model_validator(mode="after")
     def _one_source(self) -> MediaHeader:
+        if self.format == "location":
+            if self.latitude is None or self.longitude is None or self.link or self.id or self.filename:
+                raise ValueError("a location header takes 'latitude' and 'longitude' (and 'name', 'address') only")
+            return self
         if (self.link is None) == (self.id is None):
             raise ValueError("a media header needs exactly one of 'link' and 'id'")
         if self.filename and self.format != "document":
             raise ValueError("only a document header takes 'filename'")
+        if self.latitude is not None or self.longitude is not None or self.name or self.address:
+            raise ValueError(f"an {self.format} header takes no location")
         return self
 
 
+# Buttons whose value is rendered per recipient from `text` (Jinja2): a URL's dynamic suffix, a copy-code
+# button's coupon code, a flow button's flow token.
+RENDERED_BUTTONS = frozenset({"url", "copy_code", "flow"})
+
+
 class ButtonSpec(_Spec):
-    sub_type: Literal["quick_reply", "url"]
-    # quick_reply buttons carry a fixed payload; url buttons a Jinja2 text for the URL suffix.
+    sub_type: Literal["quick_reply", "url", "copy_code", "flow", "phone_number"]
+    # quick_reply buttons carry a fixed payload; url / copy_code / flow buttons a Jinja2 `text` (URL suffix,
+    # coupon code, flow token); a phone_number button is fixed in the template and takes nothing at send time.
     payload: str | None = None
     text: str | None = None
     # A quick reply that opts the recipient out: a tap suppresses them on the channel, as a STOP reply does.
     opt_out: bool = False
+    # A flow button's initial data (Meta's `flow_action_data`), the same for every recipient.
+    flow_action_data: dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _one_value(self) -> ButtonSpec:
         if self.sub_type == "quick_reply" and not self.payload:
             raise ValueError("a quick_reply button needs 'payload'")
-        if self.sub_type == "url" and not self.text:
-            raise ValueError("a url button needs 'text'")
+        if self.sub_type in RENDERED_BUTTONS and not self.text:
+            raise ValueError(f"a {self.sub_type} button needs 'text'")
+        if self.sub_type != "quick_reply" and self.payload:
+            raise ValueError(f"a {self.sub_type} button takes no 'payload'")
+        if self.flow_action_data is not None and self.sub_type != "flow":
+            raise ValueError("only a flow button takes 'flow_action_data'")
         if self.opt_out and self.sub_type != "quick_reply":
             raise ValueError("only a quick_reply button can be an opt-out")
         return self
@@ -90,7 +113,7 @@ class TemplateSpec(_Spec):
         media = self.header_media
         if media is None:
             return list(self.header)
-        return [media.link or media.id or ""]
+        return [] if media.format == "location" else [media.link or media.id or ""]
 
 
 class RateSpec(_Spec):

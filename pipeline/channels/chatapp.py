@@ -121,6 +121,9 @@ class ChatAppChannel:
         payloads = [b.payload for b in template.buttons if b.sub_type == "quick_reply" and b.payload]
         if payloads:
             params["Payload"] = payloads
+        flow = flow_action(template, message.params)
+        if flow:
+            params["FlowAction"] = flow
         params.update(self.fallback)
         if self.template_code:
             params["TemplateCode"] = self.template_code
@@ -228,9 +231,10 @@ def encode_form(params: dict[str, Any]) -> bytes:
 
 def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dict[str, str]:
     """TemplateParams of one recipient: body positions "1".."n" (as before), the header's text variable as
-    "header.1", a URL button's dynamic suffix as "button.<index>". Alibaba's reference gives TemplateParams
-    only as a map of variable to value; these names for header and button variables are the project's
-    (docs/providers.md §3.2), checked by the sandbox against the template's components."""
+    "header.1" (a media header's file as "header.link" or "header.id"), a URL button's dynamic suffix or a
+    copy-code button's coupon as "button.<index>"; a flow button's token travels in FlowAction instead.
+    Alibaba's reference gives TemplateParams only as a map of variable to value; these names for header and
+    button variables are the project's (docs/providers.md §3.2), checked by the sandbox against the template."""
     values = {str(i): v for i, v in enumerate(params.get("body") or [], start=1)}
     media = template.header_media
     if media is not None and params.get("header"):  # a media header's file: "header.link" or "header.id"
@@ -241,9 +245,21 @@ def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dic
         values.update({f"header.{i}": v for i, v in enumerate(params.get("header") or [], start=1)})
     buttons = params.get("buttons") or []
     for index, button in enumerate(template.buttons):
-        if button.sub_type != "quick_reply" and index < len(buttons):
+        if button.sub_type in ("url", "copy_code") and index < len(buttons):
             values[f"button.{index}"] = buttons[index]
     return values
+
+
+def flow_action(template: TemplateSpec, params: dict[str, list[str]]) -> dict[str, Any] | None:
+    """A flow button's token and data as the SDK's FlowAction (`FlowToken`, `FlowActionData`)."""
+    buttons = params.get("buttons") or []
+    for index, button in enumerate(template.buttons):
+        if button.sub_type == "flow" and index < len(buttons):
+            action: dict[str, Any] = {"FlowToken": buttons[index]}
+            if button.flow_action_data:
+                action["FlowActionData"] = dict(button.flow_action_data)
+            return action
+    return None
 
 
 def _fallback(options: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
-from pipeline.render.templates import media_header
+from pipeline.render.components import build_whatsapp_components
 
 # Meta's error codes by what the dispatcher should do about them (docs/providers.md §1.5).
 THROTTLE_CODES = frozenset({4, 80007, 130429})
@@ -63,24 +63,7 @@ class WhatsAppChannel(HttpChannel):
 
     def build_payload(self, message: Outgoing) -> dict[str, Any]:
         template, params = message.template, message.params
-        components: list[dict[str, Any]] = []
-        for kind in ("header", "body"):
-            values = params.get(kind) or []
-            if kind == "header" and values and template.header_media is not None:
-                components.append(media_header(template, values[0]))
-            elif values:
-                components.append(
-                    {"type": kind, "parameters": [{"type": "text", "text": v} for v in values]}
-                )
-        button_values = params.get("buttons") or []
-        for index, button in enumerate(template.buttons):
-            if button.sub_type == "quick_reply":
-                parameter = {"type": "payload", "payload": button.payload}
-            else:
-                parameter = {"type": "text", "text": button_values[index] if index < len(button_values) else ""}
-            components.append(
-                {"type": "button", "sub_type": button.sub_type, "index": str(index), "parameters": [parameter]}
-            )
+        components = build_whatsapp_components(template, params)
         return {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",

@@ -15,7 +15,7 @@ import polars as pl
 from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from pipeline.spec import TemplateSpec
+from pipeline.spec import RENDERED_BUTTONS, TemplateSpec
 
 # What Python's str.strip() removes (str.isspace), for trim and the empty-parameter check.
 PY_WHITESPACE = "".join(chr(i) for i in range(0x3001) if chr(i).isspace())
@@ -172,7 +172,7 @@ class FastTemplate:
         """Raises NotCompilable when any part needs Jinja2 itself."""
         buttons: list[_Value | str] = []
         for button in template.buttons:
-            if button.sub_type == "url":
+            if button.sub_type in RENDERED_BUTTONS:
                 buttons.append(compile_source(env, button.text or "", variables))
             else:
                 buttons.append(button.payload or "")

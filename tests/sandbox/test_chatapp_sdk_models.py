@@ -40,7 +40,8 @@ BUTTONS = {"type": "BUTTONS", "buttons": [{"type": "URL", "text": "Open", "url":
 TEMPLATE = {"name": "promo_v1", "language": "en", "category": "marketing", "text": "Hi {{ n }}",
             "header": ["{{ n }}"], "body": ["{{ n }}", "{{ n }}"],
             "buttons": [{"sub_type": "url", "text": "{{ n }}"},
-                        {"sub_type": "quick_reply", "payload": "STOP_PROMOS", "opt_out": True}]}
+                        {"sub_type": "quick_reply", "payload": "STOP_PROMOS", "opt_out": True},
+                        {"sub_type": "flow", "text": "{{ n }}", "flow_action_data": {"screen": "OFFER"}}]}
 OPTIONS = {"channel_type": "whatsapp", "cust_space_id": "cams-8c8test", "fallback_id": "S00001",
            "fallback_duration_s": 600, "fallback_rule": "undelivered"}
 
@@ -76,8 +77,8 @@ def _check(action: str, params: dict[str, str]) -> None:
 def test_every_request_the_project_sends_is_one_the_sdk_models(sqlite_db: Store) -> None:
     template = SandboxTemplate(name="promo_v1", language="en", components=[HEADER, BODY, BUTTONS])
     spec = {"template": TEMPLATE, "provider": {"options": OPTIONS}}
-    params = [json.dumps({"header": [f"n{i}"], "body": [f"n{i}", "7"], "buttons": [f"c{i}", "STOP_PROMOS"]})
-              for i in range(3)]
+    params = [json.dumps({"header": [f"n{i}"], "body": [f"n{i}", "7"],
+                          "buttons": [f"c{i}", "STOP_PROMOS", f"f{i}"]}) for i in range(3)]
     app = create_chatapp_app(chatapp_config(template_set=[template]))
     with serve_in_thread(app) as url:
         for mass in (False, True):
@@ -103,12 +104,14 @@ def test_every_request_the_project_sends_is_one_the_sdk_models(sqlite_db: Store)
     # Header, body and button values reach the provider, with the quick reply's payload and the fallback.
     assert json.loads(single["TemplateParams"]) == {"1": "n0", "2": "7", "header.1": "n0", "button.0": "c0"}
     assert json.loads(single["Payload"]) == ["STOP_PROMOS"]
+    assert json.loads(single["FlowAction"]) == {"FlowToken": "f0", "FlowActionData": {"screen": "OFFER"}}
     assert (single["FallBackId"], single["FallBackDuration"], single["FallBackRule"]) == ("S00001", "600",
                                                                                         "undelivered")
     mass_call = next(p for a, p in seen if a == "SendChatappMassMessage")
     assert "Type" not in mass_call
     assert json.loads(mass_call["SenderList"])[2] == {
-        "To": "6591000003", "Payload": ["STOP_PROMOS"],
+        "To": "6591000003", "Payload": ["STOP_PROMOS"], "FlowAction": {"FlowToken": "f2",
+                                                                       "FlowActionData": {"screen": "OFFER"}},
         "TemplateParams": {"1": "n2", "2": "7", "header.1": "n2", "button.0": "c2"}}
 
 
