@@ -432,3 +432,22 @@ provider_numbers = Table(
     Column("changed_at", TS),
     Column("synced_at", TS),
 )
+# Every inbound message as a reply: a text reply or a button tap, the message and campaign it answers (by the
+# provider's context id, else the last message sent to the sender within the link window; NULL when none),
+# whether it opted out (STOP, an opt-out button). Filled by receipts ingest (pipeline/receipts/replies.py).
+replies = Table(
+    "replies", metadata,
+    Column("event_id", String, primary_key=True),  # the inbound row's
+    Column("channel", String, nullable=False),
+    Column("address", String),  # as the outbox writes recipients (E.164, user id, e-mail)
+    Column("kind", String, nullable=False),  # reply | tap
+    Column("payload", Text),  # a tap's button payload
+    Column("context_id", String),  # the provider's id of the message answered, when the provider says
+    Column("opt_out", Boolean, nullable=False),
+    Column("occurred_at", TS, nullable=False),
+    Column("linked", Boolean, nullable=False),  # the link was looked for (message_id NULL: none was found)
+    Column("message_id", String),
+    Column("campaign_id", String),
+    Index("replies_campaign", "campaign_id"),
+    Index("replies_unlinked", "linked"),
+)

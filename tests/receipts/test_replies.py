@@ -4,12 +4,14 @@ recipient, as STOP does, and the next campaign skips them; another button's tap 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from pipeline import store
+from pipeline.costs.engagement import engagement
+from pipeline.costs.report import write_report
 from pipeline.dispatch.outbox import register_campaign
 from pipeline.receipts.ingest import ingest_spool
 from pipeline.receipts.replies import opt_out_payloads
@@ -17,7 +19,7 @@ from pipeline.receipts.spool import encode_record
 from pipeline.render.prepare import prepare_audience
 from pipeline.render.prepare_ids import id_channel, prepare_ids
 from pipeline.spec import SpecError, load_spec
-from tests.helpers.receipts import T0, body, line, write_spool
+from tests.helpers.receipts import T0, add_messages, body, line, write_spool
 
 
 def tap(sender: str, payload: str, mid: str, context: str | None = None) -> dict:
@@ -97,3 +99,32 @@ def test_chatapp_replies_and_taps_suppress_by_phone_and_by_user_id(db: store.Sto
         db, "chatapp"), last_inbound={"7100000000000002": datetime.now(UTC)})
     assert prepared.accepted["recipient_key"].to_list() == ["7100000000000002"]
     assert prepared.counts == {"suppressed": 1}
+
+
+def test_replies_and_taps_are_linked_to_their_campaign_and_counted_in_its_report(
+        db: store.Store, tmp_path: Path) -> None:
+    spec = load_spec("campaigns/welcome.yaml")
+    register_campaign(db, spec, "c1")
+    sent_at = datetime.fromtimestamp(T0 - 3600, tz=UTC)
+    for i in range(4):
+        add_messages(db, f"m{i}", recipient=f"+1201552080{i}", provider_ids=[f"wamid.sent{i}"], sent_at=sent_at)
+    add_messages(db, "old", campaign="c0", recipient="+12015520801", provider_ids=["wamid.old"],
+                 sent_at=sent_at - timedelta(days=30))
+    text_reply = {"from": "12015520801", "id": "wamid.r1", "timestamp": str(T0), "type": "text",
+                  "text": {"body": "Is it valid in Austin?"}}  # no context: the last message sent to them
+    write_spool(tmp_path / "sp", "1", [line(body(messages=[
+        tap("12015520800", "STOP_PROMOS", "wamid.t0", context="wamid.sent0"),
+        text_reply,
+        tap("12015520802", "MORE_INFO", "wamid.t2", context="wamid.sent2"),
+        tap("19999999999", "MORE_INFO", "wamid.t9"),  # never sent to: linked to nothing
+    ]))])
+    result = ingest_spool(db, tmp_path / "sp")
+    assert result.replies_linked == 4
+    links = dict(db.rows("SELECT event_id, message_id FROM replies"))
+    assert sorted(v for v in links.values() if v) == ["m0", "m1", "m2"] and len(links) == 4
+    assert engagement(db, "c1") == {"replies": 3, "reply_rate": 0.75, "taps": {"MORE_INFO": 1, "STOP_PROMOS": 1},
+                                    "opt_outs": 1}
+    assert ingest_spool(db, tmp_path / "sp").replies_linked == 0  # looked at once
+    files = write_report(db, "c1", tmp_path / "report", settle=False)
+    page = files.html.read_text(encoding="utf-8")
+    assert "Reply rate" in page and "75.0%" in page and "STOP_PROMOS" in page and "Opt outs" in page

@@ -1,0 +1,46 @@
+"""replies: inbound replies and button taps, linked to the message and campaign they answer
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-09 09:00:00
+
+Receipts ingest writes one row per inbound message (a text reply or a button tap, its payload, the provider's
+context id, whether it opted out) and links it to the message it answers; the campaign report counts replies,
+taps per button and opt-outs from it (pipeline/receipts/replies.py, pipeline/costs/engagement.py).
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from pipeline.store.schema import UtcTimestamp
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "replies",
+        sa.Column("event_id", sa.String(), nullable=False),
+        sa.Column("channel", sa.String(), nullable=False),
+        sa.Column("address", sa.String()),
+        sa.Column("kind", sa.String(), nullable=False),
+        sa.Column("payload", sa.Text()),
+        sa.Column("context_id", sa.String()),
+        sa.Column("opt_out", sa.Boolean(), nullable=False),
+        sa.Column("occurred_at", UtcTimestamp(), nullable=False),
+        sa.Column("linked", sa.Boolean(), nullable=False),
+        sa.Column("message_id", sa.String()),
+        sa.Column("campaign_id", sa.String()),
+        sa.PrimaryKeyConstraint("event_id"),
+    )
+    op.create_index("replies_campaign", "replies", ["campaign_id"])
+    op.create_index("replies_unlinked", "replies", ["linked"])
+
+
+def downgrade() -> None:
+    op.drop_index("replies_unlinked", table_name="replies")
+    op.drop_index("replies_campaign", table_name="replies")
+    op.drop_table("replies")
