@@ -37,6 +37,7 @@ from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
 from pipeline.render.prepare import Prepared
 from pipeline.render.prepare_ids import id_channel, prepare_ids
+from pipeline.render.sessions import with_sessions
 from pipeline.spec import CampaignSpec, load_spec
 
 install_log_masking()
@@ -75,11 +76,15 @@ def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) 
             message_tag=spec.provider.options.get("message_tag"), out_dir=out_dir,
         )
     # In this process, or in chunks on a Dask cluster when the spec's `prepare.runner` says so.
-    return audience_preparer(spec)(
+    prepared = audience_preparer(spec)(
         spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
         suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
     )
+    if spec.template.session is not None:  # free-form to open windows; the template or a reject for the rest
+        with store.connect(database) as db:
+            prepared = with_sessions(db, spec, prepared)
+    return prepared
 
 
 @task(name="queue", cache_policy=NO_CACHE)

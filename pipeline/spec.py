@@ -82,6 +82,49 @@ class ButtonSpec(_Spec):
         return self
 
 
+class ReplyButton(_Spec):
+    id: str = Field(min_length=1, max_length=256)
+    title: str = Field(min_length=1, max_length=20)
+
+
+class ListRow(_Spec):
+    id: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=24)
+    description: str | None = Field(default=None, max_length=72)
+
+
+class ListSection(_Spec):
+    title: str | None = Field(default=None, max_length=24)
+    rows: list[ListRow] = Field(min_length=1, max_length=10)
+
+
+class SessionMessage(_Spec):
+    """A free-form message for recipients whose 24-hour customer-service window is open (WhatsApp, and WhatsApp
+    through Chat App): the template's rendered `text` as its text, caption or body. Recipients outside the window
+    get the template itself (`outside_window: template`) or are rejected `outside_window` (`reject`)."""
+
+    kind: Literal["text", "image", "video", "document", "buttons", "list"] = "text"
+    link: str | None = Field(default=None, min_length=1)  # the media's URL (image, video, document)
+    filename: str | None = Field(default=None, min_length=1, max_length=240)
+    buttons: list[ReplyButton] = Field(default_factory=list, max_length=3)  # kind buttons: reply buttons
+    list_button: str | None = Field(default=None, min_length=1, max_length=20)  # kind list: the menu's label
+    sections: list[ListSection] = Field(default_factory=list, max_length=10)  # kind list
+    outside_window: Literal["template", "reject"] = "template"
+
+    @model_validator(mode="after")
+    def _complete(self) -> SessionMessage:
+        media = self.kind in ("image", "video", "document")
+        if media != (self.link is not None):
+            raise ValueError("an image, video or document message needs 'link'; other kinds take none")
+        if (self.kind == "buttons") != bool(self.buttons):
+            raise ValueError("a buttons message needs 1 to 3 'buttons'; other kinds take none")
+        if (self.kind == "list") != bool(self.sections and self.list_button):
+            raise ValueError("a list message needs 'list_button' and 'sections'; other kinds take neither")
+        if self.filename and self.kind != "document":
+            raise ValueError("only a document message takes 'filename'")
+        return self
+
+
 class TemplateSpec(_Spec):
     """An approved provider template and how to fill it.
 
@@ -99,6 +142,8 @@ class TemplateSpec(_Spec):
     buttons: list[ButtonSpec] = Field(default_factory=list, max_length=10)
     # An image, video or document header instead of a text one (`header` then stays empty).
     header_media: MediaHeader | None = None
+    # Sent instead of the template to recipients whose customer-service window is open (free-form).
+    session: SessionMessage | None = None
 
     @model_validator(mode="after")
     def _one_header(self) -> TemplateSpec:

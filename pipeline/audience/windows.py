@@ -77,3 +77,42 @@ def outside_window(
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+SESSION_HOURS = 24.0  # WhatsApp's customer-service window (docs/providers.md §1.10)
+
+
+def session_window(
+    frame: pl.DataFrame, *, last_inbound: dict[str, datetime], now: datetime, outside: str,
+    key: str = "phone_e164", hours: float = SESSION_HOURS,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows to queue, `outside_window` rejects) for a campaign with a free-form session message: a recipient whose
+    last message (keyed as `key` writes it) is at most `hours` old gets the free-form message (their
+    `params_json` gains `"session": ["1"]`); the others get the template (`outside` "template") or are rejected.
+    """
+    if frame.is_empty():
+        return frame, empty_rejects()
+    known = pl.DataFrame(
+        {"_user": list(last_inbound), "_last_inbound": [_utc(t) for t in last_inbound.values()]},
+        schema={"_user": pl.String, "_last_inbound": pl.Datetime("us", "UTC")},
+    )
+    joined = frame.with_row_index("_order").join(known, left_on=key, right_on="_user", how="left").sort("_order")
+    inside = pl.col("_last_inbound").is_not_null() & (
+        pl.col("_last_inbound") >= pl.lit(_utc(now) - timedelta(hours=hours)))
+    params = pl.col("params_json")
+    marked = pl.when(params == "{}").then(pl.lit('{"session": ["1"]}')).otherwise(
+        pl.lit('{"session": ["1"], ') + params.str.slice(1))
+    joined = joined.with_columns(pl.when(inside).then(marked).otherwise(params).alias("params_json"),
+                                 inside.alias("_inside"))
+    if outside == "template":
+        return joined.select(frame.columns), empty_rejects()
+    rejected = joined.filter(~pl.col("_inside"))
+    detail = pl.when(pl.col("_last_inbound").is_null()).then(pl.lit("no message from this recipient on record")) \
+        .otherwise(pl.lit(f"last message more than {hours:g} h before the send, and the spec sends no template"))
+    return joined.filter(pl.col("_inside")).select(frame.columns), make_rejects(rejected, "outside_window", detail)
+
+
+def whatsapp_last_inbound(db: Store, provider: str) -> dict[str, datetime]:
+    """Last inbound times keyed by E.164 (WhatsApp webhooks name senders by digits, Chat App's parser by +digits)."""
+    return {f"+{sender.lstrip('+')}": at for sender, at in last_inbound_times(db, provider).items()
+            if sender.lstrip("+").isdigit()}

@@ -20,7 +20,8 @@ import httpx
 
 from pipeline.channels.acs3 import percent_encode, sign_request
 from pipeline.channels.base import HttpSession, Outgoing, SendOutcome, classify_exception, http_session
-from pipeline.spec import CampaignSpec, SpecError, TemplateSpec
+from pipeline.channels.whatsapp_session import is_session, session_body
+from pipeline.spec import CampaignSpec, SessionMessage, SpecError, TemplateSpec
 
 API_VERSION = "2020-06-06"
 DEFAULT_BASE_URL = "https://cams.ap-southeast-1.aliyuncs.com"
@@ -109,6 +110,8 @@ class ChatAppChannel:
         """The `SendChatappMessage` parameters: TemplateParams by `template_params`, the quick replies'
         payloads in `Payload` (button order), the fallback settings."""
         template = message.template
+        if template.session is not None and is_session(message.params):
+            return self._session_payload(message, template.session)
         params: dict[str, Any] = {
             "ChannelType": self.channel_type,
             "Type": "template",
@@ -136,6 +139,25 @@ class ChatAppChannel:
             params["Label"] = "promotion" if template.category == "marketing" else "transaction"
             if self.viber_ttl_s:
                 params["Ttl"] = self.viber_ttl_s
+        return params
+
+    def _session_payload(self, message: Outgoing, session: SessionMessage) -> dict[str, Any]:
+        """`Type=message`: `MessageType` and a `Content` JSON as Alibaba's SDK describes it for WhatsApp (text
+        `{"text"}`, media `{"link", "caption", "fileName"}`, interactive Meta's `interactive` object)."""
+        kind, body = session_body(session, message.text or "")
+        if kind == "text":
+            content: dict[str, Any] = {"text": body["body"]}
+        elif kind == "interactive":
+            content = body
+        else:
+            content = {"link": body["link"], "caption": body["caption"],
+                       **({"fileName": body["filename"]} if "filename" in body else {})}
+        params: dict[str, Any] = {"ChannelType": self.channel_type, "Type": "message", "MessageType": kind,
+                                  "From": self.sender, "To": self._address(message.to),
+                                  "Content": json.dumps(content, ensure_ascii=False, separators=(",", ":")),
+                                  "TaskId": message.message_id}
+        if self.cust_space_id:
+            params["CustSpaceId"] = self.cust_space_id
         return params
 
     def _address(self, to: str) -> str:

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
+from pipeline.channels.whatsapp_session import is_session, session_body
 from pipeline.render.components import build_whatsapp_components
 
 # Meta's error codes by what the dispatcher should do about them (docs/providers.md §1.5).
@@ -63,6 +64,10 @@ class WhatsAppChannel(HttpChannel):
 
     def build_payload(self, message: Outgoing) -> dict[str, Any]:
         template, params = message.template, message.params
+        if template.session is not None and is_session(params):  # inside the window: free-form
+            kind, body = session_body(template.session, message.text or "")
+            return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": message.to.lstrip("+"),
+                    "type": kind, kind: body, "biz_opaque_callback_data": message.message_id}
         components = build_whatsapp_components(template, params)
         return {
             "messaging_product": "whatsapp",
