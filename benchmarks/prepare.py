@@ -249,7 +249,8 @@ def main() -> None:
     per_s = runs[0]["rows"] / seconds
     baseline_per_s = base_rows / base_seconds
     print(json.dumps({
-        "name": "prepare_kinds" if args.kinds else "prepare", "rows": runs[0]["rows"], "seconds": round(seconds, 3), "per_s": round(per_s),
+        "name": "prepare_kinds" if args.kinds else "prepare",
+        "rows": runs[0]["rows"], "seconds": round(seconds, 3), "per_s": round(per_s),
         "baseline_per_s": round(baseline_per_s), "ratio": round(per_s / baseline_per_s, 1), "disagreements": bad,
         "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs + written)), "fallback_rows": runs[0]["fallback_rows"],
         "rule_00_rows": rule, "seconds_with_output_files": round(with_files, 3),
