@@ -58,6 +58,28 @@ class MessengerSandboxConfig(BaseModel):
         return 1000 if self.platform == "instagram" else 2000
 
 
+# Send API attachment types by platform (Meta's Send API and Instagram Messaging references).
+ATTACHMENT_TYPES = {"messenger": frozenset({"image", "video", "audio", "file", "template"}),
+                    "instagram": frozenset({"image", "video", "audio", "template"})}
+
+
+def _quick_replies_problem(replies: Any) -> str | None:
+    """Meta: at most 13 quick replies; a text one has a title (at most 20 characters) and a payload (1000)."""
+    if replies is None:
+        return None
+    if not isinstance(replies, list) or not 1 <= len(replies) <= 13:
+        return "param message[quick_replies] must hold 1 to 13 items"
+    for reply in replies:
+        if not isinstance(reply, dict) or reply.get("content_type") not in ("text", "user_phone_number",
+                                                                             "user_email"):
+            return "param message[quick_replies][content_type] is not valid"
+        if reply["content_type"] == "text" and not (
+                isinstance(reply.get("title"), str) and 0 < len(reply["title"]) <= 20
+                and isinstance(reply.get("payload"), str) and 0 < len(reply["payload"]) <= 1000):
+            return "param message[quick_replies] text items need a title (<= 20) and a payload (<= 1000)"
+    return None
+
+
 def _template_type(message: Any) -> str | None:
     attachment = message.get("attachment") if isinstance(message, dict) else None
     payload = attachment.get("payload") if isinstance(attachment, dict) else None
@@ -157,11 +179,29 @@ class MessengerSandbox:
         if body.get("tag") == "CUSTOMER_FEEDBACK" and _template_type(body.get("message")) != "customer_feedback":
             return "the CUSTOMER_FEEDBACK tag may only be used with the Customer Feedback template"
         message = body.get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("text"), str) or not message["text"]:
+        if not isinstance(message, dict):
+            return "param message must be an object"
+        if "attachment" in message:
+            return self._attachment_problem(message)
+        if not isinstance(message.get("text"), str) or not message["text"]:
             return "param message[text] must be a non-empty string"
         if len(message["text"]) > self.config.max_text:
             return f"param message[text] must be at most {self.config.max_text} characters"
-        return None
+        return _quick_replies_problem(message.get("quick_replies"))
+
+    def _attachment_problem(self, message: dict[str, Any]) -> str | None:
+        """Meta's attachment: a type (Instagram takes no `file`) and a payload with a URL (or a template)."""
+        attachment = message["attachment"]
+        kinds = ATTACHMENT_TYPES[self.config.platform]
+        if "text" in message or not isinstance(attachment, dict) or attachment.get("type") not in kinds:
+            return f"param message[attachment][type] must be one of {sorted(kinds)}, without message[text]"
+        payload = attachment.get("payload")
+        if attachment["type"] == "template":
+            return None if isinstance(payload, dict) and payload.get("template_type") else \
+                "param message[attachment][payload][template_type] is required"
+        if not isinstance(payload, dict) or not str(payload.get("url", "")).startswith(("http://", "https://")):
+            return "param message[attachment][payload][url] must be a URL"
+        return _quick_replies_problem(message.get("quick_replies"))
 
     def _accept(self, account_id: str, psid: str, final: str) -> dict[str, Any]:
         mid = f"m_{self._prefix}{next(self._ids):012d}"
