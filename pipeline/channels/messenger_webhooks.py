@@ -118,17 +118,27 @@ def _inbound(provider: str, event: dict[str, Any], where: str) -> Inbound | None
     postback = event.get("postback")
     if isinstance(message, dict) and message.get("is_echo"):
         return None  # our own outgoing message echoed back
+    payload = context = None
     if isinstance(message, dict):
         _id(message.get("mid"), f"{where}.message.mid")
         text = message.get("text")
+        # A tapped quick reply carries its payload; a reply names the message it answers (reply_to.mid).
+        quick = message.get("quick_reply")
+        payload = quick.get("payload") if isinstance(quick, dict) else None
+        reply_to = message.get("reply_to")
+        context = reply_to.get("mid") if isinstance(reply_to, dict) else None
     elif isinstance(postback, dict):
         text = postback.get("title") or postback.get("payload")
+        payload = postback.get("payload")
+        context = postback.get("mid")
     else:
         return None
     sender = _id(_obj(event.get("sender"), f"{where}.sender").get("id"), f"{where}.sender.id")
     stamp = _millis(event.get("timestamp"), f"{where}.timestamp")
     return Inbound(provider=provider, sender=sender, text=str(text) if text is not None else None,
-                   occurred_at=_at(stamp, f"{where}.timestamp"), raw_json=_dumps(event))
+                   occurred_at=_at(stamp, f"{where}.timestamp"), raw_json=_dumps(event),
+                   payload=str(payload) if payload is not None else None,
+                   context_id=str(context) if context is not None else None)
 
 
 def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:

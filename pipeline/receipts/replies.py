@@ -57,8 +57,11 @@ def link_replies(db: Store, *, window: timedelta = LINK_WINDOW, batch: int = LIN
             return done
         updates: list[dict[str, Any]] = []
         for event_id, channel, address, context_id, at in rows:
+            # The provider's id of our message (Meta's wamid / mid), or our own id (Viber's tracking_data).
             found = db.rows("SELECT message_id, campaign_id FROM outbox WHERE provider_message_id = :p "
                             "ORDER BY sent_at DESC LIMIT 1", p=context_id) if context_id else []
+            if not found and context_id:
+                found = db.rows("SELECT message_id, campaign_id FROM outbox WHERE message_id = :p", p=context_id)
             if not found and address:
                 at = utc(at)
                 found = db.rows("""SELECT message_id, campaign_id FROM outbox

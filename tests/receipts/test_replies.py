@@ -128,3 +128,26 @@ def test_replies_and_taps_are_linked_to_their_campaign_and_counted_in_its_report
     files = write_report(db, "c1", tmp_path / "report", settle=False)
     page = files.html.read_text(encoding="utf-8")
     assert "Reply rate" in page and "75.0%" in page and "STOP_PROMOS" in page and "Opt outs" in page
+
+
+def test_messenger_and_viber_replies_name_what_they_answer(db: store.Store, tmp_path: Path) -> None:
+    at = datetime.fromtimestamp(T0 - 60, tz=UTC)
+    add_messages(db, "fb-1", campaign="c-fb", recipient="7100000001", channel="messenger", provider_ids=["m_ours"],
+                 sent_at=at)
+    add_messages(db, "vb-1", campaign="c-vb", recipient="01234567890A=", channel="viber", provider_ids=["5741"],
+                 sent_at=at)
+    messenger = {"object": "page", "entry": [{"id": "P", "time": T0 * 1000, "messaging": [
+        {"sender": {"id": "7100000001"}, "recipient": {"id": "P"}, "timestamp": T0 * 1000,
+         "message": {"mid": "m_in", "text": "Stop", "quick_reply": {"payload": "STOP"}, "reply_to": {"mid": "m_ours"}}},
+    ]}]}
+    viber = {"event": "message", "timestamp": T0 * 1000, "message_token": 99,
+             "sender": {"id": "01234567890A=", "name": "V"},
+             "message": {"type": "text", "text": "YES", "tracking_data": "vb-1"}}
+    at_receipt = datetime(2026, 6, 1, tzinfo=UTC)
+    write_spool(tmp_path / "sp", "1", [encode_record("messenger", json.dumps(messenger).encode(), at_receipt),
+                                       encode_record("viber", json.dumps(viber).encode(), at_receipt)])
+    ingest_spool(db, tmp_path / "sp")
+    assert sorted(db.rows("SELECT channel, kind, payload, context_id, opt_out, message_id, campaign_id FROM replies")) \
+        == [("messenger", "tap", "STOP", "m_ours", True, "fb-1", "c-fb"),
+            ("viber", "reply", None, "vb-1", False, "vb-1", "c-vb")]
+    assert db.rows("SELECT channel, address, reason FROM suppressions") == [("messenger", "7100000001", "stop_reply")]
