@@ -22,6 +22,7 @@ from pipeline.audience.windows import last_inbound_times
 from pipeline.channels import channel_for
 from pipeline.channels.template_rules import checked_spec
 from pipeline.channels.template_sync import registry_target, sync
+from pipeline.channels.whatsapp_media import with_uploaded_media
 from pipeline.costs.costing import estimate_cost, load_prices
 from pipeline.costs.report import write_report
 from pipeline.costs.summary import campaign_summary
@@ -93,6 +94,11 @@ def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: st
     if spec.send_window is not None and not id_channel(spec.channel, spec.provider.options):
         accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
     with store.connect(database) as db:
+        if spec.template.header_media is not None and spec.template.header_media.file is not None:
+            # The header file, uploaded once for the campaign: every message names the same media id.
+            spec = with_uploaded_media(db, spec, campaign_id, access_token=spec.secret(
+                "access_token", "WHATSAPP_ACCESS_TOKEN"),
+                base_url=base_url or spec.provider.base_url or "https://graph.facebook.com")
         register_campaign(db, spec, campaign_id)
         store_preparation(db, campaign_id, prepared.accepted, prepared.rejects)
         return enqueue_messages(

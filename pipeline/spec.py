@@ -30,6 +30,8 @@ class MediaHeader(_Spec):
     format: Literal["image", "video", "document", "location"]
     link: str | None = Field(default=None, min_length=1)
     id: str | None = Field(default=None, min_length=1)
+    # A local file, uploaded once per campaign through the provider's media endpoint; its id is then reused.
+    file: Path | None = None
     filename: str | None = Field(default=None, min_length=1, max_length=240)
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
@@ -39,11 +41,11 @@ class MediaHeader(_Spec):
     @model_validator(mode="after")
     def _one_source(self) -> MediaHeader:
         if self.format == "location":
-            if self.latitude is None or self.longitude is None or self.link or self.id or self.filename:
+            if self.latitude is None or self.longitude is None or self.link or self.id or self.file or self.filename:
                 raise ValueError("a location header takes 'latitude' and 'longitude' (and 'name', 'address') only")
             return self
-        if (self.link is None) == (self.id is None):
-            raise ValueError("a media header needs exactly one of 'link' and 'id'")
+        if sum(x is not None for x in (self.link, self.id, self.file)) != 1:
+            raise ValueError("a media header needs exactly one of 'link', 'id' and 'file'")
         if self.filename and self.format != "document":
             raise ValueError("only a document header takes 'filename'")
         if self.latitude is not None or self.longitude is not None or self.name or self.address:
@@ -158,7 +160,8 @@ class TemplateSpec(_Spec):
         media = self.header_media
         if media is None:
             return list(self.header)
-        return [] if media.format == "location" else [media.link or media.id or ""]
+        # Only a link is rendered per recipient; an id (or a file's, once uploaded) is the same for everyone.
+        return [media.link] if media.link is not None else []
 
 
 class RateSpec(_Spec):

@@ -259,8 +259,11 @@ def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dic
     button variables are the project's (docs/providers.md §3.2), checked by the sandbox against the template."""
     values = {str(i): v for i, v in enumerate(params.get("body") or [], start=1)}
     media = template.header_media
-    if media is not None and params.get("header"):  # a media header's file: "header.link" or "header.id"
-        values["header.link" if media.link is not None else "header.id"] = params["header"][0]
+    if media is not None and media.format != "location":  # a media header's file: "header.link" or "header.id"
+        if media.link is not None and params.get("header"):
+            values["header.link"] = params["header"][0]
+        elif media.id is not None:
+            values["header.id"] = media.id
         if media.filename:
             values["header.fileName"] = media.filename
     else:

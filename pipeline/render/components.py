@@ -22,7 +22,9 @@ def media_header(template: TemplateSpec, value: str) -> dict[str, Any]:
         place: dict[str, Any] = {"latitude": str(media.latitude), "longitude": str(media.longitude)}
         place.update({k: v for k, v in (("name", media.name), ("address", media.address)) if v})
         return {"type": "header", "parameters": [{"type": "location", "location": place}]}
-    source: dict[str, str] = {"link": value} if media.link is not None else {"id": value}
+    if media.link is None and media.id is None:
+        raise ValueError(f"template {template.name}: header file {media.file} has not been uploaded")
+    source: dict[str, str] = {"link": value} if media.link is not None else {"id": str(media.id)}
     if media.filename:
         source["filename"] = media.filename
     return {"type": "header", "parameters": [{"type": media.format, media.format: source}]}
@@ -52,7 +54,7 @@ def build_whatsapp_components(template: TemplateSpec, params: dict[str, Any] | s
         params = json.loads(params)
     components: list[dict[str, Any]] = []
     header = [str(v) for v in params.get("header") or []]
-    if template.header_media is not None and (header or template.header_media.format == "location"):
+    if template.header_media is not None and (header or template.header_media.link is None):
         components.append(media_header(template, header[0] if header else ""))
     elif header:
         components.append({"type": "header", "parameters": [{"type": "text", "text": v} for v in header]})

@@ -451,3 +451,13 @@ replies = Table(
     Index("replies_campaign", "campaign_id"),
     Index("replies_unlinked", "linked"),
 )
+# A campaign's header file, uploaded once through the provider's media endpoint: its id, by file digest
+# (pipeline/channels/whatsapp_media.py).
+media_uploads = Table(
+    "media_uploads", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("sha256", String, primary_key=True),
+    Column("media_id", String, nullable=False),
+    Column("file_name", String),
+    Column("uploaded_at", TS, nullable=False),
+)

@@ -5,6 +5,8 @@ sent through the real dispatcher to the sandbox, which validates every request a
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -12,9 +14,12 @@ import pytest
 from pipeline.channels.base import Outgoing
 from pipeline.channels.chatapp import template_params
 from pipeline.channels.whatsapp import WhatsAppChannel
+from pipeline.channels.whatsapp_media import with_uploaded_media
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.render.templates import render_messages
 from pipeline.sandbox.schema import validate_message
+from pipeline.sandbox.whatsapp import create_app
+from pipeline.servers import serve_in_thread
 from pipeline.spec import SpecError, TemplateSpec, parse_spec
 from pipeline.store import Store
 from tests.helpers.channels import dispatch
@@ -80,7 +85,7 @@ def test_a_media_header_from_a_plain_column_takes_the_fast_path() -> None:
 
 
 def test_the_spec_refuses_a_header_that_is_both_or_neither() -> None:
-    with pytest.raises(ValueError, match="exactly one of 'link' and 'id'"):
+    with pytest.raises(ValueError, match="exactly one of 'link', 'id' and 'file'"):
         TemplateSpec.model_validate({"name": "p", "language": "en", "category": "utility", "text": "x",
                                      "header_media": {"format": "image"}})
     with pytest.raises(SpecError, match="not both"):
@@ -132,3 +137,44 @@ def test_every_button_kind_is_valid_to_metas_schema_with_per_recipient_values() 
     # The schema still refuses what Meta refuses: a coupon over 15 characters.
     buttons[2]["parameters"][0]["coupon_code"] = "C" * 16
     assert validate_message(payload)
+
+
+def test_a_header_file_is_uploaded_once_per_campaign_and_its_id_reused(sqlite_db: Store, tmp_path: Path) -> None:
+    picture = tmp_path / "offer.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 1000)
+    with_file = {**template("image by link from a column").model_dump(exclude_none=True),
+                 "header_media": {"format": "image", "file": str(picture)}}
+    spec = parse_spec({**SPEC, "senders": [], "template": with_file})
+    rendered, _ = render_messages(AUDIENCE, spec.template, VARIABLES)
+    app = create_app(config(fail_rate=0.0))
+    with serve_in_thread(app) as url:
+        first = with_uploaded_media(sqlite_db, spec, "t", base_url=url, access_token=TOKEN)
+        again = with_uploaded_media(sqlite_db, spec, "t", base_url=url, access_token=TOKEN)  # a resumed queue
+        assert first.template.header_media.id == again.template.header_media.id  # type: ignore[union-attr]
+        assert len(app.state.media.uploads) == 1
+        register_campaign(sqlite_db, first, "t")
+        channel = WhatsAppChannel(base_url=url, api_version="v23.0", phone_number_id="111", access_token=TOKEN)
+        enqueue_messages(sqlite_db, first, "t", channel, rendered.with_columns(pl.lit("Hi").alias("text")))
+        assert dispatch(sqlite_db, channel).sent == 2
+    media_id = first.template.header_media.id  # type: ignore[union-attr]
+    for (payload,) in sqlite_db.rows("SELECT payload_json FROM outbox"):
+        header = json.loads(payload)["template"]["components"][0]
+        assert header["parameters"] == [{"type": "image", "image": {"id": media_id}}]
+    # Another campaign uploads its own copy.
+    with serve_in_thread(app) as url:
+        with_uploaded_media(sqlite_db, spec, "t2", base_url=url, access_token=TOKEN)
+    assert len(app.state.media.uploads) == 2
+
+
+def test_a_header_file_wrong_in_type_or_size_stops_before_any_call(sqlite_db: Store, tmp_path: Path) -> None:
+    text = tmp_path / "offer.txt"
+    text.write_text("not a picture")
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * (5 * 1024 * 1024 + 1))
+    for path, problem in ((text, "type text/plain is not one WhatsApp takes for a image"),
+                          (big, "5,242,881 bytes, WhatsApp takes at most 5,242,880"),
+                          (tmp_path / "missing.png", "cannot read")):
+        spec = parse_spec({**SPEC, "template": {**SPEC["template"],
+                                                "header_media": {"format": "image", "file": str(path)}}})
+        with pytest.raises(SpecError, match=re.escape(problem)):
+            with_uploaded_media(sqlite_db, spec, "t", base_url="http://127.0.0.1:9", access_token=TOKEN)

@@ -1,4 +1,4 @@
-"""replies: inbound replies and button taps, linked to the message and campaign they answer
+"""replies and media_uploads: inbound replies and taps linked to what they answer; header files uploaded once
 
 Revision ID: 0004
 Revises: 0003
@@ -7,6 +7,7 @@ Create Date: 2026-12-09 09:00:00
 Receipts ingest writes one row per inbound message (a text reply or a button tap, its payload, the provider's
 context id, whether it opted out) and links it to the message it answers; the campaign report counts replies,
 taps per button and opt-outs from it (pipeline/receipts/replies.py, pipeline/costs/engagement.py).
+media_uploads keeps the media id of each campaign's header file, uploaded once (pipeline/channels/whatsapp_media.py).
 """
 
 import sqlalchemy as sa
@@ -38,9 +39,19 @@ def upgrade() -> None:
     )
     op.create_index("replies_campaign", "replies", ["campaign_id"])
     op.create_index("replies_unlinked", "replies", ["linked"])
+    op.create_table(
+        "media_uploads",
+        sa.Column("campaign_id", sa.String(), nullable=False),
+        sa.Column("sha256", sa.String(), nullable=False),
+        sa.Column("media_id", sa.String(), nullable=False),
+        sa.Column("file_name", sa.String()),
+        sa.Column("uploaded_at", UtcTimestamp(), nullable=False),
+        sa.PrimaryKeyConstraint("campaign_id", "sha256"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("media_uploads")
     op.drop_index("replies_unlinked", table_name="replies")
     op.drop_index("replies_campaign", table_name="replies")
     op.drop_table("replies")
