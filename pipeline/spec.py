@@ -127,6 +127,23 @@ class SessionMessage(_Spec):
         return self
 
 
+class CardSpec(_Spec):
+    """One card of a carousel template: a media header (image or video, by link or id), body parameters and up to
+    two buttons (quick reply or URL), each rendered per recipient like the template's own."""
+
+    header_media: MediaHeader
+    body: list[str] = Field(default_factory=list)
+    buttons: list[ButtonSpec] = Field(default_factory=list, max_length=2)
+
+    @model_validator(mode="after")
+    def _card_kinds(self) -> CardSpec:
+        if self.header_media.format not in ("image", "video") or self.header_media.file is not None:
+            raise ValueError("a card's header is an image or a video, by 'link' or 'id'")
+        if any(b.sub_type not in ("quick_reply", "url") for b in self.buttons):
+            raise ValueError("a card's buttons are quick_reply or url")
+        return self
+
+
 class TemplateSpec(_Spec):
     """An approved provider template and how to fill it.
 
@@ -146,12 +163,29 @@ class TemplateSpec(_Spec):
     header_media: MediaHeader | None = None
     # Sent instead of the template to recipients whose customer-service window is open (free-form).
     session: SessionMessage | None = None
+    # A carousel template's cards (Meta: 2 to 10), in order.
+    cards: list[CardSpec] = Field(default_factory=list, max_length=10)
 
     @model_validator(mode="after")
     def _one_header(self) -> TemplateSpec:
         if self.header_media is not None and self.header:
             raise ValueError("a template has a text header ('header') or a media one ('header_media'), not both")
+        if len(self.cards) == 1:
+            raise ValueError("a carousel has 2 to 10 cards")
         return self
+
+    @property
+    def card_parts(self) -> list[tuple[str, str, bool]]:
+        """(where, value, rendered) for every value of the cards, in order: each card's header link, its body
+        parameters, its buttons' values (a URL suffix rendered, a quick reply's payload fixed)."""
+        parts: list[tuple[str, str, bool]] = []
+        for i, card in enumerate(self.cards):
+            if card.header_media.link is not None:
+                parts.append((f"card {i} header", card.header_media.link, True))
+            parts += [(f"card {i} body parameter {{{{{j}}}}}", src, True) for j, src in enumerate(card.body, 1)]
+            parts += [(f"card {i} button {k} {b.sub_type}", b.text or "", True) if b.sub_type == "url"
+                      else (f"card {i} button {k}", b.payload or "", False) for k, b in enumerate(card.buttons)]
+        return parts
 
     @property
     def header_sources(self) -> list[str]:

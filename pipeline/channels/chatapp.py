@@ -272,6 +272,18 @@ def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dic
     for index, button in enumerate(template.buttons):
         if button.sub_type in ("url", "copy_code") and index < len(buttons):
             values[f"button.{index}"] = buttons[index]
+    # A carousel's values: "card.<i>.header.link", "card.<i>.<j>" and "card.<i>.button.<k>" (its URL suffixes).
+    cards = iter(params.get("cards") or [])
+    for i, card in enumerate(template.cards):
+        if card.header_media.link is not None:
+            values[f"card.{i}.header.link"] = next(cards, "")
+        elif card.header_media.id is not None:
+            values[f"card.{i}.header.id"] = card.header_media.id
+        values.update({f"card.{i}.{j}": next(cards, "") for j in range(1, len(card.body) + 1)})
+        for k, button in enumerate(card.buttons):
+            value = next(cards, "")
+            if button.sub_type == "url":
+                values[f"card.{i}.button.{k}"] = value
     return values
 
 

@@ -67,4 +67,27 @@ def build_whatsapp_components(template: TemplateSpec, params: dict[str, Any] | s
         component = button_component(index, button, str(value))
         if component is not None:
             components.append(component)
+    if template.cards:
+        components.append(carousel(template, [str(v) for v in params.get("cards") or []]))
     return components
+
+
+def carousel(template: TemplateSpec, values: list[str]) -> dict[str, Any]:
+    """Meta's carousel component: one card per spec card, each with its media header, body and buttons, from
+    the flattened per-recipient values (TemplateSpec.card_parts order)."""
+    taken = iter(values)
+    cards: list[dict[str, Any]] = []
+    for i, card in enumerate(template.cards):
+        media = card.header_media
+        source = {"link": next(taken)} if media.link is not None else {"id": str(media.id)}
+        parts: list[dict[str, Any]] = [{"type": "header", "parameters": [{"type": media.format,
+                                                                         media.format: source}]}]
+        body = [next(taken) for _ in card.body]
+        if body:
+            parts.append({"type": "body", "parameters": [{"type": "text", "text": v} for v in body]})
+        for k, button in enumerate(card.buttons):
+            component = button_component(k, button, next(taken))
+            if component is not None:
+                parts.append(component)
+        cards.append({"card_index": i, "components": parts})
+    return {"type": "carousel", "cards": cards}

@@ -37,6 +37,7 @@ def _sources(template: TemplateSpec) -> list[tuple[str, str]]:
     parts += [(f"body parameter {{{{{i}}}}}", src) for i, src in enumerate(template.body, 1)]
     parts += [(f"button {i} {b.sub_type}", b.text) for i, b in enumerate(template.buttons)
               if b.sub_type in RENDERED_BUTTONS and b.text]
+    parts += [(where, src) for where, src, rendered in template.card_parts if rendered]
     return parts
 
 
@@ -67,6 +68,7 @@ class CompiledTemplate:
     header: tuple[Template, ...]
     body: tuple[Template, ...]
     buttons: tuple[tuple[str, Template | str], ...]  # (sub_type, rendered value template | fixed payload)
+    cards: tuple[tuple[str, Template | str], ...] = ()  # (where, rendered template | fixed payload), flattened
 
     @classmethod
     def compile(cls, template: TemplateSpec) -> CompiledTemplate:
@@ -81,6 +83,8 @@ class CompiledTemplate:
             header=tuple(_ENV.compile_bounded(s) for s in template.header_sources),
             body=tuple(_ENV.compile_bounded(s) for s in template.body),
             buttons=tuple(buttons),
+            cards=tuple((where, _ENV.compile_bounded(v) if rendered else v)
+                        for where, v, rendered in template.card_parts),
         )
 
     def render(self, context: dict[str, str], limits: RenderLimits) -> tuple[str, dict[str, list[str]]]:
@@ -92,11 +96,15 @@ class CompiledTemplate:
                 "body": [t.render(context) for t in self.body],
                 "buttons": [v if isinstance(v, str) else v.render(context) for _, v in self.buttons],
             }
+            if self.cards:
+                params["cards"] = [v if isinstance(v, str) else v.render(context) for _, v in self.cards]
             text = self.text.render(context)
         parts = [("text", text)] + [(f"{part} parameter {{{{{i}}}}}", value) for part in ("header", "body")
                                     for i, value in enumerate(params[part], 1)]  # fmt: skip
         urls = [(i, kind) for i, (kind, _) in enumerate(self.buttons) if kind in RENDERED_BUTTONS]
         parts += [(f"button {i} {kind}", params["buttons"][i]) for i, kind in urls]
+        parts += [(where, value) for (where, v), value in zip(self.cards, params.get("cards", []), strict=True)
+                  if not isinstance(v, str)]
         for where, value in parts:
             if len(value) > limits.max_message_chars:
                 raise RenderLimit(limits.too_long(where, len(value)))

@@ -217,7 +217,27 @@ def _location_header(defs: Schema) -> None:
                        "address": {"type": "string"}}})
 
 
+def _carousel(defs: Schema) -> None:
+    """Template components stop at header / body / button, but Meta's media-card carousel template reference sends
+    `{"type": "carousel", "cards": [{"card_index": 0, "components": [header, body, buttons]}, ...]}` (2 to 10
+    cards, each card's components judged as a template's own)."""
+    for schema in [defs["TemplateComponent"], *defs["TemplateComponent"].get("allOf", [])]:
+        kind = schema.get("properties", {}).get("type")
+        if kind and "enum" in kind:
+            kind["enum"] = [*kind["enum"], "carousel"]
+    defs["TemplateComponent"]["discriminator"]["mapping"]["carousel"] = _DEFS_PREFIX + "CarouselComponent"
+    card: Schema = {"type": "object", "required": ["card_index", "components"], "additionalProperties": False,
+                    "properties": {"card_index": {"type": "integer", "minimum": 0, "maximum": 9},
+                                   "components": {"type": "array", "minItems": 1,
+                                                  "items": {"$ref": _DEFS_PREFIX + "TemplateComponent"}}}}
+    defs["CarouselComponent"] = {"allOf": [{"$ref": _DEFS_PREFIX + "TemplateComponent"}, {
+        "type": "object", "required": ["cards"],
+        "properties": {"type": {"enum": ["carousel"]}, "cards": {"type": "array", "minItems": 2, "maxItems": 10,
+                                                                  "items": card}}}]}
+
+
 DEVIATIONS: tuple[Callable[[Schema], None], ...] = (
+    _carousel,
     _copy_code_and_flow_buttons,
     _location_header,
     _recipient_type_optional,

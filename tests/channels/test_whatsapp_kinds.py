@@ -178,3 +178,46 @@ def test_a_header_file_wrong_in_type_or_size_stops_before_any_call(sqlite_db: St
                                                 "header_media": {"format": "image", "file": str(path)}}})
         with pytest.raises(SpecError, match=re.escape(problem)):
             with_uploaded_media(sqlite_db, spec, "t", base_url="http://127.0.0.1:9", access_token=TOKEN)
+
+
+CAROUSEL = {"name": "spring_cards", "language": "en_US", "category": "marketing", "text": "Hi {{ first_name }}",
+            "body": ["{{ first_name }}"], "cards": [
+                {"header_media": {"format": "image", "link": "{{ image }}"}, "body": ["{{ coupon }}"],
+                 "buttons": [{"sub_type": "url", "text": "{{ coupon }}"},
+                             {"sub_type": "quick_reply", "payload": "STOP_PROMOS", "opt_out": True}]},
+                {"header_media": {"format": "video", "id": "1013859600285442"}, "body": ["{{ first_name }}"],
+                 "buttons": [{"sub_type": "url", "text": "more/{{ coupon }}"}]}]}
+
+
+def test_a_carousel_renders_per_card_per_recipient_and_is_valid_to_metas_schema(sqlite_db: Store) -> None:
+    spec = TemplateSpec.model_validate(CAROUSEL)
+    rendered, rejects = render_messages(AUDIENCE, spec, VARIABLES)
+    assert rejects.is_empty()
+    params = json.loads(rendered["params_json"][1])
+    assert params["cards"] == ["https://cdn.acme.test/b.jpg", "C-2", "C-2", "STOP_PROMOS", "Bo", "more/C-2"]
+    payload = whatsapp_channel().build_payload(Outgoing(message_id="m", to="+447700900002", params=params,
+                                                        template=spec))
+    assert validate_message(payload) == []
+    carousel = payload["template"]["components"][-1]
+    assert [c["card_index"] for c in carousel["cards"]] == [0, 1]
+    assert carousel["cards"][0]["components"][0]["parameters"] == [
+        {"type": "image", "image": {"link": "https://cdn.acme.test/b.jpg"}}]
+    assert carousel["cards"][1]["components"][2]["parameters"] == [{"type": "text", "text": "more/C-2"}]
+    # Meta's limits hold: a carousel of 11 cards is refused by the schema.
+    carousel["cards"] = carousel["cards"] * 6
+    assert validate_message(payload)
+    with pytest.raises(ValueError, match="2 to 10 cards"):
+        TemplateSpec.model_validate({**CAROUSEL, "cards": CAROUSEL["cards"][:1]})
+    # Through Chat App the cards' values travel in TemplateParams.
+    values = template_params(spec, params)
+    assert (values["card.0.header.link"], values["card.0.1"], values["card.1.header.id"], values["card.1.button.0"]) \
+        == ("https://cdn.acme.test/b.jpg", "C-2", "1013859600285442", "more/C-2")
+    # Through the dispatcher to the sandbox.
+    full = parse_spec({**SPEC, "senders": [], "template": CAROUSEL})
+    register_campaign(sqlite_db, full, "t")
+    with running(config(fail_rate=0.0)) as client:
+        channel = WhatsAppChannel(base_url=str(client.base_url), api_version="v23.0", phone_number_id="111",
+                                  access_token=TOKEN)
+        enqueue_messages(sqlite_db, full, "t", channel, rendered.with_columns(pl.lit("Hi").alias("text")))
+        assert dispatch(sqlite_db, channel).sent == 2
+        assert client.get("/_sandbox/stats").json()["accepted"] == 2
