@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from pathlib import Path
 
 import polars as pl
@@ -15,6 +16,7 @@ from pipeline.channels.base import Outgoing
 from pipeline.channels.chatapp import template_params
 from pipeline.channels.whatsapp import WhatsAppChannel
 from pipeline.channels.whatsapp_media import with_uploaded_media
+from pipeline.costs.costing import estimate_cost, load_prices
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.render.templates import render_messages
 from pipeline.sandbox.schema import validate_message
@@ -221,3 +223,18 @@ def test_a_carousel_renders_per_card_per_recipient_and_is_valid_to_metas_schema(
         enqueue_messages(sqlite_db, full, "t", channel, rendered.with_columns(pl.lit("Hi").alias("text")))
         assert dispatch(sqlite_db, channel).sent == 2
         assert client.get("/_sandbox/stats").json()["accepted"] == 2
+
+
+def test_media_and_carousel_templates_are_priced_like_any_template_of_their_category(sqlite_db: Store) -> None:
+    load_prices(sqlite_db)
+    plain = {**SPEC["template"], "body": ["{{ first_name }}"], "text": "Hi {{ first_name }}"}
+    kinds = {"plain": plain, "media": template("image by link from a column").model_dump(exclude_none=True),
+             "carousel": CAROUSEL}
+    totals = {}
+    for name, body in kinds.items():
+        spec = parse_spec({**SPEC, "senders": [], "template": body})
+        rendered, _ = render_messages(AUDIENCE, spec.template, VARIABLES)
+        register_campaign(sqlite_db, spec, name)
+        enqueue_messages(sqlite_db, spec, name, whatsapp_channel(), rendered)
+        totals[name] = estimate_cost(sqlite_db, name, on=date(2026, 10, 20), record=False).total_usd
+    assert totals["plain"] > 0 and totals["media"] == totals["plain"] == totals["carousel"]
