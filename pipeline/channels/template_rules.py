@@ -54,7 +54,7 @@ def check_spec(spec: CampaignSpec, t: registry.ProviderTemplate | None, provider
     header = _component(comps, "HEADER")
     fmt = str(header.get("format", "TEXT")).upper() if header else None
     media = spec.template.header_media
-    if header and fmt in ("IMAGE", "VIDEO", "DOCUMENT"):
+    if header and fmt in ("IMAGE", "VIDEO", "DOCUMENT", "LOCATION"):
         if media is None or media.format.upper() != fmt:
             v.problems.append(f"header_format: the template's header is {fmt}; the spec gives "
                               f"{media.format.upper() if media else 'no media'} (header_media)")
