@@ -83,28 +83,35 @@ def _message_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _scalar(value: Any) -> str | None:
+    """Text when a string or a number (and not empty); a nested object names nothing."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool) and str(value):
+        return str(value)
+    return None
+
+
 def _user_message(item: dict[str, Any], where: str, raw_json: str) -> Inbound:
     """ChatAppInbound: one message a user sent (docs/providers.md §3.4)."""
     _str(item.get("MessageId"), f"{where}.MessageId")  # the provider's id: ingest keys and cites it
     sender = _str(item.get("From"), f"{where}.From").strip()
-    if str(item.get("ChannelType") or "").lower() not in _ID_CHANNEL_TYPES:
+    if (_scalar(item.get("ChannelType")) or "").lower() not in _ID_CHANNEL_TYPES:
         digits = "".join(ch for ch in sender if ch.isascii() and ch.isdigit())
         if not digits:
             raise MalformedPayload(f"{where}.From: {sender!r} is not a phone number")
         sender = f"+{digits}"
-    kind = str(item.get("Type") or "TEXT").upper()
+    kind = (_scalar(item.get("Type")) or "TEXT").upper()
     message = item.get("Message")
     text = payload = None
     if kind == "TEXT":
-        text = _opt(message if isinstance(message, str) else _message_object(message).get("text"))
+        text = _scalar(message if isinstance(message, str) else _message_object(message).get("text"))
     elif kind in _TAP_TYPES:
         body = _message_object(message)
         reply = body.get("button_reply") or body.get("list_reply") or body
         reply = reply if isinstance(reply, dict) else {}
-        payload = _opt(reply.get("payload") or reply.get("id"))
-        text = _opt(reply.get("text") or reply.get("title"))
+        payload = _scalar(reply.get("payload") or reply.get("id"))
+        text = _scalar(reply.get("text") or reply.get("title"))
     context = _message_object(item.get("Context")).get("id") or item.get("ContextMessageId")
-    return Inbound(provider=PROVIDER, sender=sender, text=text, payload=payload, context_id=_opt(context),
+    return Inbound(provider=PROVIDER, sender=sender, text=text, payload=payload, context_id=_scalar(context),
                    occurred_at=_millis(item.get("Timestamp"), f"{where}.Timestamp"), raw_json=raw_json)
 
 

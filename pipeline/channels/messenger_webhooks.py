@@ -113,6 +113,10 @@ def _receipts(provider: str, event: dict[str, Any], kind: str, where: str) -> li
                             raw_json=raw)]
 
 
+def _scalar(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
+
+
 def _inbound(provider: str, event: dict[str, Any], where: str) -> Inbound | None:
     message = event.get("message")
     postback = event.get("postback")
@@ -137,8 +141,7 @@ def _inbound(provider: str, event: dict[str, Any], where: str) -> Inbound | None
     stamp = _millis(event.get("timestamp"), f"{where}.timestamp")
     return Inbound(provider=provider, sender=sender, text=str(text) if text is not None else None,
                    occurred_at=_at(stamp, f"{where}.timestamp"), raw_json=_dumps(event),
-                   payload=str(payload) if payload is not None else None,
-                   context_id=str(context) if context is not None else None)
+                   payload=_scalar(payload), context_id=_scalar(context))
 
 
 def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:

@@ -209,15 +209,20 @@ def _inbound_text(m: dict[str, Any]) -> str | None:
     return None
 
 
+def _scalar(value: Any) -> str | None:
+    """A payload or id as text when it is a string or a number; anything else (a nested object) names nothing."""
+    return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
+
+
 def _inbound_payload(m: dict[str, Any]) -> str | None:
     """A tapped button's payload: a template quick reply's `button.payload`, an interactive reply's id."""
     body = m.get(m.get("type")) if isinstance(m.get("type"), str) else None
     if not isinstance(body, dict):
         return None
     if m.get("type") == "button":
-        return _opt_str(body.get("payload"))
+        return _scalar(body.get("payload"))
     reply = body.get("button_reply") or body.get("list_reply")
-    return _opt_str(reply.get("id")) if isinstance(reply, dict) else None
+    return _scalar(reply.get("id")) if isinstance(reply, dict) else None
 
 
 def _inbound(message_obj: Any, where: str) -> Inbound:
@@ -232,7 +237,7 @@ def _inbound(message_obj: Any, where: str) -> Inbound:
         raw_json=_raw_json(m, where),
         payload=_inbound_payload(m),
         # The message replied to or whose button was tapped: Meta's wamid of our send.
-        context_id=_opt_str(context.get("id")) if isinstance(context, dict) else None,
+        context_id=_scalar(context.get("id")) if isinstance(context, dict) else None,
     )
 
 
