@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.records import Category
-from pipeline.sandbox.chatapp_params import SENDER_LIST_ITEM, template_variables, unknown_parameters
+from pipeline.sandbox.chatapp_params import SENDER_LIST_ITEM, missing_variables, unknown_parameters
 from pipeline.sandbox.common import Ledger, delays, fate_for
 from pipeline.sandbox.kit import PosterSettings, Throttle
 from pipeline.sandbox.whatsapp_templates import SandboxNumber, SandboxTemplate
@@ -258,13 +258,7 @@ class ChatAppSandbox:
         return {"MessageId": message_ids[0]}
 
     def _check_variables(self, params: dict[str, str], values: Any) -> None:
-        """A configured template's header and button variables must all be given (Alibaba fails such a send)."""
-        wanted = params.get("TemplateCode") or params.get("TemplateName")
-        template = next((t for t in self.templates.values()
-                         if wanted in (t["code"], t["name"]) and t["language"] == params.get("Language")), None)
-        if template is None or not isinstance(values, dict):
-            return
-        missing = sorted(template_variables(template["components"]) - set(values))
+        missing = missing_variables(self.templates.values(), params, values)
         if missing:
             raise _Refused(400, "InvalidParameter.TemplateParams", f"TemplateParams lacks {', '.join(missing)}.")
 

@@ -5,6 +5,7 @@ tests/sandbox/test_chatapp_sdk_models.py checks these sets against the installed
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 _COMMON = frozenset({"OwnerId", "ResourceOwnerAccount", "ResourceOwnerId", "IsvCode", "CustSpaceId", "CustWabaId"})
@@ -58,3 +59,14 @@ def template_variables(components: list[dict[str, Any]]) -> set[str]:
                 if str(button.get("type", "")).upper() == "URL" and "{{1}}" in str(button.get("url", "")):
                     needed.add(f"button.{index}")
     return needed
+
+
+def missing_variables(templates: Iterable[dict[str, Any]], params: dict[str, str], values: Any) -> list[str]:
+    """The header and button variables a configured template needs that a send's TemplateParams lacks (Alibaba
+    fails such a send); nothing for a template the sandbox does not hold."""
+    wanted = params.get("TemplateCode") or params.get("TemplateName")
+    template = next((t for t in templates if wanted in (t["code"], t["name"])
+                     and t["language"] == params.get("Language")), None)
+    if template is None or not isinstance(values, dict):
+        return []
+    return sorted(template_variables(template["components"]) - set(values))

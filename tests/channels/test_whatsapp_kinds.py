@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from pipeline.channels.base import Outgoing
-from pipeline.channels.chatapp import template_params
+from pipeline.channels.chatapp_params import template_params
 from pipeline.channels.whatsapp import WhatsAppChannel
 from pipeline.channels.whatsapp_media import with_uploaded_media
 from pipeline.costs.costing import estimate_cost, load_prices
