@@ -84,6 +84,10 @@ def check_spec(spec: CampaignSpec, t: registry.ProviderTemplate | None, provider
         dynamic = str(button.get("type", "")).upper() == "URL" and VARIABLE.search(str(button.get("url", "")))
         if dynamic and index >= len(spec.template.buttons):
             v.problems.append(f"button_parameters: URL button {index} takes a parameter the spec does not fill")
+    cards = (_component(comps, "CAROUSEL") or {}).get("cards") or []
+    if len(cards) != len(spec.template.cards):
+        v.problems.append(f"carousel_cards: the template has {len(cards)} cards, the spec fills "
+                          f"{len(spec.template.cards)}")
     v.category = t.pipeline_category
     if v.category and v.category != spec.template.category:
         v.notes.append(f"category: the spec declares {spec.template.category}, {provider} has {v.category} "

@@ -107,6 +107,15 @@ def test_what_the_spec_fills_must_match_the_components() -> None:
     location = registry.ProviderTemplate(**{**t.__dict__, "components": [
         {"type": "HEADER", "format": "LOCATION"}, *t.components[1:]]})
     assert check_spec(place, location, "whatsapp", WABA).problems == []
+    # A carousel's cards must be the template's.
+    card = {"header_media": {"format": "image", "link": "https://cdn.acme.test/{{ a }}.jpg"}}
+    carousel = _spec(body=["x", "y"], cards=[card, card])
+    three = registry.ProviderTemplate(**{**t.__dict__, "components": [
+        *text_header[:1], {"type": "CAROUSEL", "cards": [{"components": []}] * 3}]})
+    assert [p.split(":")[0] for p in check_spec(carousel, three, "whatsapp", WABA).problems] == ["carousel_cards"]
+    two = registry.ProviderTemplate(**{**three.__dict__, "components": [
+        *text_header[:1], {"type": "CAROUSEL", "cards": [{"components": []}] * 2}]})
+    assert check_spec(carousel, two, "whatsapp", WABA).problems == []
 
 
 def test_the_providers_category_applies_and_the_run_is_told(sqlite_db: Store, tmp_path: Path) -> None:
