@@ -12,6 +12,7 @@ import yaml
 from pipeline.audience.frequency import capped_recipients, frequency_cap_for
 from pipeline.channels import channel_for
 from pipeline.cli.parser import main
+from pipeline.costs.summary import campaign_summary, format_summary
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.dispatch.preparation import prepare_campaign
 from pipeline.dispatch.test_sends import costs_of_test_sends
@@ -92,6 +93,11 @@ def test_seeds_get_the_rendered_messages_kept_apart(db: Store, setup, capsys: py
     costs = costs_of_test_sends(db, "welcome")
     assert costs["messages"] == 6 and costs["sent"] == 6 and costs["cost_usd"] > 0
     assert f"USD {costs['cost_usd']:.4f}" in out
+    # The campaign's report counts none of them and shows them apart.
+    summary = campaign_summary(db, "welcome")
+    assert (summary["sent"], summary["cost_usd"], summary["queued"]) == (0, 0.0, 4)
+    assert (summary["test_sends"], summary["test_sends_cost_usd"]) == (6, float(costs["cost_usd"]))
+    assert "test sends (apart)" in format_summary(summary)
 
 
 def test_chosen_rows(db: Store, setup, capsys: pytest.CaptureFixture[str]) -> None:
