@@ -479,3 +479,26 @@ campaign_approvals = Table(
     Column("decided_at", TS),
     Index("campaign_approvals_campaign", "campaign_id", "requested_at"),
 )
+# Test sends (issue 19, migration 0006): audience rows rendered as the campaign would, sent to the team's own
+# numbers or addresses. Never in the outbox, so never in the campaign's counts, reports or caps; costs apart.
+test_sends = Table(
+    "test_sends", metadata,
+    Column("test_id", String, primary_key=True),
+    Column("message_id", String, primary_key=True),
+    Column("campaign_id", String, nullable=False),
+    Column("row_number", BigInteger, nullable=False),  # the audience row rendered
+    Column("seed", String, nullable=False),  # the internal number or address it went to
+    Column("channel", String, nullable=False),
+    Column("sender", String),
+    Column("country", String),
+    Column("category", String),
+    Column("payload_json", Text, nullable=False),
+    Column("status", String, nullable=False),  # sent | failed
+    Column("provider_message_id", String),
+    Column("error_code", String),
+    Column("error_detail", Text),
+    Column("cost_usd", Money),
+    Column("started_by", String),
+    Column("sent_at", TS, nullable=False),
+    Index("test_sends_campaign", "campaign_id"),
+)
