@@ -13,7 +13,7 @@ LOCK       := requirements.lock
 TOOLS      ?= .venv-tools
 UV_VERSION ?= 0.13.9
 
-.PHONY: install lock audit browser postgres demo test ui serve worker upload lint bench clean
+.PHONY: install lock audit browser postgres hosts demo test ui serve worker upload lint bench clean
 
 # The lock holds the build backend too (setuptools), so the project installs without resolving or
 # downloading anything the lock does not name; a lock that no longer satisfies pyproject.toml stops it.
@@ -54,10 +54,16 @@ postgres:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
+# iproute2 (`ip netns`) for the multi-host fleet test, which makes network namespaces when run as root (as CI is);
+# without root it says so and does not run.
+hosts:
+	@command -v ip >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
+
 demo: install
 	$(BIN)/campaign demo
 
-test: install browser postgres
+test: install browser postgres hosts
 	$(BIN)/pytest
 
 lint: install

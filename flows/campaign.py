@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,15 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.approval import await_approval
 from flows.artifacts import artifact_key, publish_rejects, publish_report
+from flows.continuation import schedule_continuation, wait_for_scheduled_start
+from flows.fleet import DISPATCH_DEPLOYMENT, dispatch_in_groups, result_dict
 from flows.logging_mask import install_log_masking
+from flows.personalise import personalise_task
 from flows.prepare_parallel import audience_preparer
 from pipeline import store
-from pipeline.audience.frequency import recently_messaged
-from pipeline.audience.policy import blocked_policy
 from pipeline.audience.timezones import recipient_timezones
-from pipeline.audience.windows import last_inbound_times
 from pipeline.channels import channel_for
 from pipeline.channels.template_rules import checked_spec
 from pipeline.channels.template_sync import registry_target, sync
@@ -28,17 +30,20 @@ from pipeline.costs.report import write_report
 from pipeline.costs.summary import campaign_summary
 from pipeline.dispatch.budget import check_budget, price_queued_messages
 from pipeline.dispatch.engine import dispatch_campaign
+from pipeline.dispatch.experiment import queue_experiment
 from pipeline.dispatch.fallback import fallback_leg_id, send_fallback
 from pipeline.dispatch.locks import campaign_lock
 from pipeline.dispatch.operations import is_paused, record_status
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import DispatchResult, Guards
+from pipeline.dispatch.preparation import prepare_campaign
+from pipeline.dispatch.schedule import release_times
 from pipeline.dispatch.template_watch import TemplateWatch, ends_not_completed
 from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
+from pipeline.render.personalise import stand_in
 from pipeline.render.prepare import Prepared
-from pipeline.render.prepare_ids import id_channel, prepare_ids
-from pipeline.render.sessions import with_sessions
+from pipeline.render.prepare_ids import id_channel
 from pipeline.spec import CampaignSpec, load_spec
 
 install_log_masking()
@@ -64,35 +69,19 @@ def template_check(spec: CampaignSpec, database: str, base_url: str | None) -> C
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) -> Prepared:
-    with store.connect(database) as db:
-        suppressed = store.suppressed_addresses(db, spec.channel)
-        # The campaign's own sends don't count: a resumed campaign must not cap itself.
-        capped = recently_messaged(db, spec.channel, exclude_campaign=campaign_id)
-        by_id = id_channel(spec.channel, spec.provider.options)  # Chat App to Messenger/Instagram too
-        last_inbound = last_inbound_times(db, spec.channel) if by_id else {}
-    if by_id:  # PSIDs, Viber ids, e-mail addresses
-        return prepare_ids(
-            spec.audience, channel=by_id, category=spec.template.category, template=spec.template,
-            variables=spec.variables, suppressed=suppressed, last_inbound=last_inbound,
-            message_tag=spec.provider.options.get("message_tag"), out_dir=out_dir,
-        )
-    # In this process, or in chunks on a Dask cluster when the spec's `prepare.runner` says so.
-    prepared = audience_preparer(spec)(
-        spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
-        variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
-        suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
-    )
-    if spec.template.session is not None:  # free-form to open windows; the template or a reject for the rest
-        with store.connect(database) as db:
-            prepared = with_sessions(db, spec, prepared)
-    return prepared
+    # In this process, or in chunks on a Dask cluster when the spec's `prepare.runner` says so; test sends
+    # prepare through the same call (pipeline/dispatch/preparation.py).
+    return prepare_campaign(spec, campaign_id, database, out_dir, preparer=audience_preparer(spec))
 
 
 @task(name="queue", cache_policy=NO_CACHE)
 def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: str, base_url: str | None) -> int:
     accepted = prepared.accepted
-    if spec.send_window is not None and not id_channel(spec.channel, spec.provider.options):
-        accepted = accepted.with_columns(recipient_timezones(accepted, spec.send_window.timezone_column))
+    timed = spec.send_window or spec.send_at
+    if timed is not None and not id_channel(spec.channel, spec.provider.options):
+        accepted = accepted.with_columns(recipient_timezones(accepted, timed.timezone_column))
+        if spec.send_at is not None:  # each recipient's 10:00 in their own zone
+            accepted = accepted.with_columns(release_times(accepted["timezone"], spec.send_at, datetime.now(UTC)))
     with store.connect(database) as db:
         if spec.template.header_media is not None and spec.template.header_media.file is not None:
             # The header file, uploaded once for the campaign: every message names the same media id.
@@ -100,6 +89,9 @@ def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: st
                 "access_token", "WHATSAPP_ACCESS_TOKEN"),
                 base_url=base_url or spec.provider.base_url or "https://graph.facebook.com")
         register_campaign(db, spec, campaign_id)
+        if spec.experiment is not None:  # variants and a holdout: arms recorded, the holdout sent nothing
+            return queue_experiment(db, spec, campaign_id, channel_for(spec, base_url=base_url), accepted,
+                                    prepared.rejects, senders=spec.all_senders)
         store_preparation(db, campaign_id, prepared.accepted, prepared.rejects)
         return enqueue_messages(
             db, spec, campaign_id, channel_for(spec, base_url=base_url), accepted, senders=spec.all_senders
@@ -107,12 +99,16 @@ def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: st
 
 
 @task(name="estimate", cache_policy=NO_CACHE)
-def estimate(spec: CampaignSpec, campaign_id: str, database: str) -> dict[str, Any]:
+def estimate(spec: CampaignSpec, campaign_id: str, database: str,
+             generation: dict[str, Any] | None = None) -> dict[str, Any]:
     with store.connect(database) as db:
         load_prices(db, service_fee_usd=spec.service_fee_usd if spec.service_fee_usd is not None else 0.005)
         price_queued_messages(db, campaign_id)
         result = estimate_cost(db, campaign_id)
     totals = {"messages": result.messages, "total_usd": float(result.total_usd)}
+    if generation is not None:  # the model's tokens are part of what the campaign costs
+        totals |= {"generation_usd": generation["cost_usd"], "total_usd": totals["total_usd"] + generation["cost_usd"],
+                   "tokens": generation["prompt_tokens"] + generation["completion_tokens"]}
     get_run_logger().info("estimate: %d messages, USD %.4f", totals["messages"], totals["total_usd"])
     # The budget guard refuses before anything is sent.
     check_budget(totals["total_usd"], spec.budget_usd, campaign_id)
@@ -205,29 +201,61 @@ def campaign_flow(
     reports_dir: str = "reports",
     provider_base_url: str | None = None,
     fallback_base_url: str | None = None,
+    origin: str | None = None,
+    started_by: str | None = None,
+    dispatch_groups: int = 1,
+    dispatch_deployment: str = DISPATCH_DEPLOYMENT,
 ) -> dict[str, Any]:
     """Load → validate → render → estimate → dispatch → receipts → report, for one campaign spec
     (and, when the spec names one, the fallback leg for recipients the first channel missed).
-    `database`: the store's URL or SQLite path (default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite)."""
+    `database`: the store's URL or SQLite path (default: CAMPAIGN_DATABASE_URL, else data/campaigns.sqlite).
+    `origin` (manual | scheduled | upload) and `started_by` decide whether it waits for an approval and who may
+    not give it (flows/approval.py).
+    `dispatch_groups` > 1 on a PostgreSQL store: the senders are split into that many groups, each dispatched by a
+    run of `dispatch_deployment` on whichever worker takes it (flows/fleet.py); otherwise in this process."""
     install_log_masking()  # again: a worker's subprocess may have reconfigured logging since import
     spec = load_spec(spec_path)
     campaign_id = campaign_id or spec.name
+    wait_for_scheduled_start()
     db, out = store.database_url(database), Path(reports_dir) / campaign_id
     # One run per campaign, wherever it runs: a second one refuses here, naming the running one, before it
     # touches the store or the report folder (pipeline/dispatch/locks.py: a lease the holder renews).
     with store.connect(db) as shared, campaign_lock(shared, campaign_id, flow_run_id=flow_run.id,
                                                     flow_run_name=flow_run.name):
         spec = template_check(spec, db, provider_base_url)
-        prepared = prepare(spec, campaign_id, db, out)
+        # With `generate:`, preparation renders each generated variable as its fallback; personalise writes them.
+        prepared = prepare(stand_in(spec), campaign_id, db, out)
         publish_rejects(campaign_id, prepared)
+        generation = None
+        if spec.generate is not None:
+            prepared, generation = personalise_task(spec, campaign_id, db, prepared)
         queued = queue(spec, campaign_id, prepared, db, provider_base_url)
         get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
-        estimate(spec, campaign_id, db)
-        result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
+        totals = estimate(spec, campaign_id, db, generation)
+        # A person approves here when the spec or the team's controls ask for it; a rejection sends nothing.
+        approval = await_approval(spec, campaign_id, db, totals, prepared, origin=origin, started_by=started_by)
+        groups = min(dispatch_groups, len(spec.all_senders)) if shared.dialect == "postgresql" else 1
+        if groups > 1:
+            result = dispatch_in_groups(
+                str(Path(spec_path).resolve()), campaign_id, list(spec.all_senders), groups,
+                database=database,  # as given (None: each worker's CAMPAIGN_DATABASE_URL): no password in parameters
+                spool_dir=str(Path(spool_dir).resolve()), provider_base_url=provider_base_url,
+                deployment=dispatch_deployment)
+            get_run_logger().info("dispatch: %d sent, %d failed over %d groups; states %s", result.sent,
+                                  result.failed, groups, result.states)
+        else:  # one group, and every SQLite store: in this process
+            if dispatch_groups > 1:
+                get_run_logger().info("dispatch in this process: groups of senders need a PostgreSQL store and more "
+                                      "than one sender")
+            result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
         receipts(spec, campaign_id, db, Path(spool_dir))
         summary = report(campaign_id, db, out, prepared)
+        summary["dispatch"] = {**result_dict(result), "groups": groups}
+        summary["approval"] = approval
         if spec.fallback is not None:
             summary["fallback"] = fallback(spec, campaign_id, db, fallback_base_url, Path(spool_dir), Path(reports_dir))
+    # Outside the lease: a continuation due at once must find the campaign free.
+    summary["continues"] = schedule_continuation(campaign_id, spec_path, result)
     if result.stopped_reason:
         create_markdown_artifact(
             f"**Channel stopped:** {result.stopped_reason}", key=artifact_key(campaign_id, "stopped")

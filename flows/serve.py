@@ -105,6 +105,28 @@ def ensure_zombie_automation(within_s: float = ZOMBIE_AFTER_S) -> Any:
     return automation
 
 
+def deploy_to_pool(names: list[str], pool: str = WORK_POOL, path: Path = ROOT / "prefect.yaml") -> list[Any]:
+    """Registers the named deployments of prefect.yaml on the process work pool, their code read from this checkout
+    (every worker machine has the project at the same path): what `prefect deploy --name NAME` does, from Python."""
+    from prefect import Flow
+
+    ids = []
+    for entry in deployment_entries(path):
+        if entry["name"] not in names:
+            continue
+        job_env = ((entry.get("work_pool") or {}).get("job_variables") or {}).get("env") or RUN_ENV
+        flow_ = Flow.from_source(source=str(path.parent), entrypoint=entry["entrypoint"])
+        ids.append(flow_.deploy(
+            name=entry["name"], work_pool_name=pool, description=entry.get("description"), tags=entry.get("tags"),
+            parameters=entry.get("parameters") or {}, schedules=schedules_of(entry), job_variables={"env": job_env},
+            print_next_steps=False, ignore_warnings=True,
+        ))
+    missing = set(names) - {e["name"] for e in deployment_entries(path)}
+    if missing:
+        raise SystemExit(f"not in {path.name}: {', '.join(sorted(missing))}")
+    return ids
+
+
 def ensure_work_pool(name: str = WORK_POOL) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -121,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--setup", action="store_true",
                         help="only create the process work pool and the zombie automation (for `make worker`)")
+    parser.add_argument("--deploy", action="append", metavar="NAME",
+                        help="with --setup: also register this deployment of prefect.yaml on the work pool "
+                             "(repeatable; e.g. dispatch-senders for campaigns dispatched by several workers)")
     parser.add_argument("--only", action="append", help="serve only this deployment (repeatable)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many flow runs at once")
     parser.add_argument("--zombie-after", type=float, default=ZOMBIE_AFTER_S, metavar="SECONDS",
@@ -131,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup:
         ensure_work_pool()
         print(f"work pool {WORK_POOL!r} and automation {ZOMBIE_AUTOMATION!r} are in place", flush=True)
+        if args.deploy:
+            deploy_to_pool(args.deploy)
+            print(f"deployment(s) {', '.join(args.deploy)} registered on {WORK_POOL!r}", flush=True)
         return 0
     for name, value in RUN_ENV.items():
         os.environ.setdefault(name, value)

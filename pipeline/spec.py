@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,6 +33,9 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+_LANGUAGE = r"^[a-z]{2,3}(_[A-Z]{2})?$"  # the providers' template language codes: en, en_US, fil
+
+
 class TemplateSpec(_Spec):
     """An approved provider template and how to fill it.
 
@@ -41,7 +45,7 @@ class TemplateSpec(_Spec):
     """
 
     name: str = Field(min_length=1, max_length=512)
-    language: str = Field(pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    language: str = Field(pattern=_LANGUAGE)
     category: Category
     text: str = Field(min_length=1)
     header: list[str] = Field(default_factory=list)
@@ -84,6 +88,16 @@ class TemplateSpec(_Spec):
             return list(self.header)
         # Only a link is rendered per recipient; an id (or a file's, once uploaded) is the same for everyone.
         return [media.link] if media.link is not None else []
+    # Language per recipient (pipeline/render/languages.py): the audience's `language_column` picks one of the
+    # languages the template exists in (the provider's registry when the spec names its account, else `languages`);
+    # no match takes `fallback_language` (default: `language`).
+    language_column: str = "language"
+    languages: list[Annotated[str, Field(pattern=_LANGUAGE)]] = Field(default_factory=list, max_length=200)
+    fallback_language: str | None = Field(default=None, pattern=_LANGUAGE)
+
+    @property
+    def fallback(self) -> str:
+        return self.fallback_language or self.language
 
 
 class RateSpec(_Spec):
@@ -101,12 +115,72 @@ class RetrySpec(_Spec):
     reconcile_grace_s: float = Field(default=30.0, ge=0)
 
 
-class SendWindow(_Spec):
-    """Recipients' local hours in which messages may go out; outside them they wait."""
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$"  # HH:MM or HH:MM:SS
 
-    start: str = Field(default="09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    end: str = Field(default="21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+class WindowSlot(_Spec):
+    """One dated period in which messages may go out: a naive time is each recipient's local time, one with an
+    offset the same instant everywhere."""
+
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowSlot:
+        if (self.start.tzinfo is None) != (self.end.tzinfo is None):
+            raise ValueError("start and end must both have a UTC offset, or neither")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class SendWindow(_Spec):
+    """Recipients' local hours in which messages may go out (every day), or dated `slots` instead; outside them
+    messages wait, and the campaign continues by itself at the next opening (flows/continuation.py)."""
+
+    start: str = Field(default="09:00", pattern=_CLOCK)
+    end: str = Field(default="21:00", pattern=_CLOCK)
+    slots: list[WindowSlot] = Field(default_factory=list, max_length=1000)
     timezone_column: str = "timezone"  # used when the audience has it; else the number's zone
+
+
+class SendAt(_Spec):
+    """Release each recipient's message at `local_time` in the recipient's own zone (the next such time; one
+    that passed less than `late_s` ago counts as now, so a campaign started at 10:05 still reaches 10:00's)."""
+
+    local_time: str = Field(pattern=_CLOCK)
+    late_s: float = Field(default=3600.0, ge=0, le=86_400)
+    timezone_column: str = "timezone"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_time(cls, value: Any) -> Any:
+        return {"local_time": value} if isinstance(value, str) else value
+
+
+class FrequencyCap(_Spec):
+    """At most `max` messages per recipient per `per` ("7d", "24h", "90m"), counted across campaigns over `channels`
+    (empty: the campaign's channel and those reaching the same app, pipeline/data/controls.yaml) for `categories`."""
+
+    max: int = Field(ge=1, le=10_000)
+    per: str = Field(pattern=r"^[1-9]\d{0,4}[mhd]$")
+    channels: list[ChannelName] = Field(default_factory=list)
+    categories: list[Category] = Field(default_factory=lambda: ["marketing"])
+
+    @property
+    def window(self) -> timedelta:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[self.per[-1]]
+        return timedelta(**{unit: int(self.per[:-1])})
+
+
+class ApprovalSpec(_Spec):
+    """A person approves the campaign in the Prefect UI (or `campaign approve`) after its estimate, before it sends.
+    `required: None` takes pipeline/data/controls.yaml's `required_for` (scheduled and uploaded runs)."""
+
+    required: bool | None = None
+    approvers: list[str] = Field(default_factory=list, max_length=100)  # empty: anyone but the starter
+    allow_self_approval: bool | None = None
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 86_400)
 
 
 class ProviderSpec(_Spec):
@@ -147,6 +221,61 @@ class PrepareSpec(_Spec):
     chunk_mb: float = Field(default=64.0, gt=0)
 
 
+class VariantSpec(_Spec):
+    """One arm of an experiment: its own approved template and a weight among the arms that are sent."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    template: TemplateSpec
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+
+class ExperimentSpec(_Spec):
+    """Variants and a holdout (issue 20; pipeline/render/arms.py assigns, pipeline/dispatch/experiment.py queues).
+    No variants: the spec's own template is the one sent arm, `control`. `outcome_column`: an audience column
+    holding a conversion (a value, or yes/true/1), read at queue time into the store's conversions."""
+
+    variants: list[VariantSpec] = Field(default_factory=list, max_length=20)
+    holdout: float = Field(default=0.0, ge=0, le=0.5)
+    outcome_column: str | None = None
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentSpec:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names) or "holdout" in names:
+            raise ValueError(f"variant names must be unique and not 'holdout': {names}")
+        return self
+
+
+class GeneratedVariable(_Spec):
+    """A template variable a model writes per recipient from `prompt` (Jinja2 over the audience's columns)."""
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    fallback: str = Field(min_length=1, max_length=1024)  # sent when the model's answer is refused or missing
+    max_chars: int | None = Field(default=None, ge=1, le=1024)  # below the channel's parameter limit
+
+
+class GenerateSpec(_Spec):
+    """Model-written personalisation (pipeline/render/personalise.py) over an OpenAI-compatible endpoint.
+    CAMPAIGN_LLM_BASE_URL / CAMPAIGN_LLM_MODEL override `base_url` / `model`; the key is read from `api_key_env`."""
+
+    variables: dict[str, GeneratedVariable] = Field(min_length=1, max_length=8)
+    base_url: str = "http://127.0.0.1:8809/v1"
+    model: str = Field(default="qwen-plus", min_length=1, max_length=200)
+    api_key_env: str = "CAMPAIGN_LLM_API_KEY"
+    concurrency: int = Field(default=8, ge=1, le=256)
+    max_per_second: float = Field(default=20.0, gt=0, le=10_000)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    max_tokens: int = Field(default=120, ge=1, le=4096)
+    input_usd_per_1m_tokens: float = Field(default=0.4, ge=0)
+    output_usd_per_1m_tokens: float = Field(default=1.2, ge=0)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, value: str) -> str:
+        return _env_name(value)
+
+
 class CampaignSpec(_Spec):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     audience: Path
@@ -168,12 +297,17 @@ class CampaignSpec(_Spec):
     service_fee_usd: float | None = Field(default=None, ge=0)
     budget_usd: float | None = Field(default=None, gt=0)
     send_window: SendWindow | None = None
+    send_at: SendAt | None = None  # "10:00": each recipient at 10:00 local time
+    frequency_cap: FrequencyCap | None = None  # None: the team's default (pipeline/data/controls.yaml)
+    approval: ApprovalSpec = ApprovalSpec()
     # WhatsApp's unique business-initiated recipients per rolling 24 h (per portfolio);
     # None = unlimited.
     messaging_limit: Literal[250, 2000, 10000, 100000] | None = None
     receipts_wait_s: float = Field(default=60.0, ge=0)
     fallback: FallbackSpec | None = None
     prepare: PrepareSpec = PrepareSpec()
+    experiment: ExperimentSpec | None = None  # variants and a holdout (issue 20)
+    generate: GenerateSpec | None = None  # model-written variables (issue 20)
 
     @field_validator("variables")
     @classmethod
@@ -232,6 +366,22 @@ def positive_setting(name: str, default: int, environ: Mapping[str, str] = os.en
     if not raw.isdigit() or int(raw) < 1:
         raise SpecError(f"{name}: {environ[name]!r} is not a whole number of at least 1")
     return int(raw)
+
+
+CONTROLS_FILE = Path(__file__).resolve().parent / "data" / "controls.yaml"
+
+
+def controls(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The team's defaults (frequency cap, channels reaching the same app, approval): CAMPAIGN_CONTROLS_FILE, else
+    pipeline/data/controls.yaml. A file that cannot be read or is not a mapping is a SpecError naming it."""
+    path = Path(environ.get("CAMPAIGN_CONTROLS_FILE") or CONTROLS_FILE)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read the controls settings: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the controls settings must be a YAML mapping")
+    return data
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

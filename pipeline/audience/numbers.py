@@ -221,13 +221,16 @@ def validate_numbers(
     now: datetime | None = None,
     carry: Carry | None = None,
     dedupe: bool = True,
+    frequency_detail: str | None = None,
+    capped_categories: frozenset[str] = frozenset({"marketing"}),
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(accepted, rejects). Accepted rows gain phone_e164, region and number_type; each rejected
     row gets the first reason of: bad_row (opt_in, opt_in_at), invalid_number, not_mobile,
     blocked_country, no_opt_in and stale_opt_in (marketing only), suppressed, frequency_capped
     (marketing only: `recently_messaged` got a marketing message on this channel within
     `frequency_window`), duplicate (the first accepted row wins, across batches via `carry`;
-    `dedupe=False` leaves that to drop_duplicates, after later stages have had their say)."""
+    `dedupe=False` leaves that to drop_duplicates, after later stages have had their say). A team's cap
+    (pipeline/audience/frequency.py) names the categories it applies to and its own `frequency_detail`."""
     for needed in ("row_number", "phone", "opt_in"):
         if needed not in frame.columns:
             raise ValueError(f"validate_numbers: the audience has no {needed!r} column")
@@ -250,7 +253,6 @@ def validate_numbers(
     checked = checked.with_columns(_blocked=policy.detail_expr(), **consent_columns(columns, category=category))
 
     bad_values, no_consent = consent_rules(columns, category=category, max_age=opt_in_max_age, now=now)
-    marketing = category == "marketing"
     window_h = f"{frequency_window.total_seconds() / 3600:g} h"
     rules = [
         *bad_values,
@@ -261,8 +263,9 @@ def validate_numbers(
         *no_consent,
         ("suppressed", pl.col("phone_e164").is_in(_normalise_addresses(suppressed)),
          pl.lit(f"on the {channel} suppression list (opted out earlier)")),
-        ("frequency_capped", pl.col("phone_e164").is_in(_normalise_addresses(recently_messaged)) & pl.lit(marketing),
-         pl.lit(f"got a marketing message on {channel} in the last {window_h}")),
+        ("frequency_capped",
+         pl.col("phone_e164").is_in(_normalise_addresses(recently_messaged)) & pl.lit(category in capped_categories),
+         pl.lit(frequency_detail or f"got a marketing message on {channel} in the last {window_h}")),
     ]  # fmt: skip
     reason: Any = pl
     for name, condition, _ in rules:

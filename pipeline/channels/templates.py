@@ -250,6 +250,12 @@ def template(db: Store, provider: str, name: str, language: str, account: str | 
     return found[0] if found else None
 
 
+def approved_languages(db: Store, provider: str, account: str, name: str) -> tuple[str, ...]:
+    """The languages the template exists in and may be sent in now (APPROVED), as the provider has them: which
+    template language each recipient may get (pipeline/render/languages.py)."""
+    return tuple(t.language for t in templates(db, provider, name) if t.account == account and t.status == "APPROVED")
+
+
 def numbers(db: Store, provider: str | None = None) -> list[ProviderNumber]:
     sql = ("SELECT provider, account, phone_number_id, display_phone_number, verified_name, status, quality_rating, "
            "messaging_limit_tier, code_verification_status, changed_at FROM provider_numbers")

@@ -1,4 +1,4 @@
-"""Operator commands: status, pause, resume, retry-failed, resend-unknown."""
+"""Operator commands: status, pause, approve, resume, retry-failed, resend-unknown."""
 
 from __future__ import annotations
 
@@ -68,6 +68,17 @@ def cmd_resend_unknown(args: argparse.Namespace) -> int:
     return _run_again(args, operations.requeue_unknown)
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    from flows.approval import approve_from_cli  # Prefect's resume_flow_run: flows/, never pipeline/
+
+    try:
+        print(approve_from_cli(args.campaign, args.db, name=args.name, comment=args.comment, reject=args.reject))
+    except LookupError as exc:
+        print(f"error: {exc}")
+        return 2
+    return 0
+
+
 def add_ops_commands(sub: Any, with_store: Any) -> None:
     p = sub.add_parser("status", help="a campaign's messages by state, rate and ETA")
     p.add_argument("campaign", help="campaign id")
@@ -79,6 +90,14 @@ def add_ops_commands(sub: Any, with_store: Any) -> None:
     p.add_argument("campaign", help="campaign id")
     add_db_arg(p)
     p.set_defaults(func=cmd_pause)
+
+    p = sub.add_parser("approve", help="approve (or --reject) a campaign waiting for approval, as the Prefect UI form")
+    p.add_argument("campaign", help="campaign id")
+    p.add_argument("--name", required=True, help="the approver's name")
+    p.add_argument("--comment", default="")
+    p.add_argument("--reject", action="store_true", help="reject: nothing is sent")
+    add_db_arg(p)
+    p.set_defaults(func=cmd_approve)
 
     for name, func, text in (
         ("resume", cmd_resume, "continue a paused or stopped campaign"),

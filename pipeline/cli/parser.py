@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.add_argument("--campaign-id", help="defaults to the spec's name; a re-run with the same id resumes it")
     p.add_argument("--provider-base-url", help="send to this base URL instead of the spec's (e.g. a sandbox)")
+    p.add_argument("--dispatch-groups", type=int, default=1, metavar="N",
+                   help="on a PostgreSQL store: split the senders into N groups, each dispatched by a run of the "
+                        "dispatch-senders deployment on the work pool's workers (default 1: in this process)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="start the sandbox and receiver on loopback and run the sample campaign")
@@ -57,9 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_store(sub.add_parser("receipts", help="ingest closed webhook spool files into the store"))
     p.set_defaults(func=cmd_receipts)
 
+    from pipeline.cli.test_send import add_test_send_command
+
+    add_test_send_command(sub)
+
     from pipeline.cli.costs import add_cost_commands
 
     add_cost_commands(sub)
+
+    from pipeline.cli.experiments import add_experiment_commands
+
+    add_experiment_commands(sub)
 
     from pipeline.cli.upload import add_upload_command
 

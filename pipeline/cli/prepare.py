@@ -106,12 +106,13 @@ def _template(path: Path, category: str) -> tuple[Any, dict[str, str]]:
     return spec, {str(k): str(v) for k, v in variables.items()}
 
 
-def _from_db(db: str | None, channel: str, window: timedelta) -> tuple[set[str], set[str]]:
-    """Suppressions and recently messaged recipients from the store, when one is named (or configured)."""
+def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None) -> tuple[set[str], set[str]]:
+    """Suppressions and recently messaged recipients from the store, when one is named (or configured); with a spec,
+    its frequency cap (or the team's) decides who is capped, else one message per `window` on `channel`."""
     import os
 
     from pipeline import store
-    from pipeline.audience.frequency import recently_messaged
+    from pipeline.audience.frequency import capped_recipients, recently_messaged
 
     if db is None and not os.environ.get(store.URL_ENV):
         return set(), set()
@@ -122,11 +123,14 @@ def _from_db(db: str | None, channel: str, window: timedelta) -> tuple[set[str],
 
         raise SpecError(f"{path}: no such store")
     with store.connect(url) as shared:
-        return store.suppressed_addresses(shared, channel), recently_messaged(shared, channel, window=window)
+        capped = (capped_recipients(shared, cap) if cap is not None
+                  else recently_messaged(shared, channel, window=window))
+        return store.suppressed_addresses(shared, channel), capped
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from pipeline.audience.blocks import ReadLimits
+    from pipeline.audience.frequency import describe, frequency_cap_for
     from pipeline.audience.load import AudienceError
     from pipeline.audience.policy import PolicyError, blocked_policy
     from pipeline.render.limits import RenderLimits
@@ -137,8 +141,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     try:
         source: Path = args.source
         channel, category, template, variables, blocked = args.channel, args.category, None, None, None
+        cap, cap_settings = None, {}
         if source.suffix in (".yaml", ".yml"):
             spec = load_spec(source)
+            cap = frequency_cap_for(spec)
+            cap_settings = {"frequency_detail": describe(cap), "capped_categories": frozenset(cap.categories)}
             source, channel, category = spec.audience, spec.channel, spec.template.category
             template, variables, blocked = spec.template, spec.variables, spec.blocked_countries
         if args.template is not None:
@@ -147,13 +154,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         window = timedelta(hours=args.frequency_window_hours)
         read_limits = ReadLimits.from_env(max_field_bytes=args.max_field_bytes, max_row_bytes=args.max_row_bytes)
         render_limits = RenderLimits.for_channel(channel, max_message_chars=args.max_message_chars)
-        suppressed, recent = _from_db(args.db, channel, window)
+        suppressed, recent = _from_db(args.db, channel, window, cap)
         prepared = prepare_audience(
             source, channel=channel, category=category, template=template, variables=variables,
             policy=blocked_policy(channel, blocked), suppressed=suppressed, recently_messaged=recent,
             frequency_window=window, opt_in_max_age=timedelta(days=args.opt_in_max_age_days) or None,
             out_dir=args.out, default_country=args.default_country, batch_bytes=max(1, args.batch_mb) << 20,
-            keep_frames=False, read_limits=read_limits, render_limits=render_limits,
+            keep_frames=False, read_limits=read_limits, render_limits=render_limits, **cap_settings,
         )  # fmt: skip
     except (AudienceError, TemplateProblem, SpecError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

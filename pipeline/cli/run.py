@@ -26,6 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = campaign_flow(
         str(args.spec), campaign_id=args.campaign_id or spec.name, database=args.db, spool_dir=str(args.spool_dir),
         reports_dir=str(args.reports_dir), provider_base_url=args.provider_base_url,
+        dispatch_groups=getattr(args, "dispatch_groups", 1),  # resume & co. dispatch in this process
     )
     _print_result(summary, format_summary)
     return 0

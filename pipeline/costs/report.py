@@ -31,6 +31,7 @@ from pipeline.costs.costing import (
     summary_totals,
 )
 from pipeline.costs.engagement import engagement
+from pipeline.costs.uplift import arm_results, display_rows, write_arms
 from pipeline.masking import mask_text
 from pipeline.store import Store
 
@@ -48,6 +49,7 @@ class ReportFiles:
     markdown: Path
     failures_csv: Path
     failures_parquet: Path
+    experiment_csv: Path | None = None  # per-arm results (pipeline/costs/uplift.py), for campaigns with arms
 
 
 def write_report(
@@ -76,7 +78,11 @@ def write_report(
         "summary": summary, "estimate": _estimate_vs_actual(latest_estimate(db, campaign_id), costs.rows),
         "points": used, "balances": points.balances(db),
     }
-    return _write(Path(out_dir), costs, totals, page)
+    arms = arm_results(db, campaign_id)
+    if arms is not None:
+        page["arms"] = display_rows(arms)
+    files = _write(Path(out_dir), costs, totals, page)
+    return files if arms is None else write_arms(files, arms)
 
 
 def write_period_report(db: Store, period: str, out_dir: Path) -> ReportFiles:

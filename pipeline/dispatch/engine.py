@@ -20,6 +20,7 @@ import httpx
 
 from pipeline.channels.base import Channel, SendOutcome
 from pipeline.dispatch.ledger import Claim, Ledger, Outcome, Pending
+from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
 from pipeline.dispatch.ratelimit import SlotLimiter
 from pipeline.spec import RateSpec, RetrySpec
@@ -110,6 +111,7 @@ class _Lane:
         self.sessions: asyncio.Queue[Any] = asyncio.Queue()
         self.outstanding = 0
         self.fed_all = False
+        self.lost = False  # its lease went to another dispatcher: nothing more is sent for this sender
 
     @property
     def done(self) -> bool:
@@ -122,9 +124,11 @@ class _Dispatch:
         rate: RateSpec, retry: RetrySpec, guards: Guards, reconcile: Callable[[], Any] | None,
         on_progress: Callable[[dict[str, Any]], None] | None, progress_every_s: float,
         transport: httpx.AsyncBaseTransport | None, timeout_s: float,
-        on_status: Callable[[dict[str, Any]], None] | None,
+        on_status: Callable[[dict[str, Any]], None] | None, senders: list[str] | None, leases: SenderLeases,
     ) -> None:
         self.ledger = Ledger(db, campaign_id)
+        self.group = sorted(set(senders)) if senders is not None else None  # None: every sender of the campaign
+        self.leases = leases
         self.campaign_id = campaign_id
         self.channels = channels
         self.rate, self.retry, self.guards = rate, retry, guards
@@ -139,6 +143,8 @@ class _Dispatch:
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.writer = _Writer(self.ledger, self._db)
         self.lanes: list[_Lane] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.waiting: set[str] = set()  # senders to dispatch whose lease another dispatcher holds (for now)
         self.uncertain: dict[str, tuple[_Lane, Pending, int, float]] = {}  # timed out: maybe sent
         self.leftovers: dict[str, float] = {}  # in flight at an earlier crash
         # Timed out without a receipt and queued again: still `sending` in the ledger under this run's claim,
@@ -162,78 +168,123 @@ class _Dispatch:
 
     async def run(self) -> DispatchResult:
         try:
-            await self._recover()
-            counts = await self._db(self.ledger.counts)
-            self.result.total = counts.get("queued", 0)
-            await self._db(self.guards.prepare, self.ledger, self._channel_name())
-            senders = await self._db(self.ledger.senders)
-            self.lanes = [_Lane(s, self._channel(s), self.guards.lane_rate(s, self.rate)) for s in senders]
-            tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self._ticker())]
-            if self.reconcile_fn:
-                tasks.append(asyncio.create_task(self._reconciler()))
-            sessions = contextlib.AsyncExitStack()
-            for lane in self.lanes:
-                for _ in range(self.rate.concurrency):
-                    session = lane.channel.open_session(self.timeout_s, self.transport)
-                    lane.sessions.put_nowait(await sessions.enter_async_context(session))
-                tasks.append(asyncio.create_task(self._feed(lane)))
-                tasks += [asyncio.create_task(self._worker(lane)) for _ in range(self.pipeline_depth)]
-            # Done when every lane has fed and settled everything (uncertain sends count as
-            # outstanding until a receipt or the grace settles them) and crash leftovers are settled.
-            while not (all(lane.done for lane in self.lanes) and not self.leftovers):
-                await asyncio.sleep(0.02)
-                # A worker, feeder or the writer that died would leave this waiting forever: raise its error.
-                failed = next((t for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
-                if failed is not None:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)  # the others' errors are seen too
-                    raise failed.exception()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await sessions.aclose()
-            self._give_up_uncertain()
-            await self.writer.flush()
-            self.result.seconds = time.monotonic() - self.started
-            self.result.states = await self._db(self.ledger.counts)
-            self._progress(final=True)
-            return self.result
+            with self.leases.renewing():
+                return await self._run()
         finally:
             self.db.shutdown(wait=True)
+
+    async def _run(self) -> DispatchResult:
+        if self.reconcile_fn:  # receipts first: whatever sender this run comes to hold
+            await self._db(self.reconcile_fn)
+        wanted = await self._db(lambda: self.ledger.senders(in_flight=True))
+        if self.group is not None:
+            wanted = [s for s in wanted if s in self.group]
+        self.waiting = set(wanted)
+        await self._db(self.guards.prepare, self.ledger, self._channel_name())
+        self.tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self._ticker())]
+        if self.reconcile_fn:
+            self.tasks.append(asyncio.create_task(self._reconciler()))
+        sessions = contextlib.AsyncExitStack()
+        try:
+            await self._take_senders(sessions)
+            next_take = time.monotonic() + self.leases.renew_s
+            # Done when every sender to dispatch was held and its lane has fed and settled everything (uncertain
+            # sends count as outstanding until a receipt or the grace settles them) and crash leftovers are settled.
+            while not (not self.waiting and all(lane.done for lane in self.lanes) and not self.leftovers):
+                await asyncio.sleep(0.02)
+                # A worker, feeder or the writer that died would leave this waiting forever: raise its error.
+                failed = next((t for t in self.tasks if t.done() and not t.cancelled() and t.exception()), None)
+                if failed is not None:
+                    for task in self.tasks:
+                        task.cancel()
+                    await asyncio.gather(*self.tasks, return_exceptions=True)  # the others' errors are seen too
+                    raise failed.exception()
+                self._drop_lost_lanes()
+                if self.stop.is_set():
+                    self.waiting.clear()  # the channel stopped: what nobody sent stays queued
+                elif self.waiting and time.monotonic() >= next_take:
+                    # Held elsewhere: taken once its holder releases it, or stops renewing and it expires.
+                    await self._take_senders(sessions)
+                    next_take = time.monotonic() + self.leases.renew_s
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        finally:
+            await sessions.aclose()
+        self._give_up_uncertain()
+        await self.writer.flush()
+        self.result.seconds = time.monotonic() - self.started
+        self.result.states = await self._db(lambda: self.ledger.counts(self.group))
+        self.result.waiting = self.result.states.get("queued", 0)
+        if self.result.waiting:
+            self.result.continue_at = await self._db(self.guards.continue_at, self.ledger, self.result.stopped_reason)
+        self._progress(final=True)
+        return self.result
+
+    async def _take_senders(self, sessions: contextlib.AsyncExitStack) -> None:
+        """Takes the leases of the senders still waiting that are free; for each taken, reconciles what an
+        earlier holder left in flight (from receipts), then starts its lane."""
+        taken = await self._db(self.leases.take, sorted(self.waiting))
+        if not taken:
+            return
+        if self.lanes:
+            log.info("dispatch: took sender(s) %s, free again (released, or its holder stopped renewing)",
+                     ", ".join(taken))
+        self.waiting.difference_update(taken)
+        await self._recover(taken)
+        queued = (await self._db(lambda: self.ledger.counts(taken))).get("queued", 0)
+        self.result.total += queued
+        for sender in taken:
+            lane = _Lane(sender, self._channel(sender), self.guards.lane_rate(sender, self.rate))
+            for _ in range(self.rate.concurrency):
+                session = lane.channel.open_session(self.timeout_s, self.transport)
+                lane.sessions.put_nowait(await sessions.enter_async_context(session))
+            self.lanes.append(lane)
+            self.tasks.append(asyncio.create_task(self._feed(lane)))
+            self.tasks += [asyncio.create_task(self._worker(lane)) for _ in range(self.pipeline_depth)]
+
+    def _drop_lost_lanes(self) -> None:
+        """A lane whose lease was lost (this process stopped renewing for longer than the lease) sends nothing
+        more: the new holder reconciles what it left in flight."""
+        for lane in self.lanes:
+            if lane.sender in self.leases.lost and not lane.lost:
+                lane.lost = True
+                log.error("dispatch: lost the lease of sender %s to another dispatcher; its lane stops", lane.sender)
 
     def _channel_name(self) -> str:
         channel = next(iter(self.channels.values())) if isinstance(self.channels, dict) else self.channels
         return channel.name
 
-    async def _recover(self) -> None:
-        """Before sending anything: receipts first, then what an earlier crash left in flight."""
-        if self.reconcile_fn:
-            await self._db(self.reconcile_fn)
+    async def _recover(self, senders: list[str]) -> None:
+        """Before sending for senders just taken: what an earlier holder (a crash, a dead machine) left in flight."""
         # Without a receipt source nothing more can be learnt: leftovers are `unknown` at once. With one,
         # a leftover's receipt may still be on its way (the provider's webhook queue, the spool, an outage
         # of the store between send and record): each gets the full grace from this recovery, however long
         # ago it was claimed, before it is called `unknown`.
         older_than = None if self.reconcile_fn else 0.0
-        reconciled, unknown = await self._db(lambda: self.ledger.reconcile_in_flight(older_than_s=older_than))
-        self.result.reconciled_sent, self.result.unknown = reconciled, unknown
+        if self.reconcile_fn and self.lanes:  # receipts that arrived since the run's start
+            await self._db(self.reconcile_fn)
+        reconciled, unknown = await self._db(
+            lambda: self.ledger.reconcile_in_flight(older_than_s=older_than, senders=senders))
+        self.result.reconciled_sent += reconciled
+        self.result.unknown += unknown
         if unknown:
             log.warning("%d messages were in flight at a crash and no receipt names them: state 'unknown', "
                         "resent only with `campaign resend-unknown`", unknown)
-        ages = await self._db(self.ledger.in_flight_ages)
+        ages = await self._db(lambda: self.ledger.in_flight_ages(senders))
         now = time.monotonic()
-        self.leftovers = dict.fromkeys(ages, now)
+        self.leftovers.update(dict.fromkeys(ages, now))
 
     async def _feed(self, lane: _Lane) -> None:
         last_seq = -1
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not lane.lost:
                 page = await self._db(self.ledger.pending, lane.sender, last_seq, PAGE, datetime.now(UTC))
                 if not page:
                     return
                 last_seq = page[-1].seq
                 for item in page:
-                    if self.stop.is_set() or self._lane_paused(lane):
+                    if self.stop.is_set() or lane.lost or self._lane_paused(lane):
                         return
                     verdict = self.guards.admit(item)
                     if verdict == "wait":
@@ -256,7 +307,7 @@ class _Dispatch:
             # Batch APIs (max_batch > 1) take what is already waiting, never wait to fill up.
             while len(batch) < lane.channel.max_batch and not lane.queue.empty():
                 batch.append(lane.queue.get_nowait())
-            if self.stop.is_set() or self._lane_paused(lane):
+            if self.stop.is_set() or lane.lost or self._lane_paused(lane):
                 for item, attempts in batch:
                     if item.seq in self.resending:  # held since a timeout: settled as the reconciler would
                         self.resending.discard(item.seq)
@@ -274,6 +325,9 @@ class _Dispatch:
                 batch = [(item, n) for item, n in batch if item.seq in claimed]
                 if not batch:
                     continue
+            if lane.lost:  # claimed, never sent: left `sending` for the new holder to settle
+                lane.outstanding -= len(batch)
+                continue
             slot_at = time.monotonic() + max(lane.limiter.reserve() for _ in batch)
             wait = slot_at - time.monotonic()
             if wait > 0:
@@ -291,6 +345,11 @@ class _Dispatch:
                     session = await lane.sessions.get()
                 elif wait > 0:
                     await asyncio.sleep(wait)
+            if not self.stop.is_set() and self.guards.send_window is not None:
+                batch = self._closed_window_back(lane, batch)
+                if not batch:
+                    lane.sessions.put_nowait(session)
+                    continue
             if self.stop.is_set() and not any(item.seq in self.resending for item, _ in batch):
                 # Stopped while this claimed batch waited for its slot: back to queued, never sent.
                 lane.sessions.put_nowait(session)
@@ -302,6 +361,18 @@ class _Dispatch:
                 await self._send(lane, session, batch)
             finally:
                 lane.sessions.put_nowait(session)
+
+    def _closed_window_back(self, lane: _Lane, batch: list[tuple[Pending, int]]) -> list[tuple[Pending, int]]:
+        """The batch without the messages whose send window closed while they waited for their slot: those go back
+        to queued (the next opening's run sends them), so nothing leaves after the close."""
+        keep = []
+        for item, attempts in batch:
+            if item.seq in self.resending or self.guards.still_open(item):
+                keep.append((item, attempts))
+            else:
+                lane.outstanding -= 1
+                self.writer.record(Outcome(item.seq, "queued", None, None, None, None, attempts - 1))
+        return keep
 
     async def _claim(self, lane: _Lane, batch: list[tuple[Pending, int]]) -> set[int]:
         """The batch's seqs this run may send: fresh ones it claimed now, and resends it still holds."""
@@ -326,6 +397,9 @@ class _Dispatch:
     async def _send(self, lane: _Lane, session: Any, batch: list[tuple[Pending, int]]) -> None:
         first = True
         while batch:
+            if lane.lost:  # retries of a lane that lost its lease: left `sending` for the new holder to settle
+                lane.outstanding -= len(batch)
+                return
             if not first:  # the first attempt's slots were taken before the claim
                 planned = _planned_ids(lane.channel, batch)
                 if planned:  # a smaller batch goes by new provider ids: on record before it leaves
@@ -472,9 +546,14 @@ async def dispatch_campaign(
     rate: RateSpec | None = None, retry: RetrySpec | None = None, guards: Guards | None = None,
     reconcile: Callable[[], Any] | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
     progress_every_s: float = 3.0, transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 10.0,
-    on_status: Callable[[dict[str, Any]], None] | None = None,
+    on_status: Callable[[dict[str, Any]], None] | None = None, senders: list[str] | None = None,
+    leases: SenderLeases | None = None,
 ) -> DispatchResult:
-    """Sends every queued message of the campaign; safe to call again after a crash.
+    """Sends every queued message of the campaign (or of its `senders` only); safe to call again after a crash,
+    and beside other dispatchers of the same campaign: each sender is sent for only by the dispatcher holding its
+    lease (pipeline/dispatch/locks.py; `leases` gives the lease settings and the holder's name, default ones are
+    made). A sender held elsewhere is waited for until its holder releases it or its lease expires; its new
+    holder first reconciles what the old one left in flight, then sends.
 
     `channels` maps each sender to its channel (one channel serves all senders when given alone);
     `reconcile` brings receipts into the store (called on the ledger's thread; e.g. an ingest of the
@@ -484,6 +563,7 @@ async def dispatch_campaign(
     run = _Dispatch(
         db, campaign_id, channels, rate=rate or RateSpec(), retry=retry or RetrySpec(), guards=guards or Guards(),
         reconcile=reconcile, on_progress=on_progress, progress_every_s=progress_every_s, transport=transport,
-        timeout_s=timeout_s, on_status=on_status,
+        timeout_s=timeout_s, on_status=on_status, senders=senders,
+        leases=leases or SenderLeases(db, campaign_id),
     )
     return await run.run()

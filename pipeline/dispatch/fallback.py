@@ -93,7 +93,12 @@ def send_fallback(
     if not earlier.is_empty():
         everyone = pl.concat([earlier, chosen], how="vertical_relaxed").unique("row_number", keep="first")
     store_preparation(db, leg_id, everyone.sort("row_number"), empty_rejects())
-    queued = enqueue_messages(db, leg_spec, leg_id, channel, chosen)
+    if spec.experiment is not None:  # each recipient's arm of the first leg, its template; never the holdout
+        from pipeline.dispatch.experiment import enqueue_fallback_by_arm
+
+        queued = enqueue_fallback_by_arm(db, spec, campaign_id, leg_spec, leg_id, channel, chosen)
+    else:
+        queued = enqueue_messages(db, leg_spec, leg_id, channel, chosen)
     price_queued_messages(db, leg_id)
     result = asyncio.run(dispatch_campaign(
         db, leg_id, channel, rate=leg_spec.rate_limit, retry=leg_spec.retry, reconcile=reconcile,

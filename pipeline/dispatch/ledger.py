@@ -70,33 +70,39 @@ class Ledger:
         return self.db.scalar("SELECT count(*) FROM outbox WHERE campaign_id = :c AND state = 'sending'",
                               c=self.campaign_id)
 
-    def reconcile_in_flight(self, *, older_than_s: float | None = 0.0) -> tuple[int, int]:
+    def reconcile_in_flight(self, *, older_than_s: float | None = 0.0,
+                            senders: Sequence[str] | None = None) -> tuple[int, int]:
         """Messages left `sending` by a crash: `sent` if a receipt carries our id; otherwise, once
         `older_than_s` has passed without one, `unknown` (resent only when the operator asks,
-        since the request may have reached the provider). None: none becomes `unknown` here."""
+        since the request may have reached the provider). None: none becomes `unknown` here.
+        `senders`: only these senders' messages (the ones this dispatcher holds: another dispatcher's
+        messages in flight are its own to settle)."""
         now = datetime.now(UTC)
+        scope, scoped = _senders_scope(senders)
         with self.db.write() as conn:
-            reconciled = run(conn, """
+            reconciled = run(conn, f"""
                 UPDATE outbox SET state = 'sent',
                     provider_message_id = (SELECT min(e.provider_message_id) FROM events e
                                            WHERE e.message_id = outbox.message_id),
                     sent_at = coalesce(sent_at, (SELECT min(e.occurred_at) FROM events e
                                                  WHERE e.message_id = outbox.message_id)),
                     updated_at = :now
-                WHERE campaign_id = :c AND state IN ('sending', 'unknown')
+                WHERE campaign_id = :c AND state IN ('sending', 'unknown'){scope}
                   AND EXISTS (SELECT 1 FROM events e WHERE e.message_id = outbox.message_id)
-                """, now=now, c=self.campaign_id).rowcount
-            unknown = 0 if older_than_s is None else run(conn, """
+                """, now=now, c=self.campaign_id, **scoped).rowcount
+            unknown = 0 if older_than_s is None else run(conn, f"""
                 UPDATE outbox SET state = 'unknown', updated_at = :now
-                WHERE campaign_id = :c AND state = 'sending' AND coalesce(updated_at, queued_at) <= :cutoff
-                """, now=now, c=self.campaign_id, cutoff=now - timedelta(seconds=older_than_s)).rowcount
+                WHERE campaign_id = :c AND state = 'sending' AND coalesce(updated_at, queued_at) <= :cutoff{scope}
+                """, now=now, c=self.campaign_id, cutoff=now - timedelta(seconds=older_than_s),
+                **scoped).rowcount
         return reconciled, unknown
 
-    def in_flight_ages(self) -> dict[str, float]:
-        """Messages still `sending` and how many seconds ago they were claimed."""
+    def in_flight_ages(self, senders: Sequence[str] | None = None) -> dict[str, float]:
+        """Messages still `sending` (of `senders`, or all) and how many seconds ago they were claimed."""
         now = datetime.now(UTC)
+        scope, scoped = _senders_scope(senders)
         rows = self.db.rows("SELECT message_id, coalesce(updated_at, queued_at) FROM outbox "
-                            "WHERE campaign_id = :c AND state = 'sending'", c=self.campaign_id)
+                            f"WHERE campaign_id = :c AND state = 'sending'{scope}", c=self.campaign_id, **scoped)
         return {message_id: (now - utc(at)).total_seconds() for message_id, at in rows}  # type: ignore[operator]
 
     def settle(self, with_receipt: dict[str, str], without: list[str]) -> None:
@@ -130,9 +136,16 @@ class Ledger:
             """, c=self.campaign_id, sender=sender, after=after_seq, now=now, limit=limit)
         return [Pending(*row[:7], float(Decimal(str(row[7]))) if row[7] is not None else 0.0) for row in rows]
 
-    def senders(self) -> list[str]:
-        rows = self.db.rows("SELECT DISTINCT sender FROM outbox WHERE campaign_id = :c AND state = 'queued' "
-                            "ORDER BY 1", c=self.campaign_id)
+    def next_release(self, now: datetime) -> datetime | None:
+        """The earliest time a queued message held back until later (send-at, a deferral) may go."""
+        return utc(self.db.scalar("SELECT min(not_before) FROM outbox WHERE campaign_id = :c AND state = 'queued' "
+                                  "AND not_before > :now", c=self.campaign_id, now=now))
+
+    def senders(self, *, in_flight: bool = False) -> list[str]:
+        """Senders with queued messages (and, with `in_flight`, those with messages left `sending`)."""
+        states = ("queued", "sending") if in_flight else ("queued",)
+        rows = self.db.rows("SELECT DISTINCT sender FROM outbox WHERE campaign_id = :c AND state IN :states "
+                            "ORDER BY 1", c=self.campaign_id, states=states)
         return [r[0] for r in rows]
 
     def commit(self, claims: Sequence[Claim], outcomes: Sequence[Outcome]) -> set[int]:
@@ -167,9 +180,10 @@ class Ledger:
                 dialect.record_transitions(conn, self.campaign_id, part, now)
         return claimed
 
-    def counts(self) -> dict[str, int]:
-        rows = self.db.rows("SELECT state, count(*) FROM outbox WHERE campaign_id = :c GROUP BY state",
-                            c=self.campaign_id)
+    def counts(self, senders: Sequence[str] | None = None) -> dict[str, int]:
+        scope, scoped = _senders_scope(senders)
+        rows = self.db.rows(f"SELECT state, count(*) FROM outbox WHERE campaign_id = :c{scope} GROUP BY state",
+                            c=self.campaign_id, **scoped)
         return {state: n for state, n in rows}
 
     def spent_usd(self) -> float:
@@ -187,6 +201,13 @@ class Ledger:
             """, channel=channel, since=now - window)[0]
         oldest = utc(oldest)
         return count, (oldest + window if oldest else None)
+
+
+def _senders_scope(senders: Sequence[str] | None) -> tuple[str, dict[str, list[str]]]:
+    """A condition limiting a statement to some senders' messages (none: every sender's)."""
+    if senders is None:
+        return "", {}
+    return " AND sender IN :scope_senders", {"scope_senders": list(senders)}
 
 
 def _chunks(items: Sequence[str] | Sequence[int]) -> list[list]:

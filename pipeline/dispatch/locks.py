@@ -160,3 +160,119 @@ def current_holder(db: Store, campaign_id: str, *, conn=None) -> LockHolder | No
     since, expires = utc(row[2]), utc(row[5])
     return LockHolder(campaign_id, row[0], row[1], since.isoformat(timespec="seconds") if since else "",
                       row[3], row[4], expires.isoformat(timespec="seconds") if expires else None)
+
+
+# --- one dispatcher per sender -------------------------------------------------------------------------------
+# A campaign's senders may be dispatched by several processes and machines at once (the fleet: one group of
+# senders per Prefect flow run), but each sender by exactly one of them: its rate limiter lives in that
+# dispatcher, so a number's rate holds only if nobody else sends as it. Same lease rows, one per (campaign,
+# sender), taken in a transaction, renewed every CAMPAIGN_LEASE_RENEW_S (default a third of the TTL).
+
+LEASE_RENEW_S = float(os.environ.get("CAMPAIGN_LEASE_RENEW_S", "0")) or None
+
+
+def sender_lease_name(campaign_id: str, sender: str) -> str:
+    return f"sender:{campaign_id}:{sender}"
+
+
+class SenderLeases:
+    """The senders of one campaign that this dispatcher holds: `take` what is free (or expired, or held by a dead
+    process on this host), renewed by `renewing()`'s thread; a sender whose renewal finds another holder (this
+    one stopped renewing for longer than the TTL) moves from `held` to `lost` and must not be sent for again."""
+
+    def __init__(self, db: Store, campaign_id: str, *, ttl_s: float | None = None, renew_s: float | None = None,
+                 flow_run_id: str | None = None, flow_run_name: str | None = None) -> None:
+        self.db, self.campaign_id = db, campaign_id
+        self.ttl_s = ttl_s or LEASE_TTL_S
+        self.renew_s = renew_s or LEASE_RENEW_S or self.ttl_s / 3
+        if self.renew_s >= self.ttl_s:
+            raise ValueError(f"the lease renewal ({self.renew_s:g} s) must come before it expires ({self.ttl_s:g} s)")
+        self.flow_run_id, self.flow_run_name = flow_run_id, flow_run_name
+        self.token = secrets.token_hex(8)
+        self.held: set[str] = set()
+        self.lost: set[str] = set()
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+
+    def take(self, senders: list[str]) -> list[str]:
+        """Takes, in one transaction, every sender of `senders` whose lease is free; returns those taken now."""
+        wanted = [s for s in senders if s not in self.held and s not in self.lost]
+        if not wanted:
+            return []
+        now, taken = datetime.now(UTC), []
+        with self.db.write() as conn:
+            for sender in wanted:
+                name = sender_lease_name(self.campaign_id, sender)
+                row = run(conn, "SELECT holder, host, pid FROM leases WHERE name = :name", name=name).first()
+                dead = row[0] if row is not None and _gone(row[1], row[2]) else ""
+                params = {"name": name, "holder": self.token, "pid": os.getpid(), "host": socket.gethostname(),
+                          "flow_run_id": self.flow_run_id, "flow_run_name": self.flow_run_name, "now": now,
+                          "expires": now + timedelta(seconds=self.ttl_s), "dead": dead}
+                if run(conn, _TAKE, **params).rowcount:
+                    taken.append(sender)
+        with self._guard:
+            self.held.update(taken)
+        return taken
+
+    def renew(self) -> list[str]:
+        """Extends every held lease; returns the senders lost (another dispatcher holds them now)."""
+        with self._guard:
+            held = sorted(self.held)
+        if not held:
+            return []
+        now = datetime.now(UTC)
+        with self.db.write() as conn:
+            kept = {r[0] for r in run(
+                conn, "UPDATE leases SET expires_at = :expires WHERE name IN :names AND holder = :holder "
+                      "RETURNING name", expires=now + timedelta(seconds=self.ttl_s), holder=self.token,
+                names=[sender_lease_name(self.campaign_id, s) for s in held])}
+        lost = [s for s in held if sender_lease_name(self.campaign_id, s) not in kept]
+        if lost:
+            with self._guard:
+                self.held.difference_update(lost)
+                self.lost.update(lost)
+        return lost
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stop.wait(self.renew_s):
+            try:
+                self.renew()
+            except Exception:  # noqa: BLE001 - the store is away for a moment: try again; expiry decides
+                continue
+
+    @contextmanager
+    def renewing(self) -> Iterator[SenderLeases]:
+        """Renews the held leases in a thread for the block, and releases them (all of them) after it."""
+        self._stop.clear()
+        renewer = threading.Thread(target=self._renew_until_stopped, name=f"sender-leases-{self.campaign_id}",
+                                   daemon=True)
+        renewer.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            renewer.join(timeout=self.renew_s + 10)
+            self.release()
+
+    def release(self) -> None:
+        with self._guard:
+            held, self.held = sorted(self.held), set()
+        if held:
+            self.db.execute("DELETE FROM leases WHERE name IN :names AND holder = :holder", holder=self.token,
+                            names=[sender_lease_name(self.campaign_id, s) for s in held])
+
+
+def sender_holders(db: Store, campaign_id: str) -> dict[str, LockHolder]:
+    """Who dispatches which sender of the campaign now (live leases only)."""
+    prefix = sender_lease_name(campaign_id, "")
+    rows = db.rows("SELECT name, pid, host, since, flow_run_id, flow_run_name, expires_at FROM leases "
+                   "WHERE name LIKE :prefix AND expires_at >= :now", prefix=prefix + "%", now=datetime.now(UTC))
+    holders = {}
+    for name, pid, host, since, run_id, run_name, expires in rows:
+        if not name.startswith(prefix) or _gone(host, pid):  # LIKE's `_` matches any character
+            continue
+        since_, expires_ = utc(since), utc(expires)
+        holders[name[len(prefix):]] = LockHolder(
+            campaign_id, pid, host, since_.isoformat(timespec="seconds") if since_ else "", run_id, run_name,
+            expires_.isoformat(timespec="seconds") if expires_ else None)
+    return holders

@@ -69,18 +69,27 @@ def enqueue_messages(
     """Queues one message per accepted recipient; messages already in the outbox are left as they are.
 
     With several senders, recipients are spread over them in turn. A `timezone` column of
-    `accepted` (IANA names) is kept for send windows. Returns how many new messages were queued.
+    `accepted` (IANA names) is kept for send windows; a `not_before` column (UTC) holds each message back until
+    then (send-at). Returns how many new messages were queued.
     """
     senders = senders or [spec.sender]
     ids, payloads = [], []
     accepted = accepted.with_columns(_key(accepted))
     text = accepted["text"] if "text" in accepted.columns else pl.Series([None] * accepted.height)
-    columns = accepted.select("recipient_key", "region", "params_json").with_columns(text.alias("text"))
-    for to, country, params_json, body in columns.iter_rows():
+    # Each recipient's template language when the preparation picked one (pipeline/render/languages.py).
+    language = (accepted["template_language"] if "template_language" in accepted.columns
+                else pl.Series([spec.template.language] * accepted.height, dtype=pl.String))
+    templates = {spec.template.language: spec.template}
+    columns = accepted.select("recipient_key", "region", "params_json").with_columns(text.alias("text"),
+                                                                                     language.alias("language"))
+    for to, country, params_json, body, code in columns.iter_rows():
         message_id = message_id_for(campaign_id, to, channel.name)
         params = json.loads(params_json) if params_json else {}
+        template = templates.get(code)
+        if template is None:
+            template = templates[code] = spec.template.model_copy(update={"language": code})
         message = Outgoing(message_id=message_id, to=to, country=country, text=body, params=params,
-                           template=spec.template)
+                           template=template)
         payload = channel.build_payload(message)
         ids.append(message_id)
         payloads.append(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
@@ -98,6 +107,9 @@ def enqueue_messages(
         pl.lit(pl.Series(senders)).gather(pl.int_range(pl.len()) % len(senders)).alias("sender")
         if len(senders) > 1 else pl.lit(senders[0]).alias("sender"),
         (accepted["timezone"] if "timezone" in accepted.columns else pl.lit(None, dtype=pl.String)).alias("timezone"),
+        # "send at 10:00 local time": each message's release (pipeline/dispatch/schedule.py); else at once.
+        (accepted["not_before"] if "not_before" in accepted.columns
+         else pl.lit(None, dtype=pl.Datetime("us", "UTC"))).alias("not_before"),
         pl.lit(spec.template.category).alias("category"),
         pl.lit("queued").alias("state"),
         pl.lit(0, dtype=pl.Int32).alias("attempts"),

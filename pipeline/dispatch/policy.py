@@ -6,12 +6,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from pipeline.channels.base import SendOutcome
 from pipeline.dispatch.ledger import Ledger, Pending
+from pipeline.dispatch.schedule import Window, zone
 from pipeline.spec import RateSpec, RetrySpec, SendWindow
 
 
@@ -33,6 +33,9 @@ class DispatchResult:
     unknown: int = 0
     resent_after_timeout: int = 0
     stopped_reason: str | None = None
+    # Messages left queued for a later time (send window, send-at, messaging limit) and when the campaign can go on.
+    waiting: int = 0
+    continue_at: datetime | None = None
     lanes_paused: dict[str, str] = field(default_factory=dict)  # sender -> why its lane paused (the others went on)
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
@@ -76,10 +79,7 @@ class Guards:
         self.limit_frees_at: datetime | None = None
         self.waiting_for_window = 0
         self.next_window_at: datetime | None = None
-        self._zones: dict[str, ZoneInfo] = {}
-        self._window = (
-            (time.fromisoformat(send_window.start), time.fromisoformat(send_window.end)) if send_window else None
-        )
+        self._window = Window(send_window) if send_window else None
 
     def prepare(self, ledger: Ledger, channel: str) -> None:
         """Reads what earlier sends already used: the rolling 24 h recipients and the spend so far."""
@@ -134,33 +134,31 @@ class Guards:
         factor = self.watch.lane_factor(sender) if self.watch is not None else 1.0
         return rate if factor == 1.0 else rate.model_copy(update={"max_per_second": rate.max_per_second * factor})
 
-    def _zone(self, name: str | None) -> ZoneInfo:
-        key = name or "UTC"
-        zone = self._zones.get(key)
-        if zone is None:
-            try:
-                zone = ZoneInfo(key)
-            except (KeyError, ValueError):
-                zone = ZoneInfo("UTC")
-            self._zones[key] = zone
-        return zone
-
     def _inside_window(self, timezone: str | None) -> bool:
         assert self._window is not None
-        start, end = self._window
-        zone = self._zone(timezone)
-        local = datetime.now(zone)
-        now_t = local.time()
-        inside = start <= now_t < end if start <= end else (now_t >= start or now_t < end)
-        if not inside:
-            self.waiting_for_window += 1
-            opens = datetime.combine(local.date(), start, zone)
-            if opens <= local:
-                opens += timedelta(days=1)
-            opens_utc = opens.astimezone(UTC)
-            if self.next_window_at is None or opens_utc < self.next_window_at:
-                self.next_window_at = opens_utc
-        return inside
+        tz, now = zone(timezone), datetime.now(UTC)
+        if self._window.inside(tz, now):
+            return True
+        self.waiting_for_window += 1
+        opens = self._window.next_opening(tz, now)
+        if opens is not None and (self.next_window_at is None or opens < self.next_window_at):
+            self.next_window_at = opens
+        return False
+
+    def still_open(self, item: Pending) -> bool:
+        """Checked again just before a claimed message leaves: its window may have closed while it waited."""
+        return self._window is None or self._inside_window(item.timezone)
+
+    def continue_at(self, ledger: Ledger, stopped_reason: str | None) -> datetime | None:
+        """When the messages still queued can go: the next window opening, the next send-at release, or (stopped
+        by the messaging limit) when the limit frees; None when nothing waits for a time (blocking: off the loop)."""
+        limited = bool(stopped_reason and stopped_reason.startswith("messaging limit"))
+        if stopped_reason and not limited:
+            return None  # stopped by the operator, the budget or the provider: a person decides when it goes on
+        times = [t for t in (self.next_window_at, ledger.next_release(datetime.now(UTC))) if t is not None]
+        if limited and self.limit_frees_at is not None:
+            times.append(self.limit_frees_at)
+        return min(times, default=None)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {}

@@ -186,15 +186,15 @@ class _Staged:
             if parser is None:
                 raise ValueError(f"unknown provider {provider!r}")
             receipts, inbound = parser(body)
-            updates = (whatsapp_account_webhooks.parse_updates(body)
-                       if provider == "whatsapp" and whatsapp_account_webhooks.mentions_updates(body) else [])
         except (ValueError, TypeError, KeyError, RecursionError) as exc:  # MalformedPayload is a ValueError
             self.quarantine.append({
                 "spool_file": name, "line_number": line_no, "reason": f"{type(exc).__name__}: {exc}"[:500],
                 "raw": line.decode("utf-8", errors="replace"),
             })
             return
-        self.updates += updates
+        if provider == "whatsapp" and whatsapp_account_webhooks.mentions_updates(body):
+            # As on the bulk path: a malformed template/number change is quarantined, the line's receipts stay.
+            self.add_updates(name, line_no, body)
         order = {"file_idx": file_idx, "line_no": line_no}
         for pos, r in enumerate(receipts):
             self.events.append({

@@ -23,6 +23,7 @@ from pipeline.audience.load import DEFAULT_BATCH_BYTES, AudienceReader, Loaded
 from pipeline.audience.numbers import Carry, drop_duplicates, validate_numbers
 from pipeline.audience.policy import BlockedPolicy, blocked_policy
 from pipeline.records import REJECTS_SCHEMA
+from pipeline.render.languages import with_languages
 from pipeline.render.limits import RenderLimits
 from pipeline.render.segments import with_segments
 from pipeline.render.templates import TemplateProblem, check_template, render_messages
@@ -127,6 +128,10 @@ class Stages:
     suppressed: frozenset[str] = frozenset()
     recently_messaged: frozenset[str] = frozenset()
     frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW
+    frequency_detail: str | None = None  # a team's cap says what it counted (pipeline/audience/frequency.py)
+    capped_categories: frozenset[str] = frozenset({"marketing"})
+    # The template's languages (the provider's registry); empty: the spec's own list (pipeline/render/languages.py).
+    languages: tuple[str, ...] = ()
     opt_in_max_age: timedelta | None = DEFAULT_OPT_IN_MAX_AGE
     now: datetime | None = None
     default_country: str | None = None
@@ -148,6 +153,7 @@ class Stages:
             suppressed=self.suppressed, default_country=self.default_country,
             recently_messaged=self.recently_messaged, frequency_window=self.frequency_window,
             opt_in_max_age=self.opt_in_max_age, now=self.now, carry=carry, dedupe=False,
+            frequency_detail=self.frequency_detail, capped_categories=self.capped_categories,
         )  # fmt: skip
         parts = [loaded.rejects, number_rejects]
         if self.template is not None:
@@ -155,6 +161,9 @@ class Stages:
             accepted, render_rejects = render_messages(accepted, self.template, self.variables, self.render_limits)
             parts.append(render_rejects)
             accepted = with_segments(accepted)
+            t = self.template
+            accepted = with_languages(accepted, t.language_column, self.languages or (t.language, *t.languages),
+                                      t.fallback)
         return accepted, _with_originals(pl.concat(parts), loaded.rows, columns)
 
 
@@ -233,6 +242,9 @@ def prepare_audience(
     suppressed: Iterable[str] = frozenset(),
     recently_messaged: Iterable[str] = frozenset(),
     frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW,
+    frequency_detail: str | None = None,
+    capped_categories: frozenset[str] = frozenset({"marketing"}),
+    languages: tuple[str, ...] = (),
     opt_in_max_age: timedelta | None = DEFAULT_OPT_IN_MAX_AGE,
     now: datetime | None = None,
     out_dir: Path | str | None = None,
@@ -253,6 +265,7 @@ def prepare_audience(
     stages = make_stages(
         channel=channel, category=category, template=template, variables=variables, policy=policy,
         suppressed=suppressed, recently_messaged=recently_messaged, frequency_window=frequency_window,
+        frequency_detail=frequency_detail, capped_categories=frozenset(capped_categories), languages=tuple(languages),
         opt_in_max_age=opt_in_max_age, now=now, default_country=default_country, render_limits=render_limits,
     )  # fmt: skip
     reader = AudienceReader(path, batch_bytes=batch_bytes, limits=read_limits)

@@ -33,7 +33,8 @@ _FIELDS = {
     "read_rate": "read_rate", "out_of_order_rate": "out_of_order_rate", "webhook_batch": "webhook_batch",
     "seed": "seed", "fault_5xx_rate": "fault_5xx_rate", "timeout_drop_rate": "timeout_drop_rate",
     "timeout_after_accept_rate": "timeout_after_accept_rate", "timeout_delay": "timeout_delay_s",
-    "burst_429_at": "burst_429_at_s", "burst_429_for": "burst_429_for_s",
+    "burst_429_at": "burst_429_at_s", "burst_429_for": "burst_429_for_s", "latency": "latency_s",
+    "latency_jitter": "latency_jitter_s",
 }
 
 
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-of-order-rate", type=float, help="default 0.1")
     parser.add_argument("--webhook-batch", type=int, help="statuses per webhook POST at most (default 50)")
     parser.add_argument("--seed", type=int, help="default 0")
+    parser.add_argument("--latency", type=float, help="seconds before each accepted send is answered (default 0)")
+    parser.add_argument("--latency-jitter", type=float,
+                        help="plus a uniform random part of up to this many seconds (default 0)")
     faults = parser.add_argument_group("injected faults (all off by default)")
     faults.add_argument("--fault-5xx-rate", type=float, help="answer 503/code 2 or 500/code 131000, not sent")
     faults.add_argument("--timeout-drop-rate", type=float, help="hold without accepting until the client gives up")

@@ -75,6 +75,10 @@ class SandboxConfig(BaseModel):
     burst_429_at_s: float | None = Field(
         default=None, ge=0, description="start of a 429/130429 window, seconds after the first send")
     burst_429_for_s: float = Field(default=0.0, ge=0, description="length of that window")
+    # A real provider answers in 150-400 ms: then the requests in flight per sender, not the client's loop, decide
+    # the rate. Each accepted send is answered after latency_s plus a uniform draw in [0, latency_jitter_s).
+    latency_s: float = Field(default=0.0, ge=0, le=60, description="fixed part of the answer's delay")
+    latency_jitter_s: float = Field(default=0.0, ge=0, le=60, description="random part of the answer's delay")
 
     @model_validator(mode="after")
     def _fault_rates_fit(self) -> SandboxConfig:
@@ -154,6 +158,9 @@ class Sandbox:
         self.messages: list[tuple[str, str, str | None, str, int | None]] = []
         self._callbacks: dict[str, None] = {}  # distinct callback data, in first-acceptance order
         self.duplicate_callback_data = 0
+        # When each phone-number-id's sends were accepted (monotonic seconds): rates per sender, per 1-s window.
+        self.accepted_at: dict[str, list[float]] = {}
+        self._latency = random.Random(config.seed + 1)
         self.poster = self._make_poster(config)
         self.template_set = TemplateSet(
             config.template_set or [], config.phone_numbers, waba_id=config.waba_id, app_secret=config.app_secret,
@@ -202,6 +209,9 @@ class Sandbox:
             self.rejected[rejected.body["error"]["code"]] += 1
             return JSONResponse(rejected.body, status_code=rejected.status)
         answer = self._accept(body, phone_number_id, pricing)
+        self.accepted_at.setdefault(phone_number_id, []).append(time.monotonic())
+        if self.config.latency_s or self.config.latency_jitter_s:
+            await asyncio.sleep(self.config.latency_s + self._latency.uniform(0, self.config.latency_jitter_s))
         if fault is not None:  # timeout_after_accept: accepted above, answered late
             self.faults.injected(fault)
             await self._hold(request)
@@ -331,7 +341,10 @@ class Sandbox:
 
     async def stats(self, request: Request) -> JSONResponse:
         with_messages = request.query_params.get("messages", "1").lower() not in ("0", "false", "no")
-        return JSONResponse(self.snapshot(with_messages))
+        stats = self.snapshot(with_messages)
+        if request.query_params.get("times", "0").lower() in ("1", "true", "yes"):
+            stats["accepted_at"] = {sender: [round(t, 6) for t in times] for sender, times in self.accepted_at.items()}
+        return JSONResponse(stats)
 
     async def accepted_ids(self, _request: Request) -> JSONResponse:
         return JSONResponse(self.accepted_callback_data())

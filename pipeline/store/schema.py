@@ -18,6 +18,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -460,4 +461,73 @@ media_uploads = Table(
     Column("media_id", String, nullable=False),
     Column("file_name", String),
     Column("uploaded_at", TS, nullable=False),
+)
+# Experiments (issue 20, migration 0005): every accepted recipient's arm, the holdout included (the outbox never
+# holds it); outcomes imported or read from the audience; a model's answers by input hash (a re-run calls nothing).
+experiment_arms = Table(
+    "experiment_arms", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("recipient_key", String, primary_key=True),
+    Column("arm", String, nullable=False),  # a variant's name, `control`, or `holdout`
+    Column("country", String),
+    Column("assigned_at", TS, nullable=False),
+)
+conversions = Table(
+    "conversions", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("recipient_key", String, primary_key=True),
+    Column("converted_at", TS, primary_key=True),
+    Column("value", Float),
+    Column("source", String, nullable=False),  # import:<file name> | audience
+)
+generated_values = Table(
+    "generated_values", metadata,
+    Column("input_hash", String, primary_key=True),  # sha256 of model, prompt and settings
+    Column("value", Text),  # the model's answer as it came (checked on every use)
+    Column("model", String, nullable=False),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("created_at", TS, nullable=False),
+)
+# Approvals before sending (flows/approval.py): each request and its outcome, kept with the campaign.
+campaign_approvals = Table(
+    "campaign_approvals", metadata,
+    Column("request_id", String, primary_key=True),  # <flow run id>:<attempt>
+    Column("campaign_id", String, nullable=False),
+    Column("flow_run_id", String),
+    Column("origin", String),  # manual | scheduled | upload
+    Column("requested_by", String),  # who started or uploaded the run, when known
+    Column("requested_at", TS, nullable=False),
+    Column("expires_at", TS),
+    Column("messages", BigInteger),  # queued when it was asked
+    Column("max_seq", BigInteger),  # the approval covers the outbox up to this seq
+    Column("estimate_usd", Money),
+    Column("decision", String, nullable=False),  # pending | approved | rejected | refused | expired
+    Column("approver", String),
+    Column("comment", Text),
+    Column("decided_at", TS),
+    Index("campaign_approvals_campaign", "campaign_id", "requested_at"),
+)
+# Test sends (issue 19, migration 0006): audience rows rendered as the campaign would, sent to the team's own
+# numbers or addresses. Never in the outbox, so never in the campaign's counts, reports or caps; costs apart.
+test_sends = Table(
+    "test_sends", metadata,
+    Column("test_id", String, primary_key=True),
+    Column("message_id", String, primary_key=True),
+    Column("campaign_id", String, nullable=False),
+    Column("row_number", BigInteger, nullable=False),  # the audience row rendered
+    Column("seed", String, nullable=False),  # the internal number or address it went to
+    Column("channel", String, nullable=False),
+    Column("sender", String),
+    Column("country", String),
+    Column("category", String),
+    Column("payload_json", Text, nullable=False),
+    Column("status", String, nullable=False),  # sent | failed
+    Column("provider_message_id", String),
+    Column("error_code", String),
+    Column("error_detail", Text),
+    Column("cost_usd", Money),
+    Column("started_by", String),
+    Column("sent_at", TS, nullable=False),
+    Index("test_sends_campaign", "campaign_id"),
 )

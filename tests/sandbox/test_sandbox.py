@@ -244,3 +244,25 @@ def test_command_line_refuses_to_start_without_secrets(monkeypatch: pytest.Monke
     monkeypatch.setenv("WHATSAPP_APP_SECRET", "s")
     assert sandbox_main(["--port", "0"]) == 2
     assert "WHATSAPP_ACCESS_TOKEN" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- latency and per-sender times
+
+def test_latency_delays_each_answer_by_the_fixed_part_plus_jitter_and_times_are_kept_per_sender() -> None:
+    with running(config(latency_s=0.1, latency_jitter_s=0.1)) as client:
+        took = []
+        for i in range(8):
+            started = time.monotonic()
+            assert client.post(SEND, json=template_body(to=f"1555123{i:04d}")).status_code == 200
+            took.append(time.monotonic() - started)
+        client.post("/v23.0/2222/messages", json=template_body(to="15559990000"))
+        times = client.get("/_sandbox/stats", params={"messages": "0", "times": "1"}).json()["accepted_at"]
+        plain = client.get("/_sandbox/stats", params={"messages": "0"}).json()
+    assert min(took) >= 0.1 and max(took) < 0.2 + 0.15  # fixed part always, jitter below its bound (+ slack)
+    assert len({round(t, 3) for t in took}) > 1  # the jitter varies
+    assert {k: len(v) for k, v in times.items()} == {PNID: 8, "2222": 1}
+    assert times[PNID] == sorted(times[PNID]) and "accepted_at" not in plain
+
+
+def test_no_latency_by_default() -> None:
+    assert (config().latency_s, config().latency_jitter_s) == (0, 0)

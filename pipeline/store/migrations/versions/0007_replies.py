@@ -1,7 +1,7 @@
 """replies and media_uploads: inbound replies and taps linked to what they answer; header files uploaded once
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-09 09:00:00
 
 Receipts ingest writes one row per inbound message (a text reply or a button tap, its payload, the provider's
@@ -15,8 +15,8 @@ from alembic import op
 
 from pipeline.store.schema import UtcTimestamp
 
-revision = "0004"
-down_revision = "0003"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,64 @@
+"""The checks every model-written value passes before it enters a template (pipeline/render/personalise.py).
+
+A model's answer is untrusted input: it may be long, carry a link or a phone number (a phishing vector in our
+sender's name), template syntax (which a later render would run), control characters, or characters the
+channel cannot carry. A value failing any check is not used: the row gets the variable's fixed fallback text,
+and the reason is counted. The reasons are a closed vocabulary (REASONS).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from pipeline.render.limits import MESSAGE_CHARS
+from pipeline.render.segments import GSM7_BASIC, GSM7_EXTENSION
+
+REASONS = ("empty", "too_long", "link", "phone_number", "template_syntax", "control_character", "charset",
+           "no_answer")
+# WhatsApp template parameters (docs/providers.md §1.2, Meta's template rules): no newline or tab, and no
+# more than four consecutive spaces.
+_PARAMETER_CHANNELS = {"whatsapp", "chatapp"}
+_LINK = re.compile(
+    r"(?i)\b(?:https?://|ftp://|www\.)|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|co|ly|me|info|biz|app|"
+    r"xyz|link|site|online|shop|ru|cn|uk|de|in|br|gl|gg|to|tk)\b(?:/|\b)")
+# Seven digits or more, allowing the separators people write numbers with.
+_PHONE = re.compile(r"\+?\d(?:[\s().-]*\d){6,}")
+_SYNTAX = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}|\$\{|\{\d+\}")
+
+
+def parameter_limit(channel: str, max_chars: int | None) -> int:
+    """The longest value accepted: the variable's own bound, within the channel's parameter limit."""
+    own = MESSAGE_CHARS.get(channel, (4_096, ""))[0]
+    return min(own, max_chars) if max_chars else own
+
+
+def refusal(value: str | None, *, channel: str, max_chars: int | None) -> str | None:
+    """Why `value` may not enter a template on `channel` (one of REASONS), or None when it may."""
+    if value is None:
+        return "no_answer"
+    text = value.strip()
+    if not text:
+        return "empty"
+    if len(text) > parameter_limit(channel, max_chars):
+        return "too_long"
+    if _SYNTAX.search(text):
+        return "template_syntax"
+    if _LINK.search(text):
+        return "link"
+    if _PHONE.search(text):
+        return "phone_number"
+    if channel in _PARAMETER_CHANNELS and ("\n" in text or "\t" in text or "     " in text):
+        return "control_character"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") and c not in "\n" for c in text):
+        return "control_character"
+    if channel == "sms" and any(c not in GSM7_BASIC and c not in GSM7_EXTENSION for c in text):
+        # One character outside GSM-7 (an emoji, a curly quote) turns the whole SMS into UCS-2 and
+        # more than doubles its parts: the fallback text costs what the estimate assumed.
+        return "charset"
+    return None
+
+
+def clean(value: str) -> str:
+    """The value as it enters the template: stripped of surrounding whitespace and quotes a model adds."""
+    return value.strip().strip('"').strip()

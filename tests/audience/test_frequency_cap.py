@@ -1,0 +1,98 @@
+"""The team's frequency cap (pipeline/audience/frequency.py): counted in the store across campaigns and across the
+channels that reach the same app (Chat App's WhatsApp with WhatsApp's), over its period and categories; capped
+recipients are `frequency_capped` rejects saying what was counted. Through the campaign flow's prepare task, on
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import store
+from pipeline.audience.frequency import capped_recipients, frequency_cap_for
+from pipeline.spec import FrequencyCap, SpecError, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+A, B, C, D, E, F = (f"+44740012300{i}" for i in range(1, 7))
+NOW = datetime.now(UTC)
+
+
+def _history(db: store.Store) -> None:
+    """A: one WhatsApp send in each of two campaigns; B: one by WhatsApp, one by Chat App's WhatsApp; C: two, more
+    than 7 days ago; D: two utility messages; E: two SMS; F: one WhatsApp send."""
+    sends = [(A, "whatsapp", "c1", 1), (A, "whatsapp", "c2", 2), (B, "whatsapp", "c1", 1), (B, "chatapp", "c3", 3),
+             (C, "whatsapp", "c1", 8), (C, "whatsapp", "c2", 9), (D, "whatsapp", "u1", 1), (D, "whatsapp", "u2", 1),
+             (E, "sms", "s1", 1), (E, "sms", "s2", 1), (F, "whatsapp", "c2", 1)]
+    for seq, (key, channel, campaign, days_ago) in enumerate(sends):
+        at = NOW - timedelta(days=days_ago) + timedelta(hours=12)  # "1 day ago": within the last 24 h
+        db.execute("INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, category, "
+                   "payload_json, state, queued_at, sent_at) VALUES (:m, :c, :seq, :k, :ch, 'S1', :cat, '{}', 'sent', "
+                   ":at, :at)", m=f"m{seq}", c=campaign, seq=seq, k=key, ch=channel, at=at,
+                   cat="utility" if campaign.startswith("u") else "marketing")
+
+
+def _spec(tmp: Path, **extra: object) -> dict:
+    audience = tmp / "cap.csv"
+    audience.write_text("phone,first_name,city,coupon,opt_in\n" + "".join(
+        f"{n},Ann,Leeds,W-1,yes\n" for n in (A, B, C, D, E, F)))
+    data = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
+    data.update(name="capped", audience=str(audience), **extra)
+    return data
+
+
+def test_a_cap_counts_across_campaigns_and_the_channels_reaching_the_same_app(db_url: str, tmp_path: Path) -> None:
+    from flows.campaign import prepare
+
+    with store.connect(db_url) as db:
+        _history(db)
+    spec = parse_spec(_spec(tmp_path, frequency_cap={"max": 2, "per": "7d", "channels": ["whatsapp", "chatapp"]}))
+    prepared = prepare.fn(spec, "capped", db_url, tmp_path / "out")
+    rejects = {r["phone"]: r for r in prepared.rejects.iter_rows(named=True)}
+    # A (two campaigns) and B (WhatsApp + Chat App) reach 2 within 7 days; C's are older, D's utility, E's SMS, F 1.
+    assert {k for k, r in rejects.items() if r["reason"] == "frequency_capped"} == {A, B}
+    assert rejects[A]["detail"] == ("reached the cap of 2 marketing messages per 7d on whatsapp + chatapp, "
+                                    "counted across campaigns")
+    assert set(prepared.accepted["phone_e164"].to_list()) == {C, D, E, F}
+    with store.connect(db_url) as db:
+        # A campaign resumed does not count its own sends: c2's A and F are its own.
+        assert capped_recipients(db, spec.frequency_cap, exclude_campaign="c2") == {B}
+        # Utility counted too when the cap says so.
+        both = FrequencyCap(max=2, per="7d", channels=["whatsapp"], categories=["marketing", "utility"])
+        assert capped_recipients(db, both) == {A, D}
+
+
+def test_the_teams_default_is_one_per_24h_over_whatsapp_and_chat_apps_whatsapp(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.campaign import prepare
+
+    with store.connect(db_url) as db:
+        _history(db)
+    spec = parse_spec(_spec(tmp_path))
+    cap = frequency_cap_for(spec)
+    assert (cap.max, cap.per, cap.channels, cap.categories) == (1, "24h", ["chatapp", "whatsapp"], ["marketing"])
+    # Chat App to Viber does not reach WhatsApp: its own channel only.
+    viber = parse_spec({**_spec(tmp_path), "channel": "chatapp", "provider": {"options": {"channel_type": "viber"}}})
+    assert frequency_cap_for(viber).channels == ["chatapp"]
+    prepared = prepare.fn(spec, "capped", db_url, tmp_path / "out")
+    # 1 day ago on WhatsApp: A, B, F (D's were utility).
+    assert set(prepared.rejects.filter(reason="frequency_capped")["phone"].to_list()) == {A, B, F}
+    # The settings file changes every spec that does not set its own.
+    settings = tmp_path / "controls.yaml"
+    settings.write_text("frequency_cap: {max: 3, per: 30d}\nsame_app: [[whatsapp, chatapp]]\n")
+    monkeypatch.setenv("CAMPAIGN_CONTROLS_FILE", str(settings))
+    prepared = prepare.fn(spec, "capped", db_url, tmp_path / "out2")
+    assert set(prepared.rejects.filter(reason="frequency_capped")["phone"].to_list()) == set()  # nobody has 3
+
+
+def test_a_cap_written_wrong_is_refused_naming_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SpecError, match=r"frequency_cap\.per"):
+        parse_spec(_spec(tmp_path, frequency_cap={"max": 2, "per": "7w"}))
+    with pytest.raises(SpecError, match=r"frequency_cap\.max"):
+        parse_spec(_spec(tmp_path, frequency_cap={"max": 0, "per": "7d"}))
+    monkeypatch.setenv("CAMPAIGN_CONTROLS_FILE", str(tmp_path / "missing.yaml"))
+    with pytest.raises(SpecError, match="missing.yaml: cannot read the controls settings"):
+        frequency_cap_for(parse_spec(_spec(tmp_path)))
