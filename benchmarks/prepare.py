@@ -15,7 +15,11 @@ Generates a seeded corpus (every region in libphonenumber's metadata, 5 % invali
     a Pool(2); `rule_00_rows` counts rows where that reference differs from bare phonenumbers
     (our one documented rule: 00<digits> not valid as read is read as +<digits>).
 
-Usage: python benchmarks/prepare.py [--rows 1000000] [--repeat 3] [--baseline-rows 50000] [--seed 20261125]
+With `--kinds`, the template is the demo's with an image header whose link is built from each recipient's
+coupon, a URL button and a copy-code button carrying the coupon, and the opt-out quick reply (issue 18): the
+same preparation, with more rendered per row (both ways).
+
+Usage: python benchmarks/prepare.py [--rows 1000000] [--repeat 3] [--baseline-rows 50000] [--seed 20261125] [--kinds]
 The last line printed is one JSON object.
 """
 
@@ -87,14 +91,29 @@ def _split(e164: str) -> tuple[int, str]:
     return number.country_code, phonenumbers.national_significant_number(number)
 
 
-def run_ours(corpus: Path, out_dir: Path | None) -> dict:
+KINDS = {"header_media": {"format": "image", "link": "https://cdn.acme.test/offers/{{ code }}.jpg"},
+         "buttons": [{"sub_type": "url", "text": "{{ code }}"}, {"sub_type": "copy_code", "text": "{{ code }}"},
+                     {"sub_type": "quick_reply", "payload": "STOP_PROMOS", "opt_out": True}]}
+
+
+def load_bench_spec(kinds: bool):  # noqa: ANN201
+    """The demo spec, or with `kinds` its template with a media header, a URL and a copy-code button."""
+    from pipeline.spec import load_spec
+
+    spec = load_spec(ROOT / "campaigns" / "welcome.yaml")
+    if kinds:
+        template = spec.template.model_validate({**spec.template.model_dump(exclude_none=True), **KINDS})
+        spec = spec.model_copy(update={"template": template})
+    return spec
+
+
+def run_ours(corpus: Path, out_dir: Path | None, kinds: bool = False) -> dict:
     """One cold preparation in this process (called in a subprocess); with `out_dir`, also writing
     the output files (as `campaign prepare` does), else keeping the frames in memory."""
     started = time.perf_counter()
     from pipeline.render.prepare import prepare_audience
-    from pipeline.spec import load_spec
 
-    spec = load_spec(ROOT / "campaigns" / "welcome.yaml")
+    spec = load_bench_spec(kinds)
     imported = time.perf_counter()
     suppressed = {f"+4474001234{i:02d}" for i in range(100)}
     prepared = prepare_audience(
@@ -109,21 +128,21 @@ def run_ours(corpus: Path, out_dir: Path | None) -> dict:
             "counts": prepared.counts, "fallback_rows": prepared.fallback_rows}  # fmt: skip
 
 
-def run_baseline(corpus: Path, limit: int) -> tuple[int, float]:
+def run_baseline(corpus: Path, limit: int, kinds: bool = False) -> tuple[int, float]:
     """The straightforward way over the first `limit` rows: (rows, seconds)."""
     import phonenumbers
     from jinja2 import StrictUndefined, UndefinedError
     from jinja2.sandbox import SandboxedEnvironment
 
-    from pipeline.spec import load_spec
-
-    spec = load_spec(ROOT / "campaigns" / "welcome.yaml")
+    spec = load_bench_spec(kinds)
     # Fair to the baseline: over every region phonenumbers' regexes overflow the re module's cache.
     getattr(phonenumbers, "enable_pattern_cache", lambda: None)()
     started = time.perf_counter()
     env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     text = env.from_string(spec.template.text)
-    body = [env.from_string(s) for s in spec.template.body]
+    # Every part rendered per recipient: the header (a media link too), the body, the buttons' values.
+    body = [env.from_string(s) for s in [*spec.template.header_sources, *spec.template.body,
+                                         *(b.text for b in spec.template.buttons if b.text)]]
     seen: set[str] = set()
     done = accepted = 0
     yes = {"true", "yes", "1", "y"}
@@ -200,11 +219,12 @@ def main() -> None:
     parser.add_argument("--baseline-rows", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--skip-reference", action="store_true", help="do not count disagreements (≈ 30 s for 1M)")
+    parser.add_argument("--kinds", action="store_true", help="a media header, URL and copy-code buttons (issue 18)")
     parser.add_argument("--worker", nargs=2, metavar=("CORPUS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         out = None if args.worker[1] == "-" else Path(args.worker[1])
-        print(json.dumps(run_ours(Path(args.worker[0]), out)))
+        print(json.dumps(run_ours(Path(args.worker[0]), out, args.kinds)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
         corpus = Path(tmp) / "audience.csv"
@@ -212,7 +232,8 @@ def main() -> None:
 
         def ours(out: str) -> dict:
             result = subprocess.run(
-                [sys.executable, __file__, "--worker", str(corpus), out], check=True, capture_output=True, text=True
+                [sys.executable, __file__, "--worker", str(corpus), out, *(["--kinds"] if args.kinds else [])],
+                check=True, capture_output=True, text=True
             )
             run = json.loads(result.stdout.strip().splitlines()[-1])
             print(f"  ours ({'files' if out != '-' else 'in memory'}): {run['seconds']:.2f} s, "
@@ -221,14 +242,15 @@ def main() -> None:
 
         runs = [ours("-") for _ in range(args.repeat)]
         written = [ours(str(Path(tmp) / f"out{i}")) for i in range(args.repeat)]
-        base_rows, base_seconds = run_baseline(corpus, args.baseline_rows)
+        base_rows, base_seconds = run_baseline(corpus, args.baseline_rows, args.kinds)
         bad, rule = (None, None) if args.skip_reference else disagreements(corpus)
     seconds = statistics.median(r["seconds"] for r in runs)
     with_files = statistics.median(r["seconds"] for r in written)
     per_s = runs[0]["rows"] / seconds
     baseline_per_s = base_rows / base_seconds
     print(json.dumps({
-        "name": "prepare", "rows": runs[0]["rows"], "seconds": round(seconds, 3), "per_s": round(per_s),
+        "name": "prepare_kinds" if args.kinds else "prepare",
+        "rows": runs[0]["rows"], "seconds": round(seconds, 3), "per_s": round(per_s),
         "baseline_per_s": round(baseline_per_s), "ratio": round(per_s / baseline_per_s, 1), "disagreements": bad,
         "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs + written)), "fallback_rows": runs[0]["fallback_rows"],
         "rule_00_rows": rule, "seconds_with_output_files": round(with_files, 3),

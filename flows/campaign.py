@@ -20,14 +20,11 @@ from flows.logging_mask import install_log_masking
 from flows.personalise import personalise_task
 from flows.prepare_parallel import audience_preparer
 from pipeline import store
-from pipeline.audience.frequency import capped_recipients, describe, frequency_cap_for
-from pipeline.audience.policy import blocked_policy
 from pipeline.audience.timezones import recipient_timezones
-from pipeline.audience.windows import last_inbound_times
 from pipeline.channels import channel_for
 from pipeline.channels.template_rules import checked_spec
 from pipeline.channels.template_sync import registry_target, sync
-from pipeline.channels.templates import approved_languages
+from pipeline.channels.whatsapp_media import with_uploaded_media
 from pipeline.costs.costing import estimate_cost, load_prices
 from pipeline.costs.report import write_report
 from pipeline.costs.summary import campaign_summary
@@ -39,13 +36,14 @@ from pipeline.dispatch.locks import campaign_lock
 from pipeline.dispatch.operations import is_paused, record_status
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import DispatchResult, Guards
+from pipeline.dispatch.preparation import prepare_campaign
 from pipeline.dispatch.schedule import release_times
 from pipeline.dispatch.template_watch import TemplateWatch, ends_not_completed
 from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
 from pipeline.render.personalise import stand_in
 from pipeline.render.prepare import Prepared
-from pipeline.render.prepare_ids import prepare_ids, uses_ids
+from pipeline.render.prepare_ids import id_channel
 from pipeline.spec import CampaignSpec, load_spec
 
 install_log_masking()
@@ -71,40 +69,25 @@ def template_check(spec: CampaignSpec, database: str, base_url: str | None) -> C
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare(spec: CampaignSpec, campaign_id: str, database: str, out_dir: Path) -> Prepared:
-    with store.connect(database) as db:
-        suppressed = store.suppressed_addresses(db, spec.channel)
-        # The team's cap across campaigns and the channels reaching the same app; the campaign's own sends don't
-        # count: a resumed campaign must not cap itself.
-        cap = frequency_cap_for(spec)
-        capped = capped_recipients(db, cap, exclude_campaign=campaign_id)
-        last_inbound = last_inbound_times(db, spec.channel) if uses_ids(spec.channel) else {}
-        # The languages the template exists in at the provider (the registry), when the spec names its account.
-        target = registry_target(spec)
-        languages = approved_languages(db, *target, spec.template.name) if target else ()
-    if uses_ids(spec.channel):  # PSIDs, Viber ids, e-mail addresses
-        return prepare_ids(
-            spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
-            variables=spec.variables, suppressed=suppressed, last_inbound=last_inbound,
-            message_tag=spec.provider.options.get("message_tag"), out_dir=out_dir,
-        )
-    # In this process, or in chunks on a Dask cluster when the spec's `prepare.runner` says so.
-    return audience_preparer(spec)(
-        spec.audience, channel=spec.channel, category=spec.template.category, template=spec.template,
-        variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
-        suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
-        frequency_detail=describe(cap), capped_categories=frozenset(cap.categories), languages=languages,
-    )
+    # In this process, or in chunks on a Dask cluster when the spec's `prepare.runner` says so; test sends
+    # prepare through the same call (pipeline/dispatch/preparation.py).
+    return prepare_campaign(spec, campaign_id, database, out_dir, preparer=audience_preparer(spec))
 
 
 @task(name="queue", cache_policy=NO_CACHE)
 def queue(spec: CampaignSpec, campaign_id: str, prepared: Prepared, database: str, base_url: str | None) -> int:
     accepted = prepared.accepted
     timed = spec.send_window or spec.send_at
-    if timed is not None and not uses_ids(spec.channel):
+    if timed is not None and not id_channel(spec.channel, spec.provider.options):
         accepted = accepted.with_columns(recipient_timezones(accepted, timed.timezone_column))
         if spec.send_at is not None:  # each recipient's 10:00 in their own zone
             accepted = accepted.with_columns(release_times(accepted["timezone"], spec.send_at, datetime.now(UTC)))
     with store.connect(database) as db:
+        if spec.template.header_media is not None and spec.template.header_media.file is not None:
+            # The header file, uploaded once for the campaign: every message names the same media id.
+            spec = with_uploaded_media(db, spec, campaign_id, access_token=spec.secret(
+                "access_token", "WHATSAPP_ACCESS_TOKEN"),
+                base_url=base_url or spec.provider.base_url or "https://graph.facebook.com")
         register_campaign(db, spec, campaign_id)
         if spec.experiment is not None:  # variants and a holdout: arms recorded, the holdout sent nothing
             return queue_experiment(db, spec, campaign_id, channel_for(spec, base_url=base_url), accepted,

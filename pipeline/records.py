@@ -85,3 +85,7 @@ class Inbound(_Frozen):
     text: str | None
     occurred_at: datetime
     raw_json: str
+    # A tapped button's payload (quick reply, postback), apart from the words shown on it.
+    payload: str | None = None
+    # The provider's id of the message this one answers (WhatsApp context.id, Messenger reply_to.mid, ...).
+    context_id: str | None = None

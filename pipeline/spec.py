@@ -13,6 +13,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.records import Category, ChannelName
+from pipeline.spec_kinds import (  # noqa: F401  (re-exported: the spec's parts live there)
+    RENDERED_BUTTONS,
+    ButtonSpec,
+    CardSpec,
+    ListRow,
+    ListSection,
+    MediaHeader,
+    ReplyButton,
+    SessionMessage,
+)
 
 
 class SpecError(ValueError):
@@ -21,21 +31,6 @@ class SpecError(ValueError):
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ButtonSpec(_Spec):
-    sub_type: Literal["quick_reply", "url"]
-    # quick_reply buttons carry a fixed payload; url buttons a Jinja2 text for the URL suffix.
-    payload: str | None = None
-    text: str | None = None
-
-    @model_validator(mode="after")
-    def _one_value(self) -> ButtonSpec:
-        if self.sub_type == "quick_reply" and not self.payload:
-            raise ValueError("a quick_reply button needs 'payload'")
-        if self.sub_type == "url" and not self.text:
-            raise ValueError("a url button needs 'text'")
-        return self
 
 
 _LANGUAGE = r"^[a-z]{2,3}(_[A-Z]{2})?$"  # the providers' template language codes: en, en_US, fil
@@ -56,6 +51,43 @@ class TemplateSpec(_Spec):
     header: list[str] = Field(default_factory=list)
     body: list[str] = Field(default_factory=list)
     buttons: list[ButtonSpec] = Field(default_factory=list, max_length=10)
+    # An image, video or document header instead of a text one (`header` then stays empty).
+    header_media: MediaHeader | None = None
+    # Sent instead of the template to recipients whose customer-service window is open (free-form).
+    session: SessionMessage | None = None
+    # A carousel template's cards (Meta: 2 to 10), in order.
+    cards: list[CardSpec] = Field(default_factory=list, max_length=10)
+
+    @model_validator(mode="after")
+    def _one_header(self) -> TemplateSpec:
+        if self.header_media is not None and self.header:
+            raise ValueError("a template has a text header ('header') or a media one ('header_media'), not both")
+        if len(self.cards) == 1:
+            raise ValueError("a carousel has 2 to 10 cards")
+        return self
+
+    @property
+    def card_parts(self) -> list[tuple[str, str, bool]]:
+        """(where, value, rendered) for every value of the cards, in order: each card's header link, its body
+        parameters, its buttons' values (a URL suffix rendered, a quick reply's payload fixed)."""
+        parts: list[tuple[str, str, bool]] = []
+        for i, card in enumerate(self.cards):
+            if card.header_media.link is not None:
+                parts.append((f"card {i} header", card.header_media.link, True))
+            parts += [(f"card {i} body parameter {{{{{j}}}}}", src, True) for j, src in enumerate(card.body, 1)]
+            parts += [(f"card {i} button {k} {b.sub_type}", b.text or "", True) if b.sub_type == "url"
+                      else (f"card {i} button {k}", b.payload or "", False) for k, b in enumerate(card.buttons)]
+        return parts
+
+    @property
+    def header_sources(self) -> list[str]:
+        """The Jinja2 sources rendered per recipient for the header: its text parameters, or the media's
+        link or id (rendered like any parameter, so a plain column takes the fast path)."""
+        media = self.header_media
+        if media is None:
+            return list(self.header)
+        # Only a link is rendered per recipient; an id (or a file's, once uploaded) is the same for everyone.
+        return [media.link] if media.link is not None else []
     # Language per recipient (pipeline/render/languages.py): the audience's `language_column` picks one of the
     # languages the template exists in (the provider's registry when the spec names its account, else `languages`);
     # no match takes `fallback_language` (default: `language`).

@@ -20,15 +20,20 @@ import httpx
 
 from pipeline.channels.acs3 import percent_encode, sign_request
 from pipeline.channels.base import HttpSession, Outgoing, SendOutcome, classify_exception, http_session
-from pipeline.spec import CampaignSpec, SpecError
+from pipeline.channels.chatapp_params import fallback_parameters, flow_action, template_params
+from pipeline.channels.whatsapp_session import is_session, session_body
+from pipeline.spec import CampaignSpec, SessionMessage, SpecError
 
 API_VERSION = "2020-06-06"
 DEFAULT_BASE_URL = "https://cams.ap-southeast-1.aliyuncs.com"
 CHANNEL_TYPES = frozenset({"whatsapp", "viber", "messenger", "instagram"})
 MASS_PREFIX = "mass-"
 MAX_MASS = 1000
-# Per-recipient parameters of a stored payload; everything else is shared by a mass send.
-_PER_RECIPIENT = ("To", "TemplateParams", "TaskId")
+# Per-recipient parameters of a stored payload (a SenderList item's fields in the SDK's
+# SendChatappMassMessageRequestSenderList, plus our TaskId); everything else is shared by a mass send.
+_PER_RECIPIENT = ("To", "TemplateParams", "Payload", "FlowAction", "TaskId")
+# SendChatappMessage parameters SendChatappMassMessage does not take (its SDK model lacks them).
+_SINGLE_ONLY = ("Type", "MessageType", "Content", "ContextMessageId")
 
 # Codes (docs/providers.md §3.5 and Alibaba's gateway codes) by what the dispatcher should do.
 _STOP_PREFIXES = ("Authentication.", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -83,6 +88,7 @@ class ChatAppChannel:
     def __init__(
         self, *, base_url: str, access_key_id: str, access_key_secret: str, channel_type: str, sender: str,
         cust_space_id: str | None = None, template_code: str | None = None, viber_ttl_s: int | None = None,
+        fallback: dict[str, Any] | None = None,
     ) -> None:
         if channel_type not in CHANNEL_TYPES:
             raise SpecError(f"provider.options.channel_type: {channel_type!r} is not one of {sorted(CHANNEL_TYPES)}")
@@ -93,24 +99,34 @@ class ChatAppChannel:
         self.cust_space_id = cust_space_id
         self.template_code = template_code
         self.viber_ttl_s = viber_ttl_s
+        self.fallback = fallback or {}
         self._key_id = access_key_id
         self._key_secret = access_key_secret
 
     # ------------------------------------------------------------------ payloads
 
     def build_payload(self, message: Outgoing) -> dict[str, Any]:
-        """The `SendChatappMessage` parameters; TemplateParams keys are the template's positions "1".."n"."""
+        """The `SendChatappMessage` parameters: TemplateParams by `template_params`, the quick replies'
+        payloads in `Payload` (button order), the fallback settings."""
         template = message.template
-        values = message.params.get("body") or []
+        if template.session is not None and is_session(message.params):
+            return self._session_payload(message, template.session)
         params: dict[str, Any] = {
             "ChannelType": self.channel_type,
             "Type": "template",
             "Language": template.language,
             "From": self.sender,
             "To": self._address(message.to),
-            "TemplateParams": {str(i): v for i, v in enumerate(values, start=1)},
+            "TemplateParams": template_params(template, message.params),
             "TaskId": message.message_id,  # echoed in every ChatAppStatus: the correlation id
         }
+        payloads = [b.payload for b in template.buttons if b.sub_type == "quick_reply" and b.payload]
+        if payloads:
+            params["Payload"] = payloads
+        flow = flow_action(template, message.params)
+        if flow:
+            params["FlowAction"] = flow
+        params.update(self.fallback)
         if self.template_code:
             params["TemplateCode"] = self.template_code
         else:
@@ -122,6 +138,25 @@ class ChatAppChannel:
             params["Label"] = "promotion" if template.category == "marketing" else "transaction"
             if self.viber_ttl_s:
                 params["Ttl"] = self.viber_ttl_s
+        return params
+
+    def _session_payload(self, message: Outgoing, session: SessionMessage) -> dict[str, Any]:
+        """`Type=message`: `MessageType` and a `Content` JSON as Alibaba's SDK describes it for WhatsApp (text
+        `{"text"}`, media `{"link", "caption", "fileName"}`, interactive Meta's `interactive` object)."""
+        kind, body = session_body(session, message.text or "")
+        if kind == "text":
+            content: dict[str, Any] = {"text": body["body"]}
+        elif kind == "interactive":
+            content = body
+        else:
+            content = {"link": body["link"], "caption": body["caption"],
+                       **({"fileName": body["filename"]} if "filename" in body else {})}
+        params: dict[str, Any] = {"ChannelType": self.channel_type, "Type": "message", "MessageType": kind,
+                                  "From": self.sender, "To": self._address(message.to),
+                                  "Content": json.dumps(content, ensure_ascii=False, separators=(",", ":")),
+                                  "TaskId": message.message_id}
+        if self.cust_space_id:
+            params["CustSpaceId"] = self.cust_space_id
         return params
 
     def _address(self, to: str) -> str:
@@ -169,9 +204,9 @@ class ChatAppChannel:
 
     async def _send_mass(self, session: HttpSession, batch: list[dict[str, Any]]) -> list[SendOutcome]:
         task_id = mass_task_id([p["TaskId"] for p in batch])
-        params = {k: v for k, v in batch[0].items() if k not in _PER_RECIPIENT}
+        params = {k: v for k, v in batch[0].items() if k not in _PER_RECIPIENT and k not in _SINGLE_ONLY}
         params["TaskId"] = task_id
-        params["SenderList"] = [{"To": p["To"], "TemplateParams": p.get("TemplateParams") or {}} for p in batch]
+        params["SenderList"] = [{k: p[k] for k in _PER_RECIPIENT if k != "TaskId" and k in p} for p in batch]
         outcome, data = await self._call(session, "SendChatappMassMessage", params)
         if data is None:  # a batch-level answer applies to every recipient of the batch
             return [outcome] * len(batch)
@@ -197,11 +232,15 @@ def _calls(parsed: list[dict[str, Any]]) -> list[list[int]]:
     """The provider calls a batch goes out as, by index: same-shaped messages (all but the
     recipient's own fields equal) share mass sends of up to MAX_MASS; a lone one is a single send."""
     groups: dict[str, list[int]] = {}
+    singles: list[list[int]] = []
     for index, params in enumerate(parsed):
+        if params.get("Type") != "template":  # free-form messages have no mass send
+            singles.append([index])
+            continue
         shared = {k: v for k, v in params.items() if k not in _PER_RECIPIENT}
         groups.setdefault(json.dumps(shared, sort_keys=True), []).append(index)
-    return [indices[start : start + MAX_MASS] for indices in groups.values()
-            for start in range(0, len(indices), MAX_MASS)]
+    return singles + [indices[start : start + MAX_MASS] for indices in groups.values()
+                      for start in range(0, len(indices), MAX_MASS)]
 
 
 def encode_form(params: dict[str, Any]) -> bytes:
@@ -213,7 +252,7 @@ def encode_form(params: dict[str, Any]) -> bytes:
 
 def from_spec(spec: CampaignSpec, base_url: str | None, sender: str | None = None) -> ChatAppChannel:
     """`provider.options`: channel_type (required), cust_space_id, template_code, viber_ttl_s,
-    mass_send (default false).
+    mass_send (default false), fallback_id / fallback_content / fallback_duration_s / fallback_rule.
 
     Without mass_send every message is its own SendChatappMessage whose TaskId is our message id,
     so each receipt names its message. With mass_send, up to 1,000 recipients share one
@@ -230,6 +269,7 @@ def from_spec(spec: CampaignSpec, base_url: str | None, sender: str | None = Non
         cust_space_id=options.get("cust_space_id"),
         template_code=options.get("template_code"),
         viber_ttl_s=int(ttl) if ttl is not None else None,
+        fallback=fallback_parameters(options),
     )
     channel.max_batch = MAX_MASS if options.get("mass_send") else 1
     return channel

@@ -7,6 +7,12 @@ for the real service, put it in front as a header-adding proxy or allow-list Ali
 message as `<TaskId>:<To>`, the provider id the channel stored, with `message_id` left empty: ingest
 resolves it through the outbox (pipeline/receipts/links.py), also when the report came first.
 Viber `subscribe`/`unsubscribe` reports become Inbound items with text SUBSCRIBE/UNSUBSCRIBE.
+
+A user's own message (ChatAppInbound: `MessageId`, `From`, `To`, `Timestamp`, `Type`, `Message`, no `Status`)
+becomes an Inbound: TEXT's words, a button tap's payload and title (REPLY / BUTTON / INTERACTIVE), the message
+it answers when the push names one. Its sender is the phone in E.164 (`+` and digits), or for Messenger and
+Instagram (`ChannelType`) the user id as it is, so a STOP or an opt-out tap suppresses the address the
+campaign sends to (pipeline/receipts/ingest.py `suppression_key`).
 """
 
 from __future__ import annotations
@@ -64,9 +70,57 @@ def _millis(value: Any, where: str) -> datetime:
         raise MalformedPayload(f"{where}: timestamp {value!r} is not unix milliseconds") from None
 
 
+_ID_CHANNEL_TYPES = frozenset({"messenger", "instagram"})
+_TAP_TYPES = frozenset({"REPLY", "BUTTON", "INTERACTIVE", "QUICK_REPLY"})
+
+
+def _message_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _scalar(value: Any) -> str | None:
+    """Text when a string or a number (and not empty); a nested object names nothing."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool) and str(value):
+        return str(value)
+    return None
+
+
+def _user_message(item: dict[str, Any], where: str, raw_json: str) -> Inbound:
+    """ChatAppInbound: one message a user sent (docs/providers.md §3.4)."""
+    _str(item.get("MessageId"), f"{where}.MessageId")  # the provider's id: ingest keys and cites it
+    sender = _str(item.get("From"), f"{where}.From").strip()
+    if (_scalar(item.get("ChannelType")) or "").lower() not in _ID_CHANNEL_TYPES:
+        digits = "".join(ch for ch in sender if ch.isascii() and ch.isdigit())
+        if not digits:
+            raise MalformedPayload(f"{where}.From: {sender!r} is not a phone number")
+        sender = f"+{digits}"
+    kind = (_scalar(item.get("Type")) or "TEXT").upper()
+    message = item.get("Message")
+    text = payload = None
+    if kind == "TEXT":
+        text = _scalar(message if isinstance(message, str) else _message_object(message).get("text"))
+    elif kind in _TAP_TYPES:
+        body = _message_object(message)
+        reply = body.get("button_reply") or body.get("list_reply") or body
+        reply = reply if isinstance(reply, dict) else {}
+        payload = _scalar(reply.get("payload") or reply.get("id"))
+        text = _scalar(reply.get("text") or reply.get("title"))
+    context = _message_object(item.get("Context")).get("id") or item.get("ContextMessageId")
+    return Inbound(provider=PROVIDER, sender=sender, text=text, payload=payload, context_id=_scalar(context),
+                   occurred_at=_millis(item.get("Timestamp"), f"{where}.Timestamp"), raw_json=raw_json)
+
+
 def _report(item: Any, where: str) -> Receipt | Inbound | None:
     if not isinstance(item, dict):
         raise MalformedPayload(f"{where}: expected an object, got {type(item).__name__}")
+    if "Status" not in item and "Message" in item:
+        return _user_message(item, where, json.dumps(item, ensure_ascii=False, separators=(",", ":"),
+                                                     sort_keys=True))
     raw_status = _str(item.get("Status"), f"{where}.Status")
     occurred = _millis(item.get("Timestamp"), f"{where}.Timestamp")
     raw_json = json.dumps(item, ensure_ascii=False, separators=(",", ":"), sort_keys=True)

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
+from pipeline.channels.rich import check_kinds, meta_message
 from pipeline.spec import CampaignSpec, SpecError
 
 # Outside the window only these tags may be sent, and only for non-promotional content.
@@ -64,7 +65,8 @@ class MessengerChannel(HttpChannel):
         payload: dict[str, Any] = {"recipient": {"id": message.to}, "messaging_type": self.messaging_type}
         if self.message_tag:
             payload["tag"] = self.message_tag
-        payload["message"] = {"text": text}
+        session = message.template.session
+        payload["message"] = meta_message(session, text) if session is not None else {"text": text}
         return payload
 
     def request_for(self, payload_json: str) -> SendRequest:
@@ -112,6 +114,11 @@ def _build(cls: type[MessengerChannel], spec: CampaignSpec, base_url: str | None
     if options.get("message_tag") and spec.template.category == "marketing":
         # Meta's policy: tags are for non-promotional updates; a tagged marketing send risks the Page.
         raise SpecError("provider.options.message_tag: message tags may not carry marketing content")
+    check_kinds(cls.name, spec.template.session)
+    if options.get("message_tag") == "CUSTOMER_FEEDBACK":
+        # Meta: the tag is for the Customer Feedback template only, which a campaign message is not.
+        raise SpecError("provider.options.message_tag: CUSTOMER_FEEDBACK may only carry Meta's Customer Feedback "
+                        "template; this campaign sends its own message")
     return cls(
         base_url=base_url or spec.provider.base_url or cls.default_base_url,
         api_version=spec.provider.api_version or "v23.0",

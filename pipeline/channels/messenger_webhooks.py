@@ -94,17 +94,27 @@ def _receipts(provider: str, event: dict[str, Any], kind: str, where: str) -> li
     stamp = event.get("timestamp", watermark)
     occurred = _at(_millis(stamp, f"{where}.timestamp"), f"{where}.timestamp") if stamp is not None else None
     raw = _dumps(event)
+    named: list[Receipt] = []
     if mids:
         if not isinstance(mids, list):
             raise MalformedPayload(f"{where}.{kind}.mids: expected a list")
         if occurred is None:
             raise MalformedPayload(f"{where}: a {kind} event needs a timestamp or watermark")
-        return [Receipt(provider=provider, provider_message_id=_id(mid, f"{where}.{kind}.mids[{i}]"),
-                        message_id=None, status=status, recipient=psid, occurred_at=occurred,  # type: ignore[arg-type]
-                        raw_json=raw) for i, mid in enumerate(mids)]
+        named = [Receipt(provider=provider, provider_message_id=_id(mid, f"{where}.{kind}.mids[{i}]"),
+                         message_id=None, status=status, recipient=psid, occurred_at=occurred,  # type: ignore[arg-type]
+                         raw_json=raw) for i, mid in enumerate(mids)]
+        if watermark is None:
+            return named
+    # The watermark says "everything before this instant", the mids only some of it: Meta's delivery
+    # reference tells receivers to apply the watermark as well, so earlier messages it covers count too.
     ms = _millis(watermark, f"{where}.{kind}.watermark")
-    return [Receipt(provider=provider, provider_message_id=watermark_id(psid, ms), message_id=None,
-                    status=status, recipient=psid, occurred_at=_at(ms, where), raw_json=raw)]  # type: ignore[arg-type]
+    return [*named, Receipt(provider=provider, provider_message_id=watermark_id(psid, ms), message_id=None,
+                            status=status, recipient=psid, occurred_at=_at(ms, where),  # type: ignore[arg-type]
+                            raw_json=raw)]
+
+
+def _scalar(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
 
 
 def _inbound(provider: str, event: dict[str, Any], where: str) -> Inbound | None:
@@ -112,17 +122,26 @@ def _inbound(provider: str, event: dict[str, Any], where: str) -> Inbound | None
     postback = event.get("postback")
     if isinstance(message, dict) and message.get("is_echo"):
         return None  # our own outgoing message echoed back
+    payload = context = None
     if isinstance(message, dict):
         _id(message.get("mid"), f"{where}.message.mid")
         text = message.get("text")
+        # A tapped quick reply carries its payload; a reply names the message it answers (reply_to.mid).
+        quick = message.get("quick_reply")
+        payload = quick.get("payload") if isinstance(quick, dict) else None
+        reply_to = message.get("reply_to")
+        context = reply_to.get("mid") if isinstance(reply_to, dict) else None
     elif isinstance(postback, dict):
         text = postback.get("title") or postback.get("payload")
+        payload = postback.get("payload")
+        context = postback.get("mid")
     else:
         return None
     sender = _id(_obj(event.get("sender"), f"{where}.sender").get("id"), f"{where}.sender.id")
     stamp = _millis(event.get("timestamp"), f"{where}.timestamp")
     return Inbound(provider=provider, sender=sender, text=str(text) if text is not None else None,
-                   occurred_at=_at(stamp, f"{where}.timestamp"), raw_json=_dumps(event))
+                   occurred_at=_at(stamp, f"{where}.timestamp"), raw_json=_dumps(event),
+                   payload=_scalar(payload), context_id=_scalar(context))
 
 
 def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:

@@ -53,8 +53,16 @@ def check_spec(spec: CampaignSpec, t: registry.ProviderTemplate | None, provider
     comps = t.components
     header = _component(comps, "HEADER")
     fmt = str(header.get("format", "TEXT")).upper() if header else None
-    if header and fmt != "TEXT":
-        v.problems.append(f"header_format: the template's header is {fmt}; the spec can fill text headers only")
+    media = spec.template.header_media
+    if header and fmt in ("IMAGE", "VIDEO", "DOCUMENT", "LOCATION"):
+        if media is None or media.format.upper() != fmt:
+            v.problems.append(f"header_format: the template's header is {fmt}; the spec gives "
+                              f"{media.format.upper() if media else 'no media'} (header_media)")
+    elif header and fmt != "TEXT":
+        v.problems.append(f"header_format: the template's header is {fmt}; the spec cannot fill it")
+    elif media is not None:
+        v.problems.append(f"header_format: the spec gives a {media.format} header, the template's is "
+                          f"{fmt or 'absent'}")
     wanted = len(_variables(header.get("text"))) if header and fmt == "TEXT" else 0
     if wanted != len(spec.template.header):
         v.problems.append(f"header_parameters: the template's header takes {wanted}, the spec fills "
@@ -76,6 +84,10 @@ def check_spec(spec: CampaignSpec, t: registry.ProviderTemplate | None, provider
         dynamic = str(button.get("type", "")).upper() == "URL" and VARIABLE.search(str(button.get("url", "")))
         if dynamic and index >= len(spec.template.buttons):
             v.problems.append(f"button_parameters: URL button {index} takes a parameter the spec does not fill")
+    cards = (_component(comps, "CAROUSEL") or {}).get("cards") or []
+    if len(cards) != len(spec.template.cards):
+        v.problems.append(f"carousel_cards: the template has {len(cards)} cards, the spec fills "
+                          f"{len(spec.template.cards)}")
     v.category = t.pipeline_category
     if v.category and v.category != spec.template.category:
         v.notes.append(f"category: the spec declares {spec.template.category}, {provider} has {v.category} "

@@ -20,6 +20,10 @@ from pipeline.records import Inbound, Receipt
 
 PROVIDER = "twilio"
 SIGNATURE_HEADER = "X-Twilio-Signature"
+# Present when a Webhooks Rule matched the URL: Twilio signed with that Setting's SharedKey and the algorithm
+# it names (`key=<sid>,algorithm=HMAC_SHA256`), over the same string (docs/providers.md §6.2).
+SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+_ALGORITHMS = {"HMAC_SHA1": "sha1", "HMAC_SHA256": "sha256"}
 CORRELATION_PARAM = "mid"  # our message id, in the StatusCallback URL's query
 URL_FIELD, RECEIVED_FIELD = "_callback_url", "_received_at"
 
@@ -42,11 +46,19 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == lowered), None)
 
 
-def sign(url: str, params: Iterable[tuple[str, str]] | Mapping[str, str], auth_token: str) -> str:
-    """Base64(HMAC-SHA1(AuthToken, url + every POST parameter sorted by name as name+value))."""
+def sign(url: str, params: Iterable[tuple[str, str]] | Mapping[str, str], auth_token: str,
+         digest: str = "sha1") -> str:
+    """Base64(HMAC-<digest>(key, url + every POST parameter sorted by name as name+value)); the key is the
+    AuthToken, or a Webhooks Setting's SharedKey with HMAC-SHA256."""
     pairs = params.items() if isinstance(params, Mapping) else params
     data = url + "".join(k + v for k, v in sorted(pairs))
-    return base64.b64encode(hmac.digest(auth_token.encode("utf-8"), data.encode("utf-8"), "sha1")).decode("ascii")
+    return base64.b64encode(hmac.digest(auth_token.encode("utf-8"), data.encode("utf-8"), digest)).decode("ascii")
+
+
+def settings_algorithm(value: str) -> str | None:
+    """The hashlib name of the algorithm a settings header names; None for one we do not know."""
+    fields = dict(part.strip().partition("=")[::2] for part in value.split(","))
+    return _ALGORITHMS.get(fields.get("algorithm", "").strip().upper())
 
 
 def _form(raw_body: bytes) -> list[tuple[str, str]]:
@@ -60,16 +72,23 @@ def _form(raw_body: bytes) -> list[tuple[str, str]]:
         raise MalformedPayload(f"not a form body: {exc}") from None
 
 
-def verify(raw_body: bytes, headers: Mapping[str, str], secret: str, url: str | None = None) -> bool:
+def verify(raw_body: bytes, headers: Mapping[str, str], secret: str, url: str | None = None,
+           shared_key: str | None = None) -> bool:
     """True when X-Twilio-Signature matches the full URL Twilio called (query included) and the form.
 
-    `secret` is the AuthToken. Without the URL nothing can be verified, so the answer is False.
+    `secret` is the AuthToken (HMAC-SHA1). When the request carries X-Twilio-Webhooks-Signature-Settings,
+    the key is `shared_key` (the Setting's SharedKey) and the hash the one it names: without a shared key,
+    or with an algorithm we do not know, it is refused. Without the URL nothing can be verified.
     """
     received = header(headers, SIGNATURE_HEADER)
-    if not received or not secret or not url:
+    settings = header(headers, SETTINGS_HEADER)
+    digest = "sha1"
+    if settings is not None:
+        digest, secret = settings_algorithm(settings) or "", shared_key or ""
+    if not received or not secret or not url or not digest:
         return False
     try:
-        expected = sign(url, _form(raw_body), secret)
+        expected = sign(url, _form(raw_body), secret, digest)
     except MalformedPayload:
         return False
     return hmac.compare_digest(expected.encode("ascii"), received.strip().encode("utf-8"))

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest
+from pipeline.channels.rich import check_kinds, viber_message
 from pipeline.spec import CampaignSpec, SpecError
 
 DEFAULT_BASE_URL = "https://chatapi.viber.com"
@@ -62,6 +63,8 @@ class ViberChannel(HttpChannel):
             raise ValueError(f"viber: text is {len(text)} characters, the limit is {MAX_TEXT}")
         payload: dict[str, Any] = {"receiver": message.to, "sender": self.sender,
                                    "tracking_data": message.message_id, "type": "text", "text": text}
+        if message.template.session is not None:
+            payload.update(viber_message(message.template.session, text))
         if self.min_api_version:
             payload["min_api_version"] = self.min_api_version
         payload["_label"] = label_for(message.template.category)
@@ -105,6 +108,7 @@ def from_spec(spec: CampaignSpec, base_url: str | None) -> ViberChannel:
     """`provider.options`: sender_name (default: spec.sender), sender_avatar, min_api_version."""
     options = spec.provider.options
     version = options.get("min_api_version")
+    check_kinds("viber", spec.template.session)
     return ViberChannel(
         base_url=base_url or spec.provider.base_url or DEFAULT_BASE_URL,
         auth_token=spec.secret("auth_token", ViberChannel.credentials["auth_token"]),

@@ -98,6 +98,10 @@ def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
         if not isinstance(message, dict):
             raise MalformedPayload("message: expected an object")
         text = message.get("text")
+        # Viber passes our tracking_data (our message id) back with the user's reply, a keyboard tap (text = the
+        # button's ActionBody) included: the message it answers.
+        tracking = message.get("tracking_data")
         return [], [Inbound(provider=PROVIDER, sender=_user(event, "sender"),
-                            text=str(text) if text is not None else None, occurred_at=occurred, raw_json=raw)]
+                            text=str(text) if text is not None else None, occurred_at=occurred, raw_json=raw,
+                            context_id=tracking if isinstance(tracking, str) and tracking else None)]
     raise MalformedPayload(f"event: unknown event {kind!r}")

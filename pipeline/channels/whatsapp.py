@@ -10,6 +10,8 @@ import json
 from typing import Any
 
 from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
+from pipeline.channels.whatsapp_session import is_session, session_body
+from pipeline.render.components import build_whatsapp_components
 
 # Meta's error codes by what the dispatcher should do about them (docs/providers.md §1.5).
 THROTTLE_CODES = frozenset({4, 80007, 130429})
@@ -62,22 +64,11 @@ class WhatsAppChannel(HttpChannel):
 
     def build_payload(self, message: Outgoing) -> dict[str, Any]:
         template, params = message.template, message.params
-        components: list[dict[str, Any]] = []
-        for kind in ("header", "body"):
-            values = params.get(kind) or []
-            if values:
-                components.append(
-                    {"type": kind, "parameters": [{"type": "text", "text": v} for v in values]}
-                )
-        button_values = params.get("buttons") or []
-        for index, button in enumerate(template.buttons):
-            if button.sub_type == "quick_reply":
-                parameter = {"type": "payload", "payload": button.payload}
-            else:
-                parameter = {"type": "text", "text": button_values[index] if index < len(button_values) else ""}
-            components.append(
-                {"type": "button", "sub_type": button.sub_type, "index": str(index), "parameters": [parameter]}
-            )
+        if template.session is not None and is_session(params):  # inside the window: free-form
+            kind, body = session_body(template.session, message.text or "")
+            return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": message.to.lstrip("+"),
+                    "type": kind, kind: body, "biz_opaque_callback_data": message.message_id}
+        components = build_whatsapp_components(template, params)
         return {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",

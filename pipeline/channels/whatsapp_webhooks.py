@@ -209,15 +209,35 @@ def _inbound_text(m: dict[str, Any]) -> str | None:
     return None
 
 
+def _scalar(value: Any) -> str | None:
+    """A payload or id as text when it is a string or a number; anything else (a nested object) names nothing."""
+    return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
+
+
+def _inbound_payload(m: dict[str, Any]) -> str | None:
+    """A tapped button's payload: a template quick reply's `button.payload`, an interactive reply's id."""
+    body = m.get(m.get("type")) if isinstance(m.get("type"), str) else None
+    if not isinstance(body, dict):
+        return None
+    if m.get("type") == "button":
+        return _scalar(body.get("payload"))
+    reply = body.get("button_reply") or body.get("list_reply")
+    return _scalar(reply.get("id")) if isinstance(reply, dict) else None
+
+
 def _inbound(message_obj: Any, where: str) -> Inbound:
     m = _obj(message_obj, where)
     _str(m.get("id"), f"{where}.id")  # the provider message id: ingest keys and cites it
+    context = m.get("context")
     return Inbound(
         provider=PROVIDER,
         sender=_str(m.get("from"), f"{where}.from"),
         text=_inbound_text(m),
         occurred_at=_timestamp(m.get("timestamp"), f"{where}.timestamp"),
         raw_json=_raw_json(m, where),
+        payload=_inbound_payload(m),
+        # The message replied to or whose button was tapped: Meta's wamid of our send.
+        context_id=_scalar(context.get("id")) if isinstance(context, dict) else None,
     )
 
 
@@ -257,7 +277,8 @@ def parse_webhook(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
 def inbound_message_id(item: Inbound) -> str | None:
     """The provider's id of an inbound message (kept in its raw JSON; Inbound has no field for it)."""
     try:
-        value = _loads(item.raw_json).get("id")
+        raw = _loads(item.raw_json)
+        value = raw.get("id") or raw.get("MessageId")  # Meta's wamid; Chat App's MessageId
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None

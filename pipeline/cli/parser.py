@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_store(sub.add_parser("receipts", help="ingest closed webhook spool files into the store"))
     p.set_defaults(func=cmd_receipts)
 
+    from pipeline.cli.test_send import add_test_send_command
+
+    add_test_send_command(sub)
+
     from pipeline.cli.costs import add_cost_commands
 
     add_cost_commands(sub)

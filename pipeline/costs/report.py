@@ -30,6 +30,7 @@ from pipeline.costs.costing import (
     period_costs,
     summary_totals,
 )
+from pipeline.costs.engagement import engagement
 from pipeline.costs.uplift import arm_results, display_rows, write_arms
 from pipeline.masking import mask_text
 from pipeline.store import Store
@@ -69,6 +70,7 @@ def write_report(
             if settle else points.campaign_points(db, campaign_id))
     if summary is None:
         summary = default_summary(db, campaign_id, totals)
+    summary = {**summary, **engagement(db, campaign_id)}  # replies, reply rate, taps per button, opt-outs
     page = {
         "title": campaign["name"], "heading": "Campaign report",
         "meta": [("Campaign", campaign["campaign_id"]), ("Channel", campaign["channel"]),
@@ -109,6 +111,7 @@ def report_artifacts(db: Store, campaign_id: str) -> dict[str, Any]:
         "table": _plain_rows(costs.rows), "failures": _plain_rows(_masked_failures(costs.failures)),
         "markdown": render_markdown(f"Campaign {campaign['name']} ({campaign_id})", costs, totals),
         "totals": {k: _plain(v) for k, v in totals.items()},
+        "engagement": engagement(db, campaign_id),
     }
 
 

@@ -25,6 +25,9 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
             SELECT b.status_rank, count(*) FROM outbox AS o JOIN billing_messages AS b ON b.message_id = o.message_id
             WHERE o.campaign_id = :c AND b.status_rank IN (2, 3, 9) GROUP BY b.status_rank""", c=campaign_id):
         statuses[_STATUS_OF_RANK[int(rank)]] = n
+    # Test sends (pipeline/dispatch/test_sends.py) are in no count above: shown apart, with their cost.
+    tests, tests_usd = db.rows("SELECT count(*), coalesce(sum(cost_usd), 0) FROM test_sends WHERE campaign_id = :c",
+                               c=campaign_id)[0]
     return {
         "campaign_id": campaign_id,
         "rows_read": rows_read if rows_read is not None else accepted + sum(by_reason.values()),
@@ -42,6 +45,8 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
         "cost_usd": float(totals.get("total_usd", 0) or 0),
         "platform_fee_usd": float(totals.get("platform_fee_usd", 0) or 0),
         "service_fee_usd": float(totals.get("service_fee_usd", 0) or 0),
+        "test_sends": int(tests),
+        "test_sends_cost_usd": float(tests_usd or 0),
     }
 
 
@@ -66,6 +71,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("service fee (USD)", f"{summary['service_fee_usd']:.4f}"),
         ("cost (USD)", f"{summary['cost_usd']:.4f}"),
     ]
+    if summary.get("test_sends"):
+        rows += [("test sends (apart)", f"{summary['test_sends']:,}"),
+                 ("  test cost (USD)", f"{summary['test_sends_cost_usd']:.4f}")]
     leg = summary.get("fallback")
     if leg:
         rows += [

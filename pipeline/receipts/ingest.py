@@ -52,6 +52,7 @@ from pipeline.channels.whatsapp_webhooks import BULK_CANDIDATE, bulk_statuses_sq
 from pipeline.receipts import unmatched
 from pipeline.receipts.event_ids import EVENT_ID_SQL, _hash, event_id
 from pipeline.receipts.links import apply_watermarks, link_receipts
+from pipeline.receipts.replies import link_replies, opt_out_payloads
 from pipeline.receipts.spool import batches_of, closed_files, decode_record, lines_table, read_spool_file
 from pipeline.records import Inbound, Receipt
 from pipeline.store import Store
@@ -89,6 +90,9 @@ def suppression_key(provider: str, sender: str | None) -> tuple[str, str | None]
         return channel, sender.strip().lower()
     if channel in _ID_CHANNELS:
         return channel, sender.strip()
+    if provider == "chatapp" and not sender.startswith("+"):
+        # Chat App's Messenger/Instagram users arrive as their ids (chatapp_webhooks.py writes phones as E.164).
+        return channel, sender.strip()
     return channel, _address(sender)
 
 STOP_KEYWORDS = frozenset({"stop", "unsubscribe", "stopall", "end", "cancel", "quit", "退订"})
@@ -111,6 +115,11 @@ INBOUND_SCHEMA: dict[str, Any] = {
 QUARANTINE_SCHEMA: dict[str, Any] = {
     "spool_file": pl.String, "line_number": pl.Int64, "reason": pl.String, "raw": pl.String,
 }
+REPLY_SCHEMA: dict[str, Any] = {
+    **_ORDER, "event_id": pl.String, "channel": pl.String, "address": pl.String, "kind": pl.String,
+    "payload": pl.String, "context_id": pl.String, "opt_out": pl.Boolean, "occurred_at": _TS, "linked": pl.Boolean,
+    "message_id": pl.String, "campaign_id": pl.String,
+}
 STOP_SCHEMA: dict[str, Any] = {
     **_ORDER, "channel": pl.String, "address": pl.String, "reason": pl.String, "source": pl.String, "since": _TS,
 }
@@ -127,6 +136,7 @@ class IngestResult:
     derived_events: int = 0  # per-message receipts added for Messenger/Instagram watermarks
     unmatched: int = 0  # receipts naming no message of the outbox, kept apart (unmatched_events)
     promoted: int = 0  # receipts kept apart earlier whose message has appeared, moved into events
+    replies_linked: int = 0  # replies and taps whose message was looked for by this call (replies.py)
     registry_updates: int = 0  # template and number changes applied to the registry (channels/templates.py)
 
     def as_dict(self) -> dict[str, int]:
@@ -150,11 +160,13 @@ def _address(digits_or_e164: str | None) -> str | None:
 class _Staged:
     """Rows the reference parser gives for the lines of one batch, before they are written."""
 
-    def __init__(self) -> None:
+    def __init__(self, opt_outs: frozenset[str] = frozenset()) -> None:
+        self.opt_outs = opt_outs  # quick-reply payloads that opt out (pipeline/receipts/replies.py)
         self.events: list[dict[str, Any]] = []
         self.inbound: list[dict[str, Any]] = []
         self.quarantine: list[dict[str, Any]] = []
         self.stops: list[dict[str, Any]] = []
+        self.replies: list[dict[str, Any]] = []  # linked to their messages after the write (replies.py)
         self.updates: list[Update] = []  # Meta's template and number webhooks
 
     def add_updates(self, name: str, line_no: int, body: bytes) -> None:
@@ -198,8 +210,15 @@ class _Staged:
                 "sender": m.sender, "text": m.text, "occurred_at": m.occurred_at, "raw_json": m.raw_json,
             })
             channel, address = suppression_key(provider, m.sender)
-            if is_stop_keyword(m.text) and address:
-                reason = "unsubscribe" if provider == "unsubscribe" else "stop_reply"
+            tapped = m.payload is not None and m.payload in self.opt_outs
+            if provider != unsubscribe_webhooks.PROVIDER:  # an unsubscribe link's click is not a reply
+                self.replies.append({
+                    **order, "pos": pos, "event_id": inbound_event_id(m), "channel": channel, "address": address,
+                    "kind": "tap" if m.payload else "reply", "payload": m.payload, "context_id": m.context_id,
+                    "opt_out": is_stop_keyword(m.text) or tapped, "occurred_at": m.occurred_at, "linked": False,
+                    "message_id": None, "campaign_id": None})
+            if (is_stop_keyword(m.text) or tapped) and address:
+                reason = "unsubscribe" if provider == "unsubscribe" else "opt_out_button" if tapped else "stop_reply"
                 source = (unsubscribe_webhooks.suppression_source(m) if provider == unsubscribe_webhooks.PROVIDER
                           else inbound_message_id(m))
                 self.stops.append({**order, "pos": pos, "channel": channel, "address": address, "reason": reason,
@@ -217,6 +236,10 @@ ORDER BY s.file_idx, s.line_no, s.pos
 _BATCH_INBOUND_SQL = """
 SELECT event_id, provider, sender, text, occurred_at, raw_json FROM _py_inbound
 QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY file_idx, line_no, pos) = 1
+"""
+_BATCH_REPLIES_SQL = """
+SELECT event_id, channel, address, kind, payload, context_id, opt_out, occurred_at, linked, message_id, campaign_id
+FROM _py_replies QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY file_idx, line_no, pos) = 1
 """
 # Opt-outs: failed receipts with an opt-out code, and STOP replies. A receipt without recipient_id
 # still names our message: the address then comes from the outbox (`_addresses`). The earliest opt-out
@@ -311,13 +334,14 @@ def _parse_bulk(cur: duckdb.DuckDBPyConnection, batch: _Batch, tables: list[pa.T
         batch.staged.add_updates(batch.paths[idx].name, line_no, body.encode("utf-8"))
 
 
-def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool) -> _Batch:
+def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool,
+           opt_outs: frozenset[str] = frozenset()) -> _Batch:
     """Parses one batch into DuckDB tables (bulk SQL) and a _Staged (everything else), with what the
     write needs to know about it: repeated receipts, opt-outs, counts per file.
 
     Runs on a cursor of the in-memory DuckDB, in a worker thread while the previous batch is written.
     """
-    staged = _Staged()
+    staged = _Staged(opt_outs)
     sizes, tables = _read_lines(paths, staged, bulk)
     batch = _Batch(number, paths, sizes, staged, bulk=bool(tables))
     if tables:
@@ -342,7 +366,7 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
     """Writes one staged batch into the store in short transactions; its spool_files rows go last."""
     staged = batch.staged
     for view, rows, schema in (("_py_inbound", staged.inbound, INBOUND_SCHEMA),
-                               ("_py_stops", staged.stops, STOP_SCHEMA)):
+                               ("_py_stops", staged.stops, STOP_SCHEMA), ("_py_replies", staged.replies, REPLY_SCHEMA)):
         duck.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
     try:
         events = duck.sql(_BATCH_EVENTS_SQL.format(events=batch.events_sql(), dups=batch.table("dups")))
@@ -352,6 +376,7 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
         result.events_added += added
         result.unmatched += kept_apart
         inbound = pl.from_arrow(_storable(duck.sql(_BATCH_INBOUND_SQL).to_arrow_table()))
+        replies = pl.from_arrow(_storable(duck.sql(_BATCH_REPLIES_SQL).to_arrow_table()))
         quarantine = pl.from_arrow(_storable(pl.DataFrame(staged.quarantine, schema=QUARANTINE_SCHEMA).to_arrow()))
         opt_outs = duck.execute(f"SELECT DISTINCT message_id FROM {batch.table('opt_outs')} "
                                 "WHERE address IS NULL AND message_id IS NOT NULL").fetchall()
@@ -366,12 +391,13 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
         }, schema={"name": pl.String, "bytes": pl.Int64, "events": pl.Int64, "ingested_at": _TS})
         with db.write() as conn:
             result.inbound_added += _insert(conn, "inbound", inbound)
+            _insert(conn, "replies", replies)
             result.quarantined += _insert(conn, "quarantine", quarantine)
             result.suppressions_added += _insert(conn, "suppressions", suppressions)
             result.registry_updates += apply_updates(conn, staged.updates)
             insert_frame(conn, "spool_files", spool_rows, on_conflict="ignore")
     finally:
-        for view in ("_py_inbound", "_py_stops", "_addresses"):
+        for view in ("_py_inbound", "_py_stops", "_py_replies", "_addresses"):
             duck.unregister(view)
         for kind in _STAGE_TABLES:
             duck.execute(f"DROP TABLE IF EXISTS {batch.table(kind)}")
@@ -439,18 +465,19 @@ def ingest_spool(
             pending.append(path)
     batches = list(batches_of(pending, batch_bytes))
     if batches:
+        opt_outs = opt_out_payloads(db)
         duck = duckdb.connect()  # in memory: parsing and staging only
         cur = duck.cursor()
         try:
             stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receipts-stage")
             with stager as pool:
-                upcoming: Future[_Batch] | None = pool.submit(_stage, cur, 0, batches[0], bulk)
+                upcoming: Future[_Batch] | None = pool.submit(_stage, cur, 0, batches[0], bulk, opt_outs)
                 for number in range(len(batches)):
                     assert upcoming is not None
                     batch = upcoming.result()
                     upcoming = None
                     if number + 1 < len(batches):
-                        upcoming = pool.submit(_stage, cur, number + 1, batches[number + 1], bulk)
+                        upcoming = pool.submit(_stage, cur, number + 1, batches[number + 1], bulk, opt_outs)
                     _write(db, duck, batch, result, write_rows)
         finally:  # also after a failure: the pool has finished any batch it was staging
             cur.close()
@@ -460,6 +487,7 @@ def ingest_spool(
     result.promoted = unmatched.promote(db)
     link_receipts(db)
     result.derived_events = apply_watermarks(db)
+    result.replies_linked = link_replies(db)
     log.info("receipts: ingested %s", result.as_dict())
     return result
 

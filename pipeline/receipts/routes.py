@@ -44,6 +44,7 @@ class Hook:
     secret_env: str
     verify_env: str | None = None  # Meta's GET hub.challenge handshake token
     signs_url: bool = False  # Twilio signs the URL it called, not only the body
+    shared_key_env: str | None = None  # Twilio's Webhooks Setting SharedKey (HMAC-SHA256), when one is used
     ok_body: bytes = b""
     ok_type: str = "text/plain"
 
@@ -59,7 +60,7 @@ HOOKS = (
     Hook("chatapp", chatapp_webhooks, "CHATAPP_CALLBACK_TOKEN"),
     # An empty TwiML answer: Twilio posts inbound messages here too and would otherwise reply.
     Hook("twilio", twilio_webhooks, "TWILIO_AUTH_TOKEN", signs_url=True, ok_body=b"<Response/>",
-         ok_type="application/xml"),
+         ok_type="application/xml", shared_key_env="TWILIO_WEBHOOK_SHARED_KEY"),
     # Alibaba only counts a push as received when the body says code 0.
     Hook("alibaba_sms", alibaba_sms_webhooks, "ALIBABA_SMS_REPORT_TOKEN", ok_body=alibaba_sms_webhooks.ACK_BODY,
          ok_type="application/json"),
@@ -67,11 +68,13 @@ HOOKS = (
 )
 
 
-def _post(hook: Hook, spool: Spool, secret: str):  # noqa: ANN202
+def _post(hook: Hook, spool: Spool, secret: str, shared_key: str | None = None):  # noqa: ANN202
     async def receive(request: Request) -> Response:
         raw = await request.body()
         url = str(request.url)
-        extra = {"url": url} if hook.signs_url else {}
+        extra: dict[str, str | None] = {"url": url} if hook.signs_url else {}
+        if hook.shared_key_env:
+            extra["shared_key"] = shared_key
         if not hook.module.verify(raw, request.headers, secret, **extra):
             return PlainTextResponse("invalid signature", status_code=401)
         body = hook.module.spool_body(raw, url) if hook.signs_url else raw
@@ -117,7 +120,8 @@ def provider_routes(spool: Spool, environ: Mapping[str, str] | None = None) -> t
         if not secret:
             routes.append(Route(hook.path, _not_configured(f"{hook.provider} webhooks"), methods=["GET", "POST"]))
             continue
-        routes.append(Route(hook.path, _post(hook, spool, secret), methods=["POST"]))
+        shared_key = env.get(hook.shared_key_env) if hook.shared_key_env else None
+        routes.append(Route(hook.path, _post(hook, spool, secret, shared_key), methods=["POST"]))
         if hook.verify_env and env.get(hook.verify_env):
             routes.append(Route(hook.path, _handshake(env[hook.verify_env]), methods=["GET"]))
         installed.append(hook.provider)

@@ -15,7 +15,7 @@ import polars as pl
 from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from pipeline.spec import TemplateSpec
+from pipeline.spec import RENDERED_BUTTONS, TemplateSpec
 
 # What Python's str.strip() removes (str.isspace), for trim and the empty-parameter check.
 PY_WHITESPACE = "".join(chr(i) for i in range(0x3001) if chr(i).isspace())
@@ -166,28 +166,31 @@ class FastTemplate:
     header: tuple[_Value, ...]
     body: tuple[_Value, ...]
     buttons: tuple[_Value | str, ...]  # a rendered url, or a fixed payload
+    cards: tuple[_Value | str, ...] = ()  # a carousel's values, flattened (TemplateSpec.card_parts)
 
     @classmethod
     def compile(cls, env: SandboxedEnvironment, template: TemplateSpec, variables: dict[str, str]) -> FastTemplate:
         """Raises NotCompilable when any part needs Jinja2 itself."""
         buttons: list[_Value | str] = []
         for button in template.buttons:
-            if button.sub_type == "url":
+            if button.sub_type in RENDERED_BUTTONS:
                 buttons.append(compile_source(env, button.text or "", variables))
             else:
                 buttons.append(button.payload or "")
         return cls(
             text=compile_source(env, template.text, variables),
-            header=tuple(compile_source(env, s, variables) for s in template.header),
+            header=tuple(compile_source(env, s, variables) for s in template.header_sources),
             body=tuple(compile_source(env, s, variables) for s in template.body),
             buttons=tuple(buttons),
+            cards=tuple(compile_source(env, v, variables) if rendered else v for _, v, rendered in template.card_parts),
         )
 
     def render(self, cells: pl.DataFrame) -> pl.DataFrame:
         """text, params_json, _missing (the first undefined variable, in Jinja2's evaluation
         order: header, body, buttons, then text), _empty (the first header/body parameter that
         renders blank) and _unsure (render this row with Jinja2) for every row of `cells`."""
-        rendered = [*self.header, *self.body, *(b for b in self.buttons if isinstance(b, _Value)), self.text]
+        rendered = [*self.header, *self.body, *(b for b in self.buttons if isinstance(b, _Value)),
+                    *(c for c in self.cards if isinstance(c, _Value)), self.text]
         missing = [pl.when(condition).then(pl.lit(name)) for value in rendered for condition, name in value.raises]
         unsure = pl.lit(False)
         for value in rendered:
@@ -199,10 +202,13 @@ class FastTemplate:
                 blank.append(pl.when(value.expr.str.strip_chars(PY_WHITESPACE) == "").then(pl.lit(name)))
         buttons = [json_string(b.expr) if isinstance(b, _Value) else pl.lit(json.dumps(b, ensure_ascii=False))
                    for b in self.buttons]  # fmt: skip
+        cards = [json_string(c.expr) if isinstance(c, _Value) else pl.lit(json.dumps(c, ensure_ascii=False))
+                 for c in self.cards]  # fmt: skip
+        tail = [pl.lit('], "cards": ['), *_json_list(cards), pl.lit("]}")] if self.cards else [pl.lit("]}")]
         params = pl.concat_str(
             pl.lit('{"header": ['), *_json_list([json_string(v.expr) for v in self.header]),
             pl.lit('], "body": ['), *_json_list([json_string(v.expr) for v in self.body]),
-            pl.lit('], "buttons": ['), *_json_list(buttons), pl.lit("]}"),
+            pl.lit('], "buttons": ['), *_json_list(buttons), *tail,
         )  # fmt: skip
         # The streaming engine renders slices of rows on every core; the in-memory one computes each
         # of these few long expressions on one core (1M rows: 0.18 s against 0.32 s on two cores).
@@ -220,7 +226,8 @@ class FastTemplate:
     def could_exceed(self, cells: pl.DataFrame, max_chars: int) -> pl.Series:
         """Rows where the text or a parameter might render longer than `max_chars` characters, judged
         from the lengths of the row's values without rendering anything."""
-        parts = [self.text, *self.header, *self.body, *(b for b in self.buttons if isinstance(b, _Value))]
+        parts = [self.text, *self.header, *self.body, *(b for b in self.buttons if isinstance(b, _Value)),
+                 *(c for c in self.cards if isinstance(c, _Value))]
         over = pl.max_horizontal([p.size for p in parts]) > max_chars
         # Lazy, so that a column's length, used by several parts, is computed once.
         return cells.lazy().with_columns(_over=over.fill_null(False)).select("_over").collect()["_over"]

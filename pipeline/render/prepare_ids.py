@@ -9,8 +9,10 @@ outputs, with the address in `recipient_key`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -32,8 +34,22 @@ _META_ID = re.compile(r"^\d{5,32}$")
 _VIBER_ID = re.compile(r"^[A-Za-z0-9+/=]{8,64}$")
 
 
+# Chat App channel types whose recipients are ids (Alibaba's SendChatappMessage `To`: a Messenger PSID, an
+# Instagram user id); its WhatsApp and Viber recipients are phone numbers.
+CHATAPP_ID_TYPES = frozenset({"messenger", "instagram"})
+
+
 def uses_ids(channel: str) -> bool:
     return channel in ID_COLUMNS
+
+
+def id_channel(channel: str, options: Mapping[str, Any] | None = None) -> str | None:
+    """The id channel a campaign's recipients are prepared as (Chat App to Messenger or Instagram is
+    prepared as that channel: user ids, its window), or None for phone numbers."""
+    if channel in ID_COLUMNS:
+        return channel
+    kind = (options or {}).get("channel_type")
+    return str(kind) if channel == "chatapp" and kind in CHATAPP_ID_TYPES else None
 
 
 def _valid(channel: str) -> pl.Expr:

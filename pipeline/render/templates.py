@@ -9,7 +9,6 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta
@@ -17,10 +16,11 @@ from jinja2.exceptions import SecurityError
 
 from pipeline.records import REJECTS_SCHEMA, empty_rejects
 from pipeline.render.bounded import RenderLimit, bounded
+from pipeline.render.components import build_whatsapp_components, media_header  # noqa: F401  (re-exported)
 from pipeline.render.environment import BoundedEnvironment
 from pipeline.render.fast import FastTemplate, NotCompilable
 from pipeline.render.limits import RenderLimits
-from pipeline.spec import TemplateSpec
+from pipeline.spec import RENDERED_BUTTONS, TemplateSpec
 
 _ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined")
@@ -33,9 +33,11 @@ class TemplateProblem(ValueError):
 def _sources(template: TemplateSpec) -> list[tuple[str, str]]:
     """(where, Jinja2 source) for every rendered part; quick_reply payloads are fixed text."""
     parts = [("text", template.text)]
-    parts += [(f"header parameter {{{{{i}}}}}", src) for i, src in enumerate(template.header, 1)]
+    parts += [(f"header parameter {{{{{i}}}}}", src) for i, src in enumerate(template.header_sources, 1)]
     parts += [(f"body parameter {{{{{i}}}}}", src) for i, src in enumerate(template.body, 1)]
-    parts += [(f"button {i} url", b.text) for i, b in enumerate(template.buttons) if b.sub_type == "url" and b.text]
+    parts += [(f"button {i} {b.sub_type}", b.text) for i, b in enumerate(template.buttons)
+              if b.sub_type in RENDERED_BUTTONS and b.text]
+    parts += [(where, src) for where, src, rendered in template.card_parts if rendered]
     return parts
 
 
@@ -65,21 +67,24 @@ class CompiledTemplate:
     text: Template
     header: tuple[Template, ...]
     body: tuple[Template, ...]
-    buttons: tuple[tuple[str, Template | str], ...]  # (sub_type, url template | fixed payload)
+    buttons: tuple[tuple[str, Template | str], ...]  # (sub_type, rendered value template | fixed payload)
+    cards: tuple[tuple[str, Template | str], ...] = ()  # (where, rendered template | fixed payload), flattened
 
     @classmethod
     def compile(cls, template: TemplateSpec) -> CompiledTemplate:
         buttons: list[tuple[str, Template | str]] = []
         for button in template.buttons:
-            if button.sub_type == "url":
-                buttons.append(("url", _ENV.compile_bounded(button.text or "")))
+            if button.sub_type in RENDERED_BUTTONS:
+                buttons.append((button.sub_type, _ENV.compile_bounded(button.text or "")))
             else:
                 buttons.append((button.sub_type, button.payload or ""))
         return cls(
             text=_ENV.compile_bounded(template.text),
-            header=tuple(_ENV.compile_bounded(s) for s in template.header),
+            header=tuple(_ENV.compile_bounded(s) for s in template.header_sources),
             body=tuple(_ENV.compile_bounded(s) for s in template.body),
             buttons=tuple(buttons),
+            cards=tuple((where, _ENV.compile_bounded(v) if rendered else v)
+                        for where, v, rendered in template.card_parts),
         )
 
     def render(self, context: dict[str, str], limits: RenderLimits) -> tuple[str, dict[str, list[str]]]:
@@ -91,11 +96,15 @@ class CompiledTemplate:
                 "body": [t.render(context) for t in self.body],
                 "buttons": [v if isinstance(v, str) else v.render(context) for _, v in self.buttons],
             }
+            if self.cards:
+                params["cards"] = [v if isinstance(v, str) else v.render(context) for _, v in self.cards]
             text = self.text.render(context)
         parts = [("text", text)] + [(f"{part} parameter {{{{{i}}}}}", value) for part in ("header", "body")
                                     for i, value in enumerate(params[part], 1)]  # fmt: skip
-        urls = [i for i, (kind, _) in enumerate(self.buttons) if kind == "url"]
-        parts += [(f"button {i} url", params["buttons"][i]) for i in urls]
+        urls = [(i, kind) for i, (kind, _) in enumerate(self.buttons) if kind in RENDERED_BUTTONS]
+        parts += [(f"button {i} {kind}", params["buttons"][i]) for i, kind in urls]
+        parts += [(where, value) for (where, v), value in zip(self.cards, params.get("cards", []), strict=True)
+                  if not isinstance(v, str)]
         for where, value in parts:
             if len(value) > limits.max_message_chars:
                 raise RenderLimit(limits.too_long(where, len(value)))
@@ -236,25 +245,3 @@ def _missing_detail(message: str, variables: dict[str, str]) -> str:
     name = match.group(1)
     column = variables.get(name)
     return f"{name} is empty" if column in (None, name) else f"{name} is empty (column {column})"
-
-
-def build_whatsapp_components(template: TemplateSpec, params: dict[str, Any] | str) -> list[dict[str, Any]]:
-    """The Meta Cloud API `template.components` array for one recipient's rendered params."""
-    if isinstance(params, str):
-        params = json.loads(params)
-    components: list[dict[str, Any]] = []
-    for part in ("header", "body"):
-        values = params.get(part) or []
-        if values:
-            components.append({"type": part, "parameters": [{"type": "text", "text": str(v)} for v in values]})
-    values = params.get("buttons") or []
-    for index, button in enumerate(template.buttons):
-        value = values[index] if index < len(values) else (button.payload or button.text or "")
-        if button.sub_type == "quick_reply":
-            parameter = {"type": "payload", "payload": str(value)}
-        else:
-            parameter = {"type": "text", "text": str(value)}
-        components.append(
-            {"type": "button", "sub_type": button.sub_type, "index": str(index), "parameters": [parameter]}
-        )
-    return components

@@ -14,6 +14,7 @@ import re
 import time
 import urllib.parse
 import uuid
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.records import Category
+from pipeline.sandbox.chatapp_params import SENDER_LIST_ITEM, missing_variables, unknown_parameters
 from pipeline.sandbox.common import Ledger, delays, fate_for
 from pipeline.sandbox.kit import PosterSettings, Throttle
 from pipeline.sandbox.whatsapp_templates import SandboxNumber, SandboxTemplate
@@ -82,6 +84,8 @@ class ChatAppSandbox:
         self._rng = random.Random(config.seed)
         self._ids = itertools.count(1)
         self._nonces: dict[str, float] = {}
+        # The last requests as received (action, parameters), for tests that check them against the SDK.
+        self.requests: deque[tuple[str, dict[str, str]]] = deque(maxlen=1000)
         settings = PosterSettings(batch=config.webhook_batch, retry_base_s=config.webhook_retry_base_s,
                                   retry_max_s=config.webhook_retry_max_s)
         self.ledger = Ledger("Throttling.User", config.webhook_url, self._render, settings)
@@ -104,6 +108,10 @@ class ChatAppSandbox:
                 return Response("<html><body>502 Bad Gateway</body></html>", media_type="text/html")
             params = dict(urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True))
             params.update(request.query_params)
+            unknown = unknown_parameters(action, params)
+            if unknown:  # stricter than Alibaba, which may ignore them: what the SDK's model lacks is a bug here
+                raise _Refused(400, "InvalidParameter", f"{action} takes no parameter {', '.join(unknown)}.")
+            self.requests.append((action, params))
             answer = self._manage(action, params) if action in MANAGE_ACTIONS else self._send(action, params)
         except _Refused as refused:
             self.ledger.rejected[refused.code] += 1
@@ -209,35 +217,50 @@ class ChatAppSandbox:
 
     def _send(self, action: str, params: dict[str, str]) -> dict[str, Any]:
         mass = action == "SendChatappMassMessage"
-        required = ["ChannelType", "Type", "From"] + (["SenderList"] if mass else ["To"])
+        # A mass send is always a template and has no Type (its SDK model lacks it).
+        required = ["ChannelType", "From"] + (["SenderList"] if mass else ["Type", "To"])
         for name in required:
             if not params.get(name):
                 raise _Refused(400, f"Missing{name}", f"{name} is mandatory for this action.")
         channel = params["ChannelType"]
         if channel not in CHANNEL_TYPES:
             raise _Refused(400, "InvalidParameter", f"ChannelType {channel!r} is not supported.")
-        if params["Type"] not in ("template", "message"):
-            raise _Refused(400, "InvalidParameter", f"Type {params['Type']!r} is not supported.")
-        if params["Type"] == "template" and not (params.get("TemplateCode") or params.get("TemplateName")):
+        kind = "template" if mass else params["Type"]
+        if kind not in ("template", "message"):
+            raise _Refused(400, "InvalidParameter", f"Type {kind!r} is not supported.")
+        if kind == "template" and not (params.get("TemplateCode") or params.get("TemplateName")):
             raise _Refused(400, "MissingTemplateCode", "TemplateCode or TemplateName is mandatory for a template.")
-        for name in ("MessageType", "Content") if params["Type"] == "message" else ():
+        for name in ("MessageType", "Content") if kind == "message" else ():
             if not params.get(name):
                 raise _Refused(400, f"Missing{name}", f"{name} is mandatory for a free-form message.")
         if mass:
             recipients = self._json(params["SenderList"], list, "SenderList")
             if not 1 <= len(recipients) <= 1000 or not all(isinstance(r, dict) and r.get("To") for r in recipients):
                 raise _Refused(400, "InvalidParameter", "SenderList must hold 1 to 1000 items, each with To.")
+            for item in recipients:
+                extra = sorted(set(item) - SENDER_LIST_ITEM)
+                if extra:
+                    raise _Refused(400, "InvalidParameter", f"SenderList items take no {', '.join(extra)}.")
+                self._check_variables(params, item.get("TemplateParams") or {})
         else:
-            self._json(params.get("TemplateParams") or "{}", dict, "TemplateParams")
+            values = self._json(params.get("TemplateParams") or "{}", dict, "TemplateParams")
+            if kind == "template":
+                self._check_variables(params, values)
             if params["To"] in self.config.invalid_recipients:
                 raise _Refused(200, "InvalidParameter.PhoneNumberError", "The phone number is invalid.")
             recipients = [{"To": params["To"]}]
+        params = {**params, "Type": kind}
         self.ledger.calls += 1
         task_id = params.get("TaskId")
         message_ids = [self._accept(channel, params, str(r["To"]), task_id, mass) for r in recipients]
         if mass:
             return {"GroupMessageId": f"{8900000100020000 + next(self._ids)}"}
         return {"MessageId": message_ids[0]}
+
+    def _check_variables(self, params: dict[str, str], values: Any) -> None:
+        missing = missing_variables(self.templates.values(), params, values)
+        if missing:
+            raise _Refused(400, "InvalidParameter.TemplateParams", f"TemplateParams lacks {', '.join(missing)}.")
 
     @staticmethod
     def _json(raw: str, kind: type, name: str) -> Any:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline.audience.windows import TAG_WINDOW_H
 from pipeline.channels.messenger import MESSAGE_TAGS, MESSAGING_TYPES
 from pipeline.channels.whatsapp_webhooks import sign
 from pipeline.sandbox.common import Ledger, delays, fate_for
@@ -41,6 +42,9 @@ class MessengerSandboxConfig(BaseModel):
     fail_rate: float = Field(default=0.02, ge=0, le=1, description="share of PSIDs answered 551 (unavailable)")
     read_rate: float = Field(default=0.6, ge=0, le=1)
     outside_window: frozenset[str] = Field(default=frozenset(), description="PSIDs past their 24 h window")
+    # Hours since each user's last message (None: never wrote), for the tags' own windows; users not
+    # listed are not judged (Meta's tag reference: HUMAN_AGENT 7 days, no tag for a user who never wrote).
+    last_message_age_h: dict[str, float | None] = Field(default_factory=dict)
     unavailable: frozenset[str] = frozenset()
     malformed: bool = Field(default=False, description="answer every send with an HTML page (a broken proxy)")
     webhook_delay_s: tuple[float, float] = (0.05, 0.3)
@@ -52,6 +56,34 @@ class MessengerSandboxConfig(BaseModel):
     @property
     def max_text(self) -> int:
         return 1000 if self.platform == "instagram" else 2000
+
+
+# Send API attachment types by platform (Meta's Send API and Instagram Messaging references).
+ATTACHMENT_TYPES = {"messenger": frozenset({"image", "video", "audio", "file", "template"}),
+                    "instagram": frozenset({"image", "video", "audio", "template"})}
+
+
+def _quick_replies_problem(replies: Any) -> str | None:
+    """Meta: at most 13 quick replies; a text one has a title (at most 20 characters) and a payload (1000)."""
+    if replies is None:
+        return None
+    if not isinstance(replies, list) or not 1 <= len(replies) <= 13:
+        return "param message[quick_replies] must hold 1 to 13 items"
+    for reply in replies:
+        if not isinstance(reply, dict) or reply.get("content_type") not in ("text", "user_phone_number",
+                                                                             "user_email"):
+            return "param message[quick_replies][content_type] is not valid"
+        if reply["content_type"] == "text" and not (
+                isinstance(reply.get("title"), str) and 0 < len(reply["title"]) <= 20
+                and isinstance(reply.get("payload"), str) and 0 < len(reply["payload"]) <= 1000):
+            return "param message[quick_replies] text items need a title (<= 20) and a payload (<= 1000)"
+    return None
+
+
+def _template_type(message: Any) -> str | None:
+    attachment = message.get("attachment") if isinstance(message, dict) else None
+    payload = attachment.get("payload") if isinstance(attachment, dict) else None
+    return payload.get("template_type") if isinstance(payload, dict) else None
 
 
 def graph_error(code: int, subcode: int | None, message: str) -> dict[str, Any]:
@@ -102,6 +134,10 @@ class MessengerSandbox:
             psid = body["recipient"]["id"]
             if psid in self.config.outside_window and body.get("messaging_type") != "MESSAGE_TAG":
                 raise _Refused(400, *OUTSIDE_WINDOW)
+            if body.get("messaging_type") == "MESSAGE_TAG" and psid in self.config.last_message_age_h:
+                age = self.config.last_message_age_h[psid]
+                if age is None or age > TAG_WINDOW_H.get(body["tag"], float("inf")):
+                    raise _Refused(400, *OUTSIDE_WINDOW)
             fate = fate_for(self.config.seed, psid, fail_rate=self.config.fail_rate, read_rate=self.config.read_rate)
             if psid in self.config.unavailable or fate.final == "failed":
                 raise _Refused(400, *UNAVAILABLE)
@@ -140,12 +176,32 @@ class MessengerSandbox:
             return f"param messaging_type must be one of {sorted(MESSAGING_TYPES)}"
         if kind == "MESSAGE_TAG" and body.get("tag") not in MESSAGE_TAGS:
             return "param tag must be a valid message tag when messaging_type is MESSAGE_TAG"
+        if body.get("tag") == "CUSTOMER_FEEDBACK" and _template_type(body.get("message")) != "customer_feedback":
+            return "the CUSTOMER_FEEDBACK tag may only be used with the Customer Feedback template"
         message = body.get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("text"), str) or not message["text"]:
+        if not isinstance(message, dict):
+            return "param message must be an object"
+        if "attachment" in message:
+            return self._attachment_problem(message)
+        if not isinstance(message.get("text"), str) or not message["text"]:
             return "param message[text] must be a non-empty string"
         if len(message["text"]) > self.config.max_text:
             return f"param message[text] must be at most {self.config.max_text} characters"
-        return None
+        return _quick_replies_problem(message.get("quick_replies"))
+
+    def _attachment_problem(self, message: dict[str, Any]) -> str | None:
+        """Meta's attachment: a type (Instagram takes no `file`) and a payload with a URL (or a template)."""
+        attachment = message["attachment"]
+        kinds = ATTACHMENT_TYPES[self.config.platform]
+        if "text" in message or not isinstance(attachment, dict) or attachment.get("type") not in kinds:
+            return f"param message[attachment][type] must be one of {sorted(kinds)}, without message[text]"
+        payload = attachment.get("payload")
+        if attachment["type"] == "template":
+            return None if isinstance(payload, dict) and payload.get("template_type") else \
+                "param message[attachment][payload][template_type] is required"
+        if not isinstance(payload, dict) or not str(payload.get("url", "")).startswith(("http://", "https://")):
+            return "param message[attachment][payload][url] must be a URL"
+        return _quick_replies_problem(message.get("quick_replies"))
 
     def _accept(self, account_id: str, psid: str, final: str) -> dict[str, Any]:
         mid = f"m_{self._prefix}{next(self._ids):012d}"

@@ -177,7 +177,69 @@ def _button_index_pattern(defs: Schema) -> None:
                 index["pattern"] = "^[0-9]$"
 
 
+def _parameter(kind: str, base: str, value: Schema) -> Schema:
+    return {"allOf": [{"$ref": _DEFS_PREFIX + base},
+                      {"type": "object", "required": [kind], "properties": {"type": {"enum": [kind]}, kind: value}}]}
+
+
+def _copy_code_and_flow_buttons(defs: Schema) -> None:
+    """The spec's button sub_types stop at quick_reply / url / catalog and its button parameters at payload / text,
+    yet its own example "Send Flow Template Message" sends sub_type `flow` with `{"type": "action", "action":
+    {"flow_token", "flow_action_data"}}`, and Meta's copy-code template reference sends sub_type `copy_code` with
+    `{"type": "coupon_code", "coupon_code": ...}` (at most 15 characters)."""
+    for name in ("TemplateComponent", "ButtonComponent"):
+        for schema in [defs[name], *defs[name].get("allOf", [])]:
+            sub_type = schema.get("properties", {}).get("sub_type")
+            if sub_type and "enum" in sub_type:
+                sub_type["enum"] = [*sub_type["enum"], "copy_code", "flow"]
+    base = defs["ButtonParameterObject"]
+    base["properties"]["type"]["enum"] = [*base["properties"]["type"]["enum"], "action", "coupon_code"]
+    base["discriminator"]["mapping"].update({"action": _DEFS_PREFIX + "ButtonActionParameter",
+                                             "coupon_code": _DEFS_PREFIX + "ButtonCouponParameter"})
+    defs["ButtonActionParameter"] = _parameter("action", "ButtonParameterObject", {
+        "type": "object", "required": ["flow_token"], "additionalProperties": False,
+        "properties": {"flow_token": {"type": "string", "minLength": 1}, "flow_action_data": {"type": "object"}}})
+    defs["ButtonCouponParameter"] = _parameter("coupon_code", "ButtonParameterObject",
+                                               {"type": "string", "minLength": 1, "maxLength": 15})
+
+
+def _location_header(defs: Schema) -> None:
+    """Template parameters stop at currency / date_time / document / image / text / video, but Meta's template
+    reference sends a location header as `{"type": "location", "location": {"latitude", "longitude", "name",
+    "address"}}`."""
+    base = defs["ParameterObject"]
+    base["properties"]["type"]["enum"] = [*base["properties"]["type"]["enum"], "location"]
+    base["discriminator"]["mapping"]["location"] = _DEFS_PREFIX + "LocationParameter"
+    coordinate: Schema = {"type": ["string", "number"]}
+    defs["LocationParameter"] = _parameter("location", "ParameterObject", {
+        "type": "object", "required": ["latitude", "longitude"], "additionalProperties": False,
+        "properties": {"latitude": coordinate, "longitude": coordinate, "name": {"type": "string"},
+                       "address": {"type": "string"}}})
+
+
+def _carousel(defs: Schema) -> None:
+    """Template components stop at header / body / button, but Meta's media-card carousel template reference sends
+    `{"type": "carousel", "cards": [{"card_index": 0, "components": [header, body, buttons]}, ...]}` (2 to 10
+    cards, each card's components judged as a template's own)."""
+    for schema in [defs["TemplateComponent"], *defs["TemplateComponent"].get("allOf", [])]:
+        kind = schema.get("properties", {}).get("type")
+        if kind and "enum" in kind:
+            kind["enum"] = [*kind["enum"], "carousel"]
+    defs["TemplateComponent"]["discriminator"]["mapping"]["carousel"] = _DEFS_PREFIX + "CarouselComponent"
+    card: Schema = {"type": "object", "required": ["card_index", "components"], "additionalProperties": False,
+                    "properties": {"card_index": {"type": "integer", "minimum": 0, "maximum": 9},
+                                   "components": {"type": "array", "minItems": 1,
+                                                  "items": {"$ref": _DEFS_PREFIX + "TemplateComponent"}}}}
+    defs["CarouselComponent"] = {"allOf": [{"$ref": _DEFS_PREFIX + "TemplateComponent"}, {
+        "type": "object", "required": ["cards"],
+        "properties": {"type": {"enum": ["carousel"]}, "cards": {"type": "array", "minItems": 2, "maxItems": 10,
+                                                                  "items": card}}}]}
+
+
 DEVIATIONS: tuple[Callable[[Schema], None], ...] = (
+    _carousel,
+    _copy_code_and_flow_buttons,
+    _location_header,
     _recipient_type_optional,
     _language_policy_optional,
     _callback_data_on_every_message,

@@ -47,6 +47,14 @@ def viber_status(code: int, **extra: Any) -> dict[str, Any]:
     return {"status": code, "status_message": STATUS_NAMES.get(code, "error"), **extra}
 
 
+def _keyboard_ok(keyboard: Any) -> bool:
+    """Viber's keyboard: `Type` keyboard and 1 to 24 buttons, each with an ActionType and an ActionBody."""
+    buttons = keyboard.get("Buttons") if isinstance(keyboard, dict) else None
+    return (keyboard.get("Type") == "keyboard" and isinstance(buttons, list) and 1 <= len(buttons) <= 24
+            and all(isinstance(b, dict) and b.get("ActionType") in ("reply", "open-url", "none")
+                    and isinstance(b.get("ActionBody"), str) and b["ActionBody"] for b in buttons))
+
+
 class _Refused(Exception):
     def __init__(self, code: int) -> None:
         self.code = code
@@ -102,6 +110,11 @@ class ViberSandbox:
             raise _Refused(3)
         if body["type"] == "text" and not isinstance(body.get("text"), str):
             raise _Refused(4)
+        if body["type"] == "picture" and (not str(body.get("media", "")).startswith(("http://", "https://"))
+                                          or len(str(body.get("text") or "")) > 768):
+            raise _Refused(3)  # Viber: a picture needs its URL; its text is at most 768 characters
+        if "keyboard" in body and not _keyboard_ok(body["keyboard"]):
+            raise _Refused(3)
         tracking = body.get("tracking_data")
         too_long = len(body.get("text") or "") > MAX_TEXT or len(str(sender["name"])) > MAX_SENDER_NAME
         if too_long or (tracking is not None and (not isinstance(tracking, str) or len(tracking) > 4096)):

@@ -30,6 +30,7 @@ from pipeline.sandbox.kit import poster_stats
 from pipeline.sandbox.outcomes import Outcome, Pricing, outcome_for, plan_statuses, wa_id
 from pipeline.sandbox.schema import validate_message
 from pipeline.sandbox.webhooks import PosterSettings, WebhookPoster
+from pipeline.sandbox.whatsapp_media import MediaStore
 from pipeline.sandbox.whatsapp_templates import SandboxNumber, SandboxTemplate, TemplateSet
 
 _VERSION = re.compile(r"v\d+\.\d+")
@@ -365,8 +366,10 @@ def _invalid_parameter(details: str) -> dict:
 def create_app(config: SandboxConfig) -> Starlette:
     """The sandbox as an ASGI app; `app.state.sandbox` gives tests direct access to its state."""
     sandbox = Sandbox(config)
+    media = MediaStore()
     routes = [
         Route("/{version}/{phone_number_id}/messages", sandbox.send, methods=["POST"]),
+        Route("/{version}/{phone_number_id}/media", sandbox.authorised(media.upload), methods=["POST"]),
         Route("/_sandbox/stats", sandbox.stats, methods=["GET"]),
         Route("/_sandbox/accepted_ids", sandbox.accepted_ids, methods=["GET"]),
         Route("/_sandbox/drain", sandbox.drain, methods=["POST"]),
@@ -374,4 +377,5 @@ def create_app(config: SandboxConfig) -> Starlette:
     routes += sandbox.template_set.routes(sandbox.authorised)
     app = Starlette(routes=routes, lifespan=sandbox.lifespan)
     app.state.sandbox = sandbox
+    app.state.media = media
     return app

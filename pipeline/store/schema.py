@@ -433,7 +433,36 @@ provider_numbers = Table(
     Column("changed_at", TS),
     Column("synced_at", TS),
 )
-# Experiments (issue 20, migration 0004): every accepted recipient's arm, the holdout included (the outbox never
+# Every inbound message as a reply: a text reply or a button tap, the message and campaign it answers (by the
+# provider's context id, else the last message sent to the sender within the link window; NULL when none),
+# whether it opted out (STOP, an opt-out button). Filled by receipts ingest (pipeline/receipts/replies.py).
+replies = Table(
+    "replies", metadata,
+    Column("event_id", String, primary_key=True),  # the inbound row's
+    Column("channel", String, nullable=False),
+    Column("address", String),  # as the outbox writes recipients (E.164, user id, e-mail)
+    Column("kind", String, nullable=False),  # reply | tap
+    Column("payload", Text),  # a tap's button payload
+    Column("context_id", String),  # the provider's id of the message answered, when the provider says
+    Column("opt_out", Boolean, nullable=False),
+    Column("occurred_at", TS, nullable=False),
+    Column("linked", Boolean, nullable=False),  # the link was looked for (message_id NULL: none was found)
+    Column("message_id", String),
+    Column("campaign_id", String),
+    Index("replies_campaign", "campaign_id"),
+    Index("replies_unlinked", "linked"),
+)
+# A campaign's header file, uploaded once through the provider's media endpoint: its id, by file digest
+# (pipeline/channels/whatsapp_media.py).
+media_uploads = Table(
+    "media_uploads", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("sha256", String, primary_key=True),
+    Column("media_id", String, nullable=False),
+    Column("file_name", String),
+    Column("uploaded_at", TS, nullable=False),
+)
+# Experiments (issue 20, migration 0005): every accepted recipient's arm, the holdout included (the outbox never
 # holds it); outcomes imported or read from the audience; a model's answers by input hash (a re-run calls nothing).
 experiment_arms = Table(
     "experiment_arms", metadata,
@@ -478,4 +507,27 @@ campaign_approvals = Table(
     Column("comment", Text),
     Column("decided_at", TS),
     Index("campaign_approvals_campaign", "campaign_id", "requested_at"),
+)
+# Test sends (issue 19, migration 0006): audience rows rendered as the campaign would, sent to the team's own
+# numbers or addresses. Never in the outbox, so never in the campaign's counts, reports or caps; costs apart.
+test_sends = Table(
+    "test_sends", metadata,
+    Column("test_id", String, primary_key=True),
+    Column("message_id", String, primary_key=True),
+    Column("campaign_id", String, nullable=False),
+    Column("row_number", BigInteger, nullable=False),  # the audience row rendered
+    Column("seed", String, nullable=False),  # the internal number or address it went to
+    Column("channel", String, nullable=False),
+    Column("sender", String),
+    Column("country", String),
+    Column("category", String),
+    Column("payload_json", Text, nullable=False),
+    Column("status", String, nullable=False),  # sent | failed
+    Column("provider_message_id", String),
+    Column("error_code", String),
+    Column("error_detail", Text),
+    Column("cost_usd", Money),
+    Column("started_by", String),
+    Column("sent_at", TS, nullable=False),
+    Index("test_sends_campaign", "campaign_id"),
 )

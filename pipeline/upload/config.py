@@ -47,6 +47,10 @@ class UploadConfig:
     runs: Runs | None = None
     max_fields: int = DEFAULT_MAX_FIELDS  # form fields besides the file
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES  # a field's value, and a form part's headers
+    # Test sends from the page (pipeline/upload/test_send.py): the store they are kept in (None: the default
+    # store, CAMPAIGN_DATABASE_URL) and the provider they go to (None: the spec's, or CAMPAIGN_PROVIDER_BASE_URL).
+    database: str | None = None
+    provider_base_url: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.token) < MIN_TOKEN_CHARS:

@@ -32,12 +32,14 @@ from starlette.routing import Route
 
 from pipeline.audience.load import AudienceError
 from pipeline.audience.policy import PolicyError
+from pipeline.dispatch.seeds import SeedError
 from pipeline.masking import mask_text
 from pipeline.render.templates import TemplateProblem
 from pipeline.spec import SpecError
 from pipeline.upload import check as upload_check
 from pipeline.upload import inbox
 from pipeline.upload import page as upload_page
+from pipeline.upload import test_send as upload_test
 from pipeline.upload.config import SESSION_COOKIE, TOKEN_ENV, TOKEN_HEADER, Runs, UploadConfig
 from pipeline.upload.stream import ClientGone, UploadRefused, receive_upload
 
@@ -117,8 +119,8 @@ def upload_routes(config: UploadConfig) -> list[Route]:
         answer.set_cookie(SESSION_COOKIE, config.session, httponly=True, samesite="strict", path="/upload")
         return answer
 
-    def staged_or_refuse(request: Request) -> upload_check.Staged:
-        authorise(config, request)
+    def staged_or_refuse(request: Request, fields: Mapping[str, str] | None = None) -> upload_check.Staged:
+        authorise(config, request, fields)
         found = upload_check.staged(config.staging_dir, request.path_params["upload_id"])
         if found is None:
             raise UploadRefused(404, "no such upload (uploads not started are kept for a day)")
@@ -137,6 +139,7 @@ def upload_routes(config: UploadConfig) -> list[Route]:
             body += upload_page.start_form(staged.upload_id, upload_check.startable(summary))
         else:
             body += upload_page.status_section(status)
+        body += upload_page.test_send_section(staged.upload_id, upload_test.last_results(staged))
         body += '<p><a href="/upload" id="another">Upload another audience</a></p>'
         refresh = REFRESH_S if status is not None and not status["final"] else None
         return HTMLResponse(upload_page.page("Audience check", body, refresh_s=refresh))
@@ -159,6 +162,21 @@ def upload_routes(config: UploadConfig) -> list[Route]:
             await run_in_threadpool(_start, config, staged)
         return RedirectResponse(f"/upload/{staged.upload_id}", status_code=303)
 
+    async def test_send(request: Request) -> Response:
+        """The form's seeds (bounded by the seeds' settings and the page's field size) sent the staged rows."""
+        try:
+            fields = await upload_test.read_small_form(request, max_bytes=3 * config.max_field_bytes,
+                                                       max_fields=config.max_fields)
+            staged = staged_or_refuse(request, fields)
+        except UploadRefused as refused:
+            return form_page(request, refused)
+        async with one_check_at_a_time:
+            error = await run_in_threadpool(_test_send, config, staged, fields)
+        if error is None:
+            return RedirectResponse(f"/upload/{staged.upload_id}", status_code=303)
+        body = upload_page.test_send_section(staged.upload_id, upload_test.last_results(staged), error=error)
+        return HTMLResponse(upload_page.page("Test send", body), status_code=422)
+
     async def rejects_csv(request: Request) -> Response:
         try:
             staged = staged_or_refuse(request)
@@ -175,6 +193,7 @@ def upload_routes(config: UploadConfig) -> list[Route]:
         Route("/upload/{upload_id}", show, methods=["GET"]),
         Route("/upload/{upload_id}/start", start, methods=["POST"]),
         Route("/upload/{upload_id}/rejects.csv", rejects_csv, methods=["GET"]),
+        Route("/upload/{upload_id}/test-send", test_send, methods=["POST"]),
     ]
 
 
@@ -211,6 +230,16 @@ def _check(staged: upload_check.Staged, spec_name: str, original_name: str) -> U
         log.error("checking upload %s failed:\n%s", staged.upload_id, mask_text(traceback.format_exc()))
         return UploadRefused(500, "the upload could not be checked because of an internal error (see the server "
                                   "log); nothing was started")
+
+
+def _test_send(config: UploadConfig, staged: upload_check.Staged, fields: Mapping[str, str]) -> str | None:
+    """Runs a test send in a worker thread; input the operator has to fix becomes the message the page shows."""
+    try:
+        upload_test.test_send(staged, fields.get("seeds", ""), fields.get("rows", ""), database=config.database,
+                              base_url=config.provider_base_url)
+        return None
+    except (*BAD_INPUT, SeedError) as exc:
+        return mask_text(str(exc).replace(str(staged.root), "upload"))
 
 
 def _start(config: UploadConfig, staged: upload_check.Staged) -> None:

@@ -31,11 +31,27 @@ def test_marketing_send_rejects_unknown_and_stale_users() -> None:
 
 
 def test_non_marketing_needs_a_message_tag_outside_the_window() -> None:
-    tagged, none = outside_window(FRAME, user_column="user_id", last_inbound=LAST, now=NOW, category="utility",
-                                  message_tag="ACCOUNT_UPDATE")
-    assert tagged.height == FRAME.height and none.is_empty()
+    tagged, never = outside_window(FRAME, user_column="user_id", last_inbound=LAST, now=NOW, category="utility",
+                                   message_tag="ACCOUNT_UPDATE")
+    # Any age once the user has written; "c" never wrote, and no tag reaches them.
+    assert tagged["user_id"].to_list() == ["a", "b", "d", "e"]
+    assert never["detail"].to_list() == ["no message from this user on record: ACCOUNT_UPDATE needs one"]
     untagged, rejects = outside_window(FRAME, user_column="user_id", last_inbound=LAST, now=NOW, category="utility")
     assert untagged["user_id"].to_list() == ["a", "d"] and rejects.height == 3
+
+
+def test_human_agent_reaches_only_users_who_wrote_within_seven_days() -> None:
+    last = {"a": NOW - timedelta(days=10), "b": NOW - timedelta(days=6, hours=23), "d": NOW - timedelta(hours=2)}
+    eligible, rejects = outside_window(FRAME, user_column="user_id", last_inbound=last, now=NOW, category="utility",
+                                       message_tag="HUMAN_AGENT")
+    assert eligible["user_id"].to_list() == ["b", "d"]
+    details = dict(zip(rejects["row_number"], rejects["detail"], strict=True))
+    assert details == {
+        2: "last message from this user at 2026-04-24T12:00:00Z, more than 168 h before the send"
+             " (HUMAN_AGENT allows 168 h)",
+        4: "no message from this user on record: HUMAN_AGENT needs one",
+        6: "no message from this user on record: HUMAN_AGENT needs one",
+    }
 
 
 def test_marketing_ignores_a_tag_and_hours_are_configurable() -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import httpx
 import pytest
 
 from pipeline.channels import messenger_webhooks
 from pipeline.channels.base import Outgoing
 from pipeline.channels.whatsapp_webhooks import sign
-from pipeline.spec import SpecError, parse_spec
+from pipeline.spec import SpecError, load_spec, parse_spec
 from pipeline.store import Store
 from tests.helpers.channels import Receiver, dispatch
 from tests.helpers.providers import MESSENGER, MESSENGER_PAGE, MESSENGER_SECRET, MESSENGER_SPEC, set_env
@@ -59,7 +61,10 @@ def test_happy_path_each_psid_once_and_signed_receipts_name_our_mids(sqlite_db: 
     assert {r.recipient for r in reads} == readers
     if platform == "messenger":
         delivered = [r for r in receipts if r.status == "delivered"]
-        assert sorted(r.provider_message_id for r in delivered) == sorted(outbox.values())
+        named = [r for r in delivered if not messenger_webhooks.parse_watermark(r.provider_message_id)]
+        assert sorted(r.provider_message_id for r in named) == sorted(outbox.values())
+        # Each delivery also carries its watermark, applied too (earlier messages it covers).
+        assert len(delivered) == 2 * len(named)
         # Messenger's read event is a watermark: ingest resolves it to the PSID's earlier messages.
         for r in reads:
             psid, at = messenger_webhooks.parse_watermark(r.provider_message_id) or ("", None)
@@ -108,9 +113,42 @@ def test_forged_webhook_is_refused_and_a_genuine_one_parses() -> None:
     assert not messenger_webhooks.verify(body, {}, MESSENGER_SECRET)
     receipts, inbound = messenger_webhooks.parse(body)
     assert [(r.provider_message_id, r.status, r.message_id) for r in receipts] == [
-        ("m_a", "delivered", None), ("m_b", "delivered", None), ("watermark:7100000001:1750000000150", "read", None)]
+        ("m_a", "delivered", None), ("m_b", "delivered", None),
+        ("watermark:7100000001:1750000000100", "delivered", None),  # the delivery's watermark, applied too
+        ("watermark:7100000001:1750000000150", "read", None)]
     assert [(i.provider, i.sender, i.text) for i in inbound] == [("messenger", "7100000002", "STOP")]
     for bad in (b"{", b'{"object": "whatsapp_business_account", "entry": []}', b'{"object": "page", "entry": [1]}',
                 b'{"object": "page", "entry": [{"messaging": [{"sender": {"id": "1"}, "read": {}}]}]}'):
         with pytest.raises(messenger_webhooks.MalformedPayload):
             messenger_webhooks.parse(bad)
+
+
+def test_the_sandbox_refuses_tags_outside_their_own_window_and_feedback_without_its_template(
+        sqlite_db: Store) -> None:
+    # 7100000001 wrote 10 days ago, 7100000002 never: HUMAN_AGENT (7 days) reaches neither; 7100000000, 2 days ago.
+    ages = {"7100000000": 48.0, "7100000001": 240.0, "7100000002": None}
+    overrides = {"template": {**MESSENGER_SPEC["template"], "category": "utility"},
+                 "provider": {"options": {"message_tag": "HUMAN_AGENT"}}}
+    with MESSENGER.running(MESSENGER.config(last_message_age_h=ages, outside_window=frozenset(ages))) as (url, _):
+        channel = MESSENGER.channel(url, **overrides)
+        MESSENGER.queue(sqlite_db, channel, 3, **overrides)
+        assert dispatch(sqlite_db, channel).failed == 2
+        # A feedback tag on a text message, as a hand-made request: Meta refuses it, so does the sandbox.
+        body = {"recipient": {"id": "7100000003"}, "messaging_type": "MESSAGE_TAG", "tag": "CUSTOMER_FEEDBACK",
+                "message": {"text": "How did we do?"}}
+        request = channel.request_for(json.dumps(body))
+        answer = httpx.post(request.url, content=request.content, headers=request.headers)
+        assert answer.status_code == 400 and "Customer Feedback template" in answer.json()["error"]["message"]
+    rows = dict(sqlite_db.rows("SELECT recipient_key, state FROM outbox"))
+    assert rows == {"7100000000": "sent", "7100000001": "failed", "7100000002": "failed"}
+    feedback = {**overrides, "provider": {"options": {"message_tag": "CUSTOMER_FEEDBACK"}}}
+    with pytest.raises(SpecError, match="CUSTOMER_FEEDBACK may only carry"):
+        MESSENGER.channel("http://127.0.0.1:1", **feedback)
+
+
+def test_the_sample_specs_send_no_campaign_under_a_human_agent_tag() -> None:
+    # HUMAN_AGENT is for replies a person types (Meta's tag reference), never for a bulk campaign.
+    for path in sorted(Path("campaigns").glob("*.yaml")):
+        spec = load_spec(path)
+        if spec.channel in ("messenger", "instagram"):
+            assert spec.provider.options.get("message_tag") != "HUMAN_AGENT", path

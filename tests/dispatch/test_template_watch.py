@@ -97,6 +97,25 @@ def test_what_the_spec_fills_must_match_the_components() -> None:
     text_header = [{"type": "BODY", "text": "Hi {{1}} and {{2}}."}, *t.components[2:]]
     assert check_spec(fits, registry.ProviderTemplate(**{**t.__dict__, "components": text_header}),
                       "whatsapp", WABA).problems == []
+    # A media header of the template's format fits; another format, or a location where an image is, does not.
+    image = _spec(body=["x", "y"], buttons=fits.template.model_dump()["buttons"],
+                  header_media={"format": "image", "link": "https://cdn.acme.test/{{ a }}.jpg"})
+    assert check_spec(image, t, "whatsapp", WABA).problems == []
+    place = _spec(body=["x", "y"], buttons=fits.template.model_dump()["buttons"],
+                  header_media={"format": "location", "latitude": 1.0, "longitude": 2.0})
+    assert [p.split(":")[0] for p in check_spec(place, t, "whatsapp", WABA).problems] == ["header_format"]
+    location = registry.ProviderTemplate(**{**t.__dict__, "components": [
+        {"type": "HEADER", "format": "LOCATION"}, *t.components[1:]]})
+    assert check_spec(place, location, "whatsapp", WABA).problems == []
+    # A carousel's cards must be the template's.
+    card = {"header_media": {"format": "image", "link": "https://cdn.acme.test/{{ a }}.jpg"}}
+    carousel = _spec(body=["x", "y"], cards=[card, card])
+    three = registry.ProviderTemplate(**{**t.__dict__, "components": [
+        *text_header[:1], {"type": "CAROUSEL", "cards": [{"components": []}] * 3}]})
+    assert [p.split(":")[0] for p in check_spec(carousel, three, "whatsapp", WABA).problems] == ["carousel_cards"]
+    two = registry.ProviderTemplate(**{**three.__dict__, "components": [
+        *text_header[:1], {"type": "CAROUSEL", "cards": [{"components": []}] * 2}]})
+    assert check_spec(carousel, two, "whatsapp", WABA).problems == []
 
 
 def test_the_providers_category_applies_and_the_run_is_told(sqlite_db: Store, tmp_path: Path) -> None:

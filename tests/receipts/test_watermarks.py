@@ -107,7 +107,8 @@ def test_a_watermark_counts_whatever_the_arrival_order(db: store.Store, tmp_path
     write_spool(spool, "2", [line(webhook([delivered("7100", "m1", T0 + timedelta(seconds=3))]))])
     write_spool(spool, "3", [line(webhook([read_mark("7100", T0 + timedelta(seconds=30))]))])
     result = ingest_spool(db, spool)
-    assert (result.events_added, result.derived_events) == (2, 1)
+    # The delivery's mid and its watermark (which adds nothing m1's own receipt did not say), the read.
+    assert (result.events_added, result.derived_events) == (3, 1)
     assert statuses(db) == {"msg-m1": "read"}
     assert [store.utc(at) for (at,) in db.rows("SELECT delivered_at FROM message_status")] \
         == [T0 + timedelta(seconds=3)]
@@ -153,3 +154,13 @@ def test_the_sandboxs_read_watermarks_reach_the_report(db: store.Store, tmp_path
     assert result.quarantined == 0 and result.derived_events == sum(o == "read" for o in fate.values())
     got = dict(db.rows("SELECT o.recipient_key, s.status FROM outbox o JOIN message_status s USING (message_id)"))
     assert got == fate
+
+
+def test_a_delivery_naming_one_mid_still_applies_its_watermark(db: store.Store, tmp_path) -> None:
+    # Meta names the newest message in `mids`; the watermark covers the earlier ones it does not name.
+    sent(db, "m1", "7100", T0)
+    sent(db, "m2", "7100", T0 + timedelta(seconds=10))
+    sent(db, "m3", "7100", T0 + timedelta(minutes=5))  # after the watermark: stays undelivered
+    write_spool(tmp_path / "sp", "1", [line(webhook([delivered("7100", "m2", T0 + timedelta(seconds=20))]))])
+    ingest_spool(db, tmp_path / "sp")
+    assert statuses(db) == {"msg-m1": "delivered", "msg-m2": "delivered"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 
 import httpx
@@ -57,6 +59,32 @@ def test_twilio_signature_covers_the_url_and_the_answer_is_empty_twiml(tmp_path)
     assert good.status_code == 200 and good.text == "<Response/>"
     assert moved.status_code == 401  # the same signature on another URL is a forgery
     assert len(records) == 1 and records[0]["provider"] == "twilio"
+
+
+def test_twilio_hmac_sha256_under_a_webhooks_setting_is_verified_with_its_shared_key(tmp_path):
+    app, _ = _app(tmp_path, {**DEMO_ENV, "TWILIO_WEBHOOK_SHARED_KEY": "shared-key-1"})
+    form = {"MessageSid": "SM" + "b" * 32, "MessageStatus": "delivered", "To": "+447700900123"}
+    settings = {"X-Twilio-Webhooks-Signature-Settings": "key=WS0123,algorithm=HMAC_SHA256"}
+    with serve_in_thread(app) as url:
+        target = f"{url}/webhooks/twilio?mid=m-1"
+        # Twilio's scheme computed here by hand: the URL, then each parameter sorted by name as name+value.
+        data = (target + "".join(k + v for k, v in sorted(form.items()))).encode()
+        sha256 = base64.b64encode(hmac.digest(b"shared-key-1", data, "sha256")).decode()
+        good = httpx.post(target, data=form, headers={"X-Twilio-Signature": sha256, **settings})
+        # The auth token's SHA-1 signature is not what a request under a Setting carries.
+        sha1 = twilio_webhooks.sign(target, form, DEMO_ENV["TWILIO_AUTH_TOKEN"])
+        old = httpx.post(target, data=form, headers={"X-Twilio-Signature": sha1, **settings})
+        odd = httpx.post(target, data=form, headers={"X-Twilio-Signature": sha256,
+                                                     "X-Twilio-Webhooks-Signature-Settings": "algorithm=MD5"})
+    assert (good.status_code, old.status_code, odd.status_code) == (200, 401, 401)
+    assert len(_spooled(tmp_path)) == 1
+    # Without a shared key configured, a request under a Setting cannot be verified: refused.
+    app2, _ = _app(tmp_path / "b")
+    with serve_in_thread(app2) as url:
+        target = f"{url}/webhooks/twilio?mid=m-1"
+        data = (target + "".join(k + v for k, v in sorted(form.items()))).encode()
+        sha256 = base64.b64encode(hmac.digest(b"shared-key-1", data, "sha256")).decode()
+        assert httpx.post(target, data=form, headers={"X-Twilio-Signature": sha256, **settings}).status_code == 401
 
 
 def test_alibaba_gets_its_ack_body_and_meta_its_handshake(tmp_path):
