@@ -75,6 +75,10 @@ def link_receipts(db: Store) -> int:
                                         WHERE o.provider_message_id = events.provider_message_id)
         WHERE message_id IS NULL
           AND EXISTS (SELECT 1 FROM outbox o WHERE o.provider_message_id = events.provider_message_id)
+          -- a named copy stored since (a replay after the provider id was recorded) leaves this one unnamed
+          AND NOT EXISTS (SELECT 1 FROM events d WHERE d.event_id = events.event_id
+                          AND d.message_id = (SELECT min(o.message_id) FROM outbox o
+                                              WHERE o.provider_message_id = events.provider_message_id))
         """)
 
 
@@ -114,7 +118,10 @@ def link_alibaba(db: Store, table: str = "events") -> int:
             found.append({"m": message, "e": event_id})
     if found:
         with db.write() as conn:
-            run_many(conn, f"UPDATE {table} SET message_id = :m WHERE event_id = :e AND message_id IS NULL", found)
+            # A named copy stored since (a replay after its provider id was recorded) leaves this one unnamed.
+            run_many(conn, f"UPDATE {table} SET message_id = :m WHERE event_id = :e AND message_id IS NULL "
+                           f"AND NOT EXISTS (SELECT 1 FROM {table} d WHERE d.event_id = :e AND d.message_id = :m)",
+                     found)
     return len(found)
 
 

@@ -26,10 +26,16 @@ MATCHED_SQL = f"""(EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = s.message
         OR (s.provider IN ('{MESSENGER_PROVIDER}', '{INSTAGRAM_PROVIDER}')
             AND s.provider_message_id LIKE '{WATERMARK_PREFIX}%'))))"""
 
+# A receipt naming no message but a provider id the outbox recorded is stored named (as links.py would name it
+# later): events are unique by (message_id, event_id), so a replay of it finds the stored copy.
+_NAMED = ("coalesce(s.message_id, (SELECT min(o.message_id) FROM outbox o "
+          "WHERE o.provider_message_id = s.provider_message_id))")
+_NAMED_COLUMNS = COLUMNS.replace("provider_message_id, message_id,", f"provider_message_id, {_NAMED},")
+
 # A batch's receipts, staged beside the store (pipeline/store/bulk.py: {stage}, {chunk}), into events or apart;
 # a receipt already stored (in either) stays as it is.
 SPLIT_SQL = (
-    f"INSERT INTO events ({COLUMNS}) SELECT {COLUMNS} FROM {{stage}} s WHERE {{chunk}} AND {MATCHED_SQL} "
+    f"INSERT INTO events ({COLUMNS}) SELECT {_NAMED_COLUMNS} FROM {{stage}} s WHERE {{chunk}} AND {MATCHED_SQL} "
     "ON CONFLICT DO NOTHING",
     f"INSERT INTO unmatched_events ({COLUMNS}) SELECT {COLUMNS} FROM {{stage}} s WHERE {{chunk}} "
     f"AND NOT {MATCHED_SQL} ON CONFLICT DO NOTHING",

@@ -91,7 +91,7 @@ class Staged:
 
 @contextmanager
 def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int = 20_000,
-           durable: bool = True) -> Iterator[Staged]:
+           durable: bool = True, converted: bool = False) -> Iterator[Staged]:
     """Stages `rows` (an Arrow table whose columns name `table`'s) in C, never binding one Python value at a
     time: SQLite in a file of its own, attached to one connection of the store (ADBC's SQLite, a second copy
     of the library, never opens the store itself: two copies in one process break each other's locks);
@@ -100,8 +100,9 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
 
     `durable=False` (SQLite) commits without waiting for the disk: after a power cut a suffix of the
     transactions may be missing, never a middle one; for rows whose source stays on disk (the spool) and that
-    a second load adds again, that is the cheaper trade."""
-    rows = _for_store(rows, table, db.dialect)
+    a second load adds again, that is the cheaper trade. `converted`: `rows` went through `for_store` already
+    (e.g. in a thread that prepares the next batch while this one is written)."""
+    rows = rows if converted else for_store(rows, table, db.dialect)
     rows = rows.append_column("_row", pa.array(range(rows.num_rows), pa.int64()))
     stage = f"_load_{secrets.token_hex(6)}"
     if db.dialect == "sqlite":
@@ -182,7 +183,7 @@ def load_arrow(
     return added
 
 
-def _for_store(rows: pa.Table, table: str, dialect_name: str) -> pa.Table:
+def for_store(rows: pa.Table, table: str, dialect_name: str) -> pa.Table:
     """Columns as the store keeps them: on SQLite timestamps, days and money as text, booleans as 0/1 (DuckDB
     formats them: Arrow's strftime is ten times slower)."""
     if dialect_name != "sqlite":
