@@ -228,7 +228,7 @@ class _Staged:
 # Receipts of the batch, of copies within it the first (file, line, position): `_staged_dups` names the
 # winners of the rare repeated ids (Meta's retries). Those already in the store are skipped on insert.
 # In message order, the order of the store's key: written in short transactions, each touches a run of
-# neighbouring index pages instead of pages all over the index (migration 0008).
+# neighbouring index pages instead of pages all over the index (migration 0009).
 _BATCH_EVENTS_SQL = f"""
 SELECT {', '.join('s.' + c for c in EVENT_COLUMNS)}
 FROM ({{events}}) s LEFT JOIN {{dups}} r ON r.event_id = s.event_id

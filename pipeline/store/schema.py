@@ -194,7 +194,7 @@ events = Table(
     Column("received_at", TS),
     Column("raw_json", Text),
     # Idempotence, and every lookup by message: keyed by message first, so an ingest that writes its batch sorted
-    # by message id touches each page of the index once, not at random places (migration 0008). Receipts naming no
+    # by message id touches each page of the index once, not at random places (migration 0009). Receipts naming no
     # message (Messenger's watermarks) are unique by their id alone.
     Index("events_key", "message_id", "event_id", unique=True),
     Index("events_unnamed_key", "event_id", unique=True, sqlite_where=text("message_id IS NULL"),

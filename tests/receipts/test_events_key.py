@@ -1,4 +1,4 @@
-"""The events key (message_id, event_id), migration 0008: receipts are stored named, replays add nothing, and a copy
+"""The events key (message_id, event_id), migration 0009: receipts are stored named, replays add nothing, and a copy
 an older version left unnamed never blocks linking. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations

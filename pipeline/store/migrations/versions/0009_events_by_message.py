@@ -1,7 +1,7 @@
 """events keyed by message: receipts stored in message order, so a large ingest writes each index page once
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06 09:00:00
 
 Before, `events` had a unique key on (occurred_at, event_id) and a second index on message_id. Message ids are
@@ -15,8 +15,8 @@ are kept unique by event_id alone in a partial index. No row changes: an event i
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
