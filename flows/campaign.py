@@ -143,7 +143,7 @@ def dispatch(
             if target is not None:  # the template and numbers at the provider, watched while sending
                 watch = TemplateWatch(db, provider=target[0], account=target[1], name=spec.template.name,
                                       language=spec.template.language, senders=spec.all_senders,
-                                      ingest=lambda: ingest_spool(db, spool_dir))
+                                      ingest=lambda: ingest_spool(db, spool_dir), campaign_id=campaign_id)
                 known = watch.messaging_limit()
                 limit = limit if known is False else known  # the provider's tier, not the spec's, when it is known
             whatsapp = spec.channel == "whatsapp" or spec.provider.options.get("channel_type") == "whatsapp"
