@@ -21,7 +21,7 @@ from pipeline.channels.templates import approved_languages
 from pipeline.render.prepare import Prepared, prepare_audience
 from pipeline.render.prepare_ids import id_channel, prepare_ids
 from pipeline.render.sessions import with_sessions
-from pipeline.spec import CampaignSpec
+from pipeline.spec import CampaignSpec, SpecError, chatapp_audience_refusal
 
 
 def prepare_campaign(
@@ -30,6 +30,9 @@ def prepare_campaign(
 ) -> Prepared:
     """The campaign's audience (or `audience`, e.g. an uploaded file) prepared with the store's suppressions and
     caps; the campaign's own sends do not cap it (a resumed campaign must not cap itself)."""
+    refusal = chatapp_audience_refusal(spec, audience)  # an uploaded file is checked as the spec's own was
+    if refusal:
+        raise SpecError(refusal)
     with store.connect(database) as db:
         suppressed = store.suppressed_addresses(db, spec.channel)
         # The team's cap across campaigns and the channels reaching the same app.
