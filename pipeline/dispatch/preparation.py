@@ -34,7 +34,7 @@ def prepare_campaign(
     if refusal:
         raise SpecError(refusal)
     with store.connect(database) as db:
-        suppressed = store.suppressed_addresses(db, spec.channel)
+        suppressed = store.suppression_reasons(db, spec.channel)  # address -> why: rejects say how they opted out
         # The team's cap across campaigns and the channels reaching the same app.
         cap = frequency_cap_for(spec)
         capped = capped_recipients(db, cap, exclude_campaign=campaign_id)
@@ -53,7 +53,7 @@ def prepare_campaign(
     kwargs: dict[str, Any] = dict(
         channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
-        suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
+        suppressed=frozenset(suppressed), suppression_reasons=suppressed, recently_messaged=capped, out_dir=out_dir,
         frequency_detail=describe(cap), capped_categories=frozenset(cap.categories), languages=languages,
     )
     prepared = preparer(source, **kwargs)
