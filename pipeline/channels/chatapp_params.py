@@ -8,6 +8,9 @@ from typing import Any
 
 from pipeline.spec import SpecError, TemplateSpec
 
+# A copy-code button's variable when the spec names none: Alibaba's SDK documents the button's coupon as a template
+# variable, "such as $(couponCode)", whose value is given when sending (CreateChatappTemplate's CouponCode).
+DEFAULT_COUPON_VARIABLE = "couponCode"
 # Chat App's native fallback: policy id, text, seconds without a delivery (60-43200), rule.
 FALLBACK_RULES = frozenset({"undelivered", "sentFailed"})
 
@@ -15,10 +18,11 @@ FALLBACK_RULES = frozenset({"undelivered", "sentFailed"})
 def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dict[str, str]:
     """TemplateParams of one recipient: body positions "1".."n" (as before), the header's text variable as
     "header.1" (a media header's file as "header.link", a document's name as "header.fileName"), a URL button's
-    dynamic suffix or a copy-code button's coupon as "button.<index>"; a flow button's token travels in FlowAction
-    instead. Alibaba's SDK types TemplateParams as a map of string to string (Dict[str, str]) and names no keys
-    beyond the template's own variables; these names for header and button values are the project's
-    (docs/providers.md §3.2), checked by the sandbox against the template."""
+    dynamic suffix as "button.<index>"; a copy-code button's coupon under the variable its Chat App template declares
+    (`variable`, default "couponCode": Alibaba's SDK documents the coupon as a `$(name)` variable given at send
+    time); a flow button's token travels in FlowAction instead. Alibaba's SDK types TemplateParams as a map of
+    string to string (Dict[str, str]) and names no keys beyond the template's own variables; the header and URL
+    button names are the project's (docs/providers.md §3.2), checked by the sandbox against the template."""
     values = {str(i): v for i, v in enumerate(params.get("body") or [], start=1)}
     media = template.header_media
     if media is not None and media.format != "location":  # a media header's file, by link (check_media)
@@ -30,8 +34,10 @@ def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dic
         values.update({f"header.{i}": v for i, v in enumerate(params.get("header") or [], start=1)})
     buttons = params.get("buttons") or []
     for index, button in enumerate(template.buttons):
-        if button.sub_type in ("url", "copy_code") and index < len(buttons):
+        if button.sub_type == "url" and index < len(buttons):
             values[f"button.{index}"] = buttons[index]
+        elif button.sub_type == "copy_code" and index < len(buttons):
+            values[button.variable or DEFAULT_COUPON_VARIABLE] = buttons[index]
     # A carousel's values: "card.<i>.header.link", "card.<i>.<j>" and "card.<i>.button.<k>" (its URL suffixes).
     cards = iter(params.get("cards") or [])
     for i, card in enumerate(template.cards):

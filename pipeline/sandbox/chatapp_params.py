@@ -5,6 +5,7 @@ tests/sandbox/test_chatapp_sdk_models.py checks these sets against the installed
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,7 +52,8 @@ MEDIA_FORMATS = frozenset({"IMAGE", "VIDEO", "DOCUMENT"})
 def template_variables(components: list[dict[str, Any]]) -> set[str]:
     """The TemplateParams names a template's components need beyond the body's positions: "header.1" for a
     text header with a variable, "header.link" for a media header (Chat App takes files by link), "button.<index>"
-    for a URL button with a dynamic suffix (channels/chatapp_params.py)."""
+    for a URL button with a dynamic suffix, and a copy-code button's coupon variable, `$(name)` in its CouponCode
+    (channels/chatapp_params.py)."""
     needed: set[str] = set()
     for component in components:
         kind = str(component.get("type", "")).upper()
@@ -64,6 +66,10 @@ def template_variables(components: list[dict[str, Any]]) -> set[str]:
             for index, button in enumerate(component.get("buttons") or []):
                 if str(button.get("type", "")).upper() == "URL" and "{{1}}" in str(button.get("url", "")):
                     needed.add(f"button.{index}")
+                # Alibaba's copy-code button names its coupon as a variable, "$(couponCode)", given when sending.
+                coupon = re.fullmatch(r"\$\((\w+)\)", str(button.get("coupon_code") or button.get("CouponCode") or ""))
+                if str(button.get("type", "")).upper() == "COPY_CODE" and coupon:
+                    needed.add(coupon.group(1))
     return needed
 
 
