@@ -136,7 +136,7 @@ class IngestResult:
     derived_events: int = 0  # per-message receipts added for Messenger/Instagram watermarks
     unmatched: int = 0  # receipts naming no message of the outbox, kept apart (unmatched_events)
     promoted: int = 0  # receipts kept apart earlier whose message has appeared, moved into events
-    replies_linked: int = 0  # replies and taps whose message was looked for by this call (replies.py)
+    replies_linked: int = 0  # replies and taps linked by this call; ones still waiting not (replies.py)
     registry_updates: int = 0  # template and number changes applied to the registry (channels/templates.py)
 
     def as_dict(self) -> dict[str, int]:

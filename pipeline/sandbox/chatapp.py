@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.records import Category
-from pipeline.sandbox.chatapp_params import SENDER_LIST_ITEM, missing_variables, unknown_parameters
+from pipeline.sandbox.chatapp_params import SENDER_LIST_ITEM, missing_variables, unknown_parameters, value_problems
 from pipeline.sandbox.common import Ledger, delays, fate_for
 from pipeline.sandbox.kit import PosterSettings, Throttle
 from pipeline.sandbox.whatsapp_templates import SandboxNumber, SandboxTemplate
@@ -288,6 +288,9 @@ class ChatAppSandbox:
         return {"MessageId": message_ids[0]}
 
     def _check_variables(self, params: dict[str, str], values: Any) -> None:
+        problems = value_problems(values)
+        if problems:
+            raise _Refused(400, "InvalidParameter.TemplateParams", f"TemplateParams: {'; '.join(problems)}.")
         missing = missing_variables(self.templates.values(), params, values)
         if missing:
             raise _Refused(400, "InvalidParameter.TemplateParams", f"TemplateParams lacks {', '.join(missing)}.")
