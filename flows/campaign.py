@@ -19,6 +19,7 @@ from flows.fleet import DISPATCH_DEPLOYMENT, dispatch_in_groups, result_dict
 from flows.logging_mask import install_log_masking
 from flows.personalise import personalise_task
 from flows.prepare_parallel import audience_preparer
+from flows.reapproval import record_template_wait, settle_template_wait
 from pipeline import store
 from pipeline.audience.timezones import recipient_timezones
 from pipeline.channels import channel_for
@@ -38,6 +39,7 @@ from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_
 from pipeline.dispatch.policy import DispatchResult, Guards
 from pipeline.dispatch.preparation import prepare_campaign
 from pipeline.dispatch.schedule import release_times
+from pipeline.dispatch.template_resume import Target, dispatch_with_holds, is_template_stop
 from pipeline.dispatch.template_watch import TemplateWatch, ends_not_completed
 from pipeline.receipts.collect import collect_receipts
 from pipeline.receipts.ingest import ingest_spool
@@ -134,23 +136,36 @@ def dispatch(
 
     channels = {sender: channel_for(spec, base_url=base_url, sender=sender) for sender in spec.all_senders}
     with store.connect(database) as db:
-        target, watch, limit = registry_target(spec), None, spec.messaging_limit
-        if target is not None:  # the template and numbers at the provider, watched while sending
-            watch = TemplateWatch(db, provider=target[0], account=target[1], name=spec.template.name,
-                                  language=spec.template.language, senders=spec.all_senders,
-                                  ingest=lambda: ingest_spool(db, spool_dir))
-            known = watch.messaging_limit()
-            limit = limit if known is False else known  # the provider's tier, not the spec's, when it is known
-        whatsapp = spec.channel == "whatsapp" or spec.provider.options.get("channel_type") == "whatsapp"
-        guards = Guards(
-            budget_usd=spec.budget_usd, send_window=spec.send_window, pause_check=lambda: is_paused(db, campaign_id),
-            messaging_limit=limit if whatsapp else None, watch=watch,
-        )
-        result = asyncio.run(dispatch_campaign(
-            db, campaign_id, channels, rate=spec.rate_limit, retry=spec.retry, guards=guards,
-            reconcile=lambda: ingest_spool(db, spool_dir), on_progress=on_progress,
-            timeout_s=spec.provider.timeout_s, on_status=lambda info: record_status(db, campaign_id, info),
-        ))
+        target = registry_target(spec)
+
+        def one_pass() -> DispatchResult:
+            watch, limit = None, spec.messaging_limit
+            if target is not None:  # the template and numbers at the provider, watched while sending
+                watch = TemplateWatch(db, provider=target[0], account=target[1], name=spec.template.name,
+                                      language=spec.template.language, senders=spec.all_senders,
+                                      ingest=lambda: ingest_spool(db, spool_dir), campaign_id=campaign_id)
+                known = watch.messaging_limit()
+                limit = limit if known is False else known  # the provider's tier, not the spec's, when it is known
+            whatsapp = spec.channel == "whatsapp" or spec.provider.options.get("channel_type") == "whatsapp"
+            guards = Guards(
+                budget_usd=spec.budget_usd, send_window=spec.send_window,
+                pause_check=lambda: is_paused(db, campaign_id), messaging_limit=limit if whatsapp else None,
+                watch=watch,
+            )
+            return asyncio.run(dispatch_campaign(
+                db, campaign_id, channels, rate=spec.rate_limit, retry=spec.retry, guards=guards,
+                reconcile=lambda: ingest_spool(db, spool_dir), on_progress=on_progress,
+                timeout_s=spec.provider.timeout_s, on_status=lambda info: record_status(db, campaign_id, info),
+            ))
+
+        if target is None:
+            result = one_pass()
+        else:  # a template stop holds for its re-approval, then continues (pipeline/dispatch/template_resume.py)
+            result, resumed = dispatch_with_holds(
+                db, one_pass, Target(*target, spec.template.name, spec.template.language),
+                ingest=lambda: ingest_spool(db, spool_dir))
+            if resumed:
+                logger.warning("the template was APPROVED again: dispatch continued %d time(s) in this run", resumed)
     if result.stopped_reason:
         logger.error("dispatch stopped: %s; unsent messages stay queued", result.stopped_reason)
     for sender, reason in result.lanes_paused.items():
@@ -257,11 +272,17 @@ def campaign_flow(
     # Outside the lease: a continuation due at once must find the campaign free.
     summary["continues"] = schedule_continuation(campaign_id, spec_path, result)
     if result.stopped_reason:
-        create_markdown_artifact(
-            f"**Channel stopped:** {result.stopped_reason}", key=artifact_key(campaign_id, "stopped")
-        )
+        create_markdown_artifact(f"**Channel stopped:** {result.stopped_reason}",
+                                 key=artifact_key(campaign_id, "stopped"))
     # A template or a number the provider stopped leaves the campaign unfinished: the run ends Failed with the
     # reason (what was sent is reported above; the rest stays queued for the next run).
+    target = registry_target(spec)
+    if target is not None and is_template_stop(result.stopped_reason):  # continues once APPROVED (flows/reapproval.py)
+        summary["continues_on_approval"] = record_template_wait(
+            db, campaign_id, Target(*target, spec.template.name, spec.template.language),
+            str(result.stopped_reason), spec_path)
+    elif target is not None:
+        settle_template_wait(db, campaign_id)
     reasons = ([result.stopped_reason] if ends_not_completed(result.stopped_reason) else []) + [
         f"lane {sender}: {why}" for sender, why in result.lanes_paused.items()]
     if reasons:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections.abc import Mapping
@@ -401,7 +402,26 @@ def parse_spec(data: object, source: str = "<spec>", base_dir: Path | None = Non
         # then to the spec's own folder.
         if not spec.audience.exists() and (base_dir / spec.audience).exists():
             spec = spec.model_copy(update={"audience": base_dir / spec.audience})
+    refusal = chatapp_audience_refusal(spec)
+    if refusal:
+        raise SpecError(f"{source}: {refusal}")
     return spec
+
+
+def chatapp_audience_refusal(spec: CampaignSpec, audience: Path | None = None) -> str | None:
+    """Why a Chat App Viber campaign cannot send to `audience` (default: the spec's), or None. Alibaba documents
+    Chat App's Viber recipients (SendChatappMessage / SendChatappMassMessage `To`) as phone numbers only, so an
+    audience of Viber user ids (a `user_id` column and no `phone`) is refused here, not sent and failed per row."""
+    path = audience or spec.audience
+    if spec.channel != "chatapp" or spec.provider.options.get("channel_type") != "viber" or not path.is_file():
+        return None
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        header = next(csv.reader([handle.readline(64 * 1024)]), [])
+    columns = {name.strip() for name in header}
+    if "user_id" in columns and "phone" not in columns:
+        return (f"audience {path}: column user_id: Chat App sends Viber messages to phone numbers only (Alibaba's "
+                f"SendChatappMessage To), not Viber user ids; give a phone column, or send by id with channel: viber")
+    return None
 
 
 def load_spec(path: Path | str) -> CampaignSpec:

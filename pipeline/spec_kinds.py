@@ -60,6 +60,9 @@ class ButtonSpec(_Spec):
     opt_out: bool = False
     # A flow button's initial data (Meta's `flow_action_data`), the same for every recipient.
     flow_action_data: dict[str, str] | None = None
+    # Chat App: the name of the variable the template's copy-code button declares (its CouponCode "$(name)"), under
+    # which the coupon travels in TemplateParams; None: "couponCode", the example of Alibaba's SDK.
+    variable: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
     @model_validator(mode="after")
     def _one_value(self) -> ButtonSpec:
@@ -73,6 +76,8 @@ class ButtonSpec(_Spec):
             raise ValueError("only a flow button takes 'flow_action_data'")
         if self.opt_out and self.sub_type != "quick_reply":
             raise ValueError("only a quick_reply button can be an opt-out")
+        if self.variable is not None and self.sub_type != "copy_code":
+            raise ValueError("only a copy_code button takes 'variable' (its Chat App template variable)")
         return self
 
 

@@ -6,7 +6,7 @@ inputs it does not model to classify_number (phonenumbers itself, once per uniqu
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -144,6 +144,24 @@ def classify_number(phone: str, country: str) -> Classified:
     return _judge(_parse("+" + digits, None), "+" + digits, "", None)
 
 
+# How a reject names why its recipient is suppressed (the suppressions table's reasons).
+SUPPRESSION_TEXT = {"stop_reply": "replied STOP", "opt_out_button": "tapped an opt-out button",
+                    "unsubscribe": "unsubscribed", "marketing_opt_out": "stopped marketing messages at the provider"}
+
+
+def suppression_detail(channel: str, reasons: Mapping[str, str] | None, column: str = "phone_e164") -> Any:
+    """A suppressed row's reject detail: the suppression list and, when `reasons` (address -> reason) knows the
+    address, how the recipient opted out. Phone addresses are matched in E.164, ids as written."""
+    generic = f"on the {channel} suppression list (opted out earlier)"
+    if not reasons:
+        return pl.lit(generic)
+    texts: dict[str, str] = {}
+    for address, reason in reasons.items():
+        key = address if column != "phone_e164" else "+" + re.sub(r"\D", "", address)
+        texts[key] = f"on the {channel} suppression list (opted out earlier: {SUPPRESSION_TEXT.get(reason, reason)})"
+    return pl.col(column).replace_strict(texts, default=generic, return_dtype=pl.String)
+
+
 def _normalise_addresses(addresses: Iterable[str]) -> list[str]:
     digits = (re.sub(r"\D", "", a) for a in addresses)
     return sorted({"+" + d for d in digits if d})
@@ -223,6 +241,7 @@ def validate_numbers(
     dedupe: bool = True,
     frequency_detail: str | None = None,
     capped_categories: frozenset[str] = frozenset({"marketing"}),
+    suppression_reasons: Mapping[str, str] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(accepted, rejects). Accepted rows gain phone_e164, region and number_type; each rejected
     row gets the first reason of: bad_row (opt_in, opt_in_at), invalid_number, not_mobile,
@@ -262,7 +281,7 @@ def validate_numbers(
         ("blocked_country", pl.col("_blocked").is_not_null(), pl.col("_blocked")),
         *no_consent,
         ("suppressed", pl.col("phone_e164").is_in(_normalise_addresses(suppressed)),
-         pl.lit(f"on the {channel} suppression list (opted out earlier)")),
+         suppression_detail(channel, suppression_reasons)),
         ("frequency_capped",
          pl.col("phone_e164").is_in(_normalise_addresses(recently_messaged)) & pl.lit(category in capped_categories),
          pl.lit(frequency_detail or f"got a marketing message on {channel} in the last {window_h}")),

@@ -20,7 +20,7 @@ import httpx
 
 from pipeline.channels.acs3 import percent_encode, sign_request
 from pipeline.channels.base import HttpSession, Outgoing, SendOutcome, classify_exception, http_session
-from pipeline.channels.chatapp_params import fallback_parameters, flow_action, template_params
+from pipeline.channels.chatapp_params import check_media, fallback_parameters, flow_action, template_params
 from pipeline.channels.whatsapp_session import is_session, session_body
 from pipeline.spec import CampaignSpec, SessionMessage, SpecError
 
@@ -259,6 +259,7 @@ def from_spec(spec: CampaignSpec, base_url: str | None, sender: str | None = Non
     SendChatappMassMessage call (and one TaskId): far fewer calls, receipts matched by TaskId + To.
     """
     env, options = ChatAppChannel.credentials, spec.provider.options
+    check_media(spec.template)
     ttl = options.get("viber_ttl_s")
     channel = ChatAppChannel(
         base_url=base_url or spec.provider.base_url or DEFAULT_BASE_URL,

@@ -8,44 +8,61 @@ from typing import Any
 
 from pipeline.spec import SpecError, TemplateSpec
 
+# A copy-code button's variable when the spec names none: Alibaba's SDK documents the button's coupon as a template
+# variable, "such as $(couponCode)", whose value is given when sending (CreateChatappTemplate's CouponCode).
+DEFAULT_COUPON_VARIABLE = "couponCode"
 # Chat App's native fallback: policy id, text, seconds without a delivery (60-43200), rule.
 FALLBACK_RULES = frozenset({"undelivered", "sentFailed"})
 
 
 def template_params(template: TemplateSpec, params: dict[str, list[str]]) -> dict[str, str]:
     """TemplateParams of one recipient: body positions "1".."n" (as before), the header's text variable as
-    "header.1" (a media header's file as "header.link" or "header.id"), a URL button's dynamic suffix or a
-    copy-code button's coupon as "button.<index>"; a flow button's token travels in FlowAction instead.
-    Alibaba's reference gives TemplateParams only as a map of variable to value; these names for header and
-    button variables are the project's (docs/providers.md §3.2), checked by the sandbox against the template."""
+    "header.1" (a media header's file as "header.link", a document's name as "header.fileName"), a URL button's
+    dynamic suffix as "button.<index>"; a copy-code button's coupon under the variable its Chat App template declares
+    (`variable`, default "couponCode": Alibaba's SDK documents the coupon as a `$(name)` variable given at send
+    time); a flow button's token travels in FlowAction instead. Alibaba's SDK types TemplateParams as a map of
+    string to string (Dict[str, str]) and names no keys beyond the template's own variables; the header and URL
+    button names are the project's (docs/providers.md §3.2), checked by the sandbox against the template."""
     values = {str(i): v for i, v in enumerate(params.get("body") or [], start=1)}
     media = template.header_media
-    if media is not None and media.format != "location":  # a media header's file: "header.link" or "header.id"
-        if media.link is not None and params.get("header"):
+    if media is not None and media.format != "location":  # a media header's file, by link (check_media)
+        if params.get("header"):
             values["header.link"] = params["header"][0]
-        elif media.id is not None:
-            values["header.id"] = media.id
         if media.filename:
             values["header.fileName"] = media.filename
     else:
         values.update({f"header.{i}": v for i, v in enumerate(params.get("header") or [], start=1)})
     buttons = params.get("buttons") or []
     for index, button in enumerate(template.buttons):
-        if button.sub_type in ("url", "copy_code") and index < len(buttons):
+        if button.sub_type == "url" and index < len(buttons):
             values[f"button.{index}"] = buttons[index]
+        elif button.sub_type == "copy_code" and index < len(buttons):
+            values[button.variable or DEFAULT_COUPON_VARIABLE] = buttons[index]
     # A carousel's values: "card.<i>.header.link", "card.<i>.<j>" and "card.<i>.button.<k>" (its URL suffixes).
     cards = iter(params.get("cards") or [])
     for i, card in enumerate(template.cards):
         if card.header_media.link is not None:
             values[f"card.{i}.header.link"] = next(cards, "")
-        elif card.header_media.id is not None:
-            values[f"card.{i}.header.id"] = card.header_media.id
         values.update({f"card.{i}.{j}": next(cards, "") for j in range(1, len(card.body) + 1)})
         for k, button in enumerate(card.buttons):
             value = next(cards, "")
             if button.sub_type == "url":
                 values[f"card.{i}.button.{k}"] = value
     return values
+
+
+def check_media(template: TemplateSpec) -> None:
+    """Chat App takes a header file by link only: its SDK's send models have no media id (TemplateParams are
+    strings; a free-form media message's Content is {link, caption, fileName}), and its one upload operation
+    (GetChatappUploadAuthorization) hands out Object Storage credentials for template material, not an id a send
+    can name. A spec giving an `id` or a local `file` is refused here, naming the field, before anything is sent."""
+    headers = [("template.header_media", template.header_media)]
+    headers += [(f"template.cards.{i}.header_media", card.header_media) for i, card in enumerate(template.cards)]
+    for field, media in headers:
+        for source in ("id", "file"):
+            if media is not None and getattr(media, source, None) is not None:
+                raise SpecError(f"{field}.{source}: Chat App takes a header file by 'link' only (Alibaba's send "
+                                f"models have no media id); host the file and give its https link")
 
 
 def flow_action(template: TemplateSpec, params: dict[str, list[str]]) -> dict[str, Any] | None:

@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.channels.chatapp import MASS_PREFIX, mass_provider_id
+from pipeline.channels.chatapp_manage import AUDIT_STATUS
+from pipeline.channels.templates import Update
 from pipeline.records import Inbound, Receipt
 
 PROVIDER = "chatapp"
@@ -118,6 +120,8 @@ def _user_message(item: dict[str, Any], where: str, raw_json: str) -> Inbound:
 def _report(item: Any, where: str) -> Receipt | Inbound | None:
     if not isinstance(item, dict):
         raise MalformedPayload(f"{where}: expected an object, got {type(item).__name__}")
+    if _is_audit(item):
+        return None  # a template or number notice (ChatAppAudit): parse_updates reads it
     if "Status" not in item and "Message" in item:
         return _user_message(item, where, json.dumps(item, ensure_ascii=False, separators=(",", ":"),
                                                      sort_keys=True))
@@ -179,3 +183,48 @@ def parse(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
         elif isinstance(parsed, Inbound):
             inbound.append(parsed)
     return receipts, inbound
+
+
+# ---- ChatAppAudit: template review status pushes (docs/providers.md §3.8) -----------------------------------
+# V1: [{WabaId, TemplateCode, Language, AuditStatus (pass | fail | auditing | unaudit | disabled | paused), Reason}];
+# V2 adds `Type` (template, phoneNameUpdate, phoneQualityUpdate, wabaReviewUpdate, wabaAccountUpdate,
+# templateCategoryUpdate, templateQualityUpdate), PhoneNumber, Status and CurrentLimit. Only the template status
+# (V1, and V2 with Type template) is applied: the docs do not give the fields that carry a new category, quality or
+# number rating, so those stay with `campaign templates sync`. The push carries no time: the receiver's is used.
+AUDIT_MARKER = b'"AuditStatus"'
+_AUDIT_TYPES = frozenset({"template", "phonenameupdate", "phonequalityupdate", "wabareviewupdate",
+                          "wabaaccountupdate", "templatecategoryupdate", "templatequalityupdate"})
+
+
+def _is_audit(item: dict[str, Any]) -> bool:
+    return "AuditStatus" in item or ("WabaId" in item and str(item.get("Type", "")).lower() in _AUDIT_TYPES)
+
+
+def mentions_updates(raw_body: bytes) -> bool:
+    return AUDIT_MARKER in raw_body or b'"WabaId"' in raw_body
+
+
+def parse_updates(raw_body: bytes, received_at: datetime) -> list[Update]:
+    """The template status changes in one push (none for a ChatAppStatus / ChatAppInbound push); MalformedPayload
+    for a ChatAppAudit report without TemplateCode, Language or a known AuditStatus. The template is named by its
+    TemplateCode: the registry resolves the name (pipeline/channels/templates.py `apply_updates`)."""
+    try:
+        doc = json.loads(raw_body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedPayload(f"not JSON: {exc}") from None
+    updates: list[Update] = []
+    for i, item in enumerate(doc if isinstance(doc, list) else [doc]):
+        if not isinstance(item, dict) or not _is_audit(item):
+            continue
+        if str(item.get("Type") or "template").lower() != "template":
+            continue  # a number or WABA notice, or a category / quality change whose fields are not documented
+        where = f"[{i}]"
+        audit = _str(item.get("AuditStatus"), f"{where}.AuditStatus").lower()
+        if audit not in AUDIT_STATUS:
+            raise MalformedPayload(f"{where}.AuditStatus: unknown review status {audit!r}")
+        updates.append(Update(
+            provider=PROVIDER, account=_opt(item.get("WabaId")) or "", kind="status", at=received_at,
+            template_id=_str(item.get("TemplateCode"), f"{where}.TemplateCode"),
+            language=_str(item.get("Language"), f"{where}.Language"), value=AUDIT_STATUS[audit],
+            reason=_opt(item.get("Reason"))))
+    return updates

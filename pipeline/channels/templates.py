@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -302,6 +302,11 @@ def apply_updates(conn: Connection, updates: list[Update]) -> int:
         if u.kind == "number_quality":
             applied += _apply_number(conn, u)
             continue
+        if u.name is None:  # Chat App names the template by its TemplateCode only (chatapp_webhooks.py)
+            named = _named(conn, u)
+            if named is None:
+                continue  # a template the registry has never synced: the next sync brings it
+            u = named
         row = run(conn, f"SELECT {_TEMPLATE_COLUMNS} FROM provider_templates WHERE provider = :p AND account = :a "
                         "AND name = :n AND language = :l", p=u.provider, a=u.account, n=u.name, l=u.language).first()
         current = _template(row) if row else None
@@ -329,6 +334,14 @@ def apply_updates(conn: Connection, updates: list[Update]) -> int:
                 a=u.account, n=u.name, l=u.language, **({"prev": u.previous or before} if u.kind == "category" else {}))
         applied += 1
     return applied
+
+
+def _named(conn: Connection, u: Update) -> Update | None:
+    """The update with the registry's account and name for its template id and language, or None."""
+    row = run(conn, """SELECT account, name FROM provider_templates WHERE provider = :p AND template_id = :t
+                       AND language = :l ORDER BY account LIMIT 1""", p=u.provider, t=u.template_id,
+              l=u.language).first()
+    return replace(u, account=row.account, name=row.name) if row else None
 
 
 # Meta's phone_number_quality_update events (§1.11) as the number's state.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from pipeline.channels.chatapp_params import check_media
 from pipeline.spec import CampaignSpec, SpecError
 from pipeline.store import Store, run
 
@@ -46,6 +47,8 @@ def with_uploaded_media(db: Store, spec: CampaignSpec, campaign_id: str, *, base
     media = spec.template.header_media
     if media is None or media.file is None:
         return spec
+    if spec.channel == "chatapp":
+        check_media(spec.template)  # by link only, and says why
     if spec.channel != "whatsapp":
         raise SpecError(f"template.header_media.file: {spec.channel} takes a header by 'link' (or 'id'), not a file")
     content, mime = _read(media.file, media.format)

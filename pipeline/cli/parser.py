@@ -21,7 +21,9 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     print(f"{result.files} spool files: {result.events_added} events, {result.inbound_added} inbound, "
           f"{result.quarantined} quarantined, {result.unmatched} naming no message of ours (kept apart), "
           f"{result.promoted} of those matched since")
-    return 0
+    from pipeline.cli.templates import continue_reapproved
+
+    return continue_reapproved(args.db)  # campaigns a template stopped, approved again, continue
 
 
 def build_parser() -> argparse.ArgumentParser:

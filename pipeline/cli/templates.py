@@ -20,6 +20,23 @@ def cmd_sync(args: argparse.Namespace) -> int:
         counts = sync(db, spec, base_url=args.provider_base_url)
     print(f"{counts['templates']} templates ({counts['changed']} changed, {counts['deleted']} no longer listed), "
           f"{counts['numbers']} numbers")
+    return continue_reapproved(args.db)  # campaigns its templates stopped, approved again, continue
+
+
+def continue_reapproved(database: str | None) -> int:
+    """Campaigns a template stopped whose template the registry now has APPROVED again: their continuation runs
+    scheduled (flows/reapproval.py; Prefect is imported only when there is one)."""
+    from pipeline import store
+    from pipeline.dispatch.template_resume import due_waits
+
+    with store.connect(database) as db:
+        if not due_waits(db, limit=1):
+            return 0
+    from flows.reapproval import continue_reapproved as schedule  # Prefect's run_deployment: flows/, never pipeline/
+
+    for started in schedule(database):
+        print(f"campaign {started['campaign_id']}: its template is APPROVED again; it continues in flow run "
+              f"{started['flow_run_name']} ({started['flow_run_id']})")
     return 0
 
 

@@ -78,6 +78,9 @@ def write_report(
         "summary": summary, "estimate": _estimate_vs_actual(latest_estimate(db, campaign_id), costs.rows),
         "points": used, "balances": points.balances(db),
     }
+    sent_as = _categories_sent(db, campaign_id)
+    if len(sent_as) > 1:  # the provider re-categorised the template during the send: each part at its own price
+        page["meta"].append(("Categories", ", then ".join(f"{c} ({n:,} sent)" for c, n in sent_as)))
     arms = arm_results(db, campaign_id)
     if arms is not None:
         page["arms"] = display_rows(arms)
@@ -257,6 +260,13 @@ def _estimate_vs_actual(estimate: pl.DataFrame, rows: pl.DataFrame) -> list[dict
 def _masked_failures(failures: pl.DataFrame) -> pl.DataFrame:
     # Provider error texts can quote a number; mask before anything is written.
     return failures.with_columns(pl.col("meaning").map_elements(mask_text, return_dtype=pl.String))
+
+
+def _categories_sent(db: Store, campaign_id: str) -> list[tuple[str, int]]:
+    """The categories the campaign's messages went at, in the order they were first used, with their counts."""
+    return [(r.category, int(r.n)) for r in db.rows(
+        """SELECT category, count(*) AS n, min(sent_at) AS first FROM outbox WHERE campaign_id = :c AND state = 'sent'
+           AND category IS NOT NULL GROUP BY category ORDER BY min(sent_at), category""", c=campaign_id)]
 
 
 def _campaign(db: Store, campaign_id: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pipeline.channels.templates import approved_languages
 from pipeline.render.prepare import Prepared, prepare_audience
 from pipeline.render.prepare_ids import id_channel, prepare_ids
 from pipeline.render.sessions import with_sessions
-from pipeline.spec import CampaignSpec
+from pipeline.spec import CampaignSpec, SpecError, chatapp_audience_refusal
 
 
 def prepare_campaign(
@@ -30,8 +30,11 @@ def prepare_campaign(
 ) -> Prepared:
     """The campaign's audience (or `audience`, e.g. an uploaded file) prepared with the store's suppressions and
     caps; the campaign's own sends do not cap it (a resumed campaign must not cap itself)."""
+    refusal = chatapp_audience_refusal(spec, audience)  # an uploaded file is checked as the spec's own was
+    if refusal:
+        raise SpecError(refusal)
     with store.connect(database) as db:
-        suppressed = store.suppressed_addresses(db, spec.channel)
+        suppressed = store.suppression_reasons(db, spec.channel)  # address -> why: rejects say how they opted out
         # The team's cap across campaigns and the channels reaching the same app.
         cap = frequency_cap_for(spec)
         capped = capped_recipients(db, cap, exclude_campaign=campaign_id)
@@ -50,7 +53,7 @@ def prepare_campaign(
     kwargs: dict[str, Any] = dict(
         channel=spec.channel, category=spec.template.category, template=spec.template,
         variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
-        suppressed=suppressed, recently_messaged=capped, out_dir=out_dir,
+        suppressed=frozenset(suppressed), suppression_reasons=suppressed, recently_messaged=capped, out_dir=out_dir,
         frequency_detail=describe(cap), capped_categories=frozenset(cap.categories), languages=languages,
     )
     prepared = preparer(source, **kwargs)

@@ -4,8 +4,9 @@ Every tick of the dispatcher (half a second, on its ledger thread) `poll` brings
 store (receipts ingest applies the template and number updates to the registry, pipeline/channels/templates.py)
 and reads the registry: a template that is no longer APPROVED stops the channel (everything unsent stays
 queued); a number rated RED or FLAGGED / RESTRICTED pauses its own lane while the others go on; a YELLOW number's
-lane is slowed by a configurable factor (CAMPAIGN_YELLOW_RATE_FACTOR). The first 132000-family answer stops the
-channel on its own (pipeline/channels/whatsapp.py), whichever comes first.
+lane is slowed by a configurable factor (CAMPAIGN_YELLOW_RATE_FACTOR); a re-categorised template moves the campaign's
+still-queued messages to its new category (sent ones keep theirs: the report prices both). The first 132000-family
+answer stops the channel on its own (pipeline/channels/whatsapp.py), whichever comes first.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pipeline.store import Store
 log = logging.getLogger(__name__)
 TEMPLATE_STOP = "template:"  # how a stop for the template begins (the run ends not completed)
 NUMBER_STOP = "number:"
+CATEGORIES = frozenset({"marketing", "utility", "authentication"})  # template categories an outbox row may carry
 
 
 def ends_not_completed(reason: str | None) -> bool:
@@ -33,8 +35,11 @@ def ends_not_completed(reason: str | None) -> bool:
 
 class TemplateWatch:
     def __init__(self, db: Store, *, provider: str, account: str, name: str, language: str, senders: list[str],
-                 ingest: Callable[[], Any] | None = None, slow_factor: float | None = None) -> None:
+                 ingest: Callable[[], Any] | None = None, slow_factor: float | None = None,
+                 campaign_id: str | None = None) -> None:
         self.db, self.provider, self.account, self.name, self.language = db, provider, account, name, language
+        self.campaign_id = campaign_id  # given: a re-categorisation moves what is still queued to the new category
+        self.category: str | None = None
         self.senders = senders
         self.ingest = ingest
         self.slow_factor = registry.slow_factor() if slow_factor is None else slow_factor
@@ -51,10 +56,26 @@ class TemplateWatch:
                            f"{f' ({t.reason})' if t.reason else ''}; the channel stopped, everything unsent stays "
                            "queued and a later run continues once it is APPROVED again")
             log.error("%s", self.reason)
+        if t is not None and self.campaign_id is not None and t.pipeline_category in CATEGORIES:
+            self._follow_category(t.pipeline_category)
         for n in registry.numbers(self.db, self.provider):
             if n.account == self.account and n.phone_number_id in self.senders:
                 factor, why = n.lane_verdict(self.slow_factor)
                 self.lanes[n.phone_number_id] = (factor, f"{NUMBER_STOP} {why}" if why else None)
+
+    def _follow_category(self, category: str) -> None:
+        """Meta re-categorised the template (template_category_update): what is still queued goes, and is priced,
+        at the new category; what was sent keeps the category it went at, so the report prices each part at its own
+        (pipeline/costs/costing.py groups by category). Claimed messages already on their way keep theirs."""
+        if category == self.category:
+            return
+        moved = self.db.execute("""UPDATE outbox SET category = :new WHERE campaign_id = :c AND state = 'queued'
+                                   AND category <> :new AND category IN ('marketing', 'utility', 'authentication')""",
+                                new=category, c=self.campaign_id)
+        if moved:
+            log.warning("template %s [%s] is %s at %s now: %d queued messages go (and are priced) at that category",
+                        self.name, self.language, category, self.provider, moved)
+        self.category = category
 
     def lane_paused(self, sender: str) -> str | None:
         return self.lanes.get(sender, (1.0, None))[1]

@@ -136,7 +136,7 @@ class IngestResult:
     derived_events: int = 0  # per-message receipts added for Messenger/Instagram watermarks
     unmatched: int = 0  # receipts naming no message of the outbox, kept apart (unmatched_events)
     promoted: int = 0  # receipts kept apart earlier whose message has appeared, moved into events
-    replies_linked: int = 0  # replies and taps whose message was looked for by this call (replies.py)
+    replies_linked: int = 0  # replies and taps linked by this call; ones still waiting not (replies.py)
     registry_updates: int = 0  # template and number changes applied to the registry (channels/templates.py)
 
     def as_dict(self) -> dict[str, int]:
@@ -169,10 +169,12 @@ class _Staged:
         self.replies: list[dict[str, Any]] = []  # linked to their messages after the write (replies.py)
         self.updates: list[Update] = []  # Meta's template and number webhooks
 
-    def add_updates(self, name: str, line_no: int, body: bytes) -> None:
-        """A line the bulk parser took whose body also announces template or number changes."""
+    def add_updates(self, name: str, line_no: int, body: bytes, chatapp_received_at: datetime | None = None) -> None:
+        """A line whose body also announces template or number changes (Meta's; Chat App's when it was received
+        at `chatapp_received_at`: its pushes carry no time)."""
         try:
-            self.updates += whatsapp_account_webhooks.parse_updates(body)
+            self.updates += (whatsapp_account_webhooks.parse_updates(body) if chatapp_received_at is None
+                             else chatapp_webhooks.parse_updates(body, chatapp_received_at))
         except ValueError as exc:
             self.quarantine.append({"spool_file": name, "line_number": line_no, "raw": body.decode(errors="replace"),
                                     "reason": f"{type(exc).__name__}: {exc}"[:500]})
@@ -195,6 +197,8 @@ class _Staged:
         if provider == "whatsapp" and whatsapp_account_webhooks.mentions_updates(body):
             # As on the bulk path: a malformed template/number change is quarantined, the line's receipts stay.
             self.add_updates(name, line_no, body)
+        elif provider == chatapp_webhooks.PROVIDER and chatapp_webhooks.mentions_updates(body):
+            self.add_updates(name, line_no, body, received_at)  # ChatAppAudit: template review status
         order = {"file_idx": file_idx, "line_no": line_no}
         for pos, r in enumerate(receipts):
             self.events.append({

@@ -1,7 +1,8 @@
 """Replies and button taps: which taps opt a recipient out, and which campaign message each reply answers.
 
 Ingest writes each inbound message to `replies` (reply or tap, payload, context id, opt-out); `link_replies`
-then names the message and campaign it answers, which the campaign report counts (costs/engagement.py).
+then names the message and campaign it answers, which the campaign report counts (costs/engagement.py). A reply
+naming a message the outbox does not hold yet waits, and a later ingest links it once the message appears.
 
 An opt-out is a quick-reply button a campaign spec marks `opt_out: true` (the demo's STOP_PROMOS): ingest
 suppresses whoever taps it on that channel, as a STOP reply does (pipeline/receipts/ingest.py). The payloads
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.spec import SpecError, positive_setting
@@ -42,26 +43,38 @@ def opt_out_payloads(db: Store, environ: Mapping[str, str] = os.environ) -> froz
 
 LINK_WINDOW = timedelta(days=7)  # a reply without a context id answers the last message of the week before it
 LINK_BATCH = 5_000  # replies looked at per transaction
+# A reply naming a message the outbox does not hold yet (it came before the dispatcher recorded the provider id:
+# a Chat App mass send's answer, a crash between send and record) waits for it, as unmatched.py does for
+# receipts: each ingest looks again. After this long (from the reply's time) it is linked the way a reply
+# without a context id is, so a context that never appears (another system's message) is not looked at forever.
+LINK_WAIT_ENV = "CAMPAIGN_REPLY_LINK_WAIT_S"
+DEFAULT_LINK_WAIT_S = 2 * 24 * 3600
 
 
-def link_replies(db: Store, *, window: timedelta = LINK_WINDOW, batch: int = LINK_BATCH) -> int:
-    """Links every reply not yet linked to the message it answers: the provider's context id (WhatsApp
+def link_replies(db: Store, *, window: timedelta = LINK_WINDOW, batch: int = LINK_BATCH,
+                 now: datetime | None = None, environ: Mapping[str, str] = os.environ) -> int:
+    """Links the replies not yet linked to the message they answer: the provider's context id (WhatsApp
     `context.id`, Chat App's ContextMessageId) names it; else the last message of the channel sent to the sender
-    within `window` before the reply. Returns how many replies were looked at; one with no such message is
-    marked linked with no message, and is not looked at again."""
+    within `window` before the reply. A context id the outbox does not hold yet leaves the reply waiting for up
+    to CAMPAIGN_REPLY_LINK_WAIT_S (default 2 days) after it. Returns how many replies this call linked; one with
+    no such message is marked linked with no message, and is not looked at again."""
+    wait = timedelta(seconds=positive_setting(LINK_WAIT_ENV, DEFAULT_LINK_WAIT_S, environ))
+    now = now or datetime.now(UTC)
     done = 0
+    after: tuple[Any, str] | None = None  # keyset: waiting replies stay unlinked, so pages move past them
     while True:
-        rows = db.rows("SELECT event_id, channel, address, context_id, occurred_at FROM replies WHERE linked = :f "
-                       "ORDER BY occurred_at, event_id LIMIT :n", f=False, n=batch)
+        page = ("SELECT event_id, channel, address, context_id, occurred_at FROM replies WHERE linked = :f "
+                + ("AND (occurred_at > :at OR (occurred_at = :at AND event_id > :e)) " if after else "")
+                + "ORDER BY occurred_at, event_id LIMIT :n")
+        rows = db.rows(page, f=False, n=batch, **({"at": after[0], "e": after[1]} if after else {}))
         if not rows:
             return done
+        after = (rows[-1][4], rows[-1][0])
         updates: list[dict[str, Any]] = []
         for event_id, channel, address, context_id, at in rows:
-            # The provider's id of our message (Meta's wamid / mid), or our own id (Viber's tracking_data).
-            found = db.rows("SELECT message_id, campaign_id FROM outbox WHERE provider_message_id = :p "
-                            "ORDER BY sent_at DESC LIMIT 1", p=context_id) if context_id else []
-            if not found and context_id:
-                found = db.rows("SELECT message_id, campaign_id FROM outbox WHERE message_id = :p", p=context_id)
+            found = _by_context(db, context_id) if context_id else []
+            if not found and context_id and utc(at) + wait > now:
+                continue  # its message may not be recorded yet: the next ingest looks again
             if not found and address:
                 at = utc(at)
                 found = db.rows("""SELECT message_id, campaign_id FROM outbox
@@ -69,7 +82,16 @@ def link_replies(db: Store, *, window: timedelta = LINK_WINDOW, batch: int = LIN
                                    ORDER BY sent_at DESC LIMIT 1""", c=channel, a=address, at=at, since=at - window)
             message_id, campaign_id = found[0] if found else (None, None)
             updates.append({"e": event_id, "m": message_id, "c": campaign_id, "t": True})
-        with db.write() as conn:
-            run_many(conn, "UPDATE replies SET linked = :t, message_id = :m, campaign_id = :c WHERE event_id = :e",
-                     updates)
+        if updates:
+            with db.write() as conn:
+                run_many(conn, "UPDATE replies SET linked = :t, message_id = :m, campaign_id = :c "
+                               "WHERE event_id = :e", updates)
         done += len(updates)
+
+
+def _by_context(db: Store, context_id: str) -> list[Any]:
+    """The outbox message a context id names: the provider's id of our message (Meta's wamid / mid, Chat App's
+    MessageId), or our own id (Viber's tracking_data)."""
+    found = db.rows("SELECT message_id, campaign_id FROM outbox WHERE provider_message_id = :p "
+                    "ORDER BY sent_at DESC LIMIT 1", p=context_id)
+    return found or db.rows("SELECT message_id, campaign_id FROM outbox WHERE message_id = :p", p=context_id)

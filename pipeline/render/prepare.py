@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -126,6 +126,7 @@ class Stages:
     variables: dict[str, str] = field(default_factory=dict)
     policy: BlockedPolicy | None = None
     suppressed: frozenset[str] = frozenset()
+    suppression_reasons: Mapping[str, str] | None = None  # address -> why: the reject says how they opted out
     recently_messaged: frozenset[str] = frozenset()
     frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW
     frequency_detail: str | None = None  # a team's cap says what it counted (pipeline/audience/frequency.py)
@@ -154,6 +155,7 @@ class Stages:
             recently_messaged=self.recently_messaged, frequency_window=self.frequency_window,
             opt_in_max_age=self.opt_in_max_age, now=self.now, carry=carry, dedupe=False,
             frequency_detail=self.frequency_detail, capped_categories=self.capped_categories,
+            suppression_reasons=self.suppression_reasons,
         )  # fmt: skip
         parts = [loaded.rejects, number_rejects]
         if self.template is not None:
@@ -241,6 +243,7 @@ def prepare_audience(
     policy: BlockedPolicy | None = None,
     suppressed: Iterable[str] = frozenset(),
     recently_messaged: Iterable[str] = frozenset(),
+    suppression_reasons: Mapping[str, str] | None = None,
     frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW,
     frequency_detail: str | None = None,
     capped_categories: frozenset[str] = frozenset({"marketing"}),
@@ -267,6 +270,7 @@ def prepare_audience(
         suppressed=suppressed, recently_messaged=recently_messaged, frequency_window=frequency_window,
         frequency_detail=frequency_detail, capped_categories=frozenset(capped_categories), languages=tuple(languages),
         opt_in_max_age=opt_in_max_age, now=now, default_country=default_country, render_limits=render_limits,
+        suppression_reasons=suppression_reasons,
     )  # fmt: skip
     reader = AudienceReader(path, batch_bytes=batch_bytes, limits=read_limits)
     try:

@@ -19,6 +19,7 @@ import polars as pl
 from pipeline.audience.blocks import ReadLimits
 from pipeline.audience.consent import parse_opt_in
 from pipeline.audience.load import load_audience
+from pipeline.audience.numbers import suppression_detail
 from pipeline.audience.windows import outside_window
 from pipeline.records import empty_rejects, make_rejects
 from pipeline.render.limits import RenderLimits
@@ -63,7 +64,7 @@ def _valid(channel: str) -> pl.Expr:
 
 def prepare_ids(
     path: Path | str, *, channel: str, category: str, template: TemplateSpec | None = None,
-    variables: dict[str, str] | None = None, suppressed: frozenset[str] | set[str] = frozenset(),
+    variables: dict[str, str] | None = None, suppressed: Mapping[str, str] | frozenset[str] | set[str] = frozenset(),
     last_inbound: dict[str, datetime] | None = None, now: datetime | None = None,
     message_tag: str | None = None, out_dir: Path | None = None, read_limits: ReadLimits | None = None,
     render_limits: RenderLimits | None = None,
@@ -90,7 +91,9 @@ def prepare_ids(
     if category == "marketing":
         reject(~pl.col("_opt_in"), "no_opt_in", "opt_in is no and the template is marketing")
     if suppressed:
-        reject(pl.col("recipient_key").is_in(list(suppressed)), "suppressed", "opted out earlier")
+        reasons = suppressed if isinstance(suppressed, Mapping) else None  # address -> why, when the caller knows
+        reject(pl.col("recipient_key").is_in(list(suppressed)), "suppressed",
+               suppression_detail(channel, reasons, column="recipient_key"))
     first = pl.col("row_number").min().over("recipient_key")
     reject(pl.col("row_number") != first, "duplicate", pl.format("same {} as row {}", pl.lit(column), first))
     if channel in ("messenger", "instagram"):

@@ -5,6 +5,7 @@ Throttling.User, Missing*/InvalidParameter.*), a seeded fate per recipient and C
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -18,6 +19,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.records import Category
-from pipeline.sandbox.chatapp_params import SENDER_LIST_ITEM, missing_variables, unknown_parameters
+from pipeline.sandbox.chatapp_params import SENDER_LIST_ITEM, missing_variables, unknown_parameters, value_problems
 from pipeline.sandbox.common import Ledger, delays, fate_for
 from pipeline.sandbox.kit import PosterSettings, Throttle
 from pipeline.sandbox.whatsapp_templates import SandboxNumber, SandboxTemplate
@@ -66,6 +68,7 @@ class ChatAppSandboxConfig(BaseModel):
     seed: int = 0
     template_set: list[SandboxTemplate] = Field(default_factory=list)
     phone_numbers: list[SandboxNumber] = Field(default_factory=list)
+    waba_id: str = "9099999990123"  # named in ChatAppAudit pushes
 
 
 class _Refused(Exception):
@@ -169,6 +172,33 @@ class ChatAppSandbox:
     _AUDIT = {"APPROVED": "pass", "REJECTED": "fail", "PENDING": "auditing", "PAUSED": "unaudit",
               "DISABLED": "fail"}
 
+    # ChatAppAudit's review statuses (docs/providers.md §3.8): the push names paused and disabled as they are.
+    _AUDIT_PUSH = {"APPROVED": "pass", "REJECTED": "fail", "PENDING": "auditing", "PAUSED": "paused",
+                   "DISABLED": "disabled"}
+
+    async def control_template(self, request: Request) -> JSONResponse:
+        """Tests change a template's status by its TemplateCode; the sandbox pushes a ChatAppAudit report (V1) to
+        the callback URL, with the callback token, until the receiver acknowledges it (at most 30 s)."""
+        body = json.loads(await request.body())
+        t = self.templates.get(request.path_params["code"])
+        if t is None or str(body.get("status", "")).upper() not in self._AUDIT_PUSH:
+            return JSONResponse({"error": "no such template, or no status it can take"}, 404)
+        t["status"] = str(body["status"]).upper()
+        report = [{"WabaId": self.config.waba_id, "TemplateCode": t["code"], "Language": t["language"],
+                   "AuditStatus": self._AUDIT_PUSH[t["status"]], "Reason": str(body.get("reason", ""))}]
+        raw, headers = self._render(self.config.webhook_url or "", report)
+        deadline, posted = time.monotonic() + 30, False
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            while self.config.webhook_url and not posted and time.monotonic() < deadline:
+                try:
+                    answer = await client.post(self.config.webhook_url, content=raw, headers=headers)
+                    posted = answer.status_code == 200
+                except httpx.HTTPError:
+                    posted = False
+                if not posted:
+                    await asyncio.sleep(0.1)
+        return JSONResponse({**t, "posted": posted})
+
     def _manage(self, action: str, params: dict[str, str]) -> dict[str, Any]:
         templates = self.templates
         if action == "ListChatappTemplate":
@@ -258,6 +288,9 @@ class ChatAppSandbox:
         return {"MessageId": message_ids[0]}
 
     def _check_variables(self, params: dict[str, str], values: Any) -> None:
+        problems = value_problems(values)
+        if problems:
+            raise _Refused(400, "InvalidParameter.TemplateParams", f"TemplateParams: {'; '.join(problems)}.")
         missing = missing_variables(self.templates.values(), params, values)
         if missing:
             raise _Refused(400, "InvalidParameter.TemplateParams", f"TemplateParams lacks {', '.join(missing)}.")
@@ -311,7 +344,8 @@ class ChatAppSandbox:
 def create_chatapp_app(config: ChatAppSandboxConfig) -> Starlette:
     """The sandbox as an ASGI app; `app.state.sandbox` gives tests its state (`.ledger`)."""
     sandbox = ChatAppSandbox(config)
-    routes = [Route("/", sandbox.call, methods=["POST", "GET"]), *sandbox.ledger.routes()]
+    routes = [Route("/", sandbox.call, methods=["POST", "GET"]), *sandbox.ledger.routes(),
+              Route("/_sandbox/templates/{code}", sandbox.control_template, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=sandbox.ledger.lifespan)
     app.state.sandbox = sandbox
     return app

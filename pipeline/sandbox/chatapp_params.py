@@ -5,6 +5,7 @@ tests/sandbox/test_chatapp_sdk_models.py checks these sets against the installed
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,20 +46,43 @@ def unknown_parameters(action: str, params: dict[str, Any]) -> list[str]:
     return sorted(name for name in params if name not in allowed)
 
 
+MEDIA_FORMATS = frozenset({"IMAGE", "VIDEO", "DOCUMENT"})
+
+
 def template_variables(components: list[dict[str, Any]]) -> set[str]:
     """The TemplateParams names a template's components need beyond the body's positions: "header.1" for a
-    text header with a variable, "button.<index>" for a URL button with a dynamic suffix (channels/chatapp.py)."""
+    text header with a variable, "header.link" for a media header (Chat App takes files by link), "button.<index>"
+    for a URL button with a dynamic suffix, and a copy-code button's coupon variable, `$(name)` in its CouponCode
+    (channels/chatapp_params.py)."""
     needed: set[str] = set()
     for component in components:
         kind = str(component.get("type", "")).upper()
-        if kind == "HEADER" and str(component.get("format", "TEXT")).upper() == "TEXT" \
-                and "{{1}}" in str(component.get("text", "")):
+        header_format = str(component.get("format", "TEXT")).upper()
+        if kind == "HEADER" and header_format == "TEXT" and "{{1}}" in str(component.get("text", "")):
             needed.add("header.1")
+        if kind == "HEADER" and header_format in MEDIA_FORMATS:
+            needed.add("header.link")
         if kind == "BUTTONS":
             for index, button in enumerate(component.get("buttons") or []):
                 if str(button.get("type", "")).upper() == "URL" and "{{1}}" in str(button.get("url", "")):
                     needed.add(f"button.{index}")
+                # Alibaba's copy-code button names its coupon as a variable, "$(couponCode)", given when sending.
+                coupon = re.fullmatch(r"\$\((\w+)\)", str(button.get("coupon_code") or button.get("CouponCode") or ""))
+                if str(button.get("type", "")).upper() == "COPY_CODE" and coupon:
+                    needed.add(coupon.group(1))
     return needed
+
+
+def value_problems(values: Any) -> list[str]:
+    """What the SDK's model refuses in TemplateParams (Dict[str, str]: every name and value a string) or Meta
+    would: a header file's link that is not an http(s) URL."""
+    if not isinstance(values, dict):
+        return ["TemplateParams must be a JSON object"]
+    problems = [f"{name} is not a string" for name, value in values.items() if not isinstance(value, str)]
+    link = values.get("header.link")
+    if isinstance(link, str) and not link.startswith(("https://", "http://")):
+        problems.append("header.link is not an http(s) link")
+    return problems
 
 
 def missing_variables(templates: Iterable[dict[str, Any]], params: dict[str, str], values: Any) -> list[str]:

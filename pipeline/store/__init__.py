@@ -198,3 +198,8 @@ def scalar(db: Store, statement: str, **params: Any) -> Any:
 
 def suppressed_addresses(db: Store, channel: str) -> set[str]:
     return {r[0] for r in db.rows("SELECT address FROM suppressions WHERE channel = :channel", channel=channel)}
+
+
+def suppression_reasons(db: Store, channel: str) -> dict[str, str]:
+    """Each suppressed address of `channel` with why (stop_reply, opt_out_button, unsubscribe...): rejects say it."""
+    return dict(db.rows("SELECT address, reason FROM suppressions WHERE channel = :channel", channel=channel))

@@ -533,3 +533,20 @@ test_sends = Table(
     Column("sent_at", TS, nullable=False),
     Index("test_sends_campaign", "campaign_id"),
 )
+# Campaigns the provider's template stopped whose run has ended (issue 17, migration 0008): what to run again once the
+# registry has the template APPROVED again (pipeline/dispatch/template_resume.py, flows/reapproval.py). One row per
+# campaign, the latest stop; `continued_at` / `flow_run_id` once its continuation was scheduled.
+template_waits = Table(
+    "template_waits", metadata,
+    Column("campaign_id", String, primary_key=True),
+    Column("provider", String, nullable=False),
+    Column("account", String, nullable=False),
+    Column("name", String, nullable=False),
+    Column("language", String, nullable=False),
+    Column("reason", Text),
+    Column("deployment_id", String),  # NULL: the run was not from a deployment (nothing can start it by itself)
+    Column("parameters_json", Text, nullable=False),
+    Column("stopped_at", TS, nullable=False),
+    Column("continued_at", TS),
+    Column("flow_run_id", String),
+)

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from pipeline.channels.base import Outgoing
-from pipeline.channels.chatapp_params import template_params
+from pipeline.channels.chatapp_params import check_media, template_params
 from pipeline.channels.whatsapp import WhatsAppChannel
 from pipeline.channels.whatsapp_media import with_uploaded_media
 from pipeline.costs.costing import estimate_cost, load_prices
@@ -74,8 +74,11 @@ def test_each_header_kind_renders_per_recipient_and_is_valid_to_metas_schema(kin
     # Through Chat App the same values travel in TemplateParams.
     chatapp = template_params(spec, params[1])
     assert chatapp["button.0"] == "C-2"
-    if media.format != "location":
-        assert "header.link" in chatapp or chatapp["header.id"] == "1013859600285441"
+    if media.link is not None:  # a file by link; Chat App has no media id (its send models name none)
+        assert chatapp["header.link"] == expected["link"]
+    elif media.id is not None:
+        with pytest.raises(SpecError, match=r"^template\.header_media\.id: Chat App takes a header file by 'link'"):
+            check_media(spec)
 
 
 def test_a_media_header_from_a_plain_column_takes_the_fast_path() -> None:
@@ -210,10 +213,12 @@ def test_a_carousel_renders_per_card_per_recipient_and_is_valid_to_metas_schema(
     assert validate_message(payload)
     with pytest.raises(ValueError, match="2 to 10 cards"):
         TemplateSpec.model_validate({**CAROUSEL, "cards": CAROUSEL["cards"][:1]})
-    # Through Chat App the cards' values travel in TemplateParams.
+    # Through Chat App the cards' values travel in TemplateParams (a card's file by link: Chat App has no media id).
     values = template_params(spec, params)
-    assert (values["card.0.header.link"], values["card.0.1"], values["card.1.header.id"], values["card.1.button.0"]) \
-        == ("https://cdn.acme.test/b.jpg", "C-2", "1013859600285442", "more/C-2")
+    assert (values["card.0.header.link"], values["card.0.1"], values["card.1.button.0"]) \
+        == ("https://cdn.acme.test/b.jpg", "C-2", "more/C-2")
+    with pytest.raises(SpecError, match=r"^template\.cards\.1\.header_media\.id: Chat App takes a header file by"):
+        check_media(spec)
     # Through the dispatcher to the sandbox.
     full = parse_spec({**SPEC, "senders": [], "template": CAROUSEL})
     register_campaign(sqlite_db, full, "t")

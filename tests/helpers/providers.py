@@ -159,6 +159,18 @@ def chatapp_channel(url: str, **spec_overrides: Any) -> ChatAppChannel:
     return chatapp_from_spec(parse_spec({**CHATAPP_SPEC, **spec_overrides}), url)
 
 
+def chatapp_single_and_mass(db: Store, url: str, spec: dict[str, Any], recipients: list[str],
+                            params: list[str]) -> None:
+    """The same messages sent twice through the dispatcher to the Chat App sandbox at `url`: one SendChatappMessage
+    each, then one SendChatappMassMessage for all; every one sent both ways."""
+    for mass in (False, True):
+        channel = chatapp_channel(url, **spec)
+        channel.max_batch = 1000 if mass else 1
+        db.execute("DELETE FROM outbox")
+        queue(db, parse_spec({**CHATAPP_SPEC, **spec}), channel, recipients, params=params)
+        assert dispatch(db, channel).sent == len(recipients)
+
+
 def chatapp_queue(db: Store, channel: ChatAppChannel, n: int) -> list[str]:
     """`n` template messages to +6591000000... (Singapore mobiles)."""
     return queue(db, parse_spec(CHATAPP_SPEC), channel, [f"+6591{i:06d}" for i in range(n)], region="SG",

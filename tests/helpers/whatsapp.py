@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,9 @@ import polars as pl
 
 from pipeline.channels.whatsapp import WhatsAppChannel
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign
+from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
 from pipeline.sandbox.whatsapp import Sandbox, SandboxConfig, create_app, meta_error
+from pipeline.servers import serve_in_thread
 from pipeline.spec import parse_spec
 from pipeline.store import Store
 from tests.helpers.channels import Post, Receiver, serving
@@ -61,6 +64,18 @@ def running(cfg: SandboxConfig, receiver: Receiver | None = None) -> Iterator[ht
     with serving(create_app, cfg, receiver, "/webhooks/whatsapp") as (url, _), httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False) as client:
         yield client
+
+
+@contextmanager
+def campaign_services(spool: Path, seed: int, delay_s: tuple[float, float] = (0.01, 0.05)) -> Iterator[tuple[str, str]]:
+    """The real webhook receiver spooling into `spool` and the sandbox posting its status webhooks to it, the demo
+    template approved: (receiver URL, sandbox URL), for flow runs end to end."""
+    spool.mkdir(parents=True, exist_ok=True)
+    with serve_in_thread(create_receiver_app(spool, secrets_from_env())) as receiver:
+        cfg = SandboxConfig(access_token=TOKEN, app_secret=SECRET, webhook_url=f"{receiver}/webhooks/whatsapp",
+                            templates={"welcome_offer": "marketing"}, seed=seed, webhook_delay_s=delay_s)
+        with serve_in_thread(create_app(cfg)) as sandbox:
+            yield receiver, sandbox
 
 
 def drain(client: httpx.Client, timeout: float = 10) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from tests.helpers.providers import (
     CHATAPP_SPEC,
     chatapp_channel,
     chatapp_config,
+    chatapp_single_and_mass,
     set_env,
 )
 
@@ -81,13 +82,7 @@ def test_every_request_the_project_sends_is_one_the_sdk_models(sqlite_db: Store)
                           "buttons": [f"c{i}", "STOP_PROMOS", f"f{i}"]}) for i in range(3)]
     app = create_chatapp_app(chatapp_config(template_set=[template]))
     with serve_in_thread(app) as url:
-        for mass in (False, True):
-            channel = chatapp_channel(url, **spec)
-            channel.max_batch = 1000 if mass else 1
-            sqlite_db.execute("DELETE FROM outbox")
-            queue(sqlite_db, parse_spec({**CHATAPP_SPEC, **spec}), channel,
-                  ["+6591000001", "+6591000002", "+6591000003"], params=params)
-            assert dispatch(sqlite_db, channel).sent == 3
+        chatapp_single_and_mass(sqlite_db, url, spec, ["+6591000001", "+6591000002", "+6591000003"], params)
         full = parse_spec({**CHATAPP_SPEC, **spec, "provider": {"options": {**OPTIONS, "template_registry": True}}})
         sync(sqlite_db, full, base_url=url)
         submit(sqlite_db, full, {"name": "promo_v9", "language": "en", "category": "MARKETING",

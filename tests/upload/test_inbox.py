@@ -137,18 +137,10 @@ def test_finish_moves_the_upload_and_writes_the_reason(tmp_path: Path):
 
 @pytest.fixture
 def sandbox(tmp_path: Path, prefect_harness):
-    from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
-    from pipeline.sandbox.whatsapp import SandboxConfig, create_app
-    from pipeline.servers import serve_in_thread
+    from tests.helpers.whatsapp import campaign_services
 
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    with serve_in_thread(create_receiver_app(spool, secrets_from_env())) as receiver:
-        config = SandboxConfig(access_token="test-token", app_secret="test-app-secret",
-                               webhook_url=f"{receiver}/webhooks/whatsapp", templates={"welcome_offer": "marketing"},
-                               seed=5, webhook_delay_s=(0.01, 0.02))
-        with serve_in_thread(create_app(config)) as url:
-            yield url
+    with campaign_services(tmp_path / "spool", seed=5, delay_s=(0.01, 0.02)) as (_, url):
+        yield url
 
 
 def _sidecar(**changes) -> str:
