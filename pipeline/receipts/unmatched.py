@@ -17,28 +17,31 @@ from pipeline.store import Store, run
 COLUMNS = ("event_id, provider, provider_message_id, message_id, status, error_code, error_title, category, "
            "pricing_type, recipient, occurred_at, received_at, raw_json")
 
-# A receipt `s` matches when it names an outbox message by our id, or names none but carries a provider id the
-# outbox recorded (pipeline/receipts/links.py fills its message_id). A Messenger/Instagram watermark names no
+# A receipt matches when it names an outbox message by our id, or names none but carries a provider id the
+# outbox recorded; then it is stored named (as links.py would name it later), since events are unique by
+# (message_id, event_id) and a replay of it must find the stored copy. A Messenger/Instagram watermark names no
 # message by design: it stays with the receipts, which derive per-message receipts from it (links.py).
-MATCHED_SQL = f"""(EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = s.message_id)
-    OR (s.message_id IS NULL AND (
-        EXISTS (SELECT 1 FROM outbox o WHERE o.provider_message_id = s.provider_message_id)
-        OR (s.provider IN ('{MESSENGER_PROVIDER}', '{INSTAGRAM_PROVIDER}')
-            AND s.provider_message_id LIKE '{WATERMARK_PREFIX}%'))))"""
-
-# A receipt naming no message but a provider id the outbox recorded is stored named (as links.py would name it
-# later): events are unique by (message_id, event_id), so a replay of it finds the stored copy.
-_NAMED = ("coalesce(s.message_id, (SELECT min(o.message_id) FROM outbox o "
-          "WHERE o.provider_message_id = s.provider_message_id))")
-_NAMED_COLUMNS = COLUMNS.replace("provider_message_id, message_id,", f"provider_message_id, {_NAMED},")
+# One index probe per receipt, as scalar subqueries: PostgreSQL plans `EXISTS ... OR EXISTS ...` (or a join) as a
+# hash of the whole outbox for every chunk when its statistics are older than a bulk load. GROUP BY keeps it from
+# answering min() by walking the outbox's primary key.
+_CLASSIFIED = f"""(
+    SELECT s.*, CASE WHEN s.message_id IS NULL
+                     THEN (SELECT min(o.message_id) FROM outbox o WHERE o.provider_message_id = s.provider_message_id
+                           GROUP BY o.provider_message_id)
+                     ELSE (SELECT o.message_id FROM outbox o WHERE o.message_id = s.message_id) END AS named
+    FROM (SELECT {COLUMNS} FROM {{stage}} WHERE {{chunk}}) s
+) c"""
+_WATERMARK = (f"(c.message_id IS NULL AND c.provider IN ('{MESSENGER_PROVIDER}', '{INSTAGRAM_PROVIDER}') "
+              f"AND c.provider_message_id LIKE '{WATERMARK_PREFIX}%')")
+_NAMED_COLUMNS = COLUMNS.replace("provider_message_id, message_id,", "provider_message_id, named,")
 
 # A batch's receipts, staged beside the store (pipeline/store/bulk.py: {stage}, {chunk}), into events or apart;
 # a receipt already stored (in either) stays as it is.
 SPLIT_SQL = (
-    f"INSERT INTO events ({COLUMNS}) SELECT {_NAMED_COLUMNS} FROM {{stage}} s WHERE {{chunk}} AND {MATCHED_SQL} "
-    "ON CONFLICT DO NOTHING",
-    f"INSERT INTO unmatched_events ({COLUMNS}) SELECT {COLUMNS} FROM {{stage}} s WHERE {{chunk}} "
-    f"AND NOT {MATCHED_SQL} ON CONFLICT DO NOTHING",
+    f"INSERT INTO events ({COLUMNS}) SELECT {_NAMED_COLUMNS} FROM {_CLASSIFIED} "
+    f"WHERE c.named IS NOT NULL OR {_WATERMARK} ON CONFLICT DO NOTHING",
+    f"INSERT INTO unmatched_events ({COLUMNS}) SELECT {COLUMNS} FROM {_CLASSIFIED} "
+    f"WHERE c.named IS NULL AND NOT {_WATERMARK} ON CONFLICT DO NOTHING",
 )
 
 _LINK_SQL = """

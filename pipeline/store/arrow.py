@@ -18,9 +18,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import BigInteger, Boolean, Integer, SmallInteger
-from sqlalchemy.engine import make_url
 
-from pipeline.store import Store, bind
+from pipeline.store import Store, bind, dialect
 from pipeline.store.schema import Day, Money, UtcTimestamp, metadata
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -86,8 +85,7 @@ def reader(db: Store) -> Iterator[Reader]:
     if db.dialect == "postgresql":
         import adbc_driver_postgresql.dbapi as adbc
 
-        uri = make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
-        with adbc.connect(uri) as conn:
+        with adbc.connect(dialect.adbc_uri(db.url)) as conn:
             yield Reader("postgresql", conn)
     else:
         with db.read() as conn:

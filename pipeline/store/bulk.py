@@ -142,10 +142,9 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
                     raw.execute("DETACH DATABASE stage")
         return
     import adbc_driver_postgresql.dbapi as adbc
-    from sqlalchemy.engine import make_url
 
     names = ", ".join(f'"{c}"' for c in rows.column_names if c != "_row")
-    uri = make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    uri = dialect.adbc_uri(db.url)
     with db._translate():
         with adbc.connect(uri) as staging, staging.cursor() as cursor:
             cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {names} FROM {table} WITH NO DATA")

@@ -142,3 +142,11 @@ def temp_table_sql(dialect: str, name: str, like: str, columns: Sequence[str]) -
         return f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {', '.join(columns)} FROM {like} WITH NO DATA"
     return f"CREATE TEMP TABLE {name} AS SELECT {', '.join(columns)} FROM {like} WHERE 0"
 
+
+def adbc_uri(url: str) -> str:
+    """The store's PostgreSQL URL as libpq takes it from the ADBC driver, without JIT (see pipeline.store.connect:
+    compiling a plan costs more than running the store's statements; Arrow reads are plain scans)."""
+    from sqlalchemy.engine import make_url
+
+    uri = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return uri + ("&" if "?" in uri else "?") + "options=-c%20jit%3Doff"
