@@ -116,7 +116,8 @@ def result_dict(result: DispatchResult) -> dict[str, Any]:
     return data
 
 
-JSON_FIELDS = ("errors", "states", "lanes_paused")  # dicts, as JSON text in the artifact's one-row table
+# Dicts, as JSON text in the artifact's one-row table.
+JSON_FIELDS = ("errors", "states", "lanes_paused", "busiest_second")
 
 
 def artifact_row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +145,8 @@ def add_up(results: list[dict[str, Any]], states: dict[str, int]) -> DispatchRes
             total.errors[code] = total.errors.get(code, 0) + int(n)
         total.stopped_reason = total.stopped_reason or part.get("stopped_reason")
         total.lanes_paused.update(part.get("lanes_paused") or {})
+        for sender, n in (part.get("busiest_second") or {}).items():  # a sender replaced mid-run: its worst run
+            total.busiest_second[sender] = max(total.busiest_second.get(sender, 0), int(n))
         # What waits, and the earliest time some of it may go: the continuation dispatches every group again,
         # and a group still waiting then schedules the next one.
         total.waiting += int(part.get("waiting") or 0)

@@ -22,7 +22,7 @@ from pipeline.channels.base import Channel, SendOutcome
 from pipeline.dispatch.ledger import Claim, Ledger, Outcome, Pending
 from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
-from pipeline.dispatch.ratelimit import SlotLimiter
+from pipeline.dispatch.ratelimit import BusiestSecond, SlotLimiter
 from pipeline.spec import RateSpec, RetrySpec
 from pipeline.store import Store
 
@@ -105,6 +105,7 @@ class _Lane:
         self.sender = sender
         self.channel = channel
         self.limiter = SlotLimiter(rate.max_per_second)
+        self.busiest = BusiestSecond()  # what the limiter let out, at this clock (the result's busiest_second)
         self.queue: asyncio.Queue[tuple[Pending, int]] = asyncio.Queue(
             maxsize=max(rate.concurrency, channel.max_batch) * 2
         )
@@ -214,6 +215,7 @@ class _Dispatch:
         self._give_up_uncertain()
         await self.writer.flush()
         self.result.seconds = time.monotonic() - self.started
+        self.result.busiest_second = {lane.sender: lane.busiest.most for lane in self.lanes}
         self.result.states = await self._db(lambda: self.ledger.counts(self.group))
         self.result.waiting = self.result.states.get("queued", 0)
         if self.result.waiting:
@@ -406,6 +408,7 @@ class _Dispatch:
                     await self.writer.claim([item.seq for item, _ in batch], planned, resend=True)
                 await asyncio.sleep(max(lane.limiter.reserve() for _ in batch))
             first = False
+            lane.busiest.add(len(batch))
             outcomes = await lane.channel.send(session, [item.payload_json for item, _ in batch])
             again: list[tuple[Pending, int]] = []
             delay = 0.0

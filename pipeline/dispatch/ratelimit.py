@@ -8,11 +8,16 @@ A slot its send reached too late to use (the event loop or the ledger held it up
 rather than used late, which would bunch sends; the time it stood for is made up over the next
 slots, spaced at most CATCH_UP faster than the rate, so the long-run rate stays on target and
 no 1-second window exceeds it by more than CATCH_UP.
+
+BusiestSecond counts what the limiter let out: the most sends of a sender in any 1-second window, at
+the dispatcher's clock (a provider's own timestamps add its delays in stamping them).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable
 
 CATCH_UP = 0.02
 MAX_OWED_S = 0.5  # after a long stall, not more than this is made up
@@ -64,3 +69,20 @@ class SlotLimiter:
         if self.per_second < self.target_per_second and time.monotonic() - self._last_throttle > 1.0:
             self.per_second = min(self.target_per_second, self.per_second * 1.25)
             self._last_throttle = time.monotonic() - 0.5
+
+
+class BusiestSecond:
+    """The most sends in any `width_s` window so far, counted as they leave (`add` just before each request)."""
+
+    def __init__(self, width_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.width_s, self.clock = width_s, clock
+        self._recent: deque[float] = deque()  # send times of the last `width_s`
+        self.most = 0
+
+    def add(self, n: int = 1) -> None:
+        now = self.clock()
+        # Half-open windows [t, t + width): a send exactly `width_s` before this one is outside.
+        while self._recent and self._recent[0] <= now - self.width_s:
+            self._recent.popleft()
+        self._recent.extend([now] * n)
+        self.most = max(self.most, len(self._recent))

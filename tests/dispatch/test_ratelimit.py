@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.dispatch import ratelimit
-from pipeline.dispatch.ratelimit import CATCH_UP, SlotLimiter
+from pipeline.dispatch.ratelimit import CATCH_UP, BusiestSecond, SlotLimiter
 
 
 @pytest.fixture
@@ -59,3 +59,17 @@ def test_a_long_stall_is_not_made_up_in_full(clock):
     times = slots(limiter, clock, 40_000)
     made_up = 39_999 * 0.001 - (times[-1] - times[0])
     assert made_up == pytest.approx(ratelimit.MAX_OWED_S)
+
+
+def test_the_busiest_second_is_the_most_sends_in_any_half_open_1s_window():
+    now = [50.0]
+    busiest = BusiestSecond(clock=lambda: now[0])
+    for at, n in [(50.0, 1), (50.5, 1), (50.99, 2), (51.0, 1), (51.2, 1), (53.0, 3)]:
+        now[0] = at
+        busiest.add(n)
+    # The second from 50.5 holds 50.5, 50.99 (x2), 51.0 and 51.2: 5. The send at 50.0 is a full second before the
+    # one at 51.0: never in one window with it (as benchmarks/fleet.py counts the sandbox's stamps).
+    assert busiest.most == 5
+    now[0] = 53.5
+    busiest.add(3)  # 3 + 3 within 0.5 s
+    assert busiest.most == 6
