@@ -22,7 +22,7 @@ from pipeline.channels.base import Channel, SendOutcome
 from pipeline.dispatch.ledger import Claim, Ledger, Outcome, Pending
 from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
-from pipeline.dispatch.ratelimit import BusiestSecond, SlotLimiter
+from pipeline.dispatch.ratelimit import BusiestSecond, SlotLimiter, wait_for_slot
 from pipeline.spec import RateSpec, RetrySpec
 from pipeline.store import Store
 
@@ -33,7 +33,6 @@ FLUSH_EVERY_S = 0.2
 # holds, and back-to-back commits at 1,000+ sends/s take CPU the event loop and the provider need. The
 # wait hides in the pipeline: slots are reserved longer ahead than a claim takes (see pipeline_depth).
 COMMIT_GAP_S = 0.1
-LATE_S = 0.02
 PAGE = 2_000
 
 
@@ -330,23 +329,8 @@ class _Dispatch:
             if lane.lost:  # claimed, never sent: left `sending` for the new holder to settle
                 lane.outstanding -= len(batch)
                 continue
-            slot_at = time.monotonic() + max(lane.limiter.reserve() for _ in batch)
-            wait = slot_at - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            session = await lane.sessions.get()  # the concurrency cap: one session per request in flight
-            if time.monotonic() - slot_at > LATE_S:
-                # Every session was busy past the slot: sending now would bunch up with the sends
-                # behind it and overshoot the rate, so take the next free slot (the limiter makes
-                # the lost one up), without holding the session idle through a long wait.
-                lane.limiter.forfeit(len(batch))
-                wait = max(lane.limiter.reserve() for _ in batch)
-                if wait > LATE_S:
-                    lane.sessions.put_nowait(session)
-                    await asyncio.sleep(wait)
-                    session = await lane.sessions.get()
-                elif wait > 0:
-                    await asyncio.sleep(wait)
+            # The concurrency cap (one session per request in flight) and the slot: never more than LATE_S late.
+            session = await wait_for_slot(lane.limiter, lane.sessions, len(batch))
             if not self.stop.is_set() and self.guards.send_window is not None:
                 batch = self._closed_window_back(lane, batch)
                 if not batch:

@@ -7,7 +7,9 @@ second (MEASUREMENTS.md). Throttling answers halve the rate; quiet seconds resto
 A slot its send reached too late to use (the event loop or the ledger held it up) is forfeited
 rather than used late, which would bunch sends; the time it stood for is made up over the next
 slots, spaced at most CATCH_UP faster than the rate, so the long-run rate stays on target and
-no 1-second window exceeds it by more than CATCH_UP.
+no 1-second window exceeds it by more than CATCH_UP. `wait_for_slot` applies that rule where a send
+waits for its slot and then for a free session (the concurrency cap): every send leaves at most LATE_S
+after its slot, however long the sessions were busy.
 
 BusiestSecond counts what the limiter let out: the most sends of a sender in any 1-second window, at
 the dispatcher's clock (a provider's own timestamps add its delays in stamping them).
@@ -15,31 +17,36 @@ the dispatcher's clock (a provider's own timestamps add its delays in stamping t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 CATCH_UP = 0.02
 MAX_OWED_S = 0.5  # after a long stall, not more than this is made up
+LATE_S = 0.02  # a send this late for its slot gives it up and takes the next free one
 
 
 class SlotLimiter:
-    def __init__(self, max_per_second: float, *, burst: int = 1, min_per_second: float = 1.0) -> None:
+    def __init__(self, max_per_second: float, *, burst: int = 1, min_per_second: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_per_second <= 0:
             raise ValueError("max_per_second must be positive")
+        self.clock = clock
         self.target_per_second = max_per_second
         self.per_second = max_per_second
         self.min_per_second = min(min_per_second, max_per_second)
         # `burst` slots may be taken at once after an idle spell; 1 keeps windows tight.
         self._burst_s = (burst - 1) / max_per_second
-        self._next = time.monotonic()
+        self._next = clock()
         self._last_throttle = 0.0
         self._owed_s = 0.0  # forfeited slot time still to make up
         self.throttles = 0
 
     def reserve(self) -> float:
         """Takes the next free slot; returns the seconds until it (0 when it is already due)."""
-        now = time.monotonic()
+        now = self.clock()
         slot = max(self._next, now - self._burst_s)
         step = 1.0 / self.per_second
         if self._owed_s > 0:
@@ -55,7 +62,7 @@ class SlotLimiter:
 
     def throttled(self, retry_after_s: float | None = None) -> None:
         """The provider said 'too fast': halve the rate (at most once per 0.5 s) and pause."""
-        now = time.monotonic()
+        now = self.clock()
         self.throttles += 1
         self._owed_s = 0.0  # the provider wants less, not a catch-up
         if now - self._last_throttle > 0.5:
@@ -66,9 +73,31 @@ class SlotLimiter:
 
     def recover(self) -> None:
         """Called on success: after 1 s without throttling, step back up toward the target."""
-        if self.per_second < self.target_per_second and time.monotonic() - self._last_throttle > 1.0:
+        if self.per_second < self.target_per_second and self.clock() - self._last_throttle > 1.0:
             self.per_second = min(self.target_per_second, self.per_second * 1.25)
-            self._last_throttle = time.monotonic() - 0.5
+            self._last_throttle = self.clock() - 0.5
+
+
+async def wait_for_slot(limiter: SlotLimiter, sessions: asyncio.Queue[Any], n: int = 1, *,
+                        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> Any:
+    """Takes `n` slots and a session from `sessions`; returns the session once the slots are due, at most LATE_S
+    after them. A slot that passed while every session was busy is forfeited (the limiter makes it up) and the next
+    free one taken, checked again after each wait: a send that left late would bunch up with the sends behind it."""
+    slot_at = limiter.clock() + max(limiter.reserve() for _ in range(n))
+    session = None
+    while True:
+        wait = slot_at - limiter.clock()
+        if wait > 0:
+            await sleep(wait)
+        if session is None:
+            session = await sessions.get()
+        if limiter.clock() - slot_at <= LATE_S:
+            return session
+        limiter.forfeit(n)
+        slot_at = limiter.clock() + max(limiter.reserve() for _ in range(n))
+        if slot_at - limiter.clock() > LATE_S:  # a long wait: not holding the session idle through it
+            sessions.put_nowait(session)
+            session = None
 
 
 class BusiestSecond:
