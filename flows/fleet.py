@@ -38,7 +38,6 @@ from pipeline.dispatch.ledger import Ledger
 from pipeline.dispatch.locks import SenderLeases, sender_lease_name
 from pipeline.dispatch.operations import is_paused
 from pipeline.dispatch.policy import DispatchResult, Guards
-from pipeline.receipts.ingest import ingest_spool
 from pipeline.spec import load_spec
 
 DISPATCH_DEPLOYMENT = "dispatch-senders/dispatch-senders"
@@ -91,6 +90,8 @@ def dispatch_senders_flow(
 
         def reconcile() -> None:
             if spool_dir and Path(spool_dir).is_dir():
+                from pipeline.receipts.ingest import ingest_spool  # DuckDB and Arrow: only for a run given a spool
+
                 ingest_spool(db, spool_dir)
 
         logger.info("group %d: dispatching %d sender(s) of campaign %s", group, len(senders), campaign_id)
@@ -172,6 +173,8 @@ def dispatch_in_groups(
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
     from prefect.states import Cancelled, Crashed
+
+    from pipeline.receipts.ingest import ingest_spool
 
     logger = get_run_logger()
     parts = split_senders(senders, groups)
