@@ -6,7 +6,8 @@ lease on this host is free at once), reconciles what the killed run left in flig
 
 The figure: seconds from the kill to that sender's first request the sandbox stamps after the new lease was taken
 (the sandbox's clock: CLOCK_MONOTONIC, shared by every process here). The steps in between are timed too, from
-Prefect's and the store's records: run Crashed, replacement run started, lease taken.
+Prefect's and the store's records: the killed run Crashed, the replacement created, taken by a worker (Pending), its
+process Running, the lease taken; and which worker ran the killed run and which its replacement (by process tree).
 """
 
 from __future__ import annotations
