@@ -390,7 +390,7 @@ class _Dispatch:
                 planned = _planned_ids(lane.channel, batch)
                 if planned:  # a smaller batch goes by new provider ids: on record before it leaves
                     await self.writer.claim([item.seq for item, _ in batch], planned, resend=True)
-                await asyncio.sleep(max(lane.limiter.reserve() for _ in batch))
+                await wait_for_slot(lane.limiter, None, len(batch))  # holding its session
             first = False
             lane.busiest.add(len(batch))
             outcomes = await lane.channel.send(session, [item.payload_json for item, _ in batch])

@@ -8,8 +8,10 @@ A slot its send reached too late to use (the event loop or the ledger held it up
 rather than used late, which would bunch sends; the time it stood for is made up over the next
 slots, spaced at most CATCH_UP faster than the rate, so the long-run rate stays on target and
 no 1-second window exceeds it by more than CATCH_UP. `wait_for_slot` applies that rule where a send
-waits for its slot and then for a free session (the concurrency cap): every send leaves at most LATE_S
-after its slot, however long the sessions were busy.
+waits for its slot and then for a free session (the concurrency cap), and holds the last line: however
+late its waits ended (sessions busy through a provider's stall, the event loop held up), a send leaves
+only if the sender's last second, with it, holds at most MAX_WINDOW x the rate: sends that come free
+together never bunch up into a second above it.
 
 BusiestSecond counts what the limiter let out: the most sends of a sender in any 1-second window, at
 the dispatcher's clock (a provider's own timestamps add its delays in stamping them).
@@ -26,6 +28,7 @@ from typing import Any
 CATCH_UP = 0.02
 MAX_OWED_S = 0.5  # after a long stall, not more than this is made up
 LATE_S = 0.02  # a send this late for its slot gives it up and takes the next free one
+MAX_WINDOW = 1.05  # no 1-second window of a sender's sends above this x its rate
 
 
 class SlotLimiter:
@@ -42,6 +45,7 @@ class SlotLimiter:
         self._next = clock()
         self._last_throttle = 0.0
         self._owed_s = 0.0  # forfeited slot time still to make up
+        self._departed: deque[float] = deque()  # when the sends of the last second left
         self.throttles = 0
 
     def reserve(self) -> float:
@@ -77,27 +81,41 @@ class SlotLimiter:
             self.per_second = min(self.target_per_second, self.per_second * 1.25)
             self._last_throttle = self.clock() - 0.5
 
+    async def depart(self, n: int = 1, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        """Waits until `n` more sends fit in the last second (MAX_WINDOW x the rate), and counts them as gone."""
+        cap = max(n, int(self.per_second * MAX_WINDOW + 1e-9))
+        while True:
+            now = self.clock()
+            while self._departed and self._departed[0] <= now - 1.0:
+                self._departed.popleft()
+            if len(self._departed) + n <= cap:
+                self._departed.extend([now] * n)
+                return
+            await sleep(self._departed[0] + 1.0 - now)
 
-async def wait_for_slot(limiter: SlotLimiter, sessions: asyncio.Queue[Any], n: int = 1, *,
+
+async def wait_for_slot(limiter: SlotLimiter, sessions: asyncio.Queue[Any] | None, n: int = 1, *,
                         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> Any:
-    """Takes `n` slots and a session from `sessions`; returns the session once the slots are due, at most LATE_S
-    after them. A slot that passed while every session was busy is forfeited (the limiter makes it up) and the next
-    free one taken, checked again after each wait: a send that left late would bunch up with the sends behind it."""
+    """Takes `n` slots and a session from `sessions` (None: the caller holds one, as a retry does) and returns the
+    session when the sends may leave. A slot that passed while every session (or the event loop) was busy is
+    forfeited (the limiter makes it up) and the next free one taken, not holding the session idle through a long
+    wait; whatever came late, `depart` keeps the sender's every second within MAX_WINDOW x its rate."""
     slot_at = limiter.clock() + max(limiter.reserve() for _ in range(n))
-    session = None
-    while True:
-        wait = slot_at - limiter.clock()
-        if wait > 0:
-            await sleep(wait)
-        if session is None:
-            session = await sessions.get()
-        if limiter.clock() - slot_at <= LATE_S:
-            return session
+    wait = slot_at - limiter.clock()
+    if wait > 0:
+        await sleep(wait)
+    session = await sessions.get() if sessions is not None else None
+    if limiter.clock() - slot_at > LATE_S:
         limiter.forfeit(n)
-        slot_at = limiter.clock() + max(limiter.reserve() for _ in range(n))
-        if slot_at - limiter.clock() > LATE_S:  # a long wait: not holding the session idle through it
+        wait = max(limiter.reserve() for _ in range(n))
+        if wait > LATE_S and sessions is not None:
             sessions.put_nowait(session)
-            session = None
+            await sleep(wait)
+            session = await sessions.get()
+        elif wait > 0:
+            await sleep(wait)
+    await limiter.depart(n, sleep)
+    return session
 
 
 class BusiestSecond:
