@@ -329,7 +329,8 @@ class _Dispatch:
             if lane.lost:  # claimed, never sent: left `sending` for the new holder to settle
                 lane.outstanding -= len(batch)
                 continue
-            # The concurrency cap (one session per request in flight) and the slot: never more than LATE_S late.
+            # The slot and the concurrency cap (one session per request in flight); late slots are given up, and no
+            # second of the sender's goes above 1.05x its rate (pipeline/dispatch/ratelimit.py).
             session = await wait_for_slot(lane.limiter, lane.sessions, len(batch))
             if not self.stop.is_set() and self.guards.send_window is not None:
                 batch = self._closed_window_back(lane, batch)
