@@ -38,7 +38,6 @@ from pipeline.dispatch.ledger import Ledger
 from pipeline.dispatch.locks import SenderLeases, sender_lease_name
 from pipeline.dispatch.operations import is_paused
 from pipeline.dispatch.policy import DispatchResult, Guards
-from pipeline.receipts.ingest import ingest_spool
 from pipeline.spec import load_spec
 
 DISPATCH_DEPLOYMENT = "dispatch-senders/dispatch-senders"
@@ -91,6 +90,8 @@ def dispatch_senders_flow(
 
         def reconcile() -> None:
             if spool_dir and Path(spool_dir).is_dir():
+                from pipeline.receipts.ingest import ingest_spool  # DuckDB and Arrow: only for a run given a spool
+
                 ingest_spool(db, spool_dir)
 
         logger.info("group %d: dispatching %d sender(s) of campaign %s", group, len(senders), campaign_id)
@@ -116,7 +117,8 @@ def result_dict(result: DispatchResult) -> dict[str, Any]:
     return data
 
 
-JSON_FIELDS = ("errors", "states", "lanes_paused")  # dicts, as JSON text in the artifact's one-row table
+# Dicts, as JSON text in the artifact's one-row table.
+JSON_FIELDS = ("errors", "states", "lanes_paused", "busiest_second")
 
 
 def artifact_row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +146,8 @@ def add_up(results: list[dict[str, Any]], states: dict[str, int]) -> DispatchRes
             total.errors[code] = total.errors.get(code, 0) + int(n)
         total.stopped_reason = total.stopped_reason or part.get("stopped_reason")
         total.lanes_paused.update(part.get("lanes_paused") or {})
+        for sender, n in (part.get("busiest_second") or {}).items():  # a sender replaced mid-run: its worst run
+            total.busiest_second[sender] = max(total.busiest_second.get(sender, 0), int(n))
         # What waits, and the earliest time some of it may go: the continuation dispatches every group again,
         # and a group still waiting then schedules the next one.
         total.waiting += int(part.get("waiting") or 0)
@@ -169,6 +173,8 @@ def dispatch_in_groups(
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
     from prefect.states import Cancelled, Crashed
+
+    from pipeline.receipts.ingest import ingest_spool
 
     logger = get_run_logger()
     parts = split_senders(senders, groups)

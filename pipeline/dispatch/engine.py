@@ -22,7 +22,7 @@ from pipeline.channels.base import Channel, SendOutcome
 from pipeline.dispatch.ledger import Claim, Ledger, Outcome, Pending
 from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
-from pipeline.dispatch.ratelimit import SlotLimiter
+from pipeline.dispatch.ratelimit import BusiestSecond, SlotLimiter, wait_for_slot
 from pipeline.spec import RateSpec, RetrySpec
 from pipeline.store import Store
 
@@ -33,7 +33,6 @@ FLUSH_EVERY_S = 0.2
 # holds, and back-to-back commits at 1,000+ sends/s take CPU the event loop and the provider need. The
 # wait hides in the pipeline: slots are reserved longer ahead than a claim takes (see pipeline_depth).
 COMMIT_GAP_S = 0.1
-LATE_S = 0.02
 PAGE = 2_000
 
 
@@ -105,6 +104,7 @@ class _Lane:
         self.sender = sender
         self.channel = channel
         self.limiter = SlotLimiter(rate.max_per_second)
+        self.busiest = BusiestSecond()  # what the limiter let out, at this clock (the result's busiest_second)
         self.queue: asyncio.Queue[tuple[Pending, int]] = asyncio.Queue(
             maxsize=max(rate.concurrency, channel.max_batch) * 2
         )
@@ -214,6 +214,7 @@ class _Dispatch:
         self._give_up_uncertain()
         await self.writer.flush()
         self.result.seconds = time.monotonic() - self.started
+        self.result.busiest_second = {lane.sender: lane.busiest.most for lane in self.lanes}
         self.result.states = await self._db(lambda: self.ledger.counts(self.group))
         self.result.waiting = self.result.states.get("queued", 0)
         if self.result.waiting:
@@ -328,23 +329,9 @@ class _Dispatch:
             if lane.lost:  # claimed, never sent: left `sending` for the new holder to settle
                 lane.outstanding -= len(batch)
                 continue
-            slot_at = time.monotonic() + max(lane.limiter.reserve() for _ in batch)
-            wait = slot_at - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            session = await lane.sessions.get()  # the concurrency cap: one session per request in flight
-            if time.monotonic() - slot_at > LATE_S:
-                # Every session was busy past the slot: sending now would bunch up with the sends
-                # behind it and overshoot the rate, so take the next free slot (the limiter makes
-                # the lost one up), without holding the session idle through a long wait.
-                lane.limiter.forfeit(len(batch))
-                wait = max(lane.limiter.reserve() for _ in batch)
-                if wait > LATE_S:
-                    lane.sessions.put_nowait(session)
-                    await asyncio.sleep(wait)
-                    session = await lane.sessions.get()
-                elif wait > 0:
-                    await asyncio.sleep(wait)
+            # The slot and the concurrency cap (one session per request in flight); late slots are given up, and no
+            # second of the sender's goes above 1.05x its rate (pipeline/dispatch/ratelimit.py).
+            session = await wait_for_slot(lane.limiter, lane.sessions, len(batch))
             if not self.stop.is_set() and self.guards.send_window is not None:
                 batch = self._closed_window_back(lane, batch)
                 if not batch:
@@ -404,8 +391,9 @@ class _Dispatch:
                 planned = _planned_ids(lane.channel, batch)
                 if planned:  # a smaller batch goes by new provider ids: on record before it leaves
                     await self.writer.claim([item.seq for item, _ in batch], planned, resend=True)
-                await asyncio.sleep(max(lane.limiter.reserve() for _ in batch))
+                await wait_for_slot(lane.limiter, None, len(batch))  # holding its session
             first = False
+            lane.busiest.add(len(batch))
             outcomes = await lane.channel.send(session, [item.payload_json for item, _ in batch])
             again: list[tuple[Pending, int]] = []
             delay = 0.0

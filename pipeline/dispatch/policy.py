@@ -40,6 +40,7 @@ class DispatchResult:
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
+    busiest_second: dict[str, int] = field(default_factory=dict)  # sender -> most sends in any 1-s window, as sent
     last_progress: float = 0.0
 
     @property

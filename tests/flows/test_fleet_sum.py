@@ -39,8 +39,11 @@ def test_what_waits_and_when_survive_the_groups_artifacts_and_schedule_the_conti
     prefect_harness: PrefectServer,
 ) -> None:
     waiting = DispatchResult(total=8, sent=3, waiting=5, continue_at=REOPEN + timedelta(hours=1),
-                             lanes_paused={"1065000002": "number flagged"}, states={"queued": 5})
-    earlier = DispatchResult(total=4, sent=2, waiting=2, continue_at=REOPEN, states={"queued": 2})
+                             lanes_paused={"1065000002": "number flagged"}, states={"queued": 5},
+                             busiest_second={"1065000001": 41})
+    # A replacement run of the same group sent for 1065000001 too: the sender's busiest second is the worse of the two.
+    earlier = DispatchResult(total=4, sent=2, waiting=2, continue_at=REOPEN, states={"queued": 2},
+                             busiest_second={"1065000001": 40, "1065000003": 39})
     done = DispatchResult(total=2, sent=2, states={"sent": 2})
     with temporary_settings(updates={PREFECT_API_URL: prefect_harness.api}):
         ids = [publish(result_dict(r), i) for i, r in enumerate([waiting, earlier, done])]
@@ -50,6 +53,7 @@ def test_what_waits_and_when_survive_the_groups_artifacts_and_schedule_the_conti
         assert (total.sent, total.total, total.waiting) == (7, 14, 7)
         assert total.continue_at == REOPEN  # the earliest: the continuation sends what can go then
         assert total.lanes_paused == {"1065000002": "number flagged"}
+        assert total.busiest_second == {"1065000001": 41, "1065000003": 39}
         # Not from a deployment: nothing could start it later, and the run says when and how (flows/continuation.py).
         continues = continue_from(results)
     assert continues == {"waiting": 7, "continue_at": REOPEN.isoformat(), "flow_run_id": None}
