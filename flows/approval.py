@@ -78,7 +78,8 @@ def refusal(answer: ApprovalInput, spec: CampaignSpec, started_by: str | None, s
 
 
 def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate: dict[str, Any], prepared: Prepared,
-                   *, origin: str | None, started_by: str | None) -> dict[str, Any] | None:
+                   *, origin: str | None, started_by: str | None,
+                   generation: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Returns the approval (None when none is needed or one already covers the queued messages); raises
     CampaignNotApproved on a rejection, a timeout or too many refused answers."""
     settings = controls()
@@ -102,7 +103,7 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
                                    requested_by=started_by, estimate_usd=float(estimate["total_usd"]),
                                    timeout_s=timeout)
         brief = approval_brief(prepared.counts, prepared.accepted, estimate, refused=refused,
-                               sample_size=int(defaults.get("sample_size") or 5))
+                               sample_size=int(defaults.get("sample_size") or 5), generation=generation)
         form = ApprovalInput.with_initial_data(description=brief)
         logger.warning("campaign %s waits for approval (%d messages, USD %.4f): approve or reject in the Prefect UI "
                        "or with `campaign approve %s`", campaign_id, request.messages, request.estimate_usd,

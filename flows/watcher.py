@@ -99,7 +99,8 @@ def _handle(
     # In processed/ before the campaign starts: its spec names the CSV beside it.
     moved = inbox.finish(claimed, folders, "started", spec_data=spec_data, details=counts)
     spec_path = moved.csv.with_suffix(".yaml")
-    params = {"spec_path": str(spec_path), "campaign_id": claimed.campaign_id, **run_args}
+    # origin "upload": the team's controls decide whether it waits for an approval (on by default for uploads).
+    params = {"spec_path": str(spec_path), "campaign_id": claimed.campaign_id, **run_args, "origin": "upload"}
     if deployment:
         from prefect.deployments import run_deployment
 

@@ -163,7 +163,8 @@ def test_the_watcher_starts_a_campaign_per_upload_and_files_each(tmp_path: Path,
     folders = inbox.Folders.under(tmp_path / "audiences")
     folders.create()
     _audience(folders.inbox / "spring.csv", 30)
-    (folders.inbox / "spring.yaml").write_text(_sidecar())
+    # This spec opts out of the approval uploads wait for by default (tests/flows/test_approval_suspend.py).
+    (folders.inbox / "spring.yaml").write_text(_sidecar(approval={"required": False}))
     (folders.inbox / "no-phone.csv").write_text("mobile,opt_in\n+447700900123,yes\n")
     (folders.inbox / "notes.txt").write_text("not an audience")
     db = str(tmp_path / "campaigns.sqlite")
