@@ -95,7 +95,9 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
         if queued == 0 or (covered is not None and covered >= top):
             return None  # nothing to send, or approved already (a continuation, a resumed run)
     refused: str | None = None
-    suspend = deployment.id is not None
+    # Prefect suspends only a deployment's own run, not a subflow (a campaign started by another flow's
+    # run_deployment as its subflow): that one is paused in its process instead.
+    suspend = deployment.id is not None and flow_run.parent_flow_run_id is None
     for ask in range(1, MAX_ASKS + 1):
         request_id = f"{flow_run.id}:{ask}"
         with store.connect(database) as db:

@@ -105,8 +105,10 @@ def _handle(
         from prefect.deployments import run_deployment
 
         try:
+            # Not a subflow of this watcher run: a campaign run of its own, which Prefect lets suspend while it
+            # waits for its approval (a subflow cannot be suspended).
             run = run_deployment(deployment, parameters=params, timeout=0, flow_run_name=claimed.campaign_id,
-                                 idempotency_key=claimed.campaign_id)
+                                 idempotency_key=claimed.campaign_id, as_subflow=False)
         except Exception as exc:  # no such deployment, API down: nothing was sent
             reason = f"could not start the campaign through deployment {deployment!r}: {exc}"
             inbox.finish(moved, folders, "failed", reason=reason, spec_data=spec_data, details=counts)
