@@ -134,9 +134,8 @@ class Lease:
 
 def take_within(lease: Lease, flow_run_id: str | None, flow_run_name: str | None, wait_s: float,
                 on_wait: Callable[[LockHolder | None], None] | None = None) -> LockHolder:
-    """Takes the lease, trying again while a live holder has it for at most `wait_s` seconds (a continuation due
-    while the run before it is still finishing); then CampaignLocked, saying how long it waited. `on_wait` is told
-    who holds it, once, when the first try is refused."""
+    """Takes the lease, trying again for at most `wait_s` s while a live holder has it (then CampaignLocked, saying
+    how long it waited); `on_wait` is told who holds it, once, when the first try is refused."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -144,9 +143,7 @@ def take_within(lease: Lease, flow_run_id: str | None, flow_run_name: str | None
         except CampaignLocked as refused:
             left = deadline - time.monotonic()
             if left <= 0:
-                if not wait_s:
-                    raise
-                raise CampaignLocked(lease.campaign_id, refused.holder, waited_s=wait_s) from None
+                raise (CampaignLocked(lease.campaign_id, refused.holder, wait_s) if wait_s else refused) from None
             if on_wait is not None:
                 on_wait(refused.holder)
                 on_wait = None
