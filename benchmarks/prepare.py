@@ -19,7 +19,12 @@ With `--kinds`, the template is the demo's with an image header whose link is bu
 coupon, a URL button and a copy-code button carrying the coupon, and the opt-out quick reply (issue 18): the
 same preparation, with more rendered per row (both ways).
 
+With `--controls` (issue 19), the campaign's preparation with the team's controls on a store that has sent a lot:
+a 7-day cap across WhatsApp and Chat App over `--history` (default 10M) sends seeded in the store's outbox, and a
+`language` column matched against the template's languages (benchmarks/_controls.py); the JSON names the backend.
+
 Usage: python benchmarks/prepare.py [--rows 1000000] [--repeat 3] [--baseline-rows 50000] [--seed 20261125] [--kinds]
+       python benchmarks/prepare.py --controls [--history 10000000] [--backend sqlite|postgresql] [--rows N]
 The last line printed is one JSON object.
 """
 
@@ -49,7 +54,9 @@ NO = ["no", "No", "n", "false", "0"]
 BAD = ["maybe", "", "ja", "2"]
 
 
-def make_corpus(path: Path, rows: int, seed: int) -> None:
+def make_corpus(path: Path, rows: int, seed: int, languages: bool = False) -> None:
+    """With `languages`, a `language` column as people fill it in (benchmarks/_controls.py)."""
+    from benchmarks._controls import WRITTEN
     from pipeline.audience.phonecorpus import sample, written
 
     rng = random.Random(seed)
@@ -58,7 +65,8 @@ def make_corpus(path: Path, rows: int, seed: int) -> None:
     earlier: list[tuple[str, str, str]] = []
     with path.open("w", encoding="utf-8", newline="") as handle:
         out = csv.writer(handle, lineterminator="\n")
-        out.writerow(["phone", "country", "first_name", "city", "coupon", "opt_in"])
+        header = ["phone", "country", "first_name", "city", "coupon", "opt_in"]
+        out.writerow(header + (["language"] if languages else []))
         for index in range(rows):
             draw = rng.random()
             if draw < 0.01 and blocked:
@@ -76,7 +84,8 @@ def make_corpus(path: Path, rows: int, seed: int) -> None:
             opt_in = rng.choice(YES) if opt < 0.93 else rng.choice(NO) if opt < 0.995 else rng.choice(BAD)
             coupon = "WELCOME-" + "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(5))
             name = rng.choice(NAMES) if rng.random() > 0.002 else ""
-            out.writerow([phone, country, name, rng.choice(CITIES), coupon, opt_in])
+            extra = [rng.choice(WRITTEN)] if languages else []
+            out.writerow([phone, country, name, rng.choice(CITIES), coupon, opt_in, *extra])
             if index % 100_000 == 99_999:
                 print(f"  corpus: {index + 1:,} rows", file=sys.stderr, flush=True)
 
@@ -212,6 +221,46 @@ def disagreements(corpus: Path) -> tuple[int, int]:
     return bad, rule
 
 
+MAX_ROWS, MAX_REPEAT, RUN_TIMEOUT_S = 20_000_000, 20, 600
+
+
+def controls(args: argparse.Namespace) -> None:
+    """`--controls`: the campaign's preparation with a 7-day cap over `--history` sends in the store and a language
+    column (benchmarks/_controls.py), each repeat a cold process; the last line one JSON object."""
+    from contextlib import ExitStack
+
+    from benchmarks._controls import CAP, audience_keys, seed_history
+    from pipeline.store.local_pg import local_postgres
+
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-controls-") as tmp, ExitStack() as stack:
+        corpus = Path(tmp) / "audience.csv"
+        make_corpus(corpus, args.rows, args.seed, languages=True)
+        if args.backend == "sqlite":
+            url = f"sqlite:///{Path(tmp) / 'campaigns.sqlite'}"
+        else:
+            url = stack.enter_context(local_postgres(durable=True)).create_database("bench")
+        seeded = seed_history(url, args.history, audience_keys(corpus), args.seed)
+        print(f"  history: {seeded}", file=sys.stderr, flush=True)
+        runs = []
+        for _ in range(args.repeat):
+            done = subprocess.run([sys.executable, __file__, "--controls-worker", str(corpus), url], check=True,
+                                  capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  run: {runs[-1]['seconds']:.2f} s (cap query {runs[-1]['cap_query_s']:.2f} s)", file=sys.stderr,
+                  flush=True)
+    first = runs[0]
+    print(json.dumps({
+        "name": "prepare_controls", "backend": args.backend, "rows": first["rows"], **seeded, "cap": CAP,
+        "seconds": round(statistics.median(r["seconds"] for r in runs), 3),
+        "cap_query_s": round(statistics.median(r["cap_query_s"] for r in runs), 3),
+        "prepare_s": round(statistics.median(r["prepare_s"] for r in runs), 3),
+        "runs_s": [round(r["seconds"], 3) for r in runs], "target_s": 3.0,
+        "capped_in_store": first["capped_in_store"], "frequency_capped": first["counts"].get("frequency_capped", 0),
+        "accepted": first["accepted"], "languages": first["languages"],
+        "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)), "import_s": round(first["import_s"], 3),
+    }))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -220,8 +269,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--skip-reference", action="store_true", help="do not count disagreements (≈ 30 s for 1M)")
     parser.add_argument("--kinds", action="store_true", help="a media header, URL and copy-code buttons (issue 18)")
+    parser.add_argument("--controls", action="store_true",
+                        help="issue 19: a 7-day cap over a send history in the store, and a language column")
+    parser.add_argument("--history", type=int, default=10_000_000, help="with --controls: outbox rows seeded")
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="with --controls: the store holding the history")
     parser.add_argument("--worker", nargs=2, metavar=("CORPUS", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--controls-worker", nargs=2, metavar=("CORPUS", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not 1 <= args.rows <= MAX_ROWS or not 1 <= args.repeat <= MAX_REPEAT:
+        parser.error(f"--rows is 1..{MAX_ROWS:,} and --repeat 1..{MAX_REPEAT}")
+    if args.controls_worker:
+        from benchmarks._controls import run_controls
+
+        print(json.dumps(run_controls(Path(args.controls_worker[0]), args.controls_worker[1])))
+        return
+    if args.controls:
+        controls(args)
+        return
     if args.worker:
         out = None if args.worker[1] == "-" else Path(args.worker[1])
         print(json.dumps(run_ours(Path(args.worker[0]), out, args.kinds)))

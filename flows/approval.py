@@ -78,7 +78,8 @@ def refusal(answer: ApprovalInput, spec: CampaignSpec, started_by: str | None, s
 
 
 def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate: dict[str, Any], prepared: Prepared,
-                   *, origin: str | None, started_by: str | None) -> dict[str, Any] | None:
+                   *, origin: str | None, started_by: str | None,
+                   generation: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Returns the approval (None when none is needed or one already covers the queued messages); raises
     CampaignNotApproved on a rejection, a timeout or too many refused answers."""
     settings = controls()
@@ -94,7 +95,9 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
         if queued == 0 or (covered is not None and covered >= top):
             return None  # nothing to send, or approved already (a continuation, a resumed run)
     refused: str | None = None
-    suspend = deployment.id is not None
+    # Prefect suspends only a deployment's own run, not a subflow (a campaign started by another flow's
+    # run_deployment as its subflow): that one is paused in its process instead.
+    suspend = deployment.id is not None and flow_run.parent_flow_run_id is None
     for ask in range(1, MAX_ASKS + 1):
         request_id = f"{flow_run.id}:{ask}"
         with store.connect(database) as db:
@@ -102,7 +105,7 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
                                    requested_by=started_by, estimate_usd=float(estimate["total_usd"]),
                                    timeout_s=timeout)
         brief = approval_brief(prepared.counts, prepared.accepted, estimate, refused=refused,
-                               sample_size=int(defaults.get("sample_size") or 5))
+                               sample_size=int(defaults.get("sample_size") or 5), generation=generation)
         form = ApprovalInput.with_initial_data(description=brief)
         logger.warning("campaign %s waits for approval (%d messages, USD %.4f): approve or reject in the Prefect UI "
                        "or with `campaign approve %s`", campaign_id, request.messages, request.estimate_usd,

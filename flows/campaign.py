@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 
 from flows.approval import await_approval
 from flows.artifacts import artifact_key, publish_rejects, publish_report
-from flows.continuation import schedule_continuation, wait_for_scheduled_start
+from flows.continuation import lease_wait_s, schedule_continuation, wait_for_scheduled_start, waiting_for
 from flows.fleet import DISPATCH_DEPLOYMENT, dispatch_in_groups, result_dict
 from flows.logging_mask import install_log_masking
 from flows.personalise import personalise_task
@@ -235,8 +235,10 @@ def campaign_flow(
     db, out = store.database_url(database), Path(reports_dir) / campaign_id
     # One run per campaign, wherever it runs: a second one refuses here, naming the running one, before it
     # touches the store or the report folder (pipeline/dispatch/locks.py: a lease the holder renews).
+    # A continuation due while the run before it still holds the lease waits for it (flows/continuation.py).
     with store.connect(db) as shared, campaign_lock(shared, campaign_id, flow_run_id=flow_run.id,
-                                                    flow_run_name=flow_run.name):
+                                                    flow_run_name=flow_run.name, wait_s=lease_wait_s(),
+                                                    on_wait=waiting_for):
         spec = template_check(spec, db, provider_base_url)
         # With `generate:`, preparation renders each generated variable as its fallback; personalise writes them.
         prepared = prepare(stand_in(spec), campaign_id, db, out)
@@ -248,7 +250,8 @@ def campaign_flow(
         get_run_logger().info("%d recipients accepted, %d new messages queued", prepared.accepted.height, queued)
         totals = estimate(spec, campaign_id, db, generation)
         # A person approves here when the spec or the team's controls ask for it; a rejection sends nothing.
-        approval = await_approval(spec, campaign_id, db, totals, prepared, origin=origin, started_by=started_by)
+        approval = await_approval(spec, campaign_id, db, totals, prepared, origin=origin, started_by=started_by,
+                                  generation=generation)  # the model's values shown masked
         groups = min(dispatch_groups, len(spec.all_senders)) if shared.dialect == "postgresql" else 1
         if groups > 1:
             result = dispatch_in_groups(

@@ -22,7 +22,9 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
 from flows.artifacts import artifact_key
+from pipeline.dispatch.locks import LockHolder
 from pipeline.dispatch.policy import DispatchResult
+from pipeline.spec import positive_setting
 
 
 def schedule_continuation(campaign_id: str, spec_path: str, result: DispatchResult) -> dict[str, Any] | None:
@@ -43,7 +45,7 @@ def schedule_continuation(campaign_id: str, spec_path: str, result: DispatchResu
     scheduled = run_deployment(
         deployment_id, parameters=dict(flow_run.parameters), scheduled_time=at, timeout=0, as_subflow=False,
         idempotency_key=f"continue:{campaign_id}:{at.isoformat()}:{flow_run.id}",
-        flow_run_name=f"{campaign_id}-continues-{at:%Y%m%d-%H%M%S}", tags=["continuation"],
+        flow_run_name=f"{campaign_id}-continues-{at:%Y%m%d-%H%M%S}", tags=[CONTINUATION_TAG],
     )
     logger.info("%d messages wait; the campaign continues at %s in flow run %s (%s)", result.waiting,
                 at.isoformat(), scheduled.name, scheduled.id)
@@ -51,6 +53,26 @@ def schedule_continuation(campaign_id: str, spec_path: str, result: DispatchResu
         f"**{result.waiting} messages wait**; the campaign continues at {at.isoformat()} in flow run "
         f"`{scheduled.name}` ({scheduled.id}).", key=artifact_key(campaign_id, "continues"))
     return {"waiting": result.waiting, "continue_at": at.isoformat(), "flow_run_id": str(scheduled.id)}
+
+
+CONTINUATION_TAG = "continuation"
+LEASE_WAIT_S = 600  # CAMPAIGN_CONTINUATION_LEASE_WAIT_S: how long a continuation waits for the run before it
+
+
+def lease_wait_s() -> float:
+    """How long this run waits for the campaign's lease when another run holds it: a continuation (tagged so by
+    schedule_continuation) may be due while the run that scheduled it, or an earlier continuation, still finishes
+    its receipts and report, so it waits up to CAMPAIGN_CONTINUATION_LEASE_WAIT_S (default 600 s); any other run
+    is refused at once, naming the running one."""
+    if CONTINUATION_TAG not in (flow_run.tags or []):
+        return 0.0
+    return float(positive_setting("CAMPAIGN_CONTINUATION_LEASE_WAIT_S", LEASE_WAIT_S))
+
+
+def waiting_for(holder: LockHolder | None) -> None:
+    get_run_logger().warning("the campaign's lease is held by %s: this continuation waits for it (at most %.0f s, "
+                             "CAMPAIGN_CONTINUATION_LEASE_WAIT_S)", holder.describe() if holder else "another run",
+                             lease_wait_s())
 
 
 MAX_EARLY_S = 120.0  # Prefect's runners and workers start a scheduled run up to 10 s early (their prefetch)

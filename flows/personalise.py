@@ -21,7 +21,9 @@ from pipeline.spec import CampaignSpec
 def summary(report: GenerationReport) -> dict[str, Any]:
     return {"rows": report.rows, "generated": report.generated, "fallbacks": dict(report.fallbacks),
             "calls": report.calls, "cache_hits": report.cache_hits, "prompt_tokens": report.prompt_tokens,
-            "completion_tokens": report.completion_tokens, "cost_usd": round(report.cost_usd, 6)}
+            "completion_tokens": report.completion_tokens, "cost_usd": round(report.cost_usd, 6),
+            # Masked here, once: the artifact and the approval view (flows/approval.py) show the same sample.
+            "samples": [(name, mask_text(value)) for name, value in report.samples]}
 
 
 @task(name="personalise", cache_policy=NO_CACHE)
@@ -32,7 +34,7 @@ def personalise_task(spec: CampaignSpec, campaign_id: str, database: str,
     info = summary(report)
     get_run_logger().info("personalise: %(generated)d written by the model, fallbacks %(fallbacks)s, %(calls)d "
                           "calls, %(cache_hits)d cached, USD %(cost_usd).4f", info)
-    sample = "\n".join(f"- `{name}`: {mask_text(value)}" for name, value in report.samples) or "- (none)"
+    sample = "\n".join(f"- `{name}`: {value}" for name, value in info["samples"]) or "- (none)"
     create_markdown_artifact(
         f"**Model-written values** ({info['generated']} used, fallbacks {info['fallbacks'] or 'none'}; "
         f"{info['calls']} calls, {info['cache_hits']} from the cache, USD {info['cost_usd']:.4f})\n\n{sample}",

@@ -99,13 +99,16 @@ def _handle(
     # In processed/ before the campaign starts: its spec names the CSV beside it.
     moved = inbox.finish(claimed, folders, "started", spec_data=spec_data, details=counts)
     spec_path = moved.csv.with_suffix(".yaml")
-    params = {"spec_path": str(spec_path), "campaign_id": claimed.campaign_id, **run_args}
+    # origin "upload": the team's controls decide whether it waits for an approval (on by default for uploads).
+    params = {"spec_path": str(spec_path), "campaign_id": claimed.campaign_id, **run_args, "origin": "upload"}
     if deployment:
         from prefect.deployments import run_deployment
 
         try:
+            # Not a subflow of this watcher run: a campaign run of its own, which Prefect lets suspend while it
+            # waits for its approval (a subflow cannot be suspended).
             run = run_deployment(deployment, parameters=params, timeout=0, flow_run_name=claimed.campaign_id,
-                                 idempotency_key=claimed.campaign_id)
+                                 idempotency_key=claimed.campaign_id, as_subflow=False)
         except Exception as exc:  # no such deployment, API down: nothing was sent
             reason = f"could not start the campaign through deployment {deployment!r}: {exc}"
             inbox.finish(moved, folders, "failed", reason=reason, spec_data=spec_data, details=counts)

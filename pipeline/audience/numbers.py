@@ -5,6 +5,7 @@ inputs it does not model to classify_number (phonenumbers itself, once per uniqu
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,9 +163,23 @@ def suppression_detail(channel: str, reasons: Mapping[str, str] | None, column: 
     return pl.col(column).replace_strict(texts, default=generic, return_dtype=pl.String)
 
 
-def _normalise_addresses(addresses: Iterable[str]) -> list[str]:
-    digits = (re.sub(r"\D", "", a) for a in addresses)
-    return sorted({"+" + d for d in digits if d})
+def _normalise_addresses(addresses: Iterable[str]) -> pl.Series:
+    """'+<digits>' of each address, once: a frozenset (what preparation passes every batch; a frequency cap over a
+    large send history holds millions of keys) is normalised once, in Polars, and the result kept for the next
+    batches."""
+    if isinstance(addresses, frozenset):
+        return _normalised_set(addresses)
+    return _normalised(list(addresses))
+
+
+@functools.lru_cache(maxsize=2)  # the suppressions and the capped, batch after batch
+def _normalised_set(addresses: frozenset[str]) -> pl.Series:
+    return _normalised(list(addresses))
+
+
+def _normalised(addresses: list[str]) -> pl.Series:
+    digits = pl.Series("address", addresses, dtype=pl.String).str.replace_all(r"\D", "")
+    return ("+" + digits.filter(digits != "")).unique().sort()
 
 
 # A plain E.164 number, kept in the dedupe carry as one Int64 of its digits ("+447400123456" is

@@ -21,6 +21,7 @@ import markupsafe
 import polars as pl
 
 from pipeline.costs import charts, points
+from pipeline.costs.approvals_report import approval_rows, write_approvals
 from pipeline.costs.costing import (
     DATA,
     MONEY,
@@ -50,6 +51,7 @@ class ReportFiles:
     failures_csv: Path
     failures_parquet: Path
     experiment_csv: Path | None = None  # per-arm results (pipeline/costs/uplift.py), for campaigns with arms
+    approvals_csv: Path | None = None  # who approved before sending (pipeline/costs/approvals_report.py)
 
 
 def write_report(
@@ -84,7 +86,8 @@ def write_report(
     arms = arm_results(db, campaign_id)
     if arms is not None:
         page["arms"] = display_rows(arms)
-    files = _write(Path(out_dir), costs, totals, page)
+    page["approvals"] = approval_rows(db, campaign_id)  # who let it send, when, on which estimate
+    files = write_approvals(_write(Path(out_dir), costs, totals, page), page["approvals"])
     return files if arms is None else write_arms(files, arms)
 
 

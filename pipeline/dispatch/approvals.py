@@ -92,9 +92,10 @@ def pending_request(db: Store, campaign_id: str) -> dict[str, Any] | None:
 
 
 def approval_brief(counts: dict[str, int], accepted: pl.DataFrame, estimate: dict[str, Any], *,
-                   sample_size: int = 5, refused: str | None = None) -> str:
-    """What the approver reads above the form (Markdown): the estimate, the rejects by reason and a masked sample
-    of the rendered messages for each language."""
+                   sample_size: int = 5, refused: str | None = None, generation: dict[str, Any] | None = None) -> str:
+    """What the approver reads above the form (Markdown): the estimate, the rejects by reason, a masked sample
+    of the rendered messages for each language and, when a model wrote values (`generation`, the personalise
+    task's summary), what it wrote: counts, fallbacks by reason and a masked sample."""
     lines = []
     if refused:
         lines += [f"**The last answer was refused:** {refused}", ""]
@@ -112,4 +113,19 @@ def approval_brief(counts: dict[str, int], accepted: pl.DataFrame, estimate: dic
                 pl.col("text") if "text" in rows.columns else pl.lit("").alias("text")).iter_rows():
             lines.append(f"- `{mask_phone(phone)}`: {mask_text(text or '')}")
         lines.append("")
+    if generation is not None:
+        lines += generated_sample(generation, sample_size)
     return "\n".join(lines)
+
+
+def generated_sample(generation: dict[str, Any], sample_size: int) -> list[str]:
+    """The model-written values the approver is shown (masked again: the sample may come from anywhere)."""
+    fallbacks = generation.get("fallbacks") or {}
+    lines = ["### Model-written values (numbers and addresses masked)", "",
+             f"{generation.get('generated', 0):,} written by the model, "
+             f"{sum(fallbacks.values()):,} fell back to the fixed text"
+             + (f" ({', '.join(f'{r}: {n:,}' for r, n in sorted(fallbacks.items()))})" if fallbacks else "")
+             + f"; USD {float(generation.get('cost_usd') or 0):,.4f} for the model", ""]
+    samples = list(generation.get("samples") or [])[:sample_size]
+    lines += [f"- `{name}`: {mask_text(value)}" for name, value in samples] or ["- (none)"]
+    return [*lines, ""]

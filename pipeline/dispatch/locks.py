@@ -11,7 +11,8 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,17 +25,18 @@ LEASE_TTL_S = float(os.environ.get("CAMPAIGN_LEASE_TTL_S", "30"))
 class CampaignLocked(RuntimeError):
     """Another run of the same campaign holds the lease; the message names it."""
 
-    def __init__(self, campaign_id: str, holder: LockHolder | None) -> None:
-        self.campaign_id, self.holder = campaign_id, holder
+    def __init__(self, campaign_id: str, holder: LockHolder | None, waited_s: float = 0.0) -> None:
+        self.campaign_id, self.holder, self.waited_s = campaign_id, holder, waited_s
         who = holder.describe() if holder else "another process"
+        waited = f" (still, after waiting {waited_s:.0f} s for it)" if waited_s else ""
         super().__init__(
-            f"campaign {campaign_id!r} is already running: {who}. Not starting a second dispatch; wait for "
+            f"campaign {campaign_id!r} is already running{waited}: {who}. Not starting a second dispatch; wait for "
             f"that run to finish, or stop it with `campaign pause {campaign_id}`"
         )
 
-    def __reduce__(self) -> tuple[type, tuple[str, LockHolder | None]]:
+    def __reduce__(self) -> tuple[type, tuple[str, LockHolder | None, float]]:
         # Picklable with its fields (Prefect may serialise a run's exception).
-        return (CampaignLocked, (self.campaign_id, self.holder))
+        return (CampaignLocked, (self.campaign_id, self.holder, self.waited_s))
 
 
 class LeaseLost(RuntimeError):
@@ -130,16 +132,36 @@ class Lease:
                         holder=self.token)
 
 
+def take_within(lease: Lease, flow_run_id: str | None, flow_run_name: str | None, wait_s: float,
+                on_wait: Callable[[LockHolder | None], None] | None = None) -> LockHolder:
+    """Takes the lease, trying again for at most `wait_s` s while a live holder has it (then CampaignLocked, saying
+    how long it waited); `on_wait` is told who holds it, once, when the first try is refused."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return lease.take(flow_run_id, flow_run_name)
+        except CampaignLocked as refused:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise (CampaignLocked(lease.campaign_id, refused.holder, wait_s) if wait_s else refused) from None
+            if on_wait is not None:
+                on_wait(refused.holder)
+                on_wait = None
+            # The holder renews every ttl/3; trying at that pace (at most each second) finds it free soon enough.
+            time.sleep(min(left, max(0.2, min(1.0, lease.ttl_s / 3))))
+
+
 @contextmanager
 def campaign_lock(
     db: Store, campaign_id: str, *, flow_run_id: str | None = None, flow_run_name: str | None = None,
-    ttl_s: float | None = None,
+    ttl_s: float | None = None, wait_s: float = 0.0, on_wait: Callable[[LockHolder | None], None] | None = None,
 ) -> Iterator[Lease]:
-    """Holds the campaign's lease for the block (renewed in the background); raises CampaignLocked at once,
-    never waits, when a live holder has it. `lease.holder` says who holds it; `lease.lost` is set if it was
-    lost (the store was unreachable for longer than the lease and another run took over)."""
+    """Holds the campaign's lease for the block (renewed in the background); when a live holder has it, raises
+    CampaignLocked at once, or after trying for `wait_s` seconds (see take_within). `lease.holder` says who holds
+    it; `lease.lost` is set if it was lost (the store was unreachable for longer than the lease and another run
+    took over)."""
     lease = Lease(db, campaign_id, ttl_s or LEASE_TTL_S)
-    lease.take(flow_run_id, flow_run_name)  # a refusal raises here, before anything is touched
+    take_within(lease, flow_run_id, flow_run_name, wait_s, on_wait)  # a refusal raises here, before anything else
     renewer = threading.Thread(target=lease.renew_until_released, name=f"lease-{campaign_id}", daemon=True)
     renewer.start()
     try:

@@ -155,7 +155,8 @@ def test_the_watcher_starts_a_campaign_per_upload_and_files_each(tmp_path: Path,
     folders = inbox.Folders.under(tmp_path / "audiences")
     folders.create()
     _audience(folders.inbox / "spring.csv", 30)
-    (folders.inbox / "spring.yaml").write_text(_sidecar())
+    # This spec opts out of the approval uploads wait for by default (tests/flows/test_approval_suspend.py).
+    (folders.inbox / "spring.yaml").write_text(_sidecar(approval={"required": False}))
     (folders.inbox / "no-phone.csv").write_text("mobile,opt_in\n+447700900123,yes\n")
     (folders.inbox / "notes.txt").write_text("not an audience")
     db = str(tmp_path / "campaigns.sqlite")
@@ -237,3 +238,43 @@ def test_with_a_deployment_each_upload_starts_its_own_deployment_run(tmp_path: P
     assert missing["outcome"] == "failed" and "no-such-deployment" in missing["reason"]
     assert (folders.failed / f"{missing['campaign_id']}.csv").exists()
     assert not (folders.processed / f"{missing['campaign_id']}.yaml").exists()
+
+
+def test_an_upload_run_here_as_a_subflow_waits_for_an_approval_by_default(tmp_path: Path, sandbox: str):
+    """Without a campaign deployment the upload's campaign runs as the watcher's subflow: paused (a subflow cannot be
+    suspended) until someone answers; rejected, the upload is filed as failed with the reason and nothing is sent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.approval import approve_from_cli
+    from pipeline.dispatch.approvals import history, pending_request
+    from tests.helpers.waiting import wait_for
+
+    folders = inbox.Folders.under(tmp_path / "audiences")
+    folders.create()
+    _audience(folders.inbox / "autumn.csv", 10)
+    (folders.inbox / "autumn.yaml").write_text(_sidecar())  # no approval settings: the default for uploads
+    db = tmp_path / "campaigns.sqlite"
+
+    def waiting() -> dict | None:
+        if not db.exists():
+            return None
+        with store.connect(db) as shared:
+            ids = [r[0] for r in shared.rows("SELECT DISTINCT campaign_id FROM campaign_approvals")]
+            asked = pending_request(shared, ids[0]) if ids else None
+        return {**asked, "campaign_id": ids[0]} if asked else None
+
+    from flows.watcher import inbox_watcher_flow
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(inbox_watcher_flow, audiences_dir=str(tmp_path / "audiences"), database=str(db),
+                              spool_dir=str(tmp_path / "spool"), reports_dir=str(tmp_path / "reports"),
+                              provider_base_url=sandbox, settle_s=0)
+        asked = wait_for(waiting, timeout_s=120, what="the upload's campaign to wait for its approval", every_s=0.3)
+        assert asked["origin"] == "upload" and not running.done()
+        assert httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] == 0
+        approve_from_cli(asked["campaign_id"], str(db), name="bob", comment="not this week", reject=True)
+        [result] = running.result(timeout=120)
+    assert result["outcome"] == "failed" and "rejected by bob: not this week" in result["reason"]
+    assert httpx.get(f"{sandbox}/_sandbox/stats?messages=0").json()["accepted"] == 0
+    with store.connect(db) as shared:
+        assert [(h["origin"], h["decision"]) for h in history(shared, asked["campaign_id"])] == [("upload", "rejected")]

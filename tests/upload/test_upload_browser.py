@@ -60,7 +60,9 @@ def _stack(stack: ExitStack) -> dict[str, Any]:
     specs.mkdir()
     spool.mkdir()
     welcome = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
-    welcome.update(receipts_wait_s=20, rate_limit={"max_per_second": 200, "concurrency": 4})
+    # Followed to its end without an approval (uploads wait for one by default: tests/flows/test_approval_ui.py).
+    welcome.update(receipts_wait_s=20, rate_limit={"max_per_second": 200, "concurrency": 4},
+                   approval={"required": False})
     (specs / "welcome.yaml").write_text(yaml.safe_dump(welcome))
     (specs / "inbox-default.yaml").write_text((ROOT / "campaigns/inbox-default.yaml").read_text())
     port = free_port()

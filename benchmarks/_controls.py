@@ -1,0 +1,138 @@
+"""`benchmarks/prepare.py --controls`: preparation with the team's controls of issue 19 on a store that has sent a lot.
+
+A seeded send history in the store's outbox (`history` rows, default 10M, over the last 10 days, on WhatsApp, Chat
+App and SMS, marketing and utility, sent / unknown / failed) of which about a third goes to numbers of the audience,
+so many recipients reach the cap; a 7-day cap of 2 marketing messages across WhatsApp and Chat App; and a `language`
+column in the audience (exact codes, base languages, regional variants, other spellings, blanks and unknown codes)
+against the template's languages. One timed run, in a fresh process, does what the campaign's prepare task does
+(pipeline/dispatch/preparation.py): read the capped recipients from the store, then prepare the audience with them
+and the languages, in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline import store
+from pipeline.store import Store
+from pipeline.store.bulk import insert_frame
+from pipeline.store.schema import metadata
+
+CAP = {"max": 2, "per": "7d", "channels": ["whatsapp", "chatapp"], "categories": ["marketing"]}
+LANGUAGES = ["en_US", "en_GB", "es", "es_MX", "pt_BR", "de", "fr", "it"]
+# What people write in a language column: exact codes, base languages, other spellings, blanks, unknown codes.
+WRITTEN = ["en_US", "en", "en-GB", "es", "es_AR", "pt", "pt-br", "DE", "fr_CA", "it", "", "xx", "zh_CN"]
+CHUNK = 250_000
+MAX_HISTORY = 50_000_000
+MAX_SEED_S = 3_600.0  # seeding the history, at most
+
+_HISTORY = """
+SELECT md5(CAST(i AS VARCHAR) || ':h' || $seed) AS message_id,
+    'history-' || CAST(i // 1000000 AS VARCHAR) AS campaign_id, i AS seq,
+    CASE WHEN u1 < 0.33 THEN $keys[1 + CAST(hash(i, $seed, 9) % $n_keys AS INT)]
+         ELSE '+1555' || lpad(CAST(hash(i, $seed, 8) % 3000000 AS VARCHAR), 7, '0') END AS recipient_key,
+    CASE WHEN u2 < 0.6 THEN 'whatsapp' WHEN u2 < 0.9 THEN 'chatapp' ELSE 'sms' END AS channel,
+    '15550001111' AS sender, 'US' AS country,
+    CASE WHEN u3 < 0.7 THEN 'marketing' ELSE 'utility' END AS category, '{}' AS payload_json,
+    CASE WHEN u4 < 0.9 THEN 'sent' WHEN u4 < 0.95 THEN 'unknown' ELSE 'failed' END AS state, 1 AS attempts,
+    $now - to_microseconds(CAST(hash(i, $seed, 5) % 864000000000 AS BIGINT)) AS queued_at,
+    $now - to_microseconds(CAST(hash(i, $seed, 5) % 864000000000 AS BIGINT)) AS sent_at
+FROM (SELECT i, (hash(i, $seed, 1) % 1000000) / 1e6 AS u1, (hash(i, $seed, 2) % 1000000) / 1e6 AS u2,
+             (hash(i, $seed, 3) % 1000000) / 1e6 AS u3, (hash(i, $seed, 4) % 1000000) / 1e6 AS u4
+      FROM range($low, $high) AS t(i))
+"""
+
+
+def audience_keys(corpus: Path, limit: int = 500_000) -> list[str]:
+    """Numbers of the audience already written in E.164 (most of it): the history's sends to the audience."""
+    phones = pl.scan_csv(corpus, infer_schema=False).select("phone").head(limit * 2).collect()["phone"]
+    return phones.filter(phones.str.contains(r"^\+[1-9]\d{6,14}$")).unique(maintain_order=True).head(limit).to_list()
+
+
+@contextlib.contextmanager
+def _without_outbox_indexes(db: Store) -> Iterator[None]:
+    indexes = list(metadata.tables["outbox"].indexes)
+    with db.write() as conn:
+        for index in indexes:
+            index.drop(conn)
+    try:
+        yield
+    finally:
+        with db.write() as conn:
+            for index in indexes:
+                index.create(conn)
+
+
+def seed_history(url: str, rows: int, keys: list[str], seed: int) -> dict[str, Any]:
+    """Loads `rows` outbox rows sent over the last 10 days into the store at `url` (migrated first)."""
+    import duckdb
+
+    if not 0 <= rows <= MAX_HISTORY:
+        raise ValueError(f"--history {rows:,}: between 0 and {MAX_HISTORY:,} rows")
+    started, now = time.perf_counter(), datetime.now(UTC)
+    gen = duckdb.connect()
+    gen.execute("SET TimeZone = 'UTC'")
+    with store.connect(url) as db, _without_outbox_indexes(db):
+        for low in range(0, rows, CHUNK):
+            if time.perf_counter() - started > MAX_SEED_S:
+                raise TimeoutError(f"seeding the history took more than {MAX_SEED_S:.0f} s (at {low:,} rows)")
+            frame = gen.sql(_HISTORY, params={"keys": keys, "n_keys": len(keys), "seed": seed, "now": now,
+                                              "low": low, "high": min(rows, low + CHUNK)}).pl()
+            with db.write() as conn:
+                insert_frame(conn, "outbox", frame)
+            if low % 2_000_000 == 0:
+                print(f"  history: {low + frame.height:,} rows", flush=True)
+        loaded = time.perf_counter()
+    with store.connect(url) as db:
+        if db.dialect == "postgresql":  # as autovacuum would after a bulk load, before anything is timed
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE outbox")
+    gen.close()
+    return {"history_rows": rows, "seed_s": round(loaded - started, 1),
+            "index_s": round(time.perf_counter() - loaded, 1)}
+
+
+def controls_spec(audience: Path):  # noqa: ANN201
+    """The demo spec with the 7-day cap across WhatsApp and Chat App, and the template's languages."""
+    from pipeline.spec import FrequencyCap, load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "campaigns" / "welcome.yaml")
+    template = spec.template.model_copy(update={"languages": LANGUAGES, "language_column": "language"})
+    return spec.model_copy(update={"audience": audience, "frequency_cap": FrequencyCap.model_validate(CAP),
+                                   "template": template})
+
+
+def run_controls(corpus: Path, url: str) -> dict[str, Any]:
+    """One cold preparation as the campaign's prepare task does it, in memory (called in a subprocess)."""
+    import resource
+
+    started = time.perf_counter()
+    from pipeline.audience.frequency import capped_recipients, describe, frequency_cap_for
+    from pipeline.audience.policy import blocked_policy
+    from pipeline.render.prepare import prepare_audience
+
+    spec = controls_spec(corpus)
+    imported = time.perf_counter()
+    cap = frequency_cap_for(spec)
+    with store.connect(url) as db:
+        capped = capped_recipients(db, cap, exclude_campaign="bench")
+    queried = time.perf_counter()
+    prepared = prepare_audience(
+        corpus, channel=spec.channel, category=spec.template.category, template=spec.template,
+        variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
+        recently_messaged=capped, frequency_detail=describe(cap), capped_categories=frozenset(cap.categories),
+        out_dir=None, keep_frames=True)
+    done = time.perf_counter()
+    languages = prepared.accepted["template_language"].value_counts().sort("template_language").rows()
+    return {"seconds": done - imported, "cap_query_s": queried - imported, "prepare_s": done - queried,
+            "import_s": imported - started, "capped_in_store": len(capped), "rows": prepared.rows_read,
+            "accepted": prepared.accepted.height, "counts": prepared.counts,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "languages": {k: v for k, v in languages}}

@@ -1,0 +1,166 @@
+"""The approval form in the Prefect UI, driven in headless Chromium: a campaign that needs an approval waits after its
+estimate (paused with Prefect's run input, flows/approval.py); its run page in the UI offers "Resume", whose form
+shows the estimate, the rejects, a masked sample of the rendered messages and of the model-written values (the same
+lines as the personalise artifact), and the decision, name and comment. Approving there starts the dispatch;
+rejecting there sends nothing and fails the run with the reason.
+
+Each campaign runs in a subprocess against `prefect server start` (the session's UI server), with the WhatsApp
+sandbox and the sandbox's OpenAI-compatible endpoint on loopback in that subprocess; it prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import store
+from pipeline.dispatch.approvals import history, pending_request
+from tests.helpers.browser import Tab
+from tests.helpers.prefect import PrefectServer
+from tests.helpers.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = 6
+
+CAMPAIGN = r'''
+import json, sys
+from pathlib import Path
+
+import yaml
+
+from flows.campaign import campaign_flow
+from pipeline.sandbox.llm import LlmSandboxConfig, create_llm_app
+from pipeline.sandbox.whatsapp import SandboxConfig, create_app
+from pipeline.servers import serve_in_thread
+
+root, tmp, name, rows = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+audience = tmp / "audience.csv"
+audience.write_text("phone,first_name,city,coupon,opt_in\n" + "".join(
+    f"+4474001235{i:02d},Ann{i},Leeds,W-{i},yes\n" for i in range(rows)) + "not-a-number,Bo,Leeds,W-9,yes\n")
+data = yaml.safe_load((root / "campaigns/welcome.yaml").read_text())
+# One recipient's model answer carries a link: refused, it falls back to the fixed text (counted on the form).
+llm_config = LlmSandboxConfig(api_key="ui-llm-key", answers={"Ann0 ": "Visit https://acme.example/deal"})
+with serve_in_thread(create_llm_app(llm_config)) as llm, serve_in_thread(create_app(SandboxConfig(
+        access_token="test-token", app_secret="test-app-secret", templates={"welcome_offer": "marketing"}))) as wa:
+    data.update(name=name, audience=str(audience), receipts_wait_s=0,
+                approval={"required": True, "approvers": ["bob"], "timeout_s": 600},
+                generate={"variables": {"opener": {"prompt": "Write a one-line opener for {{ first_name }} .",
+                                                   "fallback": "We have something for you", "max_chars": 60}},
+                          "base_url": f"{llm}/v1", "api_key_env": "UI_TEST_LLM_KEY"})
+    data["template"].update(text="{{ opener }}! Show code {{ code }} in our {{ city }} store.",
+                            body=["{{ opener }}", "{{ code }}", "{{ city }}"])
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    state = campaign_flow(str(spec), database=str(tmp / "campaigns.sqlite"), spool_dir=str(tmp / "spool"),
+                          reports_dir=str(tmp / "reports"), provider_base_url=wa, started_by="alice",
+                          return_state=True)
+    import httpx
+    accepted = httpx.get(f"{wa}/_sandbox/stats?messages=0").json()["accepted"]
+print(json.dumps({"state": state.type.value, "message": state.message, "accepted": accepted,
+                  "flow_run_id": str(state.state_details.flow_run_id)}))
+'''
+
+
+def _start(server: PrefectServer, tmp: Path, name: str) -> subprocess.Popen[str]:
+    env = {**server.env, "UI_TEST_LLM_KEY": "ui-llm-key"}
+    return subprocess.Popen([sys.executable, "-c", CAMPAIGN, str(ROOT), str(tmp), name, str(ROWS)], env=env, cwd=tmp,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _paused(server: PrefectServer, proc: subprocess.Popen[str], db: Path, name: str) -> dict[str, Any]:
+    """The campaign's approval request, once its run is paused for it."""
+    def waiting() -> dict[str, Any] | None:
+        assert proc.poll() is None, proc.communicate()
+        if not db.exists():
+            return None
+        with store.connect(db) as shared:
+            asked = pending_request(shared, name)
+        if asked is None:
+            return None
+        with server.client() as api:
+            state = api.get(f"/flow_runs/{asked['flow_run_id']}").json()["state"]
+        return asked if state["type"] == "PAUSED" else None
+
+    return wait_for(waiting, timeout_s=180, what=f"campaign {name} to wait for its approval", every_s=0.5)
+
+
+def _answer_in_the_ui(tab: Tab, server: PrefectServer, run_id: str, decision: str, name: str, comment: str) -> str:
+    """Opens the run in the Prefect UI, opens its Resume form, fills it in and submits it; the form's text."""
+    tab.open(f"{server.url}/runs/flow-run/{run_id}", "Paused", "Resume")
+    tab.evaluate("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Resume').click()")
+
+    def shown() -> str | None:
+        text = tab.evaluate("(document.querySelector('.p-modal') || {}).innerText || ''")
+        return text if all(s in text for s in ("Resume Flow Run", "Decision", "Name", "Comment", "Submit")) else None
+
+    form = wait_for(shown, timeout_s=45, what="the Resume form", every_s=0.2)
+    dialog = "document.querySelector('.p-modal')"
+    # The decision is a native <select>; Vue's v-model listens for `change`.
+    tab.evaluate(f"(() => {{ const s = {dialog}.querySelector('select'); s.value = {json.dumps(decision)};"
+                 "s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+    for index, text in ((0, name), (1, comment)):  # typed, as a person types, into the two text areas
+        tab.evaluate(f"{dialog}.querySelectorAll('textarea')[{index}].focus()")
+        tab.call("Input.insertText", text=text)
+    filled = tab.evaluate(f"(() => {{ const d = {dialog}; return [d.querySelector('select').value, "
+                          "...[...d.querySelectorAll('textarea')].map(t => t.value)]; })()")
+    assert filled == [decision, name, comment], filled
+    tab.evaluate(f"[...{dialog}.querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit').click()")
+    return form
+
+
+def _finished(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-5000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(420)
+def test_approving_in_the_ui_form_starts_the_dispatch(prefect_ui_server: PrefectServer, tab: Tab,
+                                                      tmp_path: Path) -> None:
+    server = prefect_ui_server
+    proc = _start(server, tmp_path, "ui-approve")
+    try:
+        asked = _paused(server, proc, tmp_path / "campaigns.sqlite", "ui-approve")
+        form = _answer_in_the_ui(tab, server, asked["flow_run_id"], "approve", "bob", "sample and cost checked")
+        result = _finished(proc)
+    finally:
+        proc.kill()
+    # What the approver saw above the form: the cost, the rejects, the rendered sample and the model's values.
+    assert f"{ROWS} messages, USD" in form and "invalid_number: 1" in form
+    assert "+44*******500" in form and "+447400123500" not in form
+    assert "Model-written values" in form and f"{ROWS - 1} written by the model, 1 fell back" in form
+    assert "link: 1" in form
+    with server.client() as api:
+        [artifact] = api.post("/artifacts/filter", json={"artifacts": {"key": {"any_": ["ui-approve-personalise"]}},
+                                                         "sort": "CREATED_DESC", "limit": 1}).json()
+    samples = [line.removeprefix("- ").replace("`", "") for line in artifact["data"].splitlines()
+               if line.startswith("- `opener`")]
+    assert samples and all(s in form for s in samples)  # the same masked lines as the artifact
+    assert result["state"] == "COMPLETED", result["message"]
+    assert result["accepted"] == ROWS
+    with store.connect(tmp_path / "campaigns.sqlite") as shared:
+        answered = history(shared, "ui-approve")
+    assert [(h["decision"], h["approver"], h["comment"]) for h in answered] == [
+        ("approved", "bob", "sample and cost checked")]
+
+
+@pytest.mark.timeout(420)
+def test_rejecting_in_the_ui_form_sends_nothing(prefect_ui_server: PrefectServer, tab: Tab, tmp_path: Path) -> None:
+    server = prefect_ui_server
+    proc = _start(server, tmp_path, "ui-reject")
+    try:
+        asked = _paused(server, proc, tmp_path / "campaigns.sqlite", "ui-reject")
+        _answer_in_the_ui(tab, server, asked["flow_run_id"], "reject", "bob", "wrong audience")
+        result = _finished(proc)
+    finally:
+        proc.kill()
+    assert result["state"] == "FAILED" and "rejected by bob: wrong audience" in result["message"]
+    assert result["accepted"] == 0
+    with store.connect(tmp_path / "campaigns.sqlite") as shared:
+        answered = history(shared, "ui-reject")
+        queued = shared.scalar("SELECT count(*) FROM outbox WHERE state = 'queued'")
+    assert [(h["decision"], h["approver"]) for h in answered] == [("rejected", "bob")] and queued == ROWS
