@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat-completions client (OpenAI, Qwen through DashScope's compatible mode, a local
 server, the sandbox's pipeline/sandbox/llm.py) over httpx: bounded concurrency and rate, retries with backoff.
 
-`complete_all` answers many prompts: at most `concurrency` requests in flight (over clients of at most 16
+`complete_all` answers many prompts: at most `concurrency` requests in flight (over clients of at most 4
 connections each), requests started no faster than
 `max_per_second` (paced at even intervals), and a request answered 429, 5xx, or not at all within `timeout_s`
 tried again after an exponential, jittered backoff (a Retry-After of at most 30 s is honoured), up to
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import httpx
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_ANSWER_BYTES = 64 * 1024  # a larger body is not read: the value it carries could not be used anyway
 MAX_RETRY_AFTER_S = 30.0
-POOL_CONNECTIONS = 16  # per httpx client; more clients past it (complete_all says why)
+POOL_CONNECTIONS = 4  # per httpx client; more clients past it (complete_all says why)
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,21 @@ async def _one(client: httpx.AsyncClient, endpoint: Endpoint, pacer: _Pacer, pro
     return Answer(None, attempts=endpoint.max_attempts, error=error)
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context (certifi's roots) for every client: httpx loads the roots again for each client it makes
+    without one, tens of milliseconds each, and each batch makes several."""
+    return httpx.create_ssl_context()
+
+
 async def complete_all(endpoint: Endpoint, prompts: Sequence[str]) -> list[Answer]:
     """One answer per prompt, in order.
 
     `concurrency` workers take the prompts in turn, so at most that many requests are in flight. The workers
     share clients of at most POOL_CONNECTIONS connections each, one connection per worker: httpcore 1.0.9's
     pool re-scans all its connections, quadratically, on every request and response (encode/httpcore#1035),
-    which made one pool of 64 connections CPU-bound on the client at about a quarter of the throughput of 16.
+    which made one pool of 64 connections cost the client ~9 ms of CPU a request (16: ~2 ms; pools of 4: under
+    1 ms) and concurrency 64 slower than 16 on two shared cores (README, Performance).
     """
     answers: list[Answer | None] = [None] * len(prompts)
     pacer = _Pacer(endpoint.max_per_second)
@@ -133,6 +143,7 @@ async def complete_all(endpoint: Endpoint, prompts: Sequence[str]) -> list[Answe
             size = min(POOL_CONNECTIONS, workers - first)
             client = await stack.enter_async_context(httpx.AsyncClient(
                 base_url=endpoint.base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(endpoint.timeout_s),
+                verify=_tls(),
                 limits=httpx.Limits(max_connections=size, max_keepalive_connections=size)))
             tasks += [work(client) for _ in range(size)]
         await asyncio.gather(*tasks)

@@ -139,5 +139,5 @@ def test_the_workers_fill_the_concurrency_past_one_pool_and_keep_the_order():
     config = LlmSandboxConfig(latency_s=0.2, answers={f"<{i}>": f"answer {i}" for i in range(80)})
     with serve_in_thread(create_llm_app(config)) as url:
         answers = asyncio.run(complete_all(_endpoint(url, concurrency=40, max_per_second=10_000), prompts))
-        assert _stats(url)["max_in_flight"] == 40  # three clients: 16 + 16 + 8 connections
+        assert _stats(url)["max_in_flight"] == 40  # ten clients of 4 connections
     assert [a.text for a in answers] == [f"answer {i}" for i in range(80)]
