@@ -6,6 +6,7 @@ the key of the checks and settings that gave it, read by a re-run instead of che
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +15,7 @@ from jinja2 import StrictUndefined
 
 from pipeline.render.environment import BoundedEnvironment
 from pipeline.render.generated_cache import lookup, save_answers
-from pipeline.render.generated_checks import check_key
+from pipeline.render.generated_checks import check_key, control_characters, refusal
 from pipeline.render.llm_client import complete_all
 from pipeline.render.personalise import MAX_PROMPT_CHARS, _prompts, gen_column, input_hash, personalise
 from pipeline.sandbox.llm import LlmSandboxConfig, create_llm_app
@@ -141,3 +142,13 @@ def test_the_workers_fill_the_concurrency_past_one_pool_and_keep_the_order():
         answers = asyncio.run(complete_all(_endpoint(url, concurrency=40, max_per_second=10_000), prompts))
         assert _stats(url)["max_in_flight"] == 40  # ten clients of 4 connections
     assert [a.text for a in answers] == [f"answer {i}" for i in range(80)]
+
+
+def test_the_control_character_class_is_exactly_unicodedatas_categories():
+    # The checks search one character class instead of asking unicodedata about every character: the same set.
+    pattern = control_characters()
+    differ = [point for point in range(0x110000) if bool(pattern.fullmatch(chr(point))) != (
+        point != 0x0A and unicodedata.category(chr(point)) in ("Cc", "Cf", "Co", "Cs"))]
+    assert differ == []
+    assert refusal("Hi\u200bthere", channel="sms", max_chars=None) == "control_character"  # a zero-width space
+    assert refusal("Line one\nline two", channel="sms", max_chars=None) is None  # a newline is fine in an SMS
