@@ -3,13 +3,17 @@
 A model's answer is untrusted input: it may be long, carry a link or a phone number (a phishing vector in our
 sender's name), template syntax (which a later render would run), control characters, or characters the
 channel cannot carry. A value failing any check is not used: the row gets the variable's fixed fallback text,
-and the reason is counted. The reasons are a closed vocabulary (REASONS).
+and the reason is counted. The reasons are a closed vocabulary (REASONS). `check_key` names the checks and their
+settings, so that an outcome kept with a cached value is trusted only under the checks that gave it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 import unicodedata
+from pathlib import Path
 
 from pipeline.render.limits import MESSAGE_CHARS
 from pipeline.render.segments import GSM7_BASIC, GSM7_EXTENSION
@@ -25,12 +29,38 @@ _LINK = re.compile(
 # Seven digits or more, allowing the separators people write numbers with.
 _PHONE = re.compile(r"\+?\d(?:[\s().-]*\d){6,}")
 _SYNTAX = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}|\$\{|\{\d+\}")
+# This module's code and the character set it checks SMS against: any change to either makes every stored
+# outcome stale, without anyone having to remember to bump a version.
+_CHECKS = hashlib.sha256(
+    Path(__file__).read_bytes() + "".join(sorted(GSM7_BASIC | GSM7_EXTENSION)).encode()).hexdigest()
 
 
 def parameter_limit(channel: str, max_chars: int | None) -> int:
     """The longest value accepted: the variable's own bound, within the channel's parameter limit."""
     own = MESSAGE_CHARS.get(channel, (4_096, ""))[0]
     return min(own, max_chars) if max_chars else own
+
+
+@functools.cache
+def control_characters() -> re.Pattern[str]:
+    """Any character of the categories Cc, Cf, Co or Cs (unicodedata's, this Python's) but the newline, as one
+    character class: one search per value instead of asking unicodedata about each of its characters, which was
+    most of the time checking took. Built on first use (~0.3 s)."""
+    runs: list[tuple[int, int]] = []
+    for point in range(0x110000):
+        if point != 0x0A and unicodedata.category(chr(point)) in ("Cc", "Cf", "Co", "Cs"):
+            if runs and runs[-1][1] == point - 1:
+                runs[-1] = (runs[-1][0], point)
+            else:
+                runs.append((point, point))
+    return re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in runs) + "]")
+
+
+def check_key(channel: str, max_chars: int | None) -> str:
+    """Names the checks a value on `channel` within `max_chars` passes or fails (what refusal depends on
+    besides the value): an outcome stored under another key is not trusted."""
+    limit = parameter_limit(channel, max_chars)
+    return hashlib.sha256(f"{_CHECKS}\x00{channel}\x00{limit}".encode()).hexdigest()[:32]
 
 
 def refusal(value: str | None, *, channel: str, max_chars: int | None) -> str | None:
@@ -50,7 +80,7 @@ def refusal(value: str | None, *, channel: str, max_chars: int | None) -> str | 
         return "phone_number"
     if channel in _PARAMETER_CHANNELS and ("\n" in text or "\t" in text or "     " in text):
         return "control_character"
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") and c not in "\n" for c in text):
+    if control_characters().search(text):
         return "control_character"
     if channel == "sms" and any(c not in GSM7_BASIC and c not in GSM7_EXTENSION for c in text):
         # One character outside GSM-7 (an emoji, a curly quote) turns the whole SMS into UCS-2 and

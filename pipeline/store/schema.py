@@ -490,6 +490,10 @@ generated_values = Table(
     Column("prompt_tokens", Integer),
     Column("completion_tokens", Integer),
     Column("created_at", TS, nullable=False),
+    # The checks' outcome for `value`: check_key names the checks and their settings, refusal their reason
+    # (NULL: it passed); a re-run under the same key reads it instead of checking again (migration 0010).
+    Column("check_key", String),
+    Column("refusal", String),
 )
 # Approvals before sending (flows/approval.py): each request and its outcome, kept with the campaign.
 campaign_approvals = Table(

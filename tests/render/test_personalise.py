@@ -8,51 +8,19 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pipeline.render.generated_checks import refusal
-from pipeline.render.llm_client import Endpoint
-from pipeline.render.personalise import endpoint_for, gen_column, generate_values, personalise, stand_in
-from pipeline.render.prepare import prepare_audience
+from pipeline.render.personalise import endpoint_for, gen_column, generate_values, personalise
 from pipeline.sandbox.llm import LlmSandboxConfig, create_llm_app
 from pipeline.servers import serve_in_thread
-from pipeline.spec import CampaignSpec, parse_spec
+from pipeline.spec import parse_spec
 from pipeline.store import Store
-
-KEY = "sandbox-llm-key"
-GENERATE = {"variables": {"opener": {"prompt": "Write a one-line opener for {{ first_name }} from {{ city }}.",
-                                     "fallback": "We have something for you", "max_chars": 60}},
-            "api_key_env": "TEST_LLM_KEY"}
-
-
-def _spec(tmp_path: Path, channel: str = "whatsapp", rows: int = 6) -> CampaignSpec:
-    audience = tmp_path / "audience.csv"
-    audience.write_text("phone,first_name,city,opt_in\n" + "".join(
-        f"+44 7911 1234{i:02d},Name{i},City{i % 3},yes\n" for i in range(rows)))
-    return parse_spec({
-        "name": "gen", "audience": str(audience), "channel": channel, "sender": "Acme",
-        "template": {"name": "welcome_offer", "language": "en_US", "category": "marketing",
-                     "text": "{{ opener }}, {{ first_name }}!", "body": ["{{ opener }}", "{{ first_name }}"]},
-        "variables": {"first_name": "first_name"}, "generate": GENERATE,
-    })
-
-
-def _endpoint(url: str, **overrides) -> Endpoint:
-    values = dict(base_url=f"{url}/v1", model="qwen-plus", api_key=KEY, concurrency=4, max_per_second=500,
-                  timeout_s=2.0, max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05)
-    return Endpoint(**(values | overrides))
-
-
-def _stats(url: str) -> dict[str, int]:
-    return httpx.get(f"{url}/_sandbox/stats").json()
-
-
-def _prepared(spec: CampaignSpec, tmp_path: Path):
-    # Preparation renders with the stand-in (the fallback text) as the flow does.
-    stand = stand_in(spec)
-    return prepare_audience(spec.audience, channel=spec.channel, category="marketing", template=stand.template,
-                            variables=stand.variables, out_dir=tmp_path / "out")
+from tests.helpers.llm import GENERATE
+from tests.helpers.llm import endpoint as _endpoint
+from tests.helpers.llm import prepared as _prepared
+from tests.helpers.llm import spec as _spec
+from tests.helpers.llm import stats as _stats
 
 
 def test_values_are_written_checked_rendered_and_a_rerun_calls_nothing(sqlite_db: Store, tmp_path: Path):
