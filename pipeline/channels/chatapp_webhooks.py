@@ -12,7 +12,7 @@ A user's own message (ChatAppInbound: `MessageId`, `From`, `To`, `Timestamp`, `T
 becomes an Inbound: TEXT's words, a button tap's payload and title (REPLY / BUTTON / INTERACTIVE), the message
 it answers when the push names one. Its sender is the phone in E.164 (`+` and digits), or for Messenger and
 Instagram (`ChannelType`) the user id as it is, so a STOP or an opt-out tap suppresses the address the
-campaign sends to (pipeline/receipts/ingest.py `suppression_key`).
+campaign sends to (pipeline/receipts/staging.py `suppression_key`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ import pytest
 
 from pipeline import store
 from pipeline.channels.whatsapp_webhooks import bulk_statuses_sql
-from pipeline.receipts.ingest import EVENT_ID_SQL, event_id, ingest_spool
+from pipeline.receipts.event_ids import EVENT_ID_SQL, event_id
+from pipeline.receipts.ingest import ingest_spool
 from pipeline.receipts.spool import encode_record
 from pipeline.receipts.unmatched import COLUMNS
 from pipeline.records import Receipt

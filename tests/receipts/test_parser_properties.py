@@ -27,8 +27,9 @@ import pipeline.channels.viber_webhooks as viber_webhooks
 import pipeline.channels.whatsapp_webhooks as whatsapp_webhooks
 from pipeline import store
 from pipeline.channels.email import unsubscribe_token
-from pipeline.receipts.ingest import PARSERS, ingest_spool
+from pipeline.receipts.ingest import ingest_spool
 from pipeline.receipts.spool import encode_record
+from pipeline.receipts.staging import PARSERS
 from pipeline.receipts.unmatched import COLUMNS
 from tests.helpers.receipts import write_spool
 

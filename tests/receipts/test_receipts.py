@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import store
-from pipeline.receipts import ingest as receipts_mod
-from pipeline.receipts.ingest import current_statuses, ingest_spool, is_stop_keyword
+from pipeline.receipts.event_ids import event_id
+from pipeline.receipts.ingest import current_statuses, ingest_spool
 from pipeline.receipts.spool import encode_record
+from pipeline.receipts.staging import is_stop_keyword
 from tests.helpers.receipts import (
     T0,
     add_messages,
@@ -231,7 +232,7 @@ def test_event_ids_are_stable_and_distinguish_statuses() -> None:
     (c,), _ = parse_webhook(body([status("wamid.A", "delivered", T0)]))
     (d,), _ = parse_webhook(body([status("wamid.A", "failed", T0, code=131050)]))
     (e,), _ = parse_webhook(body([status("wamid.A", "failed", T0, code=131026)]))
-    ids = [receipts_mod.event_id(r) for r in (a, b, c, d, e)]
+    ids = [event_id(r) for r in (a, b, c, d, e)]
     assert ids[0] == ids[1]  # same status report, whatever else the payload carried
     assert len(set(ids)) == 4
 
