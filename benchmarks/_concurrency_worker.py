@@ -168,10 +168,10 @@ class TimedSends(Recording):
 
 def time_claims() -> list[float]:
     """How long each worker waits for its claim (the next group commit): instrumented here, not in pipeline/."""
-    from pipeline.dispatch import engine
+    from pipeline.dispatch import writer
 
     waits: list[float] = []
-    original = engine._Writer.claim
+    original = writer.GroupWriter.claim
 
     async def claim(self: Any, *args: Any, **kwargs: Any) -> set[int]:
         started = time.monotonic()
@@ -180,7 +180,7 @@ def time_claims() -> list[float]:
         finally:
             waits.append(time.monotonic() - started)
 
-    engine._Writer.claim = claim  # type: ignore[method-assign]
+    writer.GroupWriter.claim = claim  # type: ignore[method-assign]
     return waits
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.dispatch import engine as dispatch_module
 from pipeline.dispatch.engine import dispatch_campaign
+from pipeline.dispatch.writer import GroupWriter
 from pipeline.spec import RateSpec, RetrySpec
 from pipeline.store import Store
 from tests.helpers.channels import states
@@ -163,7 +164,7 @@ def test_outcomes_taken_by_a_commit_survive_the_writer_being_cancelled() -> None
         async def run_db(fn, *args):
             return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-        writer = dispatch_module._Writer(Ledger(), run_db)  # type: ignore[arg-type]
+        writer = GroupWriter(Ledger(), run_db)  # type: ignore[arg-type]
         writer.record(Outcome(7, "sent", "wamid.7", None, None, None, 1, None, None))
         flushing = asyncio.create_task(writer.flush())
         # Cancelled once the commit has taken its outcomes and been handed to the (busy) ledger thread.
