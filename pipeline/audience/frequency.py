@@ -8,12 +8,19 @@ The cap is the spec's `frequency_cap`, else the team's default in pipeline/data/
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import polars as pl
+
 from pipeline.spec import CampaignSpec, FrequencyCap, controls
-from pipeline.store import Store
+from pipeline.store import Store, dialect
 
 DEFAULT_FREQUENCY_WINDOW = timedelta(hours=24)
+# The period is read in slices this long: one slice's keys are one text in memory (6 h of 10M sends a day: ~40 MB).
+SLICE = timedelta(hours=6)
+READERS = 2
+_LATER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def frequency_cap_for(spec: CampaignSpec, settings: dict | None = None) -> FrequencyCap:
@@ -39,24 +46,38 @@ def describe(cap: FrequencyCap) -> str:
 
 def capped_recipients(
     db: Store, cap: FrequencyCap, *, now: datetime | None = None, exclude_campaign: str | None = None
-) -> set[str]:
+) -> frozenset[str]:
     """Recipient keys (E.164 for phone channels) with at least `cap.max` messages of the cap's categories on its
     channels within its period before `now`. A campaign being resumed passes its own id as `exclude_campaign`, so
-    its own sends do not cap it."""
-    since = (now or datetime.now(UTC)) - cap.window
-    sql = """
-        SELECT recipient_key FROM outbox
-        WHERE channel IN :channels AND sent_at >= :since AND state IN ('sent', 'unknown') AND category IN :categories
-    """
-    params: dict[str, object] = {"channels": list(cap.channels), "since": since, "categories": list(cap.categories)}
+    its own sends do not cap it.
+
+    The store reads the sends in the window through `outbox_recent`, which holds every column the filter names
+    (no table lookups), one slice of the period at a time, each slice's keys joined into one text by the store
+    (`dialect.joined_keys`): millions of sends reach Python as a few strings, not millions of rows, and the count
+    per recipient is Polars' (a GROUP BY in the store sorted ~4M keys in 3-5 s on either store)."""
+    end = now or datetime.now(UTC)
+    since = end - cap.window
+    where = "channel IN :channels AND sent_at >= :low AND sent_at < :high AND state IN ('sent', 'unknown') " \
+            "AND category IN :categories"
+    params: dict[str, object] = {"channels": list(cap.channels), "categories": list(cap.categories)}
     if exclude_campaign is not None:
-        sql += " AND campaign_id <> :exclude"
+        where += " AND campaign_id <> :exclude"
         params["exclude"] = exclude_campaign
-    if cap.max == 1:
-        distinct = sql.replace("SELECT recipient_key", "SELECT DISTINCT recipient_key")
-        return {row[0] for row in db.rows(distinct, **params)}
-    sql += " GROUP BY recipient_key HAVING count(*) >= :max"
-    return {row[0] for row in db.rows(sql, **params, max=cap.max)}
+    sql = f"SELECT {dialect.joined_keys(db.dialect, 'recipient_key')} FROM outbox WHERE {where}"
+    slices = []
+    while since + SLICE < end:
+        slices.append((since, since + SLICE))
+        since += SLICE
+    slices.append((since, _LATER))  # a send stamped after `now` (another machine's clock ahead) counts too
+    # Two slices at a time: the store's work is most of it, and both drivers let go of the GIL while it runs.
+    with ThreadPoolExecutor(max_workers=READERS) as pool:
+        parts = [joined for joined in pool.map(lambda s: db.scalar(sql, **params, low=s[0], high=s[1]), slices)
+                 if joined]
+    if not parts:
+        return frozenset()
+    keys = pl.Series("recipient_key", parts, dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
+    counts = keys.to_frame().group_by("recipient_key").len()
+    return frozenset(counts.filter(pl.col("len") >= cap.max)["recipient_key"].to_list())
 
 
 def recently_messaged(
@@ -66,7 +87,7 @@ def recently_messaged(
     window: timedelta = DEFAULT_FREQUENCY_WINDOW,
     now: datetime | None = None,
     exclude_campaign: str | None = None,
-) -> set[str]:
+) -> frozenset[str]:
     """Recipient keys with a marketing message sent on `channel` within `window` before `now` (`campaign prepare`'s
     `--frequency-window-hours` without a spec: one message per window)."""
     minutes = max(1, round(window.total_seconds() / 60))

@@ -143,6 +143,17 @@ def temp_table_sql(dialect: str, name: str, like: str, columns: Sequence[str]) -
     return f"CREATE TEMP TABLE {name} AS SELECT {', '.join(columns)} FROM {like} WHERE 0"
 
 
+# What `joined_keys` puts between keys: the ASCII record separator, which no address, user id or e-mail holds.
+KEY_SEPARATOR = "\x1e"
+
+
+def joined_keys(dialect: str, column: str) -> str:
+    """The SQL aggregate joining a column's values into one text with KEY_SEPARATOR between them."""
+    if dialect == "postgresql":
+        return f"string_agg({column}, chr(30))"
+    return f"group_concat({column}, char(30))"
+
+
 def adbc_uri(url: str) -> str:
     """The store's PostgreSQL URL as libpq takes it from the ADBC driver, without JIT (see pipeline.store.connect:
     compiling a plan costs more than running the store's statements; Arrow reads are plain scans)."""

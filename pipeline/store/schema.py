@@ -80,7 +80,9 @@ outbox = Table(
     # The dispatcher's pages: a sender's queued messages in send order.
     Index("outbox_lane", "campaign_id", "sender", "state", "seq"),
     Index("outbox_provider_id", "provider_message_id"),
-    Index("outbox_recent", "channel", "sent_at"),
+    # A channel's sends since a time, holding what the frequency cap filters and counts (read without the table).
+    Index("outbox_recent", "channel", "sent_at", "category", "state", "recipient_key", "campaign_id",
+          sqlite_where=text("sent_at IS NOT NULL"), postgresql_where=text("sent_at IS NOT NULL")),
     Index("outbox_recipient", "recipient_key"),
 )
 # Every transition of every message, appended in the same transaction as the outbox update.

@@ -96,3 +96,25 @@ def test_a_cap_written_wrong_is_refused_naming_the_field(tmp_path: Path, monkeyp
     monkeypatch.setenv("CAMPAIGN_CONTROLS_FILE", str(tmp_path / "missing.yaml"))
     with pytest.raises(SpecError, match="missing.yaml: cannot read the controls settings"):
         frequency_cap_for(parse_spec(_spec(tmp_path)))
+
+
+def test_the_count_reads_the_period_in_slices_each_send_once(db_url: str) -> None:
+    """The period is read slice by slice (frequency.SLICE): a send exactly on a slice's edge is counted in one slice,
+    one at the period's start is in, one just before it is out, and one stamped after `now` (a clock ahead) is in."""
+    from pipeline.audience import frequency
+
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    cap = FrequencyCap(max=2, per="2d", channels=["whatsapp"])
+    since = now - cap.window
+    edge = since + frequency.SLICE
+    sends = [(A, edge), (B, edge), (B, since), (C, since - timedelta(microseconds=1)), (C, now - timedelta(hours=1)),
+             (D, now + timedelta(minutes=5)), (D, since + timedelta(hours=30))]
+    with store.connect(db_url) as db:
+        for seq, (key, at) in enumerate(sends):
+            db.execute("INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, category, "
+                       "payload_json, state, queued_at, sent_at) VALUES (:m, 'c1', :seq, :k, 'whatsapp', 'S1', "
+                       "'marketing', '{}', 'sent', :at, :at)", m=f"m{seq}", seq=seq, k=key, at=at)
+        # A: one send on an edge (counted twice it would be capped); B: the edge and the start; C: one before the
+        # period, one in it; D: one in it, one after `now`.
+        assert capped_recipients(db, cap, now=now) == {B, D}
+        assert capped_recipients(db, FrequencyCap(max=1, per="2d", channels=["whatsapp"]), now=now) == {A, B, C, D}
