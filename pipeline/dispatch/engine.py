@@ -24,6 +24,7 @@ from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
 from pipeline.dispatch.ratelimit import BusiestSecond, SlotLimiter, wait_for_slot
 from pipeline.dispatch.writer import COMMIT_GAP_S, GroupWriter
+from pipeline.runtime import freeze_startup_objects
 from pipeline.spec import RateSpec, RetrySpec
 from pipeline.store import Store
 
@@ -107,6 +108,7 @@ class _Dispatch:
             self.db.shutdown(wait=True)
 
     async def _run(self) -> DispatchResult:
+        freeze_startup_objects()  # no collection pause bunches sends (pipeline/runtime.py)
         if self.reconcile_fn:  # receipts first: whatever sender this run comes to hold
             await self._db(self.reconcile_fn)
         wanted = await self._db(lambda: self.ledger.senders(in_flight=True))
@@ -263,7 +265,7 @@ class _Dispatch:
                 lane.outstanding -= len(batch)
                 continue
             # The slot and the concurrency cap (one session per request in flight); late slots are given up, and no
-            # second of the sender's goes above 1.05x its rate (pipeline/dispatch/ratelimit.py).
+            # second of the sender's goes above MAX_WINDOW x its rate (pipeline/dispatch/ratelimit.py).
             session = await wait_for_slot(lane.limiter, lane.sessions, len(batch))
             if not self.stop.is_set() and self.guards.send_window is not None:
                 batch = self._closed_window_back(lane, batch)

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pipeline.runtime import freeze_startup_objects
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import LOOPBACK, serve_in_thread
 
@@ -131,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         # serve_in_thread binds the socket itself (port 0 works, TCP_NODELAY is set on accepted sockets).
-        with serve_in_thread(create_app(config), host=args.host, port=args.port) as url:
+        app = create_app(config)
+        freeze_startup_objects()  # no collection pause stamps requests late (pipeline/runtime.py)
+        with serve_in_thread(app, host=args.host, port=args.port) as url:
             print(f"{READY_PREFIX}{url} (webhooks -> {config.webhook_url or 'none'})", flush=True)
             while not stop.wait(0.5):
                 pass
