@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -213,6 +214,8 @@ def rate_round(args: argparse.Namespace, work: Path, db_url: str, sandbox_url: s
         sampler.join(timeout=30)
     sandbox_cpu = cpu_s(sandbox_pid) - sandbox_cpu0
     times = sandbox_times(sandbox_url)
+    if args.stamps:  # each sender's acceptance times, for looking at where a window fills
+        args.stamps.write_text(json.dumps(times))
     total = per_sender * len(senders)
     if summary["dispatch"]["sent"] != total or set(times) != set(senders):
         raise SystemExit(f"fleet benchmark: the campaign sent {summary['dispatch']} of {total}")
@@ -236,21 +239,6 @@ def rate_round(args: argparse.Namespace, work: Path, db_url: str, sandbox_url: s
             "dispatch_states": summary["dispatch"]["states"], "campaign_id": "fleet"}
 
 
-def sandbox_first(nice: int) -> None:
-    """Gives the sandbox (the provider, and the clock the rate is judged by) first call on the CPU. A provider's
-    servers do not share our 2 cores: here, when the dispatchers, PostgreSQL and the Prefect server keep both busy,
-    the sandbox's event loop reaches requests late and stamps several at once, so a window it counts holds sends that
-    left the dispatcher in the window before (the dispatchers' own count, `max_window_dispatch`, shows what left).
-    Root only (a negative nice); otherwise it says so and measures as it is."""
-    pid = started_pids()[-1]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():  # Linux keeps a nice per thread
-            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
-    except PermissionError:
-        print(f"fleet benchmark: cannot set the sandbox's nice to {nice} (not root): it shares the CPU evenly",
-              flush=True)
-
-
 def over_budget(*_: Any) -> None:
     raise SystemExit("fleet benchmark: over its budget (--budget-s)")
 
@@ -266,8 +254,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--takeovers", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=1500.0, help="the whole benchmark, at most")
-    parser.add_argument("--sandbox-nice", type=int, default=-10,
-                        help="the sandbox's scheduling priority (root only; 0: as the rest; see sandbox_first)")
+    parser.add_argument("--stamps", type=Path, help="write the sandbox's acceptance times per sender (JSON) here")
     parser.add_argument("--logs", type=Path, help="keep the processes' logs in this folder (default: removed)")
     args = parser.parse_args()
     os.environ.update(ENV)
@@ -286,7 +273,6 @@ def main() -> None:
                                        webhook_url=f"{receiver_url}/webhooks/whatsapp", webhook_delay_s=(0.01, 0.1),
                                        latency_s=0.1, latency_jitter_s=0.1)
                 with sandbox_process(config) as sandbox_url, prefect_fleet(work, procs) as env:
-                    sandbox_first(args.sandbox_nice)
                     os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
                     workers = start_workers(procs, env, ["worker-0", "worker-1"])
                     figures = rate_round(args, work, db_url, sandbox_url, spool, list(workers.values()))
@@ -328,7 +314,7 @@ def main() -> None:
           "duplicates": stats["duplicate_callback_data"], "lost": len(ours - accepted),
           "dispatch_cpu_us_per_msg": figures["dispatch_cpu_us_per_msg"],
           "sandbox_cpu_us_per_msg": figures["sandbox_cpu_us_per_msg"], "latency_ms": "100 + 0..100 (median 150)",
-          "sandbox_nice": args.sandbox_nice, "load_average": loads})
+          "load_average": loads})
 
 
 if __name__ == "__main__":
