@@ -11,19 +11,16 @@ and the languages, in memory.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from benchmarks.report import without_indexes
 from pipeline import store
-from pipeline.store import Store
 from pipeline.store.bulk import insert_frame
-from pipeline.store.schema import metadata
 
 CAP = {"max": 2, "per": "7d", "channels": ["whatsapp", "chatapp"], "categories": ["marketing"]}
 LANGUAGES = ["en_US", "en_GB", "es", "es_MX", "pt_BR", "de", "fr", "it"]
@@ -56,20 +53,6 @@ def audience_keys(corpus: Path, limit: int = 500_000) -> list[str]:
     return phones.filter(phones.str.contains(r"^\+[1-9]\d{6,14}$")).unique(maintain_order=True).head(limit).to_list()
 
 
-@contextlib.contextmanager
-def _without_outbox_indexes(db: Store) -> Iterator[None]:
-    indexes = list(metadata.tables["outbox"].indexes)
-    with db.write() as conn:
-        for index in indexes:
-            index.drop(conn)
-    try:
-        yield
-    finally:
-        with db.write() as conn:
-            for index in indexes:
-                index.create(conn)
-
-
 def seed_history(url: str, rows: int, keys: list[str], seed: int) -> dict[str, Any]:
     """Loads `rows` outbox rows sent over the last 10 days into the store at `url` (migrated first)."""
     import duckdb
@@ -79,7 +62,7 @@ def seed_history(url: str, rows: int, keys: list[str], seed: int) -> dict[str, A
     started, now = time.perf_counter(), datetime.now(UTC)
     gen = duckdb.connect()
     gen.execute("SET TimeZone = 'UTC'")
-    with store.connect(url) as db, _without_outbox_indexes(db):
+    with store.connect(url) as db, without_indexes(db, ("outbox",)):
         for low in range(0, rows, CHUNK):
             if time.perf_counter() - started > MAX_SEED_S:
                 raise TimeoutError(f"seeding the history took more than {MAX_SEED_S:.0f} s (at {low:,} rows)")

@@ -116,8 +116,9 @@ _LOADED = ("outbox", "events")  # tables whose secondary indexes are dropped for
 
 
 @contextlib.contextmanager
-def without_indexes(db: Store) -> Iterator[None]:
-    indexes = [i for t in _LOADED for i in metadata.tables[t].indexes]
+def without_indexes(db: Store, tables: tuple[str, ...] = _LOADED) -> Iterator[None]:
+    """The tables' secondary indexes dropped for a bulk load and built again after it (also when it fails)."""
+    indexes = [i for t in tables for i in metadata.tables[t].indexes]
     with db.write() as conn:
         for index in indexes:
             index.drop(conn)
