@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.channels.base import Channel, SendOutcome
+from pipeline.channels.base import Channel, SendOutcome, tls_context
 from pipeline.dispatch.ledger import Ledger, Outcome, Pending
 from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
@@ -108,6 +108,7 @@ class _Dispatch:
             self.db.shutdown(wait=True)
 
     async def _run(self) -> DispatchResult:
+        tls_context()  # built now, not at the first send (pipeline/channels/base.py)
         freeze_startup_objects()  # no collection pause bunches sends (pipeline/runtime.py)
         if self.reconcile_fn:  # receipts first: whatever sender this run comes to hold
             await self._db(self.reconcile_fn)
