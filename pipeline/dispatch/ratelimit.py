@@ -15,9 +15,9 @@ it. MAX_WINDOW is 1 + CATCH_UP, what the catch-up itself gives, not the 1.05x a 
 held to: the provider counts at its own clock, after the request's trip and its own stamping, and a window
 there can hold sends from a little more than a second of ours; the rest is left to that jitter.
 benchmarks/fleet.py, counted at the sandbox's clock on a 2-core machine that also runs the sandbox,
-PostgreSQL and Prefect: gate 1.05x -> 1.05-1.075x, 1.02x -> 1.0625x, 1.0x -> 1.0375-1.075x. What decides
-there is the jitter (the dispatchers' event loops held up 40-60 ms about once a second); a gate at 1.0x
-would also leave no room to make up the time a stall took.
+PostgreSQL and Prefect: gate 1.05x -> 1.05-1.075x, 1.02x -> 1.05-1.075x, 1.0x -> 1.0375-1.075x. What
+decides there is the jitter (gaps of 30-60 ms, then a few requests together); a gate at 1.0x would also
+leave no room to make up the time a stall took, and cost 0.3-1 % of the rate there.
 
 BusiestSecond counts what the limiter let out: the most sends of a sender in any 1-second window, at
 the dispatcher's clock (a provider's own timestamps add its delays in stamping them).
