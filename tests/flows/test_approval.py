@@ -59,12 +59,14 @@ def _waiting(db: str, ask: int, api: Any) -> dict[str, Any]:
 
 
 def _form(api: Any, flow_run_id: str, ask: int) -> str:
-    """The description Prefect shows above the form (the run input's `-description` key of the pause)."""
-    found = api.post(f"/flow_runs/{flow_run_id}/input/filter",
-                     json={"prefix": f"paused-approval-{ask}", "limit": 10}).json()
-    described = [item["value"] for item in found if item["key"].endswith("-description")]
-    assert described, found
-    return described[0]
+    """The description Prefect shows above the form (the run input's `-description` key of the pause). Prefect
+    writes it beside the form's schema as the run pauses, not before the PAUSED state: waited for, briefly."""
+    def described() -> str | None:
+        found = api.post(f"/flow_runs/{flow_run_id}/input/filter",
+                         json={"prefix": f"paused-approval-{ask}", "limit": 10}).json()
+        return next((item["value"] for item in found if item["key"].endswith("-description")), None)
+
+    return wait_for(described, timeout_s=30, what=f"the description of approval form {ask}", every_s=0.1)
 
 
 def test_self_approval_is_refused_then_an_approval_starts_the_dispatch(prefect_harness: PrefectServer,
