@@ -8,7 +8,8 @@ dispatcher had spaced them (benchmarks/fleet.py). After `gc.freeze()` a collecti
 and the pauses are gone (the same run: 1.05x, no gap over 50 ms).
 
 Refcounting still frees frozen objects; only reference cycles among them are never collected, so this is called
-once what start-up built is in place (a process that runs one dispatch, the sandbox), not per request.
+once what start-up built is in place, not per request: the sandbox once, a dispatcher at the start of each dispatch
+run (a flow-run process runs one; a fallback leg a second, after a collection frees what the first left).
 """
 
 from __future__ import annotations
