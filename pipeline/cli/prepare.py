@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.cli.common import add_db_arg
 
 CATEGORIES = ["marketing", "utility", "authentication", "service"]
-DEFAULT_BATCH_MB = 32  # pipeline.audience.load.DEFAULT_BATCH_BYTES, without importing Polars to build the parser
+DEFAULT_BATCH_MB = 16  # pipeline.audience.load.DEFAULT_BATCH_BYTES, without importing Polars to build the parser
 
 
 def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:

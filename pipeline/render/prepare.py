@@ -6,12 +6,14 @@ output as one pass."""
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -39,6 +41,7 @@ _HIDDEN += [chr(c) for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *ra
 VISIBLE_ESCAPES = {c: f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in _HIDDEN}
 _HIDDEN_CLASS = "[" + "".join(f"\\x{{{ord(c):X}}}" for c in _HIDDEN) + "]"
 REJECTS_COLUMNS = list(REJECTS_SCHEMA)  # then the row's original columns, as written
+Out = TypeVar("Out")
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,11 @@ class _Outputs:
             writer.close()
         if self._csv is not None:
             self._csv.close()
-        for key, partial in self._partial.items():
+        for key, unfinished in self._partial.items():
             if keep:
-                partial.replace(self.paths[key])
+                unfinished.replace(self.paths[key])
             else:
-                partial.unlink(missing_ok=True)
+                unfinished.unlink(missing_ok=True)
 
 
 def _with_originals(rejects: pl.DataFrame, rows: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
@@ -149,24 +152,60 @@ class Stages:
         """(the rows sendable but for duplicates, rendered and with their SMS segments; the batch's
         other rejects in row order, with their values as written). Row by row, so any split of
         a file into batches gives the same rows; only drop_repeats needs what came before."""
+        batch = self.rendered(self.checked(loaded), columns)
+        carry.fallback_rows += batch.fallback_rows
+        return batch.candidates, batch.rejects
+
+    def checked(self, loaded: Loaded) -> Checked:
+        """The first half of `candidates`: numbers, consent, suppressions and caps. Needs nothing
+        from other batches, so batches can be checked in several threads at once."""
+        counted = Carry()  # only its count of rows left to phonenumbers (dedupe=False)
         accepted, number_rejects = validate_numbers(
             loaded.frame, channel=self.channel, category=self.category, policy=self.policy,
             suppressed=self.suppressed, default_country=self.default_country,
             recently_messaged=self.recently_messaged, frequency_window=self.frequency_window,
-            opt_in_max_age=self.opt_in_max_age, now=self.now, carry=carry, dedupe=False,
+            opt_in_max_age=self.opt_in_max_age, now=self.now, carry=counted, dedupe=False,
             frequency_detail=self.frequency_detail, capped_categories=self.capped_categories,
             suppression_reasons=self.suppression_reasons,
         )  # fmt: skip
-        parts = [loaded.rejects, number_rejects]
+        rejects = pl.concat([loaded.rejects, number_rejects])
+        return Checked(loaded.rows, loaded.rows_read, accepted, rejects, counted.fallback_rows)
+
+    def rendered(self, checked: Checked, columns: list[str]) -> Batch:
+        """The second half of `candidates`: the message of each row still sendable."""
+        accepted, parts = checked.accepted, [checked.rejects]
         if self.template is not None:
             # Rendered before deduplication: a row that cannot be sent does not hide a later one.
             accepted, render_rejects = render_messages(accepted, self.template, self.variables, self.render_limits)
             parts.append(render_rejects)
             accepted = with_segments(accepted)
             t = self.template
-            accepted = with_languages(accepted, t.language_column, self.languages or (t.language, *t.languages),
-                                      t.fallback)
-        return accepted, _with_originals(pl.concat(parts), loaded.rows, columns)
+            accepted = with_languages(
+                accepted, t.language_column, self.languages or (t.language, *t.languages), t.fallback
+            )
+        rejects = _with_originals(pl.concat(parts), checked.rows, columns)
+        return Batch(checked.rows_read, accepted, rejects, checked.fallback_rows)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A batch between the two halves of Stages.candidates."""
+
+    rows: pl.DataFrame  # the batch as read (Loaded.rows), for the rejects' original values
+    rows_read: int
+    accepted: pl.DataFrame
+    rejects: pl.DataFrame
+    fallback_rows: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch through Stages.candidates: all but the duplicates decided."""
+
+    rows_read: int
+    candidates: pl.DataFrame
+    rejects: pl.DataFrame
+    fallback_rows: int
 
 
 def drop_repeats(
@@ -280,17 +319,37 @@ def prepare_audience(
         raise
     with reader, Collector(path, out_dir, keep_frames=keep_frames) as collector:
         carry = Carry()
-        for loaded in reader:
-            # Each batch's frames are let go as soon as the next stage has what it needs: what is
-            # held at once is one batch, never two.
-            rows_read = loaded.rows_read
-            candidates, rejects = stages.candidates(loaded, reader.columns, carry)
-            del loaded
-            accepted, rejects = drop_repeats(candidates, rejects, reader.columns, carry)
-            del candidates
-            collector.add(accepted, rejects, rows_read)
-            del accepted, rejects
+        # Two batches at once: while this thread reads the next one and drops the repeats of the
+        # one before, two threads check and render the batch just read and the one before it.
+        # Polars works without the GIL, so on two cores the batches overlap (about a sixth faster
+        # on 1M rows than one batch after the other) for the memory of one batch more.
+        pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
+        try:
+            for batch in _in_order(pool, (partial(_prepared, stages, loaded, reader.columns) for loaded in reader)):
+                carry.fallback_rows += batch.fallback_rows
+                accepted, rejects = drop_repeats(batch.candidates, batch.rejects, reader.columns, carry)
+                collector.add(accepted, rejects, batch.rows_read)
+                del batch, accepted, rejects
+        finally:
+            pool.shutdown(cancel_futures=True)  # after an error, no batch is started that nobody would use
         return collector.finish(reader.columns, rendered=template is not None, fallback_rows=carry.fallback_rows)
+
+
+def _prepared(stages: Stages, loaded: Loaded, columns: list[str]) -> Batch:
+    return stages.rendered(stages.checked(loaded), columns)
+
+
+def _in_order(pool: ThreadPoolExecutor, jobs: Iterable[Callable[[], Out]], ahead: int = 1) -> Iterator[Out]:
+    """Each job's result in order, each job run in `pool`; up to `ahead` jobs started after the one
+    whose result is being handed on (taking the next job from `jobs` is not started early)."""
+    started: deque[Future[Out]] = deque()
+    for job in jobs:
+        started.append(pool.submit(job))
+        del job
+        if len(started) > ahead:
+            yield started.popleft().result()
+    while started:
+        yield started.popleft().result()
 
 
 def make_stages(

@@ -204,3 +204,40 @@ def test_the_interpreter_settings_changed_while_classifying_are_put_back() -> No
     with pytest.raises(RuntimeError):
         classify_numbers(phones, pl.Series(["", "", ""], dtype=pl.String), broken)
     assert gc.isenabled() and sys.getswitchinterval() == switch
+
+
+def test_classifications_in_two_threads_at_once_put_the_settings_back_when_the_last_ends() -> None:
+    """Preparation classifies two batches at once: the first to end must not turn the collector
+    back on under the other, and the last one out puts both settings back."""
+    import gc
+    import sys
+    import threading
+
+    switch = sys.getswitchinterval()
+    first_inside, first_go = threading.Event(), threading.Event()
+    seen: list[tuple[bool, float]] = []
+
+    def held(phone: str, country: str) -> tuple:  # the first classification, held open until told
+        first_inside.set()
+        first_go.wait(timeout=10)
+        return classify_number(phone, country)
+
+    phones, countries = pl.Series(["n/a"], dtype=pl.String), pl.Series([""], dtype=pl.String)
+    first = threading.Thread(target=classify_numbers, args=(phones, countries, held))
+    first.start()
+
+    def second(phone: str, country: str) -> tuple:  # runs while the first ends
+        first_inside.wait(timeout=10)
+        first_go.set()
+        first.join(timeout=10)
+        seen.append((gc.isenabled(), sys.getswitchinterval()))
+        return classify_number(phone, country)
+
+    try:
+        got, fallback_rows = classify_numbers(phones, countries, second)
+    finally:
+        first_go.set()
+        first.join(timeout=10)
+    assert fallback_rows == 1 and got["phone_e164"].to_list() == [None]
+    assert seen == [(False, seen[0][1])] and seen[0][1] != switch  # the first one out left them alone
+    assert gc.isenabled() and sys.getswitchinterval() == switch

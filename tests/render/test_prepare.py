@@ -285,6 +285,33 @@ def test_a_file_failing_midway_leaves_no_output(tmp_path: Path) -> None:
     assert list(out.iterdir()) == []
 
 
+def test_a_batch_failing_in_its_thread_stops_the_file_leaves_no_output_and_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are checked and rendered in two threads while the next one is read: an error in
+    one of them reaches the caller, no output stays and no batch after it is started."""
+    import threading
+
+    from pipeline.render import prepare as module
+
+    rendered: list[int] = []
+    real = module.Stages.rendered
+
+    def failing(self: module.Stages, checked: module.Checked, columns: list[str]) -> module.Batch:
+        rendered.append(int(checked.rows["row_number"][0]))
+        if len(rendered) == 3:
+            raise RuntimeError("the third batch breaks")
+        return real(self, checked, columns)
+
+    monkeypatch.setattr(module.Stages, "rendered", failing)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="the third batch breaks"):
+        prepare(_big_csv(tmp_path), out_dir=out, batch_bytes=256)
+    assert list(out.iterdir()) == []
+    assert len(rendered) <= 4  # the one after it may have started; none later
+    assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]
+
+
 def test_segments_are_counted_for_the_rendered_text(tmp_path: Path) -> None:
     prepared = prepare(write(tmp_path))
     assert prepared.accepted.select("segments", "encoding").rows() == [(1, "gsm7"), (1, "gsm7")]
