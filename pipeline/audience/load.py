@@ -26,7 +26,7 @@ from pipeline.records import REJECTS_SCHEMA, empty_rejects
 # whatever the file's size (benchmarks/soak.py). Larger batches are a little faster (each batch costs about
 # 0.2 s of CPU besides its rows): 1M rows take as long in two batches as the 128 MB default took in one,
 # which its duplicate check re-hashing every earlier number had made slower.
-DEFAULT_BATCH_BYTES = 16 * 1024 * 1024  # two are prepared at once (pipeline/render/prepare.py)
+DEFAULT_BATCH_BYTES = 16 * 1024 * 1024  # three are prepared at once (pipeline/render/prepare.py)
 
 
 @dataclass(frozen=True)
