@@ -63,8 +63,10 @@ hosts:
 demo: install
 	$(BIN)/campaign demo
 
+# Two pytest processes (pytest-xdist), each test file in one of them: the suite mostly waits on servers it started
+# (Prefect, PostgreSQL, sandboxes), so two halve its time on two cores. `pytest -n 0` runs in one process.
 test: install browser postgres hosts
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check pipeline flows tests benchmarks

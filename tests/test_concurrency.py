@@ -27,7 +27,7 @@ from pipeline.upload.routes import UploadConfig, add_upload_routes
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "concurrency-test-token-0123456789"
-A_ROWS, B_ROWS = 600, 150
+A_ROWS, B_ROWS = 2000, 150  # A sends for 50 s: longer than every other command takes, also on a busy machine
 
 
 @pytest.fixture(scope="module")
