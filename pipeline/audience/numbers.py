@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -168,8 +169,12 @@ def _normalise_addresses(addresses: Iterable[str]) -> pl.Series:
     large send history holds millions of keys) is normalised once, in Polars, and the result kept for the next
     batches."""
     if isinstance(addresses, frozenset):
-        return _normalised_set(addresses)
+        with _NORMALISING:  # batches are checked in several threads at once: the first normalises, the others wait
+            return _normalised_set(addresses)
     return _normalised(list(addresses))
+
+
+_NORMALISING = threading.Lock()
 
 
 @functools.lru_cache(maxsize=2)  # the suppressions and the capped, batch after batch

@@ -398,3 +398,37 @@ def test_any_split_into_batches_dedupes_as_one_pass(keys: list[str | None], cuts
     bounds = sorted({0, len(keys), *(c for c in cuts if c <= len(keys))})
     accepted, duplicates, _ = _in_batches(keys, [b - a for a, b in zip(bounds, bounds[1:], strict=False)])
     assert (accepted, duplicates) == _one_pass(keys)
+
+
+def test_an_address_set_is_normalised_once_when_batches_ask_for_it_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preparation checks several batches in threads at once; each asks for the capped and suppressed sets
+    normalised: the first one works it out, the others wait for it instead of doing the same again."""
+    import threading
+    import time
+
+    calls: list[int] = []
+    real = numbers._normalised
+
+    def counted(addresses: list[str]) -> pl.Series:
+        calls.append(len(addresses))
+        time.sleep(0.2)  # long enough for the other threads to ask meanwhile
+        return real(addresses)
+
+    monkeypatch.setattr(numbers, "_normalised", counted)
+    numbers._normalised_set.cache_clear()
+    addresses = frozenset({"+44 7400 123456", "447400123457", f"+1 202 555 {random.randrange(10_000):04d}"})
+    start = threading.Barrier(3)
+    got: list[list[str]] = []
+
+    def ask() -> None:
+        start.wait(timeout=10)
+        got.append(numbers._normalise_addresses(addresses).to_list())
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    numbers._normalised_set.cache_clear()
+    assert calls == [3] and len(got) == 3 and got[0] == got[1] == got[2]
+    assert {"+447400123456", "+447400123457"} <= set(got[0])
