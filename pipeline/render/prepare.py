@@ -154,9 +154,13 @@ class Stages:
         """(the rows sendable but for duplicates, rendered and with their SMS segments; the batch's
         other rejects in row order, with their values as written). Row by row, so any split of
         a file into batches gives the same rows; only drop_repeats needs what came before."""
-        batch = self.rendered(self.checked(loaded), columns)
+        batch = self.prepared(loaded, columns)
         carry.fallback_rows += batch.fallback_rows
         return batch.candidates, batch.rejects
+
+    def prepared(self, loaded: Loaded, columns: list[str]) -> Batch:
+        """`candidates` of one batch, with the count of rows phonenumbers classified, for one thread."""
+        return self.rendered(self.checked(loaded), columns)
 
     def checked(self, loaded: Loaded) -> Checked:
         """The first half of `candidates`: numbers, consent, suppressions and caps. Needs nothing
@@ -327,7 +331,7 @@ def prepare_audience(
         # the other, for the memory of two batches more (hence the 16 MB default batch).
         pool = ThreadPoolExecutor(BATCHES_AHEAD + 1, thread_name_prefix="prepare")
         try:
-            jobs = (partial(_prepared, stages, loaded, reader.columns) for loaded in reader)
+            jobs = (partial(stages.prepared, loaded, reader.columns) for loaded in reader)
             for batch in _in_order(pool, jobs, BATCHES_AHEAD):
                 carry.fallback_rows += batch.fallback_rows
                 accepted, rejects = drop_repeats(batch.candidates, batch.rejects, reader.columns, carry)
@@ -336,10 +340,6 @@ def prepare_audience(
         finally:
             pool.shutdown(cancel_futures=True)  # after an error, no batch is started that nobody would use
         return collector.finish(reader.columns, rendered=template is not None, fallback_rows=carry.fallback_rows)
-
-
-def _prepared(stages: Stages, loaded: Loaded, columns: list[str]) -> Batch:
-    return stages.rendered(stages.checked(loaded), columns)
 
 
 def _in_order(pool: ThreadPoolExecutor, jobs: Iterable[Callable[[], Out]], ahead: int) -> Iterator[Out]:
