@@ -30,8 +30,8 @@ _frozen_at = 0  # how many modules were loaded at the last freeze
 
 @pytest.fixture(autouse=True)
 def _long_lived_objects_out_of_the_collectors_sight() -> None:
-    """The pipeline runs a full cyclic collection per batch it prepares or renders (numbers_fast.py,
-    templates.py): in a process holding Prefect that takes a third of a second, a hundred times over in the
+    """The pipeline runs a full cyclic collection per batch it renders row by row after an error
+    (templates.py): in a process holding Prefect that takes a third of a second, many times over in the
     suite. Whenever a test finds new modules loaded (Prefect, Dask, ...), what is alive by then, modules and
     session fixtures, lives for the session anyway: freeze it (gc.freeze), after one last collection, so
     those collections only walk what the tests themselves create."""

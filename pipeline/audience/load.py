@@ -21,12 +21,11 @@ from pipeline.audience.blocks import Oversized, ReadLimits, blocks, open_quote_p
 from pipeline.audience.header import AudienceError, check_header, csv_problem, decode, open_file
 from pipeline.records import REJECTS_SCHEMA, empty_rejects
 
-# ≈ 700k rows of a typical audience (names, city, coupon) per batch. Preparing a batch takes about 20-25
-# bytes of memory per byte of CSV (Polars' columns and the stages' intermediates): about 1 GB at 32 MB,
-# whatever the file's size (benchmarks/soak.py). Larger batches are a little faster (each batch costs about
-# 0.2 s of CPU besides its rows): 1M rows take as long in two batches as the 128 MB default took in one,
-# which its duplicate check re-hashing every earlier number had made slower.
-DEFAULT_BATCH_BYTES = 16 * 1024 * 1024  # three are prepared at once (pipeline/render/prepare.py)
+# ≈ 350k rows of a typical audience (names, city, coupon) per batch. Preparing a batch takes about 20-25
+# bytes of memory per byte of CSV (Polars' columns and the stages' intermediates), and preparation works on
+# three batches at once (pipeline/render/prepare.py): about 1.3 GB at 16 MB, whatever the file's size
+# (benchmarks/soak.py). Each batch costs about 0.2 s of CPU besides its rows, which the overlap hides.
+DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -179,13 +179,13 @@ class _Quiet:
     The fast path hands the GIL back and forth with many short calls (one plan per region); with
     the default 5 ms switch interval each of them can wait that long behind the phonenumbers
     thread. The cyclic collector, which phonenumbers' garbage sets off again and again, runs once
-    at the end instead. Preparation classifies batches in two threads at once: the first one in
-    saves and changes the settings, the last one out puts them back."""
+    at the end instead. Preparation classifies batches in several threads at once: the first one
+    in saves and changes the settings, the last one out puts them back."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._inside = 0
-        self._saved = (sys.getswitchinterval(), True)
+        self._saved = (0.0, True)  # set by the first one in
 
     def __enter__(self) -> None:
         with self._lock:
