@@ -24,7 +24,7 @@ from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
 from pipeline.dispatch.ratelimit import BusiestSecond, SlotLimiter, wait_for_slot
 from pipeline.dispatch.writer import COMMIT_GAP_S, GroupWriter
-from pipeline.runtime import freeze_startup_objects
+from pipeline.runtime import steady_collector
 from pipeline.spec import RateSpec, RetrySpec
 from pipeline.store import Store
 
@@ -101,15 +101,15 @@ class _Dispatch:
         return self.channels
 
     async def run(self) -> DispatchResult:
+        tls_context()  # built now, not at the first send (pipeline/channels/base.py), and frozen with the rest
         try:
-            with self.leases.renewing():
+            # No collection pause bunches sends, and fewer collections (pipeline/runtime.py).
+            with self.leases.renewing(), steady_collector():
                 return await self._run()
         finally:
             self.db.shutdown(wait=True)
 
     async def _run(self) -> DispatchResult:
-        tls_context()  # built now, not at the first send (pipeline/channels/base.py)
-        freeze_startup_objects()  # no collection pause bunches sends (pipeline/runtime.py)
         if self.reconcile_fn:  # receipts first: whatever sender this run comes to hold
             await self._db(self.reconcile_fn)
         wanted = await self._db(lambda: self.ledger.senders(in_flight=True))
