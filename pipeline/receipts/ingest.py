@@ -250,7 +250,7 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
         assert batch.events is not None
         with staged_beside_store(db, "events", batch.events, rows_per_transaction=write_rows, durable=False,
                                  converted=True) as rows:
-            added, kept_apart = rows.each_chunk(*unmatched.SPLIT_SQL)
+            added, kept_apart = rows.each_chunk(*unmatched.SPLIT_SQL, shared=True)
         result.events_added += added
         result.unmatched += kept_apart
         inbound = pl.from_arrow(_storable(duck.sql(_BATCH_INBOUND_SQL).to_arrow_table()))

@@ -75,17 +75,20 @@ class Staged:
     """Rows staged in C next to the store (see `staged`): `each_chunk` runs statements over them in short
     write transactions, `{stage}` naming the staged rows and `{chunk}` the condition selecting one chunk."""
 
-    def __init__(self, run_chunk: Callable[[tuple[str, ...], str], list[int]], rows: int, chunk_rows: int,
+    def __init__(self, run_chunk: Callable[[tuple[str, ...], str, int | None], list[int]], rows: int, chunk_rows: int,
                  chunk: Callable[[int, int], str]) -> None:
         self._run_chunk, self.rows, self.chunk_rows = run_chunk, rows, chunk_rows
         self._chunk = chunk  # rows [start, end) as a condition on an indexed column
 
-    def each_chunk(self, *statements: str) -> list[int]:
-        """Runs the statements for every chunk, each chunk in one transaction; returns the rows each changed."""
+    def each_chunk(self, *statements: str, shared: bool = False) -> list[int]:
+        """Runs the statements for every chunk, each chunk in one transaction; returns the rows each changed.
+        `shared`: the statements share a chunk's rows out (each row goes to one of them at most), so once they
+        have changed as many rows as the chunk holds, the rest are not run (a probe of every row spared)."""
         changed = [0] * len(statements)
         for start in range(0, self.rows, self.chunk_rows):
             chunk = self._chunk(start, start + self.chunk_rows)
-            changed = [n + m for n, m in zip(changed, self._run_chunk(statements, chunk), strict=True)]
+            rows = min(self.chunk_rows, self.rows - start) if shared else None
+            changed = [n + m for n, m in zip(changed, self._run_chunk(statements, chunk, rows), strict=True)]
         return changed
 
 
@@ -123,11 +126,14 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
                 if not durable:
                     raw.execute("PRAGMA synchronous = NORMAL")
 
-                def run_chunk(statements: tuple[str, ...], chunk: str) -> list[int]:
-                    changed = []
+                def run_chunk(statements: tuple[str, ...], chunk: str, rows: int | None) -> list[int]:
+                    changed: list[int] = []
                     raw.execute("BEGIN IMMEDIATE")
                     try:
                         for sql in statements:
+                            if rows is not None and sum(changed) >= rows:
+                                changed.append(0)  # every row of the chunk is placed
+                                continue
                             # rowcount: the statement's own rows (total_changes would add what triggers wrote)
                             changed.append(raw.execute(sql.format(stage="stage.rows", chunk=chunk)).rowcount)
                         raw.execute("COMMIT")
@@ -157,9 +163,13 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
             cursor.execute(f"CREATE INDEX ON {stage} (_row)")  # each chunk a range of it, not a scan of all
             staging.commit()
 
-    def run_chunk_pg(statements: tuple[str, ...], chunk: str) -> list[int]:
+    def run_chunk_pg(statements: tuple[str, ...], chunk: str, rows: int | None) -> list[int]:
+        changed: list[int] = []
         with db.write() as conn:
-            return [conn.execute(text(sql.format(stage=stage, chunk=chunk))).rowcount for sql in statements]
+            for sql in statements:
+                placed = rows is not None and sum(changed) >= rows  # every row of the chunk is placed
+                changed.append(0 if placed else conn.execute(text(sql.format(stage=stage, chunk=chunk))).rowcount)
+        return changed
 
     try:
         yield Staged(run_chunk_pg, rows.num_rows, rows_per_transaction,
