@@ -13,10 +13,10 @@ run (a flow-run process runs one; a fallback leg a second, after a collection fr
 
 While a dispatch runs (`steady_collector`), the youngest generation is also collected less often. Nearly everything
 a send makes is freed by reference counting, but what it keeps for a while (pages of queued messages, outcomes
-waiting for the group commit, futures) adds up to a collection every 700 net allocations (about one every 20 messages), and every hundredth is a
-full one walking everything made since the freeze: 0.3-0.5 s of a 20,000-message dispatch's 10 s
-(benchmarks/throughput.py, 4 %). At YOUNG_THRESHOLD a few
-collections run in the same dispatch; a cycle still waits at most that many objects to be freed.
+waiting for the group commit, futures) adds up to a collection every 700 net allocations (about one every 20
+messages), and every hundredth is a full one walking everything made since the freeze: 0.3-0.5 s of a
+20,000-message dispatch's 10 s (benchmarks/throughput.py, 4 %). At YOUNG_THRESHOLD a few collections run in the
+same dispatch; a cycle still waits at most that many objects to be freed.
 """
 
 from __future__ import annotations

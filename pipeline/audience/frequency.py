@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from pipeline.audience.address_sets import AddressSet
 from pipeline.spec import CampaignSpec, FrequencyCap, controls
 from pipeline.store import Store, dialect
 
@@ -77,7 +78,8 @@ def capped_recipients(
         return frozenset()
     keys = pl.Series("recipient_key", parts, dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
     counts = keys.to_frame().group_by("recipient_key").len()
-    return frozenset(counts.filter(pl.col("len") >= cap.max)["recipient_key"].to_list())
+    # Normalised for matching here, from the column (pipeline/audience/address_sets.py).
+    return AddressSet.from_column(counts.filter(pl.col("len") >= cap.max)["recipient_key"])
 
 
 def recently_messaged(

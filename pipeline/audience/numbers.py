@@ -5,9 +5,7 @@ inputs it does not model to classify_number (phonenumbers itself, once per uniqu
 
 from __future__ import annotations
 
-import functools
 import re
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +15,7 @@ import phonenumbers
 import polars as pl
 from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType, phonenumberutil
 
+from pipeline.audience.address_sets import PLAIN_E164, matcher
 from pipeline.audience.consent import (
     DEFAULT_OPT_IN_MAX_AGE,
     OPT_IN_VALUES,
@@ -164,33 +163,8 @@ def suppression_detail(channel: str, reasons: Mapping[str, str] | None, column: 
     return pl.col(column).replace_strict(texts, default=generic, return_dtype=pl.String)
 
 
-def _normalise_addresses(addresses: Iterable[str]) -> pl.Series:
-    """'+<digits>' of each address, once: a frozenset (what preparation passes every batch; a frequency cap over a
-    large send history holds millions of keys) is normalised once, in Polars, and the result kept for the next
-    batches."""
-    if isinstance(addresses, frozenset):
-        with _NORMALISING:  # batches are checked in several threads at once: the first normalises, the others wait
-            return _normalised_set(addresses)
-    return _normalised(list(addresses))
-
-
-_NORMALISING = threading.Lock()
-
-
-@functools.lru_cache(maxsize=2)  # the suppressions and the capped, batch after batch
-def _normalised_set(addresses: frozenset[str]) -> pl.Series:
-    return _normalised(list(addresses))
-
-
-def _normalised(addresses: list[str]) -> pl.Series:
-    digits = pl.Series("address", addresses, dtype=pl.String).str.replace_all(r"\D", "")
-    return ("+" + digits.filter(digits != "")).unique().sort()
-
-
-# A plain E.164 number, kept in the dedupe carry as one Int64 of its digits ("+447400123456" is
-# 447400123456): no leading 0 (calling codes start 1-9), so the integer names exactly one text, and
-# at most 18 digits, so it fits. phonenumbers writes every valid number so; any other key is kept as text.
-PLAIN_E164 = r"^\+[1-9][0-9]{0,17}$"
+# A plain E.164 number (address_sets.PLAIN_E164) is kept in the dedupe carry as one Int64 of its digits
+# ("+447400123456" is 447400123456); any other key is kept as text.
 # A new run of keys is merged into the run before it while that one is at most this many times larger:
 # runs stay few (about log2 of numbers / batch) and a number is copied a few times, not once per batch.
 _RUN_FACTOR = 2
@@ -300,10 +274,10 @@ def validate_numbers(
          pl.format("number type is {}, not mobile", pl.col("number_type"))),
         ("blocked_country", pl.col("_blocked").is_not_null(), pl.col("_blocked")),
         *no_consent,
-        ("suppressed", pl.col("phone_e164").is_in(_normalise_addresses(suppressed)),
+        ("suppressed", matcher(suppressed).hit("phone_e164"),
          suppression_detail(channel, suppression_reasons)),
         ("frequency_capped",
-         pl.col("phone_e164").is_in(_normalise_addresses(recently_messaged)) & pl.lit(category in capped_categories),
+         matcher(recently_messaged).hit("phone_e164") & pl.lit(category in capped_categories),
          pl.lit(frequency_detail or f"got a marketing message on {channel} in the last {window_h}")),
     ]  # fmt: skip
     reason: Any = pl

@@ -364,11 +364,16 @@ def make_stages(
     by default, read here once so chunk workers elsewhere use the same)."""
     return Stages(
         channel=channel, category=category, template=template, variables=dict(variables or {}),
-        policy=policy if policy is not None else blocked_policy(channel), suppressed=frozenset(suppressed),
-        recently_messaged=frozenset(recently_messaged),
+        policy=policy if policy is not None else blocked_policy(channel), suppressed=_as_set(suppressed),
+        recently_messaged=_as_set(recently_messaged),
         render_limits=render_limits if render_limits is not None else RenderLimits.for_channel(channel),
         **settings,  # type: ignore[arg-type]
     )  # fmt: skip
+
+
+def _as_set(addresses: Iterable[str]) -> frozenset[str]:
+    """A frozenset as it is (an AddressSet keeps its matcher: pipeline/audience/address_sets.py), else one made."""
+    return addresses if isinstance(addresses, frozenset) else frozenset(addresses)
 
 
 def _empty_outputs(columns: list[str], rendered: bool) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -406,29 +406,31 @@ def test_an_address_set_is_normalised_once_when_batches_ask_for_it_at_once(monke
     import threading
     import time
 
-    calls: list[int] = []
-    real = numbers._normalised
+    from pipeline.audience import address_sets
 
-    def counted(addresses: list[str]) -> pl.Series:
+    calls: list[int] = []
+    real = address_sets.Matcher.of
+
+    def counted(addresses: pl.Series) -> address_sets.Matcher:
         calls.append(len(addresses))
         time.sleep(0.2)  # long enough for the other threads to ask meanwhile
         return real(addresses)
 
-    monkeypatch.setattr(numbers, "_normalised", counted)
-    numbers._normalised_set.cache_clear()
+    monkeypatch.setattr(address_sets.Matcher, "of", counted)
+    address_sets._set_matcher.cache_clear()
     addresses = frozenset({"+44 7400 123456", "447400123457", f"+1 202 555 {random.randrange(10_000):04d}"})
     start = threading.Barrier(3)
     got: list[list[str]] = []
 
     def ask() -> None:
         start.wait(timeout=10)
-        got.append(numbers._normalise_addresses(addresses).to_list())
+        got.append(address_sets.matcher(addresses).keys())
 
     threads = [threading.Thread(target=ask) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
-    numbers._normalised_set.cache_clear()
+    address_sets._set_matcher.cache_clear()
     assert calls == [3] and len(got) == 3 and got[0] == got[1] == got[2]
     assert {"+447400123456", "+447400123457"} <= set(got[0])
