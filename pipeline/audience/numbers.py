@@ -165,6 +165,7 @@ def suppression_detail(channel: str, reasons: Mapping[str, str] | None, column: 
 
 # A plain E.164 number (address_sets.PLAIN_E164) is kept in the dedupe carry as one Int64 of its digits
 # ("+447400123456" is 447400123456); any other key is kept as text.
+
 # A new run of keys is merged into the run before it while that one is at most this many times larger:
 # runs stay few (about log2 of numbers / batch) and a number is copied a few times, not once per batch.
 _RUN_FACTOR = 2

@@ -118,7 +118,6 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
                 cursor.execute("PRAGMA journal_mode = OFF")
                 cursor.execute("PRAGMA synchronous = OFF")
                 cursor.adbc_ingest("rows", rows, mode="create")
-                staging.commit()
             with db._translate(), db.engine.connect() as conn:
                 raw = conn.connection.driver_connection
                 assert raw is not None
