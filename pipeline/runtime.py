@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 YOUNG_THRESHOLD = 20_000  # CPython's default: 700
 
@@ -35,28 +36,42 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-_steady_lock = threading.Lock()
-_steady_runs = 0
-_saved_thresholds: tuple[int, int, int] | None = None
+class SharedSettings:
+    """Interpreter settings (process-wide) that runs overlapping in several threads share: the first one in saves
+    and changes them (`change` returns what it saved), the last one out puts them back (`restore`)."""
+
+    def __init__(self, change: Callable[[], Any], restore: Callable[[Any], None]) -> None:
+        self._change, self._restore = change, restore
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._saved = self._change()
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                self._restore(self._saved)
+
+
+def _fewer_young_collections() -> tuple[int, int, int]:
+    saved = gc.get_threshold()
+    gc.set_threshold(max(YOUNG_THRESHOLD, saved[0]), *saved[1:])
+    return saved
+
+
+_STEADY = SharedSettings(_fewer_young_collections, lambda saved: gc.set_threshold(*saved))
 
 
 @contextmanager
 def steady_collector() -> Iterator[None]:
     """freeze_startup_objects, then the youngest generation collected after YOUNG_THRESHOLD net allocations until
-    the block ends. Runs may overlap (two dispatches in one process): the first in saves the thresholds, the last
-    out puts them back."""
-    global _steady_runs, _saved_thresholds
+    the block ends (two dispatches in one process may overlap: the last out puts the thresholds back)."""
     freeze_startup_objects()
-    with _steady_lock:
-        if _steady_runs == 0:
-            _saved_thresholds = gc.get_threshold()
-            gc.set_threshold(max(YOUNG_THRESHOLD, _saved_thresholds[0]), *_saved_thresholds[1:])
-        _steady_runs += 1
-    try:
+    with _STEADY:
         yield
-    finally:
-        with _steady_lock:
-            _steady_runs -= 1
-            if _steady_runs == 0 and _saved_thresholds is not None:
-                gc.set_threshold(*_saved_thresholds)
-                _saved_thresholds = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import sys
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ import polars as pl
 
 from pipeline.audience.phonemeta import MAX_INPUT_LENGTH, MAX_LENGTH, TOO_LONG, TOO_SHORT, Metadata, metadata
 from pipeline.audience.phoneparse import FALLBACK, ICC, LONG, NAN, SHORT, length, parse_fast
+from pipeline.runtime import SharedSettings
 
 # What the fast path models exactly: leading junk phonenumbers skips, leading +s (it strips them
 # all: "++44…" is "+44…"), then ASCII digits, spaces, dashes, dots, slashes and parentheses (all
@@ -173,39 +173,28 @@ def _fast_path(fast: pl.DataFrame, size: int) -> pl.DataFrame:
     return first
 
 
-class _Quiet:
-    """While a classification runs: a short switch interval and no cyclic collector.
+def _quiet() -> tuple[float, bool]:
+    """While classifications run: a short switch interval and no cyclic collector.
 
     The fast path hands the GIL back and forth with many short calls (one plan per region); with
     the default 5 ms switch interval each of them can wait that long behind the phonenumbers
     thread. The cyclic collector, which phonenumbers' garbage sets off again and again, runs once
-    at the end instead. Preparation classifies batches in several threads at once: the first one
-    in saves and changes the settings, the last one out puts them back."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._inside = 0
-        self._saved = (0.0, True)  # set by the first one in
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._inside == 0:
-                self._saved = (sys.getswitchinterval(), gc.isenabled())
-                sys.setswitchinterval(SWITCH_INTERVAL_S)
-                gc.disable()
-            self._inside += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._inside -= 1
-            if self._inside == 0:
-                switch, collecting = self._saved
-                sys.setswitchinterval(switch)
-                if collecting:
-                    gc.enable()
+    at the end instead. Preparation classifies batches in several threads at once: the settings are
+    shared (pipeline/runtime.py), the last one out puts them back."""
+    saved = (sys.getswitchinterval(), gc.isenabled())
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.disable()
+    return saved
 
 
-_QUIET = _Quiet()
+def _loud(saved: tuple[float, bool]) -> None:
+    switch, collecting = saved
+    sys.setswitchinterval(switch)
+    if collecting:
+        gc.enable()
+
+
+_QUIET = SharedSettings(_quiet, _loud)
 
 
 def classify_numbers(phone: pl.Series, country: pl.Series, fallback: Fallback) -> tuple[pl.DataFrame, int]:
