@@ -8,12 +8,15 @@ The cap is the spec's `frequency_cap`, else the team's default in pipeline/data/
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from pipeline.audience.address_sets import AddressSet
+from pipeline import store
+from pipeline.audience.address_sets import PLAIN_E164, AddressSet
 from pipeline.spec import CampaignSpec, FrequencyCap, controls
 from pipeline.store import Store, dialect
 
@@ -47,7 +50,7 @@ def describe(cap: FrequencyCap) -> str:
 
 def capped_recipients(
     db: Store, cap: FrequencyCap, *, now: datetime | None = None, exclude_campaign: str | None = None
-) -> frozenset[str]:
+) -> AddressSet:
     """Recipient keys (E.164 for phone channels) with at least `cap.max` messages of the cap's categories on its
     channels within its period before `now`. A campaign being resumed passes its own id as `exclude_campaign`, so
     its own sends do not cap it.
@@ -75,11 +78,37 @@ def capped_recipients(
         parts = [joined for joined in pool.map(lambda s: db.scalar(sql, **params, low=s[0], high=s[1]), slices)
                  if joined]
     if not parts:
-        return frozenset()
-    keys = pl.Series("recipient_key", parts, dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
-    counts = keys.to_frame().group_by("recipient_key").len()
-    # Normalised for matching here, from the column (pipeline/audience/address_sets.py).
-    return AddressSet.from_column(counts.filter(pl.col("len") >= cap.max)["recipient_key"])
+        return AddressSet.from_column(pl.Series("key", [], dtype=pl.String))
+    keys = pl.Series("key", parts, dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
+    # Plain E.164 keys (a phone channel's, all of them) counted as Int64 digits, which name exactly one text each
+    # (0.36 s for 4M sends where the texts take 0.65 s), and handed on so (pipeline/audience/address_sets.py).
+    plain = keys.str.contains(PLAIN_E164)
+    numbers = keys.filter(plain).str.slice(1).cast(pl.Int64)
+    return AddressSet(_reaching(numbers, cap.max), _reaching(keys.filter(~plain), cap.max))
+
+
+def _reaching(keys: pl.Series, times: int) -> pl.Series:
+    """The keys that occur at least `times` times, each once."""
+    counts = keys.to_frame().group_by("key").len()
+    return counts.filter(pl.col("len") >= times)["key"]
+
+
+@contextmanager
+def capped_meanwhile(url: str, cap: FrequencyCap, *, exclude_campaign: str | None = None) -> Iterator[AddressSet]:
+    """`capped_recipients` read in a thread of its own while the caller goes on: the set it yields waits for the
+    query where it is first needed. Preparation checks its first batches' numbers meanwhile (the cap is matched
+    after them). On leaving, the query has ended; an error of it that nothing met yet is raised then."""
+    def read() -> AddressSet:
+        with store.connect(url) as db:
+            return capped_recipients(db, cap, exclude_campaign=exclude_campaign)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frequency-cap")
+    try:
+        future = pool.submit(read)
+        yield AddressSet.later(future)
+    finally:
+        pool.shutdown(wait=True)  # the store is not left with a reader the caller does not know of
+    future.result()
 
 
 def recently_messaged(
@@ -89,9 +118,13 @@ def recently_messaged(
     window: timedelta = DEFAULT_FREQUENCY_WINDOW,
     now: datetime | None = None,
     exclude_campaign: str | None = None,
-) -> frozenset[str]:
+) -> AddressSet:
     """Recipient keys with a marketing message sent on `channel` within `window` before `now` (`campaign prepare`'s
     `--frequency-window-hours` without a spec: one message per window)."""
+    return capped_recipients(db, window_cap(channel, window), now=now, exclude_campaign=exclude_campaign)
+
+
+def window_cap(channel: str, window: timedelta = DEFAULT_FREQUENCY_WINDOW) -> FrequencyCap:
+    """One marketing message on `channel` per `window` as a cap."""
     minutes = max(1, round(window.total_seconds() / 60))
-    cap = FrequencyCap(max=1, per=f"{minutes}m", channels=[channel])  # type: ignore[list-item]
-    return capped_recipients(db, cap, now=now, exclude_campaign=exclude_campaign)
+    return FrequencyCap(max=1, per=f"{minutes}m", channels=[channel])  # type: ignore[list-item]

@@ -7,6 +7,8 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -106,26 +108,29 @@ def _template(path: Path, category: str) -> tuple[Any, dict[str, str]]:
     return spec, {str(k): str(v) for k, v in variables.items()}
 
 
-def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None) -> tuple[set[str], set[str]]:
+@contextmanager
+def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None) -> Iterator[tuple[set[str], Any]]:
     """Suppressions and recently messaged recipients from the store, when one is named (or configured); with a spec,
-    its frequency cap (or the team's) decides who is capped, else one message per `window` on `channel`."""
+    its frequency cap (or the team's) decides who is capped, else one message per `window` on `channel`. The capped
+    are read while the preparation checks its first batches' numbers (frequency.capped_meanwhile)."""
     import os
 
     from pipeline import store
-    from pipeline.audience.frequency import capped_recipients, recently_messaged
+    from pipeline.audience.frequency import capped_meanwhile, window_cap
 
     if db is None and not os.environ.get(store.URL_ENV):
-        return set(), set()
+        yield set(), set()
+        return
     url = store.database_url(db)
     path = store.sqlite_path(url)
     if path is not None and not path.exists():
         from pipeline.spec import SpecError
 
         raise SpecError(f"{path}: no such store")
-    with store.connect(url) as shared:
-        capped = (capped_recipients(shared, cap) if cap is not None
-                  else recently_messaged(shared, channel, window=window))
-        return store.suppressed_addresses(shared, channel), capped
+    with capped_meanwhile(url, cap if cap is not None else window_cap(channel, window)) as capped:
+        with store.connect(url) as shared:
+            suppressed = store.suppressed_addresses(shared, channel)
+        yield suppressed, capped
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -154,14 +159,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         window = timedelta(hours=args.frequency_window_hours)
         read_limits = ReadLimits.from_env(max_field_bytes=args.max_field_bytes, max_row_bytes=args.max_row_bytes)
         render_limits = RenderLimits.for_channel(channel, max_message_chars=args.max_message_chars)
-        suppressed, recent = _from_db(args.db, channel, window, cap)
-        prepared = prepare_audience(
-            source, channel=channel, category=category, template=template, variables=variables,
-            policy=blocked_policy(channel, blocked), suppressed=suppressed, recently_messaged=recent,
-            frequency_window=window, opt_in_max_age=timedelta(days=args.opt_in_max_age_days) or None,
-            out_dir=args.out, default_country=args.default_country, batch_bytes=max(1, args.batch_mb) << 20,
-            keep_frames=False, read_limits=read_limits, render_limits=render_limits, **cap_settings,
-        )  # fmt: skip
+        with _from_db(args.db, channel, window, cap) as (suppressed, recent):
+            prepared = prepare_audience(
+                source, channel=channel, category=category, template=template, variables=variables,
+                policy=blocked_policy(channel, blocked), suppressed=suppressed, recently_messaged=recent,
+                frequency_window=window, opt_in_max_age=timedelta(days=args.opt_in_max_age_days) or None,
+                out_dir=args.out, default_country=args.default_country, batch_bytes=max(1, args.batch_mb) << 20,
+                keep_frames=False, read_limits=read_limits, render_limits=render_limits, **cap_settings,
+            )  # fmt: skip
     except (AudienceError, TemplateProblem, SpecError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

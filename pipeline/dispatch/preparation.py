@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pipeline import store
-from pipeline.audience.frequency import capped_recipients, describe, frequency_cap_for
+from pipeline.audience.frequency import capped_meanwhile, describe, frequency_cap_for
 from pipeline.audience.policy import blocked_policy
 from pipeline.audience.windows import last_inbound_times
 from pipeline.channels.template_sync import registry_target
@@ -33,30 +32,33 @@ def prepare_campaign(
     refusal = chatapp_audience_refusal(spec, audience)  # an uploaded file is checked as the spec's own was
     if refusal:
         raise SpecError(refusal)
-    with store.connect(database) as db:
-        suppressed = store.suppression_reasons(db, spec.channel)  # address -> why: rejects say how they opted out
-        # The team's cap across campaigns and the channels reaching the same app.
-        cap = frequency_cap_for(spec)
-        capped = capped_recipients(db, cap, exclude_campaign=campaign_id)
-        by_id = id_channel(spec.channel, spec.provider.options)  # Chat App to Messenger/Instagram too
-        last_inbound = last_inbound_times(db, spec.channel) if by_id else {}
-        # The languages the template exists in at the provider (the registry), when the spec names its account.
-        target = registry_target(spec)
-        languages = approved_languages(db, *target, spec.template.name) if target else ()
     source = audience or spec.audience
-    if by_id:  # PSIDs, Viber ids, e-mail addresses
+    by_id = id_channel(spec.channel, spec.provider.options)  # Chat App to Messenger/Instagram too
+    if by_id:  # PSIDs, Viber ids, e-mail addresses: no frequency cap
+        with store.connect(database) as db:
+            suppressed = store.suppression_reasons(db, spec.channel)
+            last_inbound = last_inbound_times(db, spec.channel)
         return prepare_ids(
             source, channel=by_id, category=spec.template.category, template=spec.template,
             variables=spec.variables, suppressed=suppressed, last_inbound=last_inbound,
             message_tag=spec.provider.options.get("message_tag"), out_dir=out_dir,
         )
-    kwargs: dict[str, Any] = dict(
-        channel=spec.channel, category=spec.template.category, template=spec.template,
-        variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
-        suppressed=frozenset(suppressed), suppression_reasons=suppressed, recently_messaged=capped, out_dir=out_dir,
-        frequency_detail=describe(cap), capped_categories=frozenset(cap.categories), languages=languages,
-    )
-    prepared = preparer(source, **kwargs)
+    # The team's cap across campaigns and the channels reaching the same app, read while the first batches'
+    # numbers are checked (frequency.capped_meanwhile).
+    cap = frequency_cap_for(spec)
+    with capped_meanwhile(database, cap, exclude_campaign=campaign_id) as capped:
+        with store.connect(database) as db:
+            suppressed = store.suppression_reasons(db, spec.channel)  # address -> why: rejects say how they opted out
+            # The languages the template exists in at the provider (the registry), when the spec names its account.
+            target = registry_target(spec)
+            languages = approved_languages(db, *target, spec.template.name) if target else ()
+        prepared = preparer(
+            source, channel=spec.channel, category=spec.template.category, template=spec.template,
+            variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
+            suppressed=frozenset(suppressed), suppression_reasons=suppressed, recently_messaged=capped,
+            out_dir=out_dir, frequency_detail=describe(cap), capped_categories=frozenset(cap.categories),
+            languages=languages,
+        )
     if spec.template.session is not None:  # free-form to open windows; the template or a reject for the rest
         with store.connect(database) as db:
             prepared = with_sessions(db, spec, prepared)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from typing import IO, TypeVar
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.audience.address_sets import AddressSet
 from pipeline.audience.blocks import ReadLimits
 from pipeline.audience.consent import DEFAULT_OPT_IN_MAX_AGE
 from pipeline.audience.frequency import DEFAULT_FREQUENCY_WINDOW
@@ -130,9 +132,9 @@ class Stages:
     template: TemplateSpec | None = None
     variables: dict[str, str] = field(default_factory=dict)
     policy: BlockedPolicy | None = None
-    suppressed: frozenset[str] = frozenset()
+    suppressed: AbstractSet[str] = frozenset()
     suppression_reasons: Mapping[str, str] | None = None  # address -> why: the reject says how they opted out
-    recently_messaged: frozenset[str] = frozenset()
+    recently_messaged: AbstractSet[str] = frozenset()
     frequency_window: timedelta = DEFAULT_FREQUENCY_WINDOW
     frequency_detail: str | None = None  # a team's cap says what it counted (pipeline/audience/frequency.py)
     capped_categories: frozenset[str] = frozenset({"marketing"})
@@ -371,9 +373,10 @@ def make_stages(
     )  # fmt: skip
 
 
-def _as_set(addresses: Iterable[str]) -> frozenset[str]:
-    """A frozenset as it is (an AddressSet keeps its matcher: pipeline/audience/address_sets.py), else one made."""
-    return addresses if isinstance(addresses, frozenset) else frozenset(addresses)
+def _as_set(addresses: Iterable[str]) -> AbstractSet[str]:
+    """A frozenset or an AddressSet as it is (the latter keeps its matcher and may still be being read:
+    pipeline/audience/address_sets.py), else a frozenset made."""
+    return addresses if isinstance(addresses, frozenset | AddressSet) else frozenset(addresses)
 
 
 def _empty_outputs(columns: list[str], rendered: bool) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pickle
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,12 +38,30 @@ def test_matching_finds_what_the_normalised_texts_find(kept: list[str], looked_u
         assert found == expected
 
 
-def test_an_address_set_keeps_its_matcher_through_pickling_and_is_still_a_frozenset() -> None:
-    made = AddressSet.from_column(pl.Series(["+447400123456", "447400123457", "+0123", ""], dtype=pl.String))
-    assert made == frozenset({"+447400123456", "447400123457", "+0123", ""})
+def test_an_address_set_keeps_its_matcher_through_pickling_and_compares_as_a_set() -> None:
+    made = AddressSet.from_column(pl.Series(["+447400123456", "447400123457", "+0123", "", "+447400123456", None],
+                                            dtype=pl.String))
+    assert made == frozenset({"+447400123456", "447400123457", "+0123", ""}) and len(made) == 4
+    assert "+447400123456" in made and "+447400123457" not in made  # the texts as they came
     again = pickle.loads(pickle.dumps(made))
-    assert isinstance(again, AddressSet) and again == made
+    assert isinstance(again, AddressSet) and again == made and hash(again) == hash(made)
     assert sorted(again.matcher.numbers.to_list()) == [447400123456, 447400123457]
     assert again.matcher.others.to_list() == ["+0123"]
     assert again.matcher.keys() == ["+0123", "+447400123456", "+447400123457"]
     assert matcher(again) is again.matcher  # not made again for every batch
+
+
+def test_a_set_still_being_read_is_waited_for_where_it_is_first_matched_and_its_error_surfaces_there() -> None:
+    batch = pl.DataFrame({"phone_e164": ["+447400123456", "+447400123457"]})
+    future: Future[AddressSet] = Future()
+    later = AddressSet.later(future)
+    asked = ThreadPoolExecutor(1).submit(lambda: batch.select(matcher(later).hit())["phone_e164"].to_list())
+    assert not asked.done()  # waiting for the set
+    future.set_result(AddressSet.from_column(pl.Series(["+447400123457"])))
+    assert asked.result(timeout=10) == [False, True]
+    assert later == {"+447400123457"} and pickle.loads(pickle.dumps(later)) == later
+
+    failed: Future[AddressSet] = Future()
+    failed.set_exception(ConnectionError("store gone"))
+    with pytest.raises(ConnectionError, match="store gone"):
+        matcher(AddressSet.later(failed))

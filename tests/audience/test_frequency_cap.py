@@ -118,3 +118,31 @@ def test_the_count_reads_the_period_in_slices_each_send_once(db_url: str) -> Non
         # period, one in it; D: one in it, one after `now`.
         assert capped_recipients(db, cap, now=now) == {B, D}
         assert capped_recipients(db, FrequencyCap(max=1, per="2d", channels=["whatsapp"]), now=now) == {A, B, C, D}
+
+
+def test_keys_written_otherwise_are_counted_as_written_beside_the_plain_numbers(db_url: str) -> None:
+    with store.connect(db_url) as db:
+        sends = [A, A, "+0123456", "+0123456", "+44 7400 123002", "+44 7400 123002", B]
+        for seq, key in enumerate(sends):
+            db.execute("INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, category, "
+                       "payload_json, state, queued_at, sent_at) VALUES (:m, 'c', :seq, :k, 'whatsapp', 'S1', "
+                       "'marketing', '{}', 'sent', :at, :at)", m=f"m{seq}", seq=seq, k=key, at=NOW)
+        capped = capped_recipients(db, FrequencyCap(max=2, per="1d", channels=["whatsapp"]))
+    # Each text counted on its own (B's one send is not helped by the spaced form, which reached 2 itself).
+    assert capped == {A, "+0123456", "+44 7400 123002"}
+    assert sorted(capped.matcher.numbers.to_list()) == [447400123001, 447400123002]  # the spaced form normalised
+    assert capped.matcher.others.to_list() == ["+0123456"]
+
+
+def test_the_cap_read_meanwhile_waits_for_its_thread_and_raises_its_error_on_leaving(db_url: str) -> None:
+    from pipeline.audience.frequency import capped_meanwhile
+
+    with store.connect(db_url) as db:
+        _history(db)
+    cap = FrequencyCap(max=2, per="7d", channels=["whatsapp", "chatapp"])
+    with capped_meanwhile(db_url, cap) as capped:
+        assert capped == {A, B}
+    unreachable = "postgresql://campaigns@127.0.0.1:1/campaigns"  # nothing listens on port 1
+    with pytest.raises(store.StoreError):  # nothing asked for the set: the error comes on leaving
+        with capped_meanwhile(unreachable, cap):
+            pass
