@@ -254,9 +254,15 @@ def test_a_campaign_across_three_hosts_survives_a_killed_worker_run(tmp_path: Pa
         assert stats["accepted"] == ROWS and stats["unique_callback_data"] == ROWS, stats
         assert stats["duplicate_callback_data"] == 0
         windows = {s: max_window(sorted(stats["accepted_at"][s])) for s in SENDERS}
-        # The limiter makes a late slot up at most 2 % faster; the sandbox stamps a request when its event loop gets to
-        # it, so on a loaded machine a message sent on time can be stamped beside the next one: +5 % and one message.
-        assert all(n <= RATE * 1.05 + 1 for n in windows.values()), windows
+        # What the limiter let out, at the dispatchers' clock (each group run's busiest second; a replaced sender's
+        # worst run): a late slot is made up at most 2 % faster.
+        assert set(result["busiest_second"]) == set(SENDERS), result
+        assert all(n <= RATE * 1.02 + 1 for n in result["busiest_second"].values()), result["busiest_second"]
+        # At the sandbox's clock too, the killed run's sends included. The sandbox stamps a request when its event loop
+        # gets to it, and here it shares two cores with three hosts' dispatchers, workers, PostgreSQL and Prefect: a
+        # stall of a few tens of ms stamps the requests queued meanwhile beside the next ones (seen in a CI run: 52-54
+        # of 50 for all four senders at once). benchmarks/fleet.py measures this window on a quiet machine.
+        assert all(n <= RATE * 1.1 + 1 for n in windows.values()), windows
         # The first campaign's group runs ran on both workers; the killed one is Crashed and was replaced.
         dead = next(r for r in runs if r["id"] == victim["id"])
         assert dead["state_type"] == "CRASHED", dead["state"]
