@@ -26,6 +26,12 @@ import polars as pl
 PLAIN_E164 = r"^\+[1-9][0-9]{0,17}$"
 
 
+def split_plain(text: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """(the plain E.164 texts as Int64 digits, the other texts as they are); nulls in neither."""
+    plain = text.str.contains(PLAIN_E164).fill_null(False)
+    return text.filter(plain).str.slice(1).cast(pl.Int64), text.filter(~plain & text.is_not_null())
+
+
 @dataclass(frozen=True)
 class Matcher:
     """A normalised address set, split for matching (repeats may remain: `is_in` does not mind them)."""
@@ -36,15 +42,12 @@ class Matcher:
     @classmethod
     def of(cls, addresses: pl.Series) -> Matcher:
         """The matcher of addresses in any notation ('+<digits>' of each; none without a digit)."""
-        text = addresses.cast(pl.String)
-        plain = text.str.contains(PLAIN_E164).fill_null(False)
-        numbers, rest = text.filter(plain), text.filter(~plain & text.is_not_null())
+        numbers, rest = split_plain(addresses.cast(pl.String))
         if rest.len():  # only those not written as E.164 already go through the regex (a store's keys all are)
             digits = rest.str.replace_all(r"\D", "")
-            rest = "+" + digits.filter(digits != "")
-            now_plain = rest.str.contains(PLAIN_E164)
-            numbers, rest = pl.concat([numbers, rest.filter(now_plain)]), rest.filter(~now_plain)
-        return cls(numbers.str.slice(1).cast(pl.Int64), rest)
+            more, rest = split_plain("+" + digits.filter(digits != ""))
+            numbers = pl.concat([numbers, more])
+        return cls(numbers, rest)
 
     def keys(self) -> list[str]:
         """Every normalised address, once, sorted (for looking at)."""
@@ -65,9 +68,9 @@ class AddressSet(Set[str]):
     digits, any other as the text it came as. Its texts are made only when someone asks for them (`in`, iteration),
     never for matching; `later` gives one whose parts are still being read (e.g. from the store, in a thread)."""
 
-    def __init__(self, numbers: pl.Series, texts: pl.Series) -> None:
-        self._parts: tuple[pl.Series, pl.Series] | None = (numbers, texts)  # distinct each, disjoint
-        self._later: Future[AddressSet] | None = None
+    def __init__(self, numbers: pl.Series, texts: pl.Series, *, later: Future[AddressSet] | None = None) -> None:
+        self._parts = None if later is not None else (numbers, texts)  # distinct each, disjoint
+        self._later = later
         self._matcher: Matcher | None = None
         self._texts: frozenset[str] | None = None
         self._lock = threading.Lock()  # batches in several threads ask for the matcher at once
@@ -76,17 +79,14 @@ class AddressSet(Set[str]):
     def later(cls, future: Future[AddressSet]) -> AddressSet:
         """The set `future` gives, waited for where it is first needed (preparation: after a batch's numbers are
         checked, so the first batches are checked while it is read)."""
-        made = cls.__new__(cls)
-        made._parts, made._later, made._matcher, made._texts = None, future, None, None
-        made._lock = threading.Lock()
-        return made
+        none = pl.Series(dtype=pl.Int64)
+        return cls(none, none, later=future)
 
     @classmethod
     def from_column(cls, addresses: pl.Series) -> AddressSet:
         """The distinct addresses of a Polars column (texts)."""
-        text = addresses.cast(pl.String).drop_nulls()
-        plain = text.str.contains(PLAIN_E164)
-        return cls(text.filter(plain).str.slice(1).cast(pl.Int64).unique(), text.filter(~plain).unique())
+        numbers, texts = split_plain(addresses.cast(pl.String))
+        return cls(numbers.unique(), texts.unique())
 
     def _resolved(self) -> tuple[pl.Series, pl.Series]:
         if self._parts is None:

@@ -92,6 +92,11 @@ class Staged:
         return changed
 
 
+def _placed(changed: list[int], rows: int | None) -> bool:
+    """Whether the statements run so far placed every row of a chunk whose rows they share out (`rows`)."""
+    return rows is not None and sum(changed) >= rows
+
+
 @contextmanager
 def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int = 20_000,
            durable: bool = True, converted: bool = False) -> Iterator[Staged]:
@@ -130,11 +135,9 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
                     raw.execute("BEGIN IMMEDIATE")
                     try:
                         for sql in statements:
-                            if rows is not None and sum(changed) >= rows:
-                                changed.append(0)  # every row of the chunk is placed
-                                continue
                             # rowcount: the statement's own rows (total_changes would add what triggers wrote)
-                            changed.append(raw.execute(sql.format(stage="stage.rows", chunk=chunk)).rowcount)
+                            changed.append(0 if _placed(changed, rows) else
+                                           raw.execute(sql.format(stage="stage.rows", chunk=chunk)).rowcount)
                         raw.execute("COMMIT")
                     except BaseException:
                         raw.execute("ROLLBACK")
@@ -166,8 +169,8 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
         changed: list[int] = []
         with db.write() as conn:
             for sql in statements:
-                placed = rows is not None and sum(changed) >= rows  # every row of the chunk is placed
-                changed.append(0 if placed else conn.execute(text(sql.format(stage=stage, chunk=chunk))).rowcount)
+                changed.append(0 if _placed(changed, rows) else
+                               conn.execute(text(sql.format(stage=stage, chunk=chunk))).rowcount)
         return changed
 
     try:
