@@ -12,6 +12,7 @@ started the run, unless self-approval is allowed) is refused, recorded, and aske
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from prefect import get_client, get_run_logger
@@ -141,6 +142,24 @@ def approve_from_cli(campaign_id: str, database: str | None, *, name: str, comme
         waiting = pending_request(db, campaign_id)
     if waiting is None:
         raise LookupError(f"campaign {campaign_id}: no approval is waiting (or it expired)")
+    _wait_until_paused(waiting["flow_run_id"], float((controls().get("approval") or {}).get("answer_wait_s") or 30))
     resume_flow_run(waiting["flow_run_id"], run_input={
         "decision": "reject" if reject else "approve", "name": name, "comment": comment})
     return f"campaign {campaign_id}: {'rejection' if reject else 'approval'} sent to flow run {waiting['flow_run_id']}"
+
+
+def _wait_until_paused(flow_run_id: str, wait_s: float) -> None:
+    """The request is written just before the run pauses: an answer given in between waits for the pause (at most
+    wait_s), rather than failing while the run goes on to wait for an answer that was already given."""
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.is_paused():
+                return
+            if state is not None and state.is_final():
+                raise LookupError(f"flow run {flow_run_id} ended ({state.name}) before it could be answered")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"flow run {flow_run_id} did not reach its pause within {wait_s:g} s "
+                                   f"(now {state.name if state else 'no state'}); try again")
+            time.sleep(0.2)

@@ -73,7 +73,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
     try:
         print(approve_from_cli(args.campaign, args.db, name=args.name, comment=args.comment, reject=args.reject))
-    except LookupError as exc:
+    except (LookupError, TimeoutError) as exc:
         print(f"error: {exc}")
         return 2
     return 0

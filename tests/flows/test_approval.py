@@ -115,3 +115,43 @@ def test_a_rejection_sends_nothing_and_is_recorded(prefect_harness: PrefectServe
         queued = shared.scalar("SELECT count(*) FROM outbox WHERE state = 'queued'")
     assert [(h["decision"], h["approver"]) for h in asked] == [("refused", "carol"), ("rejected", "bob")]
     assert "not one of the approvers" in asked[0]["comment"] and queued == len(NUMBERS)
+
+
+def test_an_answer_given_before_the_run_has_paused_waits_for_the_pause(prefect_harness: PrefectServer,
+                                                                       tmp_path: Path) -> None:
+    """The request is stored just before the run pauses: `campaign approve` in between must reach the run (it once
+    failed with Prefect's NotPausedError and left the run waiting for an answer already given)."""
+    import time
+
+    from prefect import flow
+    from prefect.flow_runs import pause_flow_run
+    from prefect.runtime import flow_run
+
+    from flows.approval import ApprovalInput, _wait_until_paused, approve_from_cli
+    from pipeline.dispatch.approvals import open_request
+
+    db = str(tmp_path / "campaigns.sqlite")
+    with store.connect(db):
+        pass  # the schema, before the flow writes its request
+
+    @flow
+    def asks_late() -> str:
+        with store.connect(db) as shared:
+            open_request(shared, "late", f"{flow_run.id}:1", flow_run_id=str(flow_run.id), origin="manual",
+                         requested_by="alice", estimate_usd=0.0, timeout_s=60)
+        time.sleep(2)  # the gap, widened: the request is visible, the run not yet paused
+        answer = pause_flow_run(wait_for_input=ApprovalInput, timeout=60, key="approval-1", poll_interval=1)
+        return f"{answer.decision} by {answer.name}"
+
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(asks_late)
+        waiting = wait_for(lambda: _pending(db, "late"), timeout_s=60, what="the late request", every_s=0.05)
+        assert "sent to flow run" in approve_from_cli("late", db, name="bob", comment="", reject=False)
+        assert run.result(timeout=60) == "approve by bob"
+    with pytest.raises(LookupError, match="ended"):  # a run that is over is not waited for
+        _wait_until_paused(waiting["flow_run_id"], 5)
+
+
+def _pending(db: str, campaign_id: str) -> dict[str, Any] | None:
+    with store.connect(db) as shared:
+        return pending_request(shared, campaign_id)
