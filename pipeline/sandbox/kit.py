@@ -112,11 +112,14 @@ class CallbackPoster:
     def pending(self) -> int:
         return self.scheduled - self.acknowledged
 
-    def schedule(self, delay_s: float, url: str, item: Any, label: str = "", group: str = "") -> None:
-        """Queue `item` to be posted to `url` `delay_s` from now; `label` is what it counts as once acknowledged,
-        and only items of the same `group` share a POST."""
+    def schedule(self, delay_s: float, url: str, item: Any, label: str = "", group: str = "",
+                 start: float | None = None) -> None:
+        """Queue `item` to be posted to `url` `delay_s` after `start` (a time.monotonic(); now if not given);
+        `label` is what it counts as once acknowledged, and only items of the same `group` share a POST. A plan of
+        several items passes one `start`, so their order holds however long the scheduling itself took."""
         self.scheduled += 1
-        heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._seq), _Due(url, item, label, group)))
+        due = (time.monotonic() if start is None else start) + delay_s
+        heapq.heappush(self._heap, (due, next(self._seq), _Due(url, item, label, group)))
 
     def _open_client(self) -> Any:
         limits = httpx.Limits(max_connections=self.settings.concurrency)

@@ -64,9 +64,12 @@ class WebhookPoster(CallbackPoster):
         super().__init__(self._render, settings)
         self.webhook = settings
 
-    def schedule(self, delay_s: float, phone_number_id: str, status: dict[str, Any]) -> None:  # type: ignore[override]
-        """Queue one status to be posted `delay_s` from now (call from the server's event loop)."""
-        super().schedule(delay_s, self.webhook.url, (phone_number_id, status), status["status"], phone_number_id)
+    def schedule(self, delay_s: float, phone_number_id: str, status: dict[str, Any],  # type: ignore[override]
+                 start: float | None = None) -> None:
+        """Queue one status to be posted `delay_s` after `start` (now if not given; call from the server's event
+        loop)."""
+        super().schedule(delay_s, self.webhook.url, (phone_number_id, status), status["status"], phone_number_id,
+                         start)
 
     def _render(self, url: str, items: list[tuple[str, dict[str, Any]]]) -> tuple[bytes, dict[str, str]]:
         s = self.webhook

@@ -292,8 +292,11 @@ class Sandbox:
                 outcome, wamid=wamid, recipient_id=recipient, callback_data=callback_data, pricing=pricing,
                 accepted_at=time.time(), delay_s=self.config.webhook_delay_s, rng=self._rng,
             )
+            # One start for the plan: an out-of-order message's last status is due before the one scheduled
+            # ahead of it, and a thread switch between the two calls must not turn them back (seen on CI).
+            start = time.monotonic()
             for item in planned:
-                self.poster.schedule(item.post_after_s, phone_number_id, item.status)
+                self.poster.schedule(item.post_after_s, phone_number_id, item.status, start)
         # Meta's answer (docs/providers.md §1.3), formatted directly: a third of the cost of json.dumps.
         # message_status is reported for template sends only.
         status = ',"message_status":"accepted"' if body["type"] == "template" else ""
