@@ -9,10 +9,12 @@ from pathlib import Path
 
 import polars as pl
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import store
 from pipeline.channels.templates import ProviderTemplate, store_templates
-from pipeline.render.languages import with_languages
+from pipeline.render.languages import language_expr, with_languages
 from pipeline.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +26,22 @@ def test_values_as_people_write_them_match_exactly_by_base_or_by_variant_else_th
     assert got.to_list() == ["pt_BR", "pt_BR", "es", "es_MX", "es", "pt_BR", "en_US", "en_US", "en_US", "en_US",
                              "en_US"]
     assert "template_language" not in with_languages(frame.rename({"language": "lang"}), "language", ["es"], "en_US")
+
+
+_WRITTEN = st.one_of(st.none(), st.sampled_from(["en_US", "en", "en-GB", "es", "ES_ar", " pt-br ", "pt", "DE", "",
+                                                 "xx", "zh_CN", "fr_CA", "it", "es_MX", "e", "engl"]),
+                     st.text(alphabet="abcdefgENUS_- ", max_size=7))
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(_WRITTEN, max_size=40),
+       available=st.lists(st.sampled_from(["en_US", "en_GB", "es", "es_MX", "pt_BR", "de", "fr"]), min_size=1,
+                          max_size=5))
+def test_each_distinct_value_read_once_gives_what_reading_every_row_gives(values: list[str | None],
+                                                                          available: list[str]) -> None:
+    frame = pl.DataFrame({"language": values}, schema={"language": pl.String})
+    expected = frame.with_columns(language_expr("language", available, "it"))["template_language"]
+    assert with_languages(frame, "language", available, "it")["template_language"].to_list() == expected.to_list()
 
 
 def _campaign(tmp: Path, **template: object) -> dict:
