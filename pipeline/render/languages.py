@@ -5,8 +5,8 @@ The languages that exist are the provider's (the template registry, pipeline/cha
 rows of the template's name) when the spec names its account, else the spec's `template.languages`. A recipient's
 value is read as written by people ("pt-br", "PT_BR", " es "): it is normalised to the providers' `ll` / `ll_RR`
 codes, matched exactly, then by its base language ("es_MX" → "es"), then to a regional variant of it ("pt" →
-"pt_BR", the first in sorted order); no match, or no value, takes the fallback. Vectorised (one Polars expression
-per batch), so a language column costs preparation almost nothing.
+"pt_BR", the first in sorted order); no match, or no value, takes the fallback. Vectorised, and each distinct value
+is read once per batch, so a language column costs preparation almost nothing.
 """
 
 from __future__ import annotations
