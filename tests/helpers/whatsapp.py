@@ -61,9 +61,16 @@ def config(**overrides: Any) -> SandboxConfig:
 def running(cfg: SandboxConfig, receiver: Receiver | None = None) -> Iterator[httpx.Client]:
     """Sandbox (posting its status webhooks to `receiver`, if given) on loopback; yields a client authorised
     with the right token."""
-    with serving(create_app, cfg, receiver, "/webhooks/whatsapp") as (url, _), httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False) as client:
+    with running_with_state(cfg, receiver) as (client, _):
         yield client
+
+
+@contextmanager
+def running_with_state(cfg: SandboxConfig, receiver: Receiver | None = None) -> Iterator[tuple[httpx.Client, Any]]:
+    """`running`, with the sandbox's state (`app.state.sandbox`) beside the client."""
+    with serving(create_app, cfg, receiver, "/webhooks/whatsapp") as (url, sandbox), httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False) as client:
+        yield client, sandbox
 
 
 @contextmanager

@@ -9,14 +9,23 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-import httpx
 import pytest
 
 from pipeline.sandbox.__main__ import main as sandbox_main
 from pipeline.sandbox.outcomes import FAILURES, outcome_for
 from pipeline.servers import serve_in_thread
 from tests.helpers.channels import Receiver
-from tests.helpers.whatsapp import PNID, SECRET, SEND, TOKEN, config, drain, posted_statuses, running, template_body
+from tests.helpers.whatsapp import (
+    PNID,
+    SECRET,
+    SEND,
+    config,
+    drain,
+    posted_statuses,
+    running,
+    running_with_state,
+    template_body,
+)
 
 
 def text_body() -> dict[str, Any]:
@@ -189,12 +198,9 @@ def test_signed_webhooks_give_every_message_its_predicted_terminal_status() -> N
 def test_an_out_of_order_plan_keeps_its_order_however_slowly_it_is_scheduled() -> None:
     """Each status of a message is due at an offset from one start: a pause between scheduling the statuses (a
     thread switch on a loaded machine) must not turn an out-of-order pair back into logical order."""
-    from pipeline.sandbox.whatsapp import create_app
-    from tests.helpers.channels import serving
-
     receiver = Receiver()
     cfg = config(fail_rate=0.0, read_rate=0.0, out_of_order_rate=1.0, webhook_concurrency=1)  # sent, delivered
-    with serving(create_app, cfg, receiver, "/webhooks/whatsapp") as (url, sandbox):
+    with running_with_state(cfg, receiver) as (client, sandbox):
         schedule = sandbox.poster.schedule
 
         def slowly(*args: Any, **kwargs: Any) -> None:
@@ -202,10 +208,9 @@ def test_an_out_of_order_plan_keeps_its_order_however_slowly_it_is_scheduled() -
             schedule(*args, **kwargs)
 
         sandbox.poster.schedule = slowly
-        with httpx.Client(base_url=url, headers={"Authorization": "Bearer " + TOKEN}, trust_env=False) as client:
-            for i in range(5):
-                client.post(SEND, json=template_body(to=f"4477009{i:05d}"))
-            drain(client)
+        for i in range(5):
+            client.post(SEND, json=template_body(to=f"4477009{i:05d}"))
+        drain(client)
     names = defaultdict(list)
     for status in posted_statuses(receiver.posts):
         names[status["id"]].append(status["status"])
