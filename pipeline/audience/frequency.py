@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from pipeline import store
+from pipeline.audience import send_history
 from pipeline.audience.address_sets import AddressSet, split_plain
 from pipeline.spec import CampaignSpec, FrequencyCap, controls
 from pipeline.store import Store, dialect
@@ -55,37 +56,79 @@ def capped_recipients(
     channels within its period before `now`. A campaign being resumed passes its own id as `exclude_campaign`, so
     its own sends do not cap it.
 
-    The store reads the sends in the window through `outbox_recent`, which holds every column the filter names
-    (no table lookups), one slice of the period at a time, each slice's keys joined into one text by the store
-    (`dialect.joined_keys`): millions of sends reach Python as a few strings, not millions of rows, and the count
-    per recipient is Polars' (a GROUP BY in the store sorted ~4M keys in 3-5 s on either store)."""
+    The window's closed hours are read from the send history (pipeline/audience/send_history.py: one compressed blob
+    per hour and channel, stored the first time an hour is read); the rest (the window's first part-hour, the open
+    hour, an hour whose blob a change has just deleted) from the outbox (`_read_outbox`). The count per recipient
+    is Polars', over Int64 digits for plain E.164 keys."""
     end = now or datetime.now(UTC)
     since = end - cap.window
+    channels = list(cap.channels)
+    hours = send_history.hours_between(since, end)
+    categories = list(cap.categories)
+    kept = send_history.read(db, hours, channels, categories, exclude_campaign=exclude_campaign)
+    missing = sorted({h for h in hours for c in channels if (h, c) not in kept.covered})
+    keep = timedelta(days=float((controls().get("send_history") or {}).get("keep_days", 35)))
+    if missing and send_history.build(db, missing, channels, keep):
+        more = send_history.read(db, missing, channels, categories, exclude_campaign=exclude_campaign,
+                                 skip=kept.covered)
+        kept = send_history.Sends(pl.concat([kept.numbers, more.numbers]), pl.concat([kept.others, more.others]),
+                                  kept.covered | more.covered)
+    live = _read_outbox(db, cap, _uncovered(since, hours, channels, kept.covered), exclude_campaign)
+    numbers, others = split_plain(live)
+    del live
+    numbers = pl.concat([kept.numbers, numbers.rename("key")])
+    others = pl.concat([kept.others, others.rename("key")])
+    return AddressSet(_reaching(numbers.rename("key"), cap.max), _reaching(others.rename("key"), cap.max))
+
+
+def _uncovered(since: datetime, hours: list[str], channels: list[str], covered: set[tuple[str, str]],
+               ) -> list[tuple[datetime, datetime, tuple[str, ...]]]:
+    """The (low, high, channels) ranges the stored hours leave to the outbox: the window's start up to its first
+    whole hour, every hour some channel has no blob for, and everything from the last whole hour on."""
+    if not hours:
+        return [(since, _LATER, tuple(channels))]
+    ranges = [(since, send_history.hour_start(hours[0]), tuple(channels))]
+    for hour in hours:
+        lacking = tuple(c for c in channels if (hour, c) not in covered)
+        if not lacking:
+            continue
+        low = send_history.hour_start(hour)
+        last = ranges[-1]
+        if last[1] == low and last[2] == lacking:
+            ranges[-1] = (last[0], low + send_history.HOUR, lacking)
+        else:
+            ranges.append((low, low + send_history.HOUR, lacking))
+    ranges.append((send_history.hour_start(hours[-1]) + send_history.HOUR, _LATER, tuple(channels)))
+    return ranges
+
+
+def _read_outbox(db: Store, cap: FrequencyCap, ranges: list[tuple[datetime, datetime, tuple[str, ...]]],
+                 exclude_campaign: str | None) -> pl.Series:
+    """The keys of the cap's sends in `ranges`, read from `outbox_recent` in slices of at most SLICE, each slice's
+    keys joined into one text by the store (`dialect.joined_keys`): millions of sends reach Python as a few strings,
+    not millions of rows (a GROUP BY in the store sorted ~4M keys in 3-5 s on either store)."""
     where = "channel IN :channels AND sent_at >= :low AND sent_at < :high AND state IN ('sent', 'unknown') " \
             "AND category IN :categories"
-    params: dict[str, object] = {"channels": list(cap.channels), "categories": list(cap.categories)}
+    params: dict[str, object] = {"categories": list(cap.categories)}
     if exclude_campaign is not None:
         where += " AND campaign_id <> :exclude"
         params["exclude"] = exclude_campaign
     sql = f"SELECT {dialect.joined_keys(db.dialect, 'recipient_key')} FROM outbox WHERE {where}"
     slices = []
-    while since + SLICE < end:
-        slices.append((since, since + SLICE))
-        since += SLICE
-    slices.append((since, _LATER))  # a send stamped after `now` (another machine's clock ahead) counts too
+    for low, high, channels in ranges:
+        if low >= high:
+            continue
+        while low + SLICE < high < _LATER:  # the open end is one slice: it holds what was sent since the window's end
+            slices.append((low, low + SLICE, channels))
+            low += SLICE
+        slices.append((low, high, channels))
     # Two slices at a time: the store's work is most of it, and both drivers let go of the GIL while it runs.
     with ThreadPoolExecutor(max_workers=READERS) as pool:
-        parts = [joined for joined in pool.map(lambda s: db.scalar(sql, **params, low=s[0], high=s[1]), slices)
-                 if joined]
+        parts = [joined for joined in pool.map(
+            lambda s: db.scalar(sql, **params, low=s[0], high=s[1], channels=list(s[2])), slices) if joined]
     if not parts:
-        return AddressSet.from_column(pl.Series("key", [], dtype=pl.String))
-    keys = pl.Series("key", parts, dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
-    # Plain E.164 keys (a phone channel's, all of them) counted as Int64 digits, which name exactly one text each
-    # (0.36 s for 4M sends where the texts take 0.65 s), and handed on so (pipeline/audience/address_sets.py).
-    del parts  # what is in memory here is beside the preparation's batches (capped_meanwhile)
-    numbers, others = split_plain(keys)
-    del keys
-    return AddressSet(_reaching(numbers, cap.max), _reaching(others, cap.max))
+        return pl.Series("key", [], dtype=pl.String)
+    return pl.Series("key", parts, dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
 
 
 def _reaching(keys: pl.Series, times: int) -> pl.Series:

@@ -6,7 +6,8 @@ Everything else is the same SQL on both (SQLAlchemy Core text with named paramet
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -161,3 +162,92 @@ def adbc_uri(url: str) -> str:
 
     uri = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     return uri + ("&" if "?" in uri else "?") + "options=-c%20jit%3Doff"
+
+
+# --- the send history's triggers (pipeline/audience/send_history.py) -------------------------------------------------
+# A send counts for the cap when it has a `sent_at` and is `sent` or `unknown`. A row's change matters to an hour
+# that is closed, or closes within HISTORY_MARGIN (a transaction open that long at an hour's end could otherwise
+# commit after the hour was read into its blob): for those rows the trigger deletes the blob of the row's hour
+# before and after the change; the next read builds it again. A send of the open hour fires nothing.
+HISTORY_MARGIN = "10 minutes"
+
+
+def history_triggers(dialect: str) -> list[str]:
+    """The statements creating the outbox triggers that keep `send_history` true."""
+    if dialect == "postgresql":
+        def closed(row: str) -> str:
+            return (f"({row}.sent_at IS NOT NULL AND {row}.state IN ('sent', 'unknown') AND {row}.sent_at < "
+                    f"date_trunc('hour', clock_timestamp() + interval '{HISTORY_MARGIN}', 'UTC'))")
+
+        def forget(row: str) -> str:
+            return (f"DELETE FROM send_history WHERE hour = to_char({row}.sent_at AT TIME ZONE 'UTC', "
+                    f"'YYYY-MM-DD HH24') AND channel = {row}.channel;")
+        return [
+            f"""CREATE FUNCTION outbox_history_forget() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF TG_OP <> 'INSERT' THEN {forget("OLD")} END IF;
+                    IF TG_OP <> 'DELETE' THEN {forget("NEW")} END IF;
+                    RETURN NULL;
+                END $$""",
+            f"CREATE TRIGGER outbox_history_insert AFTER INSERT ON outbox FOR EACH ROW WHEN {closed('NEW')} "
+            "EXECUTE FUNCTION outbox_history_forget()",
+            f"CREATE TRIGGER outbox_history_update AFTER UPDATE OF {_HISTORY_COLUMNS} ON outbox FOR EACH ROW "
+            f"WHEN ({closed('OLD')} OR {closed('NEW')}) EXECUTE FUNCTION outbox_history_forget()",
+            f"CREATE TRIGGER outbox_history_delete AFTER DELETE ON outbox FOR EACH ROW WHEN {closed('OLD')} "
+            "EXECUTE FUNCTION outbox_history_forget()",
+        ]
+
+    def closed_sqlite(row: str) -> str:
+        return (f"({row}.sent_at IS NOT NULL AND {row}.state IN ('sent', 'unknown') AND substr({row}.sent_at, 1, 13) "
+                f"< strftime('%Y-%m-%d %H', 'now', '+{HISTORY_MARGIN}'))")
+
+    def forget_sqlite(row: str) -> str:
+        return f"DELETE FROM send_history WHERE hour = substr({row}.sent_at, 1, 13) AND channel = {row}.channel;"
+    return [
+        f"CREATE TRIGGER outbox_history_insert AFTER INSERT ON outbox WHEN {closed_sqlite('NEW')} "
+        f"BEGIN {forget_sqlite('NEW')} END",
+        f"CREATE TRIGGER outbox_history_update AFTER UPDATE OF {_HISTORY_COLUMNS} ON outbox "
+        f"WHEN {closed_sqlite('OLD')} OR {closed_sqlite('NEW')} "
+        f"BEGIN {forget_sqlite('OLD')} {forget_sqlite('NEW')} END",
+        f"CREATE TRIGGER outbox_history_delete AFTER DELETE ON outbox WHEN {closed_sqlite('OLD')} "
+        f"BEGIN {forget_sqlite('OLD')} END",
+    ]
+
+
+_HISTORY_COLUMNS = "state, sent_at, channel, category, recipient_key, campaign_id"
+
+
+def drop_history_triggers(dialect: str) -> list[str]:
+    names = ["outbox_history_insert", "outbox_history_update", "outbox_history_delete"]
+    if dialect == "postgresql":
+        return [*(f"DROP TRIGGER {n} ON outbox" for n in names), "DROP FUNCTION outbox_history_forget()"]
+    return [f"DROP TRIGGER {n}" for n in names]
+
+
+def current_hour_sql(dialect: str) -> str:
+    """The database's clock's hour, 'YYYY-MM-DD HH' UTC: hours before it are closed (one clock for every process)."""
+    if dialect == "postgresql":
+        return "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')"
+    return "SELECT strftime('%Y-%m-%d %H', 'now')"
+
+
+@contextmanager
+def history_write(engine: Engine, wait_s: float) -> Iterator[Connection]:
+    """A write transaction that stores hours of the send history: it holds back every trigger's delete until it
+    ends, so an hour read and stored in it cannot miss a change committed meanwhile (SQLite: the write transaction
+    is the only writer; PostgreSQL: a lock on send_history that the triggers' deletes wait for). It waits at most
+    `wait_s` for that: the history is an aid, and a caller holding a write transaction itself must not stall."""
+    with engine.connect().execution_options(write=True) as conn:
+        if conn.dialect.name == "postgresql":
+            with conn.begin():
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'")
+                conn.exec_driver_sql("LOCK TABLE send_history IN SHARE ROW EXCLUSIVE MODE")
+                yield conn
+            return
+        raw = conn.connection.driver_connection
+        raw.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            raw.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Table,
@@ -84,6 +85,16 @@ outbox = Table(
     Index("outbox_recent", "channel", "sent_at", "category", "state", "recipient_key", "campaign_id",
           sqlite_where=text("sent_at IS NOT NULL"), postgresql_where=text("sent_at IS NOT NULL")),
     Index("outbox_recipient", "recipient_key"),
+)
+# The outbox's sends of each closed hour per channel, in columns: what the frequency cap counts, kept so that a
+# week of sends is read as a few hundred compressed blobs instead of millions of index entries (migration 0012,
+# pipeline/audience/send_history.py). Triggers on the outbox delete an hour's blob whenever a send of it changes.
+send_history = Table(
+    "send_history", metadata,
+    Column("hour", String, primary_key=True),  # 'YYYY-MM-DD HH', UTC
+    Column("channel", String, primary_key=True),
+    Column("sends", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # Arrow IPC (zstd): number, other, category, campaign_id
 )
 # Every transition of every message, appended in the same transaction as the outbox update.
 outbox_transitions = Table(

@@ -1,0 +1,160 @@
+"""The send history (pipeline/audience/send_history.py): each closed hour's sends per channel kept as a blob, which the
+frequency cap reads instead of the outbox. On SQLite and PostgreSQL: the cap counts the same with and without it,
+every change to a closed hour's sends (reconciled, retried, moved, deleted, imported) deletes that hour's blob so
+the next cap sees the change, the open hour stays in the outbox, and a store that cannot be written still caps."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline import store
+from pipeline.audience import send_history
+from pipeline.audience.frequency import _read_outbox, capped_recipients
+from pipeline.spec import FrequencyCap
+
+NOW = datetime.now(UTC)
+CAP = FrequencyCap(max=2, per="7d", channels=["whatsapp", "chatapp"], categories=["marketing"])
+
+
+def _insert(db: store.Store, rows: list[tuple]) -> None:
+    """(message id, campaign, recipient, channel, category, state, sent_at) rows into the outbox."""
+    with db.write() as conn:
+        store.run_many(conn, "INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, "
+                             "category, payload_json, state, queued_at, sent_at) VALUES (:m, :c, :seq, :k, :ch, 'S1', "
+                             ":cat, '{}', :state, :at, :at)",
+                       [{"m": m, "c": c, "seq": i, "k": k, "ch": ch, "cat": cat, "state": state, "at": at}
+                        for i, (m, c, k, ch, cat, state, at) in enumerate(rows)])
+
+
+def _random_history(seed: int, n: int) -> list[tuple]:
+    rng = random.Random(seed)
+    keys = [f"+4474001{i:05d}" for i in range(40)] + ["ann@example.test", "7100000000000001", "+0123"]
+    return [(f"m{i}", rng.choice(["c1", "c2", "c3"]), rng.choice(keys), rng.choice(["whatsapp", "chatapp", "sms"]),
+             rng.choice(["marketing", "marketing", "utility", None]), rng.choice(["sent", "sent", "unknown", "failed"]),
+             NOW - timedelta(minutes=rng.randrange(0, 9 * 24 * 60))) for i in range(n)]
+
+
+def _from_outbox(db: store.Store, cap: FrequencyCap, exclude: str | None = None) -> set[str]:
+    """The cap counted from the outbox alone (the window and everything after it)."""
+    keys = _read_outbox(db, cap, [(NOW - cap.window, datetime(9999, 1, 1, tzinfo=UTC), tuple(cap.channels))],
+                        exclude)
+    counts = keys.value_counts()
+    return set(counts.filter(counts["count"] >= cap.max)["key"].to_list())
+
+
+def _blobs(db: store.Store) -> int:
+    return db.scalar("SELECT count(*) FROM send_history")
+
+
+@pytest.mark.parametrize("exclude", [None, "c2"])
+def test_the_cap_from_the_history_is_the_cap_from_the_outbox(db: store.Store, exclude: str | None) -> None:
+    _insert(db, _random_history(7, 3_000))
+    expected = _from_outbox(db, CAP, exclude)
+    assert len(expected) > 10
+    assert capped_recipients(db, CAP, now=NOW, exclude_campaign=exclude) == expected
+    built = _blobs(db)
+    assert built >= 2 * 7 * 24 - 2  # every closed hour of the week, both channels (empty hours too)
+    # Read again: from the blobs now, the same.
+    assert capped_recipients(db, CAP, now=NOW, exclude_campaign=exclude) == expected
+    assert _blobs(db) == built
+    stored = db.scalar("SELECT sum(sends) FROM send_history")
+    assert stored == db.scalar("SELECT count(*) FROM outbox WHERE channel IN ('whatsapp', 'chatapp') AND state IN "
+                               "('sent', 'unknown') AND sent_at >= :low AND sent_at < :high",
+                               low=send_history.hour_start(min(send_history.hours_between(NOW - CAP.window, NOW))),
+                               high=NOW.replace(minute=0, second=0, microsecond=0))
+
+
+def test_every_change_to_a_closed_hours_sends_deletes_its_blob(db: store.Store) -> None:
+    day_ago = (NOW - timedelta(days=1)).replace(minute=30)
+    a, b = "+447400100001", "+447400100002"
+    _insert(db, [("m1", "c1", a, "whatsapp", "marketing", "sent", day_ago),
+                 ("m2", "c2", a, "chatapp", "marketing", "unknown", day_ago),
+                 ("m3", "c1", b, "whatsapp", "marketing", "sent", day_ago)])
+    assert capped_recipients(db, CAP, now=NOW) == {a}
+    hour = send_history.hour_key(day_ago)
+    built = _blobs(db)
+
+    def changed(statement: str, expected: set[str], **params: object) -> None:
+        db.execute(statement, **params)
+        assert db.scalar("SELECT count(*) FROM send_history WHERE hour = :h", h=hour) < 2, statement
+        assert capped_recipients(db, CAP, now=NOW) == expected, statement
+        assert _blobs(db) == built  # built again
+
+    # The provider never had it: unknown -> failed.
+    changed("UPDATE outbox SET state = 'failed' WHERE message_id = 'm2'", set())
+    # Back to a send (a late receipt), then another campaign's send to B imported into the same hour.
+    changed("UPDATE outbox SET state = 'sent' WHERE message_id = 'm2'", {a})
+    changed("INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, category, payload_json, "
+            "state, queued_at, sent_at) VALUES ('m4', 'c9', 1, :k, 'chatapp', 'S1', 'marketing', '{}', 'sent', :at, "
+            ":at)", {a, b}, k=b, at=day_ago)
+    # A send re-stamped out of the window, and one deleted.
+    changed("UPDATE outbox SET sent_at = :at WHERE message_id = 'm4'", {a}, at=NOW - timedelta(days=9))
+    changed("DELETE FROM outbox WHERE message_id = 'm1'", set())
+
+
+def test_a_send_of_the_open_hour_fires_nothing_and_is_counted(db: store.Store) -> None:
+    a = "+447400100001"
+    _insert(db, [("m1", "c1", a, "whatsapp", "marketing", "sent", NOW - timedelta(days=2))])
+    assert capped_recipients(db, CAP, now=NOW) == set()
+    built = _blobs(db)
+    db.execute("INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, category, "
+               "payload_json, state, queued_at) VALUES ('m2', 'c2', 1, :k, 'whatsapp', 'S1', 'marketing', '{}', "
+               "'sending', :at)", k=a, at=NOW)
+    db.execute("UPDATE outbox SET state = 'sent', sent_at = :at WHERE message_id = 'm2'", at=NOW)
+    assert _blobs(db) == built
+    assert capped_recipients(db, CAP, now=NOW + timedelta(seconds=1)) == {a}
+
+
+def test_a_store_that_cannot_be_written_still_caps(tmp_path: Path) -> None:
+    path = tmp_path / "campaigns.sqlite"
+    with store.connect(path) as db:
+        _insert(db, _random_history(11, 500))
+        expected = _from_outbox(db, CAP)
+    subprocess.run(["chattr", "+i", str(path)], check=True)  # read-only even for root
+    try:
+        with store.connect(path) as db:
+            assert capped_recipients(db, CAP, now=NOW) == expected
+            assert _blobs(db) == 0
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_storing_waits_for_an_open_change_only_so_long_and_the_cap_reads_the_outbox_meanwhile(
+        db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction that has changed a send of a closed hour, still open (SQLite: any write transaction): the cap
+    does not wait for it past LOCK_WAIT_S, stores nothing, and counts from the outbox what is committed."""
+    monkeypatch.setattr(send_history, "LOCK_WAIT_S", 0.2)
+    a = "+447400100001"
+    _insert(db, [(f"m{i}", f"c{i}", a, "whatsapp", "marketing", "sent", NOW - timedelta(days=i + 1))
+                 for i in range(3)])
+    with db.write() as conn:
+        store.run(conn, "UPDATE outbox SET state = 'failed' WHERE message_id IN ('m0', 'm1')")
+        assert capped_recipients(db, CAP, now=NOW) == {a}  # the change is not committed yet
+        assert _blobs(db) == 0
+    assert capped_recipients(db, CAP, now=NOW) == set()
+    assert _blobs(db) > 0
+
+
+def test_hours_older_than_the_teams_setting_are_read_from_the_outbox_and_not_kept(
+        db: store.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = tmp_path / "controls.yaml"
+    settings.write_text("send_history:\n  keep_days: 2\n")
+    monkeypatch.setenv("CAMPAIGN_CONTROLS_FILE", str(settings))
+    _insert(db, _random_history(5, 2_000))
+    expected = _from_outbox(db, CAP)
+    assert capped_recipients(db, CAP, now=NOW) == expected
+    oldest = db.scalar("SELECT min(hour) FROM send_history")
+    assert send_history.hour_start(oldest) >= NOW - timedelta(days=2, hours=2)
+    assert 2 * 2 * 24 - 4 <= _blobs(db) <= 2 * 2 * 24 + 2
+    # A blob of an older hour (kept under an earlier setting) goes when the history is next stored.
+    with db.write() as conn:
+        store.run(conn, "INSERT INTO send_history (hour, channel, sends, data) VALUES ('2020-01-01 00', 'sms', 0, "
+                        ":data)", data=send_history.encode(send_history.parse(None)))
+    db.execute("DELETE FROM send_history WHERE hour = (SELECT max(hour) FROM send_history)")
+    assert capped_recipients(db, CAP, now=NOW) == expected
+    assert db.scalar("SELECT min(hour) FROM send_history") == oldest
