@@ -8,7 +8,8 @@ index holds millions of entries to walk.
 Correctness rests on two things. Triggers on the outbox (pipeline/store/dialect.py `history_triggers`) delete an
 hour's blob whenever a send of a closed hour changes, appears or goes (a reconciliation, a retry, an import, a
 deletion); and an hour is read and stored in one transaction that holds those deletes back (`history_write`), so a
-change committed meanwhile either is in the blob or deletes it after. Hours are closed by the database's clock.
+change committed meanwhile either is in the blob or deletes it after. Hours are closed by the database's clock, and
+stored only some minutes after they closed (`dialect.HISTORY_MARGIN`).
 Whatever is not in a blob (the open hour, a deleted blob, a store that cannot be written) is read from the outbox
 by the caller.
 """
@@ -132,7 +133,7 @@ def build(db: Store, hours: Iterable[str], channels: Sequence[str], keep: timede
     deletes those older than that; returns how many it stored. A store that cannot be written (read-only file, a
     replica) stores none: the caller reads the outbox instead."""
     try:
-        current = db.scalar(dialect.current_hour_sql(db.dialect))
+        current = db.scalar(dialect.storable_before_sql(db.dialect))
         oldest = hour_key(hour_start(current) - keep)
         closed = sorted(h for h in set(hours) if oldest <= h < current)
         stored = 0

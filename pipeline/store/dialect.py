@@ -165,10 +165,11 @@ def adbc_uri(url: str) -> str:
 
 
 # --- the send history's triggers (pipeline/audience/send_history.py) -------------------------------------------------
-# A send counts for the cap when it has a `sent_at` and is `sent` or `unknown`. A row's change matters to an hour
-# that is closed, or closes within HISTORY_MARGIN (a transaction open that long at an hour's end could otherwise
-# commit after the hour was read into its blob): for those rows the trigger deletes the blob of the row's hour
-# before and after the change; the next read builds it again. A send of the open hour fires nothing.
+# A send counts for the cap when it has a `sent_at` and is `sent` or `unknown`. When such a row of a closed hour
+# (by the database's clock) changes, appears or goes, the trigger deletes the blob of the row's hour before and after
+# the change; the next read stores it again. A send of the open hour fires nothing, so dispatching pays nothing. An
+# hour is stored only HISTORY_MARGIN after it closed: a change made before the close but committed after it is seen
+# then (a transaction open longer than that at an hour's end could be missed).
 HISTORY_MARGIN = "10 minutes"
 
 
@@ -177,7 +178,7 @@ def history_triggers(dialect: str) -> list[str]:
     if dialect == "postgresql":
         def closed(row: str) -> str:
             return (f"({row}.sent_at IS NOT NULL AND {row}.state IN ('sent', 'unknown') AND {row}.sent_at < "
-                    f"date_trunc('hour', clock_timestamp() + interval '{HISTORY_MARGIN}', 'UTC'))")
+                    "date_trunc('hour', clock_timestamp(), 'UTC'))")
 
         def forget(row: str) -> str:
             return (f"DELETE FROM send_history WHERE hour = to_char({row}.sent_at AT TIME ZONE 'UTC', "
@@ -199,7 +200,7 @@ def history_triggers(dialect: str) -> list[str]:
 
     def closed_sqlite(row: str) -> str:
         return (f"({row}.sent_at IS NOT NULL AND {row}.state IN ('sent', 'unknown') AND substr({row}.sent_at, 1, 13) "
-                f"< strftime('%Y-%m-%d %H', 'now', '+{HISTORY_MARGIN}'))")
+                "< strftime('%Y-%m-%d %H', 'now'))")
 
     def forget_sqlite(row: str) -> str:
         return f"DELETE FROM send_history WHERE hour = substr({row}.sent_at, 1, 13) AND channel = {row}.channel;"
@@ -224,11 +225,13 @@ def drop_history_triggers(dialect: str) -> list[str]:
     return [f"DROP TRIGGER {n}" for n in names]
 
 
-def current_hour_sql(dialect: str) -> str:
-    """The database's clock's hour, 'YYYY-MM-DD HH' UTC: hours before it are closed (one clock for every process)."""
+def storable_before_sql(dialect: str) -> str:
+    """The hour ('YYYY-MM-DD HH', UTC) before which hours may be stored: that of the database's clock less
+    HISTORY_MARGIN (one clock for every process)."""
     if dialect == "postgresql":
-        return "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')"
-    return "SELECT strftime('%Y-%m-%d %H', 'now')"
+        return (f"SELECT to_char((clock_timestamp() - interval '{HISTORY_MARGIN}') AT TIME ZONE 'UTC', "
+                "'YYYY-MM-DD HH24')")
+    return f"SELECT strftime('%Y-%m-%d %H', 'now', '-{HISTORY_MARGIN}')"
 
 
 @contextmanager
