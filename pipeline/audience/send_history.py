@@ -81,8 +81,8 @@ def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: S
     others: list[pa.Array] = []
     covered: set[tuple[str, str]] = set()
     if hours and channels:
-        rows = db.rows("SELECT hour, channel, data FROM send_history WHERE channel IN :channels AND hour >= :low "
-                       "AND hour <= :high", channels=list(channels), low=min(hours), high=max(hours))
+        with db.read() as conn:
+            rows = dialect.history_blobs(conn, channels, min(hours), max(hours))
         wanted, skip = set(hours), skip or set()
         allowed = pa.array(list(categories), pa.string())
         for hour, channel, data in rows:
