@@ -32,7 +32,6 @@ from pipeline.store import Store, StoreError, dialect, run
 log = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
-_FIELD = "\x1f"  # between a send's key, category and campaign in the text the store joins
 # Hours built per write transaction: each holds the store's writers back while its hours are read (a few ms an hour).
 HOURS_PER_TRANSACTION = 6
 # Hours older than this are not kept (a cap reaching further back reads them from the outbox): the team's
@@ -119,10 +118,10 @@ def encode(frame: pl.DataFrame) -> bytes:
     for name in ("category", "campaign_id"):
         table = table.set_column(table.schema.get_field_index(name), name,
                                  pc.dictionary_encode(table[name].cast(pa.string())))
-    sink = pa.BufferOutputStream()
     for name in ("number", "other"):
         table = table.set_column(table.schema.get_field_index(name), name,
                                  table[name].cast(pa.int64() if name == "number" else pa.string()))
+    sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
@@ -153,7 +152,7 @@ def _build_some(db: Store, hours: list[str], channels: Sequence[str]) -> int:
                                              "AND hour >= :low AND hour <= :high", channels=list(channels),
                                        low=hours[0], high=hours[-1]).all()}
         todo = [(h, c) for h in hours for c in channels if (h, c) not in have]
-        joined = dialect.joined_keys(db.dialect, _row_text(db.dialect))
+        joined = dialect.joined_rows(db.dialect, ["recipient_key", "coalesce(category, '')", "campaign_id"])
         for hour, channel in todo:
             start = hour_start(hour)
             text = run(conn, f"SELECT {joined} FROM outbox WHERE channel = :channel AND sent_at >= :low "
@@ -165,17 +164,13 @@ def _build_some(db: Store, hours: list[str], channels: Sequence[str]) -> int:
         return len(todo)
 
 
-def _row_text(name: str) -> str:
-    separator = "chr(31)" if name == "postgresql" else "char(31)"
-    return (f"recipient_key || {separator} || coalesce(category, '') || {separator} || campaign_id")
-
-
 def parse(text: str | None) -> pl.DataFrame:
     """The store's joined rows (key, category, campaign) as SCHEMA."""
     if not text:
         return pl.DataFrame(schema=SCHEMA)
     parts = (pl.Series("row", [text]).str.split(dialect.KEY_SEPARATOR).explode()
-             .str.split_exact(_FIELD, 2).struct.rename_fields(["key", "category", "campaign_id"]).struct.unnest())
+             .str.split_exact(dialect.FIELD_SEPARATOR, 2).struct.rename_fields(["key", "category", "campaign_id"])
+             .struct.unnest())
     plain = parts["key"].str.contains(PLAIN_E164).fill_null(False)  # as address_sets.split_plain splits them
     frame = parts.with_columns(
         number=pl.when(plain).then(pl.col("key").str.slice(1).cast(pl.Int64, strict=False)),

@@ -148,6 +148,16 @@ def temp_table_sql(dialect: str, name: str, like: str, columns: Sequence[str]) -
 KEY_SEPARATOR = "\x1e"
 
 
+# What `joined_rows` puts between a row's values: the ASCII unit separator.
+FIELD_SEPARATOR = "\x1f"
+
+
+def joined_rows(dialect: str, columns: Sequence[str]) -> str:
+    """`joined_keys` of several columns: each row's values with FIELD_SEPARATOR between them."""
+    separator = " || chr(31) || " if dialect == "postgresql" else " || char(31) || "
+    return joined_keys(dialect, separator.join(columns))
+
+
 def joined_keys(dialect: str, column: str) -> str:
     """The SQL aggregate joining a column's values into one text with KEY_SEPARATOR between them."""
     if dialect == "postgresql":
