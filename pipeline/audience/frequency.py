@@ -71,14 +71,12 @@ def capped_recipients(
     if missing and send_history.build(db, missing, channels, keep):
         more = send_history.read(db, missing, channels, categories, exclude_campaign=exclude_campaign,
                                  skip=kept.covered)
-        kept = send_history.Sends(pl.concat([kept.numbers, more.numbers]), pl.concat([kept.others, more.others]),
-                                  kept.covered | more.covered)
+        kept = kept.with_(more)
     live = _read_outbox(db, cap, _uncovered(since, hours, channels, kept.covered), exclude_campaign)
     numbers, others = split_plain(live)
     del live
-    numbers = pl.concat([kept.numbers, numbers.rename("key")])
-    others = pl.concat([kept.others, others.rename("key")])
-    return AddressSet(_reaching(numbers.rename("key"), cap.max), _reaching(others.rename("key"), cap.max))
+    return AddressSet(_reaching(pl.concat([kept.numbers, numbers]), cap.max),
+                      _reaching(pl.concat([kept.others, others]), cap.max))
 
 
 def _uncovered(since: datetime, hours: list[str], channels: list[str], covered: set[tuple[str, str]],

@@ -70,6 +70,10 @@ class Sends:
     others: pl.Series
     covered: set[tuple[str, str]]
 
+    def with_(self, more: Sends) -> Sends:
+        return Sends(pl.concat([self.numbers, more.numbers]), pl.concat([self.others, more.others]),
+                     self.covered | more.covered)
+
 
 def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: Sequence[str], *,
          exclude_campaign: str | None = None, skip: set[tuple[str, str]] | None = None) -> Sends:
@@ -95,7 +99,8 @@ def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: S
             if exclude_campaign is not None:
                 keep = pc.and_(keep, _where(table["campaign_id"], lambda d: pc.not_equal(d, exclude_campaign)))
             numbers.append(pc.drop_null(pc.filter(table["number"], keep)).combine_chunks())
-            others.append(pc.drop_null(pc.filter(table["other"], keep)).combine_chunks())
+            if table["other"].null_count < table.num_rows:  # a phone channel's blob has none
+                others.append(pc.drop_null(pc.filter(table["other"], keep)).combine_chunks())
     return Sends(_series(numbers, pl.Int64), _series(others, pl.String), covered)
 
 
