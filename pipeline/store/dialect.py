@@ -6,6 +6,8 @@ Everything else is the same SQL on both (SQLAlchemy Core text with named paramet
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,7 +29,7 @@ def prepare_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # autocommit at the driver: BEGIN is ours
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(cursor)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = OFF")
         cursor.execute("PRAGMA cache_size = -65536")  # 64 MB: index maintenance of large ingests stays in memory
@@ -38,6 +40,23 @@ def prepare_sqlite(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         # A write transaction takes the write lock at once (waiting up to the busy timeout for it).
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+
+def _enter_wal(cursor: Any) -> None:
+    """Switch a file to WAL, retrying while another connection switches it: the switch needs the exclusive
+    lock, and two processes opening a new file together each hold a read lock while asking for it, so
+    SQLite refuses one at once ('database is locked') instead of calling the busy handler (it would deadlock)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def claim(conn: Connection, campaign_id: str, seqs: Sequence[int], now: datetime) -> list[int]:
