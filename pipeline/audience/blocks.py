@@ -6,6 +6,7 @@ old-Mac CR-only line endings, and naming the row and field of a double quote the
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -77,12 +78,28 @@ def _read(handle: BinaryIO, size: int, cr: bool) -> bytes:
     return chunk.replace(b"\r", b"\n") if cr else chunk
 
 
+def _rest_of(handle: BinaryIO) -> int:
+    """The bytes of the file after the handle's position (0 when that cannot be told)."""
+    try:
+        return max(0, os.fstat(handle.fileno()).st_size - handle.tell())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return 0
+
+
 def blocks(handle: BinaryIO, size: int, max_row_bytes: int, *, cr: bool = False) -> Iterator[bytes | Oversized]:
     """The file in pieces of about `size` bytes, each ending at a record boundary, with an
     Oversized in place of each record longer than `max_row_bytes`: what is held at once is a
-    piece plus at most one bounded partial record, whatever the file holds."""
+    piece plus at most one bounded partial record, whatever the file holds.
+
+    A rest of the file of at most a quarter of `size` is read with the piece before it rather than
+    become a piece of its own: each batch costs a fixed ~0.25 s of CPU for the number checks (one regex
+    compiled per pattern of every region it holds), and the last batch of a file runs alone, so a 28k-row
+    tail after three 16 MB batches made a 1M-row preparation 0.45 s longer. Pieces stay under 1.25 `size`."""
     carry = b""
     while chunk := _read(handle, size, cr):
+        rest = _rest_of(handle)
+        if 0 < rest <= size // 4:
+            chunk += _read(handle, rest, cr)
         block = carry + chunk if carry else chunk
         del chunk
         cut = record_end(block)
