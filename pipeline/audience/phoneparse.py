@@ -1,7 +1,8 @@
 """phonenumbers' parse + region_code_for_number + number_type, vectorised in Polars over the
-library's own metadata (pipeline/audience/phonemeta.py). Rows are partitioned by the region whose
-patterns apply, so each partition evaluates only its own regexes; each function mirrors the
-phonenumbers/phonenumberutil.py function named in its docstring."""
+library's own metadata (pipeline/audience/phonemeta.py). Each step runs over the rows of every
+region at once, with the metadata's regexes joined over the regions (phonejoin.py); only the
+choice among the regions of a shared calling code (+1, +44, ...) runs per code. Each function
+mirrors the phonenumbers/phonenumberutil.py function named in its docstring."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from functools import cache
 
 import polars as pl
 
+from pipeline.audience.phonejoin import TYPE_TEMPORARY, in_mask, matches, strip_prefix, transformed, type_steps
 from pipeline.audience.phonemeta import (
     INVALID_LENGTH,
     LOCAL_ONLY,
@@ -34,7 +36,9 @@ _LITERAL = re.compile(r"\(\?-u\)\^\(\?:(\d+)\)")
 
 def _by(frame: pl.DataFrame, key: str, stage: Stage) -> pl.DataFrame:
     """`stage` over each partition of `frame` by `key` (a RegionMeta key column), in one
-    collect so that Polars runs the partitions in parallel."""
+    collect so that Polars runs the partitions in parallel. (Each partition's plan costs its
+    expressions' overhead once more: fine for the dozen shared calling codes, not for ~240
+    regions.)"""
     meta = metadata()
     if frame.height == 0:
         return stage(frame, next(iter(meta.regions.values()))).collect().clear()
@@ -47,47 +51,62 @@ def _lengths_where(verdicts: tuple[int, ...], wanted: set[int]) -> list[int]:
     return [n for n, verdict in enumerate(verdicts) if verdict in wanted]
 
 
+def _mask(lengths: list[int]) -> int:
+    return sum(1 << n for n in lengths)
+
+
 def length(column: pl.Expr) -> pl.Expr:
     """The length, clipped to the verdict tables' size (longer is too long everywhere)."""
     return column.str.len_bytes().clip(upper_bound=MAX_LENGTH)
 
 
-def _prefix(column: pl.Expr, pattern: str) -> pl.Expr:
-    """What an anchored prefix pattern matches at the start (Python's re.match), null if none;
-    plain digit prefixes (most international and national prefixes) need no regex."""
-    literal = _LITERAL.fullmatch(pattern)
-    if literal:
-        return pl.when(column.str.starts_with(literal.group(1))).then(pl.lit(literal.group(1)))
-    return column.str.extract(pattern, 0)
+@cache
+def _per_region() -> dict[str, dict[str, object]]:
+    """Constants of each region (by key) that the parse looks up per row."""
+    meta = metadata()
+    kept = {TOO_SHORT, LOCAL_ONLY, INVALID_LENGTH}
+    return {
+        "own": {k: str(m.country_code) for k, m in meta.regions.items()},
+        "own_key": {k: meta.main_key[m.country_code] for k, m in meta.regions.items()},
+        "too_long": {k: _mask(_lengths_where(m.length_any, {TOO_LONG})) for k, m in meta.regions.items()},
+        "kept": {k: _mask(_lengths_where(m.length_any, kept)) for k, m in meta.regions.items()},
+    }
 
 
-def _general(column: pl.Expr, m: RegionMeta) -> pl.Expr:
+def _lookup(name: str, key: pl.Expr) -> pl.Expr:
+    values = _per_region()[name]
+    dtype = pl.String if isinstance(next(iter(values.values())), str) else pl.UInt64
+    return key.replace_strict(values, default=None, return_dtype=dtype)
+
+
+def _general(column: pl.Expr, key: pl.Expr) -> pl.Expr:
     """_match_national_number(number, general_desc): the regex alone, no length check."""
-    return column.str.contains(m.general) if m.general else pl.lit(False)
+    return matches("general", key, column)
 
 
-def _matches(column: pl.Expr, desc: Desc | None) -> pl.Expr:
-    """_is_number_matching_desc: a possible length and a whole-pattern match."""
-    if desc is None:
-        return pl.lit(False)
-    match = column.str.contains(desc.pattern)
-    return column.str.len_bytes().is_in(list(desc.lengths)) & match if desc.lengths else match
+def _strip_national_prefix(column: pl.Expr, key: pl.Expr, out: str) -> Steps:
+    """_maybe_strip_national_prefix_carrier_code into column `out`: the number with its national
+    prefix removed (or transformed), unless that turns a number matching the general pattern
+    into one that does not. In steps: each intermediate is read several times (drop
+    STRIP_TEMPORARY afterwards)."""
+    rest, result = pl.col("_np_rest"), pl.col("_np_result")
+    keep = _general(column, key) & ~_general(result, key)
+    return (
+        {"_np_rest": strip_prefix("national_prefix", key, column)},
+        {"_np_result": pl.coalesce(transformed(key, column, rest), rest)},
+        {out: pl.when(rest.is_null() | keep.fill_null(False)).then(column).otherwise(result)},
+    )
 
 
-def _strip_national_prefix(column: pl.Expr, m: RegionMeta) -> pl.Expr:
-    """_maybe_strip_national_prefix_carrier_code: the number with its national prefix removed
-    (or transformed), unless that turns a number matching the general pattern into one that
-    does not."""
-    if not m.national_prefix:
-        return column
-    prefix = _prefix(column, m.national_prefix)
-    rest = column.str.slice(prefix.str.len_bytes())
-    if m.transform:
-        last_group = column.str.extract(m.national_prefix, m.national_prefix_groups)
-        rewritten = column.str.replace(m.national_prefix, m.transform, n=1)
-        rest = pl.when(last_group.is_null()).then(rest).otherwise(rewritten)
-    keep = _general(column, m) & ~_general(rest, m)
-    return pl.when(prefix.is_null() | keep.fill_null(False)).then(column).otherwise(rest)
+STRIP_TEMPORARY = ["_np_rest", "_np_result"]
+
+
+@cache
+def calling_code(name: str) -> pl.Expr:
+    """_extract_country_code: the shortest leading 1-3 digits that are a known calling code (one
+    lookup of the first three digits: cheaper than testing each length)."""
+    head = pl.col(name).str.slice(0, 3)
+    return head.replace_strict(_code_of_head(), default=None, return_dtype=pl.String)
 
 
 @cache
@@ -97,14 +116,6 @@ def _code_of_head() -> dict[str, str]:
     heads = (f"{n:0{size}d}" for size in (1, 2, 3) for n in range(10**size))
     found = {head: next((head[:k] for k in (1, 2, 3) if head[:k] in codes), None) for head in heads}
     return {head: code for head, code in found.items() if code is not None}
-
-
-@cache
-def calling_code(name: str) -> pl.Expr:
-    """_extract_country_code: the shortest leading 1-3 digits that are a known calling code (one
-    lookup of the first three digits: cheaper than testing each length)."""
-    head = pl.col(name).str.slice(0, 3)
-    return head.replace_strict(_code_of_head(), default=None, return_dtype=pl.String)
 
 
 @cache
@@ -123,86 +134,93 @@ def _apply(frame: pl.LazyFrame, steps: Steps) -> pl.LazyFrame:
     return frame
 
 
+def _run(frame: pl.DataFrame, steps: Steps, temporary: list[str]) -> pl.DataFrame:
+    """`steps` over `frame`, then without the `temporary` columns. (Dropping them before collecting
+    lets the optimiser fold the steps together, and each intermediate is computed again where it
+    is read: ~25 % slower.)"""
+    return _apply(frame.lazy(), steps).collect().drop(temporary, strict=False)
+
+
 @cache
-def _national_steps(key: str, own_code_rows: bool = True) -> Steps:
-    """_maybe_extract_country_code for digits written without a +, read in region `key`: an
-    international prefix then a calling code, or the region's own code written without +, or
-    a national number. (Expressions are built once per region and process.) Without
-    `own_code_rows` (no row starts with the region's calling code) the own-code branch, whose
-    general-pattern regexes are the costliest part to compile, is left out: it could not apply."""
-    meta = metadata()
-    m = meta.regions[key]
-    digits = pl.col("_D")
-    own = str(m.country_code)
-    if m.international_prefix:  # _maybe_strip_i18n_prefix_and_normalize / _parse_prefix_as_idd
-        idd = _prefix(digits, m.international_prefix)
-        after = digits.str.slice(idd.str.len_bytes())
-        first = {"_after": after, "_idd": (idd.is_not_null() & (after.str.slice(0, 1) != "0")).fill_null(False)}
-    else:
-        first = {"_after": pl.lit(None, dtype=pl.String), "_idd": pl.lit(False)}
+def _national_steps() -> Steps:
+    """_maybe_extract_country_code for digits written without a +, read in the region of _meta:
+    an international prefix then a calling code, or the region's own code written without +,
+    or a national number."""
+    digits, key = pl.col("_D"), pl.col("_meta")
+    # _maybe_strip_i18n_prefix_and_normalize / _parse_prefix_as_idd
+    after = strip_prefix("international_prefix", key, digits)
+    first = {"_after": after, "_own": _lookup("own", key)}
     # Regexes skip null values: the own-code checks only look at digits starting with the code.
-    starts = pl.when(digits.str.starts_with(own)).then(digits)
-    second = {"_idd_cc": calling_code("_after")}
-    own_code: pl.Expr = pl.lit(False)
-    if own_code_rows:
-        second["_without"] = _strip_national_prefix(starts.str.slice(len(own)), m)
-        too_long = length(digits).is_in(_lengths_where(m.length_any, {TOO_LONG}))
-        own_code = starts.is_not_null() & ((~_general(starts, m) & _general(pl.col("_without"), m)) | too_long)
-    idd, after, code = pl.col("_idd"), pl.col("_after"), pl.col("_idd_cc")
+    starts = pl.col("_starts")
+    own = pl.col("_own")
+    second = {"_idd": (pl.col("_after").str.slice(0, 1) != "0").fill_null(False), "_idd_cc": calling_code("_after"),
+              "_starts": pl.when(digits.str.starts_with(own)).then(digits)}  # fmt: skip
+    third = {"_cut": starts.str.slice(own.str.len_bytes())}  # the digits after the own code
+    stripped = _strip_national_prefix(pl.col("_cut"), key, "_without")
+    too_long = in_mask(length(digits), _lookup("too_long", key))
+    own_code = starts.is_not_null() & ((~_general(starts, key) & _general(pl.col("_without"), key)) | too_long)
+    fourth = {"_own_code": own_code.fill_null(False)}
+    idd, after, code, own_code = pl.col("_idd"), pl.col("_after"), pl.col("_idd_cc"), pl.col("_own_code")
     last = {
         "_err": pl.when(idd & (after.str.len_bytes() <= MIN_NSN_LENGTH)).then(pl.lit(SHORT))
         .when(idd & code.is_null()).then(pl.lit(ICC)),
-        "_cc": pl.when(idd).then(code).otherwise(pl.lit(own)),
+        "_cc": pl.when(idd).then(code).otherwise(pl.col("_own")),
         "_nat": pl.when(idd).then(after.str.slice(code.str.len_bytes()))
-        .when(own_code).then(pl.col("_without") if own_code_rows else digits).otherwise(digits),
+        .when(own_code).then(pl.col("_without")).otherwise(digits),
         "_meta": pl.when(idd).then(main_key("_idd_cc"))
-        .when(own_code).then(pl.lit(meta.main_key[m.country_code])).otherwise(pl.lit(m.key)),
+        .when(own_code).then(_lookup("own_key", key)).otherwise(key),
     }  # fmt: skip
-    return first, second, last
+    return first, second, third, *stripped, fourth, last
 
 
-def _parse_national(own_code_keys: set[str]) -> Stage:
-    """The national parse of one region's partition; `own_code_keys`: the regions where some row
-    starts with the region's calling code (found for all regions at once: per partition, even
-    that small check costs more than the parse)."""
-
-    def stage(frame: pl.DataFrame, m: RegionMeta) -> pl.LazyFrame:
-        steps = _national_steps(m.key, m.key in own_code_keys)
-        return _apply(frame.lazy(), steps).drop("_after", "_idd", "_idd_cc", "_without", strict=False)
-
-    return stage
-
-
-def _own_code_keys(national: pl.DataFrame) -> set[str]:
-    codes = {key: str(m.country_code) for key, m in metadata().regions.items()}
-    own = pl.col("_D").str.starts_with(pl.col("_meta").replace_strict(codes, default=None, return_dtype=pl.String))
-    return set(national.filter(own.fill_null(False)).get_column("_meta").unique().to_list())
+def _parse_national(frame: pl.DataFrame) -> pl.DataFrame:
+    """The national parse, every region at once."""
+    temporary = ["_after", "_idd", "_idd_cc", "_starts", "_cut", "_without", "_own", "_own_code", *STRIP_TEMPORARY]
+    return _run(frame, _national_steps(), temporary)
 
 
 @cache
-def _finish_steps(key: str) -> Steps:
+def _finish_steps() -> Steps:
     """The end of parse(): strip the national prefix when what remains has a possible length,
     then the NSN length limits."""
-    m = metadata().regions[key]
-    nat = pl.col("_nat")
+    nat, key = pl.col("_nat"), pl.col("_meta")
     steps: list[dict[str, pl.Expr]] = [{"_short": nat.str.len_bytes() < MIN_NSN_LENGTH}]
-    if m.national_prefix:
-        kept = _lengths_where(m.length_any, {TOO_SHORT, LOCAL_ONLY, INVALID_LENGTH})
-        steps.append({"_pot": _strip_national_prefix(nat, m)})
-        steps.append({"_nat": pl.when(length(pl.col("_pot")).is_in(kept)).then(nat).otherwise("_pot")})
+    steps.extend(_strip_national_prefix(nat, key, "_pot"))
+    kept = in_mask(length(pl.col("_pot")), _lookup("kept", key))
+    steps.append({"_nat": pl.when(kept).then(nat).otherwise("_pot")})
     size = pl.col("_nat").str.len_bytes()
     error = pl.when(pl.col("_short") | (size < MIN_NSN_LENGTH)).then(pl.lit(SHORT))
     steps.append({"_err": error.when(size > MAX_NSN_LENGTH).then(pl.lit(LONG))})
     return tuple(steps)
 
 
-def _finish_national_number(frame: pl.DataFrame, m: RegionMeta) -> pl.LazyFrame:
-    return _apply(frame.lazy(), _finish_steps(m.key)).drop("_short", "_pot", strict=False)
+def _finish_national_number(frame: pl.DataFrame) -> pl.DataFrame:
+    return _run(frame, _finish_steps(), ["_short", "_pot", *STRIP_TEMPORARY])
+
+
+@cache
+def _type_steps() -> Steps:
+    return type_steps(pl.col("_meta"), pl.col("_nat"), "_type")
+
+
+def _typed(frame: pl.DataFrame) -> pl.DataFrame:
+    """number_type in each row's _meta region (the number is valid when it is not UNKNOWN)."""
+    return _run(frame, _type_steps(), TYPE_TEMPORARY)
+
+
+def _matches(column: pl.Expr, desc: Desc | None) -> pl.Expr:
+    """_is_number_matching_desc: a possible length and a whole-pattern match."""
+    if desc is None:
+        return pl.lit(False)
+    match = column.str.contains(desc.pattern)
+    return column.str.len_bytes().is_in(list(desc.lengths)) & match if desc.lengths else match
 
 
 def _number_type(m: RegionMeta, prefix: str) -> tuple[dict[str, pl.Expr], pl.Expr]:
-    """_number_type_helper on _nat: (boolean columns to add first, the type name over them;
-    null for UNKNOWN)."""
+    """_number_type_helper on _nat in region `m`, with its own regexes: (boolean columns to add
+    first, the type name over them; null for UNKNOWN). Choosing among the regions of a shared
+    calling code asks a few regions each for the same rows: their own small regexes are cheaper
+    there than the joined ones (phonejoin), whose every call builds "<key>:<digits>" again."""
     nsn = pl.col("_nat")
     checks: dict[str, pl.Expr] = {f"{prefix}general": _matches(nsn, m.general_desc)}
     for name, desc in m.special:
@@ -220,17 +238,6 @@ def _number_type(m: RegionMeta, prefix: str) -> tuple[dict[str, pl.Expr], pl.Exp
         chain = chain.when(fixed & mobile).then(pl.lit("fixed_line_or_mobile")).when(fixed).then(pl.lit("fixed_line"))
         chain = chain.when(mobile).then(pl.lit("mobile"))
     return checks, chain.otherwise(pl.lit(None, dtype=pl.String))
-
-
-@cache
-def _type_exprs(key: str) -> tuple[dict[str, pl.Expr], pl.Expr]:
-    return _number_type(metadata().regions[key], "_t_")
-
-
-def _type_in_region(frame: pl.DataFrame, m: RegionMeta) -> pl.LazyFrame:
-    """number_type in region `m` (the number is valid when it is not UNKNOWN)."""
-    checks, kind = _type_exprs(m.key)
-    return frame.lazy().with_columns(**checks).with_columns(_type=kind).drop(list(checks))
 
 
 @cache
@@ -300,8 +307,7 @@ def parse_fast(rows: pl.DataFrame) -> pl.DataFrame:
         _nat=pl.col("_D").str.slice(pl.col("_cc").str.len_bytes()), _meta=main_key("_cc"), _err=pl.lit(None, pl.String)
     )
     national = rows.filter(~pl.col("_plus") & pl.col("_R").is_not_null()).with_columns(_meta=pl.col("_R"))
-    parsed = pl.concat([plus, _by(national, "_meta", _parse_national(_own_code_keys(national)))],
-                       how="diagonal_relaxed")
+    parsed = pl.concat([plus, _parse_national(national)], how="diagonal_relaxed")
     parsed = parsed.select("_i", "_cc", "_nat", "_meta", "_err")  # the digits as written are done with
     errors.append(parsed.filter(pl.col("_err").is_not_null()))
     # The end of parse() only changes numbers starting with their region's national prefix (a
@@ -310,7 +316,7 @@ def parse_fast(rows: pl.DataFrame) -> pl.DataFrame:
     prefixed = _may_have_national_prefix()
     size = pl.col("_nat").str.len_bytes()
     parsed = pl.concat([
-        _by(parsed.filter(prefixed), "_meta", _finish_national_number),
+        _finish_national_number(parsed.filter(prefixed)),
         parsed.filter(~prefixed).with_columns(
             _err=pl.when(size < MIN_NSN_LENGTH).then(pl.lit(SHORT)).when(size > MAX_NSN_LENGTH).then(pl.lit(LONG))
         ),
@@ -322,7 +328,7 @@ def parse_fast(rows: pl.DataFrame) -> pl.DataFrame:
     shared = pl.col("_meta").is_in([meta.main_key[c] for c, keys in meta.by_code.items() if len(keys) > 1])
     parsed = pl.concat([parsed.filter(~shared), _by(parsed.filter(shared), "_meta", _choose_region)])
     known = pl.col("_type").is_not_null() | pl.col("_meta").is_null()
-    classified = pl.concat([parsed.filter(known), _by(parsed.filter(~known), "_meta", _type_in_region)])
+    classified = pl.concat([parsed.filter(known), _typed(parsed.filter(~known))])
     region = {key: r.region for key, r in meta.regions.items()}
     classified = classified.with_columns(_region=pl.col("_meta").replace_strict(region, default=None))
     columns = {"_i": pl.UInt32, "_cc": pl.String, "_nat": pl.String, "_region": pl.String, "_type": pl.String,
