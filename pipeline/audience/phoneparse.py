@@ -1,8 +1,9 @@
 """phonenumbers' parse + region_code_for_number + number_type, vectorised in Polars over the
-library's own metadata (pipeline/audience/phonemeta.py). Each step runs over the rows of every
-region at once, with the metadata's regexes joined over the regions (phonejoin.py); only the
-choice among the regions of a shared calling code (+1, +44, ...) runs per code. Each function
-mirrors the phonenumbers/phonenumberutil.py function named in its docstring."""
+library's own metadata (pipeline/audience/phonemeta.py). The parse runs over the rows of every
+region at once, with the metadata's parsing regexes joined over the regions (phonejoin.py); the
+choice among the regions of a shared calling code (+1, +44, ...) runs per code, and number_type
+per region, each partition with its own regexes. Each function mirrors the
+phonenumbers/phonenumberutil.py function named in its docstring."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from functools import cache
 
 import polars as pl
 
-from pipeline.audience.phonejoin import TYPE_TEMPORARY, in_mask, matches, strip_prefix, transformed, type_steps
+from pipeline.audience.phonejoin import in_mask, matches, strip_prefix, transformed
 from pipeline.audience.phonemeta import (
     INVALID_LENGTH,
     LOCAL_ONLY,
@@ -37,8 +38,7 @@ _LITERAL = re.compile(r"\(\?-u\)\^\(\?:(\d+)\)")
 def _by(frame: pl.DataFrame, key: str, stage: Stage) -> pl.DataFrame:
     """`stage` over each partition of `frame` by `key` (a RegionMeta key column), in one
     collect so that Polars runs the partitions in parallel. (Each partition's plan costs its
-    expressions' overhead once more: fine for the dozen shared calling codes, not for ~240
-    regions.)"""
+    expressions' overhead once more: ~0.1 s of CPU per batch for number_type's ~240 regions.)"""
     meta = metadata()
     if frame.height == 0:
         return stage(frame, next(iter(meta.regions.values()))).collect().clear()
@@ -198,16 +198,6 @@ def _finish_national_number(frame: pl.DataFrame) -> pl.DataFrame:
     return _run(frame, _finish_steps(), ["_short", "_pot", *STRIP_TEMPORARY])
 
 
-@cache
-def _type_steps() -> Steps:
-    return type_steps(pl.col("_meta"), pl.col("_nat"), "_type")
-
-
-def _typed(frame: pl.DataFrame) -> pl.DataFrame:
-    """number_type in each row's _meta region (the number is valid when it is not UNKNOWN)."""
-    return _run(frame, _type_steps(), TYPE_TEMPORARY)
-
-
 def _matches(column: pl.Expr, desc: Desc | None) -> pl.Expr:
     """_is_number_matching_desc: a possible length and a whole-pattern match."""
     if desc is None:
@@ -238,6 +228,17 @@ def _number_type(m: RegionMeta, prefix: str) -> tuple[dict[str, pl.Expr], pl.Exp
         chain = chain.when(fixed & mobile).then(pl.lit("fixed_line_or_mobile")).when(fixed).then(pl.lit("fixed_line"))
         chain = chain.when(mobile).then(pl.lit("mobile"))
     return checks, chain.otherwise(pl.lit(None, dtype=pl.String))
+
+
+@cache
+def _type_exprs(key: str) -> tuple[dict[str, pl.Expr], pl.Expr]:
+    return _number_type(metadata().regions[key], "_t_")
+
+
+def _type_in_region(frame: pl.DataFrame, m: RegionMeta) -> pl.LazyFrame:
+    """number_type in region `m` (the number is valid when it is not UNKNOWN)."""
+    checks, kind = _type_exprs(m.key)
+    return frame.lazy().with_columns(**checks).with_columns(_type=kind).drop(list(checks))
 
 
 @cache
@@ -328,7 +329,7 @@ def parse_fast(rows: pl.DataFrame) -> pl.DataFrame:
     shared = pl.col("_meta").is_in([meta.main_key[c] for c, keys in meta.by_code.items() if len(keys) > 1])
     parsed = pl.concat([parsed.filter(~shared), _by(parsed.filter(shared), "_meta", _choose_region)])
     known = pl.col("_type").is_not_null() | pl.col("_meta").is_null()
-    classified = pl.concat([parsed.filter(known), _typed(parsed.filter(~known))])
+    classified = pl.concat([parsed.filter(known), _by(parsed.filter(~known), "_meta", _type_in_region)])
     region = {key: r.region for key, r in meta.regions.items()}
     classified = classified.with_columns(_region=pl.col("_meta").replace_strict(region, default=None))
     columns = {"_i": pl.UInt32, "_cc": pl.String, "_nat": pl.String, "_region": pl.String, "_type": pl.String,
