@@ -74,9 +74,9 @@ def _per_region() -> dict[str, dict[str, object]]:
 
 
 def _lookup(name: str, key: pl.Expr) -> pl.Expr:
-    values = _per_region()[name]
-    dtype = pl.String if isinstance(next(iter(values.values())), str) else pl.UInt64
-    return key.replace_strict(values, default=None, return_dtype=dtype)
+    """Each row's value of the region constant `name` (own, own_key: text; the masks: UInt64)."""
+    dtype = pl.String if name in ("own", "own_key") else pl.UInt64
+    return key.replace_strict(_per_region()[name], default=None, return_dtype=dtype)
 
 
 def _general(column: pl.Expr, key: pl.Expr) -> pl.Expr:
@@ -208,9 +208,8 @@ def _matches(column: pl.Expr, desc: Desc | None) -> pl.Expr:
 
 def _number_type(m: RegionMeta, prefix: str) -> tuple[dict[str, pl.Expr], pl.Expr]:
     """_number_type_helper on _nat in region `m`, with its own regexes: (boolean columns to add
-    first, the type name over them; null for UNKNOWN). Choosing among the regions of a shared
-    calling code asks a few regions each for the same rows: their own small regexes are cheaper
-    there than the joined ones (phonejoin), whose every call builds "<key>:<digits>" again."""
+    first, the type name over them; null for UNKNOWN). Per region, not joined like the parse's
+    patterns: joined, the eleven kinds' large regexes cost more per row than the plans they save."""
     nsn = pl.col("_nat")
     checks: dict[str, pl.Expr] = {f"{prefix}general": _matches(nsn, m.general_desc)}
     for name, desc in m.special:
