@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_BYTES = 256 * 1024 * 1024  # ~650k WhatsApp receipts; ~0.8 GB of memory while staged
 # Rows per write transaction: short enough that a dispatcher's group commit waits a few tens of ms at most.
 DEFAULT_WRITE_ROWS = 5_000
+# PostgreSQL: chunks written by this many connections at once (disjoint receipts: they never wait on each other).
+# The server's work is most of a chunk's time, and one connection keeps one of its processes busy.
+WRITERS = 2
 
 _TS = pl.Datetime("us", "UTC")
 _ORDER: dict[str, Any] = {"file_idx": pl.Int32, "line_no": pl.Int32, "pos": pl.Int64}
@@ -249,7 +252,7 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
     try:
         assert batch.events is not None
         with staged_beside_store(db, "events", batch.events, rows_per_transaction=write_rows, durable=False,
-                                 converted=True) as rows:
+                                 converted=True, writers=WRITERS) as rows:
             added, kept_apart = rows.each_chunk(*unmatched.SPLIT_SQL, shared=True)
         result.events_added += added
         result.unmatched += kept_apart

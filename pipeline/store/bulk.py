@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -76,20 +77,32 @@ class Staged:
     write transactions, `{stage}` naming the staged rows and `{chunk}` the condition selecting one chunk."""
 
     def __init__(self, run_chunk: Callable[[tuple[str, ...], str, int | None], list[int]], rows: int, chunk_rows: int,
-                 chunk: Callable[[int, int], str]) -> None:
+                 chunk: Callable[[int, int], str], writers: int = 1) -> None:
         self._run_chunk, self.rows, self.chunk_rows = run_chunk, rows, chunk_rows
         self._chunk = chunk  # rows [start, end) as a condition on an indexed column
+        self.writers = writers  # chunks in flight at once, each its own transaction on its own connection
 
     def each_chunk(self, *statements: str, shared: bool = False) -> list[int]:
         """Runs the statements for every chunk, each chunk in one transaction; returns the rows each changed.
         `shared`: the statements share a chunk's rows out (each row goes to one of them at most), so once they
-        have changed as many rows as the chunk holds, the rest are not run (a probe of every row spared)."""
-        changed = [0] * len(statements)
-        for start in range(0, self.rows, self.chunk_rows):
-            chunk = self._chunk(start, start + self.chunk_rows)
+        have changed as many rows as the chunk holds, the rest are not run (a probe of every row spared).
+        Once a chunk has failed, the chunks not started yet are not run; its error is raised when those running end."""
+        def one(start: int) -> list[int]:
             rows = min(self.chunk_rows, self.rows - start) if shared else None
-            changed = [n + m for n, m in zip(changed, self._run_chunk(statements, chunk, rows), strict=True)]
-        return changed
+            return self._run_chunk(statements, self._chunk(start, start + self.chunk_rows), rows)
+
+        starts = range(0, self.rows, self.chunk_rows)
+        if self.writers > 1 and len(starts) > 1:
+            pool = ThreadPoolExecutor(self.writers, thread_name_prefix="store-write")
+            try:
+                futures = [pool.submit(one, start) for start in starts]
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+            results = [future.result() for future in futures]  # the first failed chunk's error, if any
+        else:
+            results = [one(start) for start in starts]
+        return [sum(column) for column in zip(*results, strict=True)] if results else [0] * len(statements)
 
 
 def _placed(changed: list[int], rows: int | None) -> bool:
@@ -99,7 +112,7 @@ def _placed(changed: list[int], rows: int | None) -> bool:
 
 @contextmanager
 def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int = 20_000,
-           durable: bool = True, converted: bool = False) -> Iterator[Staged]:
+           durable: bool = True, converted: bool = False, writers: int = 1) -> Iterator[Staged]:
     """Stages `rows` (an Arrow table whose columns name `table`'s) in C, never binding one Python value at a
     time: SQLite in a file of its own, attached to one connection of the store (ADBC's SQLite, a second copy
     of the library, never opens the store itself: two copies in one process break each other's locks);
@@ -109,7 +122,9 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
     `durable=False` (SQLite) commits without waiting for the disk: after a power cut a suffix of the
     transactions may be missing, never a middle one; for rows whose source stays on disk (the spool) and that
     a second load adds again, that is the cheaper trade. `converted`: `rows` went through `for_store` already
-    (e.g. in a thread that prepares the next batch while this one is written)."""
+    (e.g. in a thread that prepares the next batch while this one is written). `writers` (PostgreSQL): chunks
+    written at once by as many connections, for statements whose chunks touch disjoint keys; SQLite takes one
+    writer at a time, so there they go one after the other."""
     rows = rows if converted else for_store(rows, table, db.dialect)
     rows = rows.append_column("_row", pa.array(range(rows.num_rows), pa.int64()))
     stage = f"_load_{secrets.token_hex(6)}"
@@ -175,7 +190,7 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
 
     try:
         yield Staged(run_chunk_pg, rows.num_rows, rows_per_transaction,
-                     chunk=lambda a, b: f"_row >= {a} AND _row < {b}")
+                     chunk=lambda a, b: f"_row >= {a} AND _row < {b}", writers=writers)
     finally:
         with db.write() as conn:
             conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))

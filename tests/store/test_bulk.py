@@ -42,3 +42,31 @@ def test_statements_not_shared_all_run_in_every_chunk(db: store.Store) -> None:
             failed = exc
     assert failed is not None and "no_such_table" in str(failed)
     assert db.scalar("SELECT count(*) FROM quarantine") == 0
+
+
+def _numbered(count: int, odd_at: int | None = None) -> pa.Table:
+    reasons = ["a"] * count
+    if odd_at is not None:
+        reasons[odd_at] = "b"
+    return pa.table({"spool_file": ["g"] * count, "line_number": pa.array(range(count), pa.int64()),
+                     "reason": reasons, "raw": ["x"] * count})
+
+
+def test_chunks_written_by_two_writers_add_every_row_once(db: store.Store) -> None:
+    # PostgreSQL writes chunks on two connections at once; SQLite one after the other: the same rows either way.
+    with staged(db, "quarantine", _numbered(301), rows_per_transaction=7, writers=2) as rows:
+        assert rows.each_chunk(_FIRST, _SECOND, shared=True) == [301, 0]
+    assert db.rows("SELECT count(DISTINCT line_number) FROM quarantine WHERE spool_file = 'g'") == [(301,)]
+
+
+def test_after_a_chunk_fails_the_chunks_not_started_are_not_run(db: store.Store) -> None:
+    # 100 chunks of 3; the second holds a 'b', so the failing statement runs there. Without the stop, the other
+    # 99 chunks (297 rows) would all be written; with it, only those already under way.
+    failed = None
+    with staged(db, "quarantine", _numbered(300, odd_at=4), rows_per_transaction=3, writers=2) as rows:
+        try:
+            rows.each_chunk(_FIRST, _SECOND, shared=True)
+        except Exception as exc:  # noqa: BLE001 - either store's error for the missing table
+            failed = exc
+    assert failed is not None and "no_such_table" in str(failed)
+    assert db.scalar("SELECT count(*) FROM quarantine WHERE spool_file = 'g'") < 150
