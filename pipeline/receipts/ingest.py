@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +46,7 @@ from pipeline.receipts.replies import link_replies, opt_out_payloads
 from pipeline.receipts.spool import batches_of, closed_files, lines_table, read_spool_file
 from pipeline.receipts.staging import OPT_OUT_ERROR_CODES, Staged
 from pipeline.store import Store
-from pipeline.store.bulk import for_store, insert_frame
+from pipeline.store.bulk import Copied, copy_beside, for_store, insert_frame
 from pipeline.store.bulk import staged as staged_beside_store
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class _Batch:
     staged: Staged  # rows the reference parser gave
     bulk: bool  # whether the stage holds bulk_<number> and bad_<number>
     per_file: dict[int, int] = field(default_factory=dict)  # receipts and inbound per file index
-    events: pa.Table | None = None  # the batch's receipts as the store takes them (bulk.for_store), in key order
+    copied: Copied | None = None  # the batch's receipts copied beside the store (bulk.copy_beside), in key order
 
     def table(self, kind: str) -> str:
         return f"{kind}_{self.number}"
@@ -167,6 +168,10 @@ class _Batch:
         bulk = f"""SELECT {_COLUMNS} FROM {self.table('bulk')} ANTI JOIN {self.table('bad')} USING (file_idx, line_no)
             WHERE ok UNION ALL """ if self.bulk else ""
         return f"{bulk}SELECT {_COLUMNS} FROM {self.table('py')}"
+
+    def discard(self) -> None:
+        if self.copied is not None:
+            self.copied.discard()
 
 
 def _read_lines(paths: list[Path], staged: Staged, bulk: bool) -> tuple[list[int], list[pa.Table]]:
@@ -212,12 +217,13 @@ def _parse_bulk(cur: duckdb.DuckDBPyConnection, batch: _Batch, tables: list[pa.T
         batch.staged.add_updates(batch.paths[idx].name, line_no, body.encode("utf-8"))
 
 
-def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool, dialect: str,
+def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk: bool, db: Store,
            opt_outs: frozenset[str] = frozenset()) -> _Batch:
     """Parses one batch into DuckDB tables (bulk SQL) and a Staged (everything else), with what the
     write needs to know about it: repeated receipts, opt-outs, counts per file.
 
-    Runs on a cursor of the in-memory DuckDB, in a worker thread while the previous batch is written.
+    Runs on a cursor of the in-memory DuckDB, in a worker thread while the previous batch is written; its
+    receipts end copied beside the store, ready to be moved (the copy touches none of the store's tables).
     """
     staged = Staged(opt_outs)
     sizes, tables = _read_lines(paths, staged, bulk)
@@ -239,7 +245,7 @@ def _stage(cur: duckdb.DuckDBPyConnection, number: int, paths: list[Path], bulk:
         batch.per_file[row["file_idx"]] = batch.per_file.get(row["file_idx"], 0) + 1
     # Here, not in the writer: this thread prepares batch n + 1 while batch n is written.
     ordered = cur.sql(_BATCH_EVENTS_SQL.format(events=events, dups=batch.table("dups"))).to_arrow_table()
-    batch.events = for_store(_storable(ordered), "events", dialect)
+    batch.copied = copy_beside(db, "events", for_store(_storable(ordered), "events", db.dialect), converted=True)
     return batch
 
 
@@ -250,9 +256,9 @@ def _write(db: Store, duck: duckdb.DuckDBPyConnection, batch: _Batch, result: In
                                ("_py_stops", staged.stops, STOP_SCHEMA), ("_py_replies", staged.replies, REPLY_SCHEMA)):
         duck.register(view, pl.DataFrame(rows, schema=schema).to_arrow())
     try:
-        assert batch.events is not None
-        with staged_beside_store(db, "events", batch.events, rows_per_transaction=write_rows, durable=False,
-                                 converted=True, writers=WRITERS) as rows:
+        assert batch.copied is not None
+        with staged_beside_store(db, "events", batch.copied, rows_per_transaction=write_rows, durable=False,
+                                 writers=WRITERS) as rows:
             added, kept_apart = rows.each_chunk(*unmatched.SPLIT_SQL, shared=True)
         result.events_added += added
         result.unmatched += kept_apart
@@ -352,15 +358,22 @@ def ingest_spool(
         try:
             stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receipts-stage")
             with stager as pool:
-                upcoming: Future[_Batch] | None = pool.submit(_stage, cur, 0, batches[0], bulk, db.dialect, opt_outs)
-                for number in range(len(batches)):
-                    assert upcoming is not None
-                    batch = upcoming.result()
-                    upcoming = None
-                    if number + 1 < len(batches):
-                        upcoming = pool.submit(_stage, cur, number + 1, batches[number + 1], bulk, db.dialect,
-                                               opt_outs)
-                    _write(db, duck, batch, result, write_rows)
+                upcoming: Future[_Batch] | None = pool.submit(_stage, cur, 0, batches[0], bulk, db, opt_outs)
+                try:
+                    for number in range(len(batches)):
+                        assert upcoming is not None
+                        batch = upcoming.result()
+                        upcoming = None
+                        if number + 1 < len(batches):
+                            upcoming = pool.submit(_stage, cur, number + 1, batches[number + 1], bulk, db, opt_outs)
+                        try:
+                            _write(db, duck, batch, result, write_rows)
+                        finally:
+                            batch.discard()
+                finally:  # a failure may leave the next batch copied beside the store
+                    if upcoming is not None:
+                        with suppress(Exception):
+                            upcoming.result().discard()
         finally:  # also after a failure: the pool has finished any batch it was staging
             cur.close()
             duck.close()

@@ -7,10 +7,12 @@ temporary table, then one INSERT ... SELECT, which is also where repeated keys a
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -110,38 +112,83 @@ def _placed(changed: list[int], rows: int | None) -> bool:
     return rows is not None and sum(changed) >= rows
 
 
-@contextmanager
-def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int = 20_000,
-           durable: bool = True, converted: bool = False, writers: int = 1) -> Iterator[Staged]:
-    """Stages `rows` (an Arrow table whose columns name `table`'s) in C, never binding one Python value at a
-    time: SQLite in a file of its own, attached to one connection of the store (ADBC's SQLite, a second copy
-    of the library, never opens the store itself: two copies in one process break each other's locks);
-    PostgreSQL in an unlogged table. The caller moves them with `Staged.each_chunk`, in transactions of at
-    most `rows_per_transaction` rows, so other writers of the store wait a few tens of ms at most.
+@dataclass
+class Copied:
+    """Rows copied beside the store by `copy_beside` and not moved yet: a scratch SQLite file (`name` its path) or
+    an unlogged table (`name`). `discard` removes them; `staged` does when it ends. Calling it again does nothing."""
 
-    `durable=False` (SQLite) commits without waiting for the disk: after a power cut a suffix of the
-    transactions may be missing, never a middle one; for rows whose source stays on disk (the spool) and that
-    a second load adds again, that is the cheaper trade. `converted`: `rows` went through `for_store` already
-    (e.g. in a thread that prepares the next batch while this one is written). `writers` (PostgreSQL): chunks
-    written at once by as many connections, for statements whose chunks touch disjoint keys; SQLite takes one
-    writer at a time, so there they go one after the other."""
+    db: Store
+    rows: int
+    name: str
+
+    def discard(self) -> None:
+        if self.db.dialect == "sqlite":
+            shutil.rmtree(Path(self.name).parent, ignore_errors=True)
+            return
+        with self.db.write() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {self.name}"))
+
+
+def copy_beside(db: Store, table: str, rows: pa.Table, *, converted: bool = False) -> Copied:
+    """The first half of `staged`: `rows` (an Arrow table whose columns name `table`'s) copied beside the store in C,
+    never binding one Python value at a time. SQLite: a file of its own (ADBC's SQLite, a second copy of the library,
+    never opens the store itself: two copies in one process break each other's locks); PostgreSQL: an unlogged
+    table. It touches none of the store's tables, so a thread can copy the next rows while `staged` moves these.
+    `converted`: `rows` went through `for_store` already."""
     rows = rows if converted else for_store(rows, table, db.dialect)
     rows = rows.append_column("_row", pa.array(range(rows.num_rows), pa.int64()))
-    stage = f"_load_{secrets.token_hex(6)}"
     if db.dialect == "sqlite":
-        import adbc_driver_sqlite.dbapi as adbc
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
 
-        with tempfile.TemporaryDirectory(prefix="campaign-load-") as folder:
-            path = Path(folder) / "stage.sqlite"
+        copied = Copied(db, rows.num_rows, str(Path(tempfile.mkdtemp(prefix="campaign-load-")) / "stage.sqlite"))
+        try:
             # A scratch file, gone after the load: nothing to journal or wait for the disk for.
-            with adbc.connect(str(path), autocommit=True) as staging, staging.cursor() as cursor:
+            with adbc_sqlite.connect(copied.name, autocommit=True) as staging, staging.cursor() as cursor:
                 cursor.execute("PRAGMA journal_mode = OFF")
                 cursor.execute("PRAGMA synchronous = OFF")
                 cursor.adbc_ingest("rows", rows, mode="create")
+        except BaseException:
+            copied.discard()
+            raise
+        return copied
+    import adbc_driver_postgresql.dbapi as adbc_pg
+
+    copied = Copied(db, rows.num_rows, f"_load_{secrets.token_hex(6)}")
+    names = ", ".join(f'"{c}"' for c in rows.column_names if c != "_row")
+    try:
+        with db._translate(), adbc_pg.connect(dialect.adbc_uri(db.url)) as staging, staging.cursor() as cursor:
+            cursor.execute(f"CREATE UNLOGGED TABLE {copied.name} AS SELECT {names} FROM {table} WITH NO DATA")
+            cursor.execute(f"ALTER TABLE {copied.name} ADD COLUMN _row bigint")
+            staging.commit()
+            cursor.adbc_ingest(copied.name, rows, mode="append")
+            cursor.execute(f"CREATE INDEX ON {copied.name} (_row)")  # each chunk a range of it, not a scan of all
+            staging.commit()
+    except BaseException:
+        with suppress(Exception):  # a store that went away keeps the error above; the table is unlogged scratch
+            copied.discard()
+        raise
+    return copied
+
+
+@contextmanager
+def staged(db: Store, table: str, rows: pa.Table | Copied, *, rows_per_transaction: int = 20_000,
+           durable: bool = True, converted: bool = False, writers: int = 1) -> Iterator[Staged]:
+    """Stages `rows` beside the store (`copy_beside`, unless they are `Copied` already), for the caller to move with
+    `Staged.each_chunk` in transactions of at most `rows_per_transaction` rows, so other writers of the store wait
+    a few tens of ms at most; the staged rows are discarded at the end.
+
+    `durable=False` (SQLite) commits without waiting for the disk: after a power cut a suffix of the
+    transactions may be missing, never a middle one; for rows whose source stays on disk (the spool) and that
+    a second load adds again, that is the cheaper trade. `writers` (PostgreSQL): chunks written at once by as
+    many connections, for statements whose chunks touch disjoint keys; SQLite takes one writer at a time, so
+    there they go one after the other."""
+    copied = rows if isinstance(rows, Copied) else copy_beside(db, table, rows, converted=converted)
+    try:
+        if db.dialect == "sqlite":
             with db._translate(), db.engine.connect() as conn:
                 raw = conn.connection.driver_connection
                 assert raw is not None
-                raw.execute("ATTACH DATABASE ? AS stage", (str(path),))
+                raw.execute("ATTACH DATABASE ? AS stage", (copied.name,))
                 if not durable:
                     raw.execute("PRAGMA synchronous = NORMAL")
 
@@ -161,39 +208,24 @@ def staged(db: Store, table: str, rows: pa.Table, *, rows_per_transaction: int =
 
                 try:
                     # rowid numbers the staged rows in insertion order from 1: a chunk is a range of the table's key.
-                    yield Staged(run_chunk, rows.num_rows, rows_per_transaction,
+                    yield Staged(run_chunk, copied.rows, rows_per_transaction,
                                  chunk=lambda a, b: f"rowid > {a} AND rowid <= {b}")
                 finally:
                     raw.execute("PRAGMA synchronous = FULL")
                     raw.execute("DETACH DATABASE stage")
-        return
-    import adbc_driver_postgresql.dbapi as adbc
+        else:
+            def run_chunk_pg(statements: tuple[str, ...], chunk: str, rows: int | None) -> list[int]:
+                changed: list[int] = []
+                with db.write() as conn:
+                    for sql in statements:
+                        changed.append(0 if _placed(changed, rows) else
+                                       conn.execute(text(sql.format(stage=copied.name, chunk=chunk))).rowcount)
+                return changed
 
-    names = ", ".join(f'"{c}"' for c in rows.column_names if c != "_row")
-    uri = dialect.adbc_uri(db.url)
-    with db._translate():
-        with adbc.connect(uri) as staging, staging.cursor() as cursor:
-            cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {names} FROM {table} WITH NO DATA")
-            cursor.execute(f"ALTER TABLE {stage} ADD COLUMN _row bigint")
-            staging.commit()
-            cursor.adbc_ingest(stage, rows, mode="append")
-            cursor.execute(f"CREATE INDEX ON {stage} (_row)")  # each chunk a range of it, not a scan of all
-            staging.commit()
-
-    def run_chunk_pg(statements: tuple[str, ...], chunk: str, rows: int | None) -> list[int]:
-        changed: list[int] = []
-        with db.write() as conn:
-            for sql in statements:
-                changed.append(0 if _placed(changed, rows) else
-                               conn.execute(text(sql.format(stage=stage, chunk=chunk))).rowcount)
-        return changed
-
-    try:
-        yield Staged(run_chunk_pg, rows.num_rows, rows_per_transaction,
-                     chunk=lambda a, b: f"_row >= {a} AND _row < {b}", writers=writers)
+            yield Staged(run_chunk_pg, copied.rows, rows_per_transaction,
+                         chunk=lambda a, b: f"_row >= {a} AND _row < {b}", writers=writers)
     finally:
-        with db.write() as conn:
-            conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))
+        copied.discard()
 
 
 def load_arrow(

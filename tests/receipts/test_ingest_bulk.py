@@ -276,3 +276,38 @@ def test_event_id_sql_matches_python(occurred: datetime) -> None:
     got = con.execute(f"SELECT {EVENT_ID_SQL} FROM (SELECT 'whatsapp' AS provider, 'wamid.ü1' AS provider_message_id,"
                       " 'failed' AS status, ?::TIMESTAMPTZ AS occurred_at, NULL AS error_code)", [occurred]).fetchall()
     assert got == [(event_id(no_code),)]
+
+
+def _left_beside(db: store.Store, scratch: Path) -> list[str]:
+    """Copies of receipts still staged beside the store: scratch files (SQLite), unlogged tables (PostgreSQL)."""
+    if db.dialect == "sqlite":
+        return sorted(p.name for p in scratch.glob("campaign-load-*"))
+    return [name for (name,) in db.rows("SELECT tablename FROM pg_tables WHERE tablename LIKE '\\_load\\_%'")]
+
+
+def test_a_failed_write_leaves_no_staged_copy_and_the_next_ingest_adds_everything(
+    db: store.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One file per batch: while the first batch is written, the next is parsed and copied beside the store. The
+    # write fails (a statement over a table that does not exist); neither batch's copy may stay behind.
+    import tempfile
+
+    from pipeline.receipts import unmatched
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    lines = [rec(envelope([st(f"k{n}"), st(f"k{n}", "read", ts=str(T0 + 5))]), n) for n in range(40)]
+    write(tmp_path / "spool", [lines[:20], lines[20:]])
+    for n in range(40):
+        add_messages(db, f"msg-k{n}")
+    broken = (f"INSERT INTO no_such_table ({COLUMNS}) SELECT {COLUMNS} FROM {{stage}} WHERE {{chunk}}",) * 2
+    with monkeypatch.context() as patched:
+        patched.setattr(unmatched, "SPLIT_SQL", broken)
+        with pytest.raises(Exception, match="no_such_table"):
+            ingest_spool(db, tmp_path / "spool", batch_bytes=1)
+    assert _left_beside(db, scratch) == []
+    assert db.scalar("SELECT count(*) FROM events") == 0
+    again = ingest_spool(db, tmp_path / "spool", batch_bytes=1)
+    assert (again.files, again.events_added) == (2, 80)
+    assert _left_beside(db, scratch) == []
