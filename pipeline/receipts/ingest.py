@@ -6,10 +6,11 @@ other line (inbound replies, other providers, old JSON-format records, anything 
 goes through the reference parser (`parse_webhook`, Pydantic records). Both feed the same staging
 and the same INSERTs, and tests/receipts/test_ingest_bulk.py checks that `bulk=False` gives identical rows.
 
-DuckDB parses and stages each batch of files in memory (it holds no file); the rows go into the store
-in short write transactions of `write_rows` rows, so dispatchers sharing the store are never held up
-for long, and a batch's `spool_files` entries are written last: a crash mid-batch leaves those files
-to the next run, which adds what is missing and nothing twice.
+DuckDB parses and stages each batch of files in memory (it holds no file), and the batch's receipts are
+copied beside the store (pipeline/store/bulk.py), all while the batch before is written; the rows go into
+the store in short write transactions of `write_rows` rows (on PostgreSQL `WRITERS` at once), so
+dispatchers sharing the store are never held up for long, and a batch's `spool_files` entries are written
+last: a crash mid-batch leaves those files to the next run, which adds what is missing and nothing twice.
 
 A receipt that names no message of the outbox goes to `unmatched_events` instead of `events`, never counted;
 each ingest moves those whose message has since appeared (pipeline/receipts/unmatched.py).

@@ -120,13 +120,17 @@ class Copied:
     db: Store
     rows: int
     name: str
+    discarded: bool = False
 
     def discard(self) -> None:
+        if self.discarded:
+            return
         if self.db.dialect == "sqlite":
             shutil.rmtree(Path(self.name).parent, ignore_errors=True)
-            return
-        with self.db.write() as conn:
-            conn.execute(text(f"DROP TABLE IF EXISTS {self.name}"))
+        else:
+            with self.db.write() as conn:
+                conn.execute(text(f"DROP TABLE IF EXISTS {self.name}"))
+        self.discarded = True
 
 
 def copy_beside(db: Store, table: str, rows: pa.Table, *, converted: bool = False) -> Copied:
