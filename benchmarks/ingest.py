@@ -106,15 +106,20 @@ def queue(db: store.Store, messages: int) -> None:
     load_arrow(db, "outbox", rows)
 
 
+def _statuses(con: duckdb.DuckDBPyConnection, spool_dir: Path) -> str:
+    """The spool's lines registered in `con`; returns the query of their WhatsApp statuses (the bulk SQL, with ids)."""
+    tables = [t for i, p in enumerate(closed_files(spool_dir)) if (t := lines_table(i, read_spool_file(p)))]
+    con.register("_lines", pa.concat_tables(tables))
+    return f"""SELECT {EVENT_ID_SQL} AS event_id, * EXCLUDE (ok, file_idx, line_no, pos)
+               FROM ({bulk_statuses_sql('_lines', body='body')}) WHERE ok"""
+
+
 def parquet_history(spool_dir: Path, out: Path) -> dict[str, float]:
     """The spool's WhatsApp statuses parsed by the bulk SQL and written as one Parquet file, timed."""
     started = time.perf_counter()
-    tables = [t for i, p in enumerate(closed_files(spool_dir)) if (t := lines_table(i, read_spool_file(p)))]
     with duckdb.connect() as con:
-        con.register("_lines", pa.concat_tables(tables))
-        con.execute(f"""COPY (SELECT {EVENT_ID_SQL} AS event_id, * EXCLUDE (ok, file_idx, line_no, pos)
-                              FROM ({bulk_statuses_sql('_lines', body='body')}) WHERE ok ORDER BY message_id)
-                        TO '{out}' (FORMAT parquet, COMPRESSION zstd)""")
+        con.execute(f"COPY ({_statuses(con, spool_dir)} ORDER BY message_id) TO '{out}' "
+                    "(FORMAT parquet, COMPRESSION zstd)")
         rows = con.execute(f"SELECT count(*) FROM '{out}'").fetchone()[0]
     return {"parquet_history_seconds": round(time.perf_counter() - started, 3), "parquet_history_rows": rows,
             "parquet_history_mb": round(out.stat().st_size / 1e6, 1)}
@@ -150,13 +155,9 @@ def columnar(url: str, spool_dir: Path, stats: dict[str, int]) -> dict[str, floa
     _scratch_tables(db)
     sqlite = db.dialect == "sqlite"
     began = time.perf_counter()
-    tables = [t for i, p in enumerate(closed_files(spool_dir)) if (t := lines_table(i, read_spool_file(p)))]
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        con.register("_lines", pa.concat_tables(tables))
-        con.execute(f"""CREATE TABLE receipts AS SELECT DISTINCT ON (event_id) * FROM (
-                            SELECT {EVENT_ID_SQL} AS event_id, * EXCLUDE (ok, file_idx, line_no, pos)
-                            FROM ({bulk_statuses_sql('_lines', body='body')}) WHERE ok)""")
+        con.execute(f"CREATE TABLE receipts AS SELECT DISTINCT ON (event_id) * FROM ({_statuses(con, spool_dir)})")
         parsed = time.perf_counter()
         state = con.sql(_STATE_SQL).to_arrow_table()
         if sqlite:  # the store's text timestamps
