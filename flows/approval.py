@@ -16,7 +16,7 @@ import time
 from typing import Any, Literal
 
 from prefect import get_client, get_run_logger
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
@@ -29,6 +29,7 @@ from pipeline.dispatch.approvals import (
     open_request,
     pending_request,
     queued_extent,
+    standing_refusal,
 )
 from pipeline.render.prepare import Prepared
 from pipeline.spec import CampaignSpec, controls
@@ -85,16 +86,32 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
     CampaignNotApproved on a rejection, a timeout or too many refused answers."""
     settings = controls()
     origin = run_origin(origin)
-    if not needs_approval(spec, origin, settings):
-        return None
-    defaults = settings.get("approval") or {}
-    timeout = int(spec.approval.timeout_s or defaults.get("timeout_s") or 86_400)
-    logger = get_run_logger()
     with store.connect(database) as db:
         covered = approved_through(db, campaign_id)
         queued, top = queued_extent(db, campaign_id)
-        if queued == 0 or (covered is not None and covered >= top):
-            return None  # nothing to send, or approved already (a continuation, a resumed run)
+        waiting = pending_request(db, campaign_id)
+        standing = standing_refusal(db, campaign_id)
+    if queued == 0:
+        return None  # nothing to send
+    if waiting is not None and waiting["flow_run_id"] != str(flow_run.id):
+        ended = _ended(waiting["flow_run_id"])
+        if ended is None:
+            # Another run waits for its answer (a suspended run holds no lease): this one must not send past it.
+            raise CampaignNotApproved(
+                f"campaign {campaign_id} waits for an approval in flow run {waiting['flow_run_id']}: answer it in the "
+                f"Prefect UI or with `campaign approve {campaign_id}` (or cancel that run); this run sent nothing")
+        with store.connect(database) as db:  # its run is gone: the request can no longer be answered
+            decide(db, waiting["request_id"], "expired", approver=None,
+                   comment=f"its flow run ended ({ended}) without an answer")
+            standing = standing_refusal(db, campaign_id)
+    if standing is None:
+        if not needs_approval(spec, origin, settings) or (covered is not None and covered >= top):
+            return None  # not needed, or approved already (a continuation, a resumed run)
+    defaults = settings.get("approval") or {}
+    timeout = int(spec.approval.timeout_s or defaults.get("timeout_s") or 86_400)
+    logger = get_run_logger()
+    # A rejection (or an unanswered request) stands until someone approves: whatever started this run.
+    earlier = None if standing is None else _earlier(standing)
     refused: str | None = None
     # Prefect suspends only a deployment's own run, not a subflow (a campaign started by another flow's
     # run_deployment as its subflow): that one is paused in its process instead.
@@ -105,7 +122,7 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
             request = open_request(db, campaign_id, request_id, flow_run_id=str(flow_run.id), origin=origin,
                                    requested_by=started_by, estimate_usd=float(estimate["total_usd"]),
                                    timeout_s=timeout)
-        brief = approval_brief(prepared.counts, prepared.accepted, estimate, refused=refused,
+        brief = approval_brief(prepared.counts, prepared.accepted, estimate, refused=refused, earlier=earlier,
                                sample_size=int(defaults.get("sample_size") or 5), generation=generation)
         form = ApprovalInput.with_initial_data(description=brief)
         logger.warning("campaign %s waits for approval (%d messages, USD %.4f): approve or reject in the Prefect UI "
@@ -134,6 +151,26 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
         logger.info("approved by %s", answer.name.strip())
         return {"approver": answer.name.strip(), "comment": answer.comment, "request_id": request_id}
     raise CampaignNotApproved(f"{MAX_ASKS} answers refused (last: {refused}); nothing was sent")
+
+
+def _ended(flow_run_id: str | None) -> str | None:
+    """The final state's name of a flow run that ended (or cannot be found), else None: it may still be answered."""
+    if not flow_run_id:
+        return "no flow run"
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(flow_run_id).state
+        except ObjectNotFound:
+            return "not found"
+    return state.name if state is None or state.is_final() else None
+
+
+def _earlier(outcome: dict[str, Any]) -> str:
+    when = outcome["decided_at"] or outcome["expires_at"]
+    said = f" ({outcome['comment']})" if outcome.get("comment") else ""
+    who = f" by {outcome['approver']}" if outcome.get("approver") else ""
+    return (f"this campaign was {outcome['decision']}{who}{said} at {store.utc(when):%Y-%m-%d %H:%M} UTC; "
+            "nothing is sent until someone approves")
 
 
 def approve_from_cli(campaign_id: str, database: str | None, *, name: str, comment: str, reject: bool) -> str:

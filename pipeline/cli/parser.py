@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.render.templates import TemplateProblem
         from pipeline.store import StoreError
 
+        if type(exc).__name__ == "CampaignNotApproved":  # flows/approval.py: a rejection stands, or one waits
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         if isinstance(exc, AudienceError | PolicyError | TemplateProblem | CampaignLocked | StoreError | SyncError):
             print(f"error: {exc}", file=sys.stderr)
             return 2

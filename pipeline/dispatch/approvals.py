@@ -85,6 +85,14 @@ def history(db: Store, campaign_id: str) -> list[dict[str, Any]]:
     return out
 
 
+def standing_refusal(db: Store, campaign_id: str) -> dict[str, Any] | None:
+    """The campaign's last outcome when it stands against sending: a rejection, or a request that expired unanswered,
+    with no approval asked for after it. Whoever runs the campaign next (a resume, a manual run that would not need an
+    approval otherwise) has to get one first."""
+    outcomes = [h for h in history(db, campaign_id) if h["decision"] in ("approved", "rejected", "expired")]
+    return outcomes[-1] if outcomes and outcomes[-1]["decision"] != "approved" else None
+
+
 def pending_request(db: Store, campaign_id: str) -> dict[str, Any] | None:
     """The campaign's newest request still waiting for a decision (and not past its time), or None."""
     waiting = [h for h in history(db, campaign_id) if h["decision"] == "pending"]
@@ -92,11 +100,14 @@ def pending_request(db: Store, campaign_id: str) -> dict[str, Any] | None:
 
 
 def approval_brief(counts: dict[str, int], accepted: pl.DataFrame, estimate: dict[str, Any], *,
-                   sample_size: int = 5, refused: str | None = None, generation: dict[str, Any] | None = None) -> str:
+                   sample_size: int = 5, refused: str | None = None, earlier: str | None = None,
+                   generation: dict[str, Any] | None = None) -> str:
     """What the approver reads above the form (Markdown): the estimate, the rejects by reason, a masked sample
     of the rendered messages for each language and, when a model wrote values (`generation`, the personalise
     task's summary), what it wrote: counts, fallbacks by reason and a masked sample."""
     lines = []
+    if earlier:
+        lines += [f"**Asked again:** {earlier}", ""]
     if refused:
         lines += [f"**The last answer was refused:** {refused}", ""]
     lines += ["### Cost estimate", "", f"{estimate.get('messages', 0):,} messages, "

@@ -117,6 +117,52 @@ def test_a_rejection_sends_nothing_and_is_recorded(prefect_harness: PrefectServe
     assert "not one of the approvers" in asked[0]["comment"] and queued == len(NUMBERS)
 
 
+def test_a_rejection_stands_until_someone_approves_whatever_starts_the_next_run(
+        prefect_harness: PrefectServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An uploaded campaign waits by the team's default only (its spec says nothing of approvals). While it waits, a
+    `campaign resume` refuses; after a rejection, a `campaign resume` (a manual run, which the default does not make
+    wait) still asks first, showing the rejection, and sends only once approved: each message once."""
+    from flows.approval import approve_from_cli
+    from flows.campaign import campaign_flow
+    from pipeline.cli.parser import main
+
+    spec = _spec(tmp_path)
+    data = yaml.safe_load(spec.read_text())
+    data["approval"] = {"timeout_s": 120}  # whether it waits: the team's default by origin
+    spec.write_text(yaml.safe_dump(data))
+    db = str(tmp_path / "campaigns.sqlite")
+    app = create_app(SandboxConfig(access_token="test-token", app_secret="test-app-secret",
+                                   templates={"welcome_offer": "marketing"}))
+    with serve_in_thread(app) as url, ThreadPoolExecutor(2) as pool, prefect_harness.client() as api:
+        args = ["--db", db, "--spool-dir", str(tmp_path / "spool"), "--reports-dir", str(tmp_path / "reports"),
+                "--provider-base-url", url]
+        run = pool.submit(campaign_flow, str(spec), database=db, spool_dir=str(tmp_path / "spool"),
+                          reports_dir=str(tmp_path / "reports"), provider_base_url=url, origin="upload")
+        first = _waiting(db, 1, api)
+        assert main(["resume", str(spec), *args]) == 2  # the upload's run waits (holding the campaign): refused
+        assert "error: " in capsys.readouterr().err and app.state.sandbox.accepted == 0
+        approve_from_cli("approve", db, name="bob", comment="wrong audience", reject=True)
+        with pytest.raises(Exception, match="rejected by bob"):
+            run.result(timeout=180)
+        assert app.state.sandbox.accepted == 0
+
+        resumed = pool.submit(main, ["resume", str(spec), *args])
+        again = wait_for(lambda: _pending(db, "approve"), timeout_s=120, what="the resumed run's request", every_s=0.2)
+        assert again["flow_run_id"] != first["flow_run_id"] and again["origin"] == "manual"
+        brief = _form(api, again["flow_run_id"], 1)
+        assert "was rejected by bob (wrong audience)" in brief and "nothing is sent until someone approves" in brief
+        assert app.state.sandbox.accepted == 0  # the resumed run waits too
+        approve_from_cli("approve", db, name="carol", comment="fixed upstream", reject=False)
+        assert resumed.result(timeout=180) == 0
+    assert app.state.sandbox.accepted == len(NUMBERS)
+    with store.connect(db) as shared:
+        asked = history(shared, "approve")
+        states = dict(shared.rows("SELECT state, count(*) FROM outbox GROUP BY state"))
+    assert [(h["origin"], h["decision"], h["approver"]) for h in asked] == [
+        ("upload", "rejected", "bob"), ("manual", "approved", "carol")]
+    assert states == {"sent": len(NUMBERS)}
+
+
 def test_an_answer_given_before_the_run_has_paused_waits_for_the_pause(prefect_harness: PrefectServer,
                                                                        tmp_path: Path) -> None:
     """The request is stored just before the run pauses: `campaign approve` in between must reach the run (it once

@@ -106,8 +106,10 @@ def test_an_uploaded_run_is_suspended_until_approved_then_sends(served: PrefectS
 
 
 def test_a_suspended_run_that_is_rejected_sends_nothing(served: PrefectServer, sandbox: tuple[str, Any],
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Also: while it waits, suspended (it holds no lease), a `campaign resume` of the campaign is refused."""
     from flows.approval import approve_from_cli
+    from pipeline.cli.parser import main
 
     url, app = sandbox
     audience = tmp_path / "reject.csv"
@@ -124,6 +126,10 @@ def test_a_suspended_run_that_is_rejected_sends_nothing(served: PrefectServer, s
             "spec_path": str(spec), "database": str(db), "spool_dir": str(tmp_path / "spool"),
             "reports_dir": str(tmp_path / "reports"), "provider_base_url": url})
         _suspended(served, api, db, "suspend-reject", run_id)
+        assert main(["resume", str(spec), "--db", str(db), "--spool-dir", str(tmp_path / "spool"),
+                     "--reports-dir", str(tmp_path / "reports"), "--provider-base-url", url]) == 2
+        assert f"waits for an approval in flow run {run_id}" in capsys.readouterr().err
+        assert app.state.sandbox.accepted == 0
         approve_from_cli("suspend-reject", str(db), name="bob", comment="wrong audience", reject=True)
         done = _final(served, api, run_id)
     assert done["state_type"] == "FAILED" and "rejected by bob: wrong audience" in done["state"]["message"]
