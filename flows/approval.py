@@ -74,8 +74,10 @@ def refusal(answer: ApprovalInput, spec: CampaignSpec, started_by: str | None, s
         return "the approver's name is missing"
     if approvers and name not in approvers:
         return f"{name} is not one of the approvers ({', '.join(approvers)})"
-    if answer.decision == "approve" and not allow_self and started_by and name == started_by:
-        return f"{name} started this run and may not approve it (self-approval is not allowed)"
+    if answer.decision == "approve" and not allow_self:
+        for role, who in (("started this run", started_by), ("uploaded this audience", spec.uploaded_by)):
+            if who and name.casefold() == who.strip().casefold():
+                return f"{name} {role} and may not approve it (self-approval is not allowed)"
     return None
 
 

@@ -100,7 +100,8 @@ def _handle(
     moved = inbox.finish(claimed, folders, "started", spec_data=spec_data, details=counts)
     spec_path = moved.csv.with_suffix(".yaml")
     # origin "upload": the team's controls decide whether it waits for an approval (on by default for uploads).
-    params = {"spec_path": str(spec_path), "campaign_id": claimed.campaign_id, **run_args, "origin": "upload"}
+    params = {"spec_path": str(spec_path), "campaign_id": claimed.campaign_id, **run_args, "origin": "upload",
+              "started_by": spec_data.get("uploaded_by")}
     if deployment:
         from prefect.deployments import run_deployment
 

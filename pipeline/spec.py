@@ -301,6 +301,9 @@ class CampaignSpec(_Spec):
     send_at: SendAt | None = None  # "10:00": each recipient at 10:00 local time
     frequency_cap: FrequencyCap | None = None  # None: the team's default (pipeline/data/controls.yaml)
     approval: ApprovalSpec = ApprovalSpec()
+    # Who uploaded this audience: the upload page writes it into the upload's copy of the spec, the drop folder
+    # takes the CSV file's owner. Like the person who starts a run, they may not approve it (unless allowed).
+    uploaded_by: str | None = Field(default=None, min_length=1, max_length=100)
     # WhatsApp's unique business-initiated recipients per rolling 24 h (per portfolio);
     # None = unlimited.
     messaging_limit: Literal[250, 2000, 10000, 100000] | None = None

@@ -103,7 +103,8 @@ def test_everything_an_operator_runs_works_while_a_campaign_sends(
         status = _finish(_campaign(env, "status", "concurrent-a"))
         assert "campaign concurrent-a" in status and ("sending" in status or "sent" in status)
         b = _campaign(env, "run", str(b_spec), "--provider-base-url", sms_url, *common)
-        dry_run = httpx.post(f"{receiver_url}/upload", data={"token": TOKEN, "spec": "welcome.yaml"},
+        dry_run = httpx.post(f"{receiver_url}/upload",
+                             data={"token": TOKEN, "spec": "welcome.yaml", "uploaded_by": "ops"},
                              files={"file": ("spring.csv", _audience(tmp_path / "up.csv", 50).read_bytes())},
                              follow_redirects=True, timeout=120)
         assert dry_run.status_code == 200 and "estimate" in dry_run.text.lower()

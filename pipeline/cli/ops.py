@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import store
-from pipeline.cli.common import add_db_arg
+from pipeline.cli.common import add_db_arg, add_started_by_arg
 from pipeline.dispatch import operations
 from pipeline.spec import load_spec
 
@@ -110,4 +110,5 @@ def add_ops_commands(sub: Any, with_store: Any) -> None:
         p.add_argument("spec", type=Path)
         p.add_argument("--campaign-id", help="defaults to the spec's name")
         p.add_argument("--provider-base-url", help="send to this base URL instead of the spec's")
+        add_started_by_arg(p)
         p.set_defaults(func=func)

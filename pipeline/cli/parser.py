@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli.common import add_db_arg
+from pipeline.cli.common import add_db_arg, add_started_by_arg
 from pipeline.cli.run import cmd_demo, cmd_run
 from pipeline.cli.servers import cmd_sandbox, cmd_webhooks
 from pipeline.spec import SpecError
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.add_argument("--campaign-id", help="defaults to the spec's name; a re-run with the same id resumes it")
     p.add_argument("--provider-base-url", help="send to this base URL instead of the spec's (e.g. a sandbox)")
+    add_started_by_arg(p)
     p.add_argument("--dispatch-groups", type=int, default=1, metavar="N",
                    help="on a PostgreSQL store: split the senders into N groups, each dispatched by a run of the "
                         "dispatch-senders deployment on the work pool's workers (default 1: in this process)")

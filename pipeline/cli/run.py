@@ -21,12 +21,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # a wrong spec fails here, before Prefect even starts
     _prefect_env()
     from flows.campaign import campaign_flow
+    from pipeline.cli.common import started_by
     from pipeline.costs.summary import format_summary
 
     summary = campaign_flow(
         str(args.spec), campaign_id=args.campaign_id or spec.name, database=args.db, spool_dir=str(args.spool_dir),
         reports_dir=str(args.reports_dir), provider_base_url=args.provider_base_url,
         dispatch_groups=getattr(args, "dispatch_groups", 1),  # resume & co. dispatch in this process
+        started_by=started_by(args),  # may not approve the run (flows/approval.py)
     )
     _print_result(summary, format_summary)
     return 0

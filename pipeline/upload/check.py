@@ -185,6 +185,13 @@ def inbox_name(upload: Staged) -> str:
     return f"{stem[:23].strip('-_') or 'audience'}-{upload.upload_id}.csv"
 
 
+def copy_spec(source: Path, target: Path, uploaded_by: str) -> None:
+    """The chosen spec, as the upload's own copy, naming who uploaded the audience (a key of its own at the end:
+    the spec's text and comments stay as they are; a JSON string is a YAML scalar)."""
+    text = source.read_text(encoding="utf-8")
+    target.write_text(f"{text.rstrip()}\nuploaded_by: {json.dumps(uploaded_by)}\n", encoding="utf-8")
+
+
 def hand_over(upload: Staged, folders: inbox.Folders) -> dict[str, Any] | None:
     """Moves the spec (as the sidecar `<name>.yaml`) and then the CSV into the inbox, each as `.part` renamed
     into place, so the watcher never sees a CSV without its spec. Returns the start record, or None when this

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import time
 import uuid
@@ -151,7 +152,18 @@ def resolve_spec(claimed: Claimed, default_spec: Path, audience: Path) -> tuple[
         raise SpecError(f"{label}: a campaign spec must be a YAML mapping")
     # Each upload is its own campaign, whatever name or audience the spec it borrows says.
     data = {**data, "name": claimed.campaign_id, "audience": str(audience)}
+    if not data.get("uploaded_by"):  # the upload page names the uploader; a file dropped in is its owner's
+        data["uploaded_by"] = file_owner(claimed.csv)
     return parse_spec(data, label), data
+
+
+def file_owner(path: Path) -> str:
+    """The login name of the file's owner (its uid when the system has no name for it)."""
+    uid = path.stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def finish(

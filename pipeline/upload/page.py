@@ -27,6 +27,9 @@ def error_box(message: str) -> str:
     return f'<p class="error" id="error">{escape(message)}</p>'
 
 
+MAX_NAME = 100  # characters of the uploader's name (the spec's `uploaded_by`)
+
+
 def upload_form(specs: list[str], max_mb: float, *, error: str | None = None, chosen: str | None = None) -> str:
     options = "".join(
         f'<option value="{escape(s)}"{" selected" if s == chosen else ""}>{escape(s)}</option>' for s in specs)
@@ -34,6 +37,7 @@ def upload_form(specs: list[str], max_mb: float, *, error: str | None = None, ch
     form = f"""{error_box(error) if error else ""}
 <form class="upload" id="upload-form" method="post" action="/upload" enctype="multipart/form-data">
 <label>Upload token <input type="password" id="token" name="token" autocomplete="off" required></label>
+<label>Your name <input type="text" id="uploaded-by" name="uploaded_by" maxlength="{MAX_NAME}" required></label>
 <label>Campaign spec <select id="spec" name="spec" required>{options}</select></label>
 <label>Audience CSV (at most {max_mb:g} MB) <input type="file" id="file" name="file" accept=".csv,text/csv"
  required></label>

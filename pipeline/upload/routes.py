@@ -98,7 +98,8 @@ def upload_routes(config: UploadConfig) -> list[Route]:
             spec_name = received.fields.get("spec", "")
             if spec_name not in list_specs(config.specs_dir):
                 raise UploadRefused(400, "choose one of the campaign specs")
-            shutil.copyfile(config.specs_dir / spec_name, folder / upload_check.SPEC_FILE)
+            uploader = uploaded_by(received.fields)
+            upload_check.copy_spec(config.specs_dir / spec_name, folder / upload_check.SPEC_FILE, uploader)
         except UploadRefused as refused:
             shutil.rmtree(folder, ignore_errors=True)
             log.info("upload refused (%d): %s", refused.status, refused.message)
@@ -195,6 +196,16 @@ def upload_routes(config: UploadConfig) -> list[Route]:
         Route("/upload/{upload_id}/rejects.csv", rejects_csv, methods=["GET"]),
         Route("/upload/{upload_id}/test-send", test_send, methods=["POST"]),
     ]
+
+
+def uploaded_by(fields: Mapping[str, str]) -> str:
+    """The uploader's name from the form: needed, as whoever uploads may not approve the campaign."""
+    name = " ".join(fields.get("uploaded_by", "").split())
+    if not name:
+        raise UploadRefused(400, "give your name (uploaded_by): the campaign's approver must be someone else")
+    if len(name) > upload_page.MAX_NAME:
+        raise UploadRefused(400, f"your name (uploaded_by) is longer than {upload_page.MAX_NAME} characters")
+    return name
 
 
 def add_upload_routes(app: Any, config: UploadConfig) -> None:

@@ -146,20 +146,22 @@ def test_a_rejection_stands_until_someone_approves_whatever_starts_the_next_run(
             run.result(timeout=180)
         assert app.state.sandbox.accepted == 0
 
-        resumed = pool.submit(main, ["resume", str(spec), *args])
+        resumed = pool.submit(main, ["resume", str(spec), *args, "--started-by", "carol"])
         again = wait_for(lambda: _pending(db, "approve"), timeout_s=120, what="the resumed run's request", every_s=0.2)
         assert again["flow_run_id"] != first["flow_run_id"] and again["origin"] == "manual"
         brief = _form(api, again["flow_run_id"], 1)
         assert "was rejected by bob (wrong audience)" in brief and "nothing is sent until someone approves" in brief
         assert app.state.sandbox.accepted == 0  # the resumed run waits too
-        approve_from_cli("approve", db, name="carol", comment="fixed upstream", reject=False)
+        approve_from_cli("approve", db, name="carol", comment="fixed upstream", reject=False)  # who resumed it
+        _waiting(db, 2, api)
+        approve_from_cli("approve", db, name="dave", comment="fixed upstream", reject=False)
         assert resumed.result(timeout=180) == 0
     assert app.state.sandbox.accepted == len(NUMBERS)
     with store.connect(db) as shared:
         asked = history(shared, "approve")
         states = dict(shared.rows("SELECT state, count(*) FROM outbox GROUP BY state"))
     assert [(h["origin"], h["decision"], h["approver"]) for h in asked] == [
-        ("upload", "rejected", "bob"), ("manual", "approved", "carol")]
+        ("upload", "rejected", "bob"), ("manual", "refused", "carol"), ("manual", "approved", "dave")]
     assert states == {"sent": len(NUMBERS)}
 
 

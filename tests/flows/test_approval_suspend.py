@@ -9,6 +9,8 @@ Prefect server; the sandbox runs in this process on loopback; the store is a SQL
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +67,12 @@ def _suspended(server: PrefectServer, api: Any, db: Path, campaign_id: str, run_
                            details=lambda: str(flow_run(api, run_id)["state"]))
 
 
+def _asked_again(api: Any, db: Path, campaign_id: str, run_id: str) -> bool:
+    with store.connect(db) as shared:
+        waiting = pending_request(shared, campaign_id)
+    return bool(waiting and waiting["request_id"].endswith(":2") and flow_run(api, run_id)["state_type"] == "PAUSED")
+
+
 def _final(server: PrefectServer, api: Any, run_id: str) -> dict[str, Any]:
     return server.wait_for(lambda: (r := flow_run(api, run_id))["state_type"] in FINAL and r, timeout_s=180,
                            what=f"flow run {run_id} to finish", details=lambda: str(flow_run(api, run_id)["state"]))
@@ -93,6 +101,11 @@ def test_an_uploaded_run_is_suspended_until_approved_then_sends(served: PrefectS
     with served.client() as api:
         run = _suspended(served, api, db, cid, run_id)
         assert run["parameters"]["origin"] == "upload" and run["state_name"] == "Suspended"
+        # Who dropped the file in (its owner) started the run, and may not approve it: asked again.
+        owner = pwd.getpwuid(os.getuid()).pw_name
+        assert run["parameters"]["started_by"] == owner
+        approve_from_cli(cid, str(db), name=owner, comment="my own upload", reject=False)
+        served.wait_for(lambda: _asked_again(api, db, cid, run_id), timeout_s=150, what="asked again")
         assert app.state.sandbox.accepted == 0  # nothing sent while it waits
         approve_from_cli(cid, str(db), name="bob", comment="checked the sample", reject=False)
         done = _final(served, api, run_id)  # started again by the served deployment, by itself
@@ -100,8 +113,9 @@ def test_an_uploaded_run_is_suspended_until_approved_then_sends(served: PrefectS
     with store.connect(db) as shared:
         asked = history(shared, cid)
         sent = shared.scalar("SELECT count(*) FROM outbox WHERE campaign_id = :c AND state = 'sent'", c=cid)
-    assert [(h["origin"], h["decision"], h["approver"], h["comment"]) for h in asked] == [
-        ("upload", "approved", "bob", "checked the sample")]
+    assert [(h["origin"], h["decision"], h["approver"]) for h in asked] == [
+        ("upload", "refused", owner), ("upload", "approved", "bob")]
+    assert "self-approval is not allowed" in asked[0]["comment"] and asked[1]["comment"] == "checked the sample"
     assert sent == app.state.sandbox.accepted > 0 and app.state.sandbox.duplicate_callback_data == 0
 
 

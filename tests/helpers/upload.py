@@ -16,6 +16,7 @@ from pipeline.upload.routes import UploadConfig, add_upload_routes
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "upload-token-for-tests-0123456789"
+UPLOADER = "Uma Uploader"  # the name the form asks for (the spec's uploaded_by)
 HEADER = "phone,country,first_name,city,coupon,opt_in"
 
 
@@ -58,9 +59,10 @@ class Page:
         self.client = httpx.Client(base_url=url, follow_redirects=True, timeout=30)
 
     def upload(self, content: str | bytes, *, name: str = "spring.csv", spec: str = "welcome.yaml",
-               token: str | None = TOKEN) -> httpx.Response:
+               token: str | None = TOKEN, uploaded_by: str = UPLOADER) -> httpx.Response:
         data = {"token": token} if token is not None else {}
-        return self.client.post("/upload", data={**data, "spec": spec}, files={"file": (name, content, "text/csv")})
+        return self.client.post("/upload", data={**data, "uploaded_by": uploaded_by, "spec": spec},
+                                files={"file": (name, content, "text/csv")})
 
 
 def upload_config(tmp_path: Path, specs: Path, **changes: object) -> UploadConfig:

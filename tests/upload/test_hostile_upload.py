@@ -107,7 +107,7 @@ def test_field_bounds_are_settings(tight):
     token, spec = part("token", TOKEN.encode()), part("spec", b"welcome.yaml")
     big = csv(20) + b"\n".join([b"+447700900%03d,GB,Ann,Leeds,C1,yes" % (i % 1000) for i in range(40_000)]) + b"\n"
     assert 1024 * 1024 < len(big) < 2_000_000  # more than any webhook may send: the page declares its own bound
-    within = token + spec + part("note", b"n" * 64) + part("file", big, filename="a.csv") + closing()
+    within = token + spec + part("uploaded_by", b"n" * 64) + part("file", big, filename="a.csv") + closing()
     too_many = token + spec + part("a", b"1") + part("b", b"2") + part("file", csv(3), filename="a.csv") + closing()
     too_long = token + part("spec", b"w" * 65) + part("file", csv(3), filename="a.csv") + closing()
     answers = [httpx.post(f"{url}/upload", content=body, headers=MULTIPART, timeout=60)

@@ -19,7 +19,17 @@ from pipeline.receipts.receiver import create_receiver_app
 from pipeline.upload import inbox
 from pipeline.upload.routes import SESSION_COOKIE, install_from_env
 from pipeline.upload.stream import UploadRefused, receive_upload, safe_csv_name
-from tests.helpers.upload import HEADER, TOKEN, FakeRuns, Page, audience, serve_page, upload_config, visible_text
+from tests.helpers.upload import (
+    HEADER,
+    TOKEN,
+    UPLOADER,
+    FakeRuns,
+    Page,
+    audience,
+    serve_page,
+    upload_config,
+    visible_text,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +79,8 @@ def test_the_session_cookie_is_http_only_strict_and_not_the_token(page: Page):
 
 
 def test_a_header_token_works_for_scripts(page: Page):
-    answer = httpx.post(f"{page.url}/upload", headers={"X-Upload-Token": TOKEN}, data={"spec": "welcome.yaml"},
+    answer = httpx.post(f"{page.url}/upload", headers={"X-Upload-Token": TOKEN},
+                        data={"spec": "welcome.yaml", "uploaded_by": "script"},
                         files={"file": ("list.csv", audience(5), "text/csv")}, follow_redirects=True)
     assert answer.status_code == 200 and "rows read" in answer.text
 
@@ -197,6 +208,19 @@ def test_bad_input_gets_a_message_never_a_traceback(page: Page, name: str, conte
     assert _staged_files(page) == []  # nothing of a refused upload stays
 
 
+def test_the_uploader_names_themself_and_the_name_is_bounded(page: Page):
+    """Whoever uploads may not approve the campaign (flows/approval.py): the form asks for their name."""
+    assert 'name="uploaded_by"' in page.client.get("/upload").text
+    for name, why in (("  ", "give your name"), ("x" * 101, "longer than 100 characters")):
+        answer = page.upload(audience(5), uploaded_by=name)
+        assert answer.status_code == 400 and why in answer.text
+    assert _staged_files(page) == []
+    checked = page.upload(audience(5), uploaded_by="  Ann   O'Neil ")
+    assert checked.status_code == 200
+    [spec] = page.config.staging_dir.glob("*/spec.yaml")
+    assert yaml.safe_load(spec.read_text())["uploaded_by"] == "Ann O'Neil"
+
+
 def test_all_rows_rejected_shows_the_counts_and_cannot_start(page: Page):
     answer = page.upload(f"{HEADER}\n+33 6 12 36 56 37,FR,Hugo,Paris,C-1,no\n+1 201-552-0895,,Liam,Austin,C-2,no\n")
     assert answer.status_code == 200
@@ -225,8 +249,8 @@ def test_start_hands_the_file_and_its_spec_to_the_drop_folder_once(page: Page):
     folders = page.config.folders
     name = f"spring-{upload_id}"
     assert sorted(p.name for p in folders.inbox.iterdir()) == [f"{name}.csv", f"{name}.yaml"]  # no .part left
-    assert yaml.safe_load((folders.inbox / f"{name}.yaml").read_text()) == yaml.safe_load(
-        (ROOT / "campaigns/welcome.yaml").read_text())
+    assert yaml.safe_load((folders.inbox / f"{name}.yaml").read_text()) == {
+        **yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text()), "uploaded_by": UPLOADER}
     assert (folders.inbox / f"{name}.csv").read_text() == audience(20)
     # The watcher takes it at once (the start waited out its settle time), with the spec beside it.
     [ready] = inbox.ready_uploads(folders.inbox)

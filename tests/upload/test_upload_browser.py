@@ -133,6 +133,7 @@ def test_upload_check_start_and_follow_the_run_to_its_end(stack: dict[str, Any],
     audience.write_text("\n".join(lines[: ROWS + 1]) + "\n")
     tab.open(stack["page"], "Upload an audience", "Campaign spec")
     tab.evaluate(f"document.querySelector('#token').value = {json.dumps(TOKEN)};"
+                 "document.querySelector('#uploaded-by').value = 'Uma Uploader';"
                  "document.querySelector('#spec').value = 'welcome.yaml'")
     root = tab.call("DOM.getDocument")["root"]["nodeId"]
     file_input = tab.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
