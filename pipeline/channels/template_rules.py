@@ -2,8 +2,9 @@
 
 `check_spec`: the template exists in the spec's language, is APPROVED, and what the spec fills matches its
 components (parameters per component, header format, button kinds and indexes); the provider's category is the
-one that applies. `lint`: Meta's published rules for a template's text. `submission_refusal`: the FAQ's limits on
-edits and deleted names (docs/providers.md §1.11). Every finding is named (`name: detail`).
+one that applies. `fallback_problem`: the language recipients get when theirs is not APPROVED is APPROVED too.
+`lint`: Meta's published rules for a template's text. `submission_refusal`: the FAQ's limits on edits and deleted
+names (docs/providers.md §1.11). Every finding is named (`name: detail`).
 """
 
 from __future__ import annotations
@@ -96,6 +97,29 @@ def check_spec(spec: CampaignSpec, t: registry.ProviderTemplate | None, provider
     return v
 
 
+def fallback_problem(db: Store, spec: CampaignSpec, provider: str, account: str) -> str | None:
+    """Why the template's fallback language cannot be sent, or None. Recipients pick among the registry's APPROVED
+    languages (pipeline/render/languages.py), so the only language a campaign may choose beyond them is the
+    fallback: it must be APPROVED too, or every recipient without an approved language of their own is queued in a
+    language the provider refuses. Checked when the registry knows the template (its languages override the
+    spec's list); a fallback that is the spec's `language` is `check_spec`'s."""
+    name, fallback = spec.template.name, spec.template.fallback
+    if fallback == spec.template.language:
+        return None
+    known = [t for t in registry.templates(db, provider, name) if t.account == account]
+    if not known:
+        return None
+    t = next((t for t in known if t.language == fallback), None)
+    if t is None:
+        return (f"fallback_language_unknown: {name} [{fallback}] (the fallback language) is not a template of "
+                f"{provider} account {account or '(default)'}, which has {name} in "
+                f"{', '.join(sorted(t.language for t in known))}")
+    if t.status != registry.SENDABLE:
+        return (f"fallback_language_not_approved: {name} [{fallback}] (the fallback language) is {t.status}"
+                + (f" ({t.reason})" if t.reason else ""))
+    return None
+
+
 def senders_refusal(spec: CampaignSpec) -> str | None:
     verified = bool(spec.provider.options.get("business_verified"))
     most = SENDERS_VERIFIED if verified else SENDERS_UNVERIFIED
@@ -110,9 +134,9 @@ def checked_spec(db: Store, spec: CampaignSpec, provider: str, account: str) -> 
     TemplateRefused (nothing sent) naming every problem."""
     t = registry.template(db, provider, spec.template.name, spec.template.language, account)
     verdict = check_spec(spec, t, provider, account)
-    refusal = senders_refusal(spec)
-    if refusal:
-        verdict.problems.append(refusal)
+    for refusal in (fallback_problem(db, spec, provider, account), senders_refusal(spec)):
+        if refusal:
+            verdict.problems.append(refusal)
     if verdict.problems:
         raise TemplateRefused(f"{spec.name}: not sent: " + "; ".join(verdict.problems))
     if verdict.category and verdict.category != spec.template.category:

@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import store
+from pipeline.channels.template_rules import TemplateRefused, checked_spec
 from pipeline.channels.templates import ProviderTemplate, store_templates
 from pipeline.render.languages import language_expr, with_languages
 from pipeline.spec import parse_spec
@@ -86,3 +88,25 @@ def test_the_registry_says_which_languages_exist(db_url: str, tmp_path: Path) ->
     spec["provider"]["options"] = {"waba_id": "waba-1"}
     assert _queued_languages(spec, db_url, tmp_path) == {
         "0": "es", "1": "en_US", "2": "en_US", "3": "en_US", "4": "es_MX"}
+
+
+def test_the_fallback_language_must_be_approved_at_the_provider(db_url: str, tmp_path: Path) -> None:
+    # Recipients without an APPROVED language of their own get the fallback: the template check refuses a fallback
+    # the registry has but not APPROVED, or does not have, before anything is queued; an APPROVED one is sent.
+    with store.connect(db_url) as db:
+        store_templates(db, "whatsapp", "waba-1", [
+            ProviderTemplate("whatsapp", "waba-1", "welcome_offer", code, status, "MARKETING", components=[
+                {"type": "BODY", "text": "Hi {{1}}, code {{2}} in {{3}}"},
+                {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Stop promotions"}]}])
+            for code, status in (("en_US", "APPROVED"), ("es", "APPROVED"), ("fr", "REJECTED"))])
+        for fallback, problem in (("fr", r"fallback_language_not_approved: welcome_offer \[fr\] .* is REJECTED"),
+                                  ("de", r"fallback_language_unknown: welcome_offer \[de\] .* en_US, es, fr")):
+            spec = _campaign(tmp_path, fallback_language=fallback)
+            spec["provider"]["options"] = {"waba_id": "waba-1"}
+            with pytest.raises(TemplateRefused, match=problem):
+                checked_spec(db, parse_spec(spec), "whatsapp", "waba-1")
+        spec = _campaign(tmp_path, fallback_language="es")
+        spec["provider"]["options"] = {"waba_id": "waba-1"}
+        assert checked_spec(db, parse_spec(spec), "whatsapp", "waba-1")[1] == []
+    # fr (REJECTED), pt_BR (absent) and no language: the fallback; es_MX → es by its base.
+    assert _queued_languages(spec, db_url, tmp_path) == {"0": "es", "1": "es", "2": "es", "3": "es", "4": "es"}
