@@ -10,6 +10,7 @@ up to date on first use. DuckDB never holds this store: it computes reports over
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -36,7 +37,12 @@ def database_url(value: str | os.PathLike[str] | None = None) -> str:
     raw = os.fspath(value) if value is not None else os.environ.get(URL_ENV) or os.fspath(DEFAULT_PATH)
     if "://" not in raw:
         return f"sqlite:///{Path(raw).expanduser()}"
-    url = make_url(raw)
+    try:
+        url = make_url(raw)
+    except (ValueError, exc.ArgumentError) as error:  # e.g. a port that is not a number
+        masked = re.sub(r"(://[^/@:]*:)[^/]*@", r"\1***@", raw)  # it did not parse: hide the password by hand
+        raise StoreError(f"store {masked}: not a valid URL: use a path, sqlite:///PATH or "
+                         "postgresql://USER@HOST[:PORT]/DB") from error
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     elif url.drivername not in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
@@ -115,8 +121,11 @@ class Store:
     def _translate(self) -> Iterator[None]:
         try:
             yield
-        except exc.OperationalError as error:
-            raise StoreError(f"store {shown(self.url)}: {_reason(error)}") from error
+        except exc.DBAPIError as error:
+            why = _operator_cause(error, self.path)
+            if why is None:
+                raise
+            raise StoreError(f"store {shown(self.url)}: {why}") from error
 
 
 def run(conn: Connection, statement: str, **params: Any) -> Any:
@@ -159,6 +168,31 @@ def utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _operator_cause(error: exc.DBAPIError, path: Path | None) -> str | None:
+    """Why the store cannot be used, when an operator caused it and can fix it (server down, no rights,
+    read-only, not a database); None for the rest (constraint violations, bad SQL): bugs keep their traceback."""
+    orig = error.orig
+    if getattr(orig, "sqlite_errorname", None) == "SQLITE_NOTADB":
+        if path is not None and _is_duckdb(path):
+            return (f"a DuckDB ledger (the older version's), not a SQLite database: use another store and copy "
+                    f"the ledger into it with `campaign db import {path}`")
+        return "not a SQLite database"
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate == "25006":  # read_only_sql_transaction: default_transaction_read_only, or a standby
+        return "the store is read-only"
+    if isinstance(error, exc.OperationalError) or sqlstate == "42501":  # 42501: insufficient_privilege
+        return _reason(error)
+    return None
+
+
+def _is_duckdb(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(12)[8:12] == b"DUCK"  # DuckDB's magic, after an 8-byte checksum
+    except OSError:
+        return False
+
+
 def _reason(error: BaseException) -> str:
     message = str(getattr(error, "orig", None) or error).strip().splitlines()
     return message[0] if message else type(error).__name__
@@ -190,8 +224,12 @@ def connect(value: str | os.PathLike[str] | None = None, *, migrate: bool = True
     if migrate:
         from pipeline.store.migrate import upgrade
 
-        with db._translate():
-            upgrade(db)
+        try:
+            with db._translate():
+                upgrade(db)
+        except BaseException:
+            db.close()  # the caller never gets the store to close
+            raise
     return db
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, inspect, text
 
 if TYPE_CHECKING:
+    from alembic.config import Config
+
     from pipeline.store import Store
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -27,17 +29,42 @@ def version(conn: Connection) -> str | None:
 
 def upgrade(db: Store) -> None:
     with db.read() as conn:
-        if version(conn) == HEAD:
+        if _current(db, version(conn)):
             return
     with db.write() as conn:
         if db.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_KEY})
-        if version(conn) == HEAD:
+        if _current(db, version(conn)):
             return
         from alembic import command
-        from alembic.config import Config
 
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
+        config = _config()
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def _current(db: Store, found: str | None) -> bool:
+    """True when the store is at HEAD. A revision this code has no migration for was written by a newer
+    version: refuse it, one line, before touching anything (Alembic stops on it with a traceback)."""
+    if found is None or found == HEAD:
+        return found == HEAD
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        ScriptDirectory.from_config(_config()).get_revision(found)
+    except CommandError:  # no such revision among the migrations
+        from pipeline.store import StoreError, shown
+
+        why = "is newer than" if found > HEAD else "is unknown to"  # revisions are numbered 0001, 0002...
+        raise StoreError(f"store {shown(db.url)}: its schema (revision {found}) {why} this version of the "
+                         f"pipeline ({HEAD}){': upgrade the pipeline' if found > HEAD else ''}") from None
+    return False
+
+
+def _config() -> Config:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config

@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 
 from pipeline import store
 from pipeline.store.local_pg import LocalPostgres
@@ -141,3 +142,69 @@ def test_a_store_path_in_an_unwritable_place_is_one_line(tmp_path: Path) -> None
     out = _cli("status", "x", "--db", str(blocker / "sub" / "campaigns.sqlite"))
     assert out.returncode == 2 and out.stderr.startswith("error: store sqlite:///")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def _one_line(out: subprocess.CompletedProcess[str], prefix: str) -> str:
+    """The CLI's one-line error (exit 2) after `prefix`."""
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    assert out.stderr.startswith(prefix), out.stderr
+    return out.stderr.strip()
+
+
+def test_a_file_that_is_not_a_sqlite_database_is_one_line(tmp_path: Path) -> None:
+    import duckdb
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database, but long enough for SQLite to read its header and refuse it\n" * 2)
+    assert _one_line(_cli("status", "welcome", "--db", str(text)), f"error: store sqlite:///{text}: ").endswith(
+        ": not a SQLite database")
+    ledger = tmp_path / "c.duckdb"
+    duckdb.connect(str(ledger)).close()
+    said = _one_line(_cli("status", "welcome", "--db", str(ledger)), f"error: store sqlite:///{ledger}: ")
+    assert "DuckDB" in said and f"campaign db import {ledger}" in said
+
+
+def test_a_url_that_does_not_parse_is_one_line_without_its_password() -> None:
+    out = _cli("status", "welcome", "--db", "postgresql://u:hunter2@127.0.0.1:notaport/db")
+    said = _one_line(out, "error: store postgresql://u:***@127.0.0.1:notaport/db: not a valid URL")
+    assert "hunter2" not in said
+
+
+def test_a_store_of_a_newer_version_is_refused_untouched(db_url: str) -> None:
+    with store.connect(db_url) as db, db.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0013'"))  # as the next version would
+        tables = inspect(conn).get_table_names()
+    out = _cli("status", "welcome", "--db", db_url)
+    said = _one_line(out, f"error: store {store.shown(store.database_url(db_url))}: ")
+    assert said.endswith(f"its schema (revision 0013) is newer than this version of the pipeline ({HEAD}): "
+                         "upgrade the pipeline")
+    with store.connect(db_url, migrate=False) as db, db.read() as conn:
+        assert version(conn) == "0013" and inspect(conn).get_table_names() == tables
+
+
+def _pg_store(request: pytest.FixtureRequest, tmp_path: Path, *statements: str) -> str:
+    """A fresh PostgreSQL store after `statements` ({db}: its name) run as the server's superuser."""
+    import psycopg
+
+    from tests.helpers.stores import new_store_url
+
+    url = new_store_url("postgresql", tmp_path, request)
+    server: LocalPostgres = request.getfixturevalue("postgres_server")
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement.format(db=url.rsplit("/", 1)[1]))
+    return url
+
+
+def test_a_postgresql_role_without_rights_is_one_line(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = _pg_store(request, tmp_path, 'CREATE ROLE "{db}_reader" LOGIN')
+    as_reader = url.replace("//campaign@", f"//{url.rsplit('/', 1)[1]}_reader@")
+    said = _one_line(_cli("status", "welcome", "--db", as_reader), "error: store postgresql+psycopg://")
+    assert said.endswith(": permission denied for table alembic_version")
+
+
+def test_a_read_only_postgresql_store_is_one_line(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = _pg_store(request, tmp_path, 'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
+    said = _one_line(_cli("pause", "welcome", "--db", url), f"error: store {store.shown(store.database_url(url))}: ")
+    assert said.endswith(": the store is read-only")
