@@ -48,7 +48,7 @@ def serve_upload_page(args: argparse.Namespace) -> int:
     """Serves the receiver (every provider whose secret is set) with the upload page until interrupted."""
     runs = PrefectRuns(args.watcher_deployment or WATCHER_DEPLOYMENT) if os.environ.get("PREFECT_API_URL") else None
     config = UploadConfig.from_env(specs_dir=args.specs_dir, audiences_dir=args.audiences_dir,
-                                   staging_dir=args.staging_dir, runs=runs)
+                                   staging_dir=args.staging_dir, runs=runs, database=getattr(args, "db", None))
     if config is None:
         raise ValueError("set UPLOAD_TOKEN in the environment: the upload page needs a token")
     secrets = secrets_from_env()

@@ -19,6 +19,9 @@ def _prefect_env() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # a wrong spec fails here, before Prefect even starts
+    from pipeline import store
+
+    store.connect(args.db).close()  # and a store that cannot be used: one line, before Prefect's start-up
     _prefect_env()
     from flows.campaign import campaign_flow
     from pipeline.cli.common import started_by

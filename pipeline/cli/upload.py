@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.common import DB_HELP, add_db_arg
 from pipeline.servers import LOOPBACK
 from pipeline.spec import SpecError
 
@@ -38,5 +39,6 @@ def add_upload_command(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--staging-dir", type=Path, default=Path("data/uploads"), help="uploads being checked")
     p.add_argument("--watcher-deployment", help="the drop-folder watcher to start at once when PREFECT_API_URL is "
                                                 "set (default: prefect.yaml's inbox-watcher/audience-inbox)")
+    add_db_arg(p, help_text=f"the store the page's test sends are kept in; {DB_HELP}")
     p.set_defaults(func=cmd_upload_server)
     return p

@@ -3,6 +3,7 @@ that cannot be used."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,25 @@ def test_a_file_that_is_not_a_sqlite_database_is_one_line(tmp_path: Path) -> Non
     duckdb.connect(str(ledger)).close()
     said = _one_line(_cli("status", "welcome", "--db", str(ledger)), f"error: store sqlite:///{ledger}: ")
     assert "DuckDB" in said and f"campaign db import {ledger}" in said
+    # `campaign run` says so too, before it starts Prefect (whose start-up would print its own lines first).
+    out = _cli("run", str(ROOT / "campaigns/welcome.yaml"), "--db", str(ledger))
+    assert _one_line(out, f"error: store sqlite:///{ledger}: ") == said and out.stdout == ""
+
+
+def test_every_command_that_uses_the_store_takes_db() -> None:
+    from pipeline.cli.parser import build_parser
+
+    def commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, argparse.ArgumentParser]:
+        found = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found |= commands(sub, f"{path} {name}".strip())
+        return found or {path: parser}
+
+    without = sorted(name for name, p in commands(build_parser()).items()
+                     if not any("--db" in a.option_strings for a in p._actions))
+    assert without == ["demo", "sandbox", "webhooks"]  # the demo's own store; servers that touch none
 
 
 def test_a_url_that_does_not_parse_is_one_line_without_its_password() -> None:
