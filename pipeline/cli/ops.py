@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,14 @@ from pipeline.spec import load_spec
 def cmd_status(args: argparse.Namespace) -> int:
     with store.connect(args.db) as db:
         status = operations.campaign_status(db, args.campaign)
+        if not status["known"]:
+            print(f"error: no campaign {args.campaign} in store {store.shown(db.url)}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(status, default=str))
         return 0
     print(f"campaign {args.campaign} ({status['source']}){' — PAUSED' if status['paused'] else ''}")
+    print(f"  running: {status['running']}" if status["running"] else "  not running now (no run holds it)")
     if "states" in status:
         for state, n in status["states"].items():
             print(f"  {state:<10}{n:>10,}")

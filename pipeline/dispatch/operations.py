@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.dispatch.locks import current_holder
 from pipeline.store import Store, run, utc
 
 
@@ -62,10 +63,15 @@ def campaign_status(db: Store, campaign_id: str) -> dict[str, Any]:
                              c=campaign_id).scalar()
         control = run(conn, "SELECT paused_at, status_json FROM campaign_control WHERE campaign_id = :c",
                       c=campaign_id).first()
+        known = bool(states or control or run(conn, "SELECT 1 FROM campaigns WHERE campaign_id = :c",
+                                                  c=campaign_id).first())
+    holder = current_holder(db, campaign_id)
     paused_at, status_json = control if control else (None, None)
     deferred_until = utc(deferred_until)
     return {
-        "campaign_id": campaign_id, "source": "store", "states": states, "paused": paused_at is not None,
+        "campaign_id": campaign_id, "source": "store", "known": known, "states": states,
+        "paused": paused_at is not None,
+        "running": holder.describe() if holder else None,  # a live lease: a run holds the campaign now
         "deferred_until": deferred_until.isoformat() if deferred_until else None,
         "last_run": json.loads(status_json) if status_json else None,
     }
