@@ -29,6 +29,7 @@ from pipeline.dispatch.approvals import (
     open_request,
     pending_request,
     queued_extent,
+    queued_sample,
     standing_refusal,
 )
 from pipeline.render.prepare import Prepared
@@ -118,6 +119,9 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
     # Prefect suspends only a deployment's own run, not a subflow (a campaign started by another flow's
     # run_deployment as its subflow): that one is paused in its process instead.
     suspend = deployment.id is not None and flow_run.parent_flow_run_id is None
+    sample_size = int(defaults.get("sample_size") or 5)
+    with store.connect(database) as db:  # what the outbox will send, per variant and language (queued above)
+        sample = queued_sample(db, spec, campaign_id, prepared.accepted, sample_size=sample_size)
     for ask in range(1, MAX_ASKS + 1):
         request_id = f"{flow_run.id}:{ask}"
         with store.connect(database) as db:
@@ -125,7 +129,7 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
                                    requested_by=started_by, estimate_usd=float(estimate["total_usd"]),
                                    timeout_s=timeout)
         brief = approval_brief(prepared.counts, prepared.accepted, estimate, refused=refused, earlier=earlier,
-                               sample_size=int(defaults.get("sample_size") or 5), generation=generation)
+                               sample_size=sample_size, generation=generation, sample=sample)
         form = ApprovalInput.with_initial_data(description=brief)
         logger.warning("campaign %s waits for approval (%d messages, USD %.4f): approve or reject in the Prefect UI "
                        "or with `campaign approve %s`", campaign_id, request.messages, request.estimate_usd,

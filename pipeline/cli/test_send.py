@@ -28,7 +28,7 @@ def cmd_test_send(args: argparse.Namespace) -> int:
     from pipeline.channels import channel_for
     from pipeline.dispatch.preparation import prepare_campaign
     from pipeline.dispatch.seeds import SeedError, SendLimits, read_seeds_file
-    from pipeline.dispatch.test_sends import format_results, pick_rows, send_tests
+    from pipeline.dispatch.test_sends import format_results, pick_variant_rows, send_tests
     from pipeline.render.personalise import stand_in
     from pipeline.spec import load_spec
 
@@ -42,8 +42,8 @@ def cmd_test_send(args: argparse.Namespace) -> int:
             # Generated values render as their fallback here, as the campaign's own preparation does before
             # personalisation writes them.
             prepared = prepare_campaign(stand_in(spec), campaign_id, database, Path(out))
-            rows = pick_rows(prepared, limits, rows=args.rows, row_numbers=args.row_numbers,
-                             source=str(spec.audience))
+            rows = pick_variant_rows(spec, campaign_id, prepared, limits, variant=args.variant, rows=args.rows,
+                                     row_numbers=args.row_numbers, source=str(spec.audience))
         with store.connect(database) as db:
             channel = channel_for(spec, base_url=args.provider_base_url)
             results = send_tests(db, spec, campaign_id, channel, rows, seeds, limits,
@@ -64,6 +64,8 @@ def add_test_send_command(sub: Any) -> None:
     rows.add_argument("--rows", type=int, default=None, metavar="N", help="the first N sendable rows (default 3)")
     rows.add_argument("--row-numbers", type=_row_numbers, default=None, metavar="2,5,9",
                       help="these audience rows (the header is row 1)")
+    p.add_argument("--variant", metavar="NAME", help="an experiment variant: its template's text (default: each "
+                   "variant's first rows)")
     p.add_argument("--campaign-id", help="the campaign the test belongs to (default: the spec's name)")
     p.add_argument("--provider-base-url", help="send to this base URL instead of the spec's (e.g. a sandbox)")
     p.add_argument("--by", help="who sends the test (default: the login name)")

@@ -16,6 +16,7 @@ from pipeline.costs.summary import campaign_summary, format_summary
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign
 from pipeline.dispatch.preparation import prepare_campaign
 from pipeline.dispatch.test_sends import costs_of_test_sends
+from pipeline.render.arms import arms_of, assign_arms
 from pipeline.sandbox.whatsapp import create_app
 from pipeline.spec import load_spec
 from pipeline.store import Store
@@ -137,3 +138,66 @@ def test_bounds(db: Store, setup, capsys: pytest.CaptureFixture[str], monkeypatc
     assert code == 2 and says in err, err
     assert err.count("\n") == 1
     assert sandbox.accepted == 0
+
+
+def _with_variants(tmp: Path) -> None:
+    """The spec with an experiment: variant a the spec's own template, b another template filling its body in
+    another order (so its parameters show it was rendered with b's template)."""
+    spec = yaml.safe_load((tmp / "spec.yaml").read_text())
+    b = {**spec["template"], "name": "welcome_b", "text": "{{ city }}: {{ first_name }}, {{ code }}",
+         "body": ["{{ city }}", "{{ first_name }}", "{{ code }}"]}
+    spec["experiment"] = {"variants": [{"name": "a", "template": spec["template"]}, {"name": "b", "template": b}]}
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+
+
+def _sent(db: Store) -> list[tuple[int, str, list[str]]]:
+    """(row, template name, body parameters) of every test message, by row and template."""
+    with db.read() as conn:
+        rows = conn.exec_driver_sql("SELECT row_number, payload_json FROM test_sends").all()
+    out = []
+    for row, payload in rows:
+        template = json.loads(payload)["template"]
+        body = next(c for c in template["components"] if c["type"] == "body")
+        out.append((row, template["name"], [p["text"] for p in body["parameters"]]))
+    return sorted(out)
+
+
+def test_each_variant_is_tested_with_its_own_template(db: Store, setup, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp, url, _, sandbox = setup
+    _with_variants(tmp)
+    spec = load_spec(tmp / "spec.yaml")
+    prepared = prepare_campaign(spec, "ab", url, tmp / "prepared")
+    arms = dict(zip(prepared.accepted["row_number"], assign_arms(
+        "ab", prepared.accepted["phone_e164"], arms_of(spec.experiment, spec.template)), strict=True))
+    assert set(arms.values()) == {"a", "b"}  # campaign ab: rows in both arms
+    # By default each variant's first row of its own arm (--rows 1), with its own template and parameters.
+    code, out, err = send_test(db, setup, capsys, "--rows", "1", "--campaign-id", "ab")
+    assert code == 0, err
+    sent = _sent(db)
+    assert {name for _, name, _ in sent} == {"welcome_offer", "welcome_b"} and len(sent) == 4  # 2 variants x 2 seeds
+    for row, name, params in sent:
+        assert arms[row] == ("a" if name == "welcome_offer" else "b")
+        city_first = params[0] in {"Paris", "Mombasa", "Madrid", "London"}
+        assert city_first == (name == "welcome_b")  # b's body order: rendered with b's template
+    assert "(variant a) ->" in out and "(variant b) ->" in out and "4 of 4 test messages sent" in out
+    # --variant b: b's only. Campaign `welcome` puts every row in b: a is still tested, on the first row.
+    code, out, err = send_test(db, setup, capsys, "--variant", "b", "--rows", "1")
+    assert code == 0, err
+    assert [name for _, name, _ in _sent(db)].count("welcome_b") == 4 and "(variant a)" not in out
+    code, out, err = send_test(db, setup, capsys, "--variant", "a", "--rows", "1")
+    assert code == 0 and out.count("row 2 (variant a) ->") == 2, err
+    # Named rows go out with their own arm's template, or the named variant's.
+    row = next(r for r, arm in arms.items() if arm == "a")
+    code, out, err = send_test(db, setup, capsys, "--row-numbers", str(row), "--variant", "b")
+    assert code == 0, err
+    assert out.count(f"row {row} (variant b) ->") == 2
+    # A variant the spec does not have is refused, naming those it has; nothing more is sent.
+    code, _, err = send_test(db, setup, capsys, "--variant", "c")
+    assert code == 2 and "--variant c: not a variant of the spec (a, b)" in err
+    assert len(sandbox.messages) == 10
+
+
+def test_a_variant_without_an_experiment_is_refused(db: Store, setup, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = send_test(db, setup, capsys, "--variant", "a")
+    assert code == 2 and "--variant a: the spec has no experiment variants" in err
+    assert setup[3].accepted == 0
