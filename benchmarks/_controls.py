@@ -133,7 +133,7 @@ def run_controls(corpus: Path, url: str) -> dict[str, Any]:
 
     frequency.capped_recipients = timed_read  # what capped_meanwhile's thread calls
     cap = frequency.frequency_cap_for(spec)
-    with frequency.capped_meanwhile(url, cap, exclude_campaign="bench") as capped:
+    with frequency.capped_meanwhile(url, cap, exclude_campaign="bench", app=frequency.app_of(spec)) as capped:
         prepared = prepare_audience(
             corpus, channel=spec.channel, category=spec.template.category, template=spec.template,
             variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),

@@ -9,6 +9,8 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 ChannelName = Literal["whatsapp", "messenger", "instagram", "viber", "sms", "email", "chatapp"]
+# The apps Chat App sends over (its `ChannelType`): a campaign's `provider.options.channel_type`.
+CHATAPP_CHANNEL_TYPES = frozenset({"whatsapp", "viber", "messenger", "instagram"})
 Category = Literal["marketing", "utility", "authentication", "service"]
 
 RejectReason = Literal[
@@ -30,7 +32,8 @@ RejectReason = Literal[
 REJECT_REASONS: tuple[str, ...] = RejectReason.__args__  # type: ignore[attr-defined]
 
 # Outbox states (a message's place in the send ledger).
-OutboxState = Literal["queued", "sending", "sent", "failed", "deferred", "unknown"]
+# `withheld`: never to be sent (error_code says why: frequency_capped at the dispatch's start).
+OutboxState = Literal["queued", "sending", "sent", "failed", "deferred", "unknown", "withheld"]
 # Delivery statuses derived from receipts; rank orders them (failed is terminal).
 DeliveryStatus = Literal["sent", "delivered", "read", "failed"]
 STATUS_RANK: dict[str, int] = {"sent": 1, "delivered": 2, "read": 3, "failed": 9}

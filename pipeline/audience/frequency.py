@@ -8,6 +8,7 @@ The cap is the spec's `frequency_cap`, else the team's default in pipeline/data/
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import polars as pl
 from pipeline import store
 from pipeline.audience import send_history
 from pipeline.audience.address_sets import AddressSet, split_plain
+from pipeline.records import CHATAPP_CHANNEL_TYPES
 from pipeline.spec import CampaignSpec, FrequencyCap, controls
 from pipeline.store import Store, dialect
 
@@ -43,6 +45,11 @@ def frequency_cap_for(spec: CampaignSpec, settings: dict | None = None) -> Frequ
     return cap.model_copy(update={"channels": sorted(group)})
 
 
+def app_of(spec: CampaignSpec) -> str:
+    """The app a campaign's messages reach: its channel, or for Chat App the channel type it sends over."""
+    return str(spec.provider.options.get("channel_type") or "") if spec.channel == "chatapp" else spec.channel
+
+
 def describe(cap: FrequencyCap) -> str:
     """The reject's detail: what the cap counted."""
     return (f"reached the cap of {cap.max} {'/'.join(cap.categories)} message{'s' if cap.max > 1 else ''} per "
@@ -50,11 +57,13 @@ def describe(cap: FrequencyCap) -> str:
 
 
 def capped_recipients(
-    db: Store, cap: FrequencyCap, *, now: datetime | None = None, exclude_campaign: str | None = None
+    db: Store, cap: FrequencyCap, *, now: datetime | None = None, exclude_campaign: str | None = None,
+    app: str | None = None,
 ) -> AddressSet:
     """Recipient keys (E.164 for phone channels) with at least `cap.max` messages of the cap's categories on its
     channels within its period before `now`. A campaign being resumed passes its own id as `exclude_campaign`, so
-    its own sends do not cap it.
+    its own sends do not cap it. `app` (`app_of` the campaign): Chat App's sends count only when their campaign sent
+    over that app (its WhatsApp with WhatsApp's, its Viber with Viber's), whatever the cap's channels list.
 
     The window's closed hours are read from the send history (pipeline/audience/send_history.py: one compressed blob
     per hour and channel, stored the first time an hour is read); the rest (the window's first part-hour, the open
@@ -65,18 +74,40 @@ def capped_recipients(
     channels = list(cap.channels)
     hours = send_history.hours_between(since, end)
     categories = list(cap.categories)
-    kept = send_history.read(db, hours, channels, categories, exclude_campaign=exclude_campaign)
+    excluded = {c: {exclude_campaign} - {None} for c in channels}
+    if CHATAPP in channels and app:
+        excluded[CHATAPP] |= _chatapp_elsewhere(db, app)
+    kept = send_history.read(db, hours, channels, categories, excluded=excluded)
     missing = sorted({h for h in hours for c in channels if (h, c) not in kept.covered})
     keep = timedelta(days=float((controls().get("send_history") or {}).get("keep_days", 35)))
     if missing and send_history.build(db, missing, channels, keep):
-        more = send_history.read(db, missing, channels, categories, exclude_campaign=exclude_campaign,
-                                 skip=kept.covered)
+        more = send_history.read(db, missing, channels, categories, excluded=excluded, skip=kept.covered)
         kept = kept.with_(more)
-    live = _read_outbox(db, cap, _uncovered(since, hours, channels, kept.covered), exclude_campaign)
+    live = _read_outbox(db, cap, _uncovered(since, hours, channels, kept.covered), excluded)
     numbers, others = split_plain(live)
     del live
     return AddressSet(_reaching(pl.concat([kept.numbers, numbers]), cap.max),
                       _reaching(pl.concat([kept.others, others]), cap.max))
+
+
+CHATAPP = "chatapp"
+
+
+def _chatapp_elsewhere(db: Store, app: str) -> set[str]:
+    """The Chat App campaigns that sent over another app than `app` (by their stored spec's channel type); none when
+    Chat App cannot reach `app` at all (then a cap naming chatapp counts all of its sends, as it says)."""
+    if app not in CHATAPP_CHANNEL_TYPES:
+        return set()
+    other = set()
+    for campaign_id, spec_json in db.rows("SELECT campaign_id, spec_json FROM campaigns WHERE channel = :c",
+                                          c=CHATAPP):
+        try:
+            via = ((json.loads(spec_json or "{}").get("provider") or {}).get("options") or {}).get("channel_type")
+        except (ValueError, AttributeError):
+            continue
+        if via and via != app:
+            other.add(campaign_id)
+    return other
 
 
 def _uncovered(since: datetime, hours: list[str], channels: list[str], covered: set[tuple[str, str]],
@@ -101,16 +132,16 @@ def _uncovered(since: datetime, hours: list[str], channels: list[str], covered: 
 
 
 def _read_outbox(db: Store, cap: FrequencyCap, ranges: list[tuple[datetime, datetime, tuple[str, ...]]],
-                 exclude_campaign: str | None) -> pl.Series:
+                 excluded: dict[str, set[str]]) -> pl.Series:
     """The keys of the cap's sends in `ranges`, read from `outbox_recent` in slices of at most SLICE, each slice's
     keys joined into one text by the store (`dialect.joined_keys`): millions of sends reach Python as a few strings,
     not millions of rows (a GROUP BY in the store sorted ~4M keys in 3-5 s on either store)."""
     where = "channel IN :channels AND sent_at >= :low AND sent_at < :high AND state IN ('sent', 'unknown') " \
             "AND category IN :categories"
     params: dict[str, object] = {"categories": list(cap.categories)}
-    if exclude_campaign is not None:
-        where += " AND campaign_id <> :exclude"
-        params["exclude"] = exclude_campaign
+    for n, (channel, campaigns) in enumerate(sorted((c, s) for c, s in excluded.items() if s)):
+        where += f" AND NOT (channel = :ch{n} AND campaign_id IN :out{n})"
+        params[f"ch{n}"], params[f"out{n}"] = channel, sorted(campaigns)
     sql = f"SELECT {dialect.joined_keys(db.dialect, 'recipient_key')} FROM outbox WHERE {where}"
     slices = []
     for low, high, channels in ranges:
@@ -137,13 +168,14 @@ def _reaching(keys: pl.Series, times: int) -> pl.Series:
 
 
 @contextmanager
-def capped_meanwhile(url: str, cap: FrequencyCap, *, exclude_campaign: str | None = None) -> Iterator[AddressSet]:
+def capped_meanwhile(url: str, cap: FrequencyCap, *, exclude_campaign: str | None = None,
+                     app: str | None = None) -> Iterator[AddressSet]:
     """`capped_recipients` read in a thread of its own while the caller goes on: the set it yields waits for the
     query where it is first needed. Preparation checks its first batches' numbers meanwhile (the cap is matched
     after them). On leaving, the query has ended; an error of it that nothing met yet is raised then."""
     def read() -> AddressSet:
         with store.connect(url) as db:
-            return capped_recipients(db, cap, exclude_campaign=exclude_campaign)
+            return capped_recipients(db, cap, exclude_campaign=exclude_campaign, app=app)
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frequency-cap")
     try:

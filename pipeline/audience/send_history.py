@@ -17,7 +17,7 @@ by the caller.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -76,10 +76,10 @@ class Sends:
 
 
 def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: Sequence[str], *,
-         exclude_campaign: str | None = None, skip: set[tuple[str, str]] | None = None) -> Sends:
-    """The keys of the sends of `categories` (not of `exclude_campaign`) in the blobs of `hours` x `channels` that
-    exist, but those of the (hour, channel) pairs in `skip`. Each blob is filtered on its dictionaries (a few
-    categories and campaigns) before its keys are taken: no text per send is made."""
+         excluded: Mapping[str, set[str]] | None = None, skip: set[tuple[str, str]] | None = None) -> Sends:
+    """The keys of the sends of `categories` (not of a channel's `excluded` campaigns) in the blobs of `hours` x
+    `channels` that exist, but those of the (hour, channel) pairs in `skip`. Each blob is filtered on its
+    dictionaries (a few categories and campaigns) before its keys are taken: no text per send is made."""
     numbers: list[pa.Array] = []
     others: list[pa.Array] = []
     covered: set[tuple[str, str]] = set()
@@ -88,6 +88,7 @@ def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: S
             rows = dialect.history_blobs(conn, channels, min(hours), max(hours))
         wanted, skip = set(hours), skip or set()
         allowed = pa.array(list(categories), pa.string())
+        away = {c: pa.array(sorted(out), pa.string()) for c, out in (excluded or {}).items() if out}
         for hour, channel, data in rows:
             if hour not in wanted or (hour, channel) in skip:
                 continue
@@ -96,8 +97,10 @@ def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: S
             if not table.num_rows:
                 continue
             keep = _where(table["category"], lambda d: pc.is_in(d, value_set=allowed))
-            if exclude_campaign is not None:
-                keep = pc.and_(keep, _where(table["campaign_id"], lambda d: pc.not_equal(d, exclude_campaign)))
+            if channel in away:
+                kept_out = away[channel]
+                keep = pc.and_(keep, _where(table["campaign_id"],
+                                            lambda d, out=kept_out: pc.invert(pc.is_in(d, value_set=out))))
             numbers.append(pc.drop_null(pc.filter(table["number"], keep)).combine_chunks())
             if table["other"].null_count < table.num_rows:  # a phone channel's blob has none
                 others.append(pc.drop_null(pc.filter(table["other"], keep)).combine_chunks())

@@ -22,11 +22,12 @@ from pipeline.channels.acs3 import percent_encode, sign_request
 from pipeline.channels.base import HttpSession, Outgoing, SendOutcome, classify_exception, http_session
 from pipeline.channels.chatapp_params import check_media, fallback_parameters, flow_action, template_params
 from pipeline.channels.whatsapp_session import is_session, session_body
+from pipeline.records import CHATAPP_CHANNEL_TYPES
 from pipeline.spec import CampaignSpec, SessionMessage, SpecError
 
 API_VERSION = "2020-06-06"
 DEFAULT_BASE_URL = "https://cams.ap-southeast-1.aliyuncs.com"
-CHANNEL_TYPES = frozenset({"whatsapp", "viber", "messenger", "instagram"})
+CHANNEL_TYPES = CHATAPP_CHANNEL_TYPES
 MASS_PREFIX = "mass-"
 MAX_MASS = 1000
 # Per-recipient parameters of a stored payload (a SenderList item's fields in the SDK's

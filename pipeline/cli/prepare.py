@@ -109,7 +109,8 @@ def _template(path: Path, category: str) -> tuple[Any, dict[str, str]]:
 
 
 @contextmanager
-def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None) -> Iterator[tuple[set[str], Any]]:
+def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None,
+             app: str | None = None) -> Iterator[tuple[set[str], Any]]:
     """Suppressions and recently messaged recipients from the store, when one is named (or configured); with a spec,
     its frequency cap (or the team's) decides who is capped, else one message per `window` on `channel`. The capped
     are read while the preparation checks its first batches' numbers (frequency.capped_meanwhile)."""
@@ -127,7 +128,7 @@ def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None) -
         from pipeline.spec import SpecError
 
         raise SpecError(f"{path}: no such store")
-    with capped_meanwhile(url, cap if cap is not None else window_cap(channel, window)) as capped:
+    with capped_meanwhile(url, cap if cap is not None else window_cap(channel, window), app=app or channel) as capped:
         with store.connect(url) as shared:
             suppressed = store.suppressed_addresses(shared, channel)
         yield suppressed, capped
@@ -135,7 +136,7 @@ def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None) -
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from pipeline.audience.blocks import ReadLimits
-    from pipeline.audience.frequency import describe, frequency_cap_for
+    from pipeline.audience.frequency import app_of, describe, frequency_cap_for
     from pipeline.audience.load import AudienceError
     from pipeline.audience.policy import PolicyError, blocked_policy
     from pipeline.render.limits import RenderLimits
@@ -146,10 +147,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     try:
         source: Path = args.source
         channel, category, template, variables, blocked = args.channel, args.category, None, None, None
-        cap, cap_settings = None, {}
+        cap, cap_settings, app = None, {}, None
         if source.suffix in (".yaml", ".yml"):
             spec = load_spec(source)
-            cap = frequency_cap_for(spec)
+            cap, app = frequency_cap_for(spec), app_of(spec)
             cap_settings = {"frequency_detail": describe(cap), "capped_categories": frozenset(cap.categories)}
             source, channel, category = spec.audience, spec.channel, spec.template.category
             template, variables, blocked = spec.template, spec.variables, spec.blocked_countries
@@ -159,7 +160,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         window = timedelta(hours=args.frequency_window_hours)
         read_limits = ReadLimits.from_env(max_field_bytes=args.max_field_bytes, max_row_bytes=args.max_row_bytes)
         render_limits = RenderLimits.for_channel(channel, max_message_chars=args.max_message_chars)
-        with _from_db(args.db, channel, window, cap) as (suppressed, recent):
+        with _from_db(args.db, channel, window, cap, app) as (suppressed, recent):
             prepared = prepare_audience(
                 source, channel=channel, category=category, template=template, variables=variables,
                 policy=blocked_policy(channel, blocked), suppressed=suppressed, recently_messaged=recent,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import store
-from pipeline.audience.frequency import capped_meanwhile, describe, frequency_cap_for
+from pipeline.audience.frequency import app_of, capped_meanwhile, describe, frequency_cap_for
 from pipeline.audience.policy import blocked_policy
 from pipeline.audience.windows import last_inbound_times
 from pipeline.channels.template_sync import registry_target
@@ -46,7 +46,7 @@ def prepare_campaign(
     # The team's cap across campaigns and the channels reaching the same app, read while the first batches'
     # numbers are checked (frequency.capped_meanwhile).
     cap = frequency_cap_for(spec)
-    with capped_meanwhile(database, cap, exclude_campaign=campaign_id) as capped:
+    with capped_meanwhile(database, cap, exclude_campaign=campaign_id, app=app_of(spec)) as capped:
         with store.connect(database) as db:
             suppressed = store.suppression_reasons(db, spec.channel)  # address -> why: rejects say how they opted out
             # The languages the template exists in at the provider (the registry), when the spec names its account.

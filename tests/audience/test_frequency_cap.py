@@ -5,6 +5,7 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -146,3 +147,27 @@ def test_the_cap_read_meanwhile_waits_for_its_thread_and_raises_its_error_on_lea
     with pytest.raises(store.StoreError):  # nothing asked for the set: the error comes on leaving
         with capped_meanwhile(unreachable, cap):
             pass
+
+
+def test_chat_app_sends_count_with_the_app_they_went_over(db_url: str, tmp_path: Path) -> None:
+    """Chat App's WhatsApp sends count with WhatsApp's, its Viber sends with Viber's: read from the hours kept in
+    columns (2 h ago) and from the outbox (minutes ago) alike."""
+    from pipeline.audience.frequency import app_of
+    from tests.costs.rows import add_campaign
+
+    kept_v, live_v, kept_w, live_w = (f"+44740012310{i}" for i in range(1, 5))
+    with store.connect(db_url) as db:
+        for campaign, via in (("cv", "viber"), ("cw", "whatsapp")):
+            add_campaign(db, campaign, channel="chatapp",
+                         spec_json=json.dumps({"provider": {"options": {"channel_type": via}}}))
+        sends = [(kept_v, "cv", 120), (live_v, "cv", 5), (kept_w, "cw", 120), (live_w, "cw", 5)]
+        for seq, (key, campaign, minutes_ago) in enumerate(sends):
+            at = NOW - timedelta(minutes=minutes_ago)
+            db.execute("INSERT INTO outbox (message_id, campaign_id, seq, recipient_key, channel, sender, category, "
+                       "payload_json, state, queued_at, sent_at) VALUES (:m, :c, :seq, :k, 'chatapp', 'S1', "
+                       "'marketing', '{}', 'sent', :at, :at)", m=f"v{seq}", c=campaign, seq=seq, k=key, at=at)
+        whatsapp = parse_spec(_spec(tmp_path))
+        viber = parse_spec({**_spec(tmp_path), "channel": "chatapp",
+                            "provider": {"options": {"channel_type": "viber"}}})
+        assert capped_recipients(db, frequency_cap_for(whatsapp), app=app_of(whatsapp)) == {kept_w, live_w}
+        assert capped_recipients(db, frequency_cap_for(viber), app=app_of(viber)) == {kept_v, live_v}

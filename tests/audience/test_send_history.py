@@ -42,7 +42,7 @@ def _random_history(seed: int, n: int) -> list[tuple]:
 def _from_outbox(db: store.Store, cap: FrequencyCap, exclude: str | None = None) -> set[str]:
     """The cap counted from the outbox alone (the window and everything after it)."""
     keys = _read_outbox(db, cap, [(NOW - cap.window, datetime(9999, 1, 1, tzinfo=UTC), tuple(cap.channels))],
-                        exclude)
+                        {c: {exclude} if exclude else set() for c in cap.channels})
     counts = keys.value_counts()
     return set(counts.filter(counts["count"] >= cap.max)["key"].to_list())
 
