@@ -30,6 +30,7 @@ from pipeline.costs.costing import estimate_cost, load_prices
 from pipeline.costs.report import write_report
 from pipeline.costs.summary import campaign_summary
 from pipeline.dispatch.budget import check_budget, price_queued_messages
+from pipeline.dispatch.cap_at_send import withhold_capped
 from pipeline.dispatch.engine import dispatch_campaign
 from pipeline.dispatch.experiment import queue_experiment
 from pipeline.dispatch.fallback import fallback_leg_id, send_fallback
@@ -115,6 +116,20 @@ def estimate(spec: CampaignSpec, campaign_id: str, database: str,
     # The budget guard refuses before anything is sent.
     check_budget(totals["total_usd"], spec.budget_usd, campaign_id)
     return totals
+
+
+@task(name="frequency cap", cache_policy=NO_CACHE)
+def cap_queued(spec: CampaignSpec, campaign_id: str, database: str) -> int:
+    """The cap again on what is still queued, as the dispatch starts (pipeline/dispatch/cap_at_send.py): sends
+    since the preparation (another campaign queued alongside this one) withhold this campaign's messages."""
+    with store.connect(database) as db:
+        withheld = withhold_capped(db, spec, campaign_id)
+    if withheld.messages:
+        get_run_logger().warning("frequency cap: %d queued message(s) withheld, not sent (%s)", withheld.messages,
+                                 withheld.detail)
+    else:
+        get_run_logger().info("frequency cap: no queued message withheld")
+    return withheld.messages
 
 
 @task(name="dispatch", cache_policy=NO_CACHE)
@@ -252,6 +267,7 @@ def campaign_flow(
         # A person approves here when the spec or the team's controls ask for it; a rejection sends nothing.
         approval = await_approval(spec, campaign_id, db, totals, prepared, origin=origin, started_by=started_by,
                                   generation=generation)  # the model's values shown masked
+        cap_queued(spec, campaign_id, db)  # every run, continuations and resumes too: before anything is sent
         groups = min(dispatch_groups, len(spec.all_senders)) if shared.dialect == "postgresql" else 1
         if groups > 1:
             result = dispatch_in_groups(

@@ -28,6 +28,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if "states" in status:
         for state, n in status["states"].items():
             print(f"  {state:<10}{n:>10,}")
+        for reason, n in (status.get("withheld") or {}).items():  # not sent, and never will be
+            print(f"    withheld, {reason}: {n:,} (not sent)")
         if status.get("deferred_until"):
             print(f"  deferred messages may be retried from {status['deferred_until']}")
     info = status.get("last_run") or {}

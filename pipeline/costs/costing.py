@@ -107,8 +107,8 @@ class Costs:
 def estimate_cost(
     db: Store, campaign_id: str, *, on: date | None = None, at: datetime | None = None, record: bool = True,
 ) -> Estimate:
-    """Prices every outbox row of the campaign (any state) by the rules and card in force `on` (default today,
-    UTC), with the windows known at `at` and SMS parts counted from the rendered text.
+    """Prices every outbox row of the campaign (any state but `withheld`, never sent) by the rules and card in force
+    `on` (default today, UTC), with the windows known at `at` and SMS parts counted from the rendered text.
 
     An upper bound by design: every message counted as delivered, at list rates (volume tiers only lower it).
     With `record`, the forecast is kept in `cost_estimates` for the report's estimate-vs-actual.
@@ -149,14 +149,14 @@ def _estimate_inputs(read: Reader, campaign_id: str, at: datetime) -> dict[str, 
     of the 72 h before `at`, and the outbox rows of the recipients who wrote then (found by their key)."""
     counts = read.arrow("""
         SELECT channel, country, category, count(*) AS messages, sum(coalesce(segments, 1)) AS segments
-        FROM outbox WHERE campaign_id = :c GROUP BY channel, country, category""",
+        FROM outbox WHERE campaign_id = :c AND state <> 'withheld' GROUP BY channel, country, category""",
         {"messages": pa.int64(), "segments": pa.int64()}, c=campaign_id)
     inbound = read.table("inbound", "WHERE occurred_at <= :at AND occurred_at > :since",
                          at=at, since=at - timedelta(hours=72))
     keys = sorted({"+" + re.sub(r"[^0-9]", "", s or "") for s in inbound.column("sender").to_pylist()})
     parts = [read.arrow("""
         SELECT channel, country, category, recipient_key, coalesce(segments, 1) AS segments FROM outbox
-        WHERE campaign_id = :c AND recipient_key IN :keys""", _IN_WINDOW, c=campaign_id,
+        WHERE campaign_id = :c AND state <> 'withheld' AND recipient_key IN :keys""", _IN_WINDOW, c=campaign_id,
                         keys=keys[i:i + _KEYS_PER_READ]) for i in range(0, len(keys), _KEYS_PER_READ)]
     in_window = pa.concat_tables([_typed(p, _IN_WINDOW) for p in parts]) if parts else pa.table(
         {name: pa.array([], kind) for name, kind in _IN_WINDOW.items()})

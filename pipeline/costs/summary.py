@@ -25,6 +25,10 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
             SELECT b.status_rank, count(*) FROM outbox AS o JOIN billing_messages AS b ON b.message_id = o.message_id
             WHERE o.campaign_id = :c AND b.status_rank IN (2, 3, 9) GROUP BY b.status_rank""", c=campaign_id):
         statuses[_STATUS_OF_RANK[int(rank)]] = n
+    # Withheld as the dispatch started (the frequency cap, pipeline/dispatch/cap_at_send.py): never sent, no cost.
+    withheld = {reason: n for reason, n in db.rows(
+        "SELECT error_code, count(*) FROM outbox WHERE campaign_id = :c AND state = 'withheld' GROUP BY error_code "
+        "ORDER BY 1", c=campaign_id)} if states.get("withheld") else {}
     # Test sends (pipeline/dispatch/test_sends.py) are in no count above: shown apart, with their cost.
     tests, tests_usd = db.rows("SELECT count(*), coalesce(sum(cost_usd), 0) FROM test_sends WHERE campaign_id = :c",
                                c=campaign_id)[0]
@@ -38,6 +42,8 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
         "sent": states.get("sent", 0),
         "send_failed": states.get("failed", 0),
         "unknown": states.get("unknown", 0),
+        "withheld": states.get("withheld", 0),
+        "withheld_by_reason": withheld,
         # read implies delivered
         "delivered": statuses.get("delivered", 0) + statuses.get("read", 0),
         "read": statuses.get("read", 0),
@@ -64,6 +70,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if summary.get("queued"):
         rows.append(("still queued", f"{summary['queued']:,}"))
+    if summary.get("withheld"):
+        rows.append(("withheld, not sent", f"{summary['withheld']:,}"))
+        rows += [(f"  {reason}", f"{n:,}") for reason, n in summary["withheld_by_reason"].items()]
     if summary.get("unknown"):
         rows.append(("unknown (in flight at a crash)", f"{summary['unknown']:,}"))
     rows += [

@@ -3,7 +3,8 @@
 A message is claimed `sending` in a committed transaction before its request leaves, and its outcome
 is recorded after. So after a crash every message is `queued` (never sent), has its outcome, or is
 `sending` (in flight at the crash: reconciled from receipts before anything is resent).
-States: queued -> sending -> sent | failed | deferred | unknown.
+States: queued -> sending -> sent | failed | deferred | unknown; queued -> withheld (the frequency cap as the
+dispatch starts, pipeline/dispatch/cap_at_send.py: terminal, never claimed).
 
 A claim takes only what is still queued and says what it took: two dispatchers (processes or
 machines) that try to claim the same message never both get it (pipeline/store/dialect.py).

@@ -55,12 +55,16 @@ def requeue_unknown(db: Store, campaign_id: str) -> int:
 
 
 def campaign_status(db: Store, campaign_id: str) -> dict[str, Any]:
-    """Counts by state, the pause flag, the deferrals, and the last progress a dispatch recorded."""
+    """Counts by state, the pause flag, the deferrals, why messages were withheld (not sent: the frequency cap at
+    the dispatch's start, pipeline/dispatch/cap_at_send.py), and the last progress a dispatch recorded."""
     with db.read() as conn:
         states = dict(run(conn, "SELECT state, count(*) FROM outbox WHERE campaign_id = :c GROUP BY state "
                                 "ORDER BY 1", c=campaign_id).all())
         deferred_until = run(conn, "SELECT min(not_before) FROM outbox WHERE campaign_id = :c AND state = 'deferred'",
                              c=campaign_id).scalar()
+        withheld = dict(run(conn, "SELECT error_code, count(*) FROM outbox WHERE campaign_id = :c "
+                                  "AND state = 'withheld' GROUP BY error_code ORDER BY 1", c=campaign_id).all()
+                        ) if states.get("withheld") else {}
         control = run(conn, "SELECT paused_at, status_json FROM campaign_control WHERE campaign_id = :c",
                       c=campaign_id).first()
         known = bool(states or control or run(conn, "SELECT 1 FROM campaigns WHERE campaign_id = :c",
@@ -72,6 +76,6 @@ def campaign_status(db: Store, campaign_id: str) -> dict[str, Any]:
         "campaign_id": campaign_id, "source": "store", "known": known, "states": states,
         "paused": paused_at is not None,
         "running": holder.describe() if holder else None,  # a live lease: a run holds the campaign now
-        "deferred_until": deferred_until.isoformat() if deferred_until else None,
+        "deferred_until": deferred_until.isoformat() if deferred_until else None, "withheld": withheld,
         "last_run": json.loads(status_json) if status_json else None,
     }

@@ -64,7 +64,7 @@ outbox = Table(
     Column("country", String),
     Column("category", String),
     Column("payload_json", Text, nullable=False),
-    Column("state", String, nullable=False),  # queued | sending | sent | failed | deferred | unknown
+    Column("state", String, nullable=False),  # queued | sending | sent | failed | deferred | unknown | withheld
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("provider_message_id", String),
     Column("error_code", String),
