@@ -27,7 +27,7 @@ from tests.helpers.waiting import Deadline, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-STAGES = ["template check", "prepare", "queue", "estimate", "dispatch", "receipts", "report"]
+STAGES = ["template check", "prepare", "queue", "estimate", "frequency cap", "dispatch", "receipts", "report"]
 ARTIFACTS = {"welcome-rejects": "table", "welcome-costs": "table", "welcome-summary": "markdown",
              "welcome-progress": "progress"}
 PHONE, EMAIL = "+447700900123", "jane.doe@example.com"
