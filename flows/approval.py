@@ -20,6 +20,7 @@ from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelled
 
 from pipeline import store
 from pipeline.dispatch.approvals import (
@@ -107,6 +108,8 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
             decide(db, waiting["request_id"], "expired", approver=None,
                    comment=f"its flow run ended ({ended}) without an answer")
             standing = standing_refusal(db, campaign_id)
+    if standing is not None and standing["decided_at"] is None and standing["flow_run_id"] != str(flow_run.id):
+        _record_expiry(database, standing)
     if standing is None:
         if not needs_approval(spec, origin, settings) or (covered is not None and covered >= top):
             return None  # not needed, or approved already (a continuation, a resumed run)
@@ -157,6 +160,20 @@ def await_approval(spec: CampaignSpec, campaign_id: str, database: str, estimate
         logger.info("approved by %s", answer.name.strip())
         return {"approver": answer.name.strip(), "comment": answer.comment, "request_id": request_id}
     raise CampaignNotApproved(f"{MAX_ASKS} answers refused (last: {refused}); nothing was sent")
+
+
+def _record_expiry(database: str, request: dict[str, Any]) -> None:
+    """A request past its time that nobody answered, seen by a later run: recorded as expired, and its run, if it
+    still waits (Prefect ends a suspended run only when someone resumes it) ended: cancelled, which Prefect turns
+    into its own Failed state ("paused and never resumed") for an overdue pause."""
+    why = f"no answer by {store.utc(request['expires_at']):%Y-%m-%d %H:%M:%S} UTC"
+    with store.connect(database) as db:
+        decide(db, request["request_id"], "expired", approver=None, comment=why)
+    if _ended(request["flow_run_id"]) is None:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(request["flow_run_id"], Cancelled(message=f"approval request expired: {why}"),
+                                      force=True)
+    get_run_logger().warning("approval request %s expired (%s)", request["request_id"], why)
 
 
 def _ended(flow_run_id: str | None) -> str | None:

@@ -13,6 +13,7 @@ import os
 import pwd
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,55 @@ def test_a_suspended_run_that_is_rejected_sends_nothing(served: PrefectServer, s
         queued = shared.scalar("SELECT count(*) FROM outbox WHERE state = 'queued'")
     assert [(h["origin"], h["decision"], h["approver"]) for h in asked] == [("manual", "rejected", "bob")]
     assert queued == 4
+
+
+def test_a_suspended_run_nobody_answered_in_time_is_recorded_and_cancelled_by_the_next_run(
+        served: PrefectServer, sandbox: tuple[str, Any], tmp_path: Path) -> None:
+    """Prefect fails an overdue suspended run only when someone resumes it: the next run of the campaign records the
+    request as expired, ends the waiting run, and asks for an approval itself (the expiry stands)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.approval import approve_from_cli
+    from pipeline.cli.parser import main
+
+    url, app = sandbox
+    audience = tmp_path / "late.csv"
+    audience.write_text("phone,first_name,city,coupon,opt_in\n" + "".join(
+        f"+44740012350{i},Ann,Leeds,W-{i},yes\n" for i in range(3)))
+    data = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
+    data.update(name="suspend-late", audience=str(audience), receipts_wait_s=0,
+                approval={"required": True, "timeout_s": 8})
+    spec = tmp_path / "late.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    db = tmp_path / "campaigns.sqlite"
+    args = ["resume", str(spec), "--db", str(db), "--spool-dir", str(tmp_path / "spool"),
+            "--reports-dir", str(tmp_path / "reports"), "--provider-base-url", url, "--started-by", "ops"]
+    with served.client() as api:
+        run_id = run_deployment(api, DEPLOYMENT, {
+            "spec_path": str(spec), "database": str(db), "spool_dir": str(tmp_path / "spool"),
+            "reports_dir": str(tmp_path / "reports"), "provider_base_url": url})
+        first = _suspended(served, api, db, "suspend-late", run_id)
+        assert first["state_name"] == "Suspended"
+        with store.connect(db) as shared:
+            expires = store.utc(history(shared, "suspend-late")[0]["expires_at"])
+        time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 1)
+        with ThreadPoolExecutor(1) as pool:
+            resumed = pool.submit(main, args)
+            again = served.wait_for(lambda: (p := _pending_of(db, "suspend-late")) and p["flow_run_id"] != run_id
+                                    and p, timeout_s=120, what="the next run's own request")
+            approve_from_cli("suspend-late", str(db), name="bob", comment="too late now", reject=True)
+            assert resumed.result(timeout=120) == 2
+        assert again["origin"] == "manual"
+        cancelled = flow_run(api, run_id)
+    # Ended, no longer waiting: Prefect turns any move of an overdue paused run into its own Failed state.
+    assert cancelled["state_type"] in ("CANCELLED", "FAILED"), cancelled["state"]
+    with store.connect(db) as shared:
+        asked = history(shared, "suspend-late")
+    assert [(h["decision"], h["approver"]) for h in asked] == [("expired", None), ("rejected", "bob")]
+    assert asked[0]["comment"].startswith("no answer by ") and app.state.sandbox.accepted == 0
+
+
+def _pending_of(db: Path, campaign_id: str) -> dict[str, Any] | None:
+    with store.connect(db) as shared:
+        return pending_request(shared, campaign_id)
