@@ -3,6 +3,10 @@
 A holder that stops renewing (its process or machine died) loses the lease when it expires; on the same
 host, a holder whose process is gone loses it at once (kill -9 frees the campaign as a file lock did). The
 row names the holder (flow run, pid, host, since), so a refused run can say which one is running.
+
+Expiry is by the store's clock on PostgreSQL (`_store_now`): the holders of a fleet run on several machines, and a
+machine whose clock runs ahead would otherwise see a live lease as expired and take it over. A SQLite store is one
+file on one machine, whose processes share its clock.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection
 
 from pipeline.store import Store, run, utc
 
@@ -76,6 +82,13 @@ WHERE leases.expires_at < :now OR leases.holder = :holder OR leases.holder = :de
 """
 
 
+def _store_now(conn: Connection) -> datetime:
+    """Now, by the store's clock on PostgreSQL (the transaction's start), else this machine's."""
+    if conn.dialect.name == "postgresql":
+        return utc(run(conn, "SELECT now()").scalar()) or datetime.now(UTC)
+    return datetime.now(UTC)
+
+
 def _gone(host: str, pid: int | None) -> bool:
     """A holder on this host whose process no longer exists."""
     if host != socket.gethostname() or not pid:
@@ -99,8 +112,8 @@ class Lease:
         self._stop = threading.Event()
 
     def take(self, flow_run_id: str | None, flow_run_name: str | None) -> LockHolder:
-        now = datetime.now(UTC)
         with self.db.write() as conn:
+            now = _store_now(conn)
             row = run(conn, "SELECT holder, host, pid FROM leases WHERE name = :name",
                       name=_name(self.campaign_id)).first()
             dead = row[0] if row is not None and _gone(row[1], row[2]) else ""
@@ -116,10 +129,11 @@ class Lease:
     def renew_until_released(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
             try:
-                now = datetime.now(UTC)
-                renewed = self.db.execute(
-                    "UPDATE leases SET expires_at = :expires WHERE name = :name AND holder = :holder",
-                    expires=now + timedelta(seconds=self.ttl_s), name=_name(self.campaign_id), holder=self.token)
+                with self.db.write() as conn:
+                    expires = _store_now(conn) + timedelta(seconds=self.ttl_s)
+                    renewed = run(conn, "UPDATE leases SET expires_at = :expires WHERE name = :name "
+                                        "AND holder = :holder", expires=expires, name=_name(self.campaign_id),
+                                  holder=self.token).rowcount
             except Exception:  # noqa: BLE001 - the store is away for a moment: try again; expiry decides
                 continue
             if renewed == 0:
@@ -175,8 +189,11 @@ def current_holder(db: Store, campaign_id: str, *, conn=None) -> LockHolder | No
     """Who runs the campaign now (a live lease), or None (for status commands)."""
     sql = ("SELECT pid, host, since, flow_run_id, flow_run_name, expires_at FROM leases "
            "WHERE name = :name AND expires_at >= :now")
-    params = {"name": _name(campaign_id), "now": datetime.now(UTC)}
-    row = run(conn, sql, **params).first() if conn is not None else next(iter(db.rows(sql, **params)), None)
+    if conn is not None:
+        row = run(conn, sql, name=_name(campaign_id), now=_store_now(conn)).first()
+    else:
+        with db.read() as own:
+            row = run(own, sql, name=_name(campaign_id), now=_store_now(own)).first()
     if row is None or _gone(row[1], row[0]):
         return None
     since, expires = utc(row[2]), utc(row[5])
@@ -221,8 +238,9 @@ class SenderLeases:
         wanted = [s for s in senders if s not in self.held and s not in self.lost]
         if not wanted:
             return []
-        now, taken = datetime.now(UTC), []
+        taken = []
         with self.db.write() as conn:
+            now = _store_now(conn)
             for sender in wanted:
                 name = sender_lease_name(self.campaign_id, sender)
                 row = run(conn, "SELECT holder, host, pid FROM leases WHERE name = :name", name=name).first()
@@ -242,11 +260,10 @@ class SenderLeases:
             held = sorted(self.held)
         if not held:
             return []
-        now = datetime.now(UTC)
         with self.db.write() as conn:
             kept = {r[0] for r in run(
                 conn, "UPDATE leases SET expires_at = :expires WHERE name IN :names AND holder = :holder "
-                      "RETURNING name", expires=now + timedelta(seconds=self.ttl_s), holder=self.token,
+                      "RETURNING name", expires=_store_now(conn) + timedelta(seconds=self.ttl_s), holder=self.token,
                 names=[sender_lease_name(self.campaign_id, s) for s in held])}
         lost = [s for s in held if sender_lease_name(self.campaign_id, s) not in kept]
         if lost:
@@ -287,8 +304,10 @@ class SenderLeases:
 def sender_holders(db: Store, campaign_id: str) -> dict[str, LockHolder]:
     """Who dispatches which sender of the campaign now (live leases only)."""
     prefix = sender_lease_name(campaign_id, "")
-    rows = db.rows("SELECT name, pid, host, since, flow_run_id, flow_run_name, expires_at FROM leases "
-                   "WHERE name LIKE :prefix AND expires_at >= :now", prefix=prefix + "%", now=datetime.now(UTC))
+    with db.read() as conn:
+        rows = run(conn, "SELECT name, pid, host, since, flow_run_id, flow_run_name, expires_at FROM leases "
+                         "WHERE name LIKE :prefix AND expires_at >= :now", prefix=prefix + "%",
+                   now=_store_now(conn)).all()
     holders = {}
     for name, pid, host, since, run_id, run_name, expires in rows:
         if not name.startswith(prefix) or _gone(host, pid):  # LIKE's `_` matches any character

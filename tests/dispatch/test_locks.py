@@ -136,3 +136,26 @@ def test_the_campaign_flow_refuses_while_another_run_holds_the_campaign(
     with store.connect(db_url) as db:
         assert db.scalar("SELECT count(*) FROM campaigns") == 0
     assert not (tmp_path / "reports").exists()
+
+
+def test_on_postgresql_a_machine_whose_clock_runs_ahead_does_not_take_a_live_lease(
+        tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet's holders run on several machines: expiry is by the store's clock, so one whose clock is an hour
+    ahead still sees the live leases (the campaign's and a sender's) as held."""
+    from pipeline.dispatch import locks
+    from tests.helpers import stores
+
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz=None):  # noqa: ANN001, ANN206
+            return datetime.now(tz) + timedelta(hours=1)
+
+    with store.connect(stores.new_store_url("postgresql", tmp_path, request)) as db:
+        first = locks.SenderLeases(db, "c", ttl_s=30)
+        assert first.take(["s1"]) == ["s1"]
+        with campaign_lock(db, "c", flow_run_id="run-1", ttl_s=30):
+            monkeypatch.setattr(locks, "datetime", Ahead)
+            with pytest.raises(CampaignLocked, match="run-1"), campaign_lock(db, "c", flow_run_id="run-2", ttl_s=30):
+                pass
+            assert locks.SenderLeases(db, "c", ttl_s=30).take(["s1"]) == []
+            assert current_holder(db, "c") is not None and set(locks.sender_holders(db, "c")) == {"s1"}
