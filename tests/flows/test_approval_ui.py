@@ -111,7 +111,19 @@ def _answer_in_the_ui(tab: Tab, server: PrefectServer, run_id: str, decision: st
     filled = tab.evaluate(f"(() => {{ const d = {dialog}; return [d.querySelector('select').value, "
                           "...[...d.querySelectorAll('textarea')].map(t => t.value)]; })()")
     assert filled == [decision, name, comment], filled
-    tab.evaluate(f"[...{dialog}.querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit').click()")
+    submit = f"[...({dialog} || document).querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit')"
+    tab.evaluate(f"{submit}.click()")
+
+    def resumed() -> bool:
+        with server.client() as api:
+            if api.get(f"/flow_runs/{run_id}").json()["state"]["type"] != "PAUSED":
+                return True
+        # Under load a click can land while the form re-renders: press Submit again while the form is still open.
+        tab.evaluate(f"(() => {{ const b = {submit}; if (b && !b.disabled) b.click(); }})()")
+        return False
+
+    wait_for(resumed, timeout_s=60, what="the run to leave its pause after Submit", every_s=2.0,
+             details=lambda: tab.evaluate(f"({dialog} || {{}}).innerText || 'no form open'"))
     return form
 
 
