@@ -87,8 +87,8 @@ def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: S
         with db.read() as conn:
             rows = dialect.history_blobs(conn, channels, min(hours), max(hours))
         wanted, skip = set(hours), skip or set()
-        allowed = pa.array(list(categories), pa.string())
-        away = {c: pa.array(sorted(out), pa.string()) for c, out in (excluded or {}).items() if out}
+        allowed = _texts(categories)
+        away = {c: _texts(sorted(out)) for c, out in (excluded or {}).items() if out}
         for hour, channel, data in rows:
             if hour not in wanted or (hour, channel) in skip:
                 continue
@@ -107,11 +107,18 @@ def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: S
     return Sends(_series(numbers, pl.Int64), _series(others, pl.String), covered)
 
 
+def _texts(values: Iterable[str]) -> pa.Array:
+    """Values to test a dictionary against, made by Polars: pyarrow's `pa.array` of Python objects imports pandas on
+    its first call in a process (~0.2 s of a cold preparation, holding the interpreter while the audience waits)."""
+    return pl.Series(list(values), dtype=pl.String).to_arrow()
+
+
 def _where(column: pa.ChunkedArray, test: Callable[[pa.Array], pa.Array]) -> pa.Array:
-    """`test` of a dictionary column, evaluated once per distinct value and spread over the rows (nulls false)."""
+    """`test` of a dictionary column, evaluated once per distinct value and spread over the rows: null where the
+    row's value is null, which `pc.and_` keeps null and `pc.filter` drops (no `fill_null`: its Python scalar, like
+    any of pyarrow's first conversions of Python values, imports pandas, ~0.2 s)."""
     codes = column.combine_chunks()
-    per_value = pc.fill_null(test(codes.dictionary), False)
-    return pc.fill_null(pc.take(per_value, codes.indices), False)
+    return pc.take(test(codes.dictionary), codes.indices)
 
 
 def _series(parts: list[pa.Array], dtype: pl.DataType) -> pl.Series:

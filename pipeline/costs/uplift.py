@@ -17,7 +17,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 from pipeline.store import Store
 from pipeline.store.arrow import TIMESTAMP, read_arrow
@@ -90,6 +89,9 @@ def arm_counts(db: Store, campaign_id: str) -> pl.DataFrame:
 def with_statistics(counts: pl.DataFrame) -> pl.DataFrame:
     """`counts` (arm, recipients, conversions, cost_usd, ...) with the rate, its interval, the uplift against
     the holdout (none without one) and cost per conversion."""
+    # Here, not at the top: statsmodels brings SciPy, ~1 s of import that every command reading a report paid.
+    from statsmodels.stats.proportion import proportion_confint
+
     holdout = counts.filter(pl.col("arm") == HOLDOUT)
     base = holdout.row(0, named=True) if holdout.height else None
     out = []
@@ -110,6 +112,8 @@ def with_statistics(counts: pl.DataFrame) -> pl.DataFrame:
 
 def uplift_interval(k1: int, n1: int, k0: int, n0: int) -> tuple[float, float]:
     """95 % interval of p1 - p0 (Newcombe's hybrid score interval, statsmodels)."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
     low, high = confint_proportions_2indep(k1, n1, k0, n0, method="newcomb", compare="diff", alpha=ALPHA)
     return float(low), float(high)
 
