@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -159,3 +160,26 @@ def test_hours_older_than_the_teams_setting_are_read_from_the_outbox_and_not_kep
     db.execute("DELETE FROM send_history WHERE hour = (SELECT max(hour) FROM send_history)")
     assert capped_recipients(db, CAP, now=NOW) == expected
     assert db.scalar("SELECT min(hour) FROM send_history") == oldest
+
+
+_COLD_CAP = """
+import sys
+from pipeline import store
+from pipeline.audience.frequency import capped_recipients
+from pipeline.spec import FrequencyCap
+with store.connect(sys.argv[1]) as db:
+    print(len(capped_recipients(db, FrequencyCap(max=2, per="7d", channels=["whatsapp"]))))
+print("pandas" in sys.modules, "scipy" in sys.modules)
+"""
+
+
+def test_a_cold_cap_read_imports_neither_pandas_nor_scipy(tmp_path: Path) -> None:
+    """A preparation reads the cap in a fresh process: pyarrow's first conversion of a Python value imports pandas when
+    it is installed (~0.2 s, holding the interpreter): the blobs are filtered without one."""
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    with store.connect(url) as db:
+        _insert(db, [(f"m{i}", "c1", "+447400100001", "whatsapp", "marketing", "sent", NOW - timedelta(hours=3 + i))
+                     for i in range(3)])
+    out = subprocess.run([sys.executable, "-c", _COLD_CAP, url], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.split()
+    assert out == ["1", "False", "False"]
