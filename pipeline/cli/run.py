@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from pipeline.spec import load_spec
@@ -25,14 +26,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prefect_env()
     from flows.campaign import campaign_flow
     from pipeline.cli.common import started_by
+    from pipeline.cli.quiet import stopped_by_store, store_errors_without_traceback
     from pipeline.costs.summary import format_summary
 
-    summary = campaign_flow(
-        str(args.spec), campaign_id=args.campaign_id or spec.name, database=args.db, spool_dir=str(args.spool_dir),
-        reports_dir=str(args.reports_dir), provider_base_url=args.provider_base_url,
-        dispatch_groups=getattr(args, "dispatch_groups", 1),  # resume & co. dispatch in this process
-        started_by=started_by(args),  # may not approve the run (flows/approval.py)
-    )
+    campaign_id = args.campaign_id or spec.name
+    try:
+        with store_errors_without_traceback():  # the store going away mid-run: its one line, no tracebacks
+            summary = campaign_flow(
+                str(args.spec), campaign_id=campaign_id, database=args.db, spool_dir=str(args.spool_dir),
+                reports_dir=str(args.reports_dir), provider_base_url=args.provider_base_url,
+                dispatch_groups=getattr(args, "dispatch_groups", 1),  # resume & co. dispatch in this process
+                started_by=started_by(args),  # may not approve the run (flows/approval.py)
+            )
+    except store.StoreError as exc:
+        print(stopped_by_store(exc, args, campaign_id), file=sys.stderr)
+        return 2
     _print_result(summary, format_summary)
     return 0
 
