@@ -134,7 +134,7 @@ def status_section(status: dict[str, Any]) -> str:
 
 
 def test_send_section(upload_id: str, results: dict[str, Any] | None, error: str | None = None) -> str:
-    """The test-send form (seeds one per line, rows) and the last test's results, seeds masked."""
+    """The test-send form (seeds one per line, rows, a variant) and the last test's results, seeds masked."""
     parts = ['<h2>Test send</h2><p class="note">Sends the first rows (or the rows you list) as the campaign will, '
              "to internal numbers or addresses only; kept apart from the campaign's counts, report and caps.</p>"]
     if error:
@@ -143,12 +143,15 @@ def test_send_section(upload_id: str, results: dict[str, Any] | None, error: str
         f'<form id="test-send-form" method="post" action="/upload/{escape(upload_id)}/test-send">'
         '<label>Seeds, one per line <textarea name="seeds" id="seeds" rows="3"></textarea></label>'
         '<label>Rows (a count, or row numbers 2,5,9; default 3) <input name="rows" id="test-rows"></label>'
+        '<label>Variant (a spec with an experiment: blank tests each variant) <input name="variant" '
+        'id="test-variant"></label>'
         '<button type="submit" id="test-send">Send test</button></form>')
     if results:
-        rows = [[r["row"], r["seed"], r["status"], r["provider_message_id"] or r["error"] or "", r["cost_usd"]]
-                for r in results["results"]]
-        parts.append(_table("test-results", ["row", "seed", "status", "provider message id", "cost (USD)"], rows,
-                            {0, 4}))
+        variants = any(r.get("variant") for r in results["results"])
+        rows = [[r["row"], *([r.get("variant") or ""] if variants else []), r["seed"], r["status"],
+                 r["provider_message_id"] or r["error"] or "", r["cost_usd"]] for r in results["results"]]
+        headers = ["row", *(["variant"] if variants else []), "seed", "status", "provider message id", "cost (USD)"]
+        parts.append(_table("test-results", headers, rows, {0, len(headers) - 1}))
         parts.append(f'<p id="test-cost">Test cost USD {escape(results["cost_usd"])} (apart from the campaign), '
                      f'{escape(results["at"])}</p>')
     return "".join(parts)

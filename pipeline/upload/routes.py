@@ -247,7 +247,7 @@ def _test_send(config: UploadConfig, staged: upload_check.Staged, fields: Mappin
     """Runs a test send in a worker thread; input the operator has to fix becomes the message the page shows."""
     try:
         upload_test.test_send(staged, fields.get("seeds", ""), fields.get("rows", ""), database=config.database,
-                              base_url=config.provider_base_url)
+                              base_url=config.provider_base_url, variant_text=fields.get("variant", ""))
         return None
     except (*BAD_INPUT, SeedError) as exc:
         return mask_text(str(exc).replace(str(staged.root), "upload"))

@@ -1,6 +1,8 @@
 """The upload page's test send: the staged audience's first rows (or chosen rows) rendered with the staged spec as
 the campaign will render them, sent to the seeds typed into the page's form, kept apart from the campaign
-(pipeline/dispatch/test_sends.py). The masked results are kept in the staging folder for the page to show."""
+(pipeline/dispatch/test_sends.py); a spec with experiment variants sends each variant's own template (or the one
+variant the form names), as `campaign test-send` does. The masked results are kept in the staging folder for the
+page to show."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pipeline import store
 from pipeline.channels import channel_for
 from pipeline.dispatch.preparation import prepare_campaign
 from pipeline.dispatch.seeds import SeedError, SendLimits, read_seeds_text
-from pipeline.dispatch.test_sends import masked, pick_rows, send_tests
+from pipeline.dispatch.test_sends import masked, pick_variant_rows, send_tests
 from pipeline.render.personalise import stand_in
 from pipeline.upload import inbox
 from pipeline.upload.check import Staged
@@ -40,9 +42,10 @@ def parse_rows(value: str) -> tuple[int | None, list[int] | None]:
 
 
 def test_send(upload: Staged, seeds_text: str, rows_text: str, *, database: str | None,
-              base_url: str | None) -> dict[str, Any]:
-    """Sends, records in the store and in the staging folder; returns what the page shows. Raises SeedError
-    (and the spec / audience errors the check raises) for input the operator has to fix."""
+              base_url: str | None, variant_text: str = "") -> dict[str, Any]:
+    """Sends, records in the store and in the staging folder; returns what the page shows. `variant_text` names one
+    experiment variant to test (blank: each). Raises SeedError (and the spec / audience errors the check raises)
+    for input the operator has to fix."""
     csv = upload.csv
     assert csv is not None, "a staged upload has its CSV"
     claimed = inbox.Claimed(f"upload-{upload.upload_id}", csv.name, csv, None, datetime.now(UTC))
@@ -54,14 +57,15 @@ def test_send(upload: Staged, seeds_text: str, rows_text: str, *, database: str 
     url = store.database_url(database)
     with tempfile.TemporaryDirectory(prefix="test-send-") as out:
         prepared = prepare_campaign(stand_in(spec), campaign_id, url, Path(out), audience=csv)
-        picked = pick_rows(prepared, limits, rows=rows, row_numbers=row_numbers, source=csv.name)
+        picked = pick_variant_rows(spec, campaign_id, prepared, limits, variant=variant_text.strip() or None,
+                                   rows=rows, row_numbers=row_numbers, source=csv.name)
     with store.connect(url) as db:
         results = send_tests(db, spec, campaign_id, channel_for(spec, base_url=base_url), picked, seeds, limits,
                              started_by="upload page")
     shown = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "cost_usd": str(sum((r.cost_usd for r in results), Decimal(0))),
-        "results": [{"row": r.row_number, "seed": masked(r.seed), "status": r.status,
+        "results": [{"row": r.row_number, "variant": r.variant, "seed": masked(r.seed), "status": r.status,
                      "provider_message_id": r.provider_message_id, "error": r.error, "cost_usd": str(r.cost_usd)}
                     for r in results],
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from pipeline.sandbox.whatsapp import create_app
 from pipeline.store import Store
@@ -74,3 +75,41 @@ def test_bounds(stack, seeds: str, rows: str, status: int, says: str) -> None:
     answer = page.client.post(f"/upload/{upload_id}/test-send", data={"seeds": seeds, "rows": rows})
     assert answer.status_code == status and says in visible_text(answer.text), answer.text
     assert sandbox.accepted == 0
+
+
+def _variants_spec(specs: Path) -> str:
+    """welcome.yaml with an experiment: variant a its own template, b another filling the body in another order."""
+    spec = yaml.safe_load((specs / "welcome.yaml").read_text())
+    b = {**spec["template"], "name": "welcome_b", "text": "{{ city }}: {{ first_name }}, {{ code }}",
+         "body": ["{{ city }}", "{{ first_name }}", "{{ code }}"]}
+    spec["experiment"] = {"variants": [{"name": "a", "template": spec["template"]}, {"name": "b", "template": b}]}
+    (specs / "ab.yaml").write_text(yaml.safe_dump(spec))
+    return "ab.yaml"
+
+
+def _templates_sent(db: Store) -> list[str]:
+    with db.read() as conn:
+        payloads = conn.exec_driver_sql("SELECT payload_json FROM test_sends ORDER BY sent_at, message_id").all()
+    return sorted(json.loads(p)["template"]["name"] for (p,) in payloads)
+
+
+def test_a_spec_with_variants_tests_each_variant_or_the_one_named(db: Store, stack, specs: Path) -> None:
+    page, sandbox = stack
+    answer = page.upload(audience(12), spec=_variants_spec(specs))
+    assert answer.status_code == 200, answer.text
+    upload_id = str(answer.url).rsplit("/", 1)[1]
+    # Blank variant: each variant's first row, with its own template, to both seeds.
+    answer = page.client.post(f"/upload/{upload_id}/test-send", data={"seeds": SEEDS, "rows": "1"})
+    assert answer.status_code == 200, answer.text
+    assert _templates_sent(db) == ["welcome_b", "welcome_b", "welcome_offer", "welcome_offer"]
+    table = re.findall(r'<table id="test-results".*?</table>', answer.text, re.S)[0]
+    assert re.findall(r"<th[^>]*>(.*?)</th>", table)[:2] == ["row", "variant"]
+    assert sorted(re.findall(r"<tr><td[^>]*>\d+</td><td[^>]*>([ab])</td>", table)) == ["a", "a", "b", "b"]
+    # The variant field names one: b's template only.
+    answer = page.client.post(f"/upload/{upload_id}/test-send", data={"seeds": SEEDS, "rows": "1", "variant": " b "})
+    assert answer.status_code == 200, answer.text
+    assert _templates_sent(db).count("welcome_b") == 4 and _templates_sent(db).count("welcome_offer") == 2
+    # A name the spec does not have is refused, naming those it has; nothing more is sent.
+    answer = page.client.post(f"/upload/{upload_id}/test-send", data={"seeds": SEEDS, "variant": "c"})
+    assert answer.status_code == 422 and "not a variant of the spec (a, b)" in visible_text(answer.text)
+    assert sandbox.accepted == 6
