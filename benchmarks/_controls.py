@@ -5,7 +5,9 @@ App and SMS, marketing and utility, sent / unknown / failed) of which about a th
 so many recipients reach the cap; a 7-day cap of 2 marketing messages across WhatsApp and Chat App; and a `language`
 column in the audience (exact codes, base languages, regional variants, other spellings, blanks and unknown codes)
 against the template's languages. The cap is read once before the timed runs, which stores the week's closed hours
-as the send history (`history_build_s`), as the first cap read after an hour closes does in use. One timed run, in a
+as the send history and keeps their counts per recipient (`history_build_s`), as the first cap read after an hour
+closes does in use (pipeline/audience/send_history.py, send_sums.py); the timed runs, a campaign of their own that
+has sent nothing, take those counts as every new campaign's preparation in that hour does. One timed run, in a
 fresh process, does what the campaign's prepare task does (pipeline/dispatch/preparation.py): read the capped
 recipients from the store, then prepare the audience with them and the languages, in memory.
 """

@@ -17,8 +17,9 @@ by the caller.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -63,39 +64,46 @@ def hours_between(low: datetime, high: datetime) -> list[str]:
 
 @dataclass
 class Sends:
-    """The keys of the sends read from blobs (plain E.164 as Int64 digits, the rest as text) and the
-    (hour, channel) pairs the blobs covered."""
+    """The keys of the sends read from blobs (plain E.164 as Int64 digits, the rest as text), the (hour, channel)
+    pairs the blobs covered with each blob's version, and the campaigns each channel's blobs hold."""
 
     numbers: pl.Series
     others: pl.Series
-    covered: set[tuple[str, str]]
+    covered: dict[tuple[str, str], str | None]
+    campaigns: dict[str, set[str]] = field(default_factory=dict)
 
     def with_(self, more: Sends) -> Sends:
+        campaigns = {c: self.campaigns.get(c, set()) | more.campaigns.get(c, set())
+                     for c in self.campaigns.keys() | more.campaigns.keys()}
         return Sends(pl.concat([self.numbers, more.numbers]), pl.concat([self.others, more.others]),
-                     self.covered | more.covered)
+                     self.covered | more.covered, campaigns)
 
 
 def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: Sequence[str], *,
-         excluded: Mapping[str, set[str]] | None = None, skip: set[tuple[str, str]] | None = None) -> Sends:
+         excluded: Mapping[str, set[str]] | None = None, skip: Iterable[tuple[str, str]] | None = None) -> Sends:
     """The keys of the sends of `categories` (not of a channel's `excluded` campaigns) in the blobs of `hours` x
     `channels` that exist, but those of the (hour, channel) pairs in `skip`. Each blob is filtered on its
     dictionaries (a few categories and campaigns) before its keys are taken: no text per send is made."""
     numbers: list[pa.Array] = []
     others: list[pa.Array] = []
-    covered: set[tuple[str, str]] = set()
+    covered: dict[tuple[str, str], str | None] = {}
+    campaigns: dict[str, set[str]] = {}
     if hours and channels:
         with db.read() as conn:
             rows = dialect.history_blobs(conn, channels, min(hours), max(hours))
-        wanted, skip = set(hours), skip or set()
+        wanted, skip = set(hours), set(skip or ())
         allowed = _texts(categories)
         away = {c: _texts(sorted(out)) for c, out in (excluded or {}).items() if out}
-        for hour, channel, data in rows:
+        for hour, channel, version, data in rows:
             if hour not in wanted or (hour, channel) in skip:
                 continue
-            covered.add((hour, channel))
+            covered[(hour, channel)] = version
             table = pa.ipc.open_stream(data).read_all()
             if not table.num_rows:
                 continue
+            held = campaigns.setdefault(channel, set())
+            for chunk in table["campaign_id"].chunks:  # the dictionary: a few campaigns, not a value per send
+                held.update(chunk.dictionary.to_pylist())
             keep = _where(table["category"], lambda d: pc.is_in(d, value_set=allowed))
             if channel in away:
                 kept_out = away[channel]
@@ -104,7 +112,7 @@ def read(db: Store, hours: Sequence[str], channels: Sequence[str], categories: S
             numbers.append(pc.drop_null(pc.filter(table["number"], keep)).combine_chunks())
             if table["other"].null_count < table.num_rows:  # a phone channel's blob has none
                 others.append(pc.drop_null(pc.filter(table["other"], keep)).combine_chunks())
-    return Sends(_series(numbers, pl.Int64), _series(others, pl.String), covered)
+    return Sends(_series(numbers, pl.Int64), _series(others, pl.String), covered, campaigns)
 
 
 def _texts(values: Iterable[str]) -> pa.Array:
@@ -174,8 +182,10 @@ def _build_some(db: Store, hours: list[str], channels: Sequence[str]) -> int:
                              "AND sent_at < :high AND state IN ('sent', 'unknown')",
                        channel=channel, low=start, high=start + HOUR).scalar()
             frame = parse(text)
-            run(conn, "INSERT INTO send_history (hour, channel, sends, data) VALUES (:hour, :channel, :sends, :data)",
-                hour=hour, channel=channel, sends=frame.height, data=encode(frame))
+            # A new version each time: counts kept from the blob before (send_sums.py) no longer match it.
+            run(conn, "INSERT INTO send_history (hour, channel, sends, data, version) VALUES (:hour, :channel, "
+                      ":sends, :data, :version)",
+                hour=hour, channel=channel, sends=frame.height, data=encode(frame), version=secrets.token_hex(8))
         return len(todo)
 
 

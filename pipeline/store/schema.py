@@ -95,6 +95,17 @@ send_history = Table(
     Column("channel", String, primary_key=True),
     Column("sends", BigInteger, nullable=False),
     Column("data", LargeBinary, nullable=False),  # Arrow IPC (zstd): number, other, category, campaign_id
+    Column("version", String),  # new each time the blob is stored (migration 0013; NULL: stored before it)
+)
+# The cap's counts per recipient over the closed hours of its window, kept once per cap with the versions of the
+# blobs they were counted from (migration 0013, pipeline/audience/send_history.py): used only while those blobs are
+# all still the current ones.
+send_history_sums = Table(
+    "send_history_sums", metadata,
+    Column("cap", String, primary_key=True),  # channels, categories and left-out campaigns the counts are for
+    Column("blobs", String, nullable=False),  # digest of the (hour, channel, version) counted
+    Column("campaigns", Text, nullable=False),  # JSON: channel -> campaigns the blobs hold (who can be left out)
+    Column("data", LargeBinary, nullable=False),  # Arrow IPC (zstd): number, other, sends
 )
 # Every transition of every message, appended in the same transaction as the outbox update.
 outbox_transitions = Table(

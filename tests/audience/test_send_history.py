@@ -183,3 +183,47 @@ def test_a_cold_cap_read_imports_neither_pandas_nor_scipy(tmp_path: Path) -> Non
     out = subprocess.run([sys.executable, "-c", _COLD_CAP, url], capture_output=True, text=True, check=True,
                          timeout=120).stdout.split()
     assert out == ["1", "False", "False"]
+
+
+def _sums(db: store.Store) -> list[str]:
+    return sorted(cap for (cap,) in db.rows("SELECT cap FROM send_history_sums"))
+
+
+@pytest.mark.parametrize("exclude", [None, "c2", "c-none"])
+def test_the_counts_kept_for_the_next_read_give_the_same_cap(db: store.Store, exclude: str | None,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first read keeps the week's counts per recipient; the next reads take them instead of the blobs and give
+    the cap the outbox gives. A campaign left out that sent nothing in the window shares the row of none left out."""
+    _insert(db, _random_history(11, 3_000))
+    expected = _from_outbox(db, CAP, exclude)
+    assert capped_recipients(db, CAP, now=NOW, exclude_campaign=exclude) == expected
+    kept = _sums(db)
+    assert len(kept) == 1 and ('"c2"' in kept[0]) == (exclude == "c2")
+
+    def no_blobs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the blobs were read again")
+
+    monkeypatch.setattr(send_history, "read", no_blobs)
+    assert capped_recipients(db, CAP, now=NOW, exclude_campaign=exclude) == expected
+    if exclude != "c2":  # none left out, or one with no send: the same row
+        assert capped_recipients(db, CAP, now=NOW) == _from_outbox(db, CAP) == expected
+    assert _sums(db) == kept
+
+
+def test_counts_from_a_blob_stored_again_are_not_used(db: store.Store) -> None:
+    """A change to a closed hour deletes its blob; once a read has stored it again (a new version), counts kept from
+    the blob before no longer match it, whatever reads next."""
+    day_ago = (NOW - timedelta(days=1)).replace(minute=30)
+    a, b = "+447400100001", "+447400100002"
+    _insert(db, [("m1", "c1", a, "whatsapp", "marketing", "sent", day_ago),
+                 ("m2", "c2", a, "chatapp", "marketing", "sent", day_ago),
+                 ("m3", "c1", b, "whatsapp", "marketing", "sent", day_ago)])
+    assert capped_recipients(db, CAP, now=NOW) == {a}
+    before = db.scalar("SELECT blobs FROM send_history_sums")
+    db.execute("UPDATE outbox SET state = 'failed' WHERE message_id = 'm2'")
+    hour = send_history.hour_key(day_ago)
+    assert send_history.build(db, [hour], ["whatsapp", "chatapp"]) >= 1  # stored again before the cap reads it
+    assert capped_recipients(db, CAP, now=NOW) == set()
+    assert db.scalar("SELECT blobs FROM send_history_sums") != before
+    db.execute("UPDATE outbox SET recipient_key = :k WHERE message_id = 'm3'", k=a)
+    assert capped_recipients(db, CAP, now=NOW) == {a}

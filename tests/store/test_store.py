@@ -193,14 +193,17 @@ def test_a_url_that_does_not_parse_is_one_line_without_its_password() -> None:
 
 def test_a_store_of_a_newer_version_is_refused_untouched(db_url: str) -> None:
     with store.connect(db_url) as db, db.write() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0013'"))  # as the next version would
+        conn.execute(text(f"UPDATE alembic_version SET version_num = '{NEXT}'"))  # as the next version would
         tables = inspect(conn).get_table_names()
     out = _cli("status", "welcome", "--db", db_url)
     said = _one_line(out, f"error: store {store.shown(store.database_url(db_url))}: ")
-    assert said.endswith(f"its schema (revision 0013) is newer than this version of the pipeline ({HEAD}): "
+    assert said.endswith(f"its schema (revision {NEXT}) is newer than this version of the pipeline ({HEAD}): "
                          "upgrade the pipeline")
     with store.connect(db_url, migrate=False) as db, db.read() as conn:
-        assert version(conn) == "0013" and inspect(conn).get_table_names() == tables
+        assert version(conn) == NEXT and inspect(conn).get_table_names() == tables
+
+
+NEXT = f"{int(HEAD) + 1:04d}"  # the revision the next version of the pipeline would write
 
 
 def _pg_store(request: pytest.FixtureRequest, tmp_path: Path, *statements: str) -> str:
