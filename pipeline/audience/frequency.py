@@ -89,7 +89,7 @@ def capped_recipients(
             more = send_history.read(db, missing, channels, categories, excluded=excluded, skip=kept.covered)
             kept = kept.with_(more)
         counts, covered = send_sums.Counts.of(kept), kept.covered
-        if hours and len(covered) == len(hours) * len(channels):  # counted from blobs alone: kept for the next read
+        if covered:  # kept for the next reads while these blobs stay the ones the store holds for the window
             send_sums.keep(db, channels, categories, excluded, kept, counts)
         del kept
     live = _read_outbox(db, cap, _uncovered(since, hours, channels, set(covered)), excluded)

@@ -82,8 +82,9 @@ def digest(covered: Mapping[tuple[str, str], str | None]) -> str:
 
 def counted(db: Store, hours: Sequence[str], channels: Sequence[str], categories: Sequence[str],
             excluded: Mapping[str, set[str]]) -> tuple[Counts, dict[tuple[str, str], str | None]] | None:
-    """The kept counts of these closed hours for this cap and the blobs they cover, when every (hour, channel) has
-    its blob and a row was counted from exactly those; else None (the caller counts the blobs)."""
+    """The kept counts of these closed hours' blobs for this cap and the (hour, channel) blobs they cover, when a row
+    was counted from exactly the blobs the store holds for them now; else None (the caller counts the blobs). Hours
+    without a blob (one closed minutes ago, not storable yet: dialect.HISTORY_MARGIN) are the caller's to read."""
     if not hours or not channels:
         return None
     with db.read() as conn:
@@ -91,7 +92,7 @@ def counted(db: Store, hours: Sequence[str], channels: Sequence[str], categories
                                                                      data=False)}
     wanted = {(h, c) for h in hours for c in channels}
     current = {pair: v for pair, v in current.items() if pair in wanted}
-    if len(current) < len(wanted):
+    if not current:
         return None
     prefix, made_from = _prefix(channels, categories), digest(current)
     rows = db.rows("SELECT cap, campaigns FROM send_history_sums WHERE substr(cap, 1, :n) = :prefix "
@@ -108,7 +109,7 @@ def counted(db: Store, hours: Sequence[str], channels: Sequence[str], categories
 
 def keep(db: Store, channels: Sequence[str], categories: Sequence[str], excluded: Mapping[str, set[str]],
          sends: Sends, counts: Counts) -> None:
-    """Keeps `counts` (of `sends`, every (hour, channel) of the window's closed hours) for the next reads, replacing
+    """Keeps `counts` (of `sends`, the blobs of the window's closed hours it read) for the next reads, replacing
     this cap's rows counted from other blobs. A store that cannot be written keeps none: the next read counts again."""
     held = {c: sorted(s) for c, s in sends.campaigns.items()}
     key = cap_key(channels, categories, _left_out(excluded, held))

@@ -227,3 +227,24 @@ def test_counts_from_a_blob_stored_again_are_not_used(db: store.Store) -> None:
     assert db.scalar("SELECT blobs FROM send_history_sums") != before
     db.execute("UPDATE outbox SET recipient_key = :k WHERE message_id = 'm3'", k=a)
     assert capped_recipients(db, CAP, now=NOW) == {a}
+
+
+def test_counts_kept_while_an_hour_has_no_blob_yet_read_that_hour_from_the_outbox(
+        db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the ten minutes after an hour closes it is not stored yet: the counts kept meanwhile cover the other hours,
+    and the next read takes them and reads that hour from the outbox, a send added to it counted."""
+    day_ago = (NOW - timedelta(days=1)).replace(minute=30)
+    a = "+447400100001"
+    _insert(db, [("m1", "c1", a, "whatsapp", "marketing", "sent", day_ago)])
+    hour, build = send_history.hour_key(day_ago), send_history.build
+    monkeypatch.setattr(send_history, "build", lambda db, hours, *args: build(db, [h for h in hours if h != hour],
+                                                                             *args))
+    assert capped_recipients(db, CAP, now=NOW) == set()
+    assert len(_sums(db)) == 1 and db.scalar("SELECT count(*) FROM send_history WHERE hour = :h", h=hour) == 0
+    _insert(db, [("m2", "c2", a, "chatapp", "marketing", "sent", day_ago)])
+
+    def no_blobs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the blobs were read again")
+
+    monkeypatch.setattr(send_history, "read", no_blobs)
+    assert capped_recipients(db, CAP, now=NOW) == {a}
