@@ -103,8 +103,9 @@ def counted(db: Store, hours: Sequence[str], channels: Sequence[str], categories
     key = cap_key(channels, categories, _left_out(excluded, held))
     if key not in {cap for cap, _ in rows}:
         return None
-    data = db.scalar("SELECT data FROM send_history_sums WHERE cap = :cap", cap=key)
-    return _decode(bytes(data)), current
+    # Again with the digest: another process may have replaced the row since (counted from other blobs).
+    data = db.scalar("SELECT data FROM send_history_sums WHERE cap = :cap AND blobs = :blobs", cap=key, blobs=made_from)
+    return (_decode(bytes(data)), current) if data is not None else None
 
 
 def keep(db: Store, channels: Sequence[str], categories: Sequence[str], excluded: Mapping[str, set[str]],

@@ -11,10 +11,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from pipeline import store
-from pipeline.audience import send_history
+from pipeline.audience import send_history, send_sums
 from pipeline.audience.frequency import _read_outbox, capped_recipients
 from pipeline.spec import FrequencyCap
 
@@ -247,4 +248,26 @@ def test_counts_kept_while_an_hour_has_no_blob_yet_read_that_hour_from_the_outbo
         raise AssertionError("the blobs were read again")
 
     monkeypatch.setattr(send_history, "read", no_blobs)
+    assert capped_recipients(db, CAP, now=NOW) == {a}
+
+
+def test_counts_replaced_by_another_process_between_the_two_reads_are_not_used(
+        db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept row is found by its digest, then its data read: a row another process replaced in between (counted
+    from other blobs) is not taken for this one; the cap counts the blobs again."""
+    day_ago = (NOW - timedelta(days=1)).replace(minute=30)
+    a = "+447400100001"
+    _insert(db, [("m1", "c1", a, "whatsapp", "marketing", "sent", day_ago),
+                 ("m2", "c2", a, "chatapp", "marketing", "sent", day_ago)])
+    assert capped_recipients(db, CAP, now=NOW) == {a}
+    rows, nobody = db.rows, send_sums.Counts.of(
+        send_history.Sends(pl.Series([], dtype=pl.Int64), pl.Series([], dtype=pl.String), {}))
+
+    def then_replaced(sql: str, **params: object) -> list:
+        found = rows(sql, **params)
+        if "send_history_sums" in sql:  # meanwhile another process keeps counts of other blobs: no one capped
+            db.execute("UPDATE send_history_sums SET blobs = 'other', data = :data", data=send_sums._encode(nobody))
+        return found
+
+    monkeypatch.setattr(db, "rows", then_replaced)
     assert capped_recipients(db, CAP, now=NOW) == {a}
