@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -126,6 +127,12 @@ class Store:
             if why is None:
                 raise
             raise StoreError(f"store {shown(self.url)}: {why}") from error
+        except Exception as error:  # a raw cursor's own error (dialect.history_blobs, bulk loads): the same rules
+            wrapped = _driver_error(error)
+            why = _operator_cause(wrapped, self.path) if wrapped is not None else None
+            if why is None:
+                raise
+            raise StoreError(f"store {shown(self.url)}: {why}") from error
 
 
 def run(conn: Connection, statement: str, **params: Any) -> Any:
@@ -182,6 +189,16 @@ def _operator_cause(error: exc.DBAPIError, path: Path | None) -> str | None:
         return "the store is read-only"
     if isinstance(error, exc.OperationalError) or sqlstate == "42501":  # 42501: insufficient_privilege
         return _reason(error)
+    return None
+
+
+def _driver_error(error: Exception) -> exc.DBAPIError | None:
+    """A DB-API driver's own error (psycopg's, sqlite3's: from a raw cursor, which SQLAlchemy does not wrap) as
+    SQLAlchemy wraps it (OperationalError for an OperationalError, ...); None for any other exception."""
+    for module in ("psycopg", "sqlite3"):
+        base = getattr(sys.modules.get(module), "Error", None)
+        if isinstance(base, type) and isinstance(error, base):
+            return exc.DBAPIError.instance(None, None, error, base)
     return None
 
 

@@ -35,6 +35,22 @@ def test_a_path_means_sqlite_and_postgres_urls_use_psycopg(monkeypatch: pytest.M
         store.database_url("mysql://u:secret@h/db")
 
 
+def test_a_raw_cursors_error_is_the_same_one_line_store_error(db: store.Store) -> None:
+    """Raw driver cursors (the send history's binary read, bulk loads) raise the driver's own errors, which SQLAlchemy
+    does not wrap: a lost connection among them is still one line naming the store, and a bug keeps its traceback."""
+    if db.dialect == "postgresql":
+        import psycopg as driver
+    else:
+        import sqlite3 as driver
+    with pytest.raises(store.StoreError, match="^store .*: the server closed the connection$"):
+        with db.read():
+            raise driver.OperationalError("the server closed the connection")
+    with pytest.raises(driver.IntegrityError), db.write():
+        raise driver.IntegrityError("a constraint")
+    with pytest.raises(KeyError), db.read():
+        raise KeyError("not the store's")
+
+
 def test_the_migrations_create_exactly_the_declared_schema(db: store.Store) -> None:
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
