@@ -90,7 +90,7 @@ def capped_recipients(
             kept = kept.with_(more)
         counts, covered = send_sums.Counts.of(kept), kept.covered
         if covered:  # kept for the next reads while these blobs stay the ones the store holds for the window
-            send_sums.keep(db, channels, categories, excluded, kept, counts)
+            send_sums.keep(db, hours, channels, categories, excluded, kept, counts)
         del kept
     live = _read_outbox(db, cap, _uncovered(since, hours, channels, set(covered)), excluded)
     numbers, others = split_plain(live)

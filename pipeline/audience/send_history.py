@@ -162,7 +162,11 @@ def build(db: Store, hours: Iterable[str], channels: Sequence[str], keep: timede
         for i in range(0, len(closed), HOURS_PER_TRANSACTION):
             stored += _build_some(db, closed[i : i + HOURS_PER_TRANSACTION], channels)
         if stored:
-            db.execute("DELETE FROM send_history WHERE hour < :oldest", oldest=oldest)
+            # A new hour stored: the window of every cap moved on, so every count kept before (send_sums.py) is
+            # counted again at its next read; deleted here, a row of a cap no longer used does not stay for ever.
+            with db.write() as conn:
+                run(conn, "DELETE FROM send_history WHERE hour < :oldest", oldest=oldest)
+                run(conn, "DELETE FROM send_history_sums")
         return stored
     except (StoreError, DBAPIError) as exc:
         log.warning("send history not stored (%s); the cap reads the outbox", str(exc).splitlines()[0])

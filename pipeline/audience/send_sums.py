@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 from sqlalchemy.exc import DBAPIError
 
+from pipeline.audience import send_history
 from pipeline.audience.send_history import Sends
 from pipeline.store import Store, StoreError, dialect, run
 
@@ -65,13 +66,14 @@ def _runs(keys: pl.Series) -> pl.DataFrame:
     return pl.DataFrame({"value": runs.struct.field("value"), "len": runs.struct.field("len").cast(pl.UInt32)})
 
 
-def cap_key(channels: Sequence[str], categories: Sequence[str], left_out: Mapping[str, set[str]]) -> str:
-    """The row's key: a prefix naming the cap's channels and categories, then the campaigns left out."""
-    return _prefix(channels, categories) + json.dumps({c: sorted(s) for c, s in sorted(left_out.items()) if s})
+def cap_key(hours: int, channels: Sequence[str], categories: Sequence[str], left_out: Mapping[str, set[str]]) -> str:
+    """The row's key: a prefix naming the cap's window (in hours), channels and categories, then the campaigns left
+    out. (Two caps that differ in their window only, a team's 24 h and a spec's 7 days, keep a row each.)"""
+    return _prefix(hours, channels, categories) + json.dumps({c: sorted(s) for c, s in sorted(left_out.items()) if s})
 
 
-def _prefix(channels: Sequence[str], categories: Sequence[str]) -> str:
-    return json.dumps([sorted(channels), sorted(categories)]) + "|"
+def _prefix(hours: int, channels: Sequence[str], categories: Sequence[str]) -> str:
+    return json.dumps([hours, sorted(channels), sorted(categories)]) + "|"
 
 
 def digest(covered: Mapping[tuple[str, str], str | None]) -> str:
@@ -94,13 +96,13 @@ def counted(db: Store, hours: Sequence[str], channels: Sequence[str], categories
     current = {pair: v for pair, v in current.items() if pair in wanted}
     if not current:
         return None
-    prefix, made_from = _prefix(channels, categories), digest(current)
+    prefix, made_from = _prefix(len(hours), channels, categories), digest(current)
     rows = db.rows("SELECT cap, campaigns FROM send_history_sums WHERE substr(cap, 1, :n) = :prefix "
                    "AND blobs = :blobs", n=len(prefix), prefix=prefix, blobs=made_from)
     if not rows:
         return None
     held = json.loads(rows[0][1])  # the same blobs: the same campaigns in them
-    key = cap_key(channels, categories, _left_out(excluded, held))
+    key = cap_key(len(hours), channels, categories, _left_out(excluded, held))
     if key not in {cap for cap, _ in rows}:
         return None
     # Again with the digest: another process may have replaced the row since (counted from other blobs).
@@ -108,16 +110,17 @@ def counted(db: Store, hours: Sequence[str], channels: Sequence[str], categories
     return (_decode(bytes(data)), current) if data is not None else None
 
 
-def keep(db: Store, channels: Sequence[str], categories: Sequence[str], excluded: Mapping[str, set[str]],
-         sends: Sends, counts: Counts) -> None:
-    """Keeps `counts` (of `sends`, the blobs of the window's closed hours it read) for the next reads, replacing
-    this cap's rows counted from other blobs. A store that cannot be written keeps none: the next read counts again."""
+def keep(db: Store, hours: Sequence[str], channels: Sequence[str], categories: Sequence[str],
+         excluded: Mapping[str, set[str]], sends: Sends, counts: Counts) -> None:
+    """Keeps `counts` (of `sends`, the blobs of the window's closed `hours` it read) for the next reads, replacing
+    this cap's rows counted from other blobs. A store that cannot be written, or whose writers hold it longer than
+    the send history waits for them, keeps none: the next read counts again."""
     held = {c: sorted(s) for c, s in sends.campaigns.items()}
-    key = cap_key(channels, categories, _left_out(excluded, held))
-    prefix = _prefix(channels, categories)
+    key = cap_key(len(hours), channels, categories, _left_out(excluded, held))
+    prefix = _prefix(len(hours), channels, categories)
     made_from = digest(sends.covered)
     try:
-        with db.write() as conn:
+        with dialect.bounded_write(db.engine, send_history.LOCK_WAIT_S) as conn:
             run(conn, "DELETE FROM send_history_sums WHERE substr(cap, 1, :n) = :prefix AND blobs <> :blobs",
                 n=len(prefix), prefix=prefix, blobs=made_from)
             run(conn, "INSERT INTO send_history_sums (cap, blobs, campaigns, data) VALUES (:cap, :blobs, :campaigns, "

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -264,16 +264,17 @@ def storable_before_sql(dialect: str) -> str:
 
 
 @contextmanager
-def history_write(engine: Engine, wait_s: float) -> Iterator[Connection]:
-    """A write transaction that stores hours of the send history: it holds back every trigger's delete until it
-    ends, so an hour read and stored in it cannot miss a change committed meanwhile (SQLite: the write transaction
-    is the only writer; PostgreSQL: a lock on send_history that the triggers' deletes wait for). It waits at most
-    `wait_s` for that: the history is an aid, and a caller holding a write transaction itself must not stall."""
+def bounded_write(engine: Engine, wait_s: float, *, lock: str | None = None) -> Iterator[Connection]:
+    """A write transaction that waits at most `wait_s` for the store's writers (SQLite's busy timeout, PostgreSQL's
+    lock timeout) instead of the store's usual BUSY_TIMEOUT_S; on PostgreSQL it first takes table `lock` in SHARE ROW
+    EXCLUSIVE mode, if given. For aids (the send history, the cap's kept counts): a caller that holds a write
+    transaction of its own, or a preparation waiting on the cap, must not stall behind them."""
     with engine.connect().execution_options(write=True) as conn:
         if conn.dialect.name == "postgresql":
             with conn.begin():
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'")
-                conn.exec_driver_sql("LOCK TABLE send_history IN SHARE ROW EXCLUSIVE MODE")
+                if lock:
+                    conn.exec_driver_sql(f"LOCK TABLE {lock} IN SHARE ROW EXCLUSIVE MODE")
                 yield conn
             return
         raw = conn.connection.driver_connection
@@ -283,6 +284,14 @@ def history_write(engine: Engine, wait_s: float) -> Iterator[Connection]:
                 yield conn
         finally:
             raw.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
+
+def history_write(engine: Engine, wait_s: float) -> AbstractContextManager[Connection]:
+    """A write transaction that stores hours of the send history: it holds back every trigger's delete until it
+    ends, so an hour read and stored in it cannot miss a change committed meanwhile (SQLite: the write transaction
+    is the only writer; PostgreSQL: a lock on send_history that the triggers' deletes wait for). It waits at most
+    `wait_s` for that: the history is an aid, and a caller holding a write transaction itself must not stall."""
+    return bounded_write(engine, wait_s, lock="send_history")
 
 
 def history_blobs(conn: Connection, channels: Sequence[str], low: str, high: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -271,3 +272,56 @@ def test_counts_replaced_by_another_process_between_the_two_reads_are_not_used(
 
     monkeypatch.setattr(db, "rows", then_replaced)
     assert capped_recipients(db, CAP, now=NOW) == {a}
+
+
+def test_caps_that_differ_in_their_window_only_keep_a_row_each(db: store.Store,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A team's 24 h cap and a spec's 7-day cap on the same channels and categories: each keeps its counts, and
+    neither replaces the other's (each read would count the blobs again)."""
+    _insert(db, _random_history(5, 2_000))
+    day = FrequencyCap(max=1, per="24h", channels=["whatsapp", "chatapp"], categories=["marketing"])
+    week, today = capped_recipients(db, CAP, now=NOW), capped_recipients(db, day, now=NOW)
+    assert len(_sums(db)) == 2
+
+    def no_blobs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the blobs were read again")
+
+    monkeypatch.setattr(send_history, "read", no_blobs)
+    assert capped_recipients(db, CAP, now=NOW) == week == _from_outbox(db, CAP)
+    assert capped_recipients(db, day, now=NOW) == today == _from_outbox(db, day)
+
+
+def test_a_new_hour_stored_deletes_the_counts_kept_before(db: store.Store) -> None:
+    """Once a newly closed hour is stored every cap's window has moved on: the rows kept before are deleted, so a
+    cap no longer used leaves none behind."""
+    _insert(db, _random_history(5, 500))
+    capped_recipients(db, CAP, now=NOW)
+    assert len(_sums(db)) == 1
+    hour = send_history.hour_key(NOW - timedelta(days=8, hours=1))  # closed, not stored yet (outside CAP's window)
+    _insert(db, [("late", "c1", "+447400100001", "whatsapp", "marketing", "sent", send_history.hour_start(hour))])
+    assert send_history.build(db, [hour], ["whatsapp"]) == 1
+    assert _sums(db) == []
+
+
+def test_keeping_the_counts_does_not_wait_for_a_writer_past_the_history_s_wait(
+        db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blobs are stored but the counts not kept yet, and another transaction holds the store's write lock (SQLite)
+    or the counts' table (PostgreSQL): the cap is read from the blobs and the preparation waiting on it goes on; the
+    counts are kept by a later read."""
+    monkeypatch.setattr(send_history, "LOCK_WAIT_S", 0.2)
+    _insert(db, _random_history(5, 500))
+    expected = capped_recipients(db, CAP, now=NOW)
+    db.execute("DELETE FROM send_history_sums")
+    done: list[object] = []
+    with db.write() as conn:
+        if db.dialect == "postgresql":
+            store.run(conn, "LOCK TABLE send_history_sums IN EXCLUSIVE MODE")
+        else:
+            store.run(conn, "DELETE FROM send_history_sums")
+        reader = threading.Thread(target=lambda: done.append(capped_recipients(db, CAP, now=NOW)))
+        reader.start()
+        reader.join(timeout=15)  # the store's own busy timeout is 30 s
+        assert done == [expected]
+    assert _sums(db) == []
+    capped_recipients(db, CAP, now=NOW)
+    assert len(_sums(db)) == 1
