@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -51,9 +52,9 @@ def stopped_by_store(error: StoreError, args: argparse.Namespace, campaign_id: s
     """The run's last line: the store and why (the StoreError's one line), and the command that finishes the
     campaign once the store is back. The spec path and campaign id only: the store's URL is in the error, password
     hidden, and a URL to copy would need the password."""
-    resume = f"campaign resume {args.spec}"
+    resume = f"campaign resume {shlex.quote(str(args.spec))}"  # quoted: pasted into a shell as it is
     if getattr(args, "campaign_id", None):
-        resume += f" --campaign-id {campaign_id}"
+        resume += f" --campaign-id {shlex.quote(campaign_id)}"
     if getattr(args, "db", None):
         resume += " --db <the same store>"
     return (f"error: {error} — campaign {campaign_id} stopped, its unsent messages stay queued; once the store is "

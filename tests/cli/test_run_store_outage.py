@@ -128,3 +128,16 @@ def test_only_a_store_error_loses_its_traceback_and_only_while_the_flow_runs() -
     assert quiet.exc_info is None and quiet.exc_text is None and "connection failed" in quiet.getMessage()
     assert bug.exc_info is not None  # a bug keeps its traceback
     assert after.exc_info is not None  # the filter is gone with the flow run
+
+
+def test_the_resume_command_reads_back_as_the_same_arguments_in_a_shell() -> None:
+    import argparse
+    import shlex
+
+    from pipeline.cli.quiet import stopped_by_store
+
+    args = argparse.Namespace(spec=Path("my campaigns/spring sale.yaml"), campaign_id="spring sale's", db="x")
+    line = stopped_by_store(store.StoreError("store sqlite:///x: gone"), args, "spring sale's")
+    command = line.split("`")[1]
+    assert shlex.split(command)[:5] == ["campaign", "resume", "my campaigns/spring sale.yaml", "--campaign-id",
+                                        "spring sale's"]  # then the --db placeholder the operator fills in
