@@ -9,7 +9,7 @@ The cap is the spec's `frequency_cap`, else the team's default in pipeline/data/
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -58,7 +58,7 @@ def describe(cap: FrequencyCap) -> str:
 
 def capped_recipients(
     db: Store, cap: FrequencyCap, *, now: datetime | None = None, exclude_campaign: str | None = None,
-    app: str | None = None,
+    app: str | None = None, in_flight: Sequence[str] = (),
 ) -> AddressSet:
     """Recipient keys (E.164 for phone channels) with at least `cap.max` messages of the cap's categories on its
     channels within its period before `now`. A campaign being resumed passes its own id as `exclude_campaign`, so
@@ -69,7 +69,10 @@ def capped_recipients(
     per hour and channel, stored the first time an hour is read); the rest (the window's first part-hour, the open
     hour, an hour whose blob a change has just deleted) from the outbox (`_read_outbox`). The count per recipient
     is Polars', over Int64 digits for plain E.164 keys; the closed hours' counts are kept for the next reads while
-    their blobs stay the same (pipeline/audience/send_sums.py)."""
+    their blobs stay the same (pipeline/audience/send_sums.py).
+
+    `in_flight`: campaigns whose queued and sending messages count as sends as well (the running dispatches a
+    dispatch's start must not send alongside: pipeline/dispatch/cap_at_send.py)."""
     end = now or datetime.now(UTC)
     since = end - cap.window
     channels = list(cap.channels)
@@ -93,6 +96,8 @@ def capped_recipients(
             send_sums.keep(db, hours, channels, categories, excluded, kept, counts)
         del kept
     live = _read_outbox(db, cap, _uncovered(since, hours, channels, set(covered)), excluded)
+    if in_flight:
+        live = pl.concat([live, _read_in_flight(db, cap, in_flight, excluded)])
     numbers, others = split_plain(live)
     del live
     return AddressSet(counts.reaching(numbers, cap.max, plain=True), counts.reaching(others, cap.max, plain=False))
@@ -144,12 +149,9 @@ def _read_outbox(db: Store, cap: FrequencyCap, ranges: list[tuple[datetime, date
     """The keys of the cap's sends in `ranges`, read from `outbox_recent` in slices of at most SLICE, each slice's
     keys joined into one text by the store (`dialect.joined_keys`): millions of sends reach Python as a few strings,
     not millions of rows (a GROUP BY in the store sorted ~4M keys in 3-5 s on either store)."""
-    where = "channel IN :channels AND sent_at >= :low AND sent_at < :high AND state IN ('sent', 'unknown') " \
-            "AND category IN :categories"
     params: dict[str, object] = {"categories": list(cap.categories)}
-    for n, (channel, campaigns) in enumerate(sorted((c, s) for c, s in excluded.items() if s)):
-        where += f" AND NOT (channel = :ch{n} AND campaign_id IN :out{n})"
-        params[f"ch{n}"], params[f"out{n}"] = channel, sorted(campaigns)
+    where = "channel IN :channels AND sent_at >= :low AND sent_at < :high AND state IN ('sent', 'unknown') " \
+            "AND category IN :categories" + _leaving_out(excluded, params)
     sql = f"SELECT {dialect.joined_keys(db.dialect, 'recipient_key')} FROM outbox WHERE {where}"
     slices = []
     for low, high, channels in ranges:
@@ -166,6 +168,29 @@ def _read_outbox(db: Store, cap: FrequencyCap, ranges: list[tuple[datetime, date
     if not parts:
         return pl.Series("key", [], dtype=pl.String)
     return pl.Series("key", parts, dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
+
+
+def _leaving_out(excluded: dict[str, set[str]], params: dict[str, object]) -> str:
+    """The SQL condition leaving out each channel's `excluded` campaigns, its parameters added to `params`."""
+    where = ""
+    for n, (channel, campaigns) in enumerate(sorted((c, s) for c, s in excluded.items() if s)):
+        where += f" AND NOT (channel = :ch{n} AND campaign_id IN :out{n})"
+        params[f"ch{n}"], params[f"out{n}"] = channel, sorted(campaigns)
+    return where
+
+
+def _read_in_flight(db: Store, cap: FrequencyCap, campaigns: Sequence[str], excluded: dict[str, set[str]]) -> pl.Series:
+    """The keys of `campaigns`' messages still to be sent (queued, or claimed and being sent) on the cap's channels
+    and categories, one per message, but for the channels' `excluded` campaigns."""
+    params: dict[str, object] = {"campaigns": sorted(set(campaigns)), "channels": list(cap.channels),
+                                 "categories": list(cap.categories)}
+    sql = (f"SELECT {dialect.joined_keys(db.dialect, 'recipient_key')} FROM outbox WHERE campaign_id IN :campaigns "
+           "AND state IN ('queued', 'sending') AND channel IN :channels AND category IN :categories"
+           + _leaving_out(excluded, params))
+    joined = db.scalar(sql, **params)
+    if not joined:
+        return pl.Series("key", [], dtype=pl.String)
+    return pl.Series("key", [joined], dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
 
 
 @contextmanager

@@ -4,6 +4,12 @@ morning) would all get through. Every run of the flow (continuations and resumes
 still-queued messages against the cap before its dispatch, counting every send of the cap's period: other
 campaigns' and this campaign's own (a queued message's recipient has none of its own in the normal case, so one
 cap reads the same as preparation's `exclude_campaign`, and a cap of max > 1 counts what this campaign did send).
+It counts what other campaigns' running dispatches are about to send as well: the runs check one at a time and
+mark their lease (locks.cap_checked_in_turn), and each counts the queued and sending messages of the runs that
+checked before it and still run. Of two campaigns starting together, the one that checks second withholds the
+recipients the first will reach; a dispatch that starts while another sends for hours withholds those the other
+has still to reach. (A run that ends with messages queued, a send window closed, stops counting; its continuation
+checks again and counts what was sent meanwhile.)
 
 A message the cap now reaches is `withheld` (error_code `frequency_capped`, error_detail what the cap counted): a
 terminal state, never claimed (only `queued` is), re-queued by no operator action (retry-failed and resend-unknown
@@ -22,6 +28,7 @@ import pyarrow as pa
 from sqlalchemy import Connection
 
 from pipeline.audience.frequency import app_of, capped_recipients, describe, frequency_cap_for
+from pipeline.dispatch.locks import cap_checked_in_turn
 from pipeline.render.prepare_ids import id_channel
 from pipeline.spec import CampaignSpec
 from pipeline.store import Store, dialect, run
@@ -55,12 +62,13 @@ def withhold_capped(db: Store, spec: CampaignSpec, campaign_id: str, *, now: dat
         return Withheld(0)
     cap = frequency_cap_for(spec)
     detail = describe(cap)
+    running = cap_checked_in_turn(db, campaign_id)  # their queued messages count as sent
     queued = _frame(read_arrow(db, "SELECT seq, recipient_key FROM outbox WHERE campaign_id = :c AND state = 'queued' "
                                    "AND category IN :categories", _TYPES, c=campaign_id,
                                categories=list(cap.categories)))
     hit = queued.clear()
     if queued.height:
-        capped = capped_recipients(db, cap, now=now or datetime.now(UTC), app=app_of(spec))
+        capped = capped_recipients(db, cap, now=now or datetime.now(UTC), app=app_of(spec), in_flight=running)
         if len(capped):
             hit = queued.filter(capped.matcher.hit("recipient_key"))
     # Withheld by an earlier run, its recipient accepted again by this run's preparation (the cap's period over):

@@ -77,7 +77,7 @@ INSERT INTO leases (name, holder, pid, host, flow_run_id, flow_run_name, since, 
 VALUES (:name, :holder, :pid, :host, :flow_run_id, :flow_run_name, :now, :expires)
 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, pid = excluded.pid, host = excluded.host,
     flow_run_id = excluded.flow_run_id, flow_run_name = excluded.flow_run_name, since = excluded.since,
-    expires_at = excluded.expires_at
+    expires_at = excluded.expires_at, cap_checked_at = NULL
 WHERE leases.expires_at < :now OR leases.holder = :holder OR leases.holder = :dead
 """
 
@@ -317,3 +317,22 @@ def sender_holders(db: Store, campaign_id: str) -> dict[str, LockHolder]:
             campaign_id, pid, host, since_.isoformat(timespec="seconds") if since_ else "", run_id, run_name,
             expires_.isoformat(timespec="seconds") if expires_ else None)
     return holders
+
+
+_CAP_CHECKS = 0x6361705F636B  # PostgreSQL advisory lock key of the cap checks ("cap_ck")
+
+
+def cap_checked_in_turn(db: Store, campaign_id: str) -> list[str]:
+    """Marks the campaign's running dispatch (its lease) as having checked the frequency cap, and returns the other
+    campaigns whose running dispatch checked it before and still hold their lease. One check at a time (SQLite's
+    write lock; PostgreSQL's advisory lock for the transaction): of two runs starting together, the second counts
+    what the first is about to send and the first does not count the second's, so exactly one of them sends."""
+    with db.write() as conn:
+        if conn.dialect.name == "postgresql":
+            run(conn, "SELECT pg_advisory_xact_lock(:key)", key=_CAP_CHECKS)
+        now = _store_now(conn)
+        ahead = run(conn, "SELECT name FROM leases WHERE name LIKE 'campaign:%' AND name <> :ours "
+                          "AND cap_checked_at IS NOT NULL AND expires_at > :now", ours=_name(campaign_id), now=now)
+        campaigns = [name.removeprefix("campaign:") for (name,) in ahead.all()]
+        run(conn, "UPDATE leases SET cap_checked_at = :now WHERE name = :ours", ours=_name(campaign_id), now=now)
+    return campaigns

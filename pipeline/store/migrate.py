@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pipeline.store import Store
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0013"  # the newest revision in migrations/versions (tests/store checks they agree)
+HEAD = "0014"  # the newest revision in migrations/versions (tests/store checks they agree)
 _ADVISORY_KEY = 0x63616D70  # "camp": PostgreSQL advisory lock id for migrations
 
 

@@ -317,6 +317,8 @@ leases = Table(
     Column("flow_run_name", String),
     Column("since", TS, nullable=False),
     Column("expires_at", TS, nullable=False),
+    # When the run checked the frequency cap before sending (pipeline/dispatch/cap_at_send.py); null until then.
+    Column("cap_checked_at", TS),
 )
 # The operator's pause flag of a campaign and the running dispatch's last progress.
 campaign_control = Table(

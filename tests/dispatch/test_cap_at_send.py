@@ -18,6 +18,7 @@ from pipeline.costs.summary import campaign_summary
 from pipeline.dispatch import operations
 from pipeline.dispatch.cap_at_send import withhold_capped
 from pipeline.dispatch.engine import dispatch_campaign
+from pipeline.dispatch.locks import campaign_lock
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import Guards
 from pipeline.dispatch.preparation import prepare_campaign
@@ -120,3 +121,43 @@ def test_a_cap_of_two_counts_every_send_of_the_period_the_campaigns_own_too(db: 
     assert _dispatch(db, third, "third") == []
     assert set(db.rows("SELECT recipient_key FROM outbox WHERE campaign_id = 'third' AND state = 'withheld'")) == {
         (A,), (B,), (C,)}
+
+
+def test_campaigns_starting_together_reach_each_recipient_once_whichever_sends_first(
+        db: store.Store, tmp_path: Path) -> None:
+    """Two runs hold their leases at once and both check the cap before either sends (two uploads started together,
+    two continuations at a window's opening): the one that checks second counts what the first is about to send, so
+    each recipient gets one message however their sends interleave. A run that has not checked yet, or has ended,
+    counts for nothing."""
+    spring = _queue(db, tmp_path, "spring", [A, B, C])
+    summer = _queue(db, tmp_path, "summer", [A, B, C, D])
+    autumn = _queue(db, tmp_path, "autumn", [C, D])  # queued, its run over (no lease): not about to send anything
+    with campaign_lock(db, "summer"), campaign_lock(db, "spring"):
+        assert withhold_capped(db, spring, "spring").messages == 0  # summer holds its lease but has not checked
+        assert withhold_capped(db, summer, "summer").messages == 3  # spring will reach A, B and C
+        assert _states(db, "summer") == {"withheld": 3, "queued": 1}
+        api = CloudApi()  # summer sends first, then spring
+        for campaign_id in ("summer", "spring"):
+            asyncio.run(dispatch_campaign(db, campaign_id, channel(), guards=Guards(), transport=api))
+    assert sorted("+" + body["to"] for body in api.bodies) == [A, B, C, D]
+    assert db.scalar("SELECT cap_checked_at FROM leases") is None  # both released
+    # autumn's own run: C and D had theirs.
+    assert _dispatch(db, autumn, "autumn") == []
+
+
+def test_a_run_still_sending_counts_its_queued_messages_for_a_run_that_starts_meanwhile(
+        db: store.Store, tmp_path: Path) -> None:
+    """A dispatch that sends for hours (a max of 2 here): a campaign that starts meanwhile counts what it has sent
+    and what it still has queued, each message once."""
+    cap = {"frequency_cap": {"max": 2, "per": "24h"}}
+    long = _queue(db, tmp_path, "long", [A, B, C], **cap)
+    short = _queue(db, tmp_path, "short", [A, B, C, D], **cap)
+    other = _queue(db, tmp_path, "other", [A], **cap)  # one message to A already
+    assert _dispatch(db, other, "other") == [A]
+    with campaign_lock(db, "long"):
+        withhold_capped(db, long, "long")
+        db.execute("UPDATE outbox SET state = 'sent', sent_at = :now WHERE campaign_id = 'long' AND recipient_key = :k",
+                   now=datetime.now(UTC), k=B)  # long has sent to B, A and C still queued
+        with campaign_lock(db, "short"):
+            assert _dispatch(db, short, "short") == [B, C, D]  # A: other's send + long's queued one
+    assert _states(db, "short") == {"sent": 3, "withheld": 1}

@@ -82,8 +82,8 @@ def test_a_killed_holder_on_this_host_frees_the_lease_at_once(db: store.Store, o
 def test_a_holder_elsewhere_that_stops_renewing_loses_the_lease_when_it_expires(db: store.Store):
     # As a machine that died would leave it: a live-looking holder on another host, its lease running out.
     now = datetime.now(UTC)
-    db.execute("INSERT INTO leases (name, holder, pid, host, since, expires_at) "
-               "VALUES ('campaign:spring', 'gone', 4242, 'worker-b', :since, :expires)",
+    db.execute("INSERT INTO leases (name, holder, pid, host, since, expires_at, cap_checked_at) "
+               "VALUES ('campaign:spring', 'gone', 4242, 'worker-b', :since, :expires, :since)",
                since=now - timedelta(minutes=5), expires=now + timedelta(seconds=1))
     with pytest.raises(CampaignLocked, match="pid 4242 on worker-b"):
         with campaign_lock(db, "spring"):
@@ -94,6 +94,8 @@ def test_a_holder_elsewhere_that_stops_renewing_loses_the_lease_when_it_expires(
         time.sleep(0.1)
     with campaign_lock(db, "spring", flow_run_id="takeover") as lease:
         assert current_holder(db, "spring") == lease.holder
+        # The dead run had checked the frequency cap; the new one has not yet (pipeline/dispatch/cap_at_send.py).
+        assert db.scalar("SELECT cap_checked_at FROM leases WHERE name = 'campaign:spring'") is None
 
 
 def test_a_live_holder_keeps_its_lease_by_renewing_it(db: store.Store):
