@@ -34,6 +34,15 @@ def _insert(db: store.Store, rows: list[tuple]) -> None:
                         for i, (m, c, k, ch, cat, state, at) in enumerate(rows)])
 
 
+def _a_twice_b_once(db: store.Store, at: datetime, second: str = "sent") -> tuple[str, str]:
+    """m1 and m2 to a (WhatsApp and Chat App, m2 `second`), m3 to b, all at `at`; returns (a, b)."""
+    a, b = "+447400100001", "+447400100002"
+    _insert(db, [("m1", "c1", a, "whatsapp", "marketing", "sent", at),
+                 ("m2", "c2", a, "chatapp", "marketing", second, at),
+                 ("m3", "c1", b, "whatsapp", "marketing", "sent", at)])
+    return a, b
+
+
 def _random_history(seed: int, n: int) -> list[tuple]:
     rng = random.Random(seed)
     keys = [f"+4474001{i:05d}" for i in range(40)] + ["ann@example.test", "7100000000000001", "+0123"]
@@ -75,10 +84,7 @@ def test_the_cap_from_the_history_is_the_cap_from_the_outbox(db: store.Store, ex
 
 def test_every_change_to_a_closed_hours_sends_deletes_its_blob(db: store.Store) -> None:
     day_ago = (NOW - timedelta(days=1)).replace(minute=30)
-    a, b = "+447400100001", "+447400100002"
-    _insert(db, [("m1", "c1", a, "whatsapp", "marketing", "sent", day_ago),
-                 ("m2", "c2", a, "chatapp", "marketing", "unknown", day_ago),
-                 ("m3", "c1", b, "whatsapp", "marketing", "sent", day_ago)])
+    a, b = _a_twice_b_once(db, day_ago, second="unknown")
     assert capped_recipients(db, CAP, now=NOW) == {a}
     hour = send_history.hour_key(day_ago)
     built = _blobs(db)
@@ -187,6 +193,14 @@ def test_a_cold_cap_read_imports_neither_pandas_nor_scipy(tmp_path: Path) -> Non
     assert out == ["1", "False", "False"]
 
 
+def _no_blob_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, a read of the send history's blobs fails the test: the counts kept must do."""
+    def no_blobs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the blobs were read again")
+
+    monkeypatch.setattr(send_history, "read", no_blobs)
+
+
 def _sums(db: store.Store) -> list[str]:
     return sorted(cap for (cap,) in db.rows("SELECT cap FROM send_history_sums"))
 
@@ -202,10 +216,7 @@ def test_the_counts_kept_for_the_next_read_give_the_same_cap(db: store.Store, ex
     kept = _sums(db)
     assert len(kept) == 1 and ('"c2"' in kept[0]) == (exclude == "c2")
 
-    def no_blobs(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the blobs were read again")
-
-    monkeypatch.setattr(send_history, "read", no_blobs)
+    _no_blob_reads(monkeypatch)
     assert capped_recipients(db, CAP, now=NOW, exclude_campaign=exclude) == expected
     if exclude != "c2":  # none left out, or one with no send: the same row
         assert capped_recipients(db, CAP, now=NOW) == _from_outbox(db, CAP) == expected
@@ -216,10 +227,7 @@ def test_counts_from_a_blob_stored_again_are_not_used(db: store.Store) -> None:
     """A change to a closed hour deletes its blob; once a read has stored it again (a new version), counts kept from
     the blob before no longer match it, whatever reads next."""
     day_ago = (NOW - timedelta(days=1)).replace(minute=30)
-    a, b = "+447400100001", "+447400100002"
-    _insert(db, [("m1", "c1", a, "whatsapp", "marketing", "sent", day_ago),
-                 ("m2", "c2", a, "chatapp", "marketing", "sent", day_ago),
-                 ("m3", "c1", b, "whatsapp", "marketing", "sent", day_ago)])
+    a, b = _a_twice_b_once(db, day_ago)
     assert capped_recipients(db, CAP, now=NOW) == {a}
     before = db.scalar("SELECT blobs FROM send_history_sums")
     db.execute("UPDATE outbox SET state = 'failed' WHERE message_id = 'm2'")
@@ -245,10 +253,7 @@ def test_counts_kept_while_an_hour_has_no_blob_yet_read_that_hour_from_the_outbo
     assert len(_sums(db)) == 1 and db.scalar("SELECT count(*) FROM send_history WHERE hour = :h", h=hour) == 0
     _insert(db, [("m2", "c2", a, "chatapp", "marketing", "sent", day_ago)])
 
-    def no_blobs(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the blobs were read again")
-
-    monkeypatch.setattr(send_history, "read", no_blobs)
+    _no_blob_reads(monkeypatch)
     assert capped_recipients(db, CAP, now=NOW) == {a}
 
 
@@ -283,10 +288,7 @@ def test_caps_that_differ_in_their_window_only_keep_a_row_each(db: store.Store,
     week, today = capped_recipients(db, CAP, now=NOW), capped_recipients(db, day, now=NOW)
     assert len(_sums(db)) == 2
 
-    def no_blobs(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the blobs were read again")
-
-    monkeypatch.setattr(send_history, "read", no_blobs)
+    _no_blob_reads(monkeypatch)
     assert capped_recipients(db, CAP, now=NOW) == week == _from_outbox(db, CAP)
     assert capped_recipients(db, day, now=NOW) == today == _from_outbox(db, day)
 

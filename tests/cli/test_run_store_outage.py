@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline import store
 from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
@@ -22,9 +21,9 @@ from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
 from pipeline.store.local_pg import local_postgres
 from tests.helpers.channels import states
+from tests.helpers.specs import uk_welcome_spec
 from tests.helpers.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGN = str(Path(sys.executable).parent / "campaign")
 ROWS, STOP_AFTER = 1_000, 200  # messages; accepted by the sandbox before the store goes away
 RUN_S = 120  # one `campaign` command, at most
@@ -32,17 +31,9 @@ PASSWORD = "s3cret-outage-pw"  # trust authentication ignores it; it must never 
 
 
 def _spec(tmp: Path) -> Path:
-    audience = tmp / "audience.csv"
-    rows = [f"+4474002{i:05d},GB,Ann{i},Leeds,W-{i},yes" for i in range(ROWS)]  # UK mobiles, all sendable
-    audience.write_text("phone,country,first_name,city,coupon,opt_in\n" + "\n".join(rows) + "\n")
-    data = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
     # 100 messages/s: the store goes away seconds into a 10 s dispatch. A short grace: a message in flight when
     # it does waits at most 3 s for a receipt on resume before it counts as unknown.
-    data.update(audience=str(audience), rate_limit={"max_per_second": 100, "concurrency": 8}, receipts_wait_s=10,
-                retry={"reconcile_grace_s": 3, "base_delay_s": 0.05})
-    path = tmp / "welcome.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return uk_welcome_spec(tmp, ROWS, "2", rate=100, receipts_wait_s=10, grace_s=3)
 
 
 @pytest.mark.timeout(420)

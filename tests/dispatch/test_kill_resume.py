@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline import store
 from pipeline.dispatch.locks import current_holder
@@ -21,26 +20,18 @@ from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
 from tests.helpers.channels import states
+from tests.helpers.specs import uk_welcome_spec
 from tests.helpers.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGN = str(Path(sys.executable).parent / "campaign")
 ROWS, KILL_AFTER = 2_000, 300  # messages; accepted by the sandbox before the kill
 RUN_S = 120  # one `campaign` command, at most
 
 
 def _spec(tmp: Path) -> Path:
-    audience = tmp / "audience.csv"
-    rows = [f"+4474001{i:05d},GB,Ann{i},Leeds,W-{i},yes" for i in range(ROWS)]  # UK mobiles, all sendable
-    audience.write_text("phone,country,first_name,city,coupon,opt_in\n" + "\n".join(rows) + "\n")
-    data = yaml.safe_load((ROOT / "campaigns/welcome.yaml").read_text())
     # 400 messages/s: the kill lands seconds before the end. A short grace: a message in flight at the kill
     # waits at most 5 s for a receipt before it counts as unknown.
-    data.update(audience=str(audience), rate_limit={"max_per_second": 400, "concurrency": 8}, receipts_wait_s=20,
-                retry={"reconcile_grace_s": 5, "base_delay_s": 0.05})
-    path = tmp / "welcome.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return uk_welcome_spec(tmp, ROWS, "1", rate=400, receipts_wait_s=20, grace_s=5)
 
 
 @pytest.mark.timeout(300)
