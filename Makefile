@@ -28,9 +28,11 @@ install: $(STAMP)
 
 # Resolves pyproject.toml (dependencies, dev extras, build backend) for CI's Python 3.11 on Linux
 # x86_64 from PyPI, keeping the current pins where they still fit (LOCK_ARGS=--upgrade moves them all).
+# Extras stay in the lock (--no-strip-extras): pip's hash-checking install needs `cachecontrol[filecache]` pinned
+# as pip-audit asks for it, or a newer release of it on PyPI stops the install (seen: cachecontrol 0.15.0).
 lock: $(TOOLS)/bin/uv
 	$(PYTHON) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" \
-	| $(TOOLS)/bin/uv pip compile --quiet pyproject.toml - --extra dev --generate-hashes \
+	| $(TOOLS)/bin/uv pip compile --quiet pyproject.toml - --extra dev --generate-hashes --no-strip-extras \
 		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 		--custom-compile-command 'make lock' $(LOCK_ARGS) -o $(LOCK)
 

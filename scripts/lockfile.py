@@ -30,7 +30,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")  # name[extras]==version
 # The lines of pip-audit's stderr that say why it stopped: its own fatal messages, or the exception
 # a traceback ends with.
 _REASON = re.compile(r"^(ERROR:pip_audit[^:]*:(?!Tip:).*|[A-Za-z_.]+(Error|Exception): .*)$")

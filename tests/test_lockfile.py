@@ -71,8 +71,11 @@ def test_skipped_or_missing_packages_are_not_checked() -> None:
 def test_lock_pins_are_read_with_canonical_names(tmp_path: Path) -> None:
     lock = tmp_path / "requirements.lock"
     lock.write_text("# header\nruamel.yaml==0.19.1 \\\n    --hash=sha256:ab\n    # via prefect\nPyYAML==6.0.3 \\\n"
-                    "    --hash=sha256:cd\n")
-    assert lockfile.locked_packages(lock) == {"ruamel-yaml": "0.19.1", "pyyaml": "6.0.3"}
+                    "    --hash=sha256:cd\ncachecontrol[filecache]==0.14.4 \\\n    --hash=sha256:ef\n"
+                    "py-key-value-aio[memory, redis]==0.5.0 \\\n    --hash=sha256:01\n")
+    # With its extras (make lock keeps them: pip's hash mode needs `name[extra]` pinned where a package asks for one).
+    assert lockfile.locked_packages(lock) == {"ruamel-yaml": "0.19.1", "pyyaml": "6.0.3", "cachecontrol": "0.14.4",
+                                              "py-key-value-aio": "0.5.0"}
 
 
 def test_the_committed_lock_satisfies_pyproject() -> None:
