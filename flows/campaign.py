@@ -34,7 +34,7 @@ from pipeline.dispatch.cap_at_send import withhold_capped
 from pipeline.dispatch.engine import dispatch_campaign
 from pipeline.dispatch.experiment import queue_experiment
 from pipeline.dispatch.fallback import fallback_leg_id, send_fallback
-from pipeline.dispatch.locks import campaign_lock
+from pipeline.dispatch.locks import campaign_lock, cap_check_over
 from pipeline.dispatch.operations import is_paused, record_status
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import DispatchResult, Guards
@@ -282,6 +282,7 @@ def campaign_flow(
                 get_run_logger().info("dispatch in this process: groups of senders need a PostgreSQL store and more "
                                       "than one sender")
             result = dispatch(spec, campaign_id, db, provider_base_url, Path(spool_dir))
+        cap_check_over(shared, campaign_id)  # what is left queued is not about to be sent: other caps stop counting it
         receipts(spec, campaign_id, db, Path(spool_dir))
         summary = report(campaign_id, db, out, prepared)
         summary["dispatch"] = {**result_dict(result), "groups": groups}

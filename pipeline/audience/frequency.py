@@ -95,9 +95,12 @@ def capped_recipients(
         if covered:  # kept for the next reads while these blobs stay the ones the store holds for the window
             send_sums.keep(db, hours, channels, categories, excluded, kept, counts)
         del kept
+    # What is about to be sent before what was sent: a message sent between the two reads is then counted twice
+    # (withholding rather than sending twice), never missed.
+    coming = _read_in_flight(db, cap, in_flight, excluded) if in_flight else None
     live = _read_outbox(db, cap, _uncovered(since, hours, channels, set(covered)), excluded)
-    if in_flight:
-        live = pl.concat([live, _read_in_flight(db, cap, in_flight, excluded)])
+    if coming is not None:
+        live = pl.concat([live, coming])
     numbers, others = split_plain(live)
     del live
     return AddressSet(counts.reaching(numbers, cap.max, plain=True), counts.reaching(others, cap.max, plain=False))

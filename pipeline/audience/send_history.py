@@ -164,7 +164,7 @@ def build(db: Store, hours: Iterable[str], channels: Sequence[str], keep: timede
         if stored:
             # A new hour stored: the window of every cap moved on, so every count kept before (send_sums.py) is
             # counted again at its next read; deleted here, a row of a cap no longer used does not stay for ever.
-            with db.write() as conn:
+            with dialect.bounded_write(db.engine, LOCK_WAIT_S) as conn:
                 run(conn, "DELETE FROM send_history WHERE hour < :oldest", oldest=oldest)
                 run(conn, "DELETE FROM send_history_sums")
         return stored

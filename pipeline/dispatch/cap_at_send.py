@@ -8,8 +8,9 @@ It counts what other campaigns' running dispatches are about to send as well: th
 mark their lease (locks.cap_checked_in_turn), and each counts the queued and sending messages of the runs that
 checked before it and still run. Of two campaigns starting together, the one that checks second withholds the
 recipients the first will reach; a dispatch that starts while another sends for hours withholds those the other
-has still to reach. (A run that ends with messages queued, a send window closed, stops counting; its continuation
-checks again and counts what was sent meanwhile.)
+has still to reach; a fleet's groups count while they hold their sender leases. (Once a run's dispatch returns with
+messages left queued, a budget stop, a pause, a send window closed, they stop counting; its continuation checks again
+and counts what was sent meanwhile.)
 
 A message the cap now reaches is `withheld` (error_code `frequency_capped`, error_detail what the cap counted): a
 terminal state, never claimed (only `queued` is), re-queued by no operator action (retry-failed and resend-unknown

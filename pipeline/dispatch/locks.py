@@ -331,8 +331,23 @@ def cap_checked_in_turn(db: Store, campaign_id: str) -> list[str]:
         if conn.dialect.name == "postgresql":
             run(conn, "SELECT pg_advisory_xact_lock(:key)", key=_CAP_CHECKS)
         now = _store_now(conn)
-        ahead = run(conn, "SELECT name FROM leases WHERE name LIKE 'campaign:%' AND name <> :ours "
-                          "AND cap_checked_at IS NOT NULL AND expires_at > :now", ours=_name(campaign_id), now=now)
-        campaigns = [name.removeprefix("campaign:") for (name,) in ahead.all()]
+        # A live sender lease counts too: a dispatch takes them only after its own check, and a fleet's groups go on
+        # sending on their workers while they hold them, even when the run that started them is gone.
+        ahead = run(conn, "SELECT name FROM leases WHERE expires_at > :now AND ((name LIKE 'campaign:%' "
+                          "AND cap_checked_at IS NOT NULL) OR name LIKE 'sender:%')", now=now)
+        campaigns = {_campaign_of(name) for (name,) in ahead.all()} - {campaign_id}
         run(conn, "UPDATE leases SET cap_checked_at = :now WHERE name = :ours", ours=_name(campaign_id), now=now)
-    return campaigns
+    return sorted(campaigns)
+
+
+def _campaign_of(lease: str) -> str:
+    """The campaign of a lease's name: campaign:<id>, or sender:<id>:<sender> (sender_lease_name)."""
+    if lease.startswith("sender:"):
+        return lease.removeprefix("sender:").rsplit(":", 1)[0]
+    return lease.removeprefix("campaign:")
+
+
+def cap_check_over(db: Store, campaign_id: str) -> None:
+    """The run's dispatch has returned: what it left queued (a budget stop, a pause, a window closed) is not about to
+    be sent, so later cap checks no longer count it (the lease itself is held through receipts and the report)."""
+    db.execute("UPDATE leases SET cap_checked_at = NULL WHERE name = :name", name=_name(campaign_id))

@@ -193,9 +193,10 @@ def _operator_cause(error: exc.DBAPIError, path: Path | None) -> str | None:
 
 
 def _driver_error(error: Exception) -> exc.DBAPIError | None:
-    """A DB-API driver's own error (psycopg's, sqlite3's: from a raw cursor, which SQLAlchemy does not wrap) as
+    """A DB-API driver's own error (psycopg's, sqlite3's, ADBC's: from a raw cursor or an Arrow read, which SQLAlchemy
+    does not wrap) as
     SQLAlchemy wraps it (OperationalError for an OperationalError, ...); None for any other exception."""
-    for module in ("psycopg", "sqlite3"):
+    for module in ("psycopg", "sqlite3", "adbc_driver_manager"):
         base = getattr(sys.modules.get(module), "Error", None)
         if isinstance(base, type) and isinstance(error, base):
             return exc.DBAPIError.instance(None, None, error, base)

@@ -85,7 +85,7 @@ def reader(db: Store) -> Iterator[Reader]:
     if db.dialect == "postgresql":
         import adbc_driver_postgresql.dbapi as adbc
 
-        with adbc.connect(dialect.adbc_uri(db.url)) as conn:
+        with db._translate(), adbc.connect(dialect.adbc_uri(db.url)) as conn:  # a lost server: one line
             yield Reader("postgresql", conn)
     else:
         with db.read() as conn:

@@ -18,7 +18,7 @@ from pipeline.costs.summary import campaign_summary
 from pipeline.dispatch import operations
 from pipeline.dispatch.cap_at_send import withhold_capped
 from pipeline.dispatch.engine import dispatch_campaign
-from pipeline.dispatch.locks import campaign_lock
+from pipeline.dispatch.locks import campaign_lock, cap_check_over
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import Guards
 from pipeline.dispatch.preparation import prepare_campaign
@@ -161,3 +161,25 @@ def test_a_run_still_sending_counts_its_queued_messages_for_a_run_that_starts_me
         with campaign_lock(db, "short"):
             assert _dispatch(db, short, "short") == [B, C, D]  # A: other's send + long's queued one
     assert _states(db, "short") == {"sent": 3, "withheld": 1}
+
+
+def test_a_fleets_groups_count_while_they_send_and_a_finished_dispatch_stops_counting(
+        db: store.Store, tmp_path: Path) -> None:
+    """A fleet's groups hold sender leases on their workers while they send, even once the run that started them is
+    gone: their queued messages count. A run whose dispatch has returned (stopped by its budget, paused, its window
+    closed) no longer counts what it left queued, though it holds its lease through receipts and the report."""
+    _queue(db, tmp_path, "fleet", [A, B])
+    paused = _queue(db, tmp_path, "paused", [C])
+    late = _queue(db, tmp_path, "late", [A, B, C, D])
+    now = datetime.now(UTC)
+    db.execute("INSERT INTO leases (name, holder, pid, host, since, expires_at) VALUES "
+               "('sender:fleet:15550001111', 'worker', 4242, 'worker-b', :now, :expires)",
+               now=now, expires=now + timedelta(minutes=5))  # its campaign lease expired with its run
+    with campaign_lock(db, "paused"):
+        withhold_capped(db, paused, "paused")
+        cap_check_over(db, "paused")  # its dispatch returned with C still queued
+        with campaign_lock(db, "late"):
+            assert withhold_capped(db, late, "late").messages == 2
+    assert _states(db, "late") == {"withheld": 2, "queued": 2}
+    assert set(db.rows("SELECT recipient_key FROM outbox WHERE campaign_id = 'late' AND state = 'queued'")) == {
+        (C,), (D,)}

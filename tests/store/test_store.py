@@ -45,6 +45,12 @@ def test_a_raw_cursors_error_is_the_same_one_line_store_error(db: store.Store) -
     with pytest.raises(store.StoreError, match="^store .*: the server closed the connection$"):
         with db.read():
             raise driver.OperationalError("the server closed the connection")
+    import adbc_driver_manager  # the Arrow reads' and bulk loads' driver
+
+    with pytest.raises(store.StoreError, match="^store .*: connection refused$"):
+        with db.read():
+            raise adbc_driver_manager.OperationalError("connection refused",
+                                                       status_code=adbc_driver_manager.AdbcStatusCode.IO)
     with pytest.raises(driver.IntegrityError), db.write():
         raise driver.IntegrityError("a constraint")
     with pytest.raises(KeyError), db.read():
