@@ -97,10 +97,8 @@ def capped_recipients(
         del kept
     # What is about to be sent before what was sent: a message sent between the two reads is then counted twice
     # (withholding rather than sending twice), never missed.
-    coming = _read_in_flight(db, cap, in_flight, excluded) if in_flight else None
-    live = _read_outbox(db, cap, _uncovered(since, hours, channels, set(covered)), excluded)
-    if coming is not None:
-        live = pl.concat([live, coming])
+    coming = _read_in_flight(db, cap, in_flight, excluded)
+    live = pl.concat([_read_outbox(db, cap, _uncovered(since, hours, channels, set(covered)), excluded), coming])
     numbers, others = split_plain(live)
     del live
     return AddressSet(counts.reaching(numbers, cap.max, plain=True), counts.reaching(others, cap.max, plain=False))
@@ -166,8 +164,13 @@ def _read_outbox(db: Store, cap: FrequencyCap, ranges: list[tuple[datetime, date
         slices.append((low, high, channels))
     # Two slices at a time: the store's work is most of it, and both drivers let go of the GIL while it runs.
     with ThreadPoolExecutor(max_workers=READERS) as pool:
-        parts = [joined for joined in pool.map(
-            lambda s: db.scalar(sql, **params, low=s[0], high=s[1], channels=list(s[2])), slices) if joined]
+        return _keys(list(pool.map(lambda s: db.scalar(sql, **params, low=s[0], high=s[1], channels=list(s[2])),
+                                   slices)))
+
+
+def _keys(joined: list[str | None]) -> pl.Series:
+    """The keys of texts the store joined (`dialect.joined_keys`; None for no rows), one per send."""
+    parts = [text for text in joined if text]
     if not parts:
         return pl.Series("key", [], dtype=pl.String)
     return pl.Series("key", parts, dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
@@ -185,15 +188,14 @@ def _leaving_out(excluded: dict[str, set[str]], params: dict[str, object]) -> st
 def _read_in_flight(db: Store, cap: FrequencyCap, campaigns: Sequence[str], excluded: dict[str, set[str]]) -> pl.Series:
     """The keys of `campaigns`' messages still to be sent (queued, or claimed and being sent) on the cap's channels
     and categories, one per message, but for the channels' `excluded` campaigns."""
+    if not campaigns:
+        return _keys([])
     params: dict[str, object] = {"campaigns": sorted(set(campaigns)), "channels": list(cap.channels),
                                  "categories": list(cap.categories)}
     sql = (f"SELECT {dialect.joined_keys(db.dialect, 'recipient_key')} FROM outbox WHERE campaign_id IN :campaigns "
            "AND state IN ('queued', 'sending') AND channel IN :channels AND category IN :categories"
            + _leaving_out(excluded, params))
-    joined = db.scalar(sql, **params)
-    if not joined:
-        return pl.Series("key", [], dtype=pl.String)
-    return pl.Series("key", [joined], dtype=pl.String).str.split(dialect.KEY_SEPARATOR).explode()
+    return _keys([db.scalar(sql, **params)])
 
 
 @contextmanager
