@@ -45,6 +45,25 @@ TIER_LIMITS: dict[str, int | None] = {
     # Chat App's names (its phone-number reference): TIER_10 = 1K (now 2K), TIER_50 was 10K, TIER_1000 = 100K.
     "TIER_10": 2_000, "TIER_1000": 100_000,
 }
+# Meta's limits as numbers (business_capability_update's max_daily_conversations_per_business, -1 = unlimited; some
+# answers of whatsapp_business_manager_messaging_limit) as the tier names the registry keeps. 1000 is the old 1K tier.
+NUMERIC_TIERS = {250: "TIER_250", 1_000: "TIER_1K", 2_000: "TIER_2K", 10_000: "TIER_10K", 100_000: "TIER_100K",
+                 -1: "TIER_UNLIMITED"}
+
+
+def limit_tier(value: Any) -> str | None:
+    """The registry's tier name for a limit as Meta writes it (`TIER_2K`, 2000, "2000", -1); ValueError for a number
+    that is no tier, since an unknown tier would read as unlimited (TIER_LIMITS)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"messaging limit {value!r} is neither a tier name nor a number")
+    text = value.strip() if isinstance(value, str) else str(value)
+    if text.lstrip("-").isdigit():
+        if int(text) not in NUMERIC_TIERS:
+            raise ValueError(f"messaging limit {value!r} is not one of Meta's tiers")
+        return NUMERIC_TIERS[int(text)]
+    return text.upper()
 
 
 @dataclass(frozen=True)
@@ -123,7 +142,7 @@ class Update:
 
     provider: str
     account: str
-    kind: str  # status | category | quality | number_quality
+    kind: str  # status | category | quality | number_quality | number_limit (every number of the account)
     at: datetime
     name: str | None = None
     language: str | None = None
@@ -131,7 +150,7 @@ class Update:
     value: str | None = None  # the new status / category / quality score / number event
     previous: str | None = None
     reason: str | None = None
-    phone: str | None = None  # number updates: the display phone number
+    phone: str | None = None  # number_quality: the display phone number
     limit_tier: str | None = None
 
 
@@ -299,7 +318,7 @@ def apply_updates(conn: Connection, updates: list[Update]) -> int:
     changed the registry."""
     applied = 0
     for u in sorted(updates, key=lambda x: x.at):
-        if u.kind == "number_quality":
+        if u.kind in ("number_quality", "number_limit"):
             applied += _apply_number(conn, u)
             continue
         if u.name is None:  # Chat App names the template by its TemplateCode only (chatapp_webhooks.py)
@@ -344,20 +363,28 @@ def _named(conn: Connection, u: Update) -> Update | None:
     return replace(u, account=row.account, name=row.name) if row else None
 
 
-# Meta's phone_number_quality_update events (§1.11) as the number's state.
+# Meta's phone_number_quality_update events (§1.11) as the number's (quality, status). UPGRADE and DOWNGRADE are
+# messaging-limit changes (their current_limit is the new tier), not quality: a lower limit is enforced by the
+# dispatcher's messaging-limit guard, and since Oct 2025 a drop in quality no longer lowers the limit (§1.8).
 _NUMBER_EVENTS = {"FLAGGED": ("RED", "FLAGGED"), "UNFLAGGED": ("GREEN", "CONNECTED"),
-                  "DOWNGRADE": ("RED", None), "UPGRADE": ("GREEN", None), "ONBOARDING": (None, None),
+                  "DOWNGRADE": (None, None), "UPGRADE": (None, None), "ONBOARDING": (None, None),
                   "THROUGHPUT_UPGRADE": (None, None), "RED": ("RED", None), "YELLOW": ("YELLOW", None),
                   "GREEN": ("GREEN", None)}
 
 
+def _digits(phone: str | None) -> str:
+    return "".join(ch for ch in (phone or "") if ch.isdigit())
+
+
 def _apply_number(conn: Connection, u: Update) -> int:
-    quality, status = _NUMBER_EVENTS.get((u.value or "").upper(), (None, None))
-    digits = "".join(ch for ch in (u.phone or "") if ch.isdigit())
+    """A number event to the number it names; a number_limit (the portfolio's limit, shared by all its numbers since
+    Oct 2025, §1.6) to every number of the account."""
+    quality, status = (None, None) if u.kind == "number_limit" else \
+        _NUMBER_EVENTS.get((u.value or "").upper(), (None, None))
     rows = [r for r in run(conn, "SELECT phone_number_id, display_phone_number, changed_at, quality_rating, status, "
                                  "messaging_limit_tier FROM provider_numbers WHERE provider = :p AND account = :a",
                            p=u.provider, a=u.account)
-            if "".join(ch for ch in (r.display_phone_number or "") if ch.isdigit()) == digits]
+            if u.kind == "number_limit" or _digits(r.display_phone_number) == _digits(u.phone)]
     n = 0
     for r in rows:
         known = utc(r.changed_at)

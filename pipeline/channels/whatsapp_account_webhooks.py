@@ -1,7 +1,8 @@
 """Meta's account webhooks about templates and numbers (docs/providers.md §1.11) as registry updates:
-`message_template_status_update`, `template_category_update`, `message_template_quality_update` and
-`phone_number_quality_update`. The messages parser (whatsapp_webhooks.py) skips these fields; receipts ingest
-reads them here and applies them to the registry (pipeline/channels/templates.py) in its own transaction.
+`message_template_status_update`, `template_category_update`, `message_template_quality_update`,
+`phone_number_quality_update` and `business_capability_update` (the messaging limit, §1.6). The messages parser
+(whatsapp_webhooks.py) skips these fields; receipts ingest reads them here and applies them to the registry
+(pipeline/channels/templates.py) in its own transaction.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.channels.templates import Update
+from pipeline.channels.templates import Update, limit_tier
 from pipeline.channels.whatsapp_webhooks import MalformedPayload
 
 PROVIDER = "whatsapp"
 FIELDS = ("message_template_status_update", "template_category_update", "message_template_quality_update",
-          "phone_number_quality_update")
+          "phone_number_quality_update", "business_capability_update")
 # A spool line can hold one of these only if it contains its field name: the cheap test before parsing.
 MARKERS = tuple(f'"{f}"'.encode() for f in FIELDS)
 
@@ -52,16 +53,38 @@ def parse_updates(raw_body: bytes) -> list[Update]:
             value = change.get("value")
             if not isinstance(value, dict):
                 raise MalformedPayload(f"{change.get('field')}: value is not an object")
-            updates.append(_update(str(change["field"]), value, account, at or datetime.now(UTC)))
+            update = _update(str(change["field"]), value, account, at or datetime.now(UTC))
+            if update is not None:
+                updates.append(update)
     return updates
 
 
-def _update(field: str, v: dict[str, Any], account: str, at: datetime) -> Update:
+def _tier(field: str, value: Any) -> str | None:
+    try:
+        return limit_tier(value)
+    except ValueError as exc:
+        raise MalformedPayload(f"{field}: {exc}") from None
+
+
+def _update(field: str, v: dict[str, Any], account: str, at: datetime) -> Update | None:
+    if field == "business_capability_update":
+        # The portfolio's limit (v24+); max_daily_conversation_per_phone is its deprecated name (removed Feb 2026),
+        # read only when the newer one is absent. A change of other capabilities (phone-number counts) is no update.
+        limit = v.get("max_daily_conversations_per_business")
+        limit = v.get("max_daily_conversation_per_phone") if limit is None else limit
+        tier = _tier(field, limit)
+        return None if tier is None else Update(provider=PROVIDER, account=account, kind="number_limit", at=at,
+                                                value=str(limit), limit_tier=tier)
     if field == "phone_number_quality_update":
         if not v.get("display_phone_number") or not v.get("event"):
             raise MalformedPayload("phone_number_quality_update: display_phone_number and event are required")
-        return Update(provider=PROVIDER, account=account, kind="number_quality", at=at, value=str(v["event"]),
-                      phone=str(v["display_phone_number"]), limit_tier=_text(v.get("current_limit")))
+        event = str(v["event"])
+        # current_limit is deprecated for max_daily_conversations_per_business; after THROUGHPUT_UPGRADE it is the
+        # throughput level (TIER_UNLIMITED = 1,000 mps, §1.7), not the messaging limit.
+        limit = v.get("max_daily_conversations_per_business") or (
+            None if event.upper() == "THROUGHPUT_UPGRADE" else v.get("current_limit"))
+        return Update(provider=PROVIDER, account=account, kind="number_quality", at=at, value=event,
+                      phone=str(v["display_phone_number"]), limit_tier=_tier(field, limit))
     name, language = v.get("message_template_name"), v.get("message_template_language")
     if not isinstance(name, str) or not isinstance(language, str) or not name or not language:
         raise MalformedPayload(f"{field}: message_template_name and message_template_language are required")

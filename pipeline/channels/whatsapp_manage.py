@@ -11,11 +11,14 @@ from typing import Any
 
 import httpx
 
-from pipeline.channels.templates import Limits, ProviderNumber, ProviderTemplate, SyncError
+from pipeline.channels.templates import Limits, ProviderNumber, ProviderTemplate, SyncError, limit_tier
 
 PROVIDER = "whatsapp"
 TEMPLATE_FIELDS = "id,name,language,status,category,previous_category,components,quality_score,rejected_reason"
-NUMBER_FIELDS = ("id,display_phone_number,verified_name,status,quality_rating,messaging_limit_tier,"
+# The messaging limit is `whatsapp_business_manager_messaging_limit` (the portfolio's, §1.6); `messaging_limit_tier`
+# is deprecated and not asked for (a field Meta removes fails the whole call).
+LIMIT_FIELD, OLD_LIMIT_FIELD = "whatsapp_business_manager_messaging_limit", "messaging_limit_tier"
+NUMBER_FIELDS = (f"id,display_phone_number,verified_name,status,quality_rating,{LIMIT_FIELD},"
                  "code_verification_status")
 
 
@@ -84,8 +87,7 @@ class MetaManagement:
             provider=PROVIDER, account=self.account, phone_number_id=str(x.get("id")),
             display_phone_number=x.get("display_phone_number"), verified_name=x.get("verified_name"),
             status=x.get("status"), quality_rating=x.get("quality_rating"),
-            messaging_limit_tier=x.get("messaging_limit_tier"),
-            code_verification_status=x.get("code_verification_status"),
+            messaging_limit_tier=_limit(x), code_verification_status=x.get("code_verification_status"),
         ) for x in self._pages(f"{self.account}/phone_numbers", NUMBER_FIELDS, self.limits.numbers)]
 
     def create(self, name: str, language: str, category: str, components: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,6 +103,16 @@ class MetaManagement:
 
     def delete(self, name: str) -> dict[str, Any]:
         return self._call("DELETE", f"{self.account}/message_templates", params={"name": name})
+
+
+def _limit(x: dict[str, Any]) -> str | None:
+    """The number's tier. The old field is read only when the answer carries it without the new one: a relay or an
+    older Graph API version that answers every field, whatever `fields` asks, still gives the number a limit."""
+    value = x.get(LIMIT_FIELD)
+    try:
+        return limit_tier(x.get(OLD_LIMIT_FIELD) if value is None else value)
+    except ValueError as exc:
+        raise SyncError(f"number {x.get('id')}: {exc}") from None
 
 
 def _template(account: str, x: dict[str, Any]) -> ProviderTemplate:

@@ -194,9 +194,16 @@ class TemplateSet:
         return self.listing(request, [self._meta(t) for t in self.templates.values() if t["status"] != "DELETED"])
 
     async def list_numbers(self, request: Request) -> JSONResponse:
+        """Each number with the fields asked for (as Graph answers; id always): the limit under its current name
+        `whatsapp_business_manager_messaging_limit` and its deprecated one `messaging_limit_tier` (§1.6), so a client
+        reading the wrong one finds nothing."""
         if request.path_params["waba_id"] != self.waba_id:
             return JSONResponse(_error(100, "(#100) Unsupported get request", "unknown WABA"), 400)
-        return self.listing(request, list(self.numbers.values()))
+        asked = {f.strip() for f in request.query_params.get("fields", "").split(",") if f.strip()}
+        numbers = [{**n, "whatsapp_business_manager_messaging_limit": n["messaging_limit_tier"]}
+                   for n in self.numbers.values()]
+        return self.listing(request, [{k: v for k, v in n.items() if not asked or k in asked or k == "id"}
+                                      for n in numbers])
 
     async def create_template(self, request: Request) -> JSONResponse:
         body = json.loads(await request.body())
