@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +23,10 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 _KNOWN_STATUSES = {"sent", "delivered", "read", "failed"}
 # `played` is the first play of a voice message: the recipient has opened it, so it ranks as read.
 _STATUS_ALIASES = {"played": "read"}
+# Meta's marketing opt-outs and opt-ins (PROVIDERS.md 1.9): a change of this field, parsed by `parse_preferences`.
+PREFERENCES_FIELD = "user_preferences"
+# A spool line can hold such a change only if it names the field: the cheap test before parsing it twice.
+PREFERENCES_MARKER = f'"{PREFERENCES_FIELD}"'.encode()
 
 
 class MalformedPayload(ValueError):
@@ -241,12 +247,8 @@ def _inbound(message_obj: Any, where: str) -> Inbound:
     )
 
 
-def parse_webhook(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
-    """Every status and inbound message in one webhook POST body.
-
-    Changes of other fields (template status updates, user preferences, ...) carry neither and
-    yield nothing. Anything that is not Meta's envelope raises MalformedPayload.
-    """
+def _changes(raw_body: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, change) for every change of Meta's envelope; anything else raises MalformedPayload."""
     try:
         doc = _loads(raw_body)
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -257,21 +259,63 @@ def parse_webhook(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
     entries = doc.get("entry")
     if not isinstance(entries, list):
         raise MalformedPayload("entry: expected a list")
-    receipts: list[Receipt] = []
-    inbound: list[Inbound] = []
     for i, entry in enumerate(entries):
         changes = _list(_obj(entry, f"entry[{i}]").get("changes"), f"entry[{i}].changes")
         for j, change in enumerate(changes):
             where = f"entry[{i}].changes[{j}]"
-            change = _obj(change, where)
-            if change.get("field", "messages") != "messages":
-                continue
-            value = _obj(change.get("value"), f"{where}.value")
-            for k, status in enumerate(_list(value.get("statuses"), f"{where}.value.statuses")):
-                receipts.append(_receipt(status, f"{where}.value.statuses[{k}]"))
-            for k, message in enumerate(_list(value.get("messages"), f"{where}.value.messages")):
-                inbound.append(_inbound(message, f"{where}.value.messages[{k}]"))
+            yield where, _obj(change, where)
+
+
+def parse_webhook(raw_body: bytes) -> tuple[list[Receipt], list[Inbound]]:
+    """Every status and inbound message in one webhook POST body.
+
+    Changes of other fields (template status updates, user preferences, ...) carry neither and
+    yield nothing here (`parse_preferences` reads the latter). Anything that is not Meta's envelope
+    raises MalformedPayload.
+    """
+    receipts: list[Receipt] = []
+    inbound: list[Inbound] = []
+    for where, change in _changes(raw_body):
+        if change.get("field", "messages") != "messages":
+            continue
+        value = _obj(change.get("value"), f"{where}.value")
+        for k, status in enumerate(_list(value.get("statuses"), f"{where}.value.statuses")):
+            receipts.append(_receipt(status, f"{where}.value.statuses[{k}]"))
+        for k, message in enumerate(_list(value.get("messages"), f"{where}.value.messages")):
+            inbound.append(_inbound(message, f"{where}.value.messages[{k}]"))
     return receipts, inbound
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A user's marketing preference change: `value` is "stop" or "resume", `category` "marketing_messages"
+    (the only one Meta sends today; others are kept as given, for the caller to ignore)."""
+
+    wa_id: str
+    category: str
+    value: str
+    occurred_at: datetime
+
+
+def parse_preferences(raw_body: bytes) -> list[Preference]:
+    """Every entry of the `user_preferences` changes in one webhook POST body (none when it has no such change).
+
+    Malformed entries raise MalformedPayload: a lost opt-out must show up in the quarantine, not vanish.
+    """
+    found: list[Preference] = []
+    for where, change in _changes(raw_body):
+        if change.get("field") != PREFERENCES_FIELD:
+            continue
+        value = _obj(change.get("value"), f"{where}.value")
+        for k, item in enumerate(_list(value.get(PREFERENCES_FIELD), f"{where}.value.{PREFERENCES_FIELD}")):
+            at = f"{where}.value.{PREFERENCES_FIELD}[{k}]"
+            p = _obj(item, at)
+            found.append(Preference(
+                wa_id=_str(p.get("wa_id"), f"{at}.wa_id"), category=_str(p.get("category"), f"{at}.category"),
+                value=_str(p.get("value"), f"{at}.value"),
+                occurred_at=_timestamp(p.get("timestamp"), f"{at}.timestamp"),
+            ))
+    return found
 
 
 def inbound_message_id(item: Inbound) -> str | None:
@@ -288,8 +332,9 @@ def inbound_message_id(item: Inbound) -> str | None:
 # A line is parsed here only when all of it is plain: a well-formed v2 whatsapp record whose body is
 # Meta's envelope with statuses only, each value read of a JSON type `parse_webhook` maps the same
 # way, and no trailing commas (DuckDB's reader accepts them, Python's does not).
-# Every other line (inbound messages, other providers, JSON records, anything odd or malformed) is
-# marked `ok = false` or never matched, and pipeline.receipts.ingest hands it, whole, to `parse_webhook`.
+# Every other line (inbound messages, user preference changes, other providers, JSON records, anything
+# odd or malformed) is marked `ok = false` or never matched, and pipeline.receipts.ingest hands it, whole,
+# to the reference parser (pipeline.receipts.staging).
 # Known gap: a status nested hundreds of levels deep is quarantined by parse_webhook (recursion
 # limit) but would be parsed here; Meta sends nothing like it.
 # A level that cannot be trusted unnests to a single NULL marker, so the marker survives to the end.
@@ -366,8 +411,10 @@ WITH docs AS (
            generate_subscripts(CASE WHEN b THEN [NULL] ELSE e.changes END, 1) AS c_idx
     FROM (SELECT *, bad OR e IS NULL OR e.changes IS NULL AS b FROM entries)
 ), kept AS (
-    -- Changes of other fields (template updates, ...) carry no statuses: skipped, as parse_webhook does.
-    SELECT *, coalesce(bad OR c.field IS NULL OR (c.field = '"messages"' AND (
+    -- Changes of other fields (template updates, ...) carry no statuses: skipped, as parse_webhook does. A user's
+    -- preference change (an opt-out to stage) sends its line to the reference parser (DuckDB writes JSON
+    -- texts back unescaped, so a field name written with escapes matches too).
+    SELECT *, coalesce(bad OR c.field IS NULL OR c.field = '"{PREFERENCES_FIELD}"' OR (c.field = '"messages"' AND (
                   c.value IS NULL OR c.value.statuses IS NULL OR coalesce(c.value.messages, '[]') <> '[]')), true) AS b
     FROM changes
 ), statuses AS (

@@ -120,9 +120,10 @@ _BATCH_REPLIES_SQL = """
 SELECT event_id, channel, address, kind, payload, context_id, opt_out, occurred_at, linked, message_id, campaign_id
 FROM _py_replies QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY file_idx, line_no, pos) = 1
 """
-# Opt-outs: failed receipts with an opt-out code, and STOP replies. A receipt without recipient_id
-# still names our message: the address then comes from the outbox (`_addresses`). The earliest opt-out
-# per address wins (ties: file order); an address already suppressed keeps its first reason.
+# Opt-outs: failed receipts with an opt-out code, and those staging.py gives (STOP replies, opt-out taps, Meta's
+# user_preferences stops). A receipt without recipient_id still names our message: the address then comes from
+# the outbox (`_addresses`). The earliest opt-out per address wins (ties: file order); an address already
+# suppressed keeps its first reason.
 _BATCH_SUPPRESSIONS_SQL = """
 SELECT channel, address, arg_min(reason, (since, file_idx, line_no, reason, pos)) AS reason,
        arg_min(source, (since, file_idx, line_no, reason, pos)) AS source, min(since) AS since

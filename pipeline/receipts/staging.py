@@ -1,7 +1,8 @@
 """What the reference parser gives for each spool line, before ingest writes it (pipeline/receipts/ingest.py):
 receipts, inbound messages, replies and taps, opt-outs, the provider's template and number changes, and the lines
-quarantined with their reason. One parser per provider whose webhooks the receiver spools; a STOP reply or an
-opt-out tap becomes a suppression of the address on the channel the provider reaches."""
+quarantined with their reason. One parser per provider whose webhooks the receiver spools; a STOP reply, an
+opt-out tap or Meta's marketing stop (`user_preferences`) becomes a suppression of the address on the channel the
+provider reaches."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ from pipeline.channels import (
     whatsapp_account_webhooks,
 )
 from pipeline.channels.templates import Update
-from pipeline.channels.whatsapp_webhooks import inbound_message_id, parse_webhook
+from pipeline.channels.whatsapp_webhooks import (
+    PREFERENCES_FIELD,
+    PREFERENCES_MARKER,
+    inbound_message_id,
+    parse_preferences,
+    parse_webhook,
+)
 from pipeline.receipts.event_ids import _hash, event_id
 from pipeline.receipts.spool import decode_record
 from pipeline.records import Inbound, Receipt
@@ -62,6 +69,8 @@ def suppression_key(provider: str, sender: str | None) -> tuple[str, str | None]
 
 STOP_KEYWORDS = frozenset({"stop", "unsubscribe", "stopall", "end", "cancel", "quit", "退订"})
 OPT_OUT_ERROR_CODES = frozenset({"131050"})  # recipient stopped marketing messages from this business
+# Meta's `user_preferences` change that opts a user out of marketing messages (the 131050 error's cause).
+MARKETING_STOP = ("marketing_messages", "stop")
 
 
 def inbound_event_id(item: Inbound) -> str:
@@ -100,6 +109,24 @@ class Staged:
             self.quarantine.append({"spool_file": name, "line_number": line_no, "raw": body.decode(errors="replace"),
                                     "reason": f"{type(exc).__name__}: {exc}"[:500]})
 
+    def add_preferences(self, order: dict[str, int], name: str, body: bytes, first_pos: int) -> None:
+        """A WhatsApp line's `user_preferences` changes: a user who stops marketing messages is suppressed as the
+        131050 error would suppress them (same reason; the source says which). A "resume" records nothing: the
+        store never lifts a suppression (every opt-out is kept), so an opt-in has nothing to undo."""
+        try:
+            preferences = parse_preferences(body)
+        except ValueError as exc:  # as add_updates: quarantined, the line's receipts stay
+            self.quarantine.append({"spool_file": name, "line_number": order["line_no"], "raw": body.decode(
+                errors="replace"), "reason": f"{type(exc).__name__}: {exc}"[:500]})
+            return
+        for k, p in enumerate(preferences):
+            # wa_id is the phone number in digits; a user id of another shape names no address we send to.
+            if (p.category, p.value) != MARKETING_STOP or not re.fullmatch(r"\+?[0-9]+", p.wa_id):
+                continue
+            channel, address = suppression_key("whatsapp", p.wa_id)
+            self.stops.append({**order, "pos": first_pos + k, "channel": channel, "address": address,
+                               "reason": "marketing_opt_out", "source": PREFERENCES_FIELD, "since": p.occurred_at})
+
     def add_line(self, file_idx: int, name: str, line_no: int, line: bytes) -> None:
         if not line.strip():
             return
@@ -121,6 +148,8 @@ class Staged:
         elif provider == chatapp_webhooks.PROVIDER and chatapp_webhooks.mentions_updates(body):
             self.add_updates(name, line_no, body, received_at)  # ChatAppAudit: template review status
         order = {"file_idx": file_idx, "line_no": line_no}
+        if provider == "whatsapp" and PREFERENCES_MARKER in body:
+            self.add_preferences(order, name, body, first_pos=len(inbound))  # after the line's STOP replies
         for pos, r in enumerate(receipts):
             self.events.append({
                 **order, "pos": pos, "event_id": event_id(r), "provider": r.provider,
