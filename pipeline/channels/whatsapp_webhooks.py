@@ -23,7 +23,7 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 _KNOWN_STATUSES = {"sent", "delivered", "read", "failed"}
 # `played` is the first play of a voice message: the recipient has opened it, so it ranks as read.
 _STATUS_ALIASES = {"played": "read"}
-# Meta's marketing opt-outs and opt-ins (PROVIDERS.md 1.9): a change of this field, parsed by `parse_preferences`.
+# Meta's marketing opt-outs and opt-ins (docs/providers.md §1.9): a change of this field, parsed by `parse_preferences`.
 PREFERENCES_FIELD = "user_preferences"
 # A spool line can hold such a change only if it names the field: the cheap test before parsing it twice.
 PREFERENCES_MARKER = f'"{PREFERENCES_FIELD}"'.encode()

@@ -1,4 +1,4 @@
-"""Meta's `user_preferences` webhook (PROVIDERS.md 1.9, 1.5 row 131050): a user who stops marketing messages is
+"""Meta's `user_preferences` webhook (docs/providers.md §1.9, §1.5 row 131050): a user who stops marketing messages is
 suppressed on WhatsApp like a 131050 failure, by both parsers of the ingest, once; a resume records nothing (the store
 lifts no suppression). Store-facing tests run on SQLite and on PostgreSQL."""
 
