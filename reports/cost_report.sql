@@ -4,7 +4,9 @@
 -- WHERE condition (one campaign) and the UTC day of a timestamp (the one thing the two databases spell
 -- differently), and binds chatapp_channel (what a ChatApp campaign sends on, from its spec).
 -- Counting rules:
---   sent       outbox state 'sent' (the provider accepted the message)
+--   sent       outbox state 'sent' (the provider accepted the message), or 'unknown' / 'sending' (in flight at a
+--              crash) with a receipt naming it: the provider had it, as reconcile_in_flight in
+--              pipeline/dispatch/ledger.py settles it (billing_messages has a row for every message a receipt names)
 --   delivered  current receipt status delivered or read (read implies delivered; failed is terminal)
 --   read       current receipt status read
 --   failed     refused at send (outbox 'failed') or failed after acceptance (receipt 'failed')
@@ -22,11 +24,13 @@ SELECT
     CASE WHEN o.state = 'failed' THEN coalesce(o.error_code, 'unknown')
          WHEN b.status_rank = 9 THEN coalesce(b.receipt_error, 'unknown') END AS error_code,
     max(CASE WHEN o.state = 'failed' THEN o.error_detail ELSE b.error_title END) AS error_title,
-    sum(CASE WHEN o.state = 'sent' THEN 1 ELSE 0 END) AS sent,
+    sum(CASE WHEN o.state = 'sent' OR (o.state IN ('unknown', 'sending') AND b.message_id IS NOT NULL)
+             THEN 1 ELSE 0 END) AS sent,
     sum(CASE WHEN b.status_rank IN (2, 3) THEN 1 ELSE 0 END) AS delivered,
     sum(CASE WHEN b.status_rank = 3 THEN 1 ELSE 0 END) AS "read",
     sum(CASE WHEN o.state = 'failed' OR b.status_rank = 9 THEN 1 ELSE 0 END) AS failed,
-    coalesce(sum(CASE WHEN o.state = 'sent' THEN coalesce(o.segments, 1) END), 0) AS sent_segments
+    coalesce(sum(CASE WHEN o.state = 'sent' OR (o.state IN ('unknown', 'sending') AND b.message_id IS NOT NULL)
+                      THEN coalesce(o.segments, 1) END), 0) AS sent_segments
 FROM outbox AS o
 LEFT JOIN billing_messages AS b ON b.message_id = o.message_id
 WHERE {where}

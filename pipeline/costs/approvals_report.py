@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.costs.exports import md_cell, write_csv
 from pipeline.masking import mask_text
 from pipeline.store import Store, utc
 
@@ -61,7 +62,7 @@ def write_approvals(files: Any, rows: list[dict[str, Any]]) -> Any:
     if not rows:
         return files
     path = files.csv.parent / "approvals.csv"
-    pl.DataFrame(rows, schema=SCHEMA).write_csv(path)
+    write_csv(pl.DataFrame(rows, schema=SCHEMA), path)
     with files.markdown.open("a", encoding="utf-8") as handle:
         handle.write(markdown(rows))
     return replace(files, approvals_csv=path)
@@ -74,7 +75,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         cells = [r["requested_at"], r["origin"], r["messages"], r["estimate_usd"], r["decision"], r["approver"],
                  r["decided_at"], r["comment"]]
-        lines.append("| " + " | ".join("–" if c is None else str(c).replace("|", "/") for c in cells) + " |")
+        lines.append("| " + " | ".join("–" if c is None else md_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -161,8 +161,7 @@ def _regroup(db: Store, campaign_id: str) -> int:
         and utc(before[1]) >= now - timedelta(seconds=RECOUNT_IN_FLIGHT_S)  # type: ignore[operator]
     # Counted in a read snapshot that includes every change committed before the mark was cleared; a change
     # committed after marks the campaign again.
-    sql = GROUPS_SQL.read_text(encoding="utf-8").replace("{where}", "o.campaign_id = :c").replace(
-        "{day}", _UTC_DAY[db.dialect].format(x="coalesce(o.sent_at, b.delivered_at, o.queued_at)"))
+    sql = groups_sql(db, "o.campaign_id = :c")
     rows = [r._asdict() for r in db.rows(sql, c=campaign_id, chatapp_channel=chatapp_channel(db, campaign_id))]
     with db.write() as conn:
         mine = run(conn, "UPDATE billing_sync SET fingerprint = :done, synced_at = :now "
@@ -178,6 +177,13 @@ def _regroup(db: Store, campaign_id: str) -> int:
         else:  # its outbox rows are gone: forget it
             run(conn, "DELETE FROM billing_sync WHERE source = :s", s=source)
     return 1
+
+
+def groups_sql(db: Store, where: str) -> str:
+    """reports/cost_report.sql in this store's dialect, counting the outbox rows (`o`) that `where` selects; binds
+    :chatapp_channel and the parameters of `where`."""
+    return GROUPS_SQL.read_text(encoding="utf-8").replace("{where}", where).replace(
+        "{day}", _UTC_DAY[db.dialect].format(x="coalesce(o.sent_at, b.delivered_at, o.queued_at)"))
 
 
 def _quoted(column: str) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.costs.billing import chatapp_channel
+from pipeline.render.prepare_ids import id_channel
 from pipeline.spec import positive_setting
 from pipeline.store import Store
 from pipeline.store.bulk import insert_frame
@@ -38,11 +40,14 @@ class Imported:
     unknown: int  # recipients the campaign never had (stored, but counted in no arm)
 
 
-def _recipient(raw: str) -> str:
-    """Phone numbers as the outbox keys them (E.164: + and digits); ids and e-mail addresses as written."""
-    if _PHONE.match(raw):
-        return "+" + re.sub(r"\D", "", raw)
-    return raw
+def _recipient(raw: str, ids: str | None) -> str:
+    """The key the outbox has for this recipient of a campaign sending to `ids` (pipeline/render/prepare_ids.py:
+    `id_channel`, None for phone numbers): a phone number in E.164 (+ and digits); on an id channel the address
+    as prepare_ids makes it (stripped; an e-mail address lower-cased), never read as a phone number, since a
+    Messenger or Instagram id is digits too."""
+    if ids is None:
+        return "+" + re.sub(r"\D", "", raw) if _PHONE.match(raw) else raw
+    return raw.lower() if ids == "email" else raw
 
 
 def _time(raw: str) -> datetime:
@@ -50,8 +55,9 @@ def _time(raw: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def read_conversions(path: Path, *, max_rows: int | None = None) -> pl.DataFrame:
-    """recipient_key, converted_at, value of every row; ConversionsError naming each bad one."""
+def read_conversions(path: Path, *, max_rows: int | None = None, ids: str | None = None) -> pl.DataFrame:
+    """recipient_key, converted_at, value of every row; ConversionsError naming each bad one. `ids`: the id channel
+    the campaign's recipients are keyed by (see `_recipient`), None for phone numbers."""
     max_rows = max_rows or positive_setting(MAX_ROWS_ENV, DEFAULT_MAX_ROWS)
     errors: list[str] = []
     keys, times, values = [], [], []
@@ -72,7 +78,7 @@ def read_conversions(path: Path, *, max_rows: int | None = None) -> pl.DataFrame
                     raise ConversionsError(f"{path}: more than {max_rows:,} rows ({MAX_ROWS_ENV} raises the bound)")
                 if not any(cell.strip() for cell in row):
                     continue
-                problem, parsed = _parse_row(row, at)
+                problem, parsed = _parse_row(row, at, ids)
                 if problem:
                     errors.append(f"{path}: row {row_number}: {problem}")
                     continue
@@ -92,7 +98,8 @@ def read_conversions(path: Path, *, max_rows: int | None = None) -> pl.DataFrame
     return frame.unique(["recipient_key", "converted_at"], keep="first", maintain_order=True)
 
 
-def _parse_row(row: list[str], at: dict[str, int]) -> tuple[str | None, tuple[str, datetime, float | None]]:
+def _parse_row(row: list[str], at: dict[str, int], ids: str | None = None
+               ) -> tuple[str | None, tuple[str, datetime, float | None]]:
     cells = {name: (row[i].strip() if i < len(row) else "") for name, i in at.items()}
     for name, cell in cells.items():
         if len(cell) > MAX_FIELD_CHARS:
@@ -111,14 +118,17 @@ def _parse_row(row: list[str], at: dict[str, int]) -> tuple[str | None, tuple[st
             value = math.nan
         if not math.isfinite(value) or value < 0:
             return f"field value: not a number of at least 0 ({cells['value']!r})", ("", datetime.min, None)
-    return None, (_recipient(cells["recipient"]), when, value)
+    return None, (_recipient(cells["recipient"], ids), when, value)
 
 
 def import_conversions(db: Store, campaign_id: str, path: Path, *, max_rows: int | None = None) -> Imported:
     """Reads the whole file first (nothing is stored when any row is bad), then adds its rows in one transaction."""
-    if not db.scalar("SELECT count(*) FROM campaigns WHERE campaign_id = :c", c=campaign_id):
+    channel = db.scalar("SELECT channel FROM campaigns WHERE campaign_id = :c", c=campaign_id)
+    if channel is None:
         raise ConversionsError(f"--campaign: no campaign {campaign_id!r} in the store")
-    frame = read_conversions(path, max_rows=max_rows)
+    # Keyed as the campaign's preparation keyed its recipients (a Chat App campaign by the channel it sends on).
+    ids = id_channel(channel, {"channel_type": chatapp_channel(db, campaign_id)})
+    frame = read_conversions(path, max_rows=max_rows, ids=ids)
     rows = frame.select(pl.lit(campaign_id).alias("campaign_id"), "recipient_key", "converted_at", "value",
                         pl.lit(f"import:{path.name}"[:200]).alias("source"))
     known = {k for (k,) in db.rows("SELECT recipient_key FROM experiment_arms WHERE campaign_id = :c UNION "

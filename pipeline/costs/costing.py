@@ -23,7 +23,7 @@ from pipeline.costs import pricing
 from pipeline.costs.billing import chatapp_channel, refresh_billing
 from pipeline.render.segments import with_segments
 from pipeline.store import Store, dialect, run
-from pipeline.store.arrow import Reader, duck, read_arrow, read_table, reader
+from pipeline.store.arrow import Reader, column_types, duck, read_arrow, read_table, reader
 from pipeline.store.bulk import insert_frame
 
 if TYPE_CHECKING:
@@ -257,6 +257,16 @@ def fill_segments(db: Store, campaign_id: str) -> int:
 
 def error_meanings() -> dict[tuple[str, str], str]:
     return {(r["channel"], r["code"]): r["meaning"] for r in pricing.read_csv(DATA / "error_codes.csv")}
+
+
+def price_counted(db: Store, counts: str, **params: object) -> pl.DataFrame:
+    """Groups of messages counted by the store query `counts` (columns as billing_groups', e.g. reports/cost_report.sql
+    over some of a campaign's messages), priced as the report prices billing_groups, volume tiers included."""
+    with reader(db) as read:  # one connection, one snapshot
+        groups = read.arrow(counts, column_types("billing_groups"), **params)
+        price_data, tiers = _price_data(read), read.table("price_tiers")
+    with duck({"counted_groups": groups, **price_data}) as con:
+        return _apply_tiers(db, con, _price(con, "counted_groups"), tiers)
 
 
 def _costs(db: Store, where: str, params: dict[str, object], *, keys: list[str]) -> Costs:

@@ -32,6 +32,7 @@ from pipeline.costs.costing import (
     summary_totals,
 )
 from pipeline.costs.engagement import engagement
+from pipeline.costs.exports import md_cell, md_text, write_csv
 from pipeline.costs.uplift import arm_results, display_rows, write_arms
 from pipeline.masking import mask_text
 from pipeline.store import Store
@@ -161,7 +162,7 @@ def render_markdown(title: str, costs: Costs, totals: Mapping[str, Any]) -> str:
     rows = costs.rows
     lead = ["campaign_id"] if "campaign_id" in rows.columns else []
     lines = [
-        f"# {mask_text(title)}", "",
+        f"# {md_text(mask_text(title))}", "",
         f"- sent {totals['sent']:,}, delivered {totals['delivered']:,} ({_rate(totals['delivery_rate'])}), "
         f"read {totals['read']:,} ({_rate(totals['read_rate'])}), failed {totals['failed']:,}",
         f"- cost USD {_money(totals['total_usd'])} = platform {_money(totals['platform_fee_usd'])} + service "
@@ -184,13 +185,17 @@ def render_markdown(title: str, costs: Costs, totals: Mapping[str, Any]) -> str:
         lines += ["", "## Failures by error code", "", "| channel | code | meaning | failed |", "|---|---|---|---:|"]
         by_code = failures.group_by("channel", "error_code").agg(pl.col("meaning").first(), pl.col("failed").sum())
         for ch, code, meaning, n in by_code.sort("failed", "error_code", descending=[True, False]).iter_rows():
-            lines.append(f"| {ch} | {code} | {meaning} | {n:,} |")
+            lines.append("| " + " | ".join(_cell(c, v) for c, v in (("channel", ch), ("error_code", code),
+                                                                    ("meaning", meaning), ("failed", n))) + " |")
     return "\n".join(lines) + "\n"
 
 
 def render_html(page: Mapping[str, Any], costs: Costs, totals: Mapping[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(DATA), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    # The campaign's name and the header's values are free text: masked like every other text of the page.
+    page = {**page, "title": mask_text(str(page["title"])),
+            "meta": [(label, mask_text(str(value))) for label, value in page["meta"]]}
     rows, failures = costs.rows, _masked_failures(costs.failures)
     by_country = (rows.group_by("country").agg(pl.col("platform_fee_usd").sum(), pl.col("service_fee_usd").sum())
                   .with_columns((pl.col("platform_fee_usd") + pl.col("service_fee_usd")).alias("t"))
@@ -235,9 +240,9 @@ def _write(out_dir: Path, costs: Costs, totals: Mapping[str, Any], page: Mapping
         failures_parquet=out_dir / "failures.parquet")
     failures = _masked_failures(costs.failures)
     # Money is exact to 6 places (Decimal in Parquet); rates are rounded for reading only in the CSV.
-    costs.rows.with_columns(pl.col(*RATES).round(4)).write_csv(files.csv)
+    write_csv(costs.rows.with_columns(pl.col(*RATES).round(4)), files.csv)
     costs.rows.write_parquet(files.parquet)
-    failures.write_csv(files.failures_csv)
+    write_csv(failures, files.failures_csv)
     failures.write_parquet(files.failures_parquet)
     files.html.write_text(render_html(page, costs, totals), encoding="utf-8")
     files.markdown.write_text(render_markdown(f"{page['heading']}: {page['title']}", costs, totals),
@@ -312,7 +317,7 @@ def _cell(column: str, value: Any) -> str:
         return "–"
     if column.endswith("_usd"):
         return _money(value)
-    return f"{value:,}" if isinstance(value, int) else str(value).replace("|", "/")
+    return f"{value:,}" if isinstance(value, int) else md_cell(value)
 
 
 def _rate(value: float | None) -> str:

@@ -1,7 +1,9 @@
 """Per-arm results of a campaign with variants or a holdout: sent, delivered, read, replies, taps, opt-outs,
 conversions, the conversion rate with its 95 % interval, the uplift against the holdout with its interval, and
 cost per conversion. Read from the store's tables (experiment_arms, outbox, message_status, inbound,
-suppressions, conversions); only aggregates leave here.
+suppressions, conversions); only aggregates leave here. An arm's cost is its part of the bill: its messages counted
+and priced as the campaign's report counts and prices them (reports/cost_report.sql, pipeline/costs/costing.py),
+not the dispatch's estimate (which is none off WhatsApp and counts failed messages).
 
 Every arm is measured over all the recipients assigned to it (intention to treat: a message that failed still
 counts its recipient), so the holdout, sent nothing, is comparable. The statistics are statsmodels': the rate's
@@ -13,11 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
+from pipeline.costs.billing import chatapp_channel, groups_sql, refresh_billing
+from pipeline.costs.costing import price_counted
+from pipeline.costs.exports import md_cell, write_csv
 from pipeline.store import Store
 from pipeline.store.arrow import TIMESTAMP, read_arrow
 
@@ -31,7 +37,7 @@ _TAP = r'"type"\s*:\s*"(button|interactive)"'
 
 
 # Times and money as one type on both stores (SQLite keeps them as text).
-_TYPES = {"sent_at": TIMESTAMP, "occurred_at": TIMESTAMP, "since": TIMESTAMP, "est_cost_usd": pa.float64(),
+_TYPES = {"sent_at": TIMESTAMP, "occurred_at": TIMESTAMP, "since": TIMESTAMP,
           "value": pa.float64(), "n": pa.int64(),
           **dict.fromkeys(("recipient_key", "arm", "state", "status", "sender", "raw_json", "address"), pa.string())}
 
@@ -48,7 +54,7 @@ def _digits(column: str) -> pl.Expr:
 def arm_counts(db: Store, campaign_id: str) -> pl.DataFrame:
     """One row per arm with its counts (no statistics); empty when the campaign has no arms."""
     arms = _frame(db, """
-        SELECT a.recipient_key, a.arm, o.state, o.sent_at, o.est_cost_usd, s.status
+        SELECT a.recipient_key, a.arm, o.state, o.sent_at, s.status
         FROM experiment_arms a
         LEFT JOIN outbox o ON o.campaign_id = a.campaign_id AND o.recipient_key = a.recipient_key
         LEFT JOIN message_status s ON s.message_id = o.message_id
@@ -72,6 +78,7 @@ def arm_counts(db: Store, campaign_id: str) -> pl.DataFrame:
                            "WHERE campaign_id = :c GROUP BY recipient_key", c=campaign_id)
     rows = (arms.join(answered, on="recipient_key", how="left").join(opted, on="recipient_key", how="left")
             .join(converted, on="recipient_key", how="left"))
+    cost = {arm: float(usd) for arm, usd in arm_costs(db, campaign_id).items()}
     return rows.group_by("arm").agg(
         recipients=pl.len(),
         sent=pl.col("sent_at").is_not_null().sum(),
@@ -82,8 +89,25 @@ def arm_counts(db: Store, campaign_id: str) -> pl.DataFrame:
         opt_outs=pl.col("opt_out").fill_null(False).sum(),
         conversions=pl.col("n").is_not_null().sum(),
         conversion_value=pl.col("value").sum().cast(pl.Float64),
-        cost_usd=pl.col("est_cost_usd").filter(pl.col("sent_at").is_not_null()).cast(pl.Float64).sum(),
+    ).with_columns(
+        cost_usd=pl.col("arm").replace_strict(cost, default=0.0, return_dtype=pl.Float64),
     ).sort(pl.col("arm") != HOLDOUT, "arm")
+
+
+def arm_costs(db: Store, campaign_id: str) -> dict[str, Decimal]:
+    """Each arm's part of the campaign's bill (USD): its recipients' messages counted by reports/cost_report.sql
+    and priced as the report prices the campaign's, one arm at a time (billing_groups, counted per price key, cannot
+    be split by arm); an arm that sent nothing is absent."""
+    refresh_billing(db, campaign_id)  # every receipt folded, as for the report
+    sql = groups_sql(db, "o.campaign_id = :c AND o.recipient_key IN (SELECT recipient_key FROM experiment_arms "
+                         "WHERE campaign_id = :c AND arm = :arm)")
+    channel = chatapp_channel(db, campaign_id)
+    out: dict[str, Decimal] = {}
+    for (arm,) in db.rows("SELECT DISTINCT arm FROM experiment_arms WHERE campaign_id = :c", c=campaign_id):
+        priced = price_counted(db, sql, c=campaign_id, arm=arm, chatapp_channel=channel)
+        if priced.height:
+            out[arm] = sum(priced["platform_fee_usd"].to_list() + priced["service_fee_usd"].to_list(), Decimal(0))
+    return out
 
 
 def with_statistics(counts: pl.DataFrame) -> pl.DataFrame:
@@ -146,7 +170,7 @@ def markdown(results: pl.DataFrame) -> str:
     columns = ["arm", *COLUMNS[1:9], "conversion_rate", "uplift", "cost_per_conversion_usd"]
     lines = ["", "## Arms: conversions and uplift against the holdout (95 % intervals)", "",
              "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
-    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in display_rows(results)]
+    lines += ["| " + " | ".join(md_cell(row[c]) for c in columns) + " |" for row in display_rows(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +178,7 @@ def write_arms(files: Any, results: pl.DataFrame) -> Any:
     """experiment.csv beside the report's files, and the arms' table appended to report.md (the HTML page
     renders it from the page's `arms`)."""
     path = files.csv.parent / "experiment.csv"
-    results.write_csv(path)
+    write_csv(results, path)
     with files.markdown.open("a", encoding="utf-8") as handle:
         handle.write(markdown(results))
     return replace(files, experiment_csv=path)

@@ -471,3 +471,19 @@ def test_a_campaign_whose_outbox_rows_are_gone_is_forgotten(db: Store) -> None:
     db.execute("DELETE FROM outbox WHERE campaign_id = 'gone'")
     assert costs.period_costs(db, date(2026, 10, 1), date(2026, 10, 31)).rows.height == 0
     assert db.scalar("SELECT count(*) FROM billing_sync WHERE source = 'outbox:gone'") == 0
+
+
+def test_a_message_in_flight_at_a_crash_with_a_receipt_is_billed_as_sent(db: Store) -> None:
+    add_campaign(db, "c1")
+    day = "2026-10-10"
+    add_message(db, "c1", "m1", "GB", "sent", f"{day} 10:00:00+00")
+    add_message(db, "c1", "m2", "GB", "unknown", f"{day} 10:00:00+00")  # its receipts arrived after the crash
+    add_message(db, "c1", "m3", "GB", "sending", None)
+    add_message(db, "c1", "m4", "GB", "unknown", None)  # no receipt: not known to have reached the provider
+    for mid in ("m1", "m2", "m3"):
+        add_event(db, mid, "delivered", f"{day} 10:01:00+00", "marketing", "regular")
+    totals = costs.summary_totals(costs.cost_report(db, "c1"))
+    assert (totals["sent"], totals["delivered"], totals["delivery_rate"]) == (3, 3, 1.0)
+    # Each pays the platform fee (0.0635 per delivered GB marketing message) and the service fee (0.005 per sent).
+    assert (totals["platform_fee_usd"], totals["service_fee_usd"], totals["total_usd"]) == (
+        D("0.1905"), D("0.015"), D("0.2055"))

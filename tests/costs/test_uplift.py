@@ -107,8 +107,9 @@ def test_every_count_per_arm_comes_from_the_store(db: Store, tmp_path: Path):
     assert {k: got["a"][k] for k in ("recipients", "sent", "delivered", "read", "replies", "taps", "opt_outs",
                                      "conversions")} == {"recipients": 4, "sent": 4, "delivered": 2, "read": 1,
                                                          "replies": 2, "taps": 1, "opt_outs": 1, "conversions": 1}
-    assert got["a"]["conversion_value"] == 42 and got["a"]["cost_usd"] == pytest.approx(1.0)
-    assert got["a"]["cost_per_conversion_usd"] == pytest.approx(1.0)
+    # The bill, not the dispatch's estimate (0.25 each): 2 delivered GB marketing at 0.0635 + 4 sent at 0.005.
+    assert got["a"]["conversion_value"] == 42 and got["a"]["cost_usd"] == pytest.approx(0.147)
+    assert got["a"]["cost_per_conversion_usd"] == pytest.approx(0.147)
     assert got["holdout"]["sent"] == 0 and got["holdout"]["conversions"] == 1
     assert got["a"]["uplift"] == pytest.approx(0.0)
 
@@ -166,3 +167,58 @@ def test_the_row_bound_holds_and_the_command_exits_2(sqlite_db: Store, tmp_path:
     assert main(["conversions", "import", str(path), "--campaign", "exp", "--db", sqlite_db.url]) == 0
     assert "11 conversions read, 11 new" in capsys.readouterr().out
     assert main(["conversions", "import", str(path), "--campaign", "nope", "--db", sqlite_db.url]) == 2
+
+
+def _assign(db: Store, campaign_id: str, arms: dict[str, str]) -> None:
+    for key, arm in arms.items():
+        db.execute("INSERT INTO experiment_arms (campaign_id, recipient_key, arm, country, assigned_at) "
+                   "VALUES (:c, :k, :a, 'GB', :t)", c=campaign_id, k=key, a=arm, t=SENT_AT)
+
+
+@pytest.mark.parametrize(("channel", "spec_json", "keys", "written"), [
+    # Numeric page-scoped ids: never phone numbers.
+    ("messenger", "{}", ["24783984325010000", "24783984325010001"], ["24783984325010000", "24783984325010001"]),
+    # Chat App to Instagram: prepared as Instagram ids.
+    ("chatapp", '{"provider": {"options": {"channel_type": "instagram"}}}', ["178414000000001", "178414000000002"],
+     ["178414000000001", " 178414000000002 "]),
+    # E-mail addresses: the outbox keys them lower-cased.
+    ("email", "{}", ["jane@example.com", "joe@example.com"], ["Jane@Example.COM", "JOE@example.com"]),
+])
+def test_conversions_of_id_and_email_recipients_match_their_arms(db: Store, tmp_path: Path, channel: str,
+                                                                 spec_json: str, keys: list[str], written: list[str]):
+    add_campaign(db, "ids", channel=channel, spec_json=spec_json)
+    _assign(db, "ids", {keys[0]: "holdout", keys[1]: "a"})
+    path = tmp_path / "conv.csv"
+    path.write_text("recipient,converted_at\n" + "".join(f"{w},2026-10-11T10:00:00Z\n" for w in written))
+    imported = import_conversions(db, "ids", path)
+    assert (imported.added, imported.unknown) == (2, 0)
+    assert sorted(k for (k,) in db.rows("SELECT recipient_key FROM conversions")) == sorted(keys)
+    got = {r["arm"]: r["conversions"] for r in arm_results(db, "ids").iter_rows(named=True)}
+    assert got == {"holdout": 1, "a": 1}
+
+
+def test_an_arms_cost_is_its_part_of_the_bill(db: Store):
+    costing.load_prices(db)
+    outcomes = {"whatsapp": {"a": ["delivered", "failed"], "b": ["delivered", "delivered"]},
+                "sms": {"a": ["delivered", "delivered"], "b": ["delivered"]}}
+    for n, (channel, arms) in enumerate(outcomes.items()):
+        add_campaign(db, channel, channel=channel)
+        _assign(db, channel, {f"+4477009{n}0999": "holdout"})
+        for j, (arm, statuses) in enumerate(arms.items()):
+            for i, status in enumerate(statuses):
+                key, mid = f"+4477009{n}0{j}0{i}", f"{channel}-{arm}{i}"
+                _assign(db, channel, {key: arm})
+                add_outbox(db, channel, mid, recipient_key=key, state="sent", country="GB", channel=channel,
+                           sent_at=SENT_AT)
+                add_receipt(db, f"{mid}:{status}", mid, status, SENT_AT + timedelta(minutes=1), provider=channel,
+                            error_code="131026" if status == "failed" else None)
+        # What the dispatch estimated (nothing off WhatsApp): not what the messages cost.
+        db.execute("UPDATE outbox SET est_cost_usd = :e, segments = 1 WHERE campaign_id = :c",
+                   e=0.25 if channel == "whatsapp" else None, c=channel)
+        got = {r["arm"]: r["cost_usd"] for r in arm_results(db, channel).iter_rows(named=True)}
+        bill = float(costing.summary_totals(costing.cost_report(db, channel))["total_usd"])  # type: ignore[arg-type]
+        assert got["holdout"] == 0 and got["a"] + got["b"] == pytest.approx(bill) and bill > 0
+        if channel == "whatsapp":  # 0.0635 per delivered GB marketing message + 0.005 per sent one
+            assert (got["a"], got["b"]) == pytest.approx((0.0735, 0.137))
+        else:  # per sent part: a sent two, b one
+            assert got["a"] == pytest.approx(2 * got["b"]) and got["b"] > 0
