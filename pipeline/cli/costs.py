@@ -74,10 +74,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_prices_import(args: argparse.Namespace) -> int:
+    """The file is read and checked before the store is opened; a refused file is one `error:` line naming the
+    file, row and field, exit code 2, and the store's prices stay as they were."""
     try:
+        card = pricing.read_import(args.file, channel=args.channel, effective_from=args.effective_from)
         with store.connect(args.db) as db:
             pricing.load_reference_data(db)  # the region map and the rules the card is checked against
-            card = pricing.import_card(db, args.file, channel=args.channel, effective_from=args.effective_from)
+            pricing.store_import(db, card)
     except (pricing.PriceDataError, OSError, store.StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,13 +3,17 @@
 A card is every price of one channel from one effective date (Meta publishes whole cards); the card in
 force on a message's price day prices it, so an older campaign is priced by the card and rules of its day.
 Shipped data lives in pipeline/data/ (listed in rate_cards.csv); `import_card` adds a card from any file.
-Polars reads and checks a file; its rows replace those of the same key in one write transaction
-(pipeline.store.bulk.insert_frame), so a report never sees half a card.
+A file is read whole (at most CAMPAIGN_PRICES_MAX_BYTES) and checked row by row before the store is touched:
+a bad one is a PriceDataError of one line naming the file, the row and the field (not UTF-8, a short row, a
+missing column, a rate that is not a finite number of at most the store's decimal places, a duplicate), its rows
+bounded by CAMPAIGN_PRICES_MAX_ROWS. Its rows replace those of the same key in one write transaction
+(pipeline.store.bulk.insert_frame), so a report never sees half a card and a refused card changes nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -22,6 +26,7 @@ from typing import Literal
 import polars as pl
 from sqlalchemy import Connection
 
+from pipeline.spec import SpecError, positive_setting
 from pipeline.store import Store, run, run_many
 from pipeline.store.bulk import insert_frame
 
@@ -44,6 +49,22 @@ WHATSAPP_COLUMNS = {
 }
 
 CardKind = Literal["whatsapp_card", "rates", "tiers", "service_fees"]
+# The columns each kind of file needs (to_messages of a tier is optional: an open top tier).
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "whatsapp_card": ("market",), "rates": ("market", "category", "platform_fee_usd"),
+    "tiers": ("market", "category", "from_messages", "platform_fee_usd"), "service_fees": ("fee_points",)}
+
+# Bounds of a price file (a Meta card is ~80 rows, 5 KB; a global SMS card a few thousand rows).
+MAX_BYTES_ENV, DEFAULT_MAX_BYTES = "CAMPAIGN_PRICES_MAX_BYTES", 16 * 1024 * 1024
+MAX_ROWS_ENV, DEFAULT_MAX_ROWS = "CAMPAIGN_PRICES_MAX_ROWS", 100_000
+MAX_FIELD_CHARS = 1_024  # a market, a category, a rate or a count: anything longer is not one
+# The amounts as the cards hold them (the store's Money is NUMERIC(18, 6)): a rate with more decimal places, or
+# more digits before the point, is refused rather than rounded or stored as NULL.
+USD = pl.Decimal(12, 6)
+POINTS = pl.Decimal(12, 2)
+_MAX_COUNT = 2**63 - 1  # from/to_messages: the store's BIGINT
+_BAD_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+_DATE_LINE = re.compile(r"#\s*effective_from:\s*(\d{4}-\d{2}-\d{2}|\S*)")
 
 
 class PriceDataError(ValueError):
@@ -59,32 +80,49 @@ class Card:
     rows: pl.DataFrame  # prices: market, category, platform_fee_usd; tiers: + from/to_messages; fees: fee_points
 
 
+Row = dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class _Table:
+    header: list[str]
+    rows: list[tuple[int, Row]]  # (the line the row starts on, counting every line of the file, its fields)
+    effective_from: tuple[int, str] | None  # the line and value of the first '# effective_from:' comment
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a data CSV; lines starting with '#' are comments."""
-    with Path(path).open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(line for line in f if not line.lstrip().startswith("#")))
+    """Rows of a data CSV; lines starting with '#' are comments. A short row's missing fields are None."""
+    return [row for _, row in _read_table(Path(path), strict=False).rows]  # type: ignore[misc]
 
 
 def read_card(
     path: Path, *, channel: str = "whatsapp", effective_from: date | None = None, kind: CardKind | None = None,
-    source: str | None = None,
+    source: str | None = None, max_bytes: int | None = None, max_rows: int | None = None,
 ) -> Card:
     """Reads and checks one price file. The kind follows from its header, the date from the argument,
-    a `# effective_from: YYYY-MM-DD` comment, or a YYYY-MM(-DD) in the file name (first of the month)."""
+    a `# effective_from: YYYY-MM-DD` comment, or a YYYY-MM(-DD) in the file name (first of the month).
+    The bounds default to CAMPAIGN_PRICES_MAX_BYTES and CAMPAIGN_PRICES_MAX_ROWS."""
     path = Path(path)
     if channel not in CHANNELS:
         raise PriceDataError(f"{path.name}: unknown channel {channel!r} (one of {', '.join(CHANNELS)})")
-    rows = read_csv(path)
-    header = set(rows[0]) if rows else set()
-    kind = kind or _kind_of(path, header)
-    day = effective_from or _date_of(path)
+    table = _read_table(path, strict=True, max_bytes=max_bytes, max_rows=max_rows)
+    kind = kind or _kind_of(path, set(table.header))
+    missing = [c for c in REQUIRED_COLUMNS[kind] if c not in table.header]
+    if missing:
+        raise PriceDataError(f"{path.name} row 1: no {missing[0]} column (the header has "
+                             f"{', '.join(table.header)})")
+    day = effective_from or _date_of(path, table)
+    rows = table.rows
     if kind == "whatsapp_card":
         frame = _whatsapp_rows(path, rows)
     elif kind == "tiers":
         frame = _tier_rows(path, rows)
     elif kind == "service_fees":
-        frame = pl.DataFrame({"fee_points": [_decimal(path, i, r, "fee_points") for i, r in enumerate(rows, 2)]},
-                             schema={"fee_points": pl.Decimal(12, 2)})
+        if len(rows) > 1:
+            raise PriceDataError(f"{path.name} row {rows[1][0]}: a service-fee file holds exactly one row "
+                                 "(fee_points)")
+        frame = pl.DataFrame({"fee_points": [_decimal(path, i, r, "fee_points", POINTS) for i, r in rows]},
+                             schema={"fee_points": POINTS})
         if frame.height != 1:
             raise PriceDataError(f"{path.name}: a service-fee file holds exactly one row (fee_points)")
     else:
@@ -116,12 +154,23 @@ def load_reference_data(db: Store) -> dict[str, int]:
 def import_card(
     db: Store, path: Path, *, channel: str = "whatsapp", effective_from: date | None = None
 ) -> Card:
-    """Adds (or replaces) the card of `channel` from `effective_from`; `campaign prices import` calls this."""
-    card = read_card(path, channel=channel, effective_from=effective_from, source=f"import:{Path(path).name}")
+    """Adds (or replaces) the card of `channel` from `effective_from`: read_import, then store_import."""
+    card = read_import(path, channel=channel, effective_from=effective_from)
+    store_import(db, card)
+    return card
+
+
+def read_import(path: Path, *, channel: str = "whatsapp", effective_from: date | None = None) -> Card:
+    """A card to import, read and checked whole before the store is opened (`campaign prices import`)."""
+    return read_card(path, channel=channel, effective_from=effective_from, source=f"import:{Path(path).name}")
+
+
+def store_import(db: Store, card: Card) -> None:
+    """Replaces the card of its channel and date in one transaction; a card refused here (a category no rule
+    bills, a mapped market it lacks) leaves the store as it was."""
     with _transaction(db) as conn:
         _check_categories(conn, card)
         _store(conn, card, replace_imported=True)
-    return card
 
 
 def store_card(db: Store, card: Card, *, replace_imported: bool = True) -> int:
@@ -244,69 +293,231 @@ def _kind_of(path: Path, header: set[str]) -> CardKind:
                          "platform_fee_usd (or Meta's market,...,marketing_usd,utility_usd,authentication_usd)")
 
 
-def _date_of(path: Path) -> date:
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            found = re.match(r"#\s*effective_from:\s*(\d{4}-\d{2}-\d{2})", line)
-            if found:
-                return date.fromisoformat(found.group(1))
+def _date_of(path: Path, table: _Table) -> date:
+    if table.effective_from:
+        line, text = table.effective_from
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            raise PriceDataError(f"{path.name} row {line}: effective_from {_show(text)} is not a day "
+                                 "(YYYY-MM-DD)") from None
     found = re.search(r"(\d{4})-(\d{2})(?:-(\d{2}))?(?!\d)", path.name)
     if not found:
         raise PriceDataError(f"{path.name}: no effective date: pass --effective-from, add a "
                              "'# effective_from: YYYY-MM-DD' line, or put YYYY-MM in the file name")
-    return date(int(found.group(1)), int(found.group(2)), int(found.group(3) or 1))
-
-
-def _decimal(path: Path, line: int, row: dict[str, str], column: str) -> Decimal:
     try:
-        value = Decimal(row[column].strip())
-    except (InvalidOperation, KeyError, AttributeError):
-        raise PriceDataError(f"{path.name} row {line}: {column} is not a number: {row.get(column)!r}") from None
-    if value < 0 or not value.is_finite():
-        raise PriceDataError(f"{path.name} row {line}: {column} must be >= 0, got {value}")
+        return date(int(found.group(1)), int(found.group(2)), int(found.group(3) or 1))
+    except ValueError as exc:
+        raise PriceDataError(f"{path.name}: file name: {found.group(0)} is not a day ({exc}); pass "
+                             "--effective-from YYYY-MM-DD or rename the file") from None
+
+
+def _bound(name: str, given: int | None, default: int) -> int:
+    if given is not None:
+        return given
+    try:
+        return positive_setting(name, default)
+    except SpecError as exc:
+        raise PriceDataError(str(exc)) from None
+
+
+def _read_table(path: Path, *, strict: bool, max_bytes: int | None = None, max_rows: int | None = None) -> _Table:
+    """The header and rows of a price CSV, every problem a PriceDataError naming the file, row and field.
+    Rows are numbered by the line they start on (the header's is 1 when no comment precedes it). `strict` (a
+    card) refuses a row with fewer fields than the header, or with more that are not empty; otherwise (the
+    shipped data files) those fields are None or left out, as csv.DictReader has them."""
+    max_bytes = _bound(MAX_BYTES_ENV, max_bytes, DEFAULT_MAX_BYTES)
+    max_rows = _bound(MAX_ROWS_ENV, max_rows, DEFAULT_MAX_ROWS)
+    try:
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise PriceDataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise PriceDataError(f"{path.name}: larger than {max_bytes:,} bytes ({MAX_BYTES_ENV} raises the bound)")
+    text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    pending: list[tuple[int, str]] = []  # the lines of the record being read
+    dated: list[tuple[int, str]] = []
+
+    def lines() -> Iterator[str]:
+        for number, line in enumerate(io.StringIO(text, newline=""), 1):
+            if line.lstrip().startswith("#"):
+                found = _DATE_LINE.match(line)
+                if found and not dated:
+                    dated.append((number, found.group(1)))
+                continue
+            pending.append((number, line))
+            yield line
+
+    reader = csv.reader(lines())
+    header: list[str] | None = None
+    rows: list[tuple[int, Row]] = []
+    while True:
+        pending.clear()
+        try:
+            record = next(reader, None)
+        except csv.Error as exc:
+            line = pending[0][0] if pending else 1
+            raise PriceDataError(_unreadable(path, line, "".join(t for _, t in pending), header, exc)) from None
+        if record is None:
+            break
+        line = pending[0][0]
+        if not any(field.strip() for field in record):
+            continue  # a blank line, or a row of empty fields as spreadsheets leave at the end
+        for index, field in enumerate(record):
+            where = _column(header, index)
+            if len(field) > MAX_FIELD_CHARS:
+                raise PriceDataError(f"{path.name} row {line}: {where} is longer than {MAX_FIELD_CHARS:,} characters")
+            bad = _BAD_BYTE.search(field)
+            if bad:
+                raise PriceDataError(f"{path.name} row {line}: {where} is not UTF-8 text "
+                                     f"(byte 0x{ord(bad.group()) - 0xDC00:02x})")
+        if header is None:
+            twice = [name for name in dict.fromkeys(record) if name.strip() and record.count(name) > 1]
+            if strict and twice:
+                raise PriceDataError(f"{path.name} row {line}: column {twice[0]!r} appears twice")
+            header = record
+            continue
+        if len(rows) >= max_rows:
+            raise PriceDataError(f"{path.name} row {line}: more than {max_rows:,} rows ({MAX_ROWS_ENV} raises the "
+                                 "bound)")
+        if strict and len(record) < len(header):
+            raise PriceDataError(f"{path.name} row {line}: {header[len(record)]} is missing (the row has "
+                                 f"{len(record)} of the header's {len(header)} fields)")
+        if strict and any(field.strip() for field in record[len(header):]):
+            raise PriceDataError(f"{path.name} row {line}: {len(record)} fields where the header has "
+                                 f"{len(header)} ({_column(header, len(header))}: {_show(record[len(header)])})")
+        row: Row = dict.fromkeys(header)
+        row.update(zip(header, record, strict=False))
+        rows.append((line, row))
+    return _Table(header=header or [], rows=rows, effective_from=dated[0] if dated else None)
+
+
+def _column(header: list[str] | None, index: int) -> str:
+    if header is None:
+        return f"column {index + 1} of the header"
+    return header[index] if index < len(header) else f"field {index + 1} (past the header's {len(header)})"
+
+
+def _unreadable(path: Path, line: int, text: str, header: list[str] | None, exc: csv.Error) -> str:
+    """The message of a record the csv module refuses; for a field past its size limit, which field."""
+    index, length, quoted = 0, 0, False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            index, length = index + 1, 0
+        else:
+            length += 1
+            if length > MAX_FIELD_CHARS:
+                return f"{path.name} row {line}: {_column(header, index)} is longer than {MAX_FIELD_CHARS:,} characters"
+    return f"{path.name} row {line}: cannot read the row: {exc}"
+
+
+def _show(raw: str | None) -> str:
+    """A field's value for a one-line message: quoted, escaped, cut at 40 characters."""
+    if raw is None:
+        return "nothing"
+    return repr(raw[:40] + "...") if len(raw) > 40 else repr(raw)
+
+
+def _decimal(path: Path, line: int, row: Row, column: str, kind: pl.Decimal = USD) -> Decimal:
+    """An amount the card's column (and the store) holds exactly: finite, >= 0, at most `kind`'s decimal places and
+    digits; anything else is refused, not rounded."""
+    raw = row.get(column)
+    if raw is None:
+        raise PriceDataError(f"{path.name} row {line}: {column} is missing")
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        raise PriceDataError(f"{path.name} row {line}: {column} is not a number: {_show(raw)}") from None
+    if not value.is_finite():
+        raise PriceDataError(f"{path.name} row {line}: {column} is not a finite number: {_show(raw)}")
+    if value < 0:
+        raise PriceDataError(f"{path.name} row {line}: {column} must be >= 0, got {_show(raw.strip())}")
+    scale, digits = kind.scale or 0, (kind.precision or 38) - (kind.scale or 0)
+    if value >= Decimal(10) ** digits:
+        raise PriceDataError(f"{path.name} row {line}: {column} is too large: {_show(raw.strip())} (at most "
+                             f"{digits} digits before the point)")
+    if value != value.quantize(Decimal(1).scaleb(-scale)):
+        raise PriceDataError(f"{path.name} row {line}: {column} has more than {scale} decimal places: "
+                             f"{_show(raw.strip())} (the store keeps {scale}; it is not rounded)")
     return value
+
+
+def _count(path: Path, line: int, raw: str, column: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise PriceDataError(f"{path.name} row {line}: {column} is not a whole number: {_show(raw)}") from None
+    if abs(value) > _MAX_COUNT:
+        raise PriceDataError(f"{path.name} row {line}: {column} is too large: {_show(raw.strip())}")
+    return value
+
+
+def _name(path: Path, line: int, row: Row, column: str) -> str:
+    """A market or category: present and not empty."""
+    raw = row.get(column)
+    if raw is None or not raw.strip():
+        raise PriceDataError(f"{path.name} row {line}: {column} is {'missing' if raw is None else 'empty'}")
+    return raw.strip()
 
 
 def _market(name: str) -> str:
     return WILDCARD if name.strip() in WILDCARD_NAMES else name.strip()
 
 
-def _price_frame(records: Iterable[tuple[str, str, Decimal]], path: Path) -> pl.DataFrame:
-    frame = pl.DataFrame(list(records), orient="row", schema={
-        "market": pl.String, "category": pl.String, "platform_fee_usd": pl.Decimal(12, 6)})
-    dupes = frame.filter(frame.select("market", "category").is_duplicated())
-    if dupes.height:
-        raise PriceDataError(f"{path.name}: market and category listed twice: {dupes.rows()[:3]}")
-    return frame
+def _once(path: Path, line: int, seen: dict[tuple[object, ...], int], key: tuple[object, ...], what: str) -> None:
+    if key in seen:
+        raise PriceDataError(f"{path.name} row {line}: {what} listed twice: "
+                             f"{', '.join(map(str, key))} (first on row {seen[key]})")
+    seen[key] = line
 
 
-def _whatsapp_rows(path: Path, rows: list[dict[str, str]]) -> pl.DataFrame:
-    records = []
-    for line, row in enumerate(rows, 2):
+def _price_frame(records: Iterable[tuple[str, str, Decimal]]) -> pl.DataFrame:
+    return pl.DataFrame(list(records), orient="row", schema={
+        "market": pl.String, "category": pl.String, "platform_fee_usd": USD})
+
+
+def _whatsapp_rows(path: Path, rows: list[tuple[int, Row]]) -> pl.DataFrame:
+    records: list[tuple[str, str, Decimal]] = []
+    seen: dict[tuple[object, ...], int] = {}
+    for line, row in rows:
         for column, category in WHATSAPP_COLUMNS.items():
             if row.get(column) not in (None, ""):  # a market without that rate has no row: its messages show unpriced
-                records.append((_market(row["market"]), category, _decimal(path, line, row, column)))
-    return _price_frame(records, path)
+                market = _market(_name(path, line, row, "market"))
+                _once(path, line, seen, (market, category), "market and category")
+                records.append((market, category, _decimal(path, line, row, column)))
+    return _price_frame(records)
 
 
-def _rate_rows(path: Path, rows: list[dict[str, str]]) -> pl.DataFrame:
-    records = [(_market(r["market"]), r["category"].strip(), _decimal(path, line, r, "platform_fee_usd"))
-               for line, r in enumerate(rows, 2)]
-    return _price_frame(records, path)
+def _rate_rows(path: Path, rows: list[tuple[int, Row]]) -> pl.DataFrame:
+    records: list[tuple[str, str, Decimal]] = []
+    seen: dict[tuple[object, ...], int] = {}
+    for line, r in rows:
+        market, category = _market(_name(path, line, r, "market")), _name(path, line, r, "category")
+        _once(path, line, seen, (market, category), "market and category")
+        records.append((market, category, _decimal(path, line, r, "platform_fee_usd")))
+    return _price_frame(records)
 
 
-def _tier_rows(path: Path, rows: list[dict[str, str]]) -> pl.DataFrame:
+def _tier_rows(path: Path, rows: list[tuple[int, Row]]) -> pl.DataFrame:
     records = []
-    for line, r in enumerate(rows, 2):
-        low = int(r["from_messages"])
-        high = int(r["to_messages"]) if (r.get("to_messages") or "").strip() else None
-        if low < 1 or (high is not None and high < low):
-            raise PriceDataError(f"{path.name} row {line}: bad tier range {low}..{high}")
-        records.append((r["market"].strip(), r["category"].strip(), low, high,
-                        _decimal(path, line, r, "platform_fee_usd")))
+    seen: dict[tuple[object, ...], int] = {}
+    for line, r in rows:
+        market, category = _name(path, line, r, "market"), _name(path, line, r, "category")
+        low = _count(path, line, r["from_messages"] or "", "from_messages")
+        high = _count(path, line, r["to_messages"] or "", "to_messages") if (
+            r.get("to_messages") or "").strip() else None
+        if low < 1:
+            raise PriceDataError(f"{path.name} row {line}: from_messages: bad tier range {low}..{high}")
+        if high is not None and high < low:
+            raise PriceDataError(f"{path.name} row {line}: to_messages: bad tier range {low}..{high}")
+        _once(path, line, seen, (market, category, low), "market, category and from_messages")
+        records.append((market, category, low, high, _decimal(path, line, r, "platform_fee_usd")))
     return pl.DataFrame(records, orient="row", schema={
         "market": pl.String, "category": pl.String, "from_messages": pl.Int64, "to_messages": pl.Int64,
-        "platform_fee_usd": pl.Decimal(12, 6)})
+        "platform_fee_usd": USD})
 
 
 def _check_markets(conn: Connection, card: Card) -> None:
