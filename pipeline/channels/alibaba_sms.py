@@ -21,7 +21,8 @@ VERSION = "2017-05-25"
 DEFAULT_BASE_URL = "https://dysmsapi.aliyuncs.com"
 MAX_NUMBERS = 100  # SendBatchSms's documented limit
 
-THROTTLE_CODES = frozenset({"isv.BUSINESS_LIMIT_CONTROL", "Throttling.User", "Throttling", "Throttling.Api"})
+# The account's call rate (QPS): slow the sender down.
+THROTTLE_CODES = frozenset({"Throttling.User", "Throttling", "Throttling.Api"})
 RETRYABLE_CODES = frozenset({"isp.SYSTEM_ERROR", "isp.GATEWAY_ERROR", "ServiceUnavailable", "InternalError",
                              "SignatureNonceUsed"}) | THROTTLE_CODES
 # Account, key, signature or template problems: every further call would fail the same way.
@@ -33,7 +34,14 @@ STOP_CODES = frozenset({
 })
 # Codes about one number of the call. Alibaba refuses the whole call for it, so nothing was sent:
 # `send` splits the batch to find the number(s) and sends the rest.
-PER_NUMBER_CODES = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.DAY_LIMIT_CONTROL"})
+PER_NUMBER_CODES = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.DAY_LIMIT_CONTROL", "isv.BUSINESS_LIMIT_CONTROL"})
+# isv.BUSINESS_LIMIT_CONTROL is Alibaba's per-number frequency limit (docs/providers.md §6.1: verification
+# codes 1/min, 5/h, 10/day; notifications and promotions 50/day per number, signature and template), never
+# the sender's pace: that number waits (a day unless the message names the minute or hour window), the
+# others go on and the sender keeps its rate.
+NUMBER_LIMIT_CODE = "isv.BUSINESS_LIMIT_CONTROL"
+NUMBER_LIMIT_WAITS_S = (("分钟", 60.0), ("minute", 60.0), ("小时", 3600.0), ("hour", 3600.0))
+NUMBER_LIMIT_DEFAULT_S = 24 * 3600.0
 
 
 def alibaba_segments(sign_name: str, text: str, country: str | None) -> int:
@@ -151,6 +159,10 @@ class AlibabaSmsChannel(HttpChannel):
             return SendOutcome(kind=kind, error_code=f"http_{status_code}", error_detail="malformed provider response",
                                retry_after_s=retry_after, throttled=status_code == 429)
         detail = str(data.get("Message") or "") if isinstance(data, dict) else ""
+        if code == NUMBER_LIMIT_CODE:
+            wait = next((s for word, s in NUMBER_LIMIT_WAITS_S if word in detail.lower()), NUMBER_LIMIT_DEFAULT_S)
+            return SendOutcome(kind="retry", error_code=code, error_detail=detail,
+                               retry_after_s=max(wait, retry_after or 0.0))
         throttled = code in THROTTLE_CODES
         if code in STOP_CODES:
             kind = "stop"

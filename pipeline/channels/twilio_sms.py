@@ -20,7 +20,11 @@ from pipeline.spec import CampaignSpec, SpecError
 API_VERSION = "2010-04-01"
 DEFAULT_BASE_URL = "https://api.twilio.com"
 
-THROTTLE_CODES = frozenset({20429, 14107})  # REST API too many requests; per-pair rate limit
+THROTTLE_CODES = frozenset({20429})  # REST API too many requests
+# 14107: more than 30 messages between the same two numbers within 30 s fails for 30 s. Other recipients are
+# unaffected, so only that message waits and the sender keeps its pace (as WhatsApp's 131056).
+PAIR_LIMIT_CODE = 14107
+PAIR_LIMIT_WAIT_S = 30.0
 RETRYABLE_CODES = frozenset({20500, 20503, 30001}) | THROTTLE_CODES  # Twilio's own trouble, queue overflow
 # Account-wide problems: bad credentials, suspended account, unknown account, a sender the account
 # does not own. Every further message would fail the same way, so the channel stops.
@@ -34,6 +38,7 @@ _MEANINGS = {
     21408: "Region not enabled for SMS", 21606: "'From' is not a number or sender id of this account",
     21610: "Recipient unsubscribed (replied STOP)", 21614: "'To' is not a mobile number",
     21617: "Body exceeds 1600 characters", 21635: "'To' cannot be a landline",
+    14107: "Pair rate limit (over 30 messages to this number within 30 s)",
 }
 
 
@@ -100,6 +105,9 @@ class TwilioSmsChannel(HttpChannel):
             return SendOutcome(kind=kind, error_code=f"http_{status_code}", error_detail="malformed provider response",
                                retry_after_s=retry_after, throttled=status_code == 429)
         detail = str(data.get("message") or _MEANINGS.get(code, ""))
+        if code == PAIR_LIMIT_CODE:  # before the 429 check: a pair limit never slows the sender
+            return SendOutcome(kind="retry", error_code=str(code), error_detail=detail,
+                               retry_after_s=max(PAIR_LIMIT_WAIT_S, retry_after or 0.0))
         throttled = code in THROTTLE_CODES or status_code == 429
         if code in STOP_CODES:
             kind = "stop"

@@ -44,7 +44,7 @@ def queue_experiment(
     frame = _with_key(accepted)
     frame = frame.with_columns(assign_arms(campaign_id, frame["recipient_key"], arms))
     variables = {**spec.variables, **{n: gen_column(n) for n in (spec.generate.variables if spec.generate else {})}}
-    frame, failed = render_arms(frame, arms, variables, RenderLimits.for_channel(spec.channel))
+    frame, failed = render_arms(frame, arms, variables, RenderLimits.for_spec(spec))
     if failed.height:  # the arm's template could not render this row: rejected as in preparation
         frame = frame.filter(~pl.col("row_number").is_in(failed["row_number"].implode()))
         rejects = pl.concat([rejects, failed], how="diagonal_relaxed")

@@ -17,6 +17,7 @@ from pipeline.audience.policy import blocked_policy
 from pipeline.audience.windows import last_inbound_times
 from pipeline.channels.template_sync import registry_target
 from pipeline.channels.templates import approved_languages
+from pipeline.render.limits import RenderLimits
 from pipeline.render.prepare import Prepared, prepare_audience
 from pipeline.render.prepare_ids import id_channel, prepare_ids
 from pipeline.render.sessions import with_sessions
@@ -57,7 +58,7 @@ def prepare_campaign(
             variables=spec.variables, policy=blocked_policy(spec.channel, spec.blocked_countries),
             suppressed=frozenset(suppressed), suppression_reasons=suppressed, recently_messaged=capped,
             out_dir=out_dir, frequency_detail=describe(cap), capped_categories=frozenset(cap.categories),
-            languages=languages,
+            languages=languages, render_limits=RenderLimits.for_spec(spec),  # the provider's bounds too
         )
     if spec.template.session is not None:  # free-form to open windows; the template or a reject for the rest
         with store.connect(database) as db:

@@ -123,7 +123,7 @@ def pick_variant_rows(spec: CampaignSpec, campaign_id: str, prepared: Prepared, 
         chosen = pl.concat(parts)
     # Generated values render as their fallback, as in the campaign's own preparation (stand_in).
     arms = [Arm(name, stand_in(spec.model_copy(update={"template": t})).template, 1.0) for name, t in templates.items()]
-    rendered, failed = render_arms(chosen, arms, spec.variables, RenderLimits.for_channel(spec.channel))
+    rendered, failed = render_arms(chosen, arms, spec.variables, RenderLimits.for_spec(spec))
     if failed.height:
         raise SeedError(f"{source}: row {failed['row_number'][0]}: its variant's template cannot render it "
                         f"({failed['reason'][0]}: {failed['detail'][0]})")

@@ -15,24 +15,24 @@ import re
 import unicodedata
 from pathlib import Path
 
+from pipeline.render import parameters
 from pipeline.render.limits import MESSAGE_CHARS
+from pipeline.render.parameters import PARAMETER_CHANNELS, parameter_break
 from pipeline.render.segments import GSM7_BASIC, GSM7_EXTENSION
 
 REASONS = ("empty", "too_long", "link", "phone_number", "template_syntax", "control_character", "charset",
            "no_answer")
-# WhatsApp template parameters (docs/providers.md §1.2, Meta's template rules): no newline or tab, and no
-# more than four consecutive spaces.
-_PARAMETER_CHANNELS = {"whatsapp", "chatapp"}
 _LINK = re.compile(
     r"(?i)\b(?:https?://|ftp://|www\.)|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|co|ly|me|info|biz|app|"
     r"xyz|link|site|online|shop|ru|cn|uk|de|in|br|gl|gg|to|tk)\b(?:/|\b)")
 # Seven digits or more, allowing the separators people write numbers with.
 _PHONE = re.compile(r"\+?\d(?:[\s().-]*\d){6,}")
 _SYNTAX = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}|\$\{|\{\d+\}")
-# This module's code and the character set it checks SMS against: any change to either makes every stored
-# outcome stale, without anyone having to remember to bump a version.
+# This module's code, the parameter rule's (parameters.py) and the character set it checks SMS against: any change
+# to one makes every stored outcome stale, without anyone having to remember to bump a version.
 _CHECKS = hashlib.sha256(
-    Path(__file__).read_bytes() + "".join(sorted(GSM7_BASIC | GSM7_EXTENSION)).encode()).hexdigest()
+    Path(__file__).read_bytes() + Path(parameters.__file__).read_bytes()
+    + "".join(sorted(GSM7_BASIC | GSM7_EXTENSION)).encode()).hexdigest()
 
 
 def parameter_limit(channel: str, max_chars: int | None) -> int:
@@ -78,7 +78,7 @@ def refusal(value: str | None, *, channel: str, max_chars: int | None) -> str | 
         return "link"
     if _PHONE.search(text):
         return "phone_number"
-    if channel in _PARAMETER_CHANNELS and ("\n" in text or "\t" in text or "     " in text):
+    if channel in PARAMETER_CHANNELS and parameter_break(text):  # WhatsApp's parameter rule (parameters.py)
         return "control_character"
     if control_characters().search(text):
         return "control_character"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from pipeline.spec import positive_setting
+from pipeline.render.signed_sms import SignedSms
+from pipeline.spec import CampaignSpec, positive_setting
 
 # channel -> (characters in one rendered text or template parameter, where the number comes from)
 MESSAGE_CHARS: dict[str, tuple[int, str]] = {
@@ -16,7 +17,7 @@ MESSAGE_CHARS: dict[str, tuple[int, str]] = {
     "messenger": (2_000, "Send API text, Meta's Send API reference (not stated in docs/providers.md §5.1)"),
     "instagram": (1_000, "docs/providers.md §5.2"),
     "viber": (7_000, "docs/providers.md §4.1"),
-    "sms": (1_600, "Twilio `Body`, docs/providers.md §6.2 (Alibaba SMS: 500 with the signature, §6.1)"),
+    "sms": (1_600, "Twilio `Body`, docs/providers.md §6.2 (Alibaba SMS: 500 with the signature, §6.1: signed_sms.py)"),
     "email": (256 * 1024, "no limit over SMTP (docs/providers.md §7.1); our bound for one personalised body"),
 }
 DEFAULT_MESSAGE_CHARS = 4_096  # a channel the table does not know
@@ -36,6 +37,7 @@ class RenderLimits:
     max_message_chars: int = DEFAULT_MESSAGE_CHARS  # the text and each template parameter
     max_template_chars: int = DEFAULT_TEMPLATE_CHARS
     max_template_steps: int = DEFAULT_TEMPLATE_STEPS
+    signed_sms: SignedSms | None = None  # Alibaba SMS: signature + text, per row (its signature is the row's)
 
     @classmethod
     def for_channel(
@@ -50,6 +52,11 @@ class RenderLimits:
             max_template_chars=positive_setting(TEMPLATE_CHARS_ENV, DEFAULT_TEMPLATE_CHARS, environ),
             max_template_steps=positive_setting(TEMPLATE_STEPS_ENV, DEFAULT_TEMPLATE_STEPS, environ),
         )
+
+    @classmethod
+    def for_spec(cls, spec: CampaignSpec, environ: Mapping[str, str] = os.environ) -> RenderLimits:
+        """for_channel(spec.channel), with the bounds of the spec's provider (Alibaba SMS's 500 with the signature)."""
+        return replace(cls.for_channel(spec.channel, environ), signed_sms=SignedSms.of_spec(spec))
 
     def too_long(self, part: str, chars: int) -> str:
         """The reject detail of a rendered `part` of `chars` characters."""

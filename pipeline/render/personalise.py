@@ -216,7 +216,7 @@ def personalise(db: Store, spec: CampaignSpec, prepared: Prepared, *,
     assert spec.generate is not None
     frame, report = generate_values(db, spec, prepared.accepted, endpoint=endpoint)
     variables = {**spec.variables, **{n: gen_column(n) for n in spec.generate.variables}}
-    limits = RenderLimits.for_channel(spec.channel)
+    limits = RenderLimits.for_spec(spec)
     rendered, failed = render_messages(frame.drop(RENDERED, strict=False), spec.template, variables, limits)
     if failed.height:  # the generated value made the message too long: that row's value falls back
         report.fallbacks["message_too_long"] += failed.height

@@ -20,6 +20,7 @@ from pipeline.render.components import build_whatsapp_components, media_header  
 from pipeline.render.environment import BoundedEnvironment
 from pipeline.render.fast import FastTemplate, NotCompilable
 from pipeline.render.limits import RenderLimits
+from pipeline.render.parameters import PARAMETER_CHANNELS, reject_broken_parameters
 from pipeline.spec import RENDERED_BUTTONS, TemplateSpec
 
 _ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -111,6 +112,12 @@ class CompiledTemplate:
         return text, params
 
 
+def _columns_read(template: TemplateSpec, variables: dict[str, str]) -> dict[str, list[str]]:
+    """where -> the audience columns its source reads (check_template has parsed every source already)."""
+    return {where: sorted({variables[n] for n in meta.find_undeclared_variables(_ENV.parse(source)) if n in variables})
+            for where, source in _sources(template)}
+
+
 def _empty_parameter(params: dict[str, list[str]]) -> str | None:
     # Meta refuses a template parameter with empty text; name the first one.
     for part in ("header", "body"):
@@ -125,8 +132,9 @@ def render_messages(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rendered, rejects): rendered rows gain `text` and `params_json`; a row whose template
     needs a value it lacks (empty or null cell) is rejected missing_variable, naming it; one whose
-    text or a parameter would be longer than `limits` allow, or whose template goes over its
-    budget, message_too_long.
+    text or a parameter would be longer than `limits` allow, whose template goes over its
+    budget, or (Alibaba SMS) whose text with its signature is over 500 characters, message_too_long; one
+    whose WhatsApp template parameter holds a newline, a tab or five spaces in a row, bad_row.
 
     Templates render_fast can compile are rendered as Polars expressions; the rest, the odd row
     the compiled form is unsure about and rows whose values could make a part too long, by Jinja2
@@ -156,6 +164,10 @@ def render_messages(
             slow = _render_rows(cells.filter(heavy), compiled, template, variables, limits)
             out = pl.concat([out, slow]).sort("_i")
     out = frame.hstack(out.drop("_i"))
+    if limits.signed_sms is not None:
+        out = limits.signed_sms.reject_over(out)
+    if limits.channel in PARAMETER_CHANNELS:
+        out = reject_broken_parameters(out, template, _columns_read(template, variables))
     rendered = out.filter(pl.col("_reason").is_null()).drop("_reason", "_detail")
     failed = out.filter(pl.col("_reason").is_not_null())
     rejects = (

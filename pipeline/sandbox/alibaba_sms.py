@@ -1,7 +1,9 @@
 """A loopback stand-in for Alibaba Cloud SMS (dysmsapi 2017-05-25): RPC calls at `/` (GET query or POST
 form) with the V2 HMAC-SHA1 signature verified by its own code, SendBatchSms (<= 100 numbers) and
-SendSms, Alibaba's Code/Message/BizId/RequestId bodies, a QPS limit answering isv.BUSINESS_LIMIT_CONTROL,
-and SmsReport pushes (JSON arrays) carrying our report token, retried until answered `{"code":0}`."""
+SendSms, Alibaba's Code/Message/BizId/RequestId bodies, a QPS limit answering Throttling.User (the gateway's
+flow control), a per-number frequency limit answering isv.BUSINESS_LIMIT_CONTROL (refusing the whole call,
+as an illegal number does), and SmsReport pushes (JSON arrays) carrying our report token, retried until
+answered `{"code":0}`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import random
 import re
 import time
 import uuid
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -47,6 +50,9 @@ class AlibabaSmsSandboxConfig(BaseModel):
     sign_names: list[str] | None = Field(default=None, description="approved signatures; None: any")
     templates: list[str] | None = Field(default=None, description="approved template codes; None: any SMS_<n>")
     illegal_rate: float = Field(default=0.0, ge=0, le=1, description="numbers refused as illegal")
+    number_limit: tuple[int, float] | None = Field(
+        default=(50, 86400.0), description="(messages, window s) per number, sign name and template; Alibaba's "
+        "notification limit is 50 a day. None: no limit")
     fail_rate: float = Field(default=0.04, ge=0, le=1, description="accepted, then reported undelivered")
     timestamp_tolerance_s: float = 900.0
     report_delay_s: tuple[float, float] = (0.05, 0.3)
@@ -78,6 +84,34 @@ def expected_signature(method: str, params: dict[str, str], secret: str) -> str:
     return base64.b64encode(mac).decode()
 
 
+class _NumberLimit:
+    """Accepted sends per (number, sign name, template) within a moving window."""
+
+    def __init__(self, limit: tuple[int, float] | None) -> None:
+        self.limit = limit
+        self._sent: defaultdict[tuple[str, str, str], deque[float]] = defaultdict(deque)
+
+    def check(self, keys: list[tuple[str, str, str]]) -> None:
+        if self.limit is None:
+            return
+        permits, window = self.limit
+        now, wanted = time.monotonic(), defaultdict(int)
+        for key in keys:
+            sent = self._sent[key]
+            while sent and now - sent[0] >= window:
+                sent.popleft()
+            wanted[key] += 1
+            if len(sent) + wanted[key] > permits:
+                level = "分钟级" if window <= 60 else "小时级" if window <= 3600 else "天级"
+                raise _Refused("isv.BUSINESS_LIMIT_CONTROL", f"触发{level}流控Permits:{permits}")
+
+    def record(self, keys: list[tuple[str, str, str]]) -> None:
+        if self.limit is not None:
+            now = time.monotonic()
+            for key in keys:
+                self._sent[key].append(now)
+
+
 class _Refused(Exception):
     def __init__(self, code: str, message: str, status: int = 200) -> None:
         self.code, self.message, self.status = code, message, status
@@ -99,7 +133,8 @@ class AlibabaSmsSandbox:
         self._throttle = Throttle(config.throughput_per_s)
         self._rng = random.Random(config.seed)
         self._nonces: dict[str, float] = {}
-        self.tally = Tally(throttle_code="isv.BUSINESS_LIMIT_CONTROL")
+        self.tally = Tally(throttle_code="Throttling.User")
+        self._number_limit = _NumberLimit(config.number_limit)
         self.calls = 0
         token = config.report_token
 
@@ -125,7 +160,7 @@ class AlibabaSmsSandbox:
                 params.update(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
             self._check_common(request.method, params)
             if not self._throttle.allow(self.config.access_key_id):
-                raise _Refused("isv.BUSINESS_LIMIT_CONTROL", "触发流控 (throughput limit reached)")
+                raise _Refused("Throttling.User", "Request was denied due to user flow control.", 400)
             body = self._send(params, request_id)
         except _Refused as refused:
             self.tally.rejected[refused.code] += 1
@@ -184,6 +219,9 @@ class AlibabaSmsSandbox:
         out_id = params.get("OutId")
         if out_id is not None and len(out_id) >= 256:
             raise _Refused("isv.INVALID_PARAMETERS", "OutId must be shorter than 256 characters.")
+        limit_keys = [(phone, sign_name, template) for phone, sign_name in zip(phones, sign_names, strict=True)]
+        self._number_limit.check(limit_keys)  # one number over its limit refuses the whole call
+        self._number_limit.record(limit_keys)
         biz_id = f"{int(time.time() * 1000) % 10**12:012d}{self._rng.randrange(10**6):06d}^0"
         sent_at = datetime.now(_BEIJING)
         for phone, (final, error), params_ in zip(phones, fates, template_params, strict=True):

@@ -190,6 +190,7 @@ class Sandbox:
             body = await self._checked_body(request)
             phone_number_id = request.path_params["phone_number_id"]
             pricing = self._pricing(body)
+            _check_text_parameters(body)
             if self.faults.enabled:
                 fault = self.faults.draw()
                 if fault is not None and fault.kind != "timeout_after_accept":
@@ -364,6 +365,29 @@ class Sandbox:
 
 def _invalid_parameter(details: str) -> dict:
     return meta_error(100, "(#100) Invalid parameter", details)
+
+
+# Meta's rule for a template's text parameters, stated here as Meta states it (the sandbox stands for Meta, so it
+# does not borrow the pipeline's own check, pipeline/render/parameters.py, which it is there to catch out).
+_PARAMETER_BREAK = re.compile(r"[\n\t]| {5}")
+
+
+def _check_text_parameters(body: dict[str, Any]) -> None:
+    """132018 for a template whose text parameter (header, body, carousel card body) holds a newline, a tab or
+    more than four consecutive spaces."""
+    if body.get("type") != "template":
+        return
+    components = list(body["template"].get("components") or [])
+    for component in list(components):
+        components += [c for card in component.get("cards") or [] for c in card.get("components") or []]
+    for component in components:
+        if component.get("type") not in ("header", "body"):
+            continue
+        for parameter in component.get("parameters") or []:
+            if parameter.get("type") == "text" and _PARAMETER_BREAK.search(str(parameter.get("text", ""))):
+                raise _Rejected(400, meta_error(
+                    132018, "(#132018) There was an issue with the parameters in your template.",
+                    "Param text cannot have new-line/tab characters or more than 4 consecutive spaces"))
 
 
 def create_app(config: SandboxConfig) -> Starlette:

@@ -164,8 +164,41 @@ def test_rate_limit_answers_are_throttled_retries(sqlite_db: Store, monkeypatch)
         _queue(sqlite_db, channel, spec, _phones(30))
         result = dispatch(sqlite_db, channel)
     assert result.sent == 30 and result.failed == 0 and result.throttled > 0
-    assert sandbox.tally.rejected["isv.BUSINESS_LIMIT_CONTROL"] > 0
+    assert sandbox.tally.rejected["Throttling.User"] > 0 and not sandbox.tally.rejected["isv.BUSINESS_LIMIT_CONTROL"]
     assert sandbox.tally.accepted == 30 and sandbox.tally.duplicate_callback_data == 0
+
+
+def test_a_number_over_its_frequency_limit_waits_alone_and_the_sender_keeps_its_pace(sqlite_db: Store, monkeypatch):
+    # isv.BUSINESS_LIMIT_CONTROL is Alibaba's per-number limit (50 a day per number, signature and
+    # template): the call is refused for one number, which is found by halving and deferred; the
+    # others are sent and nothing is counted as throttling.
+    with stack(webhook_url=None, number_limit=(1, 86400.0)) as (sandbox_url, _, sandbox):
+        channel, spec = _channel(monkeypatch, sandbox_url)
+        phones = _phones(10)
+        _queue(sqlite_db, channel, spec, phones)
+        payloads = [json.loads(p) for p in _payloads(sqlite_db)]
+        earlier = channel.request_params([payloads[4]])  # the limit's one permit, used before the campaign
+        assert httpx.post(sandbox_url + "/", content=encode_form(earlier)).json()["Code"] == "OK"
+        result = dispatch(sqlite_db, channel)
+    assert result.sent == 9 and result.deferred == 1 and result.failed == 0 and result.throttled == 0
+    assert sandbox.tally.rejected["isv.BUSINESS_LIMIT_CONTROL"] > 0
+    deferred = sqlite_db.rows("SELECT recipient_key, error_code FROM outbox WHERE state = 'deferred'")
+    assert [tuple(r) for r in deferred] == [(phones[4], "isv.BUSINESS_LIMIT_CONTROL")]
+
+
+@pytest.mark.parametrize(("message", "wait_s"), [
+    ("触发分钟级流控Permits:1", 60.0), ("触发小时级流控Permits:5", 3600.0), ("触发天级流控Permits:10", 86400.0),
+    ("business limit control", 86400.0),
+])
+def test_the_per_number_limit_is_never_a_throttle(message, wait_s):
+    channel = AlibabaSmsChannel(base_url="http://x", access_key_id="k", access_key_secret="s", sign_name="Acme",
+                                template_code="SMS_1")
+    body = json.dumps({"Code": "isv.BUSINESS_LIMIT_CONTROL", "Message": message, "RequestId": "r"}).encode()
+    outcome = channel.classify_response(200, body, {})
+    assert (outcome.kind, outcome.throttled, outcome.retry_after_s) == ("retry", False, wait_s)
+    gateway = json.dumps({"Code": "Throttling.User", "Message": "flow control", "RequestId": "r"}).encode()
+    assert (channel.classify_response(400, gateway, {}).kind, channel.classify_response(400, gateway, {}).throttled) \
+        == ("retry", True)
 
 
 def test_a_wrong_secret_fails_the_signature_check_and_stops_the_channel(sqlite_db: Store, monkeypatch):

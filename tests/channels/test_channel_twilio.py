@@ -162,6 +162,17 @@ def test_classification_of_twilio_error_codes():
     assert kind(20500, 500) == ("retry", False)
 
 
+def test_14107_pair_limit_waits_for_that_recipient_only():
+    # More than 30 messages between the same two numbers within 30 s fail for 30 s: only that
+    # message waits, the sender's rate is left alone (a 429 status included).
+    channel = TwilioSmsChannel(base_url="http://x", account_sid=SID, auth_token=TOKEN, sender="+15550001111")
+    for status, headers in ((400, {}), (429, {"retry-after": "2"})):
+        body = json.dumps({"code": 14107, "message": "pair limit", "status": status}).encode()
+        outcome = channel.classify_response(status, body, headers)
+        assert (outcome.kind, outcome.throttled, outcome.error_code) == ("retry", False, "14107")
+        assert outcome.retry_after_s == 30.0
+
+
 def test_status_callback_signature_forged_or_tampered_is_refused():
     # Twilio's published example (auth token 12345).
     url = "https://mycompany.com/myapp.php?foo=1&bar=2"

@@ -218,3 +218,72 @@ def test_ordinary_templates_render_and_the_budget_comes_from_the_environment(mon
     _, rejects = render_messages(cells, repeat, variables, RenderLimits.for_channel("sms"))
     assert reasons(rejects) == [("message_too_long", "the operator '*' would build 120 characters; a template may "
                                  "build 100 per message")]  # fmt: skip
+
+
+# --- Alibaba SMS: the signature counts towards its 500 characters ---------------------------------------------
+
+
+def _alibaba_spec(audience: Path | str = "x.csv", **options: object):
+    return parse_spec({
+        "name": "ali", "audience": str(audience), "channel": "sms", "sender": "Acme",
+        "template": {"name": "SMS_1", "language": "en", "category": "utility", "text": "{{ notes }}"},
+        "variables": {"notes": "notes"},
+        "provider": {"options": {"provider": "alibaba_sms", "sender_ids": {"cn": "阿里云"}, **options}},
+    })
+
+
+def test_alibaba_sms_rejects_a_row_whose_signature_and_text_pass_500_characters() -> None:
+    # [Acme] is 6 characters, 【阿里云】 5: the bound is per row, by the signature its country is sent with.
+    limits = RenderLimits.for_spec(_alibaba_spec())
+    cells = frame(notes=["a" * 494, "a" * 495, "a" * 495, "a" * 496]).with_columns(
+        region=pl.Series(["GB", "GB", "CN", "CN"]))
+    rendered, rejects = render_messages(cells, template("{{ notes }}"), {"notes": "notes"}, limits)
+    assert rendered["row_number"].to_list() == [2, 4]
+    assert rejects.select("row_number", "reason").rows() == [(3, "message_too_long"), (5, "message_too_long")]
+    assert rejects["detail"].to_list() == [
+        "text with its signature [Acme] renders 501 characters, over the 500 an Alibaba SMS may hold",
+        "text with its signature [阿里云] renders 501 characters, over the 500 an Alibaba SMS may hold"]
+    # Twilio's bound stays 1,600, and so does Alibaba's own for the text alone.
+    assert RenderLimits.for_spec(_alibaba_spec(provider="twilio")).signed_sms is None
+    assert limits.max_message_chars == 1600
+
+
+def test_a_campaigns_preparation_applies_the_alibaba_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.dispatch.preparation import prepare_campaign
+
+    monkeypatch.chdir(tmp_path)
+    audience = tmp_path / "a.csv"
+    audience.write_text("phone,opt_in,notes\n+447400123400,yes,short\n+447400123401,yes," + "n" * 495 + "\n")
+    prepared = prepare_campaign(_alibaba_spec(audience), "ali", str(tmp_path / "store.sqlite"), tmp_path / "out")
+    assert prepared.accepted["text"].to_list() == ["short"]
+    assert prepared.rejects.select("row_number", "reason").rows() == [(3, "message_too_long")]
+
+
+# --- WhatsApp template parameters: no newline, tab or five spaces in a row (Meta: 132018) -----------------------
+
+
+@pytest.mark.parametrize("channel", ["whatsapp", "chatapp"])
+def test_a_parameter_with_a_newline_tab_or_five_spaces_is_rejected_naming_it(channel: str) -> None:
+    cells = frame(code=["A\tB", "ok", "ok", "ok", "ok"], city=["Paris", "New\nYork", "York     City", "York    City",
+                                                               "Lyon"])
+    spec = template("Hi {{ code }} {{ city }}", body=["{{ code }}", "{{ city|upper }}"])
+    rendered, rejects = render_messages(cells, spec, {"code": "code", "city": "city"},
+                                        RenderLimits.for_channel(channel, {}))
+    assert rendered["row_number"].to_list() == [5, 6]  # four spaces are allowed
+    tail = "which Meta refuses in a template parameter (132018)"
+    assert rejects.select("row_number", "reason", "detail").rows() == [
+        (2, "bad_row", f"body parameter {{{{1}}}} (column code) holds a tab, {tail}"),
+        (3, "bad_row", f"body parameter {{{{2}}}} (column city) holds a newline, {tail}"),
+        (4, "bad_row", f"body parameter {{{{2}}}} (column city) holds more than four consecutive spaces, {tail}"),
+    ]
+    # SMS carries the same text: nothing to refuse there.
+    sms, _ = render_messages(cells, spec, {"code": "code", "city": "city"}, RenderLimits.for_channel("sms", {}))
+    assert sms.height == 5
+
+
+def test_the_parameter_rule_is_the_generated_values_rule() -> None:
+    from pipeline.render.generated_checks import refusal
+
+    for value in ("New\nYork", "A\tB", "York     City"):
+        assert refusal(value, channel="whatsapp", max_chars=None) == "control_character"
+    assert refusal("York    City", channel="whatsapp", max_chars=None) is None

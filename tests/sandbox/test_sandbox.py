@@ -104,6 +104,22 @@ def test_unknown_template_is_132001_and_known_one_is_billed_in_its_category() ->
     assert pricing == {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "utility"}
 
 
+@pytest.mark.parametrize(("component", "text"), [(1, "A-1001\nsecond line"), (1, "A\t1001"), (0, "Jane     Doe")])
+def test_a_text_parameter_with_a_newline_tab_or_five_spaces_is_132018(component: int, text: str) -> None:
+    # Meta refuses a template text parameter holding a newline, a tab or more than four spaces in a row.
+    body = template_body()
+    body["template"]["components"][component]["parameters"][0]["text"] = text
+    four_spaces = template_body()
+    four_spaces["template"]["components"][1]["parameters"][0]["text"] = "A    1001"
+    with running(config()) as client:
+        refused = client.post(SEND, json=body)
+        accepted = client.post(SEND, json=four_spaces)
+        stats = client.get("/_sandbox/stats").json()
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == 132018
+    assert "new-line/tab" in refused.json()["error"]["error_data"]["details"]
+    assert accepted.status_code == 200 and stats["rejected"] == {"132018": 1} and stats["accepted"] == 1
+
+
 def test_throughput_limit_answers_429_code_130429_per_phone_number() -> None:
     with running(config(throughput_per_s=5)) as client:
         started = time.monotonic()
