@@ -12,11 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import get_args
 
 import polars as pl
 
+from pipeline.records import ChannelName
+
 POLICY_FILE = Path(__file__).resolve().parents[1] / "data" / "blocked_countries.csv"
 _COLUMNS = ("channel", "kind", "value", "name", "source", "date")
+# The channels the pipeline knows (the registry, pipeline/channels, sends over exactly these). A name outside
+# them is a typo, never "a channel the file does not name": that would send without any block.
+CHANNELS = frozenset(get_args(ChannelName))
 
 
 class PolicyError(ValueError):
@@ -96,6 +102,12 @@ def _check_entry(row: dict[str, str], where: str) -> BlockedEntry:
     return BlockedEntry(kind, value, row["name"].strip() or value, row["source"].strip(), row["date"].strip())
 
 
+def _known_channel(channel: str, where: str = "") -> str:
+    if channel not in CHANNELS:
+        raise PolicyError(f"{where}unknown channel {channel!r} (one of {', '.join(sorted(CHANNELS))})")
+    return channel
+
+
 @lru_cache(maxsize=8)
 def load_policy_file(path: Path = POLICY_FILE) -> dict[str, tuple[BlockedEntry, ...]]:
     """Entries by channel, in file order."""
@@ -110,14 +122,16 @@ def load_policy_file(path: Path = POLICY_FILE) -> dict[str, tuple[BlockedEntry, 
     for line, row in enumerate(reader, start=2):
         if None in row.values() or None in row:
             raise PolicyError(f"{path}: line {line} does not have {len(_COLUMNS)} fields")
-        by_channel.setdefault(row["channel"].strip(), []).append(_check_entry(row, f"{path}: line {line}"))
+        channel = _known_channel(row["channel"].strip(), f"{path}: line {line}: ")
+        by_channel.setdefault(channel, []).append(_check_entry(row, f"{path}: line {line}"))
     return {channel: tuple(entries) for channel, entries in by_channel.items()}
 
 
 def blocked_policy(channel: str, override: Iterable[str] | None = None, *, path: Path = POLICY_FILE) -> BlockedPolicy:
     """The channel's policy; `override` (alpha-2 codes, e.g. a spec's blocked_countries) replaces
-    the file's country entries. An empty override blocks no country; prefixes still apply."""
-    entries = load_policy_file(path).get(channel, ())
+    the file's country entries. An empty override blocks no country; prefixes still apply. Raises PolicyError
+    for a channel the pipeline does not know (a known channel the file does not name blocks nothing)."""
+    entries = load_policy_file(path).get(_known_channel(channel), ())
     if override is None:
         return BlockedPolicy(channel, entries)
     known = {e.value: e for e in entries if e.kind == "country"}

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pipeline.cli.common import add_db_arg
+from pipeline.records import ChannelName
 
 CATEGORIES = ["marketing", "utility", "authentication", "service"]
 DEFAULT_BATCH_MB = 16  # pipeline.audience.load.DEFAULT_BATCH_BYTES, without importing Polars to build the parser
@@ -28,7 +29,10 @@ def add_prepare_command(subparsers: Any) -> argparse.ArgumentParser:
         "OUT/accepted.parquet, OUT/rejects.csv and OUT/rejects.parquet.",
     )
     p.add_argument("source", type=Path, help="AUDIENCE.csv, or a campaign SPEC.yaml")
-    p.add_argument("--channel", default="whatsapp", help="channel whose blocked-country policy applies")
+    # A closed list (the registry's channels: tests/audience/test_numbers.py keeps the two equal): an unknown name
+    # would find no blocked-country entries and block nothing. Not the registry itself: it imports every channel.
+    p.add_argument("--channel", default="whatsapp", choices=sorted(get_args(ChannelName)),
+                   help="channel whose blocked-country policy applies")
     p.add_argument("--category", default="marketing", choices=CATEGORIES)
     p.add_argument(
         "--template", type=Path,
@@ -108,6 +112,19 @@ def _template(path: Path, category: str) -> tuple[Any, dict[str, str]]:
     return spec, {str(k): str(v) for k, v in variables.items()}
 
 
+def _make_out_dir(out: Path) -> None:
+    """Creates the output folder up front, so a bad --out (a file, an unwritable place) is one error line
+    before any work, not a traceback from the first batch's writer."""
+    from pipeline.spec import SpecError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SpecError(f"{out}: not a folder: --out names the output folder") from None
+    except OSError as exc:
+        raise SpecError(f"{out}: cannot create the output folder (--out): {exc.strerror}") from None
+
+
 @contextmanager
 def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None,
              app: str | None = None) -> Iterator[tuple[set[str], Any]]:
@@ -135,18 +152,23 @@ def _from_db(db: str | None, channel: str, window: timedelta, cap: Any = None,
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from pipeline.audience.blocks import ReadLimits
     from pipeline.audience.frequency import app_of, describe, frequency_cap_for
     from pipeline.audience.load import AudienceError
     from pipeline.audience.policy import PolicyError, blocked_policy
     from pipeline.render.limits import RenderLimits
     from pipeline.render.prepare import prepare_audience
+    from pipeline.render.signed_sms import SignedSms
     from pipeline.render.templates import TemplateProblem
     from pipeline.spec import SpecError, load_spec
 
     try:
+        _make_out_dir(args.out)
         source: Path = args.source
         channel, category, template, variables, blocked = args.channel, args.category, None, None, None
+        spec = None
         cap, cap_settings, app = None, {}, None
         if source.suffix in (".yaml", ".yml"):
             spec = load_spec(source)
@@ -160,6 +182,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         window = timedelta(hours=args.frequency_window_hours)
         read_limits = ReadLimits.from_env(max_field_bytes=args.max_field_bytes, max_row_bytes=args.max_row_bytes)
         render_limits = RenderLimits.for_channel(channel, max_message_chars=args.max_message_chars)
+        if spec is not None:  # the spec's provider may bound more (Alibaba SMS: 500 with the signature)
+            render_limits = replace(render_limits, signed_sms=SignedSms.of_spec(spec))
         with _from_db(args.db, channel, window, cap, app) as (suppressed, recent):
             prepared = prepare_audience(
                 source, channel=channel, category=category, template=template, variables=variables,

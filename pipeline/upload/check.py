@@ -192,26 +192,67 @@ def copy_spec(source: Path, target: Path, uploaded_by: str) -> None:
     target.write_text(f"{text.rstrip()}\nuploaded_by: {json.dumps(uploaded_by)}\n", encoding="utf-8")
 
 
+class HandOverFailed(Exception):
+    """The drop folder could not take the upload. Nothing of it was left there and Start may be clicked again;
+    the message names what failed, for the page."""
+
+
 def hand_over(upload: Staged, folders: inbox.Folders) -> dict[str, Any] | None:
     """Moves the spec (as the sidecar `<name>.yaml`) and then the CSV into the inbox, each as `.part` renamed
     into place, so the watcher never sees a CSV without its spec. Returns the start record, or None when this
-    upload was started before (a second click)."""
+    upload was started before (a second click). Raises HandOverFailed (an OSError on the way) after putting
+    back what had moved and releasing the lock: a failed start must not make the upload unstartable."""
     csv = upload.csv
     assert csv is not None, "hand_over() runs on a checked upload"
+    lock = upload.root / f"{STARTED_FILE}.lock"
     try:  # exclusive: one start per upload, however many clicks
-        fd = os.open(upload.root / f"{STARTED_FILE}.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return None
     os.close(fd)
-    folders.inbox.mkdir(parents=True, exist_ok=True)
     name = inbox_name(upload)
-    for source, target in ((upload.spec, folders.inbox / f"{Path(name).stem}.yaml"), (csv, folders.inbox / name)):
-        partial = target.with_name(target.name + ".part")
-        shutil.move(source, partial)  # a rename on one file system; keeps the upload's mtime
-        os.replace(partial, target)
-    record = {"inbox_file": name, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    write_started(upload, record)
+    spec_target, csv_target = folders.inbox / f"{Path(name).stem}.yaml", folders.inbox / name
+    csv_partial = csv_target.with_name(csv_target.name + ".part")
+    moved: list[tuple[Path, tuple[Path, ...]]] = []
+    try:
+        folders.inbox.mkdir(parents=True, exist_ok=True)
+        spec_partial = spec_target.with_name(spec_target.name + ".part")
+        moved.append((upload.spec, (spec_partial, spec_target)))
+        shutil.move(upload.spec, spec_partial)  # a rename on one file system; keeps the upload's mtime
+        os.replace(spec_partial, spec_target)
+        moved.append((csv, (csv_partial,)))
+        shutil.move(csv, csv_partial)
+        record = {"inbox_file": name, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        # The record before the CSV's last rename: once the watcher can see the CSV, the page knows it started.
+        write_started(upload, record)
+        os.replace(csv_partial, csv_target)
+    except Exception as exc:
+        _put_back(upload, moved)
+        lock.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        if isinstance(exc, FileExistsError):  # mkdir: something else has the folder's name
+            why = "it is not a folder"
+        else:
+            why = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        raise HandOverFailed(f"the drop folder {folders.inbox} could not take the upload: {why}; "
+                             "nothing was started") from exc
     return record
+
+
+def _put_back(upload: Staged, moved: list[tuple[Path, tuple[Path, ...]]]) -> None:
+    """Undoes a hand-over that failed part way (best effort: the lock is released whatever is left)."""
+    (upload.root / STARTED_FILE).unlink(missing_ok=True)
+    for source, places in reversed(moved):
+        for place in places:
+            try:
+                if place.is_file():
+                    if source.exists():  # a copy across file systems stopped half way: the source is whole
+                        place.unlink()
+                    else:
+                        shutil.move(place, source)
+            except OSError:
+                continue
 
 
 def write_started(upload: Staged, record: dict[str, Any]) -> None:
@@ -239,5 +280,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -132,18 +132,25 @@ def upload_routes(config: UploadConfig) -> list[Route]:
             staged = staged_or_refuse(request)
         except UploadRefused as refused:
             return form_page(request, refused)
+        return await upload_view(staged)
+
+    async def upload_view(staged: upload_check.Staged, start_error: str | None = None) -> Response:
+        """The upload's page: its check, then its Start button (with why the last start failed) or its status."""
         summary = staged.summary()
         assert summary is not None
         body = upload_page.summary_section(summary)
         status = await run_in_threadpool(_status, config, staged)
         if status is None:
+            if start_error:
+                body += upload_page.error_box(f"Could not start: {start_error}.")
             body += upload_page.start_form(staged.upload_id, upload_check.startable(summary))
         else:
             body += upload_page.status_section(status)
         body += upload_page.test_send_section(staged.upload_id, upload_test.last_results(staged))
         body += '<p><a href="/upload" id="another">Upload another audience</a></p>'
         refresh = REFRESH_S if status is not None and not status["final"] else None
-        return HTMLResponse(upload_page.page("Audience check", body, refresh_s=refresh))
+        return HTMLResponse(upload_page.page("Audience check", body, refresh_s=refresh),
+                            status_code=503 if start_error else 200)
 
     async def start(request: Request) -> Response:
         try:
@@ -160,7 +167,9 @@ def upload_routes(config: UploadConfig) -> list[Route]:
             # watcher looks at the newer of the CSV and its spec, which is copied after the file has arrived.
             age = time.time() - max(staged.csv.stat().st_mtime, staged.spec.stat().st_mtime)
             await asyncio.sleep(max(0.0, upload_check.WATCHER_SETTLE_S - age))
-            await run_in_threadpool(_start, config, staged)
+            start_error = await run_in_threadpool(_start, config, staged)
+            if start_error is not None:
+                return await upload_view(staged, start_error)
         return RedirectResponse(f"/upload/{staged.upload_id}", status_code=303)
 
     async def test_send(request: Request) -> Response:
@@ -253,16 +262,26 @@ def _test_send(config: UploadConfig, staged: upload_check.Staged, fields: Mappin
         return mask_text(str(exc).replace(str(staged.root), "upload"))
 
 
-def _start(config: UploadConfig, staged: upload_check.Staged) -> None:
-    record = upload_check.hand_over(staged, config.folders)
+def _start(config: UploadConfig, staged: upload_check.Staged) -> str | None:
+    """Hands the upload over in a worker thread; returns why it could not (for the page), else None."""
+    try:
+        record = upload_check.hand_over(staged, config.folders)
+    except upload_check.HandOverFailed as exc:
+        log.warning("upload %s: %s", staged.upload_id, mask_text(str(exc)))
+        return mask_text(str(exc))
+    except Exception:  # our bug: logged (masked) for us, a plain message for the operator
+        log.error("starting upload %s failed:\n%s", staged.upload_id, mask_text(traceback.format_exc()))
+        return "the upload could not be handed over because of an internal error (see the server log); " \
+               "nothing was started"
     if record is None or config.runs is None:
-        return
+        return None
     try:
         record["watcher_run_id"] = config.runs.start_watcher(config.audiences_dir.resolve())
     except Exception as exc:  # no server, no such deployment: the watcher's schedule still takes the file
         log.warning("upload %s: starting the inbox watcher failed: %s", staged.upload_id, exc)
         record["start_error"] = mask_text(str(exc))[:300]
     upload_check.write_started(staged, record)
+    return None
 
 
 def _status(config: UploadConfig, staged: upload_check.Staged) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 import pipeline.audience.numbers as numbers
 from pipeline.audience.numbers import TYPE_NAMES, validate_numbers
-from pipeline.audience.policy import PolicyError, blocked_policy, load_policy_file
+from pipeline.audience.policy import BlockedPolicy, PolicyError, blocked_policy, load_policy_file
 from pipeline.records import REJECTS_SCHEMA
 
 GB_MOBILE = "+447400123456"
@@ -272,7 +272,7 @@ def _sample_numbers(count: int) -> list[tuple[str, str]]:
 def test_agrees_with_phonenumbers_called_directly() -> None:
     samples = _sample_numbers(400)
     frame = audience([(phone, country, "yes") for phone, country in samples])
-    accepted, rejects = run(frame, policy=blocked_policy("none"))
+    accepted, rejects = run(frame, policy=BlockedPolicy("whatsapp"))  # no entries: nothing blocked
     by_row = {r["row_number"]: r for r in accepted.iter_rows(named=True)}
     rejected = reasons(rejects)
     assert len(by_row) + len(rejected) == len(samples)
@@ -324,6 +324,26 @@ def test_policy_file_entries_are_dated_and_sourced() -> None:
             assert entry.source and re.fullmatch(r"\d{4}-\d{2}-\d{2}", entry.date), entry
     assert not blocked_policy("sms").entries  # a channel the file does not name blocks nothing
     assert blocked_policy("whatsapp").reason("+380621234567", "UA") is not None
+
+
+@pytest.mark.parametrize("channel", ["whatsap", "WhatsApp", " whatsapp", "", "none"])
+def test_an_unknown_channel_is_an_error_not_an_empty_policy(channel: str) -> None:
+    # A typo would otherwise find no entries and block nothing (review: --channel whatsap sent to Iran).
+    with pytest.raises(PolicyError, match="unknown channel"):
+        blocked_policy(channel)
+    with pytest.raises(PolicyError, match="unknown channel"):
+        blocked_policy(channel, ["IR"])
+
+
+def test_the_policy_knows_every_channel_of_the_registry(tmp_path: Path) -> None:
+    from pipeline.channels import available_channels
+
+    for channel in available_channels():
+        blocked_policy(channel)  # none raises
+    typo = tmp_path / "policy.csv"
+    typo.write_text("channel,kind,value,name,source,date\nwhatsap,country,IR,Iran,x,2026-01-01\n")
+    with pytest.raises(PolicyError, match="line 2: unknown channel 'whatsap'"):
+        load_policy_file(typo)
 
 
 # --- dedupe across batches --------------------------------------------------------------------------------------

@@ -99,3 +99,59 @@ def test_suppressions_from_the_database(tmp_path: Path, sqlite_db: Store, capsys
     assert run(str(audience), "--db", str(sqlite_db.path), "--out", str(tmp_path / "o"), "--json") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["by_reason"] == {"invalid_number": 1, "suppressed": 1}
+
+
+@pytest.mark.parametrize("channel", ["whatsap", "WhatsApp"])
+def test_an_unknown_channel_is_refused_before_anything_is_prepared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], channel: str
+) -> None:
+    # Review: a mistyped channel found no blocked-country entries and let blocked countries through.
+    audience = tmp_path / "a.csv"
+    audience.write_text(CSV, encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        run(str(audience), "--channel", channel, "--out", str(tmp_path / "o"))
+    assert exited.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_every_channel_of_the_registry_is_a_choice(tmp_path: Path) -> None:
+    from pipeline.channels import available_channels
+
+    parser = argparse.ArgumentParser(prog="campaign")
+    add_prepare_command(parser.add_subparsers(dest="command", required=True))
+    for channel in available_channels():
+        assert parser.parse_args(["prepare", "a.csv", "--channel", channel]).channel == channel
+
+
+def test_blocked_countries_apply_to_the_named_channel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audience = tmp_path / "a.csv"
+    audience.write_text("phone,opt_in\n+989123456789,yes\n+447400123456,yes\n", encoding="utf-8")
+    assert run(str(audience), "--channel", "whatsapp", "--out", str(tmp_path / "o"), "--json") == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["by_reason"] == {"blocked_country": 1}
+
+
+@pytest.mark.parametrize("kind", ["file", "under_a_file", "proc"])
+def test_a_bad_out_folder_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    audience = tmp_path / "a.csv"
+    audience.write_text(CSV, encoding="utf-8")
+    out = {"file": audience, "under_a_file": audience / "o", "proc": Path("/proc/no-such-folder")}[kind]
+    assert run(str(audience), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_spec_of_alibaba_sms_is_prepared_with_its_500_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The spec's provider bounds more than its channel: [Acme] + 495 characters is 501, over Alibaba's 500.
+    audience = tmp_path / "a.csv"
+    audience.write_text("phone,opt_in,notes\n+447400123400,yes,short\n+447400123401,yes," + "n" * 495 + "\n")
+    spec = tmp_path / "ali.yaml"
+    spec.write_text(json.dumps({
+        "name": "ali", "audience": str(audience), "channel": "sms", "sender": "Acme",
+        "template": {"name": "SMS_1", "language": "en", "category": "utility", "text": "{{ notes }}"},
+        "variables": {"notes": "notes"}, "provider": {"options": {"provider": "alibaba_sms"}}}))
+    assert run(str(spec), "--out", str(tmp_path / "out"), "--json") == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["accepted"] == 1 and summary["by_reason"] == {"message_too_long": 1}
