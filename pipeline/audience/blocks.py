@@ -52,7 +52,9 @@ class Oversized:
     size: int  # its bytes, line endings not counted
     lines: int  # newlines read with it, its own line ending included
     head: bytes  # its first bytes (up to the row bound), to say what is wrong with it
-    open_quote: bool  # a quoted field in it runs over lines or never closes: the file is broken there
+    # Its quotes do not read: a quoted field never closes before the end of the file, or its first bytes hold a
+    # quote the CSV rules cannot read (5'11"), which would have run it over the rows after it: the file is broken.
+    open_quote: bool
 
 
 def record_bytes(data: bytes) -> int:
@@ -71,6 +73,33 @@ def record_end(block: bytes) -> int:
             return newline + 1
         end = newline
     return 0
+
+
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def lone_crs_to_newlines(block: bytes, *, final: bool = False) -> bytes:
+    """`block` (which starts at a record) with each "\r" that is neither half of a "\r\n" nor inside a quoted
+    field made a "\n": a line end, as Python's csv module (and a spreadsheet) reads it, where Polars would read
+    it as data and merge two records. A final "\r" is left unless `final`: the next read may bring its "\n".
+    Callers look for a CR inside a line first (read_block in its lines, blocks() only for a record over the row
+    bound): counting "\r\n" in a CRLF file costs ~3 ms a MB here."""
+    crs = block.count(b"\r")
+    if not crs:
+        return block
+    lone = crs - block.count(b"\r\n")
+    if lone == 0 or (lone == 1 and block.endswith(b"\r") and not final):
+        return block
+    out, quotes, pos = bytearray(block), 0, 0
+    for match in _LONE_CR.finditer(block):
+        at = match.start()
+        if at == len(block) - 1 and not final:
+            break
+        quotes += block.count(b'"', pos, at)
+        pos = at
+        if quotes % 2 == 0:  # inside a quoted field a CR is data
+            out[at] = 0x0A
+    return bytes(out)
 
 
 def _read(handle: BinaryIO, size: int, cr: bool) -> bytes:
@@ -103,10 +132,12 @@ def blocks(handle: BinaryIO, size: int, max_row_bytes: int, *, cr: bool = False)
             chunk += _read(handle, rest, cr)
         block = carry + chunk if carry else chunk
         del chunk
-        cut = record_end(block)
-        # After `cut`: the start of one record, still open; measured in place, as it may be most of the block.
-        # (+ 1: a final "\r" may be the first half of the record's "\r\n")
-        open_bytes = len(block) - cut - block.count(b"\n", cut) - block.count(b"\r\n", cut) - block.endswith(b"\r")
+        cut, open_bytes = _open_record(block)
+        if open_bytes > max_row_bytes and b"\r" in block:
+            # Lines ended by lone CRs may be what looks like one long record. Only looked for here: elsewhere a
+            # lone CR does not move where a block is cut (read_block reads it as a line end), and looking costs.
+            block = lone_crs_to_newlines(block)
+            cut, open_bytes = _open_record(block)
         if open_bytes <= max_row_bytes:
             pieces, carry = [block[:cut]] if cut else [], block[cut:]
             del block  # the consumer parses the piece: hold nothing else meanwhile, nor the piece itself
@@ -114,37 +145,97 @@ def blocks(handle: BinaryIO, size: int, max_row_bytes: int, *, cr: bool = False)
                 yield pieces.pop()
             continue
         pieces = [block[:cut]] if cut else []
-        head, quotes = block[cut : cut + max_row_bytes], block.count(b'"', cut)
-        spans, read, last = block.find(b"\n", cut) >= 0, len(block) - cut, block[-1:]
+        head, quotes, lines = block[cut : cut + max_row_bytes], block.count(b'"', cut), block.count(b"\n", cut)
+        read, last = open_bytes + block.endswith(b"\r"), block[-1:]  # a final "\r" counted until a "\n" follows
+        check = _QuoteCheck()
+        check.feed(block, cut)
         del block
         if pieces:
             yield pieces.pop()
-        if spans:  # no newline in an open record ends it: each is inside quotes
-            yield Oversized(open_bytes, 0, head, True)
-            return
-        skipped, carry = _skip(handle, head, read, quotes, last, min(size, 1 << 20), cr)
+        # Newlines already read in the open record are inside quotes; it ends at the first newline after
+        # balanced quotes, however far on: a long quoted field that closes is one row_too_long, not a broken file.
+        skipped, carry = _skip(handle, Oversized(read, lines, head, False), check, quotes, last, min(size, 1 << 20), cr)
         yield skipped
     if carry:
         yield carry
 
 
+def _open_record(block: bytes) -> tuple[int, int]:
+    """(where the last whole record of `block` ends, the bytes of the open record after it as record_bytes
+    counts them), measured in place, as it may be most of the block (a final "\r" not counted: it may be
+    the first half of the record's "\r\n")."""
+    cut = record_end(block)
+    return cut, len(block) - cut - block.count(b"\n", cut) - block.count(b"\r\n", cut) - block.endswith(b"\r")
+
+
 def _skip(
-    handle: BinaryIO, head: bytes, read: int, quotes: int, last: bytes, step: int, cr: bool
+    handle: BinaryIO, record: Oversized, check: _QuoteCheck, quotes: int, last: bytes, step: int, cr: bool
 ) -> tuple[Oversized, bytes]:
-    """Reads past a long record whose first `read` bytes (`quotes` of them quotes, the last one
-    `last`) were read, in pieces of `step`, keeping only counts: (the Oversized record, what follows
-    it in the last piece read)."""
+    """Reads past a long record of which `record` counts what was read (`quotes` of it quotes, the last byte
+    `last`, its quotes checked so far by `check`), in pieces of `step`, keeping only counts: (the Oversized
+    record, what follows it in the last piece read). A newline ends it only after balanced quotes (inside a
+    quoted field it is data)."""
+    size, lines = record.size, record.lines
     while chunk := _read(handle, step, cr):
-        newline = chunk.find(b"\n")
-        if newline < 0:
-            read, last = read + len(chunk), chunk[-1:]
-            quotes += chunk.count(b'"') if b'"' in chunk else 0
-            continue
-        quotes += chunk.count(b'"', 0, newline)
-        before = chunk[newline - 1 : newline] if newline else last
-        read += newline - (before == b"\r")
-        return Oversized(read, 1, head, quotes % 2 == 1), chunk[newline + 1 :]
-    return Oversized(read, 0, head, quotes % 2 == 1), b""
+        end = _record_newline(chunk, quotes)
+        part = chunk if end < 0 else chunk[: end + 1]
+        # record_bytes counts neither "\n" nor the "\r" of "\r\n", also when the read split the pair
+        size += record_bytes(part) - (last == b"\r" and part.startswith(b"\n"))
+        lines, quotes, last = lines + part.count(b"\n"), quotes + part.count(b'"'), chunk[-1:]
+        check.feed(part)
+        if end >= 0:
+            return Oversized(size, lines, record.head, check.bad), chunk[end + 1 :]
+    return Oversized(size, lines, record.head, check.bad or quotes % 2 == 1), b""
+
+
+def _record_newline(chunk: bytes, quotes: int) -> int:
+    """The first newline of `chunk` that ends a record which had `quotes` quotes before the chunk (the first
+    with an even number of quotes before it), or -1."""
+    if b'"' not in chunk:
+        return chunk.find(b"\n") if quotes % 2 == 0 else -1
+    pos = 0
+    while (newline := chunk.find(b"\n", pos)) >= 0:
+        quotes += chunk.count(b'"', pos, newline)
+        if quotes % 2 == 0:
+            return newline
+        pos = newline + 1
+    return -1
+
+
+class _QuoteCheck:
+    """Whether a long record's quotes read by the CSV rules (records_of's `quoted`), fed in pieces and holding
+    nothing of them: a quote outside a field opens one after a separator or a line start; inside, one doubles
+    the next or closes the field before a separator or a line end. A stray quote (5'11") would otherwise run
+    the record over the rows after it into one row_too_long; with it the file is refused, as read_block does."""
+
+    def __init__(self) -> None:
+        self.inside, self.closing, self.bad, self.prev = False, False, False, b"\n"
+
+    def feed(self, data: bytes, pos: int = 0) -> None:
+        if self.closing and pos < len(data):  # the last piece ended on a quote inside a field
+            self.closing = False
+            if data[pos : pos + 1] == b'"':
+                pos += 1
+            else:
+                self.inside, self.bad = False, data[pos : pos + 1] not in (b",", b"\n", b"\r")
+        while not self.bad and (at := data.find(b'"', pos)) >= 0:
+            pos = at + 1
+            if not self.inside:
+                self.inside, self.bad = True, (data[at - 1 : at] if at else self.prev) not in (b",", b"\n")
+            elif (after := data[pos : pos + 1]) == b'"':
+                pos += 1
+            elif not after:
+                self.closing = True
+            else:
+                self.inside, self.bad = False, after not in (b",", b"\n", b"\r")
+        self.prev = data[-1:] or self.prev
+
+
+def _head_problem(head: bytes) -> tuple[int, int, int, str] | None:
+    """quote_problem of a long record's first bytes, up to their last separator or newline: the bytes after it
+    may stop between the two quotes of a "" pair, which would read as text after a closing quote."""
+    end = max(head.rfind(b","), head.rfind(b"\n") + 1, 0)
+    return quote_problem(head[:end].decode("utf-8", errors="replace"))
 
 
 def lines_of(block: bytes) -> pl.Series:
@@ -167,17 +258,19 @@ _WELL_QUOTED = {
     (False, False): f"^{_FIELD}(?:,{_FIELD})*$",
     (False, True): f'^(?:{_FIELD},)*"(?:[^"]|"")*$',
     (True, False): f'^(?:[^"]|"")*"(?:,{_FIELD})*$',
-    (True, True): '^(?:[^"]|"")*$',
+    # inside throughout, or closing a field and opening another further on ("a\n","b\n": found with the row
+    # bound's check, which reads this since long quoted records over lines became rows)
+    (True, True): f'^(?:[^"]|"")*(?:"(?:,{_FIELD})*,"(?:[^"]|"")*)?$',
 }
 
 
-def records_of(block: bytes) -> pl.DataFrame:
+def records_of(block: bytes, lines: pl.Series | None = None) -> pl.DataFrame:
     """fields (0 for a blank line), bytes (as record_bytes counts them), lines and whether every quote
     in it is where the CSV rules put quotes (`quoted`), for every record of `block`, in order; quotes
     may hold separators and newlines. Vectorised: a newline ends a record when the quotes before it
     are balanced, and a comma separates fields when the quotes before it on its line (counting from
-    the record's state at the line start) are balanced."""
-    lines = lines_of(block)
+    the record's state at the line start) are balanced. `lines`: lines_of(block), when the caller has it."""
+    lines = lines_of(block) if lines is None else lines
     size = lines.str.len_bytes().fill_null(0).cast(pl.Int64)
     if b'"' not in block:
         fields = ((lines.str.count_matches(",", literal=True) + 1) * lines.is_not_null()).fill_null(0)
@@ -228,6 +321,7 @@ def _misquoted(lines: pl.DataFrame) -> pl.Series:
 
 _QUOTED = re.compile(r'"[^"]*(?:""[^"]*)*"')
 _PLAIN = re.compile(r'[^,\n"]*')
+_NEVER_CLOSES = "a quoted field whose closing double quote never comes"
 _INSIDE = 'a double quote inside a field that does not start with one (quote the field, double the quote: "5\'11""")'
 
 
@@ -240,7 +334,7 @@ def quote_problem(text: str) -> tuple[int, int, int, str] | None:
         if text[pos] == '"':
             match = _QUOTED.match(text, pos)
             if match is None:
-                return record, line, field, "a quoted field whose closing double quote never comes"
+                return record, line, field, _NEVER_CLOSES
             line += text.count("\n", pos, match.end())
             pos = match.end()
             if pos < end and text[pos] != "," and not text.startswith(("\n", "\r\n"), pos):
@@ -266,8 +360,8 @@ def where(columns: Sequence[str], row: int, line: int, field: int) -> str:
 
 def open_quote_problem(head: bytes, columns: Sequence[str], row: int, line: int, max_row_bytes: int) -> str:
     """What is wrong with a record whose quoted field runs past the row bound, from its first bytes."""
-    found = quote_problem(head.decode("utf-8", errors="replace"))
-    if found is not None and found[3] == _INSIDE:
+    found = _head_problem(head)
+    if found is not None and found[3] != _NEVER_CLOSES:
         return f"{where(columns, row, line + found[1], found[2])}: {found[3]}"
     field = f", field {columns[found[2]]!r}" if found is not None and found[2] < len(columns) else ""
     return (

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.audience.blocks import Oversized, ReadLimits, blocks, open_quote_problem, quote_problem, records_of, where
+from pipeline.audience.blocks import (
+    Oversized,
+    ReadLimits,
+    blocks,
+    lines_of,
+    lone_crs_to_newlines,
+    open_quote_problem,
+    quote_problem,
+    records_of,
+    where,
+)
 from pipeline.audience.header import AudienceError, check_header, csv_problem, decode, open_file
 from pipeline.records import REJECTS_SCHEMA, empty_rejects
 
@@ -203,6 +213,10 @@ def read_block(
     names, limits = list(columns), limits if limits is not None else ReadLimits()
     skip = int(header is None)  # the header line's own record
     try:
+        lines = lines_of(block)
+        if b"\r" in block and lines.str.contains("\r", literal=True).any():  # a CR inside a line: rare, then walked
+            block = lone_crs_to_newlines(block, final=True)
+            lines = lines_of(block)
         frame = pl.read_csv(
             block if header is None else header + block, has_header=True, new_columns=names, infer_schema=False,
             truncate_ragged_lines=True,  # ragged rows are counted below and rejected one by one
@@ -218,7 +232,7 @@ def read_block(
         raise AudienceError(f"{path}: not a readable CSV file: {csv_problem(text, str(exc), first_line)}") from None
     if frame.width != len(names):
         raise AudienceError(f"{path}: expected {len(names)} columns, the CSV reader found {frame.width}")
-    records = records_of(block)
+    records = records_of(block, lines)
     # A stray quote (5'11") that runs a record over several lines is an error wherever the file is cut:
     # Polars reads such a record one way or another depending on the block. (On one line, as in
     # =HYPERLINK("x"), Polars reads the quotes as text, or fails and the row and field are named below.)
@@ -234,8 +248,10 @@ def read_block(
             f"{path}: malformed CSV after line {first_line - 1 + skip} (found {records.height - skip} records but read "
             f"{frame.height} rows); check for unbalanced quotes"
         )
-    spans = (records["bytes"] > limits.max_row_bytes) & (records["lines"] > 1)
-    if spans.any():  # as blocks() finds it when the record does not fit in one block
+    # A record over the bound that runs over lines is a row_too_long like any other when its quotes read; one
+    # that does not is refused, as blocks() refuses it when the record does not fit in one block.
+    spans = (records["bytes"] > limits.max_row_bytes) & (records["lines"] > 1) & ~records["quoted"]
+    if spans.any():
         at = int(spans.arg_true()[0])
         line = int(records["lines"].head(at).sum())
         start = _line_start(block, line)
