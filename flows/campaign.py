@@ -35,7 +35,7 @@ from pipeline.dispatch.engine import dispatch_campaign
 from pipeline.dispatch.experiment import queue_experiment
 from pipeline.dispatch.fallback import fallback_leg_id, send_fallback
 from pipeline.dispatch.locks import campaign_lock, cap_check_over
-from pipeline.dispatch.operations import is_paused, record_status
+from pipeline.dispatch.operations import after_lease, is_paused, record_status
 from pipeline.dispatch.outbox import enqueue_messages, register_campaign, store_preparation
 from pipeline.dispatch.policy import DispatchResult, Guards
 from pipeline.dispatch.preparation import prepare_campaign
@@ -254,6 +254,10 @@ def campaign_flow(
     with store.connect(db) as shared, campaign_lock(shared, campaign_id, flow_run_id=flow_run.id,
                                                     flow_run_name=flow_run.name, wait_s=lease_wait_s(),
                                                     on_wait=waiting_for):
+        # `campaign resume / retry-failed / resend-unknown`: the flag cleared, failures re-queued, only now that this
+        # run holds the campaign (a refused run changed nothing under the run that holds it).
+        for done in after_lease(shared, campaign_id):
+            get_run_logger().info("%s", done)
         spec = template_check(spec, db, provider_base_url)
         # With `generate:`, preparation renders each generated variable as its fallback; personalise writes them.
         prepared = prepare(stand_in(spec), campaign_id, db, out)

@@ -11,10 +11,23 @@ from typing import Any
 from pipeline import store
 from pipeline.cli.common import add_db_arg, add_started_by_arg
 from pipeline.dispatch import operations
+from pipeline.dispatch.locks import current_holder, lease_renew_s, lease_ttl_s
 from pipeline.spec import load_spec
 
 
+def _no_store(value: str | None) -> str | None:
+    """The error line when `--db` names a SQLite file that does not exist: commands that only look at a campaign
+    (status, pause, which needs a known campaign) never create a store, folders and all, for a mistyped path."""
+    path = store.sqlite_path(store.database_url(value))
+    if path is not None and not path.is_file():
+        return f"error: no store at {path}: give the path of an existing store (--db)"
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if missing := _no_store(args.db):
+        print(missing, file=sys.stderr)
+        return 2
     with store.connect(args.db) as db:
         status = operations.campaign_status(db, args.campaign)
         if not status["known"]:
@@ -43,36 +56,46 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
+    if missing := _no_store(args.db):
+        print(missing, file=sys.stderr)
+        return 2
     with store.connect(args.db) as db:
-        operations.request_pause(db, args.campaign)
-    print(f"pause requested for {args.campaign}: a running dispatch stops within a second and everything "
-          f"unsent stays queued; `campaign resume SPEC` continues")
+        try:
+            operations.request_pause(db, args.campaign)
+        except operations.UnknownCampaign:
+            print(f"error: no campaign {args.campaign} in store {store.shown(db.url)}: nothing paused",
+                  file=sys.stderr)
+            return 2
+        running = current_holder(db, args.campaign)
+    if running:
+        print(f"pause requested for {args.campaign}: its running dispatch stops within a second and everything "
+              f"unsent stays queued; `campaign resume SPEC` continues")
+    else:
+        print(f"pause set for {args.campaign}, which is not running now: its next run sends nothing until "
+              f"`campaign resume SPEC`")
     return 0
 
 
-def _run_again(args: argparse.Namespace, before: Any = None) -> int:
+def _run_again(args: argparse.Namespace, action: str) -> int:
     from pipeline.cli.run import cmd_run  # the same path as `campaign run`
 
     spec = load_spec(args.spec)
-    campaign_id = args.campaign_id or spec.name
-    with store.connect(args.db) as db:
-        operations.clear_pause(db, campaign_id)
-        if before is not None:
-            n = before(db, campaign_id)
-            print(f"{n:,} messages of {campaign_id} queued again", flush=True)
-    return cmd_run(args)
+    lease_ttl_s(), lease_renew_s()  # a bad lease setting: its one line now, not from inside the flow run
+    # Done by the run once it holds the campaign's lease, never here: a refused run must change nothing.
+    with operations.on_lease(args.campaign_id or spec.name, action):
+        return cmd_run(args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return _run_again(args)
+    return _run_again(args, "resume")
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    return _run_again(args, operations.requeue_failed)
+    return _run_again(args, "retry-failed")
 
 
 def cmd_resend_unknown(args: argparse.Namespace) -> int:
-    return _run_again(args, operations.requeue_unknown)
+    return _run_again(args, "resend-unknown")
 
 
 def cmd_approve(args: argparse.Namespace) -> int:

@@ -117,11 +117,17 @@ class _Dispatch:
             wanted = [s for s in wanted if s in self.group]
         self.waiting = set(wanted)
         await self._db(self.guards.prepare, self.ledger, self._channel_name())
+        # A campaign paused (or its template stopped) before this run, as `prepare` read it: stopped before any lane
+        # starts, as a pause mid-run stops it (the ticker's first read comes after half a second of sending).
+        if reason := self.guards.paused():
+            self._stop(reason)
         self.tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self._ticker())]
         if self.reconcile_fn:
             self.tasks.append(asyncio.create_task(self._reconciler()))
         sessions = contextlib.AsyncExitStack()
         try:
+            if self.stop.is_set():
+                self.waiting.clear()  # no sender taken, nothing claimed: everything unsent stays queued
             await self._take_senders(sessions)
             next_take = time.monotonic() + self.leases.renew_s
             # Done when every sender to dispatch was held and its lane has fed and settled everything (uncertain

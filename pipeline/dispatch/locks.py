@@ -23,9 +23,36 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
+from pipeline.spec import SpecError
 from pipeline.store import Store, run, utc
 
-LEASE_TTL_S = float(os.environ.get("CAMPAIGN_LEASE_TTL_S", "30"))
+LEASE_TTL_S = 30.0  # CAMPAIGN_LEASE_TTL_S
+
+
+def seconds_setting(name: str, default: float | None) -> float | None:
+    """A number of seconds above 0 from the environment variable `name`, else `default`. Read when a lease is made,
+    never at import: a bad value is then one SpecError naming the variable where a lease is needed, not a traceback
+    from every command that imports this module. Not spec.positive_setting: that takes whole numbers only, and the
+    renewal is fractional (0.5 s in the fleet tests and benchmarks)."""
+    raw = os.environ.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise SpecError(f"{name}: {os.environ[name]!r} is not a number of seconds above 0")
+    return value
+
+
+def lease_ttl_s() -> float:
+    return seconds_setting("CAMPAIGN_LEASE_TTL_S", LEASE_TTL_S) or LEASE_TTL_S
+
+
+def lease_renew_s() -> float | None:
+    """CAMPAIGN_LEASE_RENEW_S, or None: a third of the TTL."""
+    return seconds_setting("CAMPAIGN_LEASE_RENEW_S", None)
 
 
 class CampaignLocked(RuntimeError):
@@ -174,7 +201,7 @@ def campaign_lock(
     CampaignLocked at once, or after trying for `wait_s` seconds (see take_within). `lease.holder` says who holds
     it; `lease.lost` is set if it was lost (the store was unreachable for longer than the lease and another run
     took over)."""
-    lease = Lease(db, campaign_id, ttl_s or LEASE_TTL_S)
+    lease = Lease(db, campaign_id, ttl_s or lease_ttl_s())
     take_within(lease, flow_run_id, flow_run_name, wait_s, on_wait)  # a refusal raises here, before anything else
     renewer = threading.Thread(target=lease.renew_until_released, name=f"lease-{campaign_id}", daemon=True)
     renewer.start()
@@ -207,8 +234,6 @@ def current_holder(db: Store, campaign_id: str, *, conn=None) -> LockHolder | No
 # dispatcher, so a number's rate holds only if nobody else sends as it. Same lease rows, one per (campaign,
 # sender), taken in a transaction, renewed every CAMPAIGN_LEASE_RENEW_S (default a third of the TTL).
 
-LEASE_RENEW_S = float(os.environ.get("CAMPAIGN_LEASE_RENEW_S", "0")) or None
-
 
 def sender_lease_name(campaign_id: str, sender: str) -> str:
     return f"sender:{campaign_id}:{sender}"
@@ -222,8 +247,8 @@ class SenderLeases:
     def __init__(self, db: Store, campaign_id: str, *, ttl_s: float | None = None, renew_s: float | None = None,
                  flow_run_id: str | None = None, flow_run_name: str | None = None) -> None:
         self.db, self.campaign_id = db, campaign_id
-        self.ttl_s = ttl_s or LEASE_TTL_S
-        self.renew_s = renew_s or LEASE_RENEW_S or self.ttl_s / 3
+        self.ttl_s = ttl_s or lease_ttl_s()
+        self.renew_s = renew_s or lease_renew_s() or self.ttl_s / 3
         if self.renew_s >= self.ttl_s:
             raise ValueError(f"the lease renewal ({self.renew_s:g} s) must come before it expires ({self.ttl_s:g} s)")
         self.flow_run_id, self.flow_run_name = flow_run_id, flow_run_name

@@ -83,10 +83,10 @@ class Guards:
         self._window = Window(send_window) if send_window else None
 
     def prepare(self, ledger: Ledger, channel: str) -> None:
-        """Reads what earlier sends already used: the rolling 24 h recipients and the spend so far."""
+        """Reads the pause flag and the provider's view (the run stops before sending when either stops it), and
+        what earlier sends already used: the rolling 24 h recipients and the spend so far."""
         now = datetime.now(UTC)
-        if self.watch is not None:
-            self.watch.poll()
+        self.check_pause()
         if self.messaging_limit is not None:
             used, frees_at = ledger.recently_messaged(channel, timedelta(hours=24), now)
             self.capacity = max(0, self.messaging_limit - used)

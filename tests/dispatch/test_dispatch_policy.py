@@ -127,6 +127,21 @@ def test_an_operator_pause_stops_and_keeps_the_rest_queued(db: Store):
     assert st.get("sending", 0) == 0
 
 
+def test_a_campaign_paused_before_its_run_sends_nothing_and_resume_sends_it(db: Store):
+    queue(db, 60)
+    operations.request_pause(db, "t")  # `campaign pause t` before the run (a continuation of a paused campaign too)
+    api = CloudApi()
+    guards = Guards(pause_check=lambda: operations.is_paused(db, "t"))
+    # Once, lanes started before the flag's first read (the ticker's, half a second in) and sent at the full rate.
+    result = run(db, api, guards=guards)
+    assert len(api.calls) == 0 and result.sent == 0 and states(db) == {"queued": 60}
+    assert "paused by the operator" in result.stopped_reason and result.continue_at is None
+    assert operations.is_paused(db, "t")
+    operations.clear_pause(db, "t")  # what `campaign resume` does, once it holds the campaign
+    result = run(db, api, guards=Guards(pause_check=lambda: operations.is_paused(db, "t")))
+    assert result.sent == 60 and states(db) == {"sent": 60} and result.stopped_reason is None
+
+
 def test_batch_channels_get_batches_and_retry_only_what_failed(db: Store):
     from pipeline.testing import FakeChannel
 

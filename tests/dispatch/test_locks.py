@@ -161,3 +161,64 @@ def test_on_postgresql_a_machine_whose_clock_runs_ahead_does_not_take_a_live_lea
                 pass
             assert locks.SenderLeases(db, "c", ttl_s=30).take(["s1"]) == []
             assert current_holder(db, "c") is not None and set(locks.sender_holders(db, "c")) == {"s1"}
+
+
+@pytest.mark.parametrize("command", ["resume", "retry-failed", "resend-unknown"])
+def test_a_refused_resume_or_requeue_changes_nothing(
+    command: str, tmp_path: Path, db: store.Store, db_url: str, prefect_harness, capsys: pytest.CaptureFixture[str]
+):
+    """The pause flag is cleared and failed or unknown messages queued again by the run that holds the campaign,
+    right after it takes the lease: a command refused because another run holds it (once it cleared the flag first,
+    and the running dispatch went on sending) changes nothing."""
+    import yaml
+
+    from pipeline.cli import main
+    from pipeline.dispatch import operations
+    from tests.helpers.whatsapp import queue
+
+    root = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((root / "campaigns/welcome.yaml").read_text())
+    spec.update(name="t", audience=str(root / "audiences/sample.csv"))
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
+    queue(db, 4)
+    db.execute("UPDATE outbox SET state = 'unknown' WHERE seq = 0")
+    db.execute("UPDATE outbox SET state = 'failed', retryable = :yes WHERE seq = 1", yes=True)
+    operations.request_pause(db, "t")
+    before = sorted(db.rows("SELECT seq, state FROM outbox"))
+    with campaign_lock(db, "t", flow_run_id="run-1", flow_run_name="brave-fox"):  # a running `campaign run t`
+        assert main([command, str(tmp_path / "t.yaml"), "--db", db_url, "--spool-dir", str(tmp_path / "spool"),
+                     "--reports-dir", str(tmp_path / "reports"), "--provider-base-url", "http://127.0.0.1:9"]) == 2
+        assert "campaign 't' is already running: flow run 'brave-fox'" in capsys.readouterr().err
+        assert operations.is_paused(db, "t") and sorted(db.rows("SELECT seq, state FROM outbox")) == before
+
+
+def test_a_bad_lease_setting_is_one_error_line_where_a_lease_is_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """CAMPAIGN_LEASE_TTL_S / CAMPAIGN_LEASE_RENEW_S are read when a lease is made: once parsed at import, a bad value
+    broke every command importing pipeline/dispatch/locks.py (status, pause...) with a traceback."""
+    from pipeline.cli import main
+    from pipeline.dispatch import locks
+    from pipeline.spec import SpecError
+
+    env = {**__import__("os").environ, "CAMPAIGN_LEASE_TTL_S": "abc", "CAMPAIGN_LEASE_RENEW_S": "-1"}
+    imported = subprocess.run([sys.executable, "-c", "import pipeline.dispatch.locks"], env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+
+    with store.connect(tmp_path / "campaigns.sqlite") as db:
+        monkeypatch.setenv("CAMPAIGN_LEASE_TTL_S", "abc")
+        assert main(["status", "x", "--db", str(db.path)]) == 2  # status needs no lease: its own answer
+        assert capsys.readouterr().err.startswith("error: no campaign x in store ")
+        with pytest.raises(SpecError, match=r"^CAMPAIGN_LEASE_TTL_S: 'abc' is not a number of seconds above 0$"):
+            with campaign_lock(db, "c"):
+                pass
+        welcome = str(Path(__file__).resolve().parents[2] / "campaigns/welcome.yaml")
+        assert main(["resume", welcome, "--db", str(db.path)]) == 2  # before Prefect starts
+        assert capsys.readouterr().err == "error: CAMPAIGN_LEASE_TTL_S: 'abc' is not a number of seconds above 0\n"
+        monkeypatch.setenv("CAMPAIGN_LEASE_TTL_S", "3.0")  # fractional seconds, as the fleet's takeover rounds use
+        monkeypatch.setenv("CAMPAIGN_LEASE_RENEW_S", "0.5")
+        leases = locks.SenderLeases(db, "c")
+        assert (leases.ttl_s, leases.renew_s) == (3.0, 0.5)
+        monkeypatch.setenv("CAMPAIGN_LEASE_RENEW_S", "0")
+        with pytest.raises(SpecError, match="CAMPAIGN_LEASE_RENEW_S"):
+            locks.SenderLeases(db, "c")

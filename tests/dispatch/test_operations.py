@@ -83,11 +83,51 @@ def test_status_reads_the_store_and_the_running_dispatchs_progress(db: store.Sto
 
 
 def test_pause_then_resume_clears_the_flag(db: store.Store, db_url: str, capsys):
-    assert main(["pause", "welcome", "--db", db_url]) == 0
+    queue(db, 2)
+    assert main(["pause", "t", "--db", db_url]) == 0
     # The flag is the campaign's row in the store (once a file beside the ledger), for every process to read.
-    paused_at = store.utc(db.scalar("SELECT paused_at FROM campaign_control WHERE campaign_id = 'welcome'"))
+    paused_at = store.utc(db.scalar("SELECT paused_at FROM campaign_control WHERE campaign_id = 't'"))
     assert paused_at is not None and paused_at <= datetime.now(UTC)
-    assert operations.is_paused(db, "welcome") and "pause requested" in capsys.readouterr().out
-    assert main(["status", "welcome", "--db", db_url]) == 0 and "PAUSED" in capsys.readouterr().out
-    assert operations.clear_pause(db, "welcome") and not operations.is_paused(db, "welcome")
-    assert not operations.clear_pause(db, "welcome")  # nothing left to clear
+    # Not running now: the flag holds its next run, and the command says so.
+    assert operations.is_paused(db, "t") and "not running now: its next run sends nothing" in capsys.readouterr().out
+    assert main(["status", "t", "--db", db_url]) == 0 and "PAUSED" in capsys.readouterr().out
+    assert operations.clear_pause(db, "t") and not operations.is_paused(db, "t")
+    assert not operations.clear_pause(db, "t")  # nothing left to clear
+
+
+def test_pause_refuses_a_campaign_the_store_does_not_know(db: store.Store, db_url: str, capsys):
+    queue(db, 1)  # campaign t
+    assert main(["pause", "welcme", "--db", db_url]) == 2  # a typo: once it set a flag and status called it PAUSED
+    err = capsys.readouterr().err
+    assert err.startswith("error: no campaign welcme in store ") and err.count("\n") == 1
+    assert db.scalar("SELECT count(*) FROM campaign_control") == 0
+    assert main(["status", "welcme", "--db", db_url]) == 2
+    # A flag a typo left before this fix is no campaign either.
+    db.execute("INSERT INTO campaign_control (campaign_id, paused_at) VALUES ('welcme', :at)", at=datetime.now(UTC))
+    assert not operations.campaign_status(db, "welcme")["known"] and operations.campaign_status(db, "t")["known"]
+
+
+def test_status_and_pause_never_create_a_store(tmp_path, capsys):
+    missing = tmp_path / "no" / "such" / "campaigns.sqlite"
+    for command in (["status", "x"], ["status", "x", "--json"], ["pause", "x"]):
+        assert main([*command, "--db", str(missing)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: no store at {missing}: give the path of an existing store (--db)\n"
+    assert not (tmp_path / "no").exists()
+
+
+def test_the_operators_action_is_done_by_the_run_holding_the_campaign_once(db: store.Store):
+    queue(db, 4)
+    db.execute("UPDATE outbox SET state = 'unknown' WHERE seq < 2")
+    operations.request_pause(db, "t")
+    assert operations.after_lease(db, "t") == []  # no command asked anything of this run
+    with operations.on_lease("t", "resend-unknown"):
+        assert operations.after_lease(db, "other") == []  # another campaign's run in the same process
+        assert operations.is_paused(db, "t")
+        done = operations.after_lease(db, "t")
+        assert done == ["the operator's pause cleared", "2 messages of t queued again (resend-unknown)"]
+        assert not operations.is_paused(db, "t")
+        assert db.scalar("SELECT count(*) FROM outbox WHERE state = 'queued'") == 4
+        operations.request_pause(db, "t")
+        assert operations.after_lease(db, "t") == []  # once: a later run in this block is not the command's
+    assert operations.is_paused(db, "t")

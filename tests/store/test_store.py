@@ -19,6 +19,7 @@ from pipeline import store
 from pipeline.store.local_pg import LocalPostgres
 from pipeline.store.migrate import HEAD, MIGRATIONS, version
 from pipeline.store.schema import metadata
+from tests.costs.rows import add_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,7 +148,8 @@ def test_an_unreachable_postgresql_is_one_line_naming_it(postgres_server: LocalP
 
 def test_a_read_only_sqlite_store_is_one_line_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "campaigns.sqlite"
-    store.connect(path).close()
+    with store.connect(path) as db:
+        add_campaign(db, "welcome")  # `pause` refuses a campaign the store does not know before it writes
     subprocess.run(["chattr", "+i", str(path)], check=True)  # read-only even for root
     try:
         out = _cli("pause", "welcome", "--db", str(path))
@@ -162,7 +164,8 @@ def test_a_read_only_sqlite_store_is_one_line_naming_it(tmp_path: Path) -> None:
 def test_a_store_path_in_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    out = _cli("status", "x", "--db", str(blocker / "sub" / "campaigns.sqlite"))
+    # `db info` creates a store that is not there (status and pause refuse one: tests/dispatch/test_operations.py).
+    out = _cli("db", "info", "--db", str(blocker / "sub" / "campaigns.sqlite"))
     assert out.returncode == 2 and out.stderr.startswith("error: store sqlite:///")
     assert len(out.stderr.strip().splitlines()) == 1
 
@@ -228,13 +231,17 @@ def test_a_store_of_a_newer_version_is_refused_untouched(db_url: str) -> None:
 NEXT = f"{int(HEAD) + 1:04d}"  # the revision the next version of the pipeline would write
 
 
-def _pg_store(request: pytest.FixtureRequest, tmp_path: Path, *statements: str) -> str:
-    """A fresh PostgreSQL store after `statements` ({db}: its name) run as the server's superuser."""
+def _pg_store(request: pytest.FixtureRequest, tmp_path: Path, *statements: str, campaign: str | None = None) -> str:
+    """A fresh PostgreSQL store (holding `campaign`, when given) after `statements` ({db}: its name) run as the
+    server's superuser."""
     import psycopg
 
     from tests.helpers.stores import new_store_url
 
     url = new_store_url("postgresql", tmp_path, request)
+    if campaign is not None:
+        with store.connect(url) as db:
+            add_campaign(db, campaign)
     server: LocalPostgres = request.getfixturevalue("postgres_server")
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
         for statement in statements:
@@ -250,6 +257,7 @@ def test_a_postgresql_role_without_rights_is_one_line(request: pytest.FixtureReq
 
 
 def test_a_read_only_postgresql_store_is_one_line(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    url = _pg_store(request, tmp_path, 'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
+    url = _pg_store(request, tmp_path, 'ALTER DATABASE "{db}" SET default_transaction_read_only = on',
+                    campaign="welcome")  # `pause` refuses a campaign the store does not know before it writes
     said = _one_line(_cli("pause", "welcome", "--db", url), f"error: store {store.shown(store.database_url(url))}: ")
     assert said.endswith(": the store is read-only")
