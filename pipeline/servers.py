@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from pipeline.spec import SpecError, positive_setting
 
 LOOPBACK = "127.0.0.1"
 
@@ -46,22 +49,28 @@ class ServerLimits:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerLimits:
         """The defaults, overridden by CAMPAIGN_MAX_BODY_BYTES, CAMPAIGN_HEADER_TIMEOUT_S, CAMPAIGN_BODY_TIMEOUT_S,
-        CAMPAIGN_MAX_CONNECTIONS and CAMPAIGN_KEEP_ALIVE_S where set."""
+        CAMPAIGN_MAX_CONNECTIONS and CAMPAIGN_KEEP_ALIVE_S where set; a value that is not a positive number (a
+        count: a whole one) is a SpecError naming the variable, which the CLI shows as one line."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = LIMIT_ENV[f.name]
-            raw = env.get(name, "").strip()
-            if not raw:
-                continue
-            kind = int if f.type == "int" else float
-            try:
-                values[f.name] = kind(raw)
-            except ValueError:
-                raise ValueError(f"{name}: expected a positive {kind.__name__}, got {raw!r}") from None
-            if not values[f.name] > 0:
-                raise ValueError(f"{name}: expected a positive {kind.__name__}, got {raw!r}")
+            if f.type == "int":
+                values[f.name] = positive_setting(name, getattr(cls, f.name), env)
+            elif env.get(name, "").strip():
+                values[f.name] = _positive_seconds(name, env[name])
         return cls(**values)
+
+
+def _positive_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    # Not inf either: an endless deadline is no bound.
+    if not (math.isfinite(value) and value > 0):
+        raise SpecError(f"{name}: {raw!r} is not a positive number of seconds")
+    return value
 
 
 LIMIT_ENV = {
@@ -211,14 +220,21 @@ async def _refuse(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def check_loopback(host: str) -> str:
+    """`host` when it is a loopback address; else a SpecError (a ValueError), before anything is announced."""
+    if not host.startswith("127.") and host not in ("localhost", "::1"):
+        raise SpecError(f"--host {host}: servers bind to loopback only (127.x.x.x, localhost or ::1); a public "
+                        "receiver goes behind a TLS-terminating proxy on this host")
+    return host
+
+
 def server_config(app: Any, host: str, port: int, limits: ServerLimits | None = None) -> uvicorn.Config:
     """uvicorn for any server of the project: loopback only, httptools with deadlines, bodies bounded,
     connections capped, uvloop when installed, no proxy-header rewriting (nothing is trusted in front).
 
     A public receiver goes behind a TLS-terminating proxy, which is where Meta's certificate requirement is met.
     """
-    if not host.startswith("127.") and host not in ("localhost", "::1"):
-        raise ValueError(f"servers bind to loopback only, not {host!r}")
+    check_loopback(host)
     limits = ServerLimits.from_env() if limits is None else limits
     # httptools, not h11: with h11 the server, not the client, becomes the bottleneck.
     return uvicorn.Config(

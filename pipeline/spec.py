@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -427,14 +428,71 @@ def chatapp_audience_refusal(spec: CampaignSpec, audience: Path | None = None) -
     return None
 
 
-def load_spec(path: Path | str) -> CampaignSpec:
-    path = Path(path)
+MAX_SPEC_BYTES_ENV, DEFAULT_MAX_SPEC_BYTES = "CAMPAIGN_MAX_SPEC_BYTES", 1024 * 1024
+MAX_SPEC_NODES_ENV, DEFAULT_MAX_SPEC_NODES = "CAMPAIGN_MAX_SPEC_NODES", 100_000
+MAX_SPEC_CHARS_ENV, DEFAULT_MAX_SPEC_CHARS = "CAMPAIGN_MAX_SPEC_CHARS", 4 * 1024 * 1024
+_END = object()
+
+
+def _read_spec_text(path: Path) -> str:
+    """The spec's text, read no further than its bound: a larger file is refused without being read whole."""
+    limit = positive_setting(MAX_SPEC_BYTES_ENV, DEFAULT_MAX_SPEC_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise SpecError(f"{path}: cannot read campaign spec: {exc.strerror}") from None
+    if len(data) > limit:
+        raise SpecError(f"{path}: the campaign spec is larger than {limit:,} bytes ({MAX_SPEC_BYTES_ENV})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"{path}: line {line} is not valid UTF-8 (byte 0x{data[exc.start]:02X}); save the spec "
+                        "as UTF-8 text") from None
+
+
+def check_expanded_size(data: object, source: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuses a document that is small as YAML but huge once its aliases are expanded (a "billion laughs": a few
+    hundred bytes of `&a`/`*a` that Pydantic, json.dumps or Prefect would expand into gigabytes), or cyclic.
+
+    The walk counts every node (and the characters of every string) each time an alias reaches it, as an expansion
+    would, but keeps only one iterator per level and stops as soon as a budget is passed: it never expands anything,
+    and costs at most the node budget in steps whatever the document."""
+    max_nodes = positive_setting(MAX_SPEC_NODES_ENV, DEFAULT_MAX_SPEC_NODES, environ)
+    max_chars = positive_setting(MAX_SPEC_CHARS_ENV, DEFAULT_MAX_SPEC_CHARS, environ)
+    nodes = chars = 0
+    stack: list[Iterator[object]] = [iter((data,))]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+            continue
+        nodes += 1
+        if nodes > max_nodes:
+            raise SpecError(f"{source}: the campaign spec has more than {max_nodes:,} values with its aliases "
+                            f"expanded ({MAX_SPEC_NODES_ENV}); is it a YAML alias bomb, or cyclic?")
+        if isinstance(item, str | bytes):
+            chars += len(item)
+            if chars > max_chars:
+                raise SpecError(f"{source}: the campaign spec holds more than {max_chars:,} characters of text with "
+                                f"its aliases expanded ({MAX_SPEC_CHARS_ENV})")
+        elif isinstance(item, dict):
+            stack.append(itertools.chain.from_iterable(item.items()))
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.append(iter(item))
+
+
+def load_spec(path: Path | str) -> CampaignSpec:
+    path = Path(path)
+    text = _read_spec_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively: `[[[[...` a thousand deep
+        raise SpecError(f"{path}: not valid YAML: collections nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits (Python's int_max_str_digits)
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    check_expanded_size(data, str(path))
     return parse_spec(data, str(path), base_dir=path.parent)

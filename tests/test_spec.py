@@ -118,3 +118,74 @@ def test_an_unknown_sms_provider_is_named():
     data.update(channel="sms", provider={"options": {"provider": "carrier-pigeon"}})
     with pytest.raises(SpecError, match="provider.options.provider"):
         channel_for(parse_spec(data))
+
+
+# --- bounds: the spec file's size, and the document's once its aliases are expanded ---------------------------------
+
+BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+                 + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]" for i in range(8)])
+
+
+def test_a_spec_file_larger_than_its_bound_is_refused_unread(tmp_path, monkeypatch):
+    path = _write(tmp_path)
+    size = path.stat().st_size
+    monkeypatch.setenv("CAMPAIGN_MAX_SPEC_BYTES", str(size))
+    assert load_spec(path).name == "welcome"  # at the bound: read
+    monkeypatch.setenv("CAMPAIGN_MAX_SPEC_BYTES", str(size - 1))
+    with pytest.raises(SpecError, match=f"^{path}: .*larger than {size - 1:,} bytes .*CAMPAIGN_MAX_SPEC_BYTES"):
+        load_spec(path)
+    monkeypatch.delenv("CAMPAIGN_MAX_SPEC_BYTES")
+    with path.open("a") as handle:  # the default, 1 MiB: a comment past it
+        handle.write("#" + "x" * (1024 * 1024) + "\n")
+    with pytest.raises(SpecError, match="larger than 1,048,576 bytes"):
+        load_spec(path)
+
+
+def test_a_yaml_alias_bomb_is_refused_without_being_expanded(tmp_path):
+    import time
+
+    path = _write(tmp_path)
+    path.write_text(path.read_text() + BOMB + "\n")  # 10**9 values once expanded, in 400 bytes
+    assert path.stat().st_size < 4096
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=f"^{path}: .*more than 100,000 values .*CAMPAIGN_MAX_SPEC_NODES"):
+        load_spec(path)
+    assert time.monotonic() - started < 5  # counted up to the budget, never expanded
+
+
+def test_a_cyclic_spec_and_a_string_repeated_by_aliases_are_refused(tmp_path, monkeypatch):
+    path = tmp_path / "cyclic.yaml"
+    path.write_text("name: x\nloop: &a [*a]\n")
+    with pytest.raises(SpecError, match="CAMPAIGN_MAX_SPEC_NODES"):
+        load_spec(path)
+    text = "x" * 100_000
+    path.write_text(f"name: &t {text}\nmore: [{', '.join(['*t'] * 50)}]\n")  # 100 KB of YAML, 5 MB of text
+    with pytest.raises(SpecError, match="more than 4,194,304 characters .*CAMPAIGN_MAX_SPEC_CHARS"):
+        load_spec(path)
+
+
+def test_the_expanded_bounds_are_settings(tmp_path, monkeypatch):
+    path = _write(tmp_path)
+    monkeypatch.setenv("CAMPAIGN_MAX_SPEC_NODES", "20")
+    with pytest.raises(SpecError, match="more than 20 values"):
+        load_spec(path)
+    monkeypatch.setenv("CAMPAIGN_MAX_SPEC_NODES", "100_000")
+    monkeypatch.setenv("CAMPAIGN_MAX_SPEC_CHARS", "100")
+    with pytest.raises(SpecError, match="more than 100 characters"):
+        load_spec(path)
+    monkeypatch.setenv("CAMPAIGN_MAX_SPEC_CHARS", "lots")
+    with pytest.raises(SpecError, match="CAMPAIGN_MAX_SPEC_CHARS: 'lots' is not a whole number"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"\xff\xfename: x\n", "line 1 is not valid UTF-8 (byte 0xFF)"),
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    (b"name: " + b"1" * 5000 + b"\n", "not valid YAML: Exceeds the limit"),
+], ids=["not-utf8", "deep", "huge-int"])
+def test_a_spec_yaml_cannot_read_is_one_line_through_the_cli(tmp_path, capsys, content, expected):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    assert main(["run", str(path), "--db", str(tmp_path / "db.sqlite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and expected in err[0], err

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli.common import add_db_arg, add_started_by_arg
+from pipeline.cli.common import add_db_arg, add_started_by_arg, positive_number
 from pipeline.cli.run import cmd_demo, cmd_run
 from pipeline.cli.servers import cmd_sandbox, cmd_webhooks
 from pipeline.spec import SpecError
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8801)
     p.add_argument("--webhook-url", default="http://127.0.0.1:8802/webhooks/whatsapp")
-    p.add_argument("--throughput", type=float, default=1000.0, help="messages/s per number before 130429")
+    p.add_argument("--throughput", type=positive_number, default=1000.0, help="messages/s per number before 130429")
     p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser("webhooks", help="serve the webhook receiver on loopback (spools receipts to disk)")
@@ -112,17 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # bad input gets a message naming file, row and field, not a traceback
-        from pipeline.audience.load import AudienceError
-        from pipeline.audience.policy import PolicyError
-        from pipeline.channels.templates import SyncError
-        from pipeline.dispatch.locks import CampaignLocked
-        from pipeline.render.templates import TemplateProblem
-        from pipeline.store import StoreError
+        from pipeline.cli.quiet import is_operator_error
 
-        if type(exc).__name__ == "CampaignNotApproved":  # flows/approval.py: a rejection stands, or one waits
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if isinstance(exc, AudienceError | PolicyError | TemplateProblem | CampaignLocked | StoreError | SyncError):
+        if is_operator_error(exc):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -21,19 +21,24 @@ def _prefect_env() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # a wrong spec fails here, before Prefect even starts
     from pipeline import store
+    from pipeline.audience.header import open_file
 
     store.connect(args.db).close()  # and a store that cannot be used: one line, before Prefect's start-up
+    with open_file(spec.audience):  # and an audience file that is missing or unreadable, as the loader would say
+        pass
     _prefect_env()
     from flows.campaign import campaign_flow
-    from pipeline.cli.common import started_by
-    from pipeline.cli.quiet import stopped_by_store, store_errors_without_traceback
+    from pipeline.cli.common import flow_database, started_by
+    from pipeline.cli.quiet import operator_errors_without_traceback, stopped_by_store
     from pipeline.costs.summary import format_summary
 
     campaign_id = args.campaign_id or spec.name
     try:
-        with store_errors_without_traceback():  # the store going away mid-run: its one line, no tracebacks
+        # An operator's error mid-run (the budget, a credential, the campaign already running, the store gone):
+        # its one line (parser.main), no tracebacks. The store's password stays out of the run's parameters.
+        with operator_errors_without_traceback(), flow_database(args.db) as database:
             summary = campaign_flow(
-                str(args.spec), campaign_id=campaign_id, database=args.db, spool_dir=str(args.spool_dir),
+                str(args.spec), campaign_id=campaign_id, database=database, spool_dir=str(args.spool_dir),
                 reports_dir=str(args.reports_dir), provider_base_url=args.provider_base_url,
                 dispatch_groups=getattr(args, "dispatch_groups", 1),  # resume & co. dispatch in this process
                 started_by=started_by(args),  # may not approve the run (flows/approval.py)

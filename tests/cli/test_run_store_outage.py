@@ -6,7 +6,6 @@ exactly once, counted by the sandbox. tests/dispatch/test_store_outage.py proves
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -94,31 +93,6 @@ def test_store_gone_mid_run_ends_with_one_line_and_resume_sends_each_message_onc
     assert stats["accepted"] == ROWS and stats["unique_callback_data"] == ROWS  # nothing lost
     assert stats["duplicate_callback_data"] == 0  # nothing twice
     assert accepted_ids == ours
-
-
-def test_only_a_store_error_loses_its_traceback_and_only_while_the_flow_runs() -> None:
-    from pipeline.cli.quiet import store_errors_without_traceback
-
-    run_logger = logging.getLogger("prefect.task_runs")
-
-    def logged(error: Exception) -> logging.LogRecord:
-        """The record the run logger would log for `error`, through the logger's filters only: handed to its handlers,
-        Prefect's API handler warns outside a flow run (and the suite turns warnings into errors)."""
-        try:
-            raise error
-        except Exception:
-            record = run_logger.makeRecord(run_logger.name, logging.ERROR, __file__, 0,
-                                           "Task run failed with exception: %r", (error,), sys.exc_info())
-        run_logger.filter(record)
-        return record
-
-    gone = store.StoreError("store postgresql+psycopg://campaign@127.0.0.1:5432/x: connection failed")
-    with store_errors_without_traceback():
-        quiet, bug = logged(gone), logged(KeyError("a bug"))
-    after = logged(gone)
-    assert quiet.exc_info is None and quiet.exc_text is None and "connection failed" in quiet.getMessage()
-    assert bug.exc_info is not None  # a bug keeps its traceback
-    assert after.exc_info is not None  # the filter is gone with the flow run
 
 
 def test_the_resume_command_reads_back_as_the_same_arguments_in_a_shell() -> None:

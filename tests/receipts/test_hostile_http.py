@@ -23,6 +23,7 @@ from pipeline.receipts.receiver import create_receiver_app
 from pipeline.receipts.spool import closed_files, decode_record
 from pipeline.sandbox.registry import DEMO_ENV
 from pipeline.servers import ServerLimits, serve_in_thread
+from pipeline.spec import SpecError
 from tests.receipts.raw_http import answer_before_end, connect, head, read_until_closed, status_of, trickle
 
 SECRETS = {"whatsapp_app_secret": DEMO_ENV["WHATSAPP_APP_SECRET"], "whatsapp_verify_token": "v"}
@@ -74,8 +75,11 @@ def test_limits_are_read_from_the_environment_and_bad_values_are_named():
     assert (limits.max_body_bytes, limits.header_timeout_s, limits.body_timeout_s, limits.max_connections) == (
         2048, 2.5, 7.0, 12)
     assert ServerLimits.from_env({}) == ServerLimits()
-    for name, value in (("CAMPAIGN_MAX_CONNECTIONS", "many"), ("CAMPAIGN_HEADER_TIMEOUT_S", "-1")):
-        with pytest.raises(ValueError, match=name):
+    for name, value in (("CAMPAIGN_MAX_CONNECTIONS", "many"), ("CAMPAIGN_HEADER_TIMEOUT_S", "-1"),
+                        ("CAMPAIGN_MAX_BODY_BYTES", "abc"), ("CAMPAIGN_MAX_BODY_BYTES", "0"),
+                        ("CAMPAIGN_KEEP_ALIVE_S", "inf"), ("CAMPAIGN_BODY_TIMEOUT_S", "nan")):
+        # A SpecError: the CLI shows it as one `error:` line naming the variable (tests/cli/test_cli_servers.py).
+        with pytest.raises(SpecError, match=f"^{name}: '{value}' is not a"):
             ServerLimits.from_env({name: value})
 
 
