@@ -434,15 +434,22 @@ MAX_SPEC_CHARS_ENV, DEFAULT_MAX_SPEC_CHARS = "CAMPAIGN_MAX_SPEC_CHARS", 4 * 1024
 _END = object()
 
 
+def read_at_most(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than `limit`: a larger file is never read whole. OSError as
+    opening or reading raises it."""
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    return None if len(data) > limit else data
+
+
 def _read_spec_text(path: Path) -> str:
-    """The spec's text, read no further than its bound: a larger file is refused without being read whole."""
+    """The spec's text, read no further than its bound."""
     limit = positive_setting(MAX_SPEC_BYTES_ENV, DEFAULT_MAX_SPEC_BYTES)
     try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
+        data = read_at_most(path, limit)
     except OSError as exc:
         raise SpecError(f"{path}: cannot read campaign spec: {exc.strerror}") from None
-    if len(data) > limit:
+    if data is None:
         raise SpecError(f"{path}: the campaign spec is larger than {limit:,} bytes ({MAX_SPEC_BYTES_ENV})")
     try:
         return data.decode("utf-8")

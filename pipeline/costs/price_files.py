@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.spec import SpecError, positive_setting
+from pipeline.spec import SpecError, positive_setting, read_at_most
 
 # Bounds of a price file (a Meta card is ~80 rows, 5 KB; a global SMS card a few thousand rows).
 MAX_BYTES_ENV, DEFAULT_MAX_BYTES = "CAMPAIGN_PRICES_MAX_BYTES", 16 * 1024 * 1024
@@ -56,11 +56,10 @@ def read_table(path: Path, *, strict: bool, max_bytes: int | None = None, max_ro
     max_bytes = _bound(MAX_BYTES_ENV, max_bytes, DEFAULT_MAX_BYTES)
     max_rows = _bound(MAX_ROWS_ENV, max_rows, DEFAULT_MAX_ROWS)
     try:
-        with path.open("rb") as f:
-            data = f.read(max_bytes + 1)
+        data = read_at_most(path, max_bytes)
     except OSError as exc:
         raise PriceDataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
+    if data is None:
         raise PriceDataError(f"{path.name}: larger than {max_bytes:,} bytes ({MAX_BYTES_ENV} raises the bound)")
     text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     pending: list[tuple[int, str]] = []  # the lines of the record being read
