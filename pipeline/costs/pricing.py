@@ -5,9 +5,10 @@ force on a message's price day prices it, so an older campaign is priced by the 
 Shipped data lives in pipeline/data/ (listed in rate_cards.csv); `import_card` adds a card from any file.
 A file is read whole (at most CAMPAIGN_PRICES_MAX_BYTES) and checked row by row before the store is touched:
 a bad one is a PriceDataError of one line naming the file, the row and the field (not UTF-8, a short row, a
-missing column, a rate that is not a finite number of at most the store's decimal places, a duplicate), its rows
-bounded by CAMPAIGN_PRICES_MAX_ROWS. Its rows replace those of the same key in one write transaction
-(pipeline.store.bulk.insert_frame), so a report never sees half a card and a refused card changes nothing.
+missing column, a rate that is not a finite number of at most the store's decimal places, a duplicate, volume
+tiers that overlap or leave a gap), its rows bounded by CAMPAIGN_PRICES_MAX_ROWS. Its rows replace those of the same
+key in one write transaction (pipeline.store.bulk.insert_frame), so a report never sees half a card and a refused
+card changes nothing.
 """
 
 from __future__ import annotations
@@ -380,6 +381,7 @@ def _rate_rows(path: Path, rows: list[tuple[int, Row]]) -> pl.DataFrame:
 def _tier_rows(path: Path, rows: list[tuple[int, Row]]) -> pl.DataFrame:
     records = []
     seen: dict[tuple[object, ...], int] = {}
+    ladders: dict[tuple[str, str], list[tuple[int, int | None, int]]] = {}  # (from, to, line) per market, category
     for line, r in rows:
         market, category = _name(path, line, r, "market"), _name(path, line, r, "category")
         low = _count(path, line, r["from_messages"] or "", "from_messages")
@@ -390,10 +392,40 @@ def _tier_rows(path: Path, rows: list[tuple[int, Row]]) -> pl.DataFrame:
         if high is not None and high < low:
             raise PriceDataError(f"{path.name} row {line}: to_messages: bad tier range {low}..{high}")
         _once(path, line, seen, (market, category, low), "market, category and from_messages")
+        ladders.setdefault((market, category), []).append((low, high, line))
         records.append((market, category, low, high, _decimal(path, line, r, "platform_fee_usd")))
+    for (market, category), steps in ladders.items():
+        _check_ladder(path, f"{market}, {category}", sorted(steps))
     return pl.DataFrame(records, orient="row", schema={
         "market": pl.String, "category": pl.String, "from_messages": pl.Int64, "to_messages": pl.Int64,
         "platform_fee_usd": USD})
+
+
+def _check_ladder(path: Path, what: str, steps: list[tuple[int, int | None, int]]) -> None:
+    """One market and category's tiers (from, to or None for the open top, line), by from: they must cover every
+    monthly count from 1 up, each count once (docs/providers.md 2.3: 0-100K, 100,001-1M, ..., 80M+). The report
+    prices a message at every tier holding its rank (costing._apply_tiers): a rank in two tiers would pay twice,
+    a rank in none (a gap, a ladder from above 1, a closed top) nothing at all."""
+    low, _, line = steps[0]
+    if low != 1:
+        raise PriceDataError(f"{path.name} row {line}: from_messages: the first tier of {what} starts at {low}, "
+                             f"not 1 (messages 1..{low - 1} of a month would have no rate)")
+    for (before_low, before_high, before), (low, high, line) in zip(steps, steps[1:], strict=False):
+        if before_high is None or low <= before_high:
+            raise PriceDataError(f"{path.name} row {line}: from_messages: tier {_range(low, high)} of {what} "
+                                 f"overlaps tier {_range(before_low, before_high)} on row {before}")
+        if low > before_high + 1:
+            raise PriceDataError(f"{path.name} row {line}: from_messages: tier {_range(low, high)} of {what} "
+                                 f"leaves a gap after tier {_range(before_low, before_high)} on row {before} "
+                                 f"(messages {before_high + 1}..{low - 1} would have no rate)")
+    _, high, line = steps[-1]
+    if high is not None:
+        raise PriceDataError(f"{path.name} row {line}: to_messages: the top tier of {what} ends at {high}; leave "
+                             f"it empty (messages past {high} would have no rate)")
+
+
+def _range(low: int, high: int | None) -> str:
+    return f"{low}..{'' if high is None else high}"
 
 
 def _check_markets(conn: Connection, card: Card) -> None:

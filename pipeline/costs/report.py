@@ -271,10 +271,18 @@ def _masked_failures(failures: pl.DataFrame) -> pl.DataFrame:
 
 
 def _categories_sent(db: Store, campaign_id: str) -> list[tuple[str, int]]:
-    """The categories the campaign's messages went at, in the order they were first used, with their counts."""
+    """The categories the campaign's messages went at, in the order they were first used, with their counts.
+
+    Counted from billing_groups (current: campaign_costs has just refreshed it), so `sent` is the bill's (a message
+    in flight at a crash that a receipt names is sent, reports/cost_report.sql). Such a message may have no sent_at
+    yet: a category first used by those alone comes last."""
     return [(r.category, int(r.n)) for r in db.rows(
-        """SELECT category, count(*) AS n, min(sent_at) AS first FROM outbox WHERE campaign_id = :c AND state = 'sent'
-           AND category IS NOT NULL GROUP BY category ORDER BY min(sent_at), category""", c=campaign_id)]
+        """SELECT g.sent_category AS category, sum(g.sent) AS n FROM billing_groups AS g
+           LEFT JOIN (SELECT category, min(sent_at) AS first FROM outbox WHERE campaign_id = :c GROUP BY category)
+               AS f ON f.category = g.sent_category
+           WHERE g.campaign_id = :c AND g.sent_category IS NOT NULL
+           GROUP BY g.sent_category, f.first HAVING sum(g.sent) > 0
+           ORDER BY CASE WHEN f.first IS NULL THEN 1 ELSE 0 END, f.first, g.sent_category""", c=campaign_id)]
 
 
 def _campaign(db: Store, campaign_id: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.costs.billing import groups_sql
 from pipeline.costs.costing import cost_report, summary_totals
 from pipeline.store import Store
 
@@ -20,6 +21,9 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
     accepted = db.scalar("SELECT count(*) FROM recipients WHERE campaign_id = :c", c=campaign_id)
     states = {state: n for state, n in db.rows(
         "SELECT state, count(*) FROM outbox WHERE campaign_id = :c GROUP BY state", c=campaign_id)}
+    # `unknown` and `sent` as the bill counts them (reports/cost_report.sql): a message in flight at a crash that a
+    # receipt names reached the provider, so it is sent, and no longer unknown.
+    unknown = states.get("unknown", 0) - (_sent_by_bill(db, campaign_id, "unknown") if states.get("unknown") else 0)
     statuses: dict[str, int] = {}
     for rank, n in db.rows("""
             SELECT b.status_rank, count(*) FROM outbox AS o JOIN billing_messages AS b ON b.message_id = o.message_id
@@ -39,9 +43,9 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
         "rejected": sum(by_reason.values()),
         "rejected_by_reason": by_reason,
         "queued": states.get("queued", 0),
-        "sent": states.get("sent", 0),
+        "sent": int(totals.get("sent", 0) or 0),
         "send_failed": states.get("failed", 0),
-        "unknown": states.get("unknown", 0),
+        "unknown": unknown,
         "withheld": states.get("withheld", 0),
         "withheld_by_reason": withheld,
         # read implies delivered
@@ -54,6 +58,13 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
         "test_sends": int(tests),
         "test_sends_cost_usd": float(tests_usd or 0),
     }
+
+
+def _sent_by_bill(db: Store, campaign_id: str, state: str) -> int:
+    """How many of the campaign's outbox rows in `state` the bill counts as sent."""
+    sql = groups_sql(db, "o.campaign_id = :c AND o.state = :state")
+    # chatapp_channel only names the channel a ChatApp message is billed as; it changes no count.
+    return sum(int(r.sent) for r in db.rows(sql, c=campaign_id, state=state, chatapp_channel="chatapp"))
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -74,7 +85,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         rows.append(("withheld, not sent", f"{summary['withheld']:,}"))
         rows += [(f"  {reason}", f"{n:,}") for reason, n in summary["withheld_by_reason"].items()]
     if summary.get("unknown"):
-        rows.append(("unknown (in flight at a crash)", f"{summary['unknown']:,}"))
+        rows.append(("unknown (in flight at a crash, no receipt)", f"{summary['unknown']:,}"))
     rows += [
         ("platform fee (USD)", f"{summary['platform_fee_usd']:.4f}"),
         ("service fee (USD)", f"{summary['service_fee_usd']:.4f}"),

@@ -53,6 +53,27 @@ HOSTILE = {
                        TIERS + "Rest of Africa,utility,1,100000,0.004\nRest of Africa,utility,1,100000,0.003\n",
                        " row 3: market, category and from_messages listed twice: Rest of Africa, utility, 1 "
                        "(first on row 2)"),
+    # A ladder covers every monthly count from 1 up, each once (pipeline/costs/pricing.py, _check_ladder).
+    "overlapping tiers": ("tiers-2026-12.csv", "whatsapp", TIERS + "Rest of Africa,utility,1,1000,0.004\n"
+                          "Rest of Africa,utility,500,2000,0.003\nRest of Africa,utility,2001,,0.002\n",
+                          " row 3: from_messages: tier 500..2000 of Rest of Africa, utility overlaps tier 1..1000 on "
+                          "row 2"),
+    "overlapping tiers out of order": ("tiers-2026-12.csv", "whatsapp", TIERS + "KE,utility,1,,0.004\n"
+                                       "Rest of Africa,utility,900,,0.003\nRest of Africa,utility,1,1000,0.004\n",
+                                       " row 3: from_messages: tier 900.. of Rest of Africa, utility overlaps tier "
+                                       "1..1000 on row 4"),
+    "open tier below another": ("tiers-2026-12.csv", "whatsapp", TIERS + "Rest of Africa,utility,1,,0.004\n"
+                                "Rest of Africa,utility,1001,,0.003\n",
+                                " row 3: from_messages: tier 1001.. of Rest of Africa, utility overlaps tier 1.. on "
+                                "row 2"),
+    "gap between tiers": ("tiers-2026-12.csv", "whatsapp", TIERS + "Rest of Africa,utility,1,1000,0.004\n"
+                          "Rest of Africa,utility,1500,,0.003\n",
+                          " row 3: from_messages: tier 1500.. of Rest of Africa, utility leaves a gap after tier "
+                          "1..1000 on row 2 (messages 1001..1499 would have no rate)"),
+    "ladder from above 1": ("tiers-2026-12.csv", "whatsapp", TIERS + "Rest of Africa,utility,1001,,0.003\n",
+                            " row 2: from_messages: the first tier of Rest of Africa, utility starts at 1001, not 1"),
+    "closed top tier": ("tiers-2026-12.csv", "whatsapp", TIERS + "Rest of Africa,utility,1,1000,0.004\n",
+                        " row 2: to_messages: the top tier of Rest of Africa, utility ends at 1000; leave it empty"),
     "duplicate rate": ("sms-2026-12.csv", "sms", SMS + "# GB twice\nGB,marketing,0.01\nGB,marketing,0.02\n",
                        " row 4: market and category listed twice: GB, marketing (first on row 3)"),
     "not utf-8": ("sms-2026-12.csv", "sms", SMS.encode() + b"\xff\xfe,marketing,0.01\n",
