@@ -9,10 +9,11 @@ how SmsReport receipts find their messages (see `alibaba_sms_webhooks`). Billed 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from pipeline.channels.alibaba_rpc import encode_form, signed_params
-from pipeline.channels.alibaba_sms_webhooks import provider_message_id
+from pipeline.channels.alibaba_sms_webhooks import CHINA_TIME, provider_message_id
 from pipeline.channels.base import HttpChannel, HttpSession, Outgoing, SendOutcome, retry_after_s
 from pipeline.render.segments import count_segments
 from pipeline.spec import CampaignSpec, SpecError
@@ -33,8 +34,17 @@ STOP_CODES = frozenset({
     "isv.SMS_SIGNATURE_ILLEGAL", "isv.SMS_TEMPLATE_ILLEGAL", "Forbidden.RAM", "isp.RAM_PERMISSION_DENY",
 })
 # Codes about one number of the call. Alibaba refuses the whole call for it, so nothing was sent:
-# `send` splits the batch to find the number(s) and sends the rest.
-PER_NUMBER_CODES = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.DAY_LIMIT_CONTROL", "isv.BUSINESS_LIMIT_CONTROL"})
+# `send` splits the batch to find the number(s) and sends the rest. isv.PARAM_LENGTH_LIMIT is one message's
+# variables making it too long (signature + text over 500 characters, docs/providers.md §6.1 "Segmentation").
+PER_NUMBER_CODES = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.BUSINESS_LIMIT_CONTROL", "isv.PARAM_LENGTH_LIMIT"})
+# isv.DAY_LIMIT_CONTROL is no number's limit: docs/providers.md §6.1 lists only per-number limits ("Mainland
+# frequency limits (same signature): ... per number"), which Alibaba answers isv.BUSINESS_LIMIT_CONTROL, and
+# does not name this code. Alibaba's API error codes (help.aliyun.com/zh/sms/developer-reference/api-error-codes)
+# do: 触发日发送限额, the account's daily sending limit set in the SMS console (安全设置, 日发送量总量阈值).
+# Every further call today is refused the same way, so the channel stops (no halving, no retries) and the
+# refused messages are deferred to the next day. Assumption: the day is China Standard Time (UTC+8), the zone
+# of Alibaba's console and of its SmsReport times (docs/providers.md §6.1 names no reset time).
+DAY_LIMIT_CODE = "isv.DAY_LIMIT_CONTROL"
 # isv.BUSINESS_LIMIT_CONTROL is Alibaba's per-number frequency limit (docs/providers.md §6.1: verification
 # codes 1/min, 5/h, 10/day; notifications and promotions 50/day per number, signature and template), never
 # the sender's pace: that number waits (a day unless the message names the minute or hour window), the
@@ -42,6 +52,12 @@ PER_NUMBER_CODES = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.DAY_LIMIT_CONTRO
 NUMBER_LIMIT_CODE = "isv.BUSINESS_LIMIT_CONTROL"
 NUMBER_LIMIT_WAITS_S = (("分钟", 60.0), ("minute", 60.0), ("小时", 3600.0), ("hour", 3600.0))
 NUMBER_LIMIT_DEFAULT_S = 24 * 3600.0
+
+
+def day_limit_resets_at(now: datetime) -> datetime:
+    """The next midnight China time (UTC+8), in UTC: when Alibaba's daily sending limit counts from zero again."""
+    tomorrow = now.astimezone(CHINA_TIME).date() + timedelta(days=1)
+    return datetime.combine(tomorrow, time(0), tzinfo=CHINA_TIME).astimezone(UTC)
 
 
 def alibaba_segments(sign_name: str, text: str, country: str | None) -> int:
@@ -116,12 +132,15 @@ class AlibabaSmsChannel(HttpChannel):
         by_template: dict[str, list[int]] = {}
         for index, item in enumerate(items):
             by_template.setdefault(item["template_code"], []).append(index)
+        stopped: SendOutcome | None = None
         for indexes in by_template.values():
             for start in range(0, len(indexes), MAX_NUMBERS):
                 chunk = indexes[start : start + MAX_NUMBERS]
-                for index, outcome in zip(chunk, await self._send_call(session, [items[i] for i in chunk]),
-                                          strict=True):
+                answers = [_not_sent(stopped)] * len(chunk) if stopped else \
+                    await self._send_call(session, [items[i] for i in chunk])
+                for index, outcome in zip(chunk, answers, strict=True):
                     outcomes[index] = outcome
+                stopped = stopped or next((o for o in answers if o.kind == "stop"), None)
         return [o for o in outcomes if o is not None]
 
     async def _send_call(self, session: HttpSession, items: list[dict[str, Any]]) -> list[SendOutcome]:
@@ -139,7 +158,11 @@ class AlibabaSmsChannel(HttpChannel):
             # Nothing of this call was sent, so halving it repeats nothing: log2(100) rounds at most
             # isolate each bad number while the others go out.
             middle = len(items) // 2
-            return await self._send_call(session, items[:middle]) + await self._send_call(session, items[middle:])
+            first = await self._send_call(session, items[:middle])
+            stop = next((o for o in first if o.kind == "stop"), None)  # e.g. the day's limit reached meanwhile
+            rest = [_not_sent(stop)] * (len(items) - middle) if stop else \
+                await self._send_call(session, items[middle:])
+            return first + rest
         return [verdict] * len(items)
 
     def classify_response(self, status_code: int, body: bytes, headers: Any) -> SendOutcome:
@@ -163,6 +186,12 @@ class AlibabaSmsChannel(HttpChannel):
             wait = next((s for word, s in NUMBER_LIMIT_WAITS_S if word in detail.lower()), NUMBER_LIMIT_DEFAULT_S)
             return SendOutcome(kind="retry", error_code=code, error_detail=detail,
                                retry_after_s=max(wait, retry_after or 0.0))
+        if code == DAY_LIMIT_CODE:
+            resets_at = day_limit_resets_at(datetime.now(UTC))
+            return SendOutcome(kind="stop", error_code=code, error_detail=(
+                f"{detail or 'daily sending limit reached'}: the account's daily limit (SMS console, security "
+                f"settings) is used up; refused messages are deferred to {resets_at.isoformat()} (midnight China "
+                "time), when `campaign retry-failed` sends them and the rest"), not_before=resets_at)
         throttled = code in THROTTLE_CODES
         if code in STOP_CODES:
             kind = "stop"
@@ -172,6 +201,12 @@ class AlibabaSmsChannel(HttpChannel):
             kind = "permanent"
         return SendOutcome(kind=kind, error_code=code, error_detail=detail,
                            retry_after_s=retry_after if kind == "retry" else None, throttled=throttled)
+
+
+def _not_sent(stop: SendOutcome) -> SendOutcome:
+    """For the messages of a batch left unsent after a call stopped the channel: the same stop, but they stay
+    queued (no deferral: the provider never refused them)."""
+    return stop.model_copy(update={"not_before": None})
 
 
 def _json(value: Any) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import urllib.request
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from functools import cache
 from ssl import SSLContext
 from typing import Any, Literal, Protocol
@@ -32,6 +33,25 @@ class SendOutcome(BaseModel):
     error_detail: str | None = None
     retry_after_s: float | None = None  # from Retry-After, when the provider said so
     throttled: bool = False  # a rate-limit answer: slow the sender down, never a failure
+    # With kind "stop": the account's quota at the provider is used up until then (Alibaba's daily sending limit).
+    # The channel stops as for any stop, and this message is deferred to that time instead of left queued.
+    not_before: datetime | None = None
+
+
+class SenderRate(BaseModel):
+    """What the provider allows one sender now, below what its spec may ask (a WhatsApp number's throughput level):
+    the dispatcher sends that sender's lane at no more than `per_second`. A channel that can tell defines
+    `async def sender_rate(session) -> SenderRate | None`, called as each lane starts (pipeline/dispatch/engine.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_second: float
+    why: str  # for the run's log: "throughput level STANDARD: 80 messages/s (docs/providers.md §1.7)"
+
+
+class SenderRateUnknown(Exception):
+    """The sender's allowance could not be read (network, HTTP error, an answer we cannot read); the message says
+    what was asked and what came back. The dispatcher keeps the spec's rate."""
 
 
 class Outgoing(BaseModel):
@@ -123,12 +143,20 @@ class HttpSession:
 
     async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> httpx.Response:
         """The provider's answer, read in full; httpx's exceptions (ConnectError, timeouts ...) as raised."""
+        return await self.request("POST", url, content=content, headers=headers)
+
+    async def get(self, url: str, *, headers: dict[str, str]) -> httpx.Response:
+        """As `post`, for a read (a sender's settings before its lane sends)."""
+        return await self.request("GET", url, content=None, headers=headers)
+
+    async def request(self, method: str, url: str, *, content: bytes | None,
+                      headers: dict[str, str]) -> httpx.Response:
         parsed = self._urls.get(url)
         if parsed is None:
             parsed = self._urls[url] = httpx.URL(url)
         if self._transport is None:
             self._transport = _transport_for(parsed)
-        request = httpx.Request("POST", parsed, headers={"user-agent": USER_AGENT, **headers}, content=content,
+        request = httpx.Request(method, parsed, headers={"user-agent": USER_AGENT, **headers}, content=content,
                                 extensions={"timeout": self._timeout})
         response = await self._transport.handle_async_request(request)
         try:

@@ -9,7 +9,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.channels.base import HttpChannel, Outgoing, SendOutcome, SendRequest, retry_after_s
+from pipeline.channels.base import (
+    HttpChannel,
+    HttpSession,
+    Outgoing,
+    SenderRate,
+    SenderRateUnknown,
+    SendOutcome,
+    SendRequest,
+    retry_after_s,
+)
 from pipeline.channels.whatsapp_session import is_session, session_body
 from pipeline.render.components import build_whatsapp_components
 
@@ -30,6 +39,10 @@ STOP_CODES = frozenset({0, 3, 10, 190, 368, 131031, 131042, 131048, 131064}) | T
 )
 # 131049 (per-user marketing limit): Meta says resending within 24 h just fails again.
 DEFERRED_CODES = {131049: 24 * 3600.0}
+# A number's throughput level (docs/providers.md §1.7): STANDARD is Meta's default of 80 messages/s; HIGH (1,000/s)
+# is the spec's own ceiling and NOT_APPLICABLE names no rate, so neither slows a lane.
+STANDARD_PER_S = 80.0
+THROUGHPUT_LEVELS = frozenset({"STANDARD", "HIGH", "NOT_APPLICABLE"})
 
 
 def error_meaning(code: int) -> str:
@@ -59,8 +72,34 @@ class WhatsAppChannel(HttpChannel):
 
     def __init__(self, *, base_url: str, api_version: str, phone_number_id: str, access_token: str) -> None:
         self.url = f"{base_url.rstrip('/')}/{api_version}/{phone_number_id}/messages"
+        self.throughput_url = f"{base_url.rstrip('/')}/{api_version}/{phone_number_id}?fields=throughput"
+        self.phone_number_id = phone_number_id
         # Built once: every request of a campaign carries the same headers.
         self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
+
+    async def sender_rate(self, session: HttpSession) -> SenderRate | None:
+        """The number's allowance from its throughput level (`GET /{phone-number-id}?fields=throughput`, answered
+        `{"throughput": {"level": ...}, "id": ...}`), read before its lane sends: STANDARD -> 80 messages/s; None
+        when the level leaves the spec's rate. SenderRateUnknown when it cannot be read."""
+        asked = f"GET /{self.phone_number_id}?fields=throughput"
+        try:
+            response = await session.get(self.throughput_url, headers={"Authorization": self._headers["Authorization"]})
+        except Exception as exc:  # translated at the edge: the dispatcher keeps the spec's rate
+            raise SenderRateUnknown(f"{asked}: {type(exc).__name__}") from None
+        try:
+            data = json.loads(response.content)
+        except ValueError:
+            data = None
+        throughput = data.get("throughput") if isinstance(data, dict) else None
+        level = throughput.get("level") if isinstance(throughput, dict) else None
+        if response.status_code != 200 or level not in THROUGHPUT_LEVELS:
+            error = data.get("error") if isinstance(data, dict) else None
+            what = f"({error.get('code')}) {error.get('message')}" if isinstance(error, dict) else f"level {level!r}"
+            raise SenderRateUnknown(f"{asked}: HTTP {response.status_code} {what}")
+        if level != "STANDARD":
+            return None
+        return SenderRate(per_second=STANDARD_PER_S,
+                          why=f"throughput level STANDARD: {STANDARD_PER_S:g} messages/s (docs/providers.md §1.7)")
 
     def build_payload(self, message: Outgoing) -> dict[str, Any]:
         template, params = message.template, message.params

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.channels.base import Channel, SendOutcome, tls_context
+from pipeline.channels.base import Channel, SenderRateUnknown, SendOutcome, tls_context
 from pipeline.dispatch.ledger import Ledger, Outcome, Pending
 from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
@@ -177,14 +177,39 @@ class _Dispatch:
         await self._recover(taken)
         queued = (await self._db(lambda: self.ledger.counts(taken))).get("queued", 0)
         self.result.total += queued
+        opened: dict[str, list[Any]] = {}
         for sender in taken:
-            lane = _Lane(sender, self._channel(sender), self.guards.lane_rate(sender, self.rate))
-            for _ in range(self.rate.concurrency):
-                session = lane.channel.open_session(self.timeout_s, self.transport)
-                lane.sessions.put_nowait(await sessions.enter_async_context(session))
+            channel = self._channel(sender)
+            opened[sender] = [await sessions.enter_async_context(channel.open_session(self.timeout_s, self.transport))
+                              for _ in range(self.rate.concurrency)]
+        rates = await asyncio.gather(*(self._sender_rate(sender, opened[sender][0]) for sender in taken))
+        for sender, rate in zip(taken, rates, strict=True):
+            lane = _Lane(sender, self._channel(sender), self.guards.lane_rate(sender, rate))
+            for session in opened[sender]:
+                lane.sessions.put_nowait(session)
             self.lanes.append(lane)
             self.tasks.append(asyncio.create_task(self._feed(lane)))
             self.tasks += [asyncio.create_task(self._worker(lane)) for _ in range(self.pipeline_depth)]
+
+    async def _sender_rate(self, sender: str, session: Any) -> RateSpec:
+        """The spec's rate, or what the provider allows this sender now when that is less (a WhatsApp number at the
+        standard throughput level, pipeline/channels/whatsapp.py); read once, as its lane starts. A read that fails
+        keeps the spec's rate: the provider's throttling answers still slow the lane down."""
+        read = getattr(self._channel(sender), "sender_rate", None)
+        if read is None:
+            return self.rate
+        spec_rate = self.rate.max_per_second
+        try:
+            allowed = await read(session)
+        except SenderRateUnknown as exc:
+            log.warning("dispatch: sender %s: its rate at the provider is unknown (%s); it sends at the spec's %g/s",
+                        sender, exc, spec_rate)
+            return self.rate
+        if allowed is None or allowed.per_second >= spec_rate:
+            return self.rate
+        log.warning("dispatch: sender %s is at %s; it sends at %g/s, not the spec's %g/s",
+                    sender, allowed.why, allowed.per_second, spec_rate)
+        return self.rate.model_copy(update={"max_per_second": allowed.per_second})
 
     def _drop_lost_lanes(self) -> None:
         """A lane whose lease was lost (this process stopped renewing for longer than the lease) sends nothing
@@ -370,8 +395,13 @@ class _Dispatch:
             self.result.sent += 1
             self.guards.spent(item)
         elif outcome.kind == "stop":
-            state, attempts = "queued", attempts - 1  # not sent: stays queued until the cause is fixed
             self._stop(f"{outcome.error_code}: {outcome.error_detail}")
+            if outcome.not_before is not None:
+                # Refused for a quota that frees at a known time (Alibaba's daily limit): waits for it, as 131049 does.
+                state, not_before, retryable = "deferred", outcome.not_before, True
+                self.result.deferred += 1
+            else:
+                state, attempts = "queued", attempts - 1  # not sent: stays queued until the cause is fixed
         elif outcome.kind == "unknown":
             state = "unknown"
             self.result.unknown += 1

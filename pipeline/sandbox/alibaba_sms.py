@@ -1,9 +1,10 @@
 """A loopback stand-in for Alibaba Cloud SMS (dysmsapi 2017-05-25): RPC calls at `/` (GET query or POST
 form) with the V2 HMAC-SHA1 signature verified by its own code, SendBatchSms (<= 100 numbers) and
 SendSms, Alibaba's Code/Message/BizId/RequestId bodies, a QPS limit answering Throttling.User (the gateway's
-flow control), a per-number frequency limit answering isv.BUSINESS_LIMIT_CONTROL (refusing the whole call,
-as an illegal number does), and SmsReport pushes (JSON arrays) carrying our report token, retried until
-answered `{"code":0}`."""
+flow control), a per-number frequency limit answering isv.BUSINESS_LIMIT_CONTROL and a signature + content
+over 500 characters answering isv.PARAM_LENGTH_LIMIT (each refusing the whole call, as an illegal number does),
+the account's daily sending limit answering isv.DAY_LIMIT_CONTROL, and SmsReport pushes (JSON arrays) carrying
+our report token, retried until answered `{"code":0}`."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ TOKEN_HEADER = "X-Sms-Report-Token"
 _BEIJING = timezone(timedelta(hours=8))
 _PHONE = re.compile(r"\d{5,20}")
 _TEMPLATE = re.compile(r"SMS_\d+")
+_VARIABLE = re.compile(r"\$\{(\w+)\}")  # a variable in an Alibaba template text
+MAX_CHARS = 500  # signature with its two brackets + content (docs/providers.md §6.1 "Segmentation and billing")
 # Carrier failure codes as Alibaba forwards them in reports (a mix; the receipt keeps the code).
 REPORT_FAILURES: tuple[tuple[str, float], ...] = (("MN:0001", 0.5), ("MK:0012", 0.3), ("UNDELIV", 0.2))
 
@@ -49,6 +52,12 @@ class AlibabaSmsSandboxConfig(BaseModel):
     throughput_per_s: float = Field(default=50.0, gt=0, description="calls per second (Alibaba's QPS per user)")
     sign_names: list[str] | None = Field(default=None, description="approved signatures; None: any")
     templates: list[str] | None = Field(default=None, description="approved template codes; None: any SMS_<n>")
+    template_texts: dict[str, str] | None = Field(
+        default=None, description="approved template code -> its text with ${name} variables, for the 500-character "
+        "bound; a template without one counts its variables' values alone (the least its content can be)")
+    day_quota: int | None = Field(
+        default=None, ge=0, description="messages the account may send a day (China time), the console's daily "
+        "sending limit: a call that would go over it is refused isv.DAY_LIMIT_CONTROL. None: no limit")
     illegal_rate: float = Field(default=0.0, ge=0, le=1, description="numbers refused as illegal")
     number_limit: tuple[int, float] | None = Field(
         default=(50, 86400.0), description="(messages, window s) per number, sign name and template; Alibaba's "
@@ -112,6 +121,40 @@ class _NumberLimit:
                 self._sent[key].append(now)
 
 
+class _DayQuota:
+    """Accepted messages of the account on the current day, China time (Alibaba's console is in UTC+8)."""
+
+    def __init__(self, quota: int | None) -> None:
+        self.quota = quota
+        self._day, self._sent = "", 0
+
+    def check(self, count: int) -> None:
+        if self.quota is None:
+            return
+        today = datetime.now(_BEIJING).date().isoformat()
+        if today != self._day:
+            self._day, self._sent = today, 0
+        if self._sent + count > self.quota:
+            raise _Refused("isv.DAY_LIMIT_CONTROL", "触发日发送限额")
+
+    def record(self, count: int) -> None:
+        self._sent += count
+
+
+def _content(text: str | None, template_param: Any) -> str:
+    """The message as Alibaba builds it: the template's text with its variables filled in; without the text, the
+    variables' values alone."""
+    if isinstance(template_param, str):  # SendSms passes TemplateParam as it came
+        try:
+            template_param = json.loads(template_param)
+        except ValueError:
+            raise _Refused("isv.INVALID_JSON_PARAM", "TemplateParam is not valid JSON.") from None
+    values = {str(k): str(v) for k, v in template_param.items()} if isinstance(template_param, dict) else {}
+    if text is None:
+        return "".join(values.values())
+    return _VARIABLE.sub(lambda m: values.get(m.group(1), ""), text)
+
+
 class _Refused(Exception):
     def __init__(self, code: str, message: str, status: int = 200) -> None:
         self.code, self.message, self.status = code, message, status
@@ -135,6 +178,7 @@ class AlibabaSmsSandbox:
         self._nonces: dict[str, float] = {}
         self.tally = Tally(throttle_code="Throttling.User")
         self._number_limit = _NumberLimit(config.number_limit)
+        self._day_quota = _DayQuota(config.day_quota)
         self.calls = 0
         token = config.report_token
 
@@ -219,9 +263,17 @@ class AlibabaSmsSandbox:
         out_id = params.get("OutId")
         if out_id is not None and len(out_id) >= 256:
             raise _Refused("isv.INVALID_PARAMETERS", "OutId must be shorter than 256 characters.")
+        text = (self.config.template_texts or {}).get(template)
+        for sign_name, params_ in zip(sign_names, template_params, strict=True):
+            length = len(sign_name) + 2 + len(_content(text, params_))  # 【】 or [] around the signature
+            if length > MAX_CHARS:  # one message too long refuses the whole call
+                raise _Refused("isv.PARAM_LENGTH_LIMIT",
+                               f"参数超出长度限制 (signature and content: {length} characters, over {MAX_CHARS})")
+        self._day_quota.check(len(phones))  # the whole call, when it would take the day over the limit
         limit_keys = [(phone, sign_name, template) for phone, sign_name in zip(phones, sign_names, strict=True)]
         self._number_limit.check(limit_keys)  # one number over its limit refuses the whole call
         self._number_limit.record(limit_keys)
+        self._day_quota.record(len(phones))
         biz_id = f"{int(time.time() * 1000) % 10**12:012d}{self._rng.randrange(10**6):06d}^0"
         sent_at = datetime.now(_BEIJING)
         for phone, (final, error), params_ in zip(phones, fates, template_params, strict=True):

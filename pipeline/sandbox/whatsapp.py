@@ -34,6 +34,7 @@ from pipeline.sandbox.whatsapp_media import MediaStore
 from pipeline.sandbox.whatsapp_templates import SandboxNumber, SandboxTemplate, TemplateSet
 
 _VERSION = re.compile(r"v\d+\.\d+")
+STANDARD_THROUGHPUT_PER_S = 80.0  # Meta's default throughput per number (docs/providers.md §1.7)
 
 
 class SandboxConfig(BaseModel):
@@ -306,6 +307,30 @@ class Sandbox:
             f'"wa_id":"{recipient}"}}],"messages":[{{"id":"{wamid}"{status}}}]}}'
         ).encode()
 
+    # ------------------------------------------------------------------ GET /{version}/{phone-number-id}
+
+    async def number(self, request: Request) -> JSONResponse:
+        """The number's id and the fields asked for (Graph's default ones when none are). Any phone-number-id is
+        the sandbox's own, as for sends. Its `throughput` level (docs/providers.md §1.7) follows the configured
+        throughput: HIGH above Meta's standard 80 messages/s, STANDARD at or below it."""
+        if not _VERSION.fullmatch(request.path_params["version"]):
+            return JSONResponse(meta_error(2500, f"Unknown path components: /{request.path_params['version']}"), 400)
+        number_id = request.path_params["phone_number_id"]
+        known = next((n for n in self.config.phone_numbers if n.id == number_id), None)
+        level = "HIGH" if self.config.throughput_per_s > STANDARD_THROUGHPUT_PER_S else "STANDARD"
+        fields: dict[str, Any] = {
+            "display_phone_number": known.display_phone_number if known else self.config.display_phone_number,
+            "verified_name": known.verified_name if known else "Acme",
+            "quality_rating": known.quality_rating if known else "GREEN",
+            "throughput": {"level": level},
+        }
+        asked = [f.strip() for f in request.query_params.get("fields", "").split(",") if f.strip()]
+        unknown = [f for f in asked if f not in fields and f != "id"]
+        if unknown:
+            return JSONResponse(_invalid_parameter(f"Tried accessing nonexisting field ({unknown[0]})"), 400)
+        chosen = asked or ["display_phone_number", "verified_name", "quality_rating"]
+        return JSONResponse({**{f: fields[f] for f in chosen if f != "id"}, "id": number_id})
+
     def authorised(self, handler: Any) -> Any:
         """`handler` behind Meta's Bearer check (401 / 190 otherwise)."""
         async def checked(request: Request) -> Response:
@@ -402,6 +427,8 @@ def create_app(config: SandboxConfig) -> Starlette:
         Route("/_sandbox/drain", sandbox.drain, methods=["POST"]),
     ]
     routes += sandbox.template_set.routes(sandbox.authorised)
+    # Last: `/_sandbox/...` reads above have the same shape.
+    routes.append(Route("/{version}/{phone_number_id}", sandbox.authorised(sandbox.number), methods=["GET"]))
     app = Starlette(routes=routes, lifespan=sandbox.lifespan)
     app.state.sandbox = sandbox
     app.state.media = media

@@ -5,68 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import pytest
 
 from pipeline.channels import alibaba_sms_webhooks as ali
 from pipeline.channels.alibaba_rpc import encode_form
-from pipeline.channels.alibaba_sms import AlibabaSmsChannel, alibaba_segments, from_spec
+from pipeline.channels.alibaba_sms import AlibabaSmsChannel, alibaba_segments
 from pipeline.receipts.links import link_alibaba
 from pipeline.records import Receipt
-from pipeline.sandbox.alibaba_sms import AlibabaSmsSandboxConfig, create_alibaba_sms_app
-from pipeline.spec import parse_spec
 from pipeline.store import Store, run_many
-from tests.helpers.channels import Receiver, dispatch, drain, queue, serving, states
-
-KEY_ID, KEY_SECRET, REPORT_TOKEN = "LTAI-test", "alibaba-test-secret", "report-token"
-
-
-@contextmanager
-def stack(answers: list[int] | None = None, **overrides: Any) -> Iterator[tuple[str, Receiver, Any]]:
-    """The sandbox, reporting to a receiver that answers from `answers` (default 200 + Alibaba's ACK)."""
-    receiver = Receiver(answers, ack=ali.ACK_BODY)
-    config = AlibabaSmsSandboxConfig(**{
-        "access_key_id": KEY_ID, "access_key_secret": KEY_SECRET, "report_token": REPORT_TOKEN,
-        "fail_rate": 0.0, "report_delay_s": (0.0, 0.02), "report_retry_base_s": 0.05, "sign_names": ["Acme", "阿里云"],
-        **overrides})
-    with serving(create_alibaba_sms_app, config, receiver if "webhook_url" not in overrides else None,
-                 "/webhooks/alibaba_sms") as (sandbox_url, sandbox):
-        yield sandbox_url, receiver, sandbox
-
-
-def _channel(monkeypatch, base_url: str, secret: str = KEY_SECRET, **options: Any) -> tuple[AlibabaSmsChannel, Any]:
-    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
-    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", secret)
-    spec = parse_spec({
-        "name": "ali-t", "audience": "x.csv", "channel": "sms", "sender": "Acme",
-        "template": {"name": "SMS_15255001", "language": "en", "category": "marketing", "text": "Hi {{ n }}",
-                     "body": ["{{ n }}"]},
-        "provider": {"options": {"sender_ids": {"CN": "阿里云"}, "param_names": ["name"], **options}},
-    })
-    return from_spec(spec, base_url), spec
-
-
-def _phones(n: int) -> list[str]:
-    return [f"+4477009{i:05d}" if i % 3 else f"+86139{i:08d}" for i in range(n)]
-
-
-def _queue(db: Store, channel: AlibabaSmsChannel, spec: Any, phones: list[str]) -> None:
-    queue(db, spec, channel, phones, regions=["CN" if p.startswith("+86") else "GB" for p in phones],
-          params=[json.dumps({"body": [f"n{i}"]}) for i in range(len(phones))])
-
-
-def _payloads(db: Store) -> list[str]:
-    return [r[0] for r in db.rows("SELECT payload_json FROM outbox ORDER BY seq")]
-
-
-async def _send_batch(channel: AlibabaSmsChannel, payloads: list[str]):
-    async with channel.open_session(10.0) as session:
-        return await channel.send(session, payloads)
+from tests.helpers.alibaba_sms import (
+    REPORT_TOKEN,
+    alibaba_channel,
+    outbox_payloads,
+    queue_sms,
+    send_batch,
+    sms_phones,
+    stack,
+)
+from tests.helpers.channels import dispatch, drain, states
 
 
 def _store_receipts(db: Store, receipts: list[Receipt]) -> None:
@@ -83,8 +42,8 @@ def _store_receipts(db: Store, receipts: list[Receipt]) -> None:
 def test_happy_path_through_the_dispatcher_and_reports_find_their_messages(db: Store, monkeypatch):
     # On both backends: the end of it is the store linking receipts that lost their BizId (link_alibaba's SQL).
     with stack(answers=[500]) as (sandbox_url, receiver, sandbox):  # the first push is refused, then retried
-        channel, spec = _channel(monkeypatch, sandbox_url)
-        _queue(db, channel, spec, _phones(9))
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        queue_sms(db, channel, spec, sms_phones(9))
         result = dispatch(db, channel)
         assert result.sent == 9 and result.failed == 0
         stats = httpx.get(f"{sandbox_url}/_sandbox/stats").json()
@@ -117,10 +76,10 @@ def test_happy_path_through_the_dispatcher_and_reports_find_their_messages(db: S
 
 def test_a_batch_of_150_goes_as_two_signed_calls_with_one_outid_each(sqlite_db: Store, monkeypatch):
     with stack(webhook_url=None) as (sandbox_url, _, sandbox):
-        channel, spec = _channel(monkeypatch, sandbox_url)
-        _queue(sqlite_db, channel, spec, _phones(150))
-        payloads = _payloads(sqlite_db)
-        outcomes = asyncio.run(_send_batch(channel, payloads))
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        queue_sms(sqlite_db, channel, spec, sms_phones(150))
+        payloads = outbox_payloads(sqlite_db)
+        outcomes = asyncio.run(send_batch(channel, payloads))
     assert [o.kind for o in outcomes] == ["sent"] * 150 and sandbox.calls == 2
     assert sandbox.tally.accepted == 150 and sandbox.tally.duplicate_callback_data == 0
     first_ids = {json.loads(payloads[0])["out_id"], json.loads(payloads[100])["out_id"]}
@@ -131,12 +90,12 @@ def test_a_batch_of_150_goes_as_two_signed_calls_with_one_outid_each(sqlite_db: 
 
 def test_an_illegal_number_in_a_batch_fails_alone_and_the_rest_is_sent(sqlite_db: Store, monkeypatch):
     with stack(webhook_url=None, illegal_rate=0.2, seed=3) as (sandbox_url, _, sandbox):
-        channel, spec = _channel(monkeypatch, sandbox_url)
-        phones = _phones(12)
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        phones = sms_phones(12)
         illegal = {p for p in phones if sandbox.config.outcome(p.lstrip("+"))[0] == "illegal"}
         assert 0 < len(illegal) < 12
-        _queue(sqlite_db, channel, spec, phones)
-        outcomes = asyncio.run(_send_batch(channel, _payloads(sqlite_db)))
+        queue_sms(sqlite_db, channel, spec, phones)
+        outcomes = asyncio.run(send_batch(channel, outbox_payloads(sqlite_db)))
     kinds = {p: (o.kind, o.error_code) for p, o in zip(phones, outcomes, strict=True)}
     assert {p for p, k in kinds.items() if k == ("permanent", "isv.MOBILE_NUMBER_ILLEGAL")} == illegal
     assert all(k[0] == "sent" for p, k in kinds.items() if p not in illegal)
@@ -145,11 +104,11 @@ def test_an_illegal_number_in_a_batch_fails_alone_and_the_rest_is_sent(sqlite_db
 
 def test_permanent_error_through_the_dispatcher(sqlite_db: Store, monkeypatch):
     with stack(webhook_url=None, illegal_rate=0.3, seed=5) as (sandbox_url, _, sandbox):
-        channel, spec = _channel(monkeypatch, sandbox_url)
-        phones = _phones(10)
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        phones = sms_phones(10)
         illegal = {p for p in phones if sandbox.config.outcome(p.lstrip("+"))[0] == "illegal"}
         assert illegal
-        _queue(sqlite_db, channel, spec, phones)
+        queue_sms(sqlite_db, channel, spec, phones)
         result = dispatch(sqlite_db, channel)
     assert result.failed == len(illegal) and result.sent == 10 - len(illegal)
     failed = dict(sqlite_db.rows("SELECT recipient_key, error_code FROM outbox WHERE state = 'failed'"))
@@ -158,10 +117,11 @@ def test_permanent_error_through_the_dispatcher(sqlite_db: Store, monkeypatch):
 
 def test_rate_limit_answers_are_throttled_retries(sqlite_db: Store, monkeypatch):
     # One number per call, so that the calls (Alibaba's QPS counts calls) outrun the limit: the
-    # dispatcher batches whatever is waiting, and 30 numbers would otherwise fit in two calls.
-    with stack(webhook_url=None, throughput_per_s=20.0) as (sandbox_url, _, sandbox):
-        channel, spec = _channel(monkeypatch, sandbox_url, max_batch=1)
-        _queue(sqlite_db, channel, spec, _phones(30))
+    # dispatcher batches whatever is waiting, and 30 numbers would otherwise fit in two calls. 10 calls/s (a burst of
+    # 10): a dispatcher slowed down by a busy machine (30 calls in 1.1 s once, at 20/s) still outruns it.
+    with stack(webhook_url=None, throughput_per_s=10.0) as (sandbox_url, _, sandbox):
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url, max_batch=1)
+        queue_sms(sqlite_db, channel, spec, sms_phones(30))
         result = dispatch(sqlite_db, channel)
     assert result.sent == 30 and result.failed == 0 and result.throttled > 0
     assert sandbox.tally.rejected["Throttling.User"] > 0 and not sandbox.tally.rejected["isv.BUSINESS_LIMIT_CONTROL"]
@@ -173,10 +133,10 @@ def test_a_number_over_its_frequency_limit_waits_alone_and_the_sender_keeps_its_
     # template): the call is refused for one number, which is found by halving and deferred; the
     # others are sent and nothing is counted as throttling.
     with stack(webhook_url=None, number_limit=(1, 86400.0)) as (sandbox_url, _, sandbox):
-        channel, spec = _channel(monkeypatch, sandbox_url)
-        phones = _phones(10)
-        _queue(sqlite_db, channel, spec, phones)
-        payloads = [json.loads(p) for p in _payloads(sqlite_db)]
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        phones = sms_phones(10)
+        queue_sms(sqlite_db, channel, spec, phones)
+        payloads = [json.loads(p) for p in outbox_payloads(sqlite_db)]
         earlier = channel.request_params([payloads[4]])  # the limit's one permit, used before the campaign
         assert httpx.post(sandbox_url + "/", content=encode_form(earlier)).json()["Code"] == "OK"
         result = dispatch(sqlite_db, channel)
@@ -203,8 +163,8 @@ def test_the_per_number_limit_is_never_a_throttle(message, wait_s):
 
 def test_a_wrong_secret_fails_the_signature_check_and_stops_the_channel(sqlite_db: Store, monkeypatch):
     with stack(webhook_url=None) as (sandbox_url, _, sandbox):
-        channel, spec = _channel(monkeypatch, sandbox_url, secret="not-the-secret")
-        _queue(sqlite_db, channel, spec, _phones(5))
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url, secret="not-the-secret")
+        queue_sms(sqlite_db, channel, spec, sms_phones(5))
         result = dispatch(sqlite_db, channel, concurrency=1)
     assert result.stopped_reason and result.stopped_reason.startswith("SignatureDoesNotMatch")
     assert sandbox.tally.rejected["SignatureDoesNotMatch"] >= 1 and sandbox.tally.accepted == 0
@@ -213,7 +173,7 @@ def test_a_wrong_secret_fails_the_signature_check_and_stops_the_channel(sqlite_d
 
 def test_sandbox_limits_and_replayed_nonces(monkeypatch):
     with stack(webhook_url=None) as (sandbox_url, _, _):
-        channel, _ = _channel(monkeypatch, sandbox_url)
+        channel, _ = alibaba_channel(monkeypatch, sandbox_url)
         items = [{"phone": f"4477009{i:05d}", "sign_name": "Acme", "template_code": "SMS_1", "out_id": "m"}
                  for i in range(101)]
         too_many = httpx.post(sandbox_url + "/", content=encode_form(channel.request_params(items)))
@@ -225,8 +185,8 @@ def test_sandbox_limits_and_replayed_nonces(monkeypatch):
 
 
 def test_malformed_answers_are_not_counted_as_sent(sqlite_db: Store, monkeypatch):
-    channel, spec = _channel(monkeypatch, "http://dysmsapi.test")
-    _queue(sqlite_db, channel, spec, _phones(3))
+    channel, spec = alibaba_channel(monkeypatch, "http://dysmsapi.test")
+    queue_sms(sqlite_db, channel, spec, sms_phones(3))
     result = dispatch(sqlite_db, channel, transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")))
     assert result.sent == 0 and result.failed == 3
     assert [tuple(r) for r in sqlite_db.rows("SELECT DISTINCT error_code FROM outbox")] == [("http_200",)]

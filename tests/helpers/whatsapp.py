@@ -133,6 +133,8 @@ class CloudApi(httpx.AsyncBaseTransport):
         self._asgi = httpx.ASGITransport(app=self.app)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":  # a lane reading its number's throughput level: answered, not counted as a call
+            return await self._asgi.handle_async_request(request)
         body = json.loads(request.content)
         self.calls.append((time.monotonic(), request.url.path, body))
         answer = self.before(request, body) if self.before else None

@@ -1,0 +1,170 @@
+"""Alibaba SMS limits against the dysmsapi sandbox on loopback: the account's daily sending limit
+(isv.DAY_LIMIT_CONTROL) stops the channel and defers what it refused to the next day, China time; a signature
++ content over 500 characters is refused isv.PARAM_LENGTH_LIMIT, and in a batch fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from pipeline.channels.alibaba_rpc import encode_form, signed_params
+from pipeline.channels.alibaba_sms import AlibabaSmsChannel, day_limit_resets_at
+from pipeline.cli.parser import main
+from pipeline.dispatch.operations import record_status
+from pipeline.store import Store, utc
+from tests.helpers.alibaba_sms import (
+    KEY_ID,
+    KEY_SECRET,
+    alibaba_channel,
+    outbox_payloads,
+    queue_sms,
+    send_batch,
+    sms_phones,
+    stack,
+)
+from tests.helpers.channels import CAMPAIGN, dispatch, states
+
+
+def _deferred_until(db: Store) -> set[datetime | None]:
+    return {utc(r[0]) for r in db.rows("SELECT not_before FROM outbox WHERE state = 'deferred'")}
+
+
+@pytest.mark.parametrize(("now", "resets"), [
+    (datetime(2026, 3, 1, 15, 59, 59, tzinfo=UTC), datetime(2026, 3, 1, 16, 0, tzinfo=UTC)),  # 23:59:59 in Beijing
+    (datetime(2026, 3, 1, 16, 0, 0, tzinfo=UTC), datetime(2026, 3, 2, 16, 0, tzinfo=UTC)),  # 00:00 the next day
+    (datetime(2026, 3, 1, 3, 0, 0, tzinfo=UTC), datetime(2026, 3, 1, 16, 0, tzinfo=UTC)),
+])
+def test_the_daily_limit_resets_at_midnight_china_time(now, resets):
+    assert day_limit_resets_at(now) == resets
+
+
+def test_the_daily_limit_is_a_stop_until_the_next_day_never_a_retry():
+    channel = AlibabaSmsChannel(base_url="http://x", access_key_id="k", access_key_secret="s", sign_name="Acme",
+                                template_code="SMS_1")
+    body = json.dumps({"Code": "isv.DAY_LIMIT_CONTROL", "Message": "触发日发送限额", "RequestId": "r"}).encode()
+    before = day_limit_resets_at(datetime.now(UTC))
+    outcome = channel.classify_response(200, body, {})
+    assert (outcome.kind, outcome.throttled, outcome.retry_after_s) == ("stop", False, None)
+    assert outcome.not_before in {before, day_limit_resets_at(datetime.now(UTC))}
+    assert outcome.error_detail.startswith("触发日发送限额: the account's daily limit")
+
+
+def test_the_daily_limit_stops_the_campaign_and_defers_the_refused_to_the_next_day(
+        db: Store, db_url: str, monkeypatch, capsys):
+    # On both backends: the deferral's time goes through the store and back out in `campaign status`.
+    # One number a call, one call at a time: five calls fit the day's limit, the sixth is refused, and then the
+    # channel stops instead of asking again for each of the 14 left.
+    with stack(webhook_url=None, day_quota=5) as (sandbox_url, _, sandbox):
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url, max_batch=1)
+        queue_sms(db, channel, spec, sms_phones(20))
+        before = day_limit_resets_at(datetime.now(UTC))
+        result = dispatch(db, channel, concurrency=1, on_status=lambda info: record_status(db, CAMPAIGN, info))
+        after = day_limit_resets_at(datetime.now(UTC))
+    assert sandbox.calls == 6 and sandbox.tally.rejected["isv.DAY_LIMIT_CONTROL"] == 1
+    assert result.sent == 5 and result.deferred == 1 and result.failed == 0 and result.retries == 0
+    assert result.stopped_reason.startswith("isv.DAY_LIMIT_CONTROL: 触发日发送限额")
+    assert states(db) == {"sent": 5, "deferred": 1, "queued": 14}
+    [resets_at] = _deferred_until(db)
+    assert resets_at in {before, after}
+    deferred = db.rows("SELECT error_code, retryable FROM outbox WHERE state = 'deferred'")
+    assert [tuple(r) for r in deferred] == [("isv.DAY_LIMIT_CONTROL", True)]  # `campaign retry-failed` takes it
+
+    assert main(["status", CAMPAIGN, "--db", db_url]) == 0
+    shown = capsys.readouterr().out
+    assert re.search(r"^\s+deferred\s+1$", shown, re.M) and re.search(r"^\s+queued\s+14$", shown, re.M)
+    assert f"deferred messages may be retried from {resets_at.isoformat()}" in shown
+    assert "stopped: isv.DAY_LIMIT_CONTROL" in shown
+
+
+def test_a_limit_reached_at_once_costs_at_most_one_call_per_connection(sqlite_db: Store, monkeypatch):
+    # Batches of up to 100 on 4 connections: the refused calls are never split to look for a number to blame, and
+    # once the channel stops nothing more is asked. What was refused is deferred, the rest stays queued.
+    with stack(webhook_url=None, day_quota=0) as (sandbox_url, _, sandbox):
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        queue_sms(sqlite_db, channel, spec, sms_phones(300))
+        result = dispatch(sqlite_db, channel, concurrency=4)
+    assert 1 <= sandbox.calls <= 4 and sandbox.tally.rejected["isv.DAY_LIMIT_CONTROL"] == sandbox.calls
+    assert result.sent == 0 and result.failed == 0 and result.deferred >= 1
+    assert states(sqlite_db) == {"deferred": result.deferred, "queued": 300 - result.deferred}
+    assert len(_deferred_until(sqlite_db)) == 1
+
+
+def test_a_limit_reached_while_a_bad_number_is_looked_for_sends_nothing_more(sqlite_db: Store, monkeypatch):
+    # An illegal number refuses the call of 8, so the channel halves it; the first half then meets the day's limit:
+    # the second half is not sent (it stays queued), and the first half is deferred.
+    with stack(webhook_url=None, illegal_rate=0.2, seed=3, day_quota=3) as (sandbox_url, _, sandbox):
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        legal = [p for p in sms_phones(40) if sandbox.config.outcome(p.lstrip("+"))[0] != "illegal"]
+        illegal = next(p for p in sms_phones(40) if sandbox.config.outcome(p.lstrip("+"))[0] == "illegal")
+        queue_sms(sqlite_db, channel, spec, [*legal[:7], illegal])
+        outcomes = asyncio.run(send_batch(channel, outbox_payloads(sqlite_db)))
+    assert sandbox.calls == 2
+    assert sandbox.tally.rejected == {"isv.MOBILE_NUMBER_ILLEGAL": 1, "isv.DAY_LIMIT_CONTROL": 1}
+    assert [o.kind for o in outcomes] == ["stop"] * 8
+    assert [o.not_before is not None for o in outcomes] == [True] * 4 + [False] * 4
+
+
+def test_a_limit_reached_by_one_templates_call_sends_no_other_templates_call(sqlite_db: Store, monkeypatch):
+    # A batch of two templates goes as two calls; the first meets the day's limit, so the second is never made.
+    with stack(webhook_url=None, day_quota=0) as (sandbox_url, _, sandbox):
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        queue_sms(sqlite_db, channel, spec, sms_phones(6))
+        payloads = [json.loads(p) for p in outbox_payloads(sqlite_db)]
+        for payload in payloads[::2]:
+            payload["template_code"] = "SMS_15255002"
+        outcomes = asyncio.run(send_batch(channel, [json.dumps(p) for p in payloads]))
+    assert sandbox.calls == 1 and [o.kind for o in outcomes] == ["stop"] * 6
+    # The first call (the template of the first message) was refused, deferred; the other stays queued.
+    assert [o.not_before is not None for o in outcomes] == [True, False] * 3
+
+
+def _post(sandbox_url: str, params: dict[str, str]) -> dict:
+    return httpx.post(sandbox_url + "/", content=encode_form(params)).json()
+
+
+def _batch(phones: list[str], sign_name: str, names: list[str]) -> dict[str, str]:
+    return signed_params("SendBatchSms", {
+        "RegionId": "cn-hangzhou", "PhoneNumberJson": json.dumps(phones),
+        "SignNameJson": json.dumps([sign_name] * len(phones)), "TemplateCode": "SMS_15255001", "OutId": "m-1",
+        "TemplateParamJson": json.dumps([{"name": n} for n in names], ensure_ascii=False),
+    }, access_key_id=KEY_ID, access_key_secret=KEY_SECRET, version="2017-05-25")
+
+
+def test_the_sandbox_refuses_a_signature_and_content_over_500_characters():
+    text = "Hello ${name}, see you soon."
+    room = 500 - len("[Acme]") - len(text.replace("${name}", ""))  # the longest name Alibaba takes
+    with stack(webhook_url=None, template_texts={"SMS_15255001": text}) as (sandbox_url, _, sandbox):
+        assert _post(sandbox_url, _batch(["447700900001"], "Acme", ["x" * room]))["Code"] == "OK"
+        refused = _post(sandbox_url, _batch(["447700900001"], "Acme", ["x" * (room + 1)]))
+        assert refused["Code"] == "isv.PARAM_LENGTH_LIMIT" and refused["Message"].startswith("参数超出长度限制")
+        assert "501 characters" in refused["Message"]
+        # One message too long refuses the whole call, as an illegal number does; 【阿里云】 counts 5, [Acme] 6.
+        mixed = _post(sandbox_url, _batch(["447700900002", "8613900000001"], "阿里云", ["ok", "字" * (room + 2)]))
+        assert mixed["Code"] == "isv.PARAM_LENGTH_LIMIT"
+        single = signed_params("SendSms", {
+            "RegionId": "cn-hangzhou", "PhoneNumbers": "447700900003", "SignName": "Acme",
+            "TemplateCode": "SMS_15255001", "TemplateParam": json.dumps({"name": "y" * (room + 1)}),
+        }, access_key_id=KEY_ID, access_key_secret=KEY_SECRET, version="2017-05-25")
+        assert _post(sandbox_url, single)["Code"] == "isv.PARAM_LENGTH_LIMIT"
+    assert sandbox.tally.accepted == 1 and sandbox.tally.rejected["isv.PARAM_LENGTH_LIMIT"] == 3
+
+
+def test_without_the_template_text_the_variables_alone_bound_the_length():
+    with stack(webhook_url=None) as (sandbox_url, _, _):
+        assert _post(sandbox_url, _batch(["447700900001"], "Acme", ["x" * 494]))["Code"] == "OK"
+        assert _post(sandbox_url, _batch(["447700900001"], "Acme", ["x" * 495]))["Code"] == "isv.PARAM_LENGTH_LIMIT"
+
+
+def test_a_message_too_long_in_a_batch_fails_alone_and_the_rest_is_sent(sqlite_db: Store, monkeypatch):
+    with stack(webhook_url=None) as (sandbox_url, _, sandbox):
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url)
+        queue_sms(sqlite_db, channel, spec, sms_phones(6), values=["z" * (600 if i == 2 else 5) for i in range(6)])
+        outcomes = asyncio.run(send_batch(channel, outbox_payloads(sqlite_db)))
+    assert [(o.kind, o.error_code) for o in outcomes] == \
+        [("sent", None)] * 2 + [("permanent", "isv.PARAM_LENGTH_LIMIT")] + [("sent", None)] * 3
+    assert sandbox.tally.accepted == 5
