@@ -255,8 +255,10 @@ def campaign_flow(
                                                     flow_run_name=flow_run.name, wait_s=lease_wait_s(),
                                                     on_wait=waiting_for):
         # `campaign resume / retry-failed / resend-unknown`: the flag cleared, failures re-queued, only now that this
-        # run holds the campaign (a refused run changed nothing under the run that holds it).
-        for done in after_lease(shared, campaign_id):
+        # run holds the campaign (a refused run changed nothing under the run that holds it). Unknown sends are
+        # settled from the spool's receipts first (the dispatch's own ingest), then re-queued.
+        for done in after_lease(shared, campaign_id, ingest=lambda: ingest_spool(shared, Path(spool_dir)),
+                                grace_s=spec.retry.reconcile_grace_s):
             get_run_logger().info("%s", done)
         spec = template_check(spec, db, provider_base_url)
         # With `generate:`, preparation renders each generated variable as its fallback; personalise writes them.

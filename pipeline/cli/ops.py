@@ -134,7 +134,8 @@ def add_ops_commands(sub: Any, with_store: Any) -> None:
         ("retry-failed", cmd_retry_failed,
          "re-send only messages that failed with a retryable or deferred code (once the deferral is over)"),
         ("resend-unknown", cmd_resend_unknown,
-         "re-send messages in flight at a crash that no receipt could reconcile (your decision: may duplicate)"),
+         "re-send messages in flight at a crash that no receipt settles, once the spool's receipts are ingested "
+         "(your decision: may duplicate)"),
     ):
         p = with_store(sub.add_parser(name, help=text))
         p.add_argument("spec", type=Path)

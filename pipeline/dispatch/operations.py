@@ -4,14 +4,19 @@ re-queue failed or unknown sends. The running dispatch reads the flag and writes
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pipeline.dispatch.ledger import Ledger
 from pipeline.dispatch.locks import current_holder
 from pipeline.store import Store, run, utc
+
+log = logging.getLogger(__name__)
 
 
 class UnknownCampaign(LookupError):
@@ -65,9 +70,59 @@ def requeue_failed(db: Store, campaign_id: str) -> int:
 
 
 def requeue_unknown(db: Store, campaign_id: str) -> int:
-    """The operator's decision: messages whose send could not be reconciled go out again."""
+    """The operator's decision: messages whose send could not be reconciled go out again (as they are: the
+    command's run settles what receipts can first, `resend_unknown`)."""
     return db.execute("UPDATE outbox SET state = 'queued', updated_at = :now WHERE campaign_id = :c "
                       "AND state = 'unknown'", c=campaign_id, now=datetime.now(UTC))
+
+
+def resend_unknown(db: Store, campaign_id: str, *, ingest: Callable[[], object] | None = None, grace_s: float = 0.0,
+                   poll_s: float = 1.0) -> tuple[int, int]:
+    """`campaign resend-unknown`: receipts first, then the operator's decision; (settled by a receipt, queued again).
+
+    A receipt may reach the spool after the dispatch called its message `unknown` (the provider retries its webhooks,
+    and the store takes them only when something ingests the spool): re-queued before that, the message went out
+    twice. So the spool's closed files are ingested (`ingest`, the dispatch's own call) and each `unknown` message a
+    receipt names is settled `sent` by the dispatch's rule (Ledger.reconcile_in_flight). Messages that went `unknown`
+    less than `grace_s` (the spec's retry.reconcile_grace_s) ago are waited for until the grace has passed since,
+    ingesting every `poll_s`: the receiver closes its open file within a second, and most late receipts come within
+    the grace. What no receipt names after that is queued again (it may duplicate: the operator's call). Messages
+    left `sending` that a receipt names are settled too, as the dispatch's start would settle them."""
+    ledger = Ledger(db, campaign_id)
+    before = _unknown(db, campaign_id)
+    deadline = time.monotonic() + grace_s  # at most one grace, whatever the writers' clocks say
+    announced = False
+    while True:
+        if ingest is not None:
+            ingest()
+        ledger.reconcile_in_flight(older_than_s=None)  # None: settles by receipts, calls nothing `unknown`
+        young, wait_s = _young_unknown(db, campaign_id, grace_s)
+        wait_s = min(wait_s, deadline - time.monotonic())
+        if not young or wait_s <= 0:
+            break
+        if not announced:
+            announced = True
+            log.info("resend-unknown: %d message(s) of %s went unknown less than %g s ago "
+                     "(retry.reconcile_grace_s): waiting up to %.0f s for their receipts before re-sending them",
+                     young, campaign_id, grace_s, wait_s)
+        time.sleep(min(poll_s, wait_s))
+    settled = before - _unknown(db, campaign_id)
+    return settled, requeue_unknown(db, campaign_id)
+
+
+def _unknown(db: Store, campaign_id: str) -> int:
+    return db.scalar("SELECT count(*) FROM outbox WHERE campaign_id = :c AND state = 'unknown'", c=campaign_id)
+
+
+def _young_unknown(db: Store, campaign_id: str, grace_s: float) -> tuple[int, float]:
+    """How many `unknown` messages went unknown less than `grace_s` ago, and seconds until the youngest is that old."""
+    now = datetime.now(UTC)
+    count, youngest = db.rows(
+        "SELECT count(*), max(coalesce(updated_at, queued_at)) FROM outbox WHERE campaign_id = :c "
+        "AND state = 'unknown' AND coalesce(updated_at, queued_at) > :cutoff",
+        c=campaign_id, cutoff=now - timedelta(seconds=grace_s))[0]
+    at = utc(youngest)
+    return int(count), (grace_s - (now - at).total_seconds()) if at is not None else 0.0
 
 
 def campaign_status(db: Store, campaign_id: str) -> dict[str, Any]:
@@ -120,15 +175,22 @@ def on_lease(campaign_id: str, action: str) -> Iterator[None]:
         _asked.reset(token)
 
 
-def after_lease(db: Store, campaign_id: str) -> list[str]:
+def after_lease(db: Store, campaign_id: str, *, ingest: Callable[[], object] | None = None,
+                grace_s: float = 0.0) -> list[str]:
     """What the operator's command asked of this run, done now that it holds the campaign's lease (and at most once);
-    what was done, for the run's log."""
+    what was done, for the run's log. `ingest` and `grace_s`: the run's spool ingest and its spec's
+    retry.reconcile_grace_s, for resend-unknown (`resend_unknown`)."""
     asked = _asked.get()
     if asked is None or asked[0] != campaign_id:
         return []
     _asked.set(None)
     done = ["the operator's pause cleared"] if clear_pause(db, campaign_id) else []
-    requeue = {"retry-failed": requeue_failed, "resend-unknown": requeue_unknown}.get(asked[1])
-    if requeue is not None:
-        done.append(f"{requeue(db, campaign_id):,} messages of {campaign_id} queued again ({asked[1]})")
+    if asked[1] == "retry-failed":
+        done.append(f"{requeue_failed(db, campaign_id):,} messages of {campaign_id} queued again (retry-failed)")
+    elif asked[1] == "resend-unknown":
+        settled, queued = resend_unknown(db, campaign_id, ingest=ingest, grace_s=grace_s)
+        if settled:
+            done.append(f"{settled:,} unknown messages of {campaign_id} settled as sent by their receipts "
+                        "(not sent again)")
+        done.append(f"{queued:,} messages of {campaign_id} queued again (resend-unknown)")
     return done
