@@ -290,7 +290,8 @@ def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame
     Volume is the portfolio's (every campaign in this store) per channel, market and card category in a
     calendar month (UTC), in price-day order: the messages of day d hold the ranks after those of the days
     before, and the discount of those ranks is shared pro rata by the day's messages. A ladder applies only
-    while it is at least as new as the rate card in force (its rates are absolute, not percentages).
+    while it is at least as new as the rate card in force (its rates are absolute, not percentages), so a tier
+    dearer than the list rate makes tier_discount_usd negative.
     """
     zero = pl.lit(ZERO).cast(pl.Decimal(18, 6))
     ladders: dict[tuple[str, str, str], list[tuple[date, int, int | None, Decimal]]] = {}
@@ -300,8 +301,8 @@ def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame
     for ch, market, cat, since, low, high, fee in tiers.select(columns).sort(columns, nulls_last=True).iter_rows():
         ladders.setdefault((ch, market, cat), []).append((since, low, high, fee))
     tiered = priced.filter(_is_tiered())
-    wanted = set(tiered.select("channel", "market", "rate_category").unique().rows()) & {
-        k for k, steps in ladders.items() if any(low > 1 for _, low, _, _ in steps)}
+    # Every ladder prices, a one-tier ladder too (1 up, at one rate): a flat negotiated rate from its date.
+    wanted = set(tiered.select("channel", "market", "rate_category").unique().rows()) & ladders.keys()
     if not wanted:
         return priced.with_columns(zero.alias("tier_discount_usd"))
     months = tiered.select("channel", pl.col("price_day").dt.truncate("1mo").alias("month")).unique()

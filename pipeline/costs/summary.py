@@ -10,7 +10,7 @@ from pipeline.store import Store
 
 # Each message's current status from its folded receipts (billing_messages, current once cost_report has
 # refreshed it): the message_status view's answer without grouping every receipt again.
-_STATUS_OF_RANK = {9: "failed", 3: "read", 2: "delivered"}
+_STATUS_OF_RANK = {3: "read", 2: "delivered"}
 
 
 def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = None) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
     statuses: dict[str, int] = {}
     for rank, n in db.rows("""
             SELECT b.status_rank, count(*) FROM outbox AS o JOIN billing_messages AS b ON b.message_id = o.message_id
-            WHERE o.campaign_id = :c AND b.status_rank IN (2, 3, 9) GROUP BY b.status_rank""", c=campaign_id):
+            WHERE o.campaign_id = :c AND b.status_rank IN (2, 3) GROUP BY b.status_rank""", c=campaign_id):
         statuses[_STATUS_OF_RANK[int(rank)]] = n
     # Withheld as the dispatch started (the frequency cap, pipeline/dispatch/cap_at_send.py): never sent, no cost.
     withheld = {reason: n for reason, n in db.rows(
@@ -51,7 +51,8 @@ def campaign_summary(db: Store, campaign_id: str, *, rows_read: int | None = Non
         # read implies delivered
         "delivered": statuses.get("delivered", 0) + statuses.get("read", 0),
         "read": statuses.get("read", 0),
-        "failed": states.get("failed", 0) + statuses.get("failed", 0),
+        # The bill's: each message once, whether refused at send, failed by a receipt, or both.
+        "failed": int(totals.get("failed", 0) or 0),
         "cost_usd": float(totals.get("total_usd", 0) or 0),
         "platform_fee_usd": float(totals.get("platform_fee_usd", 0) or 0),
         "service_fee_usd": float(totals.get("service_fee_usd", 0) or 0),

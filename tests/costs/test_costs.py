@@ -13,6 +13,7 @@ import phonenumbers
 import pytest
 from sqlalchemy.engine import make_url
 
+from pipeline.cli import main
 from pipeline.costs import costing as costs
 from pipeline.costs import pricing
 from pipeline.costs.billing import RECOUNT_IN_FLIGHT_S, refresh_billing
@@ -280,6 +281,30 @@ def test_volume_tiers_split_the_month_by_day_across_campaigns(db: Store,
     assert (a["tier_discount_usd"], b["tier_discount_usd"]) == (D("0.0015"), D("0.0015"))
     assert a["platform_fee_usd"] == D("0.004") * 5 - D("0.0015")
     assert b["platform_fee_usd"] == D("0.008") - D("0.0015")
+
+
+def test_a_one_tier_ladder_is_a_flat_rate_from_its_date(db: Store, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    add_campaign(db, "u", "utility")
+    # United Kingdom utility lists at 0.022 (Oct 2026 card); the ladder below starts on 1 Nov.
+    for mid, day in [("o1", "2026-10-20"), ("n1", "2026-11-05"), ("n2", "2026-11-05"), ("n3", "2026-11-06")]:
+        delivered(db, "u", mid, "GB", day, "utility")
+    listed = report_rows(db, "u")[("GB", "utility")]
+    assert (listed["platform_fee_usd"], listed["tier_discount_usd"]) == (D("0.088"), D(0))
+
+    def import_ladder(rate: str) -> None:
+        ladder = tmp_path / "tiers-2026-11.csv"
+        ladder.write_text(f"market,category,from_messages,to_messages,platform_fee_usd\n"
+                          f"United Kingdom,utility,1,,{rate}\n")
+        assert main(["prices", "import", str(ladder), "--channel", "whatsapp", "--db", db.url]) == 0
+        capsys.readouterr()
+
+    import_ladder("0.0220")  # the list rate: nothing changes
+    assert report_rows(db, "u")[("GB", "utility")] == listed
+    import_ladder("0.0180")  # replaces it: October's message at list, November's three at 0.018
+    row = report_rows(db, "u")[("GB", "utility")]
+    assert (row["platform_fee_usd"], row["tier_discount_usd"]) == (D("0.022") + 3 * D("0.018"), D("0.012"))
+    assert row["total_usd"] == row["platform_fee_usd"] + 4 * D("0.005")
 
 
 def test_estimate_prices_every_outbox_row_at_the_current_card(db: Store) -> None:

@@ -1,6 +1,7 @@
 """A message in flight at a crash (outbox `unknown` or `sending`) that a receipt names reached the provider: the
 terminal summary and the report's Categories line count it as sent, as the bill does (reports/cost_report.sql);
-one no receipt names does not count."""
+one no receipt names does not count. The summary counts a failed message once, as the bill does, however it
+failed."""
 
 from __future__ import annotations
 
@@ -56,3 +57,29 @@ def test_a_category_sent_only_by_messages_in_flight_at_the_crash_is_named(db: St
     db.execute("DELETE FROM outbox WHERE message_id = 'm3'")  # utility now has m4 (receipt) and m5 (none)
     html = write_report(db, "crash", tmp_path, settle=False).html.read_text(encoding="utf-8")
     assert "marketing (2 sent), then utility (1 sent)" in html
+
+
+def test_the_summary_counts_each_failed_message_once_as_the_bill_does(db: Store) -> None:
+    add_campaign(db, "fails")
+    messages = [  # id, outbox state, its receipt's status (None: no receipt)
+        ("f1", "failed", "failed"),  # refused at send, and a failed receipt too
+        ("f2", "sent", "failed"),  # accepted, then failed by its receipt
+        ("f3", "unknown", "failed"),  # in flight at a crash, then failed by its receipt
+        ("f4", "sending", "failed"),
+        ("f5", "failed", None),  # refused at send only
+        ("f6", "failed", "delivered"),  # refused at send, yet a receipt says delivered
+        ("f7", "sent", "delivered"),  # not failed
+    ]
+    for i, (mid, state, status) in enumerate(messages):
+        add_outbox(db, "fails", mid, recipient_key=f"+4477009002{i:02d}", state=state, country="GB",
+                   error_code="131026" if state == "failed" else None,
+                   sent_at=f"{DAY} 10:00:00+00" if state == "sent" else None)
+        if status:
+            add_receipt(db, f"{mid}:{status}", mid, status, f"{DAY} 10:06:00+00", error_code=(
+                "131049" if status == "failed" else None), category="marketing", pricing_type="regular")
+    summary = campaign_summary(db, "fails")
+    bill = costs.summary_totals(costs.cost_report(db, "fails"))
+    assert (summary["failed"], bill["failed"]) == (6, 6)  # f1 to f6, f1 once
+    assert (summary["send_failed"], summary["delivered"]) == (3, 2)
+    shown = {line.rsplit(None, 1)[0].strip(): line.split()[-1] for line in format_summary(summary).splitlines()[2:]}
+    assert shown["failed"] == "6"
