@@ -19,6 +19,10 @@ import phonenumbers
 import polars as pl
 from phonenumbers import timezone as pn_timezone
 
+from pipeline.audience.numbers import classify_number
+from pipeline.audience.numbers_fast import classify_numbers
+from pipeline.audience.numberzones import zone_keys, zones_for_key
+
 # Where libphonenumber gives a number several zones, the first of these among them (earlier wins): each is its
 # country's capital or most populous zone; tests/audience/test_timezones.py checks that every set of zones in
 # libphonenumber's data that spans different UTC offsets holds one.
@@ -52,6 +56,8 @@ def principal_zone(zones: tuple[str, ...], region: str | None = None) -> str | N
 
 
 def _zone_of_number(e164: str) -> str | None:
+    """One number's zone the per-number way: the reference the vectorised path agrees with
+    (tests/audience/test_timezones.py), and what it asks for inputs not written with a +."""
     try:
         number = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:
@@ -60,16 +66,49 @@ def _zone_of_number(e164: str) -> str | None:
     return principal_zone(tuple(zones), phonenumbers.region_code_for_number(number))
 
 
+def _principal_zones(numbers: pl.DataFrame) -> pl.Series:
+    """The zone of each row of `numbers` (phone_e164, region, number_type as numbers_fast gives them)."""
+    keyed = numbers.select(
+        zone_keys(numbers).alias("_key"),
+        # principal_zone reads the region only to find its REGION_ZONES entry
+        pl.when(pl.col("region").is_in(list(REGION_ZONES))).then(pl.col("region")).alias("_own"),
+    )
+    pairs = keyed.unique()  # a few thousand at most: each zone list once, with the regions that matter
+    zones = [principal_zone(zones_for_key(key), own) for key, own in pairs.iter_rows()]
+    table = pairs.with_columns(pl.Series("zone", zones, dtype=pl.String))
+    found = keyed.join(table, on=["_key", "_own"], how="left", nulls_equal=True, maintain_order="left")
+    return found["zone"]
+
+
+def _zones_by_number(phones: pl.Series) -> pl.Series:
+    """The zone of each number as phonenumbers.parse(number, None) reads it, once per distinct number."""
+    distinct = phones.drop_nulls().unique()
+    # Written with a +, the vectorised classifier reads a number as parse(number, None) does; without one its
+    # 00 rule (numbers.classify_number) could read what parse refuses, so phonenumbers answers (none in an audience).
+    plus = distinct.str.contains("+", literal=True)
+    read, odd = distinct.filter(plus), distinct.filter(~plus)
+    found, _ = classify_numbers(read, pl.repeat("", len(read), dtype=pl.String, eager=True), classify_number)
+    lookup = pl.concat([
+        pl.DataFrame({"phone": read, "zone": _principal_zones(found)}),
+        pl.DataFrame({"phone": odd, "zone": [_zone_of_number(n) for n in odd]}, schema={"phone": pl.String,
+                                                                                         "zone": pl.String}),
+    ])  # fmt: skip
+    return phones.to_frame("phone").join(lookup, on="phone", how="left", maintain_order="left")["zone"]
+
+
 def recipient_timezones(frame: pl.DataFrame, column: str = "timezone") -> pl.Series:
-    """A `timezone` series for `frame` (which carries `phone_e164`)."""
-    by_number = frame["phone_e164"].unique().to_list()
-    lookup = {n: _zone_of_number(n) for n in by_number}
-    from_number = frame["phone_e164"].replace_strict(lookup, default=None, return_dtype=pl.String)
+    """A `timezone` series for `frame` (which carries `phone_e164`). Its `region` and `number_type`, when it
+    carries them (the audience stage's accepted rows do), are taken as the classification of `phone_e164`."""
+    if {"region", "number_type"} <= set(frame.columns):
+        from_number = _principal_zones(frame.select("phone_e164", "region", "number_type"))
+    else:
+        from_number = _zones_by_number(frame["phone_e164"])
+    from_number = from_number.alias("timezone")
     if column not in frame.columns:
-        return from_number.alias("timezone")
-    known = available_timezones()
-    given = frame[column].map_elements(lambda z: z if z in known else None, return_dtype=pl.String)
-    return given.fill_null(from_number).alias("timezone")
+        return from_number
+    given = frame[column].cast(pl.String)
+    known = given.is_in(sorted(available_timezones())).fill_null(False)
+    return given.zip_with(known, from_number).alias("timezone")
 
 
 __all__ = ["ZoneInfo", "principal_zone", "recipient_timezones"]
