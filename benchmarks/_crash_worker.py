@@ -23,13 +23,16 @@ from pipeline.spec import RateSpec, RetrySpec  # noqa: E402
 
 def main() -> None:
     url, spool, base_url = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    retry = RetrySpec(max_attempts=5, base_delay_s=0.05, reconcile_grace_s=3.0)
     with store.connect(url) as db:
         print("started", flush=True)  # the harness times its kill from here
         if "--resend-unknown" in sys.argv:
-            operations.requeue_unknown(db, "bench")  # the operator's decision, after reconciliation
+            # The operator's `campaign resend-unknown`: what the spool's receipts settle first (a receipt the sandbox
+            # was still retrying when the last run called its message unknown), only the rest queued again.
+            operations.resend_unknown(db, "bench", ingest=lambda: ingest_spool(db, spool),
+                                      grace_s=retry.reconcile_grace_s)
         result = asyncio.run(dispatch_campaign(
-            db, "bench", whatsapp(base_url), rate=RateSpec(max_per_second=1000, concurrency=32),
-            retry=RetrySpec(max_attempts=5, base_delay_s=0.05, reconcile_grace_s=3.0),
+            db, "bench", whatsapp(base_url), rate=RateSpec(max_per_second=1000, concurrency=32), retry=retry,
             reconcile=lambda: ingest_spool(db, spool), progress_every_s=60))
         states = dict(db.rows("SELECT state, count(*) FROM outbox GROUP BY 1"))
     print(f"run: sent {result.sent}, reconciled {result.reconciled_sent}, unknown {result.unknown}; {states}",

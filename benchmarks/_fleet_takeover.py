@@ -23,7 +23,9 @@ from typing import Any
 
 from pipeline import store
 from pipeline.dispatch.locks import sender_lease_name
-from pipeline.dispatch.operations import requeue_unknown
+from pipeline.dispatch.operations import resend_unknown
+from pipeline.receipts.ingest import ingest_spool
+from pipeline.spec import load_spec
 
 RATE = 80.0
 SECONDS = 4.0  # of messages per sender: the kill lands after the first second, the rest goes after the takeover
@@ -124,8 +126,11 @@ def takeover_round(i: int, *, db_url: str, sandbox_url: str, spool: Path, work: 
         killer.join(timeout=60)
     if "error" in seen or "lease" not in seen:
         raise SystemExit(f"round {i}: {seen.get('error', 'the kill never happened')}")
-    with store.connect(db_url) as db:  # what the kill left unknown: the operator's resend-unknown
-        resent = requeue_unknown(db, campaign)
+    with store.connect(db_url) as db:
+        # What the kill left unknown: the operator's resend-unknown, which settles by the spool's receipts first (as the
+        # command's run does, flows/campaign.py) and queues only the rest again.
+        settled, resent = resend_unknown(db, campaign, ingest=lambda: ingest_spool(db, spool),
+                                         grace_s=load_spec(spec).retry.reconcile_grace_s)
     if resent:
         campaign_flow(str(spec), campaign_id=campaign, database=db_url, spool_dir=str(spool),
                       reports_dir=str(folder / "reports"), provider_base_url=sandbox_url)
@@ -144,6 +149,7 @@ def takeover_round(i: int, *, db_url: str, sandbox_url: str, spool: Path, work: 
              "replaced": prefect_mono(new.created), "pending": prefect_mono(pending),
              "running": prefect_mono(new.start_time), "lease": seen["lease"], "sent": min(after)}
     return {"takeover_s": min(after) - killed, "dead_state": dead.state.name if dead.state else None,
-            "worker": seen["worker"], "new_worker": seen["new_worker"], "resent_unknown": resent,
+            "worker": seen["worker"], "new_worker": seen["new_worker"], "settled_unknown": settled,
+            "resent_unknown": resent,
             "sent": summary["dispatch"]["sent"],
             "steps_s": {k: round(v - killed, 2) if v is not None else None for k, v in steps.items()}}

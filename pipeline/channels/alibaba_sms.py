@@ -9,7 +9,7 @@ how SmsReport receipts find their messages (see `alibaba_sms_webhooks`). Billed 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from pipeline.channels.alibaba_rpc import encode_form, signed_params
@@ -37,14 +37,20 @@ STOP_CODES = frozenset({
 # `send` splits the batch to find the number(s) and sends the rest. isv.PARAM_LENGTH_LIMIT is one message's
 # variables making it too long (signature + text over 500 characters, docs/providers.md §6.1 "Segmentation").
 PER_NUMBER_CODES = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.BUSINESS_LIMIT_CONTROL", "isv.PARAM_LENGTH_LIMIT"})
-# isv.DAY_LIMIT_CONTROL is no number's limit: docs/providers.md §6.1 lists only per-number limits ("Mainland
-# frequency limits (same signature): ... per number"), which Alibaba answers isv.BUSINESS_LIMIT_CONTROL, and
-# does not name this code. Alibaba's API error codes (help.aliyun.com/zh/sms/developer-reference/api-error-codes)
-# do: 触发日发送限额, the account's daily sending limit set in the SMS console (安全设置, 日发送量总量阈值).
+# isv.DAY_LIMIT_CONTROL is no number's limit (those are "Mainland frequency limits", answered
+# isv.BUSINESS_LIMIT_CONTROL): docs/providers.md §6.1 "Error codes of the account's limits", from Alibaba's API error
+# codes (help.aliyun.com/zh/sms/developer-reference/api-error-codes): 触发日发送限额, the account's daily sending limit
+# set in the SMS console (安全设置, 日发送量总量阈值).
 # Every further call today is refused the same way, so the channel stops (no halving, no retries) and the
 # refused messages are deferred to the next day. Assumption: the day is China Standard Time (UTC+8), the zone
 # of Alibaba's console and of its SmsReport times (docs/providers.md §6.1 names no reset time).
 DAY_LIMIT_CODE = "isv.DAY_LIMIT_CONTROL"
+# isv.MONTH_LIMIT_CONTROL is the same for the month: 触发月发送限额, the console's monthly sending limit (same page,
+# 月发送量限额), so it stops the channel and defers the refused messages as the day's limit does. Assumption: the month
+# is the calendar month in China Standard Time, counted from zero at 00:00 UTC+8 on the 1st (neither the error-code
+# page nor docs/providers.md §6.1 names a reset time). Counted otherwise, a message deferred too early meets the same
+# stop and is deferred again, one deferred too late waits longer than it had to: neither is sent over the limit.
+MONTH_LIMIT_CODE = "isv.MONTH_LIMIT_CONTROL"
 # isv.BUSINESS_LIMIT_CONTROL is Alibaba's per-number frequency limit (docs/providers.md §6.1: verification
 # codes 1/min, 5/h, 10/day; notifications and promotions 50/day per number, signature and template), never
 # the sender's pace: that number waits (a day unless the message names the minute or hour window), the
@@ -58,6 +64,20 @@ def day_limit_resets_at(now: datetime) -> datetime:
     """The next midnight China time (UTC+8), in UTC: when Alibaba's daily sending limit counts from zero again."""
     tomorrow = now.astimezone(CHINA_TIME).date() + timedelta(days=1)
     return datetime.combine(tomorrow, time(0), tzinfo=CHINA_TIME).astimezone(UTC)
+
+
+def month_limit_resets_at(now: datetime) -> datetime:
+    """00:00 China time (UTC+8) on the 1st of the next month, in UTC: when the monthly sending limit starts again."""
+    today = now.astimezone(CHINA_TIME).date()
+    first = date(today.year + 1, 1, 1) if today.month == 12 else date(today.year, today.month + 1, 1)
+    return datetime.combine(first, time(0), tzinfo=CHINA_TIME).astimezone(UTC)
+
+
+# The account's sending limits: code -> (which, when it counts from zero again, that time in words).
+QUOTA_LIMITS = {
+    DAY_LIMIT_CODE: ("daily", day_limit_resets_at, "midnight China time"),
+    MONTH_LIMIT_CODE: ("monthly", month_limit_resets_at, "00:00 China time on the 1st"),
+}
 
 
 def alibaba_segments(sign_name: str, text: str, country: str | None) -> int:
@@ -186,12 +206,13 @@ class AlibabaSmsChannel(HttpChannel):
             wait = next((s for word, s in NUMBER_LIMIT_WAITS_S if word in detail.lower()), NUMBER_LIMIT_DEFAULT_S)
             return SendOutcome(kind="retry", error_code=code, error_detail=detail,
                                retry_after_s=max(wait, retry_after or 0.0))
-        if code == DAY_LIMIT_CODE:
-            resets_at = day_limit_resets_at(datetime.now(UTC))
+        if code in QUOTA_LIMITS:
+            which, resets, when = QUOTA_LIMITS[code]
+            resets_at = resets(datetime.now(UTC))
             return SendOutcome(kind="stop", error_code=code, error_detail=(
-                f"{detail or 'daily sending limit reached'}: the account's daily limit (SMS console, security "
-                f"settings) is used up; refused messages are deferred to {resets_at.isoformat()} (midnight China "
-                "time), when `campaign retry-failed` sends them and the rest"), not_before=resets_at)
+                f"{detail or f'{which} sending limit reached'}: the account's {which} limit (SMS console, security "
+                f"settings) is used up; refused messages are deferred to {resets_at.isoformat()} ({when}), when "
+                "`campaign retry-failed` sends them and the rest"), not_before=resets_at)
         throttled = code in THROTTLE_CODES
         if code in STOP_CODES:
             kind = "stop"

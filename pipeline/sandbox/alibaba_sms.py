@@ -3,8 +3,8 @@ form) with the V2 HMAC-SHA1 signature verified by its own code, SendBatchSms (<=
 SendSms, Alibaba's Code/Message/BizId/RequestId bodies, a QPS limit answering Throttling.User (the gateway's
 flow control), a per-number frequency limit answering isv.BUSINESS_LIMIT_CONTROL and a signature + content
 over 500 characters answering isv.PARAM_LENGTH_LIMIT (each refusing the whole call, as an illegal number does),
-the account's daily sending limit answering isv.DAY_LIMIT_CONTROL, and SmsReport pushes (JSON arrays) carrying
-our report token, retried until answered `{"code":0}`."""
+the account's daily and monthly sending limits answering isv.DAY_LIMIT_CONTROL and isv.MONTH_LIMIT_CONTROL, and
+SmsReport pushes (JSON arrays) carrying our report token, retried until answered `{"code":0}`."""
 
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ class AlibabaSmsSandboxConfig(BaseModel):
     day_quota: int | None = Field(
         default=None, ge=0, description="messages the account may send a day (China time), the console's daily "
         "sending limit: a call that would go over it is refused isv.DAY_LIMIT_CONTROL. None: no limit")
+    month_quota: int | None = Field(
+        default=None, ge=0, description="messages the account may send a calendar month (China time), the console's "
+        "monthly sending limit: a call that would go over it is refused isv.MONTH_LIMIT_CONTROL. None: no limit")
     illegal_rate: float = Field(default=0.0, ge=0, le=1, description="numbers refused as illegal")
     number_limit: tuple[int, float] | None = Field(
         default=(50, 86400.0), description="(messages, window s) per number, sign name and template; Alibaba's "
@@ -121,21 +124,21 @@ class _NumberLimit:
                 self._sent[key].append(now)
 
 
-class _DayQuota:
-    """Accepted messages of the account on the current day, China time (Alibaba's console is in UTC+8)."""
+class _Quota:
+    """Accepted messages of the account in the current day or month, China time (Alibaba's console is in UTC+8)."""
 
-    def __init__(self, quota: int | None) -> None:
-        self.quota = quota
-        self._day, self._sent = "", 0
+    def __init__(self, quota: int | None, period: str, code: str, message: str) -> None:
+        self.quota, self.period, self.code, self.message = quota, period, code, message  # period: a strftime format
+        self._current, self._sent = "", 0
 
     def check(self, count: int) -> None:
         if self.quota is None:
             return
-        today = datetime.now(_BEIJING).date().isoformat()
-        if today != self._day:
-            self._day, self._sent = today, 0
+        current = datetime.now(_BEIJING).strftime(self.period)
+        if current != self._current:
+            self._current, self._sent = current, 0
         if self._sent + count > self.quota:
-            raise _Refused("isv.DAY_LIMIT_CONTROL", "触发日发送限额")
+            raise _Refused(self.code, self.message)
 
     def record(self, count: int) -> None:
         self._sent += count
@@ -178,7 +181,9 @@ class AlibabaSmsSandbox:
         self._nonces: dict[str, float] = {}
         self.tally = Tally(throttle_code="Throttling.User")
         self._number_limit = _NumberLimit(config.number_limit)
-        self._day_quota = _DayQuota(config.day_quota)
+        # The month first (Alibaba documents no order): a call over both is refused for the limit that frees later.
+        self._quotas = (_Quota(config.month_quota, "%Y-%m", "isv.MONTH_LIMIT_CONTROL", "触发月发送限额"),
+                        _Quota(config.day_quota, "%Y-%m-%d", "isv.DAY_LIMIT_CONTROL", "触发日发送限额"))
         self.calls = 0
         token = config.report_token
 
@@ -269,11 +274,13 @@ class AlibabaSmsSandbox:
             if length > MAX_CHARS:  # one message too long refuses the whole call
                 raise _Refused("isv.PARAM_LENGTH_LIMIT",
                                f"参数超出长度限制 (signature and content: {length} characters, over {MAX_CHARS})")
-        self._day_quota.check(len(phones))  # the whole call, when it would take the day over the limit
+        for quota in self._quotas:  # the whole call, when it would take the day or the month over its limit
+            quota.check(len(phones))
         limit_keys = [(phone, sign_name, template) for phone, sign_name in zip(phones, sign_names, strict=True)]
         self._number_limit.check(limit_keys)  # one number over its limit refuses the whole call
         self._number_limit.record(limit_keys)
-        self._day_quota.record(len(phones))
+        for quota in self._quotas:
+            quota.record(len(phones))
         biz_id = f"{int(time.time() * 1000) % 10**12:012d}{self._rng.randrange(10**6):06d}^0"
         sent_at = datetime.now(_BEIJING)
         for phone, (final, error), params_ in zip(phones, fates, template_params, strict=True):

@@ -1,6 +1,7 @@
 """Alibaba SMS limits against the dysmsapi sandbox on loopback: the account's daily sending limit
-(isv.DAY_LIMIT_CONTROL) stops the channel and defers what it refused to the next day, China time; a signature
-+ content over 500 characters is refused isv.PARAM_LENGTH_LIMIT, and in a batch fails alone."""
+(isv.DAY_LIMIT_CONTROL) stops the channel and defers what it refused to the next day, China time, and its monthly
+limit (isv.MONTH_LIMIT_CONTROL) to the 1st of the next month; a signature + content over 500 characters is refused
+isv.PARAM_LENGTH_LIMIT, and in a batch fails alone."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from pipeline.channels.alibaba_rpc import encode_form, signed_params
-from pipeline.channels.alibaba_sms import AlibabaSmsChannel, day_limit_resets_at
+from pipeline.channels.alibaba_sms import AlibabaSmsChannel, day_limit_resets_at, month_limit_resets_at
 from pipeline.cli.parser import main
 from pipeline.dispatch.operations import record_status
 from pipeline.store import Store, utc
@@ -79,6 +80,61 @@ def test_the_daily_limit_stops_the_campaign_and_defers_the_refused_to_the_next_d
     assert re.search(r"^\s+deferred\s+1$", shown, re.M) and re.search(r"^\s+queued\s+14$", shown, re.M)
     assert f"deferred messages may be retried from {resets_at.isoformat()}" in shown
     assert "stopped: isv.DAY_LIMIT_CONTROL" in shown
+
+
+@pytest.mark.parametrize(("now", "resets"), [
+    (datetime(2026, 3, 14, 9, 0, tzinfo=UTC), datetime(2026, 3, 31, 16, 0, tzinfo=UTC)),  # 1 April, 00:00 Beijing
+    (datetime(2026, 3, 31, 15, 59, 59, tzinfo=UTC), datetime(2026, 3, 31, 16, 0, tzinfo=UTC)),  # 31 March, 23:59:59
+    (datetime(2026, 3, 31, 16, 0, tzinfo=UTC), datetime(2026, 4, 30, 16, 0, tzinfo=UTC)),  # already 1 April there
+    (datetime(2026, 12, 20, 8, 0, tzinfo=UTC), datetime(2026, 12, 31, 16, 0, tzinfo=UTC)),  # December -> 1 January
+    (datetime(2026, 12, 31, 16, 0, tzinfo=UTC), datetime(2027, 1, 31, 16, 0, tzinfo=UTC)),  # 1 January in Beijing
+    (datetime(2027, 1, 31, 16, 0, tzinfo=UTC), datetime(2027, 2, 28, 16, 0, tzinfo=UTC)),  # February: 1 March
+])
+def test_the_monthly_limit_resets_on_the_1st_at_midnight_china_time(now, resets):
+    assert month_limit_resets_at(now) == resets
+
+
+def test_the_monthly_limit_is_a_stop_until_the_next_month_never_a_permanent_failure():
+    channel = AlibabaSmsChannel(base_url="http://x", access_key_id="k", access_key_secret="s", sign_name="Acme",
+                                template_code="SMS_1")
+    body = json.dumps({"Code": "isv.MONTH_LIMIT_CONTROL", "Message": "触发月发送限额", "RequestId": "r"}).encode()
+    before = month_limit_resets_at(datetime.now(UTC))
+    outcome = channel.classify_response(200, body, {})
+    assert (outcome.kind, outcome.throttled, outcome.retry_after_s) == ("stop", False, None)
+    assert outcome.not_before in {before, month_limit_resets_at(datetime.now(UTC))}
+    assert outcome.error_detail.startswith("触发月发送限额: the account's monthly limit")
+    assert "00:00 China time on the 1st" in outcome.error_detail
+
+
+def test_the_monthly_limit_stops_the_campaign_and_defers_the_refused_to_the_next_month(db: Store, monkeypatch):
+    # As the day's limit, with the day's limit set too but not reached: the month's is the one answered, and the
+    # refused message waits for the 1st, not for tomorrow (when the month's limit would refuse it again).
+    with stack(webhook_url=None, month_quota=5, day_quota=1000) as (sandbox_url, _, sandbox):
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url, max_batch=1)
+        queue_sms(db, channel, spec, sms_phones(20))
+        before = month_limit_resets_at(datetime.now(UTC))
+        result = dispatch(db, channel, concurrency=1)
+        after = month_limit_resets_at(datetime.now(UTC))
+    assert sandbox.calls == 6 and sandbox.tally.rejected == {"isv.MONTH_LIMIT_CONTROL": 1}
+    assert result.sent == 5 and result.deferred == 1 and result.failed == 0 and result.retries == 0
+    assert result.stopped_reason.startswith("isv.MONTH_LIMIT_CONTROL: 触发月发送限额")
+    assert states(db) == {"sent": 5, "deferred": 1, "queued": 14}
+    assert _deferred_until(db) <= {before, after} and len(_deferred_until(db)) == 1
+    deferred = db.rows("SELECT error_code, retryable FROM outbox WHERE state = 'deferred'")
+    assert [tuple(r) for r in deferred] == [("isv.MONTH_LIMIT_CONTROL", True)]
+
+
+def test_the_sandbox_answers_whichever_limit_a_call_would_pass_the_month_first():
+    def send(sandbox_url: str, n: int) -> str:
+        return _post(sandbox_url, _batch([f"4477009{i:05d}" for i in range(n)], "Acme", ["x"] * n))["Code"]
+
+    with stack(webhook_url=None, day_quota=3, month_quota=5) as (sandbox_url, _, sandbox):
+        assert [send(sandbox_url, 2), send(sandbox_url, 2)] == ["OK", "isv.DAY_LIMIT_CONTROL"]  # 4 > 3 a day
+    assert sandbox.tally.accepted == 2
+    with stack(webhook_url=None, day_quota=5, month_quota=3) as (sandbox_url, _, sandbox):
+        assert [send(sandbox_url, 2), send(sandbox_url, 2)] == ["OK", "isv.MONTH_LIMIT_CONTROL"]
+    with stack(webhook_url=None, day_quota=3, month_quota=3) as (sandbox_url, _, sandbox):
+        assert send(sandbox_url, 4) == "isv.MONTH_LIMIT_CONTROL"  # over both: the one that frees later
 
 
 def test_a_limit_reached_at_once_costs_at_most_one_call_per_connection(sqlite_db: Store, monkeypatch):

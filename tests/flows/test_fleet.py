@@ -21,10 +21,12 @@ import pytest
 
 from pipeline import store
 from pipeline.dispatch.locks import LockHolder, sender_holders
-from pipeline.dispatch.operations import campaign_status, requeue_unknown
+from pipeline.dispatch.operations import campaign_status, resend_unknown
+from pipeline.receipts.ingest import ingest_spool
 from pipeline.receipts.receiver import create_receiver_app, secrets_from_env
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
 from pipeline.servers import serve_in_thread
+from pipeline.spec import load_spec
 from tests.helpers import stores
 from tests.helpers.fleet import fleet_spec
 from tests.helpers.prefect import PREFECT, PrefectServer, prefect_server, run_setup_command
@@ -178,8 +180,10 @@ def test_a_group_run_killed_mid_run_is_replaced_and_the_campaign_completes_sendi
         assert sandbox.duplicate_callback_data == 0 and len(sandbox.accepted_callback_data()) == sandbox.accepted
         assert set(states) <= {"sent", "unknown"} and states["sent"] == sandbox.accepted
         assert summary["dispatch"]["states"] == states
-        # The operator's `campaign resend-unknown`: the rest goes out, still once each.
-        requeue_unknown(db, "fleet")
+        # The operator's `campaign resend-unknown`: the spool's receipts settle what they name (the run's own ingest,
+        # flows/campaign.py), the rest goes out, still once each.
+        resend_unknown(db, "fleet", ingest=lambda: ingest_spool(db, tmp_path / "spool"),
+                       grace_s=load_spec(spec).retry.reconcile_grace_s)
         run_campaign(pool_server, spec, db_url, tmp_path, url)
         assert sandbox.accepted == rows and sandbox.duplicate_callback_data == 0
         assert len(sandbox.accepted_callback_data()) == rows

@@ -235,15 +235,19 @@ def test_a_campaign_across_three_hosts_survives_a_killed_worker_run(tmp_path: Pa
             assert result["groups"] == 2 and set(result["states"]) <= {"sent", "unknown"}
             took_s = time.monotonic() - killed_at
 
-            # The operator's resend-unknown: what the kill left claimed but unsent goes out, once.
-            def requeue() -> int:
+            # The operator's resend-unknown, on A as its command would run there: the spool's receipts settle what they
+            # name (the run's own ingest, flows/campaign.py), what the kill left claimed but unsent goes out, once.
+            def resend() -> tuple[int, int]:
                 from pipeline import store
-                from pipeline.dispatch.operations import requeue_unknown
+                from pipeline.dispatch.operations import resend_unknown
+                from pipeline.receipts.ingest import ingest_spool
+                from pipeline.spec import load_spec
 
                 with store.connect(f"{pg}/fleet") as db:
-                    return requeue_unknown(db, "fleet")
+                    return resend_unknown(db, "fleet", ingest=lambda: ingest_spool(db, spool),
+                                          grace_s=load_spec(spec).retry.reconcile_grace_s)
 
-            a.call(requeue)
+            a.call(resend)
             assert finished(campaign("campaign-again"))["states"] == {"sent": ROWS}
 
             stats = a.call(_get, f"{sandbox}/_sandbox/stats", {"messages": 0, "times": 1})
