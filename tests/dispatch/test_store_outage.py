@@ -87,7 +87,10 @@ def test_a_postgresql_that_goes_away_mid_dispatch_stops_the_run_and_resume_sends
                                                     reconcile=lambda: ingest_spool(db, spool), progress_every_s=60))
             # Claimed when the store went away, never sent: no receipt names them, so the operator decides.
             assert resumed.unknown == db.scalar("SELECT count(*) FROM outbox WHERE state = 'unknown'")
-            assert operations.requeue_unknown(db, "outage") == resumed.unknown
+            # The operator's resend-unknown: the spool's receipts settle what they name first, the rest goes again.
+            settled, queued = operations.resend_unknown(db, "outage", ingest=lambda: ingest_spool(db, spool),
+                                                        grace_s=retry.reconcile_grace_s)
+            assert settled + queued == resumed.unknown
             result = asyncio.run(dispatch_campaign(db, "outage", channel, rate=rate, retry=retry,
                                                    reconcile=lambda: ingest_spool(db, spool), progress_every_s=60))
             states = dict(db.rows("SELECT state, count(*) FROM outbox GROUP BY state"))
