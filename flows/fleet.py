@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +37,7 @@ from pipeline.dispatch.ledger import Ledger
 from pipeline.dispatch.locks import SenderLeases, sender_lease_name
 from pipeline.dispatch.operations import is_paused
 from pipeline.dispatch.policy import DispatchResult, Guards
+from pipeline.settings import seconds_setting
 from pipeline.spec import load_spec
 
 DISPATCH_DEPLOYMENT = "dispatch-senders/dispatch-senders"
@@ -50,14 +50,7 @@ GROUP_START_TIMEOUT_S = 300.0
 
 
 def group_start_timeout_s() -> float:
-    raw = os.environ.get("CAMPAIGN_GROUP_START_TIMEOUT_S", str(GROUP_START_TIMEOUT_S))
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"CAMPAIGN_GROUP_START_TIMEOUT_S: {raw!r} is not a positive number of seconds")
-    return value
+    return seconds_setting("CAMPAIGN_GROUP_START_TIMEOUT_S", GROUP_START_TIMEOUT_S)
 
 
 @flow(name="dispatch-senders", log_prints=False, retries=2, retry_delay_seconds=10)

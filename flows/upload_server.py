@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import get_current_settings
 
 from pipeline.receipts.receiver import APP_SECRET, SECRET_ENV, create_receiver_app, secrets_from_env
-from pipeline.servers import serve_forever
+from pipeline.servers import ServerLimits, check_loopback, serve_forever
 from pipeline.upload.routes import WATCHER_DEPLOYMENT, UploadConfig, add_upload_routes
 
 
@@ -44,8 +44,11 @@ class PrefectRuns:
         return f"{self.ui_url}/runs/flow-run/{flow_run_id}" if self.ui_url else None
 
 
-def serve_upload_page(args: argparse.Namespace) -> int:
-    """Serves the receiver (every provider whose secret is set) with the upload page until interrupted."""
+def serve_upload_page(args: argparse.Namespace, limits: ServerLimits | None = None) -> int:
+    """Serves the receiver (every provider whose secret is set) with the upload page until interrupted. A host that
+    is not loopback, or a bad server setting, is refused before the page is announced."""
+    check_loopback(args.host)
+    limits = ServerLimits.from_env() if limits is None else limits
     runs = PrefectRuns(args.watcher_deployment or WATCHER_DEPLOYMENT) if os.environ.get("PREFECT_API_URL") else None
     config = UploadConfig.from_env(specs_dir=args.specs_dir, audiences_dir=args.audiences_dir,
                                    staging_dir=args.staging_dir, runs=runs, database=getattr(args, "db", None))
@@ -60,5 +63,5 @@ def serve_upload_page(args: argparse.Namespace) -> int:
           f"webhooks configured for {', '.join(app.state.providers)}; spool {args.spool_dir}", flush=True)
     if runs is None:
         print("no PREFECT_API_URL: started uploads wait for the audience-inbox deployment's next round", flush=True)
-    serve_forever(app, args.host, args.port)
+    serve_forever(app, args.host, args.port, limits)
     return 0

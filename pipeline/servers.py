@@ -7,9 +7,9 @@ through it, so each is bounded the same way (`ServerLimits`, settable through th
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-import math
 import os
 import socket
 import threading
@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from pipeline.settings import seconds_setting
 from pipeline.spec import SpecError, positive_setting
 
 LOOPBACK = "127.0.0.1"
@@ -57,20 +58,9 @@ class ServerLimits:
             name = LIMIT_ENV[f.name]
             if f.type == "int":
                 values[f.name] = positive_setting(name, getattr(cls, f.name), env)
-            elif env.get(name, "").strip():
-                values[f.name] = _positive_seconds(name, env[name])
+            else:
+                values[f.name] = seconds_setting(name, getattr(cls, f.name), env)
         return cls(**values)
-
-
-def _positive_seconds(name: str, raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        value = math.nan
-    # Not inf either: an endless deadline is no bound.
-    if not (math.isfinite(value) and value > 0):
-        raise SpecError(f"{name}: {raw!r} is not a positive number of seconds")
-    return value
 
 
 LIMIT_ENV = {
@@ -226,6 +216,20 @@ def check_loopback(host: str) -> str:
         raise SpecError(f"--host {host}: servers bind to loopback only (127.x.x.x, localhost or ::1); a public "
                         "receiver goes behind a TLS-terminating proxy on this host")
     return host
+
+
+def port_number(text: str) -> int:
+    """argparse type for every server command's --port: a whole number from 1 to 65535, else argparse's one usage
+    line naming the option (exit 2) before anything is announced. Not 0 (any free port): these commands announce
+    the port they were given, so the server would be announced on :0; tests that want a free port bind one first
+    (serve_in_thread, the sandbox module)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
+    return port
 
 
 def server_config(app: Any, host: str, port: int, limits: ServerLimits | None = None) -> uvicorn.Config:

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.cli.common import add_db_arg, add_started_by_arg, positive_number
 from pipeline.cli.run import cmd_demo, cmd_run
 from pipeline.cli.servers import cmd_sandbox, cmd_webhooks
+from pipeline.servers import port_number
 from pipeline.spec import SpecError
 
 
@@ -89,14 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sandbox", help="serve the WhatsApp Cloud API sandbox on loopback")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8801)
+    p.add_argument("--port", type=port_number, default=8801)
     p.add_argument("--webhook-url", default="http://127.0.0.1:8802/webhooks/whatsapp")
     p.add_argument("--throughput", type=positive_number, default=1000.0, help="messages/s per number before 130429")
     p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser("webhooks", help="serve the webhook receiver on loopback (spools receipts to disk)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8802)
+    p.add_argument("--port", type=port_number, default=8802)
     p.add_argument("--spool-dir", default="spool")
     p.set_defaults(func=cmd_webhooks)
     return parser

@@ -23,31 +23,14 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
-from pipeline.spec import SpecError
+from pipeline.settings import seconds_setting
 from pipeline.store import Store, run, utc
 
 LEASE_TTL_S = 30.0  # CAMPAIGN_LEASE_TTL_S
 
 
-def seconds_setting(name: str, default: float | None) -> float | None:
-    """A number of seconds above 0 from the environment variable `name`, else `default`. Read when a lease is made,
-    never at import: a bad value is then one SpecError naming the variable where a lease is needed, not a traceback
-    from every command that imports this module. Not spec.positive_setting: that takes whole numbers only, and the
-    renewal is fractional (0.5 s in the fleet tests and benchmarks)."""
-    raw = os.environ.get(name, "").strip().replace("_", "")
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise SpecError(f"{name}: {os.environ[name]!r} is not a number of seconds above 0")
-    return value
-
-
 def lease_ttl_s() -> float:
-    return seconds_setting("CAMPAIGN_LEASE_TTL_S", LEASE_TTL_S) or LEASE_TTL_S
+    return seconds_setting("CAMPAIGN_LEASE_TTL_S", LEASE_TTL_S)
 
 
 def lease_renew_s() -> float | None:

@@ -209,12 +209,12 @@ def test_a_bad_lease_setting_is_one_error_line_where_a_lease_is_needed(
         monkeypatch.setenv("CAMPAIGN_LEASE_TTL_S", "abc")
         assert main(["status", "x", "--db", str(db.path)]) == 2  # status needs no lease: its own answer
         assert capsys.readouterr().err.startswith("error: no campaign x in store ")
-        with pytest.raises(SpecError, match=r"^CAMPAIGN_LEASE_TTL_S: 'abc' is not a number of seconds above 0$"):
+        with pytest.raises(SpecError, match=r"^CAMPAIGN_LEASE_TTL_S: 'abc' is not a positive number of seconds$"):
             with campaign_lock(db, "c"):
                 pass
         welcome = str(Path(__file__).resolve().parents[2] / "campaigns/welcome.yaml")
         assert main(["resume", welcome, "--db", str(db.path)]) == 2  # before Prefect starts
-        assert capsys.readouterr().err == "error: CAMPAIGN_LEASE_TTL_S: 'abc' is not a number of seconds above 0\n"
+        assert capsys.readouterr().err == "error: CAMPAIGN_LEASE_TTL_S: 'abc' is not a positive number of seconds\n"
         monkeypatch.setenv("CAMPAIGN_LEASE_TTL_S", "3.0")  # fractional seconds, as the fleet's takeover rounds use
         monkeypatch.setenv("CAMPAIGN_LEASE_RENEW_S", "0.5")
         leases = locks.SenderLeases(db, "c")

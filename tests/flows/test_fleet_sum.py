@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.continuation import schedule_continuation
 from flows.fleet import RESULT_DESCRIPTION, add_up, artifact_row, group_start_timeout_s, read_result, result_dict
 from pipeline.dispatch.policy import DispatchResult
+from pipeline.spec import SpecError
 from tests.helpers.prefect import PrefectServer
 
 REOPEN = datetime(2030, 1, 6, 9, 0, tzinfo=UTC)
@@ -64,7 +65,8 @@ def test_the_group_start_timeout_setting_is_a_positive_number_of_seconds(monkeyp
     assert group_start_timeout_s() == 300.0
     monkeypatch.setenv("CAMPAIGN_GROUP_START_TIMEOUT_S", "45")
     assert group_start_timeout_s() == 45.0
-    for bad in ("0", "-3", "soon", "nan"):
+    for bad in ("0", "-3", "soon", "nan", "inf"):  # inf: a group run never given up on
         monkeypatch.setenv("CAMPAIGN_GROUP_START_TIMEOUT_S", bad)
-        with pytest.raises(ValueError, match=f"CAMPAIGN_GROUP_START_TIMEOUT_S: '{bad}' is not a positive"):
+        with pytest.raises(SpecError, match=f"^CAMPAIGN_GROUP_START_TIMEOUT_S: '{bad}' is not a positive number of "
+                                            "seconds$"):
             group_start_timeout_s()
