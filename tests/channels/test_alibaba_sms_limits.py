@@ -44,15 +44,22 @@ def test_the_daily_limit_resets_at_midnight_china_time(now, resets):
     assert day_limit_resets_at(now) == resets
 
 
-def test_the_daily_limit_is_a_stop_until_the_next_day_never_a_retry():
+@pytest.mark.parametrize(("code", "message", "resets_at", "detail", "when"), [
+    ("isv.DAY_LIMIT_CONTROL", "触发日发送限额", day_limit_resets_at, "the account's daily limit",
+     "midnight China time"),
+    ("isv.MONTH_LIMIT_CONTROL", "触发月发送限额", month_limit_resets_at, "the account's monthly limit",
+     "00:00 China time on the 1st"),
+])
+def test_a_quota_limit_is_a_stop_until_it_resets_never_a_retry_or_a_permanent_failure(code, message, resets_at,
+                                                                                      detail, when):
     channel = AlibabaSmsChannel(base_url="http://x", access_key_id="k", access_key_secret="s", sign_name="Acme",
                                 template_code="SMS_1")
-    body = json.dumps({"Code": "isv.DAY_LIMIT_CONTROL", "Message": "触发日发送限额", "RequestId": "r"}).encode()
-    before = day_limit_resets_at(datetime.now(UTC))
+    body = json.dumps({"Code": code, "Message": message, "RequestId": "r"}).encode()
+    before = resets_at(datetime.now(UTC))
     outcome = channel.classify_response(200, body, {})
     assert (outcome.kind, outcome.throttled, outcome.retry_after_s) == ("stop", False, None)
-    assert outcome.not_before in {before, day_limit_resets_at(datetime.now(UTC))}
-    assert outcome.error_detail.startswith("触发日发送限额: the account's daily limit")
+    assert outcome.not_before in {before, resets_at(datetime.now(UTC))}
+    assert outcome.error_detail.startswith(f"{message}: {detail}") and when in outcome.error_detail
 
 
 def test_the_daily_limit_stops_the_campaign_and_defers_the_refused_to_the_next_day(
@@ -92,18 +99,6 @@ def test_the_daily_limit_stops_the_campaign_and_defers_the_refused_to_the_next_d
 ])
 def test_the_monthly_limit_resets_on_the_1st_at_midnight_china_time(now, resets):
     assert month_limit_resets_at(now) == resets
-
-
-def test_the_monthly_limit_is_a_stop_until_the_next_month_never_a_permanent_failure():
-    channel = AlibabaSmsChannel(base_url="http://x", access_key_id="k", access_key_secret="s", sign_name="Acme",
-                                template_code="SMS_1")
-    body = json.dumps({"Code": "isv.MONTH_LIMIT_CONTROL", "Message": "触发月发送限额", "RequestId": "r"}).encode()
-    before = month_limit_resets_at(datetime.now(UTC))
-    outcome = channel.classify_response(200, body, {})
-    assert (outcome.kind, outcome.throttled, outcome.retry_after_s) == ("stop", False, None)
-    assert outcome.not_before in {before, month_limit_resets_at(datetime.now(UTC))}
-    assert outcome.error_detail.startswith("触发月发送限额: the account's monthly limit")
-    assert "00:00 China time on the 1st" in outcome.error_detail
 
 
 def test_the_monthly_limit_stops_the_campaign_and_defers_the_refused_to_the_next_month(db: Store, monkeypatch):
