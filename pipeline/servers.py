@@ -223,12 +223,22 @@ def port_number(text: str) -> int:
     line naming the option (exit 2) before anything is announced. Not 0 (any free port): these commands announce
     the port they were given, so the server would be announced on :0; tests that want a free port bind one first
     (serve_in_thread, the sandbox module)."""
+    return _port(text, lowest=1)
+
+
+def port_or_zero(text: str) -> int:
+    """argparse type for the --port of a server that binds before it announces, and announces the port it got (the
+    sandbox module): `port_number`, or 0 for any free port."""
+    return _port(text, lowest=0)
+
+
+def _port(text: str, lowest: int) -> int:
     try:
         port = int(text)
     except ValueError:
         port = -1
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
+    if not lowest <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from {lowest} to 65535")
     return port
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from pipeline import store
 from pipeline.dispatch.locks import lease_renew_s, lease_ttl_s
 from pipeline.servers import ServerLimits
 from pipeline.settings import seconds_setting
 from pipeline.spec import SpecError
+from pipeline.store import dialect
+
+CAMPAIGN = str(Path(sys.executable).parent / "campaign")
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("45", 45.0), (" 0.5 ", 0.5), ("1_000", 1000.0), ("1e-3", 0.001)])
@@ -40,3 +49,27 @@ def test_every_duration_setting_uses_the_same_message(monkeypatch):
     assert messages == ["CAMPAIGN_LEASE_TTL_S: 'inf' is not a positive number of seconds",
                         "CAMPAIGN_LEASE_RENEW_S: '-2' is not a positive number of seconds",
                         "CAMPAIGN_KEEP_ALIVE_S: 'abc' is not a positive number of seconds"]
+
+
+def test_the_store_busy_timeout_is_read_when_a_store_is_opened(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMPAIGN_DB_BUSY_TIMEOUT_S", "2.5")  # after pipeline.store was imported
+    with store.connect(tmp_path / "campaigns.sqlite") as db:
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2500
+        with dialect.bounded_write(db.engine, 0.25) as conn:  # an aid's shorter wait, then the store's own again
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 250
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2500
+
+
+@pytest.mark.parametrize("raw", ["x", "0"])
+def test_a_bad_store_busy_timeout_is_one_error_line_from_the_cli(tmp_path, raw):
+    database = tmp_path / "campaigns.sqlite"
+    store.connect(database).close()
+    env = {**os.environ, "CAMPAIGN_DB_BUSY_TIMEOUT_S": raw}
+    done = subprocess.run([CAMPAIGN, "status", "somecampaign", "--db", str(database)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"error: CAMPAIGN_DB_BUSY_TIMEOUT_S: {raw!r} is not a positive number of seconds"], done.stderr

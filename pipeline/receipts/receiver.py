@@ -31,7 +31,7 @@ from pipeline.channels.whatsapp_webhooks import SIGNATURE_HEADER, verify_signatu
 from pipeline.receipts import unsubscribe
 from pipeline.receipts.routes import provider_routes
 from pipeline.receipts.spool import Spool, SpoolClosed, encode_record
-from pipeline.servers import LOOPBACK, Receive, Scope, Send, serve_forever
+from pipeline.servers import LOOPBACK, Receive, Scope, Send, port_number, serve_forever
 from pipeline.servers import server_config as server_config  # the receiver's uvicorn set-up is every server's
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.receipts.receiver", description=__doc__)
     parser.add_argument("--host", default=LOOPBACK)
-    parser.add_argument("--port", type=int, default=8802)
+    parser.add_argument("--port", type=port_number, default=8802)
     parser.add_argument("--spool-dir", type=Path, default=Path("spool"))
     parser.add_argument("--rotate-after-s", type=float, default=1.0)
     args = parser.parse_args(argv)

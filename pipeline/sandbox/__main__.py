@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from pipeline.runtime import freeze_startup_objects
 from pipeline.sandbox.whatsapp import SandboxConfig, create_app
-from pipeline.servers import LOOPBACK, serve_in_thread
+from pipeline.servers import LOOPBACK, port_or_zero, serve_in_thread
 
 TOKEN_ENV = "WHATSAPP_ACCESS_TOKEN"
 SECRET_ENV = "WHATSAPP_APP_SECRET"
@@ -49,7 +49,7 @@ def _template(value: str) -> tuple[str, str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.sandbox", description=__doc__)
     parser.add_argument("--host", default=LOOPBACK, help="loopback address to bind (default %(default)s)")
-    parser.add_argument("--port", type=int, default=8801, help="0 picks a free port")
+    parser.add_argument("--port", type=port_or_zero, default=8801, help="0 picks a free port")
     parser.add_argument("--webhook-url", help="where status webhooks are POSTed")
     parser.add_argument("--throughput", type=float, help="messages/s per phone-number-id (default 1000)")
     parser.add_argument("--template", type=_template, action="append", metavar="NAME=CATEGORY",

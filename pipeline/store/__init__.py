@@ -222,6 +222,7 @@ def connect(value: str | os.PathLike[str] | None = None, *, migrate: bool = True
     url = database_url(value)
     kind = make_url(url).get_backend_name()
     if kind == "sqlite":
+        timeout_s = _dialect.busy_timeout_s()  # a bad setting is refused before a folder or file is made
         path = Path(make_url(url).database or "")
         if not path.name:
             raise StoreError("an in-memory SQLite store is not shared between processes: give a file path")
@@ -229,8 +230,8 @@ def connect(value: str | os.PathLike[str] | None = None, *, migrate: bool = True
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"store {shown(url)}: cannot create its folder: {error.strerror}") from error
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": _dialect.BUSY_TIMEOUT_S})
-        _dialect.prepare_sqlite(engine)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_s})
+        _dialect.prepare_sqlite(engine, timeout_s)
     else:
         # No server-side prepared statements: psycopg prepares a query after 5 runs, and PostgreSQL's generic
         # plan for a claim (`seq = ANY(...)` of one campaign) scans the campaign instead of its index (10x slower).

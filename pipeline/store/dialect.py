@@ -5,10 +5,9 @@ Everything else is the same SQL on both (SQLAlchemy Core text with named paramet
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -16,20 +15,31 @@ from typing import Any
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import Engine
 
-BUSY_TIMEOUT_S = float(os.environ.get("CAMPAIGN_DB_BUSY_TIMEOUT_S", "30"))
+BUSY_TIMEOUT_ENV = "CAMPAIGN_DB_BUSY_TIMEOUT_S"
+DEFAULT_BUSY_TIMEOUT_S = 30.0
 
 
-def prepare_sqlite(engine: Engine) -> None:
+def busy_timeout_s(environ: Mapping[str, str] | None = None) -> float:
+    """How long a SQLite connection waits for another's lock: CAMPAIGN_DB_BUSY_TIMEOUT_S, else 30 s. Read when a
+    store is opened, not at import, so a bad value is the SpecError's one line from the command that opens one."""
+    from pipeline.settings import seconds_setting  # here: the store imports nothing of the pipeline (nor pydantic)
+
+    return seconds_setting(BUSY_TIMEOUT_ENV, DEFAULT_BUSY_TIMEOUT_S, environ)
+
+
+def prepare_sqlite(engine: Engine, timeout_s: float | None = None) -> None:
     """WAL (readers never block the writer), FULL sync (a committed claim survives a power cut, not only
-    a crash), a busy timeout instead of 'database is locked', and transactions we begin ourselves: pysqlite's
-    own implicit BEGIN is deferred, and two deferred writers that both read first deadlock on the upgrade."""
+    a crash), a busy timeout instead of 'database is locked' (`timeout_s`; by default `busy_timeout_s()`), and
+    transactions we begin ourselves: pysqlite's own implicit BEGIN is deferred, and two deferred writers that both
+    read first deadlock on the upgrade."""
+    wait_s = busy_timeout_s() if timeout_s is None else timeout_s
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # autocommit at the driver: BEGIN is ours
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        _enter_wal(cursor)
+        cursor.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        _enter_wal(cursor, wait_s)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = OFF")
         cursor.execute("PRAGMA cache_size = -65536")  # 64 MB: index maintenance of large ingests stays in memory
@@ -42,11 +52,11 @@ def prepare_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
-def _enter_wal(cursor: Any) -> None:
+def _enter_wal(cursor: Any, wait_s: float) -> None:
     """Switch a file to WAL, retrying while another connection switches it: the switch needs the exclusive
     lock, and two processes opening a new file together each hold a read lock while asking for it, so
     SQLite refuses one at once ('database is locked') instead of calling the busy handler (it would deadlock)."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    deadline = time.monotonic() + wait_s
     pause = 0.001
     while True:
         try:
@@ -266,7 +276,7 @@ def storable_before_sql(dialect: str) -> str:
 @contextmanager
 def bounded_write(engine: Engine, wait_s: float, *, lock: str | None = None) -> Iterator[Connection]:
     """A write transaction that waits at most `wait_s` for the store's writers (SQLite's busy timeout, PostgreSQL's
-    lock timeout) instead of the store's usual BUSY_TIMEOUT_S; on PostgreSQL it first takes table `lock` in SHARE ROW
+    lock timeout) instead of the store's usual busy timeout; on PostgreSQL it first takes table `lock` in SHARE ROW
     EXCLUSIVE mode, if given. For aids (the send history, the cap's kept counts): a caller that holds a write
     transaction of its own, or a preparation waiting on the cap, must not stall behind them."""
     with engine.connect().execution_options(write=True) as conn:
@@ -278,12 +288,13 @@ def bounded_write(engine: Engine, wait_s: float, *, lock: str | None = None) -> 
                 yield conn
             return
         raw = conn.connection.driver_connection
+        usual_ms = raw.execute("PRAGMA busy_timeout").fetchone()[0]  # as prepare_sqlite set it for this store
         raw.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
         try:
             with conn.begin():
                 yield conn
         finally:
-            raw.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            raw.execute(f"PRAGMA busy_timeout = {int(usual_ms)}")
 
 
 def history_write(engine: Engine, wait_s: float) -> AbstractContextManager[Connection]:

@@ -1,12 +1,18 @@
 """`campaign webhooks`, `campaign sandbox` and `campaign upload-server` refuse a setting or an option they cannot use
 with one `error:` line and exit code 2, before announcing or binding a server: a host that is not loopback, a port
-that is not one, a server bound that is not a number, a throughput that is not positive."""
+that is not one, a server bound that is not a number, a throughput that is not positive. So do the modules run on
+their own (`python -m pipeline.receipts.receiver`, `python -m pipeline.sandbox`) for a port that is not one."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
 from pipeline.cli import main
+from pipeline.sandbox.__main__ import parse_args as sandbox_args
 
 # What upload-server needs to get as far as announcing itself: a token and the receiver's secret.
 UPLOAD_ENV = {"UPLOAD_TOKEN": "t" * 32, "WHATSAPP_APP_SECRET": "test-app-secret"}
@@ -72,3 +78,29 @@ def test_a_port_that_is_not_one_is_refused_before_anything_is_announced(tmp_path
     errors = [line for line in captured.err.splitlines() if "error" in line]
     assert errors == [f"campaign {command}: error: argument --port: {port!r} is not a port number from 1 to 65535"]
     assert "Traceback" not in captured.err
+
+
+# module -> (its lowest port, what it says once it serves): the sandbox binds first, so 0 (any free port) is one.
+MODULES = {"pipeline.receipts.receiver": (1, "receiver on "), "pipeline.sandbox": (0, "WhatsApp sandbox on ")}
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("port", ["70000", "abc"])
+def test_a_server_module_refuses_a_port_that_is_not_one_before_it_serves(tmp_path, module, port):
+    env = {**os.environ, **UPLOAD_ENV, "WHATSAPP_ACCESS_TOKEN": "test-token", "WHATSAPP_VERIFY_TOKEN": "v"}
+    folders = ["--spool-dir", str(tmp_path / "spool")] if module == "pipeline.receipts.receiver" else []
+    done = subprocess.run([sys.executable, "-m", module, "--port", port, *folders], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    lowest, serving = MODULES[module]
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == [f"python -m {module}: error: argument --port: {port!r} is not a port number from {lowest} "
+                      "to 65535"], done.stderr
+    assert serving not in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no spool made: refused before anything else
+
+
+@pytest.mark.parametrize("port", ["0", "1", "65535"])
+def test_the_sandbox_module_still_takes_port_0_for_any_free_port(port):
+    assert sandbox_args(["--port", port]).port == int(port)
