@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,7 @@ from pipeline.spec_kinds import (  # noqa: F401  (re-exported: the spec's parts 
     ReplyButton,
     SessionMessage,
 )
+from pipeline.spec_rates import RATE_CEILING_ERROR, rate_ceiling_refusal
 
 
 class SpecError(ValueError):
@@ -105,54 +106,9 @@ class TemplateSpec(_Spec):
 
 class RateSpec(_Spec):
     # Messages per second for each sender (pipeline/dispatch/engine.py: one lane per sender); at most the channel's
-    # RATE_CEILINGS.
+    # RATE_CEILINGS (pipeline/spec_rates.py).
     max_per_second: float = Field(default=80.0, gt=0, le=1000)
     concurrency: int = Field(default=16, ge=1, le=512)
-
-
-class RateCeiling(NamedTuple):
-    """A provider's send-rate limit as docs/providers.md states it (`section`)."""
-
-    per_second: float
-    what: str  # "Send API calls/s per Page"
-    section: str
-    # Shared by every sender of the spec (their credentials name one account), where the rate is each sender's.
-    per_account: bool = False
-    # A provider option under which the limited call is not the one used (Chat App's mass send).
-    unless_option: str | None = None
-
-
-# Per channel; one not listed keeps RateSpec's own 1,000/s. Viber, Twilio SMS and e-mail name no rate, and Alibaba
-# SMS's 5,000 calls/s per account (§6.1) is above it. WhatsApp's is the upgraded level: a number still at the default
-# one (80/s) is slowed to that when its lane starts (pipeline/channels/whatsapp.py reads the level).
-RATE_CEILINGS: dict[str, RateCeiling] = {
-    "whatsapp": RateCeiling(1000, "messages/s per phone number (the upgraded throughput level)", "§1.7"),
-    "messenger": RateCeiling(300, "Send API calls/s per Page", "§5.1"),
-    "instagram": RateCeiling(300, "Send API calls/s per Instagram professional account", "§5.2"),
-    # Without mass_send each message is one SendChatappMessage call; the docs name no rate for the mass send.
-    "chatapp": RateCeiling(250, "SendChatappMessage calls/s per Alibaba Cloud account", "§3.1", per_account=True,
-                           unless_option="mass_send"),
-}
-
-
-RATE_CEILING_ERROR = "rate_ceiling"
-
-
-def rate_ceiling_refusal(field: str, rate: RateSpec, channel: str, options: Mapping[str, Any],
-                         senders: int = 1) -> str | None:
-    """Why `rate` is over the channel's ceiling (one line naming `field`), or None."""
-    ceiling = RATE_CEILINGS.get(channel)
-    if ceiling is None or (ceiling.unless_option and options.get(ceiling.unless_option)):
-        return None
-    rate_s = rate.max_per_second
-    total = rate_s * senders if ceiling.per_account else rate_s
-    if total <= ceiling.per_second:
-        return None
-    over = f"over {channel}'s {ceiling.per_second:g} {ceiling.what} (docs/providers.md {ceiling.section}"
-    if total != rate_s:
-        return f"{field}: {rate_s:g} for each of {senders} senders is {total:g}/s, {over})"
-    scope = "shared by the account's senders" if ceiling.per_account else "the rate applies to each sender"
-    return f"{field}: {rate_s:g} is {over}; {scope})"
 
 
 class RetrySpec(_Spec):
@@ -401,12 +357,12 @@ class CampaignSpec(_Spec):
 
     @model_validator(mode="after")
     def _rates_within_ceilings(self) -> CampaignSpec:
-        refusal = rate_ceiling_refusal("rate_limit.max_per_second", self.rate_limit, self.channel,
+        refusal = rate_ceiling_refusal("rate_limit.max_per_second", self.rate_limit.max_per_second, self.channel,
                                        self.provider.options, len(self.all_senders))
         if refusal is None and self.fallback is not None:
             fb = self.fallback
-            refusal = rate_ceiling_refusal("fallback.rate_limit.max_per_second", fb.rate_limit, fb.channel,
-                                           fb.provider.options)
+            refusal = rate_ceiling_refusal("fallback.rate_limit.max_per_second", fb.rate_limit.max_per_second,
+                                           fb.channel, fb.provider.options)
         if refusal is not None:  # its own type: parse_spec shows the line as it is (it names its field)
             raise PydanticCustomError(RATE_CEILING_ERROR, refusal)
         return self
