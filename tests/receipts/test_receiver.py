@@ -150,7 +150,7 @@ def test_main_refuses_to_start_without_secrets(
 ) -> None:
     monkeypatch.delenv("WHATSAPP_APP_SECRET", raising=False)
     monkeypatch.setenv("WHATSAPP_VERIFY_TOKEN", "tok-value")
-    assert main(["--spool-dir", str(tmp_path), "--port", "0"]) == 2
+    assert main(["--spool-dir", str(tmp_path), "--port", "8802"]) == 2
     err = capsys.readouterr().err
     assert "WHATSAPP_APP_SECRET" in err and "tok-value" not in err
     assert secrets_from_env({"WHATSAPP_APP_SECRET": "a", "WHATSAPP_VERIFY_TOKEN": "b"}) == {
