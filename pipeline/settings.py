@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from typing import TypeVar
 
-from pipeline.spec import SpecError
+from pipeline.errors import SpecError
 
 _Default = TypeVar("_Default", bound=float | None)
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from pipeline.errors import SpecError  # noqa: F401  (re-exported: raised and caught under this name)
 from pipeline.records import Category, ChannelName
 from pipeline.spec_kinds import (  # noqa: F401  (re-exported: the spec's parts live there)
     RENDERED_BUTTONS,
@@ -27,10 +28,6 @@ from pipeline.spec_kinds import (  # noqa: F401  (re-exported: the spec's parts 
     SessionMessage,
 )
 from pipeline.spec_rates import RATE_CEILING_ERROR, rate_ceiling_refusal
-
-
-class SpecError(ValueError):
-    """A campaign spec that cannot be used; the message names the file and the field."""
 
 
 class _Spec(BaseModel):
