@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Which way arrows may run: a module may import its own package, the ground, and the layers listed
 # before its own. The stages in the order the data flows, with channels (which the sandbox, dispatch
 # and receipts speak through) after render (SMS segments) and the front-ends last.
-GROUND = {"spec", "spec_kinds", "spec_rates", "records", "store", "masking", "servers", "settings", "runtime"}
+GROUND = {"spec", "spec_kinds", "spec_rates", "errors", "records", "store", "masking", "servers", "settings", "runtime"}
 LAYERS = ["audience", "render", "channels", "costs", "dispatch", "receipts", "upload", "sandbox", "cli"]
 # The fake channel for tests implements the channel protocol, so it sits with the channels.
 PLACED = {"testing": "channels"}
