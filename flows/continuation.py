@@ -1,6 +1,6 @@
 """A campaign that left messages waiting for a time (a send window that closed, recipients released at 10:00 local
-time, the messaging limit) continues by itself: a run of the same deployment, with the same parameters, scheduled
-at the time they can go.
+time, the messaging limit, a provider's daily or monthly quota) continues by itself: a run of the same deployment,
+with the same parameters, scheduled at the time they can go.
 
 Why a scheduled run and not the run suspended until then: a suspended run holds nothing while it waits, but
 Prefect resumes it only when someone (or an automation) calls `resume_flow_run`; a scheduled flow run is started at

@@ -42,14 +42,16 @@ PER_NUMBER_CODES = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.BUSINESS_LIMIT_C
 # codes (help.aliyun.com/zh/sms/developer-reference/api-error-codes): 触发日发送限额, the account's daily sending limit
 # set in the SMS console (安全设置, 日发送量总量阈值).
 # Every further call today is refused the same way, so the channel stops (no halving, no retries) and the
-# refused messages are deferred to the next day. Assumption: the day is China Standard Time (UTC+8), the zone
-# of Alibaba's console and of its SmsReport times (docs/providers.md §6.1 names no reset time).
+# refused messages are held back until the next day, when the campaign continues. Assumption: the day is China
+# Standard Time (UTC+8), the zone of Alibaba's console and of its SmsReport times (docs/providers.md §6.1 names no
+# reset time).
 DAY_LIMIT_CODE = "isv.DAY_LIMIT_CONTROL"
 # isv.MONTH_LIMIT_CONTROL is the same for the month: 触发月发送限额, the console's monthly sending limit (same page,
-# 月发送量限额), so it stops the channel and defers the refused messages as the day's limit does. Assumption: the month
-# is the calendar month in China Standard Time, counted from zero at 00:00 UTC+8 on the 1st (neither the error-code
-# page nor docs/providers.md §6.1 names a reset time). Counted otherwise, a message deferred too early meets the same
-# stop and is deferred again, one deferred too late waits longer than it had to: neither is sent over the limit.
+# 月发送量限额), so it stops the channel and holds the refused messages back as the day's limit does. Assumption: the
+# month is the calendar month in China Standard Time, counted from zero at 00:00 UTC+8 on the 1st (neither the
+# error-code page nor docs/providers.md §6.1 names a reset time). Counted otherwise, a message held back too little
+# meets the same stop and is held back again, one held too long waits longer than it had to: neither is sent over
+# the limit.
 MONTH_LIMIT_CODE = "isv.MONTH_LIMIT_CONTROL"
 # isv.BUSINESS_LIMIT_CONTROL is Alibaba's per-number frequency limit (docs/providers.md §6.1: verification
 # codes 1/min, 5/h, 10/day; notifications and promotions 50/day per number, signature and template), never
@@ -211,8 +213,8 @@ class AlibabaSmsChannel(HttpChannel):
             resets_at = resets(datetime.now(UTC))
             return SendOutcome(kind="stop", error_code=code, error_detail=(
                 f"{detail or f'{which} sending limit reached'}: the account's {which} limit (SMS console, security "
-                f"settings) is used up; refused messages are deferred to {resets_at.isoformat()} ({when}), when "
-                "`campaign retry-failed` sends them and the rest"), not_before=resets_at)
+                f"settings) is used up; nothing more is sent until {resets_at.isoformat()} ({when}), when the "
+                "campaign continues"), not_before=resets_at)
         throttled = code in THROTTLE_CODES
         if code in STOP_CODES:
             kind = "stop"

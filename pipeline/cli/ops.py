@@ -45,6 +45,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"    withheld, {reason}: {n:,} (not sent)")
         if status.get("deferred_until"):
             print(f"  deferred messages may be retried from {status['deferred_until']}")
+        if status.get("held_until"):
+            print(f"  queued messages held back until {status['held_until']} (a send-at time or a provider's quota)")
     info = status.get("last_run") or {}
     if info:
         eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") else ""

@@ -395,13 +395,11 @@ class _Dispatch:
             self.result.sent += 1
             self.guards.spent(item)
         elif outcome.kind == "stop":
-            self._stop(f"{outcome.error_code}: {outcome.error_detail}")
-            if outcome.not_before is not None:
-                # Refused for a quota that frees at a known time (Alibaba's daily limit): waits for it, as 131049 does.
-                state, not_before, retryable = "deferred", outcome.not_before, True
-                self.result.deferred += 1
-            else:
-                state, attempts = "queued", attempts - 1  # not sent: stays queued until the cause is fixed
+            # Not sent: stays queued until the cause is fixed. Refused for a quota that frees at a known time
+            # (Alibaba's daily and monthly limits), it is held back until then, and the campaign continues by
+            # itself at that time (Guards.continue_at, flows/continuation.py).
+            self._stop(f"{outcome.error_code}: {outcome.error_detail}", frees_at=outcome.not_before)
+            state, attempts, not_before = "queued", attempts - 1, outcome.not_before
         elif outcome.kind == "unknown":
             state = "unknown"
             self.result.unknown += 1
@@ -425,11 +423,17 @@ class _Dispatch:
             log.error("lane %s paused: %s", lane.sender, reason)
         return reason is not None
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, frees_at: datetime | None = None) -> None:
+        """Stops every lane; `frees_at`: the provider's quota that stopped it frees then (the campaign continues)."""
         if not self.stop.is_set():
             self.result.stopped_reason = reason
-            log.error("channel stopped: %s; everything unsent stays queued", reason)
+            self.guards.stop_frees_at = frees_at
+            until = f" until {frees_at.isoformat()}, when the campaign continues" if frees_at else ""
+            log.error("channel stopped: %s; everything unsent stays queued%s", reason, until)
             self.stop.set()
+        elif frees_at is not None and self.guards.stop_frees_at is not None:
+            # Calls refused at once by the day's and the month's quota: it goes on once both have freed.
+            self.guards.stop_frees_at = max(self.guards.stop_frees_at, frees_at)
 
     async def _reconciler(self) -> None:
         assert self.reconcile_fn is not None

@@ -133,6 +133,9 @@ def campaign_status(db: Store, campaign_id: str) -> dict[str, Any]:
                                 "ORDER BY 1", c=campaign_id).all())
         deferred_until = run(conn, "SELECT min(not_before) FROM outbox WHERE campaign_id = :c AND state = 'deferred'",
                              c=campaign_id).scalar()
+        # Queued, held back until a time: a send-at time, or the reset of a provider's quota that stopped the run.
+        held_until = run(conn, "SELECT min(not_before) FROM outbox WHERE campaign_id = :c AND state = 'queued' "
+                               "AND not_before > :now", c=campaign_id, now=datetime.now(UTC)).scalar()
         withheld = dict(run(conn, "SELECT error_code, count(*) FROM outbox WHERE campaign_id = :c "
                                   "AND state = 'withheld' GROUP BY error_code ORDER BY 1", c=campaign_id).all()
                         ) if states.get("withheld") else {}
@@ -143,12 +146,13 @@ def campaign_status(db: Store, campaign_id: str) -> dict[str, Any]:
                                                                     c=campaign_id).first())
     holder = current_holder(db, campaign_id)
     paused_at, status_json = control if control else (None, None)
-    deferred_until = utc(deferred_until)
+    deferred_until, held_until = utc(deferred_until), utc(held_until)
     return {
         "campaign_id": campaign_id, "source": "store", "known": known, "states": states,
         "paused": paused_at is not None,
         "running": holder.describe() if holder else None,  # a live lease: a run holds the campaign now
-        "deferred_until": deferred_until.isoformat() if deferred_until else None, "withheld": withheld,
+        "deferred_until": deferred_until.isoformat() if deferred_until else None,
+        "held_until": held_until.isoformat() if held_until else None, "withheld": withheld,
         "last_run": json.loads(status_json) if status_json else None,
     }
 

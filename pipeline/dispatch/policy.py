@@ -78,6 +78,7 @@ class Guards:
         self.reserved_usd = 0.0
         self.capacity: int | None = None
         self.limit_frees_at: datetime | None = None
+        self.stop_frees_at: datetime | None = None  # the run stopped on a provider's quota that frees then
         self.waiting_for_window = 0
         self.next_window_at: datetime | None = None
         self._window = Window(send_window) if send_window else None
@@ -151,11 +152,14 @@ class Guards:
         return self._window is None or self._inside_window(item.timezone)
 
     def continue_at(self, ledger: Ledger, stopped_reason: str | None) -> datetime | None:
-        """When the messages still queued can go: the next window opening, the next send-at release, or (stopped
-        by the messaging limit) when the limit frees; None when nothing waits for a time (blocking: off the loop)."""
+        """When the messages still queued can go: the next window opening, the next send-at release, (stopped
+        by the messaging limit) when the limit frees, or (stopped by a provider's quota, `stop_frees_at`) when the
+        quota does; None when nothing waits for a time (blocking: off the loop)."""
         limited = bool(stopped_reason and stopped_reason.startswith("messaging limit"))
         if stopped_reason and not limited:
-            return None  # stopped by the operator, the budget or the provider: a person decides when it goes on
+            # Stopped by the operator, the budget or the provider: a person decides when it goes on; by a quota that
+            # frees at a known time, then (a run in a closed window then waits for the window by itself).
+            return self.stop_frees_at
         times = [t for t in (self.next_window_at, ledger.next_release(datetime.now(UTC))) if t is not None]
         if limited and self.limit_frees_at is not None:
             times.append(self.limit_frees_at)

@@ -143,6 +143,9 @@ class _Quota:
     def record(self, count: int) -> None:
         self._sent += count
 
+    def reset(self) -> None:
+        self._sent = 0
+
 
 def _content(text: str | None, template_param: Any) -> str:
     """The message as Alibaba builds it: the template's text with its variables filled in; without the text, the
@@ -194,6 +197,11 @@ class AlibabaSmsSandbox:
         self.poster = CallbackPoster(render, PosterSettings(
             batch=config.report_batch, retry_base_s=config.report_retry_base_s,
             retry_max_s=config.report_retry_max_s), accept=_report_accepted)
+
+    def reset_quotas(self) -> None:
+        """As at midnight (and on the 1st) China time: the day's and the month's counts start again (tests)."""
+        for quota in self._quotas:
+            quota.reset()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -1,14 +1,14 @@
 """Alibaba SMS limits against the dysmsapi sandbox on loopback: the account's daily sending limit
-(isv.DAY_LIMIT_CONTROL) stops the channel and defers what it refused to the next day, China time, and its monthly
-limit (isv.MONTH_LIMIT_CONTROL) to the 1st of the next month; a signature + content over 500 characters is refused
-isv.PARAM_LENGTH_LIMIT, and in a batch fails alone."""
+(isv.DAY_LIMIT_CONTROL) stops the channel and holds what it refused back until the next day, China time, and its
+monthly limit (isv.MONTH_LIMIT_CONTROL) until the 1st of the next month; the campaign continues then by itself; a
+signature + content over 500 characters is refused isv.PARAM_LENGTH_LIMIT, and in a batch fails alone."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -31,8 +31,10 @@ from tests.helpers.alibaba_sms import (
 from tests.helpers.channels import CAMPAIGN, dispatch, states
 
 
-def _deferred_until(db: Store) -> set[datetime | None]:
-    return {utc(r[0]) for r in db.rows("SELECT not_before FROM outbox WHERE state = 'deferred'")}
+def _held_until(db: Store) -> set[datetime | None]:
+    """When the queued messages held back for a quota may go."""
+    return {utc(r[0]) for r in db.rows("SELECT not_before FROM outbox WHERE state = 'queued' "
+                                       "AND not_before IS NOT NULL")}
 
 
 @pytest.mark.parametrize(("now", "resets"), [
@@ -62,31 +64,57 @@ def test_a_quota_limit_is_a_stop_until_it_resets_never_a_retry_or_a_permanent_fa
     assert outcome.error_detail.startswith(f"{message}: {detail}") and when in outcome.error_detail
 
 
-def test_the_daily_limit_stops_the_campaign_and_defers_the_refused_to_the_next_day(
+def test_the_daily_limit_stops_the_campaign_holds_the_refused_to_the_next_day_and_continues_then(
         db: Store, db_url: str, monkeypatch, capsys):
-    # On both backends: the deferral's time goes through the store and back out in `campaign status`.
-    # One number a call, one call at a time: five calls fit the day's limit, the sixth is refused, and then the
-    # channel stops instead of asking again for each of the 14 left.
-    with stack(webhook_url=None, day_quota=5) as (sandbox_url, _, sandbox):
+    # On both backends: the hold's time goes through the store and back out in `campaign status`.
+    # One number a call, one call at a time: ten calls fit the day's limit, the 11th is refused, and then the
+    # channel stops instead of asking again for the last one.
+    with stack(webhook_url=None, day_quota=10) as (sandbox_url, _, sandbox):
         channel, spec = alibaba_channel(monkeypatch, sandbox_url, max_batch=1)
-        queue_sms(db, channel, spec, sms_phones(20))
+        queue_sms(db, channel, spec, sms_phones(12))
         before = day_limit_resets_at(datetime.now(UTC))
         result = dispatch(db, channel, concurrency=1, on_status=lambda info: record_status(db, CAMPAIGN, info))
         after = day_limit_resets_at(datetime.now(UTC))
-    assert sandbox.calls == 6 and sandbox.tally.rejected["isv.DAY_LIMIT_CONTROL"] == 1
-    assert result.sent == 5 and result.deferred == 1 and result.failed == 0 and result.retries == 0
-    assert result.stopped_reason.startswith("isv.DAY_LIMIT_CONTROL: 触发日发送限额")
-    assert states(db) == {"sent": 5, "deferred": 1, "queued": 14}
-    [resets_at] = _deferred_until(db)
-    assert resets_at in {before, after}
-    deferred = db.rows("SELECT error_code, retryable FROM outbox WHERE state = 'deferred'")
-    assert [tuple(r) for r in deferred] == [("isv.DAY_LIMIT_CONTROL", True)]  # `campaign retry-failed` takes it
+        assert sandbox.calls == 11 and sandbox.tally.rejected["isv.DAY_LIMIT_CONTROL"] == 1
+        assert result.sent == 10 and result.deferred == 0 and result.failed == 0 and result.retries == 0
+        assert result.stopped_reason.startswith("isv.DAY_LIMIT_CONTROL: 触发日发送限额")
+        # Nothing failed: the refused one waits for the reset, the rest with it, and the campaign goes on then
+        # (flows/continuation.py schedules the run at `continue_at`).
+        assert states(db) == {"sent": 10, "queued": 2} and result.waiting == 2
+        [resets_at] = _held_until(db)
+        assert resets_at in {before, after} and result.continue_at == resets_at
+        held = db.rows("SELECT error_code, attempts FROM outbox WHERE not_before IS NOT NULL")
+        assert [tuple(r) for r in held] == [("isv.DAY_LIMIT_CONTROL", 0)]  # why it waits; no attempt spent
 
-    assert main(["status", CAMPAIGN, "--db", db_url]) == 0
-    shown = capsys.readouterr().out
-    assert re.search(r"^\s+deferred\s+1$", shown, re.M) and re.search(r"^\s+queued\s+14$", shown, re.M)
-    assert f"deferred messages may be retried from {resets_at.isoformat()}" in shown
-    assert "stopped: isv.DAY_LIMIT_CONTROL" in shown
+        assert main(["status", CAMPAIGN, "--db", db_url]) == 0
+        shown = capsys.readouterr().out
+        assert re.search(r"^\s+queued\s+2$", shown, re.M) and "deferred" not in shown
+        assert f"queued messages held back until {resets_at.isoformat()}" in shown
+        assert "stopped: isv.DAY_LIMIT_CONTROL" in shown
+
+        # The run that continues at the reset: the day's count starts again, and everything left is sent.
+        sandbox.reset_quotas()
+        db.execute("UPDATE outbox SET not_before = :at WHERE not_before IS NOT NULL",
+                   at=datetime.now(UTC) - timedelta(seconds=1))
+        again = dispatch(db, channel, concurrency=1)
+    assert again.sent == 2 and again.stopped_reason is None and again.continue_at is None
+    assert states(db) == {"sent": 12} and sandbox.calls == 13 and sandbox.tally.accepted == 12
+
+
+def test_a_run_before_the_reset_sends_nothing_held_and_continues_at_the_reset(sqlite_db: Store, monkeypatch):
+    # The operator resumes before midnight China time: the held message stays held (the quota would refuse it),
+    # the others meet the limit again, and the run says it continues at the same reset.
+    with stack(webhook_url=None, day_quota=2) as (sandbox_url, _, sandbox):
+        channel, spec = alibaba_channel(monkeypatch, sandbox_url, max_batch=1)
+        queue_sms(sqlite_db, channel, spec, sms_phones(6))
+        first = dispatch(sqlite_db, channel, concurrency=1)
+        second = dispatch(sqlite_db, channel, concurrency=1)
+    assert first.sent == 2 and second.sent == 0
+    # Two sent and one refused, then one refused: the held message was not asked for again.
+    assert sandbox.calls == 4 and sandbox.tally.rejected["isv.DAY_LIMIT_CONTROL"] == 2
+    assert states(sqlite_db) == {"sent": 2, "queued": 4}
+    assert sqlite_db.scalar("SELECT count(*) FROM outbox WHERE not_before IS NOT NULL") == 2
+    assert first.continue_at is not None and second.continue_at in {first.continue_at, *_held_until(sqlite_db)}
 
 
 @pytest.mark.parametrize(("now", "resets"), [
@@ -101,9 +129,10 @@ def test_the_monthly_limit_resets_on_the_1st_at_midnight_china_time(now, resets)
     assert month_limit_resets_at(now) == resets
 
 
-def test_the_monthly_limit_stops_the_campaign_and_defers_the_refused_to_the_next_month(db: Store, monkeypatch):
+def test_the_monthly_limit_stops_the_campaign_and_holds_the_refused_to_the_next_month(db: Store, monkeypatch):
     # As the day's limit, with the day's limit set too but not reached: the month's is the one answered, and the
-    # refused message waits for the 1st, not for tomorrow (when the month's limit would refuse it again).
+    # refused message (and the campaign) waits for the 1st, not for tomorrow (when the month's limit would refuse it
+    # again).
     with stack(webhook_url=None, month_quota=5, day_quota=1000) as (sandbox_url, _, sandbox):
         channel, spec = alibaba_channel(monkeypatch, sandbox_url, max_batch=1)
         queue_sms(db, channel, spec, sms_phones(20))
@@ -111,12 +140,13 @@ def test_the_monthly_limit_stops_the_campaign_and_defers_the_refused_to_the_next
         result = dispatch(db, channel, concurrency=1)
         after = month_limit_resets_at(datetime.now(UTC))
     assert sandbox.calls == 6 and sandbox.tally.rejected == {"isv.MONTH_LIMIT_CONTROL": 1}
-    assert result.sent == 5 and result.deferred == 1 and result.failed == 0 and result.retries == 0
+    assert result.sent == 5 and result.deferred == 0 and result.failed == 0 and result.retries == 0
     assert result.stopped_reason.startswith("isv.MONTH_LIMIT_CONTROL: 触发月发送限额")
-    assert states(db) == {"sent": 5, "deferred": 1, "queued": 14}
-    assert _deferred_until(db) <= {before, after} and len(_deferred_until(db)) == 1
-    deferred = db.rows("SELECT error_code, retryable FROM outbox WHERE state = 'deferred'")
-    assert [tuple(r) for r in deferred] == [("isv.MONTH_LIMIT_CONTROL", True)]
+    assert states(db) == {"sent": 5, "queued": 15}
+    assert _held_until(db) <= {before, after} and len(_held_until(db)) == 1
+    assert result.continue_at in _held_until(db)
+    held = db.rows("SELECT error_code FROM outbox WHERE not_before IS NOT NULL")
+    assert [tuple(r) for r in held] == [("isv.MONTH_LIMIT_CONTROL",)]
 
 
 def test_the_sandbox_answers_whichever_limit_a_call_would_pass_the_month_first():
@@ -134,20 +164,21 @@ def test_the_sandbox_answers_whichever_limit_a_call_would_pass_the_month_first()
 
 def test_a_limit_reached_at_once_costs_at_most_one_call_per_connection(sqlite_db: Store, monkeypatch):
     # Batches of up to 100 on 4 connections: the refused calls are never split to look for a number to blame, and
-    # once the channel stops nothing more is asked. What was refused is deferred, the rest stays queued.
+    # once the channel stops nothing more is asked. What was refused is held back until the reset, the rest queued.
     with stack(webhook_url=None, day_quota=0) as (sandbox_url, _, sandbox):
         channel, spec = alibaba_channel(monkeypatch, sandbox_url)
         queue_sms(sqlite_db, channel, spec, sms_phones(300))
         result = dispatch(sqlite_db, channel, concurrency=4)
     assert 1 <= sandbox.calls <= 4 and sandbox.tally.rejected["isv.DAY_LIMIT_CONTROL"] == sandbox.calls
-    assert result.sent == 0 and result.failed == 0 and result.deferred >= 1
-    assert states(sqlite_db) == {"deferred": result.deferred, "queued": 300 - result.deferred}
-    assert len(_deferred_until(sqlite_db)) == 1
+    assert result.sent == 0 and result.failed == 0 and result.deferred == 0
+    held = sqlite_db.scalar("SELECT count(*) FROM outbox WHERE not_before IS NOT NULL")
+    assert states(sqlite_db) == {"queued": 300} and 1 <= held <= 4 * 100
+    assert len(_held_until(sqlite_db)) == 1 and result.continue_at in _held_until(sqlite_db)
 
 
 def test_a_limit_reached_while_a_bad_number_is_looked_for_sends_nothing_more(sqlite_db: Store, monkeypatch):
     # An illegal number refuses the call of 8, so the channel halves it; the first half then meets the day's limit:
-    # the second half is not sent (it stays queued), and the first half is deferred.
+    # the second half is not sent (it stays queued), and the first half is held back until the reset.
     with stack(webhook_url=None, illegal_rate=0.2, seed=3, day_quota=3) as (sandbox_url, _, sandbox):
         channel, spec = alibaba_channel(monkeypatch, sandbox_url)
         legal = [p for p in sms_phones(40) if sandbox.config.outcome(p.lstrip("+"))[0] != "illegal"]
@@ -170,7 +201,7 @@ def test_a_limit_reached_by_one_templates_call_sends_no_other_templates_call(sql
             payload["template_code"] = "SMS_15255002"
         outcomes = asyncio.run(send_batch(channel, [json.dumps(p) for p in payloads]))
     assert sandbox.calls == 1 and [o.kind for o in outcomes] == ["stop"] * 6
-    # The first call (the template of the first message) was refused, deferred; the other stays queued.
+    # The first call (the template of the first message) was refused, held back; the other stays queued.
     assert [o.not_before is not None for o in outcomes] == [True, False] * 3
 
 

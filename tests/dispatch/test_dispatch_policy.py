@@ -161,3 +161,17 @@ def test_batch_channels_get_batches_and_retry_only_what_failed(db: Store):
     assert len(fake.accepted) == len(set(fake.accepted)) == result.sent
     assert result.sent + result.failed == n and states(db) == {"sent": result.sent, "failed": result.failed}
     assert result.retries > 0
+
+
+class _NoRelease:
+    def next_release(self, now: datetime) -> None:
+        return None
+
+
+def test_a_stop_continues_only_when_it_came_with_the_time_its_quota_frees():
+    frees = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)
+    guards = Guards(send_window=SendWindow(start="09:00", end="21:00"))
+    guards.next_window_at = frees - timedelta(hours=3)  # a window opening earlier does not bring the run back sooner
+    assert guards.continue_at(_NoRelease(), "190: token expired") is None  # a person decides
+    guards.stop_frees_at = frees
+    assert guards.continue_at(_NoRelease(), "isv.DAY_LIMIT_CONTROL: daily limit") == frees
