@@ -118,15 +118,15 @@ def test_a_level_that_cannot_be_read_is_a_named_error_not_a_guess() -> None:
         asyncio.run(_read(_whatsapp("http://sandbox.test"), odd))
 
 
-def _engine_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+def _lane_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "pipeline.dispatch.engine" and r.levelno == logging.WARNING]
+            if r.name == "pipeline.dispatch.lanes" and r.levelno == logging.WARNING]
 
 
 def test_a_standard_number_sends_at_80_per_second_whatever_its_spec_asks(
         sqlite_db: Store, caplog: pytest.LogCaptureFixture) -> None:
     # Sandbox at 80/s: a STANDARD number, which answers 130429 to anything faster. The spec asks 400/s.
-    with caplog.at_level(logging.WARNING, logger="pipeline.dispatch.engine"), \
+    with caplog.at_level(logging.WARNING, logger="pipeline.dispatch.lanes"), \
             serving(create_app, config(throughput_per_s=80)) as (url, sandbox):
         queue(sqlite_db, 160)
         result = dispatch(sqlite_db, _whatsapp(url), rate=400, concurrency=16)
@@ -134,18 +134,18 @@ def test_a_standard_number_sends_at_80_per_second_whatever_its_spec_asks(
     # Sent at 80/s: never over the number's throughput, and no 1-s window above the limiter's 1.02 x 80.
     assert sandbox.throttled == 0 and result.throttled == 0
     assert result.busiest_second["111"] <= 81
-    assert _engine_warnings(caplog) == ["dispatch: sender 111 is at throughput level STANDARD: 80 messages/s "
+    assert _lane_warnings(caplog) == ["dispatch: sender 111 is at throughput level STANDARD: 80 messages/s "
                                         "(docs/providers.md §1.7); it sends at 80/s, not the spec's 400/s"]
 
 
 def test_a_level_that_cannot_be_read_keeps_the_specs_rate_and_says_so(
         sqlite_db: Store, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.dispatch.engine"), \
+    with caplog.at_level(logging.WARNING, logger="pipeline.dispatch.lanes"), \
             serving(create_app, config(throughput_per_s=80)) as (url, sandbox):
         channel = _whatsapp(url)  # a STANDARD number, whose level this run cannot read
         channel.throughput_url = f"{url}/v23.0/111/nowhere?fields=throughput"  # answered 404
         queue(sqlite_db, 40)
         result = dispatch(sqlite_db, channel, rate=400)
     assert result.sent == 40 and result.failed == 0 and sandbox.accepted == 40  # the run went on
-    assert _engine_warnings(caplog) == ["dispatch: sender 111: its rate at the provider is unknown (GET /111?fields="
+    assert _lane_warnings(caplog) == ["dispatch: sender 111: its rate at the provider is unknown (GET /111?fields="
                                         "throughput: HTTP 404 level None); it sends at the spec's 400/s"]

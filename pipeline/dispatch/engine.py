@@ -18,11 +18,12 @@ from typing import Any
 
 import httpx
 
-from pipeline.channels.base import Channel, SenderRateUnknown, SendOutcome, tls_context
+from pipeline.channels.base import Channel, SendOutcome, tls_context
+from pipeline.dispatch.lanes import Lane, planned_ids, sender_rate
 from pipeline.dispatch.ledger import Ledger, Outcome, Pending
 from pipeline.dispatch.locks import SenderLeases
 from pipeline.dispatch.policy import DispatchResult, Guards, backoff_delay
-from pipeline.dispatch.ratelimit import BusiestSecond, SlotLimiter, wait_for_slot
+from pipeline.dispatch.ratelimit import wait_for_slot
 from pipeline.dispatch.writer import COMMIT_GAP_S, GroupWriter
 from pipeline.runtime import steady_collector
 from pipeline.spec import RateSpec, RetrySpec
@@ -31,25 +32,6 @@ from pipeline.store import Store
 log = logging.getLogger("pipeline.dispatch.engine")
 
 PAGE = 2_000
-
-
-class _Lane:
-    def __init__(self, sender: str, channel: Channel, rate: RateSpec) -> None:
-        self.sender = sender
-        self.channel = channel
-        self.limiter = SlotLimiter(rate.max_per_second)
-        self.busiest = BusiestSecond()  # what the limiter let out, at this clock (the result's busiest_second)
-        self.queue: asyncio.Queue[tuple[Pending, int]] = asyncio.Queue(
-            maxsize=max(rate.concurrency, channel.max_batch) * 2
-        )
-        self.sessions: asyncio.Queue[Any] = asyncio.Queue()
-        self.outstanding = 0
-        self.fed_all = False
-        self.lost = False  # its lease went to another dispatcher: nothing more is sent for this sender
-
-    @property
-    def done(self) -> bool:
-        return self.fed_all and self.outstanding == 0
 
 
 class _Dispatch:
@@ -76,10 +58,10 @@ class _Dispatch:
         # the group commits of one run never race each other.
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.writer = GroupWriter(self.ledger, self._db)
-        self.lanes: list[_Lane] = []
+        self.lanes: list[Lane] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self.waiting: set[str] = set()  # senders to dispatch whose lease another dispatcher holds (for now)
-        self.uncertain: dict[str, tuple[_Lane, Pending, int, float]] = {}  # timed out: maybe sent
+        self.uncertain: dict[str, tuple[Lane, Pending, int, float]] = {}  # timed out: maybe sent
         self.leftovers: dict[str, float] = {}  # in flight at an earlier crash
         # Timed out without a receipt and queued again: still `sending` in the ledger under this run's claim,
         # so a worker sends them without claiming them again (a claim takes only what is `queued`).
@@ -182,34 +164,15 @@ class _Dispatch:
             channel = self._channel(sender)
             opened[sender] = [await sessions.enter_async_context(channel.open_session(self.timeout_s, self.transport))
                               for _ in range(self.rate.concurrency)]
-        rates = await asyncio.gather(*(self._sender_rate(sender, opened[sender][0]) for sender in taken))
+        rates = await asyncio.gather(*(sender_rate(self._channel(sender), sender, opened[sender][0], self.rate)
+                                       for sender in taken))
         for sender, rate in zip(taken, rates, strict=True):
-            lane = _Lane(sender, self._channel(sender), self.guards.lane_rate(sender, rate))
+            lane = Lane(sender, self._channel(sender), self.guards.lane_rate(sender, rate))
             for session in opened[sender]:
                 lane.sessions.put_nowait(session)
             self.lanes.append(lane)
             self.tasks.append(asyncio.create_task(self._feed(lane)))
             self.tasks += [asyncio.create_task(self._worker(lane)) for _ in range(self.pipeline_depth)]
-
-    async def _sender_rate(self, sender: str, session: Any) -> RateSpec:
-        """The spec's rate, or what the provider allows this sender now when that is less (a WhatsApp number at the
-        standard throughput level, pipeline/channels/whatsapp.py); read once, as its lane starts. A read that fails
-        keeps the spec's rate: the provider's throttling answers still slow the lane down."""
-        read = getattr(self._channel(sender), "sender_rate", None)
-        if read is None:
-            return self.rate
-        spec_rate = self.rate.max_per_second
-        try:
-            allowed = await read(session)
-        except SenderRateUnknown as exc:
-            log.warning("dispatch: sender %s: its rate at the provider is unknown (%s); it sends at the spec's %g/s",
-                        sender, exc, spec_rate)
-            return self.rate
-        if allowed is None or allowed.per_second >= spec_rate:
-            return self.rate
-        log.warning("dispatch: sender %s is at %s; it sends at %g/s, not the spec's %g/s",
-                    sender, allowed.why, allowed.per_second, spec_rate)
-        return self.rate.model_copy(update={"max_per_second": allowed.per_second})
 
     def _drop_lost_lanes(self) -> None:
         """A lane whose lease was lost (this process stopped renewing for longer than the lease) sends nothing
@@ -243,7 +206,7 @@ class _Dispatch:
         now = time.monotonic()
         self.leftovers.update(dict.fromkeys(ages, now))
 
-    async def _feed(self, lane: _Lane) -> None:
+    async def _feed(self, lane: Lane) -> None:
         last_seq = -1
         try:
             while not self.stop.is_set() and not lane.lost:
@@ -269,7 +232,7 @@ class _Dispatch:
         finally:
             lane.fed_all = True
 
-    async def _worker(self, lane: _Lane) -> None:
+    async def _worker(self, lane: Lane) -> None:
         while True:
             batch = [await lane.queue.get()]
             # Batch APIs (max_batch > 1) take what is already waiting, never wait to fill up.
@@ -316,7 +279,7 @@ class _Dispatch:
             finally:
                 lane.sessions.put_nowait(session)
 
-    def _closed_window_back(self, lane: _Lane, batch: list[tuple[Pending, int]]) -> list[tuple[Pending, int]]:
+    def _closed_window_back(self, lane: Lane, batch: list[tuple[Pending, int]]) -> list[tuple[Pending, int]]:
         """The batch without the messages whose send window closed while they waited for their slot: those go back
         to queued (the next opening's run sends them), so nothing leaves after the close."""
         keep = []
@@ -328,10 +291,10 @@ class _Dispatch:
                 self.writer.record(Outcome(item.seq, "queued", None, None, None, None, attempts - 1))
         return keep
 
-    async def _claim(self, lane: _Lane, batch: list[tuple[Pending, int]]) -> set[int]:
+    async def _claim(self, lane: Lane, batch: list[tuple[Pending, int]]) -> set[int]:
         """The batch's seqs this run may send: fresh ones it claimed now, and resends it still holds."""
         seqs = [item.seq for item, _ in batch]
-        planned = _planned_ids(lane.channel, batch)
+        planned = planned_ids(lane.channel, batch)
         held = self.resending.intersection(seqs)
         if not held:
             return await self.writer.claim(seqs, planned)
@@ -348,14 +311,14 @@ class _Dispatch:
             claimed |= taken
         return claimed
 
-    async def _send(self, lane: _Lane, session: Any, batch: list[tuple[Pending, int]]) -> None:
+    async def _send(self, lane: Lane, session: Any, batch: list[tuple[Pending, int]]) -> None:
         first = True
         while batch:
             if lane.lost:  # retries of a lane that lost its lease: left `sending` for the new holder to settle
                 lane.outstanding -= len(batch)
                 return
             if not first:  # the first attempt's slots were taken before the claim
-                planned = _planned_ids(lane.channel, batch)
+                planned = planned_ids(lane.channel, batch)
                 if planned:  # a smaller batch goes by new provider ids: on record before it leaves
                     await self.writer.claim([item.seq for item, _ in batch], planned, resend=True)
                 await wait_for_slot(lane.limiter, None, len(batch))  # holding its session
@@ -386,7 +349,7 @@ class _Dispatch:
                 await asyncio.sleep(delay)
             batch = again
 
-    def _finish(self, lane: _Lane, item: Pending, outcome: SendOutcome, attempts: int) -> None:
+    def _finish(self, lane: Lane, item: Pending, outcome: SendOutcome, attempts: int) -> None:
         lane.outstanding -= 1
         now = datetime.now(UTC)
         state, sent_at, not_before, retryable = "failed", None, None, None
@@ -415,7 +378,7 @@ class _Dispatch:
         self.writer.record(Outcome(item.seq, state, outcome.provider_message_id, outcome.error_code,
                                    outcome.error_detail, sent_at, attempts, not_before, retryable))
 
-    def _lane_paused(self, lane: _Lane) -> bool:
+    def _lane_paused(self, lane: Lane) -> bool:
         """A lane whose number the provider rates RED / FLAGGED stops feeding and sending; the others go on."""
         reason = self.guards.lane_paused(lane.sender)
         if reason and lane.sender not in self.result.lanes_paused:
@@ -493,16 +456,6 @@ class _Dispatch:
             self.db.submit(self.on_status, info)
         if self.on_progress:
             self.on_progress(info)
-
-
-def _planned_ids(channel: Channel, batch: list[tuple[Pending, int]]) -> list[str | None] | None:
-    """The provider ids the batch's messages will be known by before the provider answers, when the
-    channel names them itself (ChatApp mass sends); None when every receipt carries our own id."""
-    plan = getattr(channel, "planned_provider_ids", None)
-    if plan is None:
-        return None
-    planned = plan([item.payload_json for item, _ in batch])
-    return planned if any(planned) else None
 
 
 async def dispatch_campaign(
