@@ -110,7 +110,9 @@ def estimate_cost(
     """Prices every outbox row of the campaign (any state but `withheld`, never sent) by the rules and card in force
     `on` (default today, UTC), with the windows known at `at` and SMS parts counted from the rendered text.
 
-    An upper bound by design: every message counted as delivered, at list rates (volume tiers only lower it).
+    An upper bound by design: every message counted as delivered. Volume tiers in force apply, the campaign's
+    messages ranked after the portfolio's messages of the month so far (`_apply_tiers_after_month`); the bill ranks
+    them among the month's by their day, so it is lower when other messages of the month come after them.
     With `record`, the forecast is kept in `cost_estimates` for the report's estimate-vs-actual.
     """
     at = at or (datetime.combine(on, time(0), UTC) if on else datetime.now(UTC))
@@ -118,11 +120,12 @@ def estimate_cost(
     fill_segments(db, campaign_id)
     with reader(db) as read:
         inputs = {**_estimate_inputs(read, campaign_id, at), **_price_data(read)}
+        tiers = read.table("price_tiers")
     with duck(inputs) as con:
         groups = con.sql(_sql("estimate_groups.sql"), params={
             "at": at, "on": on, "chatapp_channel": chatapp_channel(db, campaign_id)}).pl()
         con.register("estimate_groups", groups)
-        priced = _price(con, "estimate_groups")
+        priced = _apply_tiers_after_month(db, con, _price(con, "estimate_groups"), tiers)
     keys = ["channel", "country", "market", "category"]
     by_country = (
         priced.group_by(keys)
@@ -283,6 +286,10 @@ def _is_tiered() -> pl.Expr:
             & pl.col("unit_fee_usd").is_not_null() & (pl.col("delivered") > 0))
 
 
+_Key = tuple[str, str, str]  # channel, market, rate category
+_Ladders = dict[_Key, list[tuple[date, int, int | None, Decimal]]]
+
+
 def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame, ladders_read: pa.Table
                  ) -> pl.DataFrame:
     """Monthly volume tiers (docs/providers.md 2.3): lowers platform_fee_usd by tier_discount_usd.
@@ -293,19 +300,69 @@ def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame
     while it is at least as new as the rate card in force (its rates are absolute, not percentages), so a tier
     dearer than the list rate makes tier_discount_usd negative.
     """
-    zero = pl.lit(ZERO).cast(pl.Decimal(18, 6))
-    ladders: dict[tuple[str, str, str], list[tuple[date, int, int | None, Decimal]]] = {}
+    ladders, wanted = _tier_ladders(priced, ladders_read)
+    if not wanted:
+        return priced.with_columns(pl.lit(ZERO).cast(pl.Decimal(18, 6)).alias("tier_discount_usd"))
+    share: dict[tuple[str, str, str, date], tuple[Decimal, int]] = {}  # discount of the day, its messages
+    ranked: dict[tuple[str, str, str, date], int] = {}  # messages before this month's day, per key
+    for ch, market, cat, day, n, unit, card_from in _portfolio_days(db, con, priced).iter_rows():
+        if (ch, market, cat) not in wanted:
+            continue
+        month_key = (ch, market, cat, day.replace(day=1))
+        before = ranked.get(month_key, 0)
+        ranked[month_key] = before + n
+        tier_cost = _tier_cost(ladders[(ch, market, cat)], day, card_from, before, n)
+        if tier_cost is not None:
+            share[(ch, market, cat, day)] = (unit * n - tier_cost, n)
+    return _with_discounts(priced, share)
+
+
+def _apply_tiers_after_month(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame,
+                             ladders_read: pa.Table) -> pl.DataFrame:
+    """Volume tiers for messages not sent yet (the estimate): they hold the ranks after every message of their
+    month the portfolio has had up to and including their price day, so a campaign late in a busy month is priced
+    at the month's current tier, as its bill will be (if it is sent that day)."""
+    ladders, wanted = _tier_ladders(priced, ladders_read)
+    if not wanted:
+        return priced.with_columns(pl.lit(ZERO).cast(pl.Decimal(18, 6)).alias("tier_discount_usd"))
+    # Per key and month, the running total of the portfolio's messages at the end of each of its days.
+    totals: dict[tuple[str, str, str, date], list[tuple[date, int]]] = {}
+    for ch, market, cat, day, n, _unit, _card_from in _portfolio_days(db, con, priced).iter_rows():
+        runs = totals.setdefault((ch, market, cat, day.replace(day=1)), [])
+        runs.append((day, (runs[-1][1] if runs else 0) + n))
+    days = (priced.filter(_is_tiered())
+            .group_by("channel", "market", "rate_category", "price_day")
+            .agg(pl.col("delivered").sum(), pl.col("unit_fee_usd").first(), pl.col("card_from").first()))
+    share: dict[tuple[str, str, str, date], tuple[Decimal, int]] = {}
+    for ch, market, cat, day, n, unit, card_from in days.iter_rows():
+        if (ch, market, cat) not in wanted:
+            continue
+        before = max((total for d, total in totals.get((ch, market, cat, day.replace(day=1)), []) if d <= day),
+                     default=0)
+        tier_cost = _tier_cost(ladders[(ch, market, cat)], day, card_from, before, n)
+        if tier_cost is not None:
+            share[(ch, market, cat, day)] = (unit * n - tier_cost, n)
+    return _with_discounts(priced, share)
+
+
+def _tier_ladders(priced: pl.DataFrame, ladders_read: pa.Table) -> tuple[_Ladders, set[_Key]]:
+    """The ladders by key, and the keys of `priced`'s tiered groups that have one."""
+    ladders: _Ladders = {}
     tiers = pl.from_arrow(ladders_read)
     assert isinstance(tiers, pl.DataFrame)
     columns = ["channel", "market", "category", "effective_from", "from_messages", "to_messages", "platform_fee_usd"]
     for ch, market, cat, since, low, high, fee in tiers.select(columns).sort(columns, nulls_last=True).iter_rows():
         ladders.setdefault((ch, market, cat), []).append((since, low, high, fee))
-    tiered = priced.filter(_is_tiered())
     # Every ladder prices, a one-tier ladder too (1 up, at one rate): a flat negotiated rate from its date.
-    wanted = set(tiered.select("channel", "market", "rate_category").unique().rows()) & ladders.keys()
-    if not wanted:
-        return priced.with_columns(zero.alias("tier_discount_usd"))
-    months = tiered.select("channel", pl.col("price_day").dt.truncate("1mo").alias("month")).unique()
+    tiered = priced.filter(_is_tiered())
+    return ladders, set(tiered.select("channel", "market", "rate_category").unique().rows()) & ladders.keys()
+
+
+def _portfolio_days(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame) -> pl.DataFrame:
+    """The portfolio's delivered tiered messages per channel, market, rate category and price day, in the months
+    of `priced`'s tiered groups (every campaign of the store, counted up to date), in day order."""
+    months = priced.filter(_is_tiered()).select(
+        "channel", pl.col("price_day").dt.truncate("1mo").alias("month")).unique()
     refresh_billing(db)  # the volume is every campaign's: all of them must be counted up to date
     first, last = months["month"].min(), months["month"].max()
     assert isinstance(first, date) and isinstance(last, date)
@@ -320,25 +377,28 @@ def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame
         FROM all_groups
         WHERE (channel, date_trunc('month', price_day)) IN (SELECT channel, month FROM _tier_months)
         GROUP BY ALL)""")
-    days = (portfolio.filter(_is_tiered())
+    return (portfolio.filter(_is_tiered())
             .group_by("channel", "market", "rate_category", "price_day")
             .agg(pl.col("delivered").sum(), pl.col("unit_fee_usd").first(), pl.col("card_from").first())
             .sort("channel", "market", "rate_category", "price_day"))
-    share: dict[tuple[str, str, str, date], tuple[Decimal, int]] = {}  # discount of the day, its messages
-    ranked: dict[tuple[str, str, str, date], int] = {}  # messages before this month's day, per key
-    for ch, market, cat, day, n, unit, card_from in days.iter_rows():
-        if (ch, market, cat) not in wanted:
-            continue
-        month_key = (ch, market, cat, day.replace(day=1))
-        before = ranked.get(month_key, 0)
-        ranked[month_key] = before + n
-        in_force = [s for s in ladders[(ch, market, cat)] if s[0] <= day]
-        since = max((s[0] for s in in_force), default=None)
-        if since is None or since < card_from:
-            continue
-        tier_cost = sum((fee * _overlap(before, before + n, low, high)
-                         for s, low, high, fee in in_force if s == since), Decimal(0))
-        share[(ch, market, cat, day)] = (unit * n - tier_cost, n)
+
+
+def _tier_cost(ladder: list[tuple[date, int, int | None, Decimal]], day: date, card_from: date, before: int,
+               n: int) -> Decimal | None:
+    """What the ranks before+1 .. before+n cost on the ladder in force on `day`; None when none is in force or
+    the rate card is newer than it."""
+    in_force = [s for s in ladder if s[0] <= day]
+    since = max((s[0] for s in in_force), default=None)
+    if since is None or since < card_from:
+        return None
+    return sum((fee * _overlap(before, before + n, low, high) for s, low, high, fee in in_force if s == since),
+               Decimal(0))
+
+
+def _with_discounts(priced: pl.DataFrame, share: dict[tuple[str, str, str, date], tuple[Decimal, int]]
+                    ) -> pl.DataFrame:
+    """`priced` with tier_discount_usd (each tiered group's pro-rata part of its day's discount in `share`) taken
+    off platform_fee_usd."""
     discounts = []
     for ch, market, cat, day, delivered, is_tiered in priced.select(
             "channel", "market", "rate_category", "price_day", "delivered", _is_tiered().alias("t")).iter_rows():

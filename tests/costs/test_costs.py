@@ -187,12 +187,17 @@ def test_whatsapp_rules_change_on_2026_10_01(db: Store, tmp_path: Path) -> None:
     assert rows[("GB", "marketing")]["free_window_messages"] == 2
 
 
-def test_volume_tiers_split_the_month_by_day_across_campaigns(db: Store,
-                                                             tmp_path: Path) -> None:
+def _africa_utility_ladder(db: Store, tmp_path: Path) -> None:
+    """Rest of Africa utility (KE; list 0.004): ranks 1-3 of a month at 0.004, from the 4th 0.003."""
     ladder = tmp_path / "tiers-2026-10.csv"
     ladder.write_text("market,category,from_messages,to_messages,platform_fee_usd\n"
                       "Rest of Africa,utility,1,3,0.0040\nRest of Africa,utility,4,,0.0030\n")
     pricing.import_card(db, ladder, channel="whatsapp")
+
+
+def test_volume_tiers_split_the_month_by_day_across_campaigns(db: Store,
+                                                             tmp_path: Path) -> None:
+    _africa_utility_ladder(db, tmp_path)
     add_campaign(db, "a", "utility")
     add_campaign(db, "b", "utility")
     # 2 Oct: a sends 2 (ranks 1-2); 3 Oct: a 2 + b 2 (ranks 3-6: one at 0.004, three at 0.003, shared pro rata);
@@ -247,6 +252,22 @@ def test_estimate_prices_every_outbox_row_at_the_current_card(db: Store) -> None
 
     before = costs.estimate_cost(db, "c1", on=date(2026, 6, 1))  # rules in force, but no card yet
     assert (before.unpriced, before.platform_fee_usd, before.service_fee_usd) == (8, D(0), D("0.040"))
+
+
+def test_the_estimate_prices_at_the_tier_the_month_has_reached(db: Store, tmp_path: Path) -> None:
+    _africa_utility_ladder(db, tmp_path)
+    add_campaign(db, "a", "utility")
+    add_campaign(db, "e", "utility")
+    delivered(db, "a", "a1", "KE", "2026-10-02", "utility")
+    delivered(db, "a", "a2", "KE", "2026-10-02", "utility")
+    delivered(db, "a", "a3", "KE", "2026-10-09", "utility")  # after the estimate's day: not yet in the month's count
+    for mid in ("e1", "e2", "e3"):
+        add_message(db, "e", mid, "KE", "queued", None, "utility")
+    # Ranks 3-5 of October: one at 0.004, two at 0.003 (list 3 x 0.004 = 0.012).
+    october = costs.estimate_cost(db, "e", on=date(2026, 10, 5))
+    assert october.platform_fee_usd == D("0.010")
+    # November starts at the first tier again: ranks 1-3, all at 0.004.
+    assert costs.estimate_cost(db, "e", on=date(2026, 11, 1)).platform_fee_usd == D("0.012")
 
 
 def test_estimate_uses_the_windows_known_at_the_time(db: Store) -> None:
