@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,20 +24,11 @@ from pipeline.sandbox.registry import DEMO_ENV, start_sandbox
 from pipeline.servers import serve_in_thread
 from pipeline.spec import load_spec
 from pipeline.upload.routes import UploadConfig, add_upload_routes
+from tests.helpers.prefect import PrefectServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "concurrency-test-token-0123456789"
 A_ROWS, B_ROWS = 2000, 150  # A sends for 50 s: longer than every other command takes, also on a busy machine
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    """A Prefect server for the `campaign run` processes (each would otherwise start its own)."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
 
 
 def _audience(path: Path, rows: int) -> Path:
@@ -74,11 +64,12 @@ def _finish(proc: subprocess.Popen[str], timeout_s: float = 300) -> str:
 
 
 def test_everything_an_operator_runs_works_while_a_campaign_sends(
-    tmp_path: Path, db_url: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_url: str, prefect_harness: PrefectServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in DEMO_ENV.items():
         monkeypatch.setenv(name, value)
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "CAMPAIGN_DATABASE_URL": db_url}
+    # The `campaign run` processes report to the session's Prefect server (each would otherwise start its own).
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness.api, "CAMPAIGN_DATABASE_URL": db_url}
     spool, reports = tmp_path / "spool", tmp_path / "reports"
     a_spec = _spec(tmp_path, "welcome.yaml", "concurrent-a", A_ROWS, rate=40)
     b_spec = _spec(tmp_path, "sms.yaml", "concurrent-b", B_ROWS, rate=50)
