@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.errors import SpecError  # noqa: F401  (re-exported: raised and caught under this name)
 from pipeline.records import Category, ChannelName
+from pipeline.settings import CONTROLS_FILE, controls, positive_setting  # noqa: F401  (re-exported)
 from pipeline.spec_kinds import (  # noqa: F401  (re-exported: the spec's parts live there)
     RENDERED_BUTTONS,
     ButtonSpec,
@@ -373,33 +374,6 @@ class CampaignSpec(_Spec):
         if bad:
             raise ValueError(f"not ISO 3166 alpha-2 codes: {bad}")
         return value
-
-
-def positive_setting(name: str, default: int, environ: Mapping[str, str] = os.environ) -> int:
-    """A bound from the environment variable `name` (digits, `_` allowed as a separator), else `default`;
-    anything but a whole number of at least 1 is a SpecError naming the variable."""
-    raw = environ.get(name, "").strip().replace("_", "")
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise SpecError(f"{name}: {environ[name]!r} is not a whole number of at least 1")
-    return int(raw)
-
-
-CONTROLS_FILE = Path(__file__).resolve().parent / "data" / "controls.yaml"
-
-
-def controls(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The team's defaults (frequency cap, channels reaching the same app, approval): CAMPAIGN_CONTROLS_FILE, else
-    pipeline/data/controls.yaml. A file that cannot be read or is not a mapping is a SpecError naming it."""
-    path = Path(environ.get("CAMPAIGN_CONTROLS_FILE") or CONTROLS_FILE)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: cannot read the controls settings: {exc}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: the controls settings must be a YAML mapping")
-    return data
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
