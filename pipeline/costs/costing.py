@@ -302,7 +302,7 @@ def _apply_tiers(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFrame
     """
     ladders, wanted = _tier_ladders(priced, ladders_read)
     if not wanted:
-        return priced.with_columns(pl.lit(ZERO).cast(pl.Decimal(18, 6)).alias("tier_discount_usd"))
+        return _no_discounts(priced)
     share: dict[tuple[str, str, str, date], tuple[Decimal, int]] = {}  # discount of the day, its messages
     ranked: dict[tuple[str, str, str, date], int] = {}  # messages before this month's day, per key
     for ch, market, cat, day, n, unit, card_from in _portfolio_days(db, con, priced).iter_rows():
@@ -324,17 +324,14 @@ def _apply_tiers_after_month(db: Store, con: duckdb.DuckDBPyConnection, priced: 
     at the month's current tier, as its bill will be (if it is sent that day)."""
     ladders, wanted = _tier_ladders(priced, ladders_read)
     if not wanted:
-        return priced.with_columns(pl.lit(ZERO).cast(pl.Decimal(18, 6)).alias("tier_discount_usd"))
+        return _no_discounts(priced)
     # Per key and month, the running total of the portfolio's messages at the end of each of its days.
     totals: dict[tuple[str, str, str, date], list[tuple[date, int]]] = {}
     for ch, market, cat, day, n, _unit, _card_from in _portfolio_days(db, con, priced).iter_rows():
         runs = totals.setdefault((ch, market, cat, day.replace(day=1)), [])
         runs.append((day, (runs[-1][1] if runs else 0) + n))
-    days = (priced.filter(_is_tiered())
-            .group_by("channel", "market", "rate_category", "price_day")
-            .agg(pl.col("delivered").sum(), pl.col("unit_fee_usd").first(), pl.col("card_from").first()))
     share: dict[tuple[str, str, str, date], tuple[Decimal, int]] = {}
-    for ch, market, cat, day, n, unit, card_from in days.iter_rows():
+    for ch, market, cat, day, n, unit, card_from in _tiered_days(priced).iter_rows():
         if (ch, market, cat) not in wanted:
             continue
         before = max((total for d, total in totals.get((ch, market, cat, day.replace(day=1)), []) if d <= day),
@@ -377,10 +374,19 @@ def _portfolio_days(db: Store, con: duckdb.DuckDBPyConnection, priced: pl.DataFr
         FROM all_groups
         WHERE (channel, date_trunc('month', price_day)) IN (SELECT channel, month FROM _tier_months)
         GROUP BY ALL)""")
-    return (portfolio.filter(_is_tiered())
+    return _tiered_days(portfolio)
+
+
+def _tiered_days(priced: pl.DataFrame) -> pl.DataFrame:
+    """`priced`'s tiered messages per channel, market, rate category and price day, in day order."""
+    return (priced.filter(_is_tiered())
             .group_by("channel", "market", "rate_category", "price_day")
             .agg(pl.col("delivered").sum(), pl.col("unit_fee_usd").first(), pl.col("card_from").first())
             .sort("channel", "market", "rate_category", "price_day"))
+
+
+def _no_discounts(priced: pl.DataFrame) -> pl.DataFrame:
+    return priced.with_columns(pl.lit(ZERO).cast(pl.Decimal(18, 6)).alias("tier_discount_usd"))
 
 
 def _tier_cost(ladder: list[tuple[date, int, int | None, Decimal]], day: date, card_from: date, before: int,
