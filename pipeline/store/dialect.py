@@ -52,6 +52,21 @@ def prepare_sqlite(engine: Engine, timeout_s: float | None = None) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
+def prepare_postgresql(engine: Engine) -> None:
+    """A commit is on disk before PostgreSQL says it is (as SQLite's FULL sync): a claim said committed and then lost
+    in a crash of the server would queue its message again after the restart, though its request had left. A server
+    set to `synchronous_commit = off` (a common throughput tip) would do that, so our sessions raise it to `local`;
+    a stronger setting (`on`, `remote_write`, `remote_apply`: waiting for standbys too) is kept as it is."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            if cursor.fetchone()[0] == "off":
+                cursor.execute("SET synchronous_commit = local")
+        dbapi_connection.commit()  # the SET outlives this transaction only if it commits
+
+
 def _enter_wal(cursor: Any, wait_s: float) -> None:
     """Switch a file to WAL, retrying while another connection switches it: the switch needs the exclusive
     lock, and two processes opening a new file together each hold a read lock while asking for it, so

@@ -261,3 +261,15 @@ def test_a_read_only_postgresql_store_is_one_line(request: pytest.FixtureRequest
                     campaign="welcome")  # `pause` refuses a campaign the store does not know before it writes
     said = _one_line(_cli("pause", "welcome", "--db", url), f"error: store {store.shown(store.database_url(url))}: ")
     assert said.endswith(": the store is read-only")
+
+
+@pytest.mark.parametrize(("server", "ours"), [("off", "local"), ("on", "on"), ("remote_apply", "remote_apply")])
+def test_commits_wait_for_the_disk_whatever_the_server_is_set_to(request: pytest.FixtureRequest, tmp_path: Path,
+                                                                  server: str, ours: str) -> None:
+    # `off` would let a crash of the server lose a claim it said was committed (tests/store/test_local_postgres.py
+    # shows the loss); a setting that also waits for standbys is stronger and stays.
+    url = _pg_store(request, tmp_path, f'ALTER DATABASE "{{db}}" SET synchronous_commit = {server}')
+    with store.connect(url) as db:
+        assert db.scalar("SHOW synchronous_commit") == ours
+        with db.write() as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == ours
