@@ -30,17 +30,21 @@ def cmd_db_import(args: argparse.Namespace) -> int:
 
 def cmd_db_info(args: argparse.Namespace) -> int:
     from pipeline import store
+    from pipeline.store.dialect import durability
     from pipeline.store.migrate import version
 
     with store.connect(args.db) as db, db.read() as conn:
-        print(f"store: {store.shown(db.url)}\nschema version: {version(conn)}")
+        settings, warning = durability(conn)
+        print(f"store: {store.shown(db.url)}\nschema version: {version(conn)}\ndurability: {settings}")
+    if warning:
+        print(f"warning: {warning}")
     return 0
 
 
 def add_db_commands(sub: Any) -> None:
     p = sub.add_parser("db", help="the store: where it is, its schema version, importing an old DuckDB ledger")
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    q = dbsub.add_parser("info", help="the store's URL (password hidden) and schema version")
+    q = dbsub.add_parser("info", help="the store's URL (password hidden), schema version and durability settings")
     add_db_arg(q)
     q.set_defaults(func=cmd_db_info)
     q = dbsub.add_parser("import", help="copy a ledger written by the DuckDB version into the store")

@@ -67,6 +67,23 @@ def prepare_postgresql(engine: Engine) -> None:
         dbapi_connection.commit()  # the SET outlives this transaction only if it commits
 
 
+def durability(conn: Connection) -> tuple[str, str | None]:
+    """What a committed claim survives, as the store's own sessions see it (`campaign db info`): the settings, and a
+    warning where the server trades that away. A server with fsync or full-page writes off can lose or tear what it
+    acknowledged when its machine crashes (power, kernel): a claim among them, its message is sent again after the
+    restart. Those are server-wide, so the store can only say so; `synchronous_commit` it raises itself."""
+    if conn.dialect.name == "sqlite":
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        level = {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(conn.exec_driver_sql("PRAGMA synchronous").scalar())
+        return f"journal_mode={mode}, synchronous={level}", None
+    names = ("synchronous_commit", "fsync", "full_page_writes")
+    values = {name: conn.exec_driver_sql(f"SHOW {name}").scalar() for name in names}
+    off = [f"{name}=off" for name in names[1:] if values[name] == "off"]
+    warning = (f"the server runs with {', '.join(off)}: a crash of its machine may lose commits it acknowledged, "
+               "and a message whose claim is lost is sent again after the restart") if off else None
+    return ", ".join(f"{name}={value}" for name, value in values.items()), warning
+
+
 def _enter_wal(cursor: Any, wait_s: float) -> None:
     """Switch a file to WAL, retrying while another connection switches it: the switch needs the exclusive
     lock, and two processes opening a new file together each hold a read lock while asking for it, so

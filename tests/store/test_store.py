@@ -273,3 +273,25 @@ def test_commits_wait_for_the_disk_whatever_the_server_is_set_to(request: pytest
         assert db.scalar("SHOW synchronous_commit") == ours
         with db.write() as conn:
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == ours
+
+
+def test_db_info_says_what_a_commit_survives(tmp_path: Path) -> None:
+    out = _cli("db", "info", "--db", str(tmp_path / "campaigns.sqlite"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "durability: journal_mode=wal, synchronous=full\n" in out.stdout and "warning" not in out.stdout
+
+
+def test_db_info_warns_of_a_postgresql_that_does_not_sync(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    from pipeline.store.local_pg import local_postgres
+
+    # The session's server is set up as the tests' servers are: fsync and full-page writes off.
+    url = _pg_store(request, tmp_path, 'ALTER DATABASE "{db}" SET synchronous_commit = off')
+    out = _cli("db", "info", "--db", url)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "durability: synchronous_commit=local, fsync=off, full_page_writes=off\n" in out.stdout
+    assert "warning: the server runs with fsync=off, full_page_writes=off: a crash of its machine" in out.stdout
+    with local_postgres(durable=True) as server:  # PostgreSQL's defaults
+        out = _cli("db", "info", "--db", server.create_database("durable"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "durability: synchronous_commit=on, fsync=on, full_page_writes=on\n" in out.stdout
+    assert "warning" not in out.stdout
